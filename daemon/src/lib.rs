@@ -1,0 +1,1 @@
+//! driftwatch: the daemon crate.

@@ -1,0 +1,1 @@
+//! driftwatch-sdk: what a judge author uses.

@@ -1,0 +1,1 @@
+//! Fixture builders for driftwatch integration tests.
