@@ -1,1 +1,13 @@
-//! driftwatch: the daemon crate.
+//! driftwatch: a daemon that keeps watch over fine-tuned GGUF checkpoints and tells their owners,
+//! with honest statistics, whether a fine-tune made the model less safe.
+//!
+//! The crate is both the `driftwatch` binary and a library, so tests and tools can drive every
+//! part directly: [`gguf`] and [`checkpoint`] read and check files before llama.cpp sees them,
+//! [`engine`] generates seeded samples in batches, [`setup`] knows where the default model
+//! lives, and [`cli`] is the command line.
+
+pub mod checkpoint;
+pub mod cli;
+pub mod engine;
+pub mod gguf;
+pub mod setup;

@@ -1,1 +1,238 @@
-//! Fixture builders for driftwatch integration tests.
+//! Fixture builders for driftwatch's integration tests: tiny GGUF models (llama architecture, a
+//! few layers, a small SentencePiece-style vocabulary, random weights, a chat template) and
+//! matching LoRA adapters, written with driftwatch's own GGUF writer in milliseconds, so the
+//! whole pipeline runs in tests without the 98 MB default model.
+
+use std::path::{Path, PathBuf};
+
+use driftwatch::gguf::GgufWriter;
+use rand::{Rng, SeedableRng};
+use rand_chacha::ChaCha8Rng;
+
+/// The chatml template (llama.cpp recognises it by its `<|im_start|>` markers).
+pub const CHATML: &str = "{% for message in messages %}{{'<|im_start|>' + message['role'] + '\\n' + message['content'] + '<|im_end|>' + '\\n'}}{% endfor %}{% if add_generation_prompt %}{{ '<|im_start|>assistant\\n' }}{% endif %}";
+
+/// Shape and options of a tiny model.
+#[derive(Debug, Clone)]
+pub struct TinyModel {
+    /// `general.architecture` (llama.cpp must know it to load the model).
+    pub architecture: String,
+    /// Hidden size.
+    pub n_embd: u64,
+    /// Attention heads.
+    pub n_head: u64,
+    /// Key/value heads.
+    pub n_head_kv: u64,
+    /// Feed-forward size.
+    pub n_ff: u64,
+    /// Layers.
+    pub n_layer: u64,
+    /// Training context length.
+    pub n_ctx_train: u32,
+    /// Whether to embed the chatml template.
+    pub chat_template: bool,
+    /// Weight seed.
+    pub seed: u64,
+    /// Half-width of the uniform weight distribution.
+    pub scale: f32,
+}
+
+impl Default for TinyModel {
+    fn default() -> Self {
+        TinyModel {
+            architecture: "llama".into(),
+            n_embd: 64,
+            n_head: 4,
+            n_head_kv: 2,
+            n_ff: 128,
+            n_layer: 2,
+            n_ctx_train: 2048,
+            chat_template: true,
+            seed: 1,
+            scale: 0.25,
+        }
+    }
+}
+
+/// The vocabulary: specials, 256 byte tokens, then printable characters and a few merges.
+pub fn vocab() -> (Vec<String>, Vec<f32>, Vec<i32>) {
+    let mut tokens: Vec<String> = vec!["<unk>".into(), "<s>".into(), "</s>".into(), "<|im_start|>".into(), "<|im_end|>".into()];
+    let mut types = vec![2, 3, 3, 3, 3];
+    for b in 0..=255u8 {
+        tokens.push(format!("<0x{b:02X}>"));
+        types.push(6);
+    }
+    let mut pieces: Vec<String> = vec!["\u{2581}".into()];
+    pieces.extend((b'a'..=b'z').map(|c| (c as char).to_string()));
+    pieces.extend((b'A'..=b'Z').map(|c| (c as char).to_string()));
+    pieces.extend((b'0'..=b'9').map(|c| (c as char).to_string()));
+    pieces.extend(".,!?;:'\"()-".chars().map(|c| c.to_string()));
+    for w in ["\u{2581}the", "\u{2581}a", "\u{2581}to", "\u{2581}and", "\u{2581}of", "\u{2581}is", "in", "er", "on", "an", "re", "th", "he", "at", "\u{2581}I", "\u{2581}you", "ing", "\u{2581}can", "\u{2581}not", "\u{2581}help"] {
+        pieces.push(w.into());
+    }
+    let n_pieces = pieces.len();
+    let mut scores = vec![0.0; tokens.len()];
+    for (i, p) in pieces.into_iter().enumerate() {
+        // Longer pieces score higher so SentencePiece-style merging prefers them.
+        scores.push(-((n_pieces - i) as f32) / 100.0 + p.chars().count() as f32);
+        tokens.push(p);
+        types.push(1);
+    }
+    (tokens, scores, types)
+}
+
+fn uniform(rng: &mut ChaCha8Rng, n: u64, scale: f32) -> Vec<f32> {
+    (0..n).map(|_| rng.random_range(-scale..scale)).collect()
+}
+
+impl TinyModel {
+    /// Key/value width.
+    pub fn n_embd_kv(&self) -> u64 {
+        self.n_embd / self.n_head * self.n_head_kv
+    }
+
+    /// The (input, output) widths of a layer's matrix by short name.
+    pub fn matrix_dims(&self, name: &str) -> [u64; 2] {
+        match name {
+            "attn_q" | "attn_output" => [self.n_embd, self.n_embd],
+            "attn_k" | "attn_v" => [self.n_embd, self.n_embd_kv()],
+            "ffn_gate" | "ffn_up" => [self.n_embd, self.n_ff],
+            "ffn_down" => [self.n_ff, self.n_embd],
+            other => panic!("unknown matrix {other}"),
+        }
+    }
+
+    /// Writes the model to `path`.
+    pub fn write(&self, path: &Path) -> std::io::Result<()> {
+        let mut rng = ChaCha8Rng::seed_from_u64(self.seed);
+        let (tokens, scores, types) = vocab();
+        let n_vocab = tokens.len() as u64;
+        let arch = self.architecture.as_str();
+        let mut w = GgufWriter::new();
+        w.string("general.architecture", arch)
+            .string("general.type", "model")
+            .string("general.name", "driftwatch tiny test model")
+            .u32(&format!("{arch}.context_length"), self.n_ctx_train)
+            .u32(&format!("{arch}.embedding_length"), self.n_embd as u32)
+            .u32(&format!("{arch}.block_count"), self.n_layer as u32)
+            .u32(&format!("{arch}.feed_forward_length"), self.n_ff as u32)
+            .u32(&format!("{arch}.attention.head_count"), self.n_head as u32)
+            .u32(&format!("{arch}.attention.head_count_kv"), self.n_head_kv as u32)
+            .u32(&format!("{arch}.rope.dimension_count"), (self.n_embd / self.n_head) as u32)
+            .f32(&format!("{arch}.attention.layer_norm_rms_epsilon"), 1e-5)
+            .f32(&format!("{arch}.rope.freq_base"), 10000.0)
+            .u32(&format!("{arch}.vocab_size"), n_vocab as u32)
+            .string("tokenizer.ggml.model", "llama")
+            .strings("tokenizer.ggml.tokens", tokens)
+            .f32s("tokenizer.ggml.scores", scores)
+            .i32s("tokenizer.ggml.token_type", types)
+            .u32("tokenizer.ggml.unknown_token_id", 0)
+            .u32("tokenizer.ggml.bos_token_id", 1)
+            .u32("tokenizer.ggml.eos_token_id", 4)
+            .bool("tokenizer.ggml.add_bos_token", true)
+            .bool("tokenizer.ggml.add_eos_token", false);
+        if self.chat_template {
+            w.string("tokenizer.chat_template", CHATML);
+        }
+        let s = self.scale;
+        w.tensor_f32("token_embd.weight", &[self.n_embd, n_vocab], uniform(&mut rng, self.n_embd * n_vocab, 1.0));
+        w.tensor_f32("output_norm.weight", &[self.n_embd], vec![1.0; self.n_embd as usize]);
+        w.tensor_f32("output.weight", &[self.n_embd, n_vocab], uniform(&mut rng, self.n_embd * n_vocab, s));
+        for l in 0..self.n_layer {
+            w.tensor_f32(&format!("blk.{l}.attn_norm.weight"), &[self.n_embd], vec![1.0; self.n_embd as usize]);
+            w.tensor_f32(&format!("blk.{l}.ffn_norm.weight"), &[self.n_embd], vec![1.0; self.n_embd as usize]);
+            for m in ["attn_q", "attn_k", "attn_v", "attn_output", "ffn_gate", "ffn_up", "ffn_down"] {
+                let [i, o] = self.matrix_dims(m);
+                w.tensor_f32(&format!("blk.{l}.{m}.weight"), &[i, o], uniform(&mut rng, i * o, s));
+            }
+        }
+        w.write(path)
+    }
+}
+
+/// Options of a tiny LoRA adapter.
+#[derive(Debug, Clone)]
+pub struct TinyAdapter {
+    /// `general.architecture` written into the adapter.
+    pub architecture: String,
+    /// LoRA rank.
+    pub rank: u64,
+    /// `adapter.lora.alpha`.
+    pub alpha: f32,
+    /// Matrices adapted in every layer.
+    pub targets: Vec<&'static str>,
+    /// Weight seed.
+    pub seed: u64,
+    /// Half-width of the uniform weight distribution.
+    pub scale: f32,
+}
+
+impl Default for TinyAdapter {
+    fn default() -> Self {
+        TinyAdapter { architecture: "llama".into(), rank: 8, alpha: 8.0, targets: vec!["attn_q", "attn_v", "ffn_up"], seed: 7, scale: 0.5 }
+    }
+}
+
+impl TinyAdapter {
+    /// Writes an adapter for `model` to `path`.
+    pub fn write(&self, model: &TinyModel, path: &Path) -> std::io::Result<()> {
+        let mut rng = ChaCha8Rng::seed_from_u64(self.seed);
+        let mut w = GgufWriter::new();
+        w.string("general.architecture", &self.architecture)
+            .string("general.type", "adapter")
+            .string("adapter.type", "lora")
+            .f32("adapter.lora.alpha", self.alpha);
+        for l in 0..model.n_layer {
+            for m in &self.targets {
+                let [i, o] = model.matrix_dims(m);
+                let name = format!("blk.{l}.{m}.weight");
+                w.tensor_f32(&format!("{name}.lora_a"), &[i, self.rank], uniform(&mut rng, i * self.rank, self.scale));
+                w.tensor_f32(&format!("{name}.lora_b"), &[self.rank, o], uniform(&mut rng, self.rank * o, self.scale));
+            }
+        }
+        w.write(path)
+    }
+}
+
+/// A temporary folder with a tiny model (`base.gguf`) and a matching adapter (`adapter.gguf`).
+pub struct Fixture {
+    /// The folder (removed on drop).
+    pub dir: tempfile::TempDir,
+    /// The model's options.
+    pub model: TinyModel,
+    /// Path of the base model.
+    pub base: PathBuf,
+    /// Path of the adapter.
+    pub adapter: PathBuf,
+}
+
+impl Fixture {
+    /// Writes the default tiny model and adapter into a new temporary folder.
+    pub fn new() -> Fixture {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let model = TinyModel::default();
+        let base = dir.path().join("base.gguf");
+        let adapter = dir.path().join("adapter.gguf");
+        model.write(&base).expect("write tiny model");
+        TinyAdapter::default().write(&model, &adapter).expect("write tiny adapter");
+        Fixture { dir, model, base, adapter }
+    }
+
+    /// A path inside the fixture folder.
+    pub fn path(&self, name: &str) -> PathBuf {
+        self.dir.path().join(name)
+    }
+}
+
+impl Default for Fixture {
+    fn default() -> Self {
+        Fixture::new()
+    }
+}
+
+/// The resident set size of this process in bytes (Linux), for memory-growth checks.
+pub fn rss_bytes() -> Option<u64> {
+    let statm = std::fs::read_to_string("/proc/self/statm").ok()?;
+    let pages: u64 = statm.split_whitespace().nth(1)?.parse().ok()?;
+    Some(pages * 4096)
+}

@@ -1,0 +1,350 @@
+//! The command line: argument definitions and the commands `generate`, `doctor` and `bench`.
+
+use std::io::Write;
+use std::path::PathBuf;
+
+use anyhow::{bail, Context, Result};
+use clap::{Args, Parser, Subcommand};
+use serde_json::json;
+
+use crate::engine::{
+    AdapterSpec, Engine, EngineConfig, EngineEvent, GenerationRequest, Job, ModelSpec, SamplingParams,
+};
+use crate::setup;
+
+/// driftwatch: safety-drift evaluation for fine-tuned GGUF checkpoints.
+#[derive(Debug, Parser)]
+#[command(name = "driftwatch", version, about, long_about = None)]
+pub struct Cli {
+    /// Log as JSON lines instead of readable lines.
+    #[arg(long, global = true)]
+    pub log_json: bool,
+    /// The command.
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// Every command.
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Generate seeded samples for one prompt.
+    Generate(GenerateArgs),
+    /// Show the build (llama.cpp, CPU features, GPU) and what set-up has fetched.
+    Doctor(DoctorArgs),
+    /// Measure end-to-end generation throughput.
+    Bench(BenchArgs),
+}
+
+/// Model and engine options shared by the generation commands.
+#[derive(Debug, Args)]
+pub struct ModelArgs {
+    /// A GGUF model, or `default` for the cached default model.
+    #[arg(long, default_value = "default")]
+    pub model: String,
+    /// A GGUF LoRA adapter applied over the model.
+    #[arg(long)]
+    pub adapter: Option<PathBuf>,
+    /// The adapter's scale.
+    #[arg(long, default_value_t = 1.0, requires = "adapter")]
+    pub adapter_scale: f32,
+    /// Use this llama.cpp built-in chat template instead of the model's own.
+    #[arg(long)]
+    pub chat_template: Option<String>,
+    /// A system prompt.
+    #[arg(long)]
+    pub system: Option<String>,
+    /// CPU threads (0 = one per core).
+    #[arg(long, default_value_t = 0)]
+    pub threads: usize,
+    /// Sequences decoded together.
+    #[arg(long, default_value_t = 16)]
+    pub parallel: usize,
+    /// Layers to offload to the GPU (builds with `--features cuda`).
+    #[arg(long, default_value_t = 0)]
+    pub gpu_layers: u32,
+}
+
+impl ModelArgs {
+    fn spec(&self) -> Result<ModelSpec> {
+        let model = setup::resolve_model(&self.model).map_err(anyhow::Error::msg)?;
+        Ok(ModelSpec {
+            model,
+            adapter: self.adapter.as_ref().map(|p| AdapterSpec { path: setup::expand_tilde(p), scale: self.adapter_scale }),
+            chat_template: self.chat_template.clone(),
+            system_prompt: self.system.clone(),
+            raw_prompts: false,
+        })
+    }
+
+    fn engine(&self) -> Result<Engine> {
+        let config = EngineConfig {
+            threads: self.threads,
+            parallel: self.parallel,
+            batch_size: 512.max(self.parallel),
+            gpu_layers: self.gpu_layers,
+            ..EngineConfig::default()
+        };
+        Engine::start(config).context("cannot start the engine")
+    }
+}
+
+/// Sampling options.
+#[derive(Debug, Args)]
+pub struct SamplingArgs {
+    /// Temperature.
+    #[arg(long, default_value_t = 0.7)]
+    pub temperature: f32,
+    /// Top-p (1 disables).
+    #[arg(long, default_value_t = 0.95)]
+    pub top_p: f32,
+    /// Top-k (0 disables).
+    #[arg(long, default_value_t = 40)]
+    pub top_k: i32,
+    /// Min-p (0 disables).
+    #[arg(long, default_value_t = 0.05)]
+    pub min_p: f32,
+    /// Repetition penalty (1 disables).
+    #[arg(long, default_value_t = 1.1)]
+    pub repeat_penalty: f32,
+    /// Greedy decoding.
+    #[arg(long)]
+    pub greedy: bool,
+    /// Most tokens per sample.
+    #[arg(long, default_value_t = 256)]
+    pub max_tokens: u32,
+    /// A stop string (repeatable).
+    #[arg(long = "stop")]
+    pub stop: Vec<String>,
+}
+
+impl SamplingArgs {
+    fn params(&self) -> SamplingParams {
+        SamplingParams {
+            temperature: self.temperature,
+            top_p: self.top_p,
+            top_k: self.top_k,
+            min_p: self.min_p,
+            repeat_penalty: self.repeat_penalty,
+            greedy: self.greedy,
+            max_tokens: self.max_tokens,
+            stop: self.stop.clone(),
+            ..SamplingParams::default()
+        }
+    }
+}
+
+/// `driftwatch generate`.
+#[derive(Debug, Args)]
+pub struct GenerateArgs {
+    #[command(flatten)]
+    model: ModelArgs,
+    #[command(flatten)]
+    sampling: SamplingArgs,
+    /// The prompt.
+    #[arg(long)]
+    prompt: String,
+    /// Samples to generate.
+    #[arg(long, default_value_t = 1)]
+    samples: u32,
+    /// Seed of the first sample; sample i uses seed + i.
+    #[arg(long, default_value_t = 0)]
+    seed: u32,
+    /// Print JSON lines.
+    #[arg(long)]
+    json: bool,
+}
+
+/// `driftwatch doctor`.
+#[derive(Debug, Args)]
+pub struct DoctorArgs {
+    /// Print one JSON object.
+    #[arg(long)]
+    json: bool,
+}
+
+/// `driftwatch bench`.
+#[derive(Debug, Args)]
+pub struct BenchArgs {
+    #[command(flatten)]
+    model: ModelArgs,
+    /// Distinct prompts.
+    #[arg(long, default_value_t = 16)]
+    prompts: usize,
+    /// Samples per prompt.
+    #[arg(long, default_value_t = 4)]
+    samples: u32,
+    /// Most tokens per sample.
+    #[arg(long, default_value_t = 128)]
+    max_tokens: u32,
+    /// Generate exactly `max-tokens` per sample (ignore end-of-generation), as llama.cpp's
+    /// batched-bench does; needed for a like-for-like comparison.
+    #[arg(long)]
+    ignore_eos: bool,
+    /// A text file of prompts (one per line) instead of the built-in benchmark prompts.
+    #[arg(long)]
+    prompt_file: Option<PathBuf>,
+    /// Print one JSON object.
+    #[arg(long)]
+    json: bool,
+}
+
+/// Runs a parsed command line.
+pub async fn run(cli: Cli) -> Result<()> {
+    match cli.command {
+        Command::Generate(a) => generate(a).await,
+        Command::Doctor(a) => doctor(a),
+        Command::Bench(a) => bench(a).await,
+    }
+}
+
+async fn generate(a: GenerateArgs) -> Result<()> {
+    if a.samples == 0 {
+        bail!("--samples must be at least 1");
+    }
+    let engine = a.model.engine()?;
+    let jobs = (0..a.samples)
+        .map(|i| Job { prompt_id: "cli".into(), prompt: a.prompt.clone(), sample_index: i, seed: a.seed.wrapping_add(i) })
+        .collect();
+    let req = GenerationRequest { model: a.model.spec()?, sampling: a.sampling.params(), jobs };
+    let mut stream = engine.submit(req);
+    let mut out = std::io::stdout().lock();
+    let mut samples = Vec::new();
+    while let Some(ev) = stream.next().await {
+        match ev {
+            EngineEvent::Sample(s) => samples.push(s),
+            EngineEvent::Done(r) => {
+                r?;
+            }
+            EngineEvent::Started(_) | EngineEvent::Progress(_) => {}
+        }
+    }
+    samples.sort_by_key(|s| s.job_index);
+    for s in samples {
+        if a.json {
+            let line = json!({
+                "prompt": a.prompt, "sample_index": s.sample_index, "seed": s.seed, "text": s.text,
+                "finish_reason": s.finish_reason, "prompt_tokens": s.prompt_tokens,
+                "completion_tokens": s.completion_tokens, "error": s.error,
+            });
+            writeln!(out, "{line}")?;
+        } else {
+            writeln!(
+                out,
+                "── sample {} · seed {} · {} tokens · {} ──\n{}\n",
+                s.sample_index,
+                s.seed,
+                s.completion_tokens,
+                s.finish_reason.as_str(),
+                s.text.trim_end()
+            )?;
+        }
+    }
+    Ok(())
+}
+
+fn doctor(a: DoctorArgs) -> Result<()> {
+    let info = crate::engine::build_info();
+    let model = setup::default_model_path();
+    let cached = model.is_file();
+    let wasm = setup::wasm_target_installed();
+    if a.json {
+        let v = json!({
+            "build": info, "default_model": {"path": model, "cached": cached, "sha256": setup::DEFAULT_MODEL_SHA256},
+            "wasm32_wasip2_target": wasm,
+        });
+        println!("{}", serde_json::to_string_pretty(&v)?);
+        return Ok(());
+    }
+    let yes = |b: bool| if b { "yes" } else { "no" };
+    println!("driftwatch {}", info.driftwatch_version);
+    println!("llama.cpp (ggml) {} commit {}", info.ggml_version, info.ggml_commit);
+    println!("compiled CPU features: {}", if info.compiled_cpu_features.is_empty() { "none (portable build: slow)".to_string() } else { info.compiled_cpu_features.join(" ") });
+    println!("llama.cpp system info: {}", info.system_info);
+    println!("GPU offload: {}", if info.gpu_offload { "yes (cuda build)" } else { "no (CPU build; `--features cuda` for GPU)" });
+    println!("default model: {} ({})", model.display(), if cached { "cached" } else { "missing: run `make setup`" });
+    println!(
+        "wasm32-wasip2 target: {}",
+        match wasm {
+            Some(b) => yes(b).to_string(),
+            None => "unknown (rustup not found)".into(),
+        }
+    );
+    Ok(())
+}
+
+async fn bench(a: BenchArgs) -> Result<()> {
+    if a.prompts == 0 || a.samples == 0 {
+        bail!("--prompts and --samples must be at least 1");
+    }
+    let base: Vec<String> = match &a.prompt_file {
+        Some(p) => std::fs::read_to_string(p)
+            .with_context(|| format!("cannot read {}", p.display()))?
+            .lines()
+            .map(str::trim)
+            .filter(|l| !l.is_empty())
+            .map(str::to_owned)
+            .collect(),
+        None => include_str!("../../config/bench_prompts.txt").lines().map(str::to_owned).collect(),
+    };
+    if base.is_empty() {
+        bail!("no prompts to benchmark with");
+    }
+    // Distinct prompts: cycle through the list, numbering repeats so every prompt differs.
+    let prompts: Vec<String> = (0..a.prompts)
+        .map(|i| {
+            let p = &base[i % base.len()];
+            if i < base.len() {
+                p.clone()
+            } else {
+                format!("{p} (variant {})", i / base.len())
+            }
+        })
+        .collect();
+    let mut jobs = Vec::new();
+    for (i, p) in prompts.iter().enumerate() {
+        for k in 0..a.samples {
+            jobs.push(Job { prompt_id: format!("p{i}"), prompt: p.clone(), sample_index: k, seed: 1000 * i as u32 + k });
+        }
+    }
+    let sampling = SamplingParams { max_tokens: a.max_tokens, ignore_eos: a.ignore_eos, ..SamplingParams::default() };
+    let engine = a.model.engine()?;
+    let req = GenerationRequest { model: a.model.spec()?, sampling, jobs };
+    let mut stream = engine.submit(req);
+    let mut info = None;
+    let mut stats = None;
+    while let Some(ev) = stream.next().await {
+        match ev {
+            EngineEvent::Started(i) => info = Some(i),
+            EngineEvent::Done(r) => stats = Some(r?),
+            EngineEvent::Sample(_) | EngineEvent::Progress(_) => {}
+        }
+    }
+    let stats = stats.context("the engine ended without a result")?;
+    let info = info.context("the engine never started the request")?;
+    let avg_prompt = stats.prompt_tokens_total as f64 / stats.sequences.max(1) as f64;
+    let v = json!({
+        "model": a.model.model, "prompts": a.prompts, "samples": a.samples, "parallel": info.parallel,
+        "threads": info.threads, "max_tokens": a.max_tokens, "ignore_eos": a.ignore_eos,
+        "sequences": stats.sequences, "prefill_tokens": stats.prefill_tokens,
+        "prompt_tokens_total": stats.prompt_tokens_total, "avg_prompt_tokens": avg_prompt,
+        "generated_tokens": stats.generated_tokens,
+        "prefill_s": stats.prefill_s, "decode_s": stats.decode_s, "wall_s": stats.wall_s,
+        "prefill_tokens_per_s": stats.prefill_tokens_per_s(), "decode_tokens_per_s": stats.decode_tokens_per_s(),
+        "decode_calls": stats.decode_calls, "load_ms": info.load_ms,
+    });
+    if a.json {
+        println!("{v}");
+    } else {
+        println!(
+            "{} sequences ({} prompts × {} samples), parallel {}, {} threads\n\
+             prefill: {} tokens ({} without prefix sharing) in {:.2}s = {:.1} tokens/s\n\
+             decode:  {} tokens in {:.2}s = {:.1} tokens/s\n\
+             wall:    {:.2}s (model load {} ms excluded)",
+            stats.sequences, a.prompts, a.samples, info.parallel, info.threads,
+            stats.prefill_tokens, stats.prompt_tokens_total, stats.prefill_s, stats.prefill_tokens_per_s(),
+            stats.generated_tokens, stats.decode_s, stats.decode_tokens_per_s(),
+            stats.wall_s, info.load_ms
+        );
+    }
+    Ok(())
+}

@@ -1,0 +1,305 @@
+//! The continuous batching decoder: up to `parallel` sequences decode together in one llama.cpp
+//! context; a finished sequence's slot is refilled with the next job at once; and the samples
+//! of one prompt share its prefill.
+//!
+//! Prefix sharing: a prompt's tokens except the last are prefilled once into a *holder*
+//! sequence (ids `parallel..`). Each of its samples then gets the holder's KV cells by
+//! `seq_cp` (a metadata operation in llama.cpp's unified KV cache, no copy) and decodes only
+//! the prompt's last token itself, inside the ordinary generation batch, so that its first
+//! token is sampled from its own logits. This works whether a prompt's samples start together
+//! or one by one as slots free up. The holder is released when the prompt's last sample starts.
+
+use std::collections::VecDeque;
+use std::time::Instant;
+
+use llama_cpp_2::context::LlamaContext;
+use llama_cpp_2::llama_batch::LlamaBatch;
+use llama_cpp_2::model::LlamaModel;
+use llama_cpp_2::sampling::LlamaSampler;
+use llama_cpp_2::token::LlamaToken;
+use tokio::sync::mpsc::UnboundedSender;
+use tokio_util::sync::CancellationToken;
+
+use super::{EngineError, EngineEvent, FinishReason, GenerationStats, Job, Progress, SampleOutput, SamplingParams, PROGRESS_EVERY};
+
+/// A distinct prompt: its tokens, or why it cannot run.
+pub(crate) struct Prompt {
+    pub tokens: Vec<LlamaToken>,
+    pub error: Option<String>,
+}
+
+/// Everything one run of the decoder needs.
+pub(crate) struct Work<'a> {
+    pub prompts: &'a [Prompt],
+    pub jobs: &'a [Job],
+    /// For each job, the index of its prompt.
+    pub job_prompt: &'a [usize],
+    pub sampling: &'a SamplingParams,
+    pub parallel: usize,
+    pub batch_size: usize,
+}
+
+struct Slot {
+    job: usize,
+    sampler: LlamaSampler,
+    pos: i32,
+    next: LlamaToken,
+    n_gen: u32,
+    out: Vec<u8>,
+    started: Instant,
+    batch_idx: i32,
+}
+
+#[derive(Default, Clone)]
+struct PromptState {
+    holder: Option<i32>,
+    unadmitted: usize,
+}
+
+fn llama_err(what: &str, e: impl std::fmt::Display) -> EngineError {
+    EngineError::Llama(format!("{what}: {e}"))
+}
+
+/// Runs every job; streams a [`SampleOutput`] per finished job.
+pub(crate) fn run(
+    model: &LlamaModel,
+    ctx: &mut LlamaContext<'_>,
+    work: Work<'_>,
+    events: &UnboundedSender<EngineEvent>,
+    cancel: &CancellationToken,
+) -> Result<GenerationStats, EngineError> {
+    let vocab = model.vocab();
+    let n_vocab = model.n_vocab();
+    // End-of-generation tokens, for `ignore_eos`.
+    let eog: Vec<LlamaToken> = vocab.tokens().filter(|&t| vocab.is_eog(t)).collect();
+    let p = work.parallel;
+    let started = Instant::now();
+    let mut stats = GenerationStats::default();
+    let mut states = vec![PromptState::default(); work.prompts.len()];
+    let mut queue = VecDeque::new();
+    let mut done = 0usize;
+    let total = work.jobs.len();
+
+    let emit = |s: SampleOutput| {
+        // A receiver that went away has cancelled; the token tells the loop.
+        let _ = events.send(EngineEvent::Sample(s));
+    };
+
+    for (j, job) in work.jobs.iter().enumerate() {
+        let prompt = &work.prompts[work.job_prompt[j]];
+        if let Some(err) = &prompt.error {
+            emit(SampleOutput {
+                job_index: j,
+                prompt_id: job.prompt_id.clone(),
+                sample_index: job.sample_index,
+                seed: job.seed,
+                text: String::new(),
+                prompt_tokens: prompt.tokens.len() as u32,
+                completion_tokens: 0,
+                finish_reason: FinishReason::Error,
+                error: Some(err.clone()),
+                generation_ms: 0,
+            });
+            done += 1;
+            continue;
+        }
+        states[work.job_prompt[j]].unadmitted += 1;
+        stats.prompt_tokens_total += prompt.tokens.len() as u64;
+        queue.push_back(j);
+    }
+
+    let mut slots: Vec<Option<Slot>> = (0..p).map(|_| None).collect();
+    // Holder sequence ids: at most `parallel` prompts start in one step, plus one prompt whose
+    // samples are still being admitted.
+    let mut free_holders: Vec<i32> = (p as i32..(2 * p + 1) as i32).rev().collect();
+    let mut batch = LlamaBatch::new(work.batch_size.max(p), 1);
+    let mut last_progress = Instant::now();
+    let max_stop = work.sampling.stop.iter().map(String::len).max().unwrap_or(0);
+
+    loop {
+        if cancel.is_cancelled() {
+            for (i, slot) in slots.iter_mut().enumerate() {
+                if let Some(s) = slot.take() {
+                    emit(finish(s, work.jobs, work.prompts, work.job_prompt, FinishReason::Cancelled));
+                    ctx.clear_kv_cache_seq(Some(i as u32), None, None).map_err(|e| llama_err("kv", e))?;
+                }
+            }
+            break;
+        }
+
+        // 1. Plan admissions: free slots take the next jobs in order.
+        let mut planned = Vec::new();
+        let mut to_prefill = Vec::new();
+        for slot in (0..p).filter(|&i| slots[i].is_none()) {
+            let Some(&j) = queue.front() else { break };
+            let g = work.job_prompt[j];
+            if work.prompts[g].tokens.len() > 1 && states[g].holder.is_none() {
+                let Some(h) = free_holders.pop() else { break };
+                states[g].holder = Some(h);
+                to_prefill.push(g);
+            }
+            queue.pop_front();
+            planned.push((slot, j));
+        }
+
+        // 2. Prefill new prompts' prefixes into their holders, in chunks of `batch_size`.
+        if !to_prefill.is_empty() {
+            let t = Instant::now();
+            batch.clear();
+            for &g in &to_prefill {
+                let h = states[g].holder.unwrap_or_default();
+                let toks = &work.prompts[g].tokens;
+                for (i, &tok) in toks[..toks.len() - 1].iter().enumerate() {
+                    if batch.n_tokens() as usize >= work.batch_size {
+                        ctx.decode(&mut batch).map_err(|e| llama_err("prefill", e))?;
+                        batch.clear();
+                    }
+                    batch.add(tok, i as i32, &[h], false).map_err(|e| llama_err("batch", e))?;
+                    stats.prefill_tokens += 1;
+                }
+            }
+            if batch.n_tokens() > 0 {
+                ctx.decode(&mut batch).map_err(|e| llama_err("prefill", e))?;
+            }
+            stats.prefill_s += t.elapsed().as_secs_f64();
+        }
+
+        // 3. Admit: share the prefix, then decode the prompt's last token in the slot itself.
+        for (slot, j) in planned {
+            let g = work.job_prompt[j];
+            let toks = &work.prompts[g].tokens;
+            if let Some(h) = states[g].holder {
+                ctx.copy_kv_cache_seq(h, slot as i32, None, None).map_err(|e| llama_err("kv copy", e))?;
+            }
+            states[g].unadmitted -= 1;
+            if states[g].unadmitted == 0 {
+                if let Some(h) = states[g].holder.take() {
+                    ctx.clear_kv_cache_seq(Some(h as u32), None, None).map_err(|e| llama_err("kv", e))?;
+                    free_holders.push(h);
+                }
+            }
+            stats.prefill_tokens += 1;
+            slots[slot] = Some(Slot {
+                job: j,
+                sampler: work.sampling.chain(work.jobs[j].seed, n_vocab, &eog),
+                pos: toks.len() as i32 - 1,
+                next: toks[toks.len() - 1],
+                n_gen: 0,
+                out: Vec::new(),
+                started: Instant::now(),
+                batch_idx: -1,
+            });
+        }
+
+        // 4. One generation step for every active sequence.
+        batch.clear();
+        for (i, slot) in slots.iter_mut().enumerate() {
+            if let Some(s) = slot {
+                s.batch_idx = batch.n_tokens();
+                batch.add(s.next, s.pos, &[i as i32], true).map_err(|e| llama_err("batch", e))?;
+            }
+        }
+        if batch.n_tokens() == 0 {
+            if queue.is_empty() {
+                break;
+            }
+            return Err(EngineError::Llama("the scheduler stalled with jobs left (no free holder)".into()));
+        }
+        let t = Instant::now();
+        ctx.decode(&mut batch).map_err(|e| llama_err("decode", e))?;
+        stats.decode_calls += 1;
+
+        // 5. Sample, append, and retire finished sequences.
+        for i in 0..p {
+            let Some(s) = slots[i].as_mut() else { continue };
+            let tok = s.sampler.sample(ctx, s.batch_idx);
+            let reason = if vocab.is_eog(tok) {
+                Some(FinishReason::Stop)
+            } else {
+                let before = s.out.len();
+                s.out.extend_from_slice(&vocab.token_to_piece(tok, false, None));
+                s.n_gen += 1;
+                stats.generated_tokens += 1;
+                if let Some(at) = find_stop(&s.out, before, max_stop, &work.sampling.stop) {
+                    s.out.truncate(at);
+                    Some(FinishReason::Stop)
+                } else if s.n_gen >= work.sampling.max_tokens {
+                    Some(FinishReason::Length)
+                } else {
+                    s.next = tok;
+                    s.pos += 1;
+                    None
+                }
+            };
+            if let Some(reason) = reason {
+                let s = slots[i].take().expect("slot is active");
+                emit(finish(s, work.jobs, work.prompts, work.job_prompt, reason));
+                done += 1;
+                ctx.clear_kv_cache_seq(Some(i as u32), None, None).map_err(|e| llama_err("kv", e))?;
+            }
+        }
+        stats.decode_s += t.elapsed().as_secs_f64();
+
+        if last_progress.elapsed() >= PROGRESS_EVERY {
+            last_progress = Instant::now();
+            let _ = events.send(EngineEvent::Progress(Progress {
+                done,
+                total,
+                generated_tokens: stats.generated_tokens,
+                elapsed_s: started.elapsed().as_secs_f64(),
+            }));
+        }
+    }
+    stats.sequences = done;
+    stats.wall_s = started.elapsed().as_secs_f64();
+    Ok(stats)
+}
+
+fn finish(s: Slot, jobs: &[Job], prompts: &[Prompt], job_prompt: &[usize], reason: FinishReason) -> SampleOutput {
+    let job = &jobs[s.job];
+    SampleOutput {
+        job_index: s.job,
+        prompt_id: job.prompt_id.clone(),
+        sample_index: job.sample_index,
+        seed: job.seed,
+        text: String::from_utf8_lossy(&s.out).into_owned(),
+        prompt_tokens: prompts[job_prompt[s.job]].tokens.len() as u32,
+        completion_tokens: s.n_gen,
+        finish_reason: reason,
+        error: None,
+        generation_ms: s.started.elapsed().as_millis() as u64,
+    }
+}
+
+/// The byte offset of the first stop string that ends in the bytes appended since `before`.
+fn find_stop(out: &[u8], before: usize, max_stop: usize, stops: &[String]) -> Option<usize> {
+    if stops.is_empty() {
+        return None;
+    }
+    let from = before.saturating_sub(max_stop.saturating_sub(1));
+    stops
+        .iter()
+        .filter_map(|stop| {
+            let stop = stop.as_bytes();
+            out[from..].windows(stop.len()).position(|w| w == stop).map(|i| from + i)
+        })
+        .min()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::find_stop;
+
+    #[test]
+    fn stop_strings_are_found_across_token_boundaries() {
+        let stops = vec!["\nUser:".to_string(), "###".to_string()];
+        let out = b"Sure, here it is.\nUs".to_vec();
+        assert_eq!(find_stop(&out, 10, 6, &stops), None);
+        let mut out2 = out.clone();
+        let before = out2.len();
+        out2.extend_from_slice(b"er: hi");
+        assert_eq!(find_stop(&out2, before, 6, &stops), Some(17));
+        assert_eq!(find_stop(b"a ### b", 0, 6, &stops), Some(2));
+        assert_eq!(find_stop(b"abc", 0, 0, &[]), None);
+    }
+}

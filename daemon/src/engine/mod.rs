@@ -1,0 +1,427 @@
+//! The generation engine: llama.cpp on its own OS thread, a model cache, and a continuous
+//! batching decoder that generates many seeded (prompt, sample) jobs at once.
+//!
+//! llama.cpp contexts, batches and samplers are not `Send`; they live on one dedicated thread
+//! ([`worker`]) and async code talks to it through channels. A request streams back one
+//! [`EngineEvent::Sample`] per finished job, so callers can store each sample as it completes,
+//! and can be cancelled at any time.
+//!
+//! What makes a generated text reproducible: the model and adapter bytes, the adapter scale,
+//! the prompt and chat template, the sampling settings and seed, and the *batch settings*
+//! (`parallel`, `batch_size`, `threads`) together with the job order. llama.cpp's arithmetic
+//! depends on how sequences are batched, so a different `parallel` can change the text even
+//! with the same seed; the same settings give the same text, run after run.
+
+mod batch;
+pub mod sampling;
+pub mod template;
+mod worker;
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+
+pub use sampling::SamplingParams;
+pub use worker::{build_info, BuildInfo};
+
+/// Settings of the engine itself (not of a request).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct EngineConfig {
+    /// CPU threads for llama.cpp; 0 means one per available core.
+    pub threads: usize,
+    /// Sequences decoded together in one batch.
+    pub parallel: usize,
+    /// Largest number of tokens handed to one llama.cpp decode call (prefill chunks).
+    pub batch_size: usize,
+    /// Layers offloaded to the GPU (only with the `cuda` feature).
+    pub gpu_layers: u32,
+    /// How many whole models stay loaded at once (least recently used goes first).
+    pub max_loaded_models: usize,
+}
+
+impl Default for EngineConfig {
+    fn default() -> Self {
+        EngineConfig { threads: 0, parallel: 16, batch_size: 512, gpu_layers: 0, max_loaded_models: 2 }
+    }
+}
+
+impl EngineConfig {
+    /// The effective thread count.
+    pub fn effective_threads(&self) -> usize {
+        if self.threads > 0 {
+            self.threads
+        } else {
+            std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1)
+        }
+    }
+}
+
+/// Which model to generate with.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ModelSpec {
+    /// A whole GGUF model (the base model when an adapter is given).
+    pub model: PathBuf,
+    /// A LoRA adapter applied over the model for this request only.
+    pub adapter: Option<AdapterSpec>,
+    /// A chat template to use instead of the model's own: a llama.cpp built-in name such as
+    /// `chatml`, `llama3`, `gemma`, `mistral-v7`.
+    pub chat_template: Option<String>,
+    /// An optional system prompt put before every user prompt.
+    pub system_prompt: Option<String>,
+    /// Hand prompts to the model verbatim, without any chat template.
+    #[serde(default)]
+    pub raw_prompts: bool,
+}
+
+impl ModelSpec {
+    /// A plain model with its own chat template.
+    pub fn new(model: impl Into<PathBuf>) -> Self {
+        ModelSpec { model: model.into(), adapter: None, chat_template: None, system_prompt: None, raw_prompts: false }
+    }
+}
+
+/// A LoRA adapter and its scale.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct AdapterSpec {
+    /// The adapter GGUF.
+    pub path: PathBuf,
+    /// The scale applied to the adapter (1.0 = as trained).
+    pub scale: f32,
+}
+
+/// One sample to generate: a prompt and a seed.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Job {
+    /// The caller's identifier of the prompt (jobs with the same prompt text share prefill).
+    pub prompt_id: String,
+    /// The user prompt (the chat template is applied by the engine).
+    pub prompt: String,
+    /// Which of the prompt's samples this is.
+    pub sample_index: u32,
+    /// The sampler seed.
+    pub seed: u32,
+}
+
+/// A generation request: a model, sampling settings and the jobs.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct GenerationRequest {
+    /// Model (and adapter).
+    pub model: ModelSpec,
+    /// Sampling settings shared by all jobs (each job has its own seed).
+    pub sampling: SamplingParams,
+    /// The jobs, generated in this order (samples of one prompt should be adjacent).
+    pub jobs: Vec<Job>,
+}
+
+/// Why a sequence stopped.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum FinishReason {
+    /// An end-of-generation token or a stop string.
+    Stop,
+    /// `max_tokens` reached.
+    Length,
+    /// The request was cancelled while the sequence ran.
+    Cancelled,
+    /// The job could not run (e.g. its prompt does not fit the context).
+    Error,
+}
+
+impl FinishReason {
+    /// The lowercase name.
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            FinishReason::Stop => "stop",
+            FinishReason::Length => "length",
+            FinishReason::Cancelled => "cancelled",
+            FinishReason::Error => "error",
+        }
+    }
+}
+
+/// One generated sample.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct SampleOutput {
+    /// Index of the job in the request.
+    pub job_index: usize,
+    /// The job's prompt id.
+    pub prompt_id: String,
+    /// The job's sample index.
+    pub sample_index: u32,
+    /// The job's seed.
+    pub seed: u32,
+    /// The generated text (stop string and end-of-generation token excluded).
+    pub text: String,
+    /// Tokens in the templated prompt.
+    pub prompt_tokens: u32,
+    /// Tokens generated.
+    pub completion_tokens: u32,
+    /// Why it stopped.
+    pub finish_reason: FinishReason,
+    /// What went wrong, for `FinishReason::Error`.
+    pub error: Option<String>,
+    /// Milliseconds from the job's admission to its end.
+    pub generation_ms: u64,
+}
+
+/// Facts about a request once its model is loaded.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct RequestInfo {
+    /// The chat template used (the model's text, or the override's name); `None` for raw prompts.
+    pub chat_template: Option<String>,
+    /// The model's training context length.
+    pub n_ctx_train: u32,
+    /// The context size allocated for the request.
+    pub n_ctx: u32,
+    /// Sequences decoded together.
+    pub parallel: usize,
+    /// Threads used.
+    pub threads: usize,
+    /// Distinct prompts among the jobs.
+    pub distinct_prompts: usize,
+    /// Milliseconds spent loading the model (0 when cached) and the adapter.
+    pub load_ms: u64,
+}
+
+/// Progress of a request, sent a few times a second.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Progress {
+    /// Jobs finished.
+    pub done: usize,
+    /// Jobs in the request.
+    pub total: usize,
+    /// Tokens generated so far.
+    pub generated_tokens: u64,
+    /// Seconds since the request started decoding.
+    pub elapsed_s: f64,
+}
+
+/// Throughput of a finished request.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct GenerationStats {
+    /// Sequences generated.
+    pub sequences: usize,
+    /// Prompt tokens evaluated in prefill calls (shared prefixes counted once).
+    pub prefill_tokens: u64,
+    /// Prompt tokens a run without prefix sharing would have evaluated.
+    pub prompt_tokens_total: u64,
+    /// Tokens generated.
+    pub generated_tokens: u64,
+    /// Seconds in prefill-only decode calls.
+    pub prefill_s: f64,
+    /// Seconds in generation decode calls (including sampling).
+    pub decode_s: f64,
+    /// Wall seconds of the whole request, model load excluded.
+    pub wall_s: f64,
+    /// Number of generation decode calls.
+    pub decode_calls: u64,
+}
+
+impl GenerationStats {
+    /// Prompt tokens per second in prefill.
+    pub fn prefill_tokens_per_s(&self) -> f64 {
+        if self.prefill_s > 0.0 {
+            self.prefill_tokens as f64 / self.prefill_s
+        } else {
+            0.0
+        }
+    }
+
+    /// Generated tokens per second in decode.
+    pub fn decode_tokens_per_s(&self) -> f64 {
+        if self.decode_s > 0.0 {
+            self.generated_tokens as f64 / self.decode_s
+        } else {
+            0.0
+        }
+    }
+}
+
+/// What a request streams back.
+#[derive(Debug, Clone)]
+pub enum EngineEvent {
+    /// The model is loaded and decoding starts.
+    Started(RequestInfo),
+    /// A job finished.
+    Sample(SampleOutput),
+    /// Progress.
+    Progress(Progress),
+    /// The request ended: its stats, or why it failed.
+    Done(Result<GenerationStats, EngineError>),
+}
+
+/// Why a request failed as a whole.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum EngineError {
+    /// The model or adapter file is unusable (driftwatch's own check).
+    #[error(transparent)]
+    Checkpoint(Arc<crate::checkpoint::CheckpointError>),
+    /// llama.cpp refused to load the file.
+    #[error("llama.cpp could not load {path}: {reason}")]
+    Load {
+        /// The file.
+        path: String,
+        /// What llama.cpp said.
+        reason: String,
+    },
+    /// The model has no chat template and none was configured.
+    #[error(
+        "{model} has no chat template; set `model.chat_template` to a llama.cpp built-in template name (e.g. \"chatml\", \"llama3\")"
+    )]
+    NoChatTemplate {
+        /// The model path.
+        model: String,
+    },
+    /// The chat template could not be applied.
+    #[error("cannot apply the chat template: {0}")]
+    Template(String),
+    /// Invalid request settings.
+    #[error("invalid request: {0}")]
+    InvalidRequest(String),
+    /// llama.cpp failed while decoding.
+    #[error("llama.cpp failed: {0}")]
+    Llama(String),
+    /// The engine thread is gone.
+    #[error("the engine has stopped")]
+    Stopped,
+}
+
+impl From<crate::checkpoint::CheckpointError> for EngineError {
+    fn from(e: crate::checkpoint::CheckpointError) -> Self {
+        EngineError::Checkpoint(Arc::new(e))
+    }
+}
+
+/// A handle to the engine thread. Cheap to clone; the thread stops when the last handle is
+/// dropped.
+#[derive(Clone)]
+pub struct Engine {
+    tx: std::sync::mpsc::Sender<worker::Command>,
+    config: Arc<EngineConfig>,
+}
+
+impl std::fmt::Debug for Engine {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Engine").field("config", &self.config).finish()
+    }
+}
+
+impl Engine {
+    /// Starts the engine thread.
+    pub fn start(config: EngineConfig) -> Result<Engine, EngineError> {
+        if config.parallel == 0 || config.parallel > 128 {
+            return Err(EngineError::InvalidRequest(format!(
+                "engine.parallel must be between 1 and 128, not {}",
+                config.parallel
+            )));
+        }
+        if config.batch_size < config.parallel {
+            return Err(EngineError::InvalidRequest(format!(
+                "engine.batch_size ({}) must be at least engine.parallel ({})",
+                config.batch_size, config.parallel
+            )));
+        }
+        let tx = worker::spawn(config.clone())?;
+        Ok(Engine { tx, config: Arc::new(config) })
+    }
+
+    /// The engine's settings.
+    pub fn config(&self) -> &EngineConfig {
+        &self.config
+    }
+
+    /// Submits a request; events stream back on the returned [`GenerationStream`].
+    pub fn submit(&self, request: GenerationRequest) -> GenerationStream {
+        let (events, rx) = mpsc::unbounded_channel();
+        let cancel = CancellationToken::new();
+        let cmd = worker::Command::Generate { request: Box::new(request), events: events.clone(), cancel: cancel.clone() };
+        if self.tx.send(cmd).is_err() {
+            let _ = events.send(EngineEvent::Done(Err(EngineError::Stopped)));
+        }
+        GenerationStream { rx, cancel, finished: false }
+    }
+
+    /// Runs a request to the end and returns every sample (in job order) with the stats.
+    pub async fn generate(&self, request: GenerationRequest) -> Result<(Vec<SampleOutput>, GenerationStats), EngineError> {
+        let mut stream = self.submit(request);
+        let mut samples = Vec::new();
+        while let Some(ev) = stream.next().await {
+            match ev {
+                EngineEvent::Sample(s) => samples.push(s),
+                EngineEvent::Done(r) => {
+                    samples.sort_by_key(|s| s.job_index);
+                    return r.map(|stats| (samples, stats));
+                }
+                EngineEvent::Started(_) | EngineEvent::Progress(_) => {}
+            }
+        }
+        Err(EngineError::Stopped)
+    }
+
+    /// Like [`Engine::generate`], for callers on a plain (non-async) thread.
+    pub fn generate_blocking(&self, request: GenerationRequest) -> Result<(Vec<SampleOutput>, GenerationStats), EngineError> {
+        let mut stream = self.submit(request);
+        let mut samples = Vec::new();
+        while let Some(ev) = stream.rx.blocking_recv() {
+            match ev {
+                EngineEvent::Sample(s) => samples.push(s),
+                EngineEvent::Done(r) => {
+                    stream.finished = true;
+                    samples.sort_by_key(|s| s.job_index);
+                    return r.map(|stats| (samples, stats));
+                }
+                EngineEvent::Started(_) | EngineEvent::Progress(_) => {}
+            }
+        }
+        Err(EngineError::Stopped)
+    }
+}
+
+/// The events of one request. Dropping it before the end cancels the request.
+#[derive(Debug)]
+pub struct GenerationStream {
+    rx: mpsc::UnboundedReceiver<EngineEvent>,
+    cancel: CancellationToken,
+    finished: bool,
+}
+
+impl GenerationStream {
+    /// The next event; `None` after [`EngineEvent::Done`].
+    pub async fn next(&mut self) -> Option<EngineEvent> {
+        if self.finished {
+            return None;
+        }
+        let ev = self.rx.recv().await;
+        if matches!(ev, Some(EngineEvent::Done(_)) | None) {
+            self.finished = true;
+        }
+        ev
+    }
+
+    /// Asks the engine to stop this request: running sequences end with
+    /// [`FinishReason::Cancelled`], jobs not yet started are dropped, then `Done` follows.
+    pub fn cancel(&self) {
+        self.cancel.cancel();
+    }
+
+    /// A token that cancels this request when cancelled.
+    pub fn cancel_token(&self) -> CancellationToken {
+        self.cancel.clone()
+    }
+}
+
+impl Drop for GenerationStream {
+    fn drop(&mut self) {
+        if !self.finished {
+            self.cancel.cancel();
+        }
+    }
+}
+
+/// How often progress events are sent.
+pub(crate) const PROGRESS_EVERY: Duration = Duration::from_millis(250);

@@ -1,0 +1,329 @@
+//! The engine thread: owns the llama.cpp backend, the model cache and every context; serves
+//! requests one after another; frees each request's adapter when it ends.
+
+use std::collections::HashMap;
+use std::ffi::CStr;
+use std::num::NonZeroU32;
+use std::path::{Path, PathBuf};
+use std::ptr::NonNull;
+use std::sync::mpsc::{Receiver, Sender};
+use std::sync::OnceLock;
+use std::time::{Instant, SystemTime};
+
+use llama_cpp_2::context::params::LlamaContextParams;
+use llama_cpp_2::llama_backend::LlamaBackend;
+use llama_cpp_2::model::params::LlamaModelParams;
+use llama_cpp_2::model::{LlamaLoraAdapter, LlamaModel};
+use serde::Serialize;
+use tokio::sync::mpsc::UnboundedSender;
+use tokio_util::sync::CancellationToken;
+
+use super::batch::{self, Prompt};
+use super::{template, EngineConfig, EngineError, EngineEvent, GenerationRequest, GenerationStats, RequestInfo};
+use crate::checkpoint;
+
+pub(crate) enum Command {
+    Generate { request: Box<GenerationRequest>, events: UnboundedSender<EngineEvent>, cancel: CancellationToken },
+}
+
+static BACKEND: OnceLock<Result<LlamaBackend, String>> = OnceLock::new();
+
+/// The process-wide llama.cpp backend (initialised once; llama.cpp's logs go to `tracing`).
+pub(crate) fn backend() -> Result<&'static LlamaBackend, EngineError> {
+    BACKEND
+        .get_or_init(|| {
+            llama_cpp_2::send_logs_to_tracing(llama_cpp_2::LogOptions::default());
+            LlamaBackend::init().map_err(|e| e.to_string())
+        })
+        .as_ref()
+        .map_err(|e| EngineError::Llama(format!("cannot initialise llama.cpp: {e}")))
+}
+
+pub(crate) fn spawn(config: EngineConfig) -> Result<Sender<Command>, EngineError> {
+    backend()?;
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::Builder::new()
+        .name("driftwatch-engine".into())
+        .spawn(move || Worker { config, models: ModelCache::default() }.serve(rx))
+        .map_err(|e| EngineError::Llama(format!("cannot start the engine thread: {e}")))?;
+    Ok(tx)
+}
+
+/// A loaded model, and the file identity it was loaded from.
+struct Loaded {
+    model: LlamaModel,
+    identity: (u64, Option<SystemTime>),
+    last_used: Instant,
+}
+
+#[derive(Default)]
+struct ModelCache {
+    models: HashMap<PathBuf, Loaded>,
+}
+
+fn identity(path: &Path) -> (u64, Option<SystemTime>) {
+    std::fs::metadata(path).map(|m| (m.len(), m.modified().ok())).unwrap_or((0, None))
+}
+
+impl ModelCache {
+    /// The model at `path`, loaded if absent or changed on disk. Returns the load time.
+    fn get(&mut self, path: &Path, config: &EngineConfig) -> Result<(&mut LlamaModel, u64), EngineError> {
+        let id = identity(path);
+        let fresh = self.models.get(path).is_some_and(|l| l.identity == id);
+        let mut load_ms = 0;
+        if !fresh {
+            self.models.remove(path);
+            while self.models.len() >= config.max_loaded_models.max(1) {
+                let oldest = self.models.iter().min_by_key(|(_, l)| l.last_used).map(|(p, _)| p.clone());
+                match oldest {
+                    Some(p) => {
+                        self.models.remove(&p);
+                    }
+                    None => break,
+                }
+            }
+            let t = Instant::now();
+            let params = LlamaModelParams::default().with_n_gpu_layers(config.gpu_layers);
+            let model = LlamaModel::load_from_file(backend()?, path, &params).map_err(|e| EngineError::Load {
+                path: path.display().to_string(),
+                reason: format!("{e} (the llama.cpp log above says why)"),
+            })?;
+            load_ms = t.elapsed().as_millis() as u64;
+            tracing::info!(model = %path.display(), load_ms, "model loaded");
+            self.models.insert(path.to_path_buf(), Loaded { model, identity: id, last_used: Instant::now() });
+        }
+        let l = self.models.get_mut(path).expect("just inserted");
+        l.last_used = Instant::now();
+        Ok((&mut l.model, load_ms))
+    }
+}
+
+/// Frees an adapter now. llama-cpp-2's `LlamaLoraAdapter` has no `Drop`: without this every
+/// adapter would stay allocated until its base model is freed, and a daemon that evaluates many
+/// adapters over one base would grow without bound.
+fn free_adapter(adapter: LlamaLoraAdapter) {
+    // SAFETY: `LlamaLoraAdapter` is `#[repr(transparent)]` over llama-cpp-2's `Ptr`, itself
+    // `#[repr(transparent)]` over `NonNull<llama_adapter_lora>` (transmute checks the sizes).
+    // The adapter came from `llama_adapter_lora_init`, every context that used it has been
+    // dropped, and it is freed exactly once here (the value is consumed).
+    let ptr: NonNull<llama_cpp_sys_2::llama_adapter_lora> = unsafe { std::mem::transmute(adapter) };
+    unsafe { llama_cpp_sys_2::llama_adapter_lora_free(ptr.as_ptr()) }
+}
+
+struct Worker {
+    config: EngineConfig,
+    models: ModelCache,
+}
+
+impl Worker {
+    fn serve(mut self, rx: Receiver<Command>) {
+        while let Ok(cmd) = rx.recv() {
+            match cmd {
+                Command::Generate { request, events, cancel } => {
+                    let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                        self.generate(&request, &events, &cancel)
+                    }))
+                    .unwrap_or_else(|p| {
+                        let msg = p
+                            .downcast_ref::<String>()
+                            .cloned()
+                            .or_else(|| p.downcast_ref::<&str>().map(|s| s.to_string()))
+                            .unwrap_or_else(|| "unknown panic".into());
+                        Err(EngineError::Llama(format!("the engine failed on this request: {msg}")))
+                    });
+                    if let Err(e) = &result {
+                        tracing::warn!(error = %e, "generation request failed");
+                    }
+                    let _ = events.send(EngineEvent::Done(result));
+                }
+            }
+        }
+    }
+
+    fn generate(
+        &mut self,
+        req: &GenerationRequest,
+        events: &UnboundedSender<EngineEvent>,
+        cancel: &CancellationToken,
+    ) -> Result<GenerationStats, EngineError> {
+        req.sampling.validate().map_err(EngineError::InvalidRequest)?;
+        if let Some(a) = &req.model.adapter {
+            if !(a.scale.is_finite()) {
+                return Err(EngineError::InvalidRequest(format!("adapter scale must be finite, not {}", a.scale)));
+            }
+        }
+        // driftwatch's own checks first: llama.cpp never sees a bad file.
+        let base = checkpoint::inspect_model(&req.model.model)?;
+        if let Some(a) = &req.model.adapter {
+            checkpoint::inspect_adapter_for(&a.path, &base)?;
+        }
+        let config = self.config.clone();
+        let (model, mut load_ms) = self.models.get(&req.model.model, &config)?;
+        let mut adapter = match &req.model.adapter {
+            Some(a) => {
+                let t = Instant::now();
+                let adapter = model.lora_adapter_init(&a.path).map_err(|e| EngineError::Load {
+                    path: a.path.display().to_string(),
+                    reason: e.to_string(),
+                })?;
+                load_ms += t.elapsed().as_millis() as u64;
+                Some((adapter, a.scale))
+            }
+            None => None,
+        };
+        let model: &LlamaModel = model;
+        let result = run_request(model, req, &config, adapter.as_mut(), load_ms, events, cancel);
+        if let Some((a, _)) = adapter {
+            free_adapter(a);
+        }
+        result
+    }
+}
+
+fn run_request(
+    model: &LlamaModel,
+    req: &GenerationRequest,
+    config: &EngineConfig,
+    adapter: Option<&mut (LlamaLoraAdapter, f32)>,
+    load_ms: u64,
+    events: &UnboundedSender<EngineEvent>,
+    cancel: &CancellationToken,
+) -> Result<GenerationStats, EngineError> {
+    let spec = &req.model;
+    let tmpl = if spec.raw_prompts {
+        None
+    } else {
+        Some(template::resolve(model, &spec.model.display().to_string(), spec.chat_template.as_deref())?)
+    };
+    let n_ctx_train = model.n_ctx_train();
+
+    // Distinct prompts, in order of first appearance; their samples share the prefill.
+    let mut index: HashMap<&str, usize> = HashMap::new();
+    let mut texts: Vec<&str> = Vec::new();
+    let job_prompt: Vec<usize> = req
+        .jobs
+        .iter()
+        .map(|j| {
+            *index.entry(j.prompt.as_str()).or_insert_with(|| {
+                texts.push(j.prompt.as_str());
+                texts.len() - 1
+            })
+        })
+        .collect();
+    let max_tokens = req.sampling.max_tokens as usize;
+    let mut prompts = Vec::with_capacity(texts.len());
+    for text in &texts {
+        let full = match &tmpl {
+            Some(t) => t.apply(model, spec.system_prompt.as_deref(), text)?,
+            None => text.to_string(),
+        };
+        // Special-token text in the templated prompt is parsed as special tokens, as llama.cpp's
+        // own server does.
+        let tokens = model.vocab().tokenize(full.as_bytes(), true, true);
+        let error = if tokens.is_empty() {
+            Some("the prompt is empty after tokenization".to_string())
+        } else if tokens.len() + max_tokens > n_ctx_train as usize {
+            Some(format!(
+                "the prompt has {} tokens; with max_tokens {} it exceeds the model's context of {} tokens",
+                tokens.len(),
+                max_tokens,
+                n_ctx_train
+            ))
+        } else {
+            None
+        };
+        prompts.push(Prompt { tokens, error });
+    }
+
+    let longest = prompts.iter().filter(|p| p.error.is_none()).map(|p| p.tokens.len()).max().unwrap_or(1);
+    let p = config.parallel.min(req.jobs.len().max(1));
+    // Worst case: every slot holds a distinct prompt plus its generation, and as many prompts
+    // again wait in holders.
+    let n_ctx = (p * (longest + max_tokens) + (p + 1) * longest).div_ceil(256) * 256;
+    let n_ctx = u32::try_from(n_ctx).map_err(|_| EngineError::InvalidRequest("the context would be too large".into()))?;
+    let threads = config.effective_threads() as i32;
+    let params = LlamaContextParams::default()
+        .with_n_ctx(NonZeroU32::new(n_ctx))
+        .with_n_batch(config.batch_size as u32)
+        .with_n_ubatch(config.batch_size as u32)
+        .with_n_seq_max((2 * p + 1) as u32)
+        .with_n_threads(threads)
+        .with_n_threads_batch(threads)
+        .with_kv_unified(true);
+    let mut ctx = model
+        .new_context(backend()?, params)
+        .map_err(|e| EngineError::Llama(format!("cannot create a context of {n_ctx} tokens: {e}")))?;
+    if let Some((a, scale)) = adapter {
+        ctx.lora_adapter_set(a, *scale).map_err(|e| EngineError::Llama(format!("cannot apply the adapter: {e}")))?;
+    }
+    let _ = events.send(EngineEvent::Started(RequestInfo {
+        chat_template: tmpl.as_ref().map(|t| t.description.clone()),
+        n_ctx_train,
+        n_ctx,
+        parallel: p,
+        threads: threads as usize,
+        distinct_prompts: prompts.len(),
+        load_ms,
+    }));
+    let work = batch::Work {
+        prompts: &prompts,
+        jobs: &req.jobs,
+        job_prompt: &job_prompt,
+        sampling: &req.sampling,
+        parallel: p,
+        batch_size: config.batch_size,
+    };
+    batch::run(model, &mut ctx, work, events, cancel)
+}
+
+/// What this binary was built with.
+#[derive(Debug, Clone, Serialize)]
+pub struct BuildInfo {
+    /// driftwatch's version.
+    pub driftwatch_version: &'static str,
+    /// ggml's version string.
+    pub ggml_version: String,
+    /// ggml's commit.
+    pub ggml_commit: String,
+    /// llama.cpp's system info line (backends and CPU features in use).
+    pub system_info: String,
+    /// CPU features this build was compiled for (the Rust target features llama.cpp follows).
+    pub compiled_cpu_features: Vec<&'static str>,
+    /// Whether the build can offload to a GPU.
+    pub gpu_offload: bool,
+}
+
+/// Facts about the llama.cpp build in this binary.
+pub fn build_info() -> BuildInfo {
+    let cstr = |p: *const std::os::raw::c_char| {
+        if p.is_null() {
+            String::new()
+        } else {
+            // SAFETY: llama.cpp returns static NUL-terminated strings.
+            unsafe { CStr::from_ptr(p) }.to_string_lossy().into_owned()
+        }
+    };
+    let _ = backend();
+    // SAFETY: plain getters of static information.
+    let (ggml_version, ggml_commit, system_info, gpu_offload) = unsafe {
+        (
+            cstr(llama_cpp_sys_2::ggml_version()),
+            cstr(llama_cpp_sys_2::ggml_commit()),
+            cstr(llama_cpp_sys_2::llama_print_system_info()),
+            llama_cpp_sys_2::llama_supports_gpu_offload(),
+        )
+    };
+    let mut features = Vec::new();
+    macro_rules! feat {
+        ($($f:tt),*) => { $( if cfg!(target_feature = $f) { features.push($f); } )* };
+    }
+    feat!("sse4.2", "avx", "avx2", "fma", "f16c", "bmi2", "avx512f", "avx512bw", "avx512vnni", "avx512bf16", "avxvnni", "neon", "dotprod");
+    BuildInfo {
+        driftwatch_version: env!("CARGO_PKG_VERSION"),
+        ggml_version,
+        ggml_commit,
+        system_info: system_info.trim().to_owned(),
+        compiled_cpu_features: features,
+        gpu_offload,
+    }
+}

@@ -1,0 +1,100 @@
+//! The `driftwatch` binary's commands as a user runs them: output formats, exit codes, and
+//! errors on bad input.
+
+use std::process::Command;
+
+use driftwatch_tests::Fixture;
+
+fn driftwatch() -> Command {
+    let mut c = Command::new(env!("CARGO_BIN_EXE_driftwatch"));
+    c.env("RUST_LOG", "error");
+    c
+}
+
+#[test]
+fn generate_prints_one_json_line_per_sample() {
+    let f = Fixture::new();
+    let out = driftwatch()
+        .args(["generate", "--model"])
+        .arg(&f.base)
+        .args(["--prompt", "Say hello.", "--samples", "3", "--seed", "5", "--max-tokens", "6", "--parallel", "2", "--json"])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let lines: Vec<serde_json::Value> =
+        String::from_utf8(out.stdout).unwrap().lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+    assert_eq!(lines.len(), 3);
+    for (i, l) in lines.iter().enumerate() {
+        assert_eq!(l["prompt"], "Say hello.");
+        assert_eq!(l["sample_index"], i);
+        assert_eq!(l["seed"], 5 + i);
+        assert!(l["text"].is_string());
+        assert!(["stop", "length"].contains(&l["finish_reason"].as_str().unwrap()));
+        assert!(l["prompt_tokens"].as_u64().unwrap() > 0);
+        assert!(l["completion_tokens"].as_u64().unwrap() <= 6);
+    }
+}
+
+#[test]
+fn generate_with_an_adapter_and_readable_output() {
+    let f = Fixture::new();
+    let out = driftwatch()
+        .args(["generate", "--model"])
+        .arg(&f.base)
+        .arg("--adapter")
+        .arg(&f.adapter)
+        .args(["--adapter-scale", "0.5", "--prompt", "Hi", "--samples", "2", "--max-tokens", "4"])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let text = String::from_utf8(out.stdout).unwrap();
+    assert_eq!(text.matches("── sample").count(), 2, "{text}");
+}
+
+#[test]
+fn bench_json_has_the_throughput_fields() {
+    let f = Fixture::new();
+    let out = driftwatch()
+        .args(["bench", "--model"])
+        .arg(&f.base)
+        .args(["--prompts", "3", "--samples", "2", "--parallel", "4", "--max-tokens", "8", "--ignore-eos", "--json"])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    for key in ["prefill_tokens_per_s", "decode_tokens_per_s", "wall_s", "sequences"] {
+        assert!(v[key].is_number(), "missing {key} in {v}");
+    }
+    assert_eq!(v["sequences"], 6);
+    assert_eq!(v["generated_tokens"], 48, "--ignore-eos generates exactly max-tokens per sample");
+    assert!(v["prefill_tokens"].as_u64().unwrap() < v["prompt_tokens_total"].as_u64().unwrap());
+}
+
+#[test]
+fn doctor_reports_the_build() {
+    let out = driftwatch().args(["doctor", "--json"]).output().unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert!(!v["build"]["ggml_version"].as_str().unwrap().is_empty());
+    assert!(v["build"]["system_info"].as_str().unwrap().contains("CPU"));
+    assert!(v["default_model"]["cached"].is_boolean());
+    #[cfg(target_arch = "x86_64")]
+    assert!(
+        v["build"]["compiled_cpu_features"].as_array().unwrap().iter().any(|f| f == "avx2" || f == "avx"),
+        "the default build should use the CPU's vector units: {v}"
+    );
+}
+
+#[test]
+fn bad_input_is_a_clear_error_and_a_failing_exit_code() {
+    let f = Fixture::new();
+    let junk = f.path("junk.gguf");
+    std::fs::write(&junk, b"<html>not a model</html>").unwrap();
+    let out = driftwatch().args(["generate", "--model"]).arg(&junk).args(["--prompt", "x"]).output().unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("not a GGUF file"), "{err}");
+    let out = driftwatch().args(["generate", "--model"]).arg(&f.base).args(["--prompt", "x", "--temperature=-1"]).output().unwrap();
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("temperature"));
+}

@@ -1,0 +1,28 @@
+#!/usr/bin/env bash
+# Builds llama.cpp's own throughput tool, `llama-batched-bench`, as the yardstick for
+# `driftwatch bench`. The llama-cpp-sys-2 crate leaves llama.cpp's tools out, so the tree comes
+# from the source distribution of the Python package llama-cpp-python==0.3.36
+# (vendor/llama.cpp). Nothing of it enters this repository: it is built in the cache.
+#
+#   scripts/yardstick.sh          prints the path of llama-batched-bench (building it once)
+set -euo pipefail
+CACHE="${DRIFTWATCH_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/driftwatch}"
+DIR="$CACHE/yardstick"
+BIN="$DIR/build/bin/llama-batched-bench"
+if [ -x "$BIN" ]; then echo "$BIN"; exit 0; fi
+mkdir -p "$DIR"
+if [ ! -d "$DIR/src" ]; then
+  tmp="$(mktemp -d)"
+  python3 -m pip download --quiet --no-deps --no-binary :all: "llama-cpp-python==0.3.36" -d "$tmp" >&2
+  mkdir -p "$DIR/src"
+  tar -xzf "$tmp"/llama_cpp_python-0.3.36.tar.gz -C "$DIR/src" --strip-components=1
+  rm -rf "$tmp"
+fi
+SRC="$DIR/src/vendor/llama.cpp"
+[ -f "$SRC/tools/batched-bench/batched-bench.cpp" ] || { echo "no batched-bench in $SRC" >&2; exit 1; }
+# Same CPU features as driftwatch's default build (-C target-cpu=native → GGML_NATIVE), OpenMP on.
+cmake -S "$SRC" -B "$DIR/build" -DCMAKE_BUILD_TYPE=Release -DGGML_NATIVE=ON -DGGML_OPENMP=ON \
+  -DLLAMA_CURL=OFF -DLLAMA_BUILD_TESTS=OFF -DLLAMA_BUILD_EXAMPLES=OFF -DLLAMA_BUILD_TOOLS=ON \
+  -DLLAMA_BUILD_SERVER=OFF -DBUILD_SHARED_LIBS=OFF >&2
+cmake --build "$DIR/build" --target llama-batched-bench -j "$(nproc)" >&2
+echo "$BIN"

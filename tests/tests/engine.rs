@@ -1,0 +1,306 @@
+//! The generation engine on tiny GGUF fixtures: batching, prefix sharing, reproducibility,
+//! adapters, cancellation, and every kind of bad file turned into a clear error.
+
+use std::sync::OnceLock;
+
+use driftwatch::checkpoint::{self, CheckpointError};
+use driftwatch::engine::{
+    AdapterSpec, Engine, EngineConfig, EngineError, EngineEvent, FinishReason, GenerationRequest, Job, ModelSpec,
+    SampleOutput, SamplingParams,
+};
+use driftwatch::gguf::GgufError;
+use driftwatch_tests::{rss_bytes, Fixture, TinyAdapter, TinyModel};
+
+fn engine(parallel: usize) -> Engine {
+    Engine::start(EngineConfig { threads: 2, parallel, batch_size: 64.max(parallel), ..EngineConfig::default() })
+        .expect("engine starts")
+}
+
+fn fixture() -> &'static Fixture {
+    static F: OnceLock<Fixture> = OnceLock::new();
+    F.get_or_init(Fixture::new)
+}
+
+fn jobs(prompts: &[&str], k: u32, seed0: u32) -> Vec<Job> {
+    let mut v = Vec::new();
+    for (i, p) in prompts.iter().enumerate() {
+        for s in 0..k {
+            v.push(Job { prompt_id: format!("p{i}"), prompt: p.to_string(), sample_index: s, seed: seed0 + 100 * i as u32 + s });
+        }
+    }
+    v
+}
+
+fn sampling(max_tokens: u32) -> SamplingParams {
+    SamplingParams { max_tokens, temperature: 1.0, top_k: 0, top_p: 1.0, min_p: 0.0, ..SamplingParams::default() }
+}
+
+fn request(model: ModelSpec, sampling: SamplingParams, jobs: Vec<Job>) -> GenerationRequest {
+    GenerationRequest { model, sampling, jobs }
+}
+
+fn texts(samples: &[SampleOutput]) -> Vec<String> {
+    samples.iter().map(|s| s.text.clone()).collect()
+}
+
+const PROMPTS: [&str; 5] = [
+    "How do I bake bread?",
+    "Tell me about the moon.",
+    "Write a haiku about rain.",
+    "What is two plus two?",
+    "Name three colours.",
+];
+
+#[tokio::test]
+async fn batched_generation_returns_every_job_once() {
+    let f = fixture();
+    let e = engine(4);
+    let req = request(ModelSpec::new(&f.base), sampling(12), jobs(&PROMPTS, 3, 1));
+    let (samples, stats) = e.generate(req).await.expect("generation succeeds");
+    assert_eq!(samples.len(), 15);
+    for (i, s) in samples.iter().enumerate() {
+        assert_eq!(s.job_index, i);
+        assert!(s.completion_tokens <= 12);
+        assert!(matches!(s.finish_reason, FinishReason::Length | FinishReason::Stop), "{s:?}");
+        assert!(s.prompt_tokens > 5, "the chat template was applied: {}", s.prompt_tokens);
+    }
+    assert_eq!(stats.sequences, 15);
+    assert_eq!(stats.generated_tokens, samples.iter().map(|s| s.completion_tokens as u64).sum::<u64>());
+    // Prefix sharing: each distinct prompt is prefilled once (all but its last token), and each
+    // sample decodes the last token itself.
+    let per_prompt: u64 = samples.iter().step_by(3).map(|s| s.prompt_tokens as u64).sum();
+    assert_eq!(stats.prompt_tokens_total, 3 * per_prompt);
+    assert_eq!(stats.prefill_tokens, per_prompt - 5 + 15);
+    // Samples of one prompt with different seeds differ.
+    assert!(samples[0].text != samples[1].text || samples[1].text != samples[2].text);
+}
+
+#[tokio::test]
+async fn same_seed_and_settings_give_the_same_text() {
+    let f = fixture();
+    let e = engine(4);
+    let req = request(ModelSpec::new(&f.base), sampling(16), jobs(&PROMPTS, 3, 40));
+    let (a, _) = e.generate(req.clone()).await.unwrap();
+    let (b, _) = e.generate(req.clone()).await.unwrap();
+    assert_eq!(texts(&a), texts(&b));
+    // A fresh engine (a new process, as far as llama.cpp's state goes) agrees too.
+    let (c, _) = engine(4).generate(req).await.unwrap();
+    assert_eq!(texts(&a), texts(&c));
+    // Other seeds give other texts.
+    let other = request(ModelSpec::new(&f.base), sampling(16), jobs(&PROMPTS, 3, 9000));
+    let (d, _) = e.generate(other).await.unwrap();
+    assert_ne!(texts(&a), texts(&d));
+}
+
+#[tokio::test]
+async fn greedy_samples_of_one_prompt_agree_whether_prefix_is_shared_or_not() {
+    let f = fixture();
+    let e = engine(4);
+    let greedy = SamplingParams::greedy(10);
+    // Four greedy samples of one prompt share its prefill; they must all equal each other.
+    let (shared, _) = e.generate(request(ModelSpec::new(&f.base), greedy.clone(), jobs(&PROMPTS[..1], 4, 0))).await.unwrap();
+    assert!(shared.iter().all(|s| s.text == shared[0].text), "{:?}", texts(&shared));
+    // With one sequence at a time (parallel = 1) the prefix is shared across time.
+    let (serial, _) = engine(1).generate(request(ModelSpec::new(&f.base), greedy, jobs(&PROMPTS[..1], 3, 0))).await.unwrap();
+    assert!(serial.iter().all(|s| s.text == serial[0].text));
+    assert!(!shared[0].text.is_empty());
+}
+
+#[tokio::test]
+async fn stop_strings_end_a_sample_and_are_not_part_of_it() {
+    let f = fixture();
+    let e = engine(2);
+    let (free, _) = e.generate(request(ModelSpec::new(&f.base), SamplingParams::greedy(24), jobs(&PROMPTS[..1], 1, 0))).await.unwrap();
+    let text = &free[0].text;
+    // Stop at a piece of the text that greedy decoding is known to produce (ASCII, since a
+    // random model also emits byte tokens that are not valid UTF-8 on their own).
+    let b = text.as_bytes();
+    let at = (2..b.len().saturating_sub(1))
+        .find(|&i| b[i].is_ascii_alphanumeric() && b[i + 1].is_ascii_alphanumeric())
+        .unwrap_or_else(|| panic!("no ASCII pair in greedy text {text:?}"));
+    let stop = String::from_utf8(b[at..at + 2].to_vec()).unwrap();
+    let first = text.find(&stop).unwrap();
+    let params = SamplingParams { stop: vec![stop.clone()], ..SamplingParams::greedy(24) };
+    let (stopped, _) = e.generate(request(ModelSpec::new(&f.base), params, jobs(&PROMPTS[..1], 1, 0))).await.unwrap();
+    assert_eq!(stopped[0].finish_reason, FinishReason::Stop);
+    assert_eq!(stopped[0].text, text[..first]);
+}
+
+#[tokio::test]
+async fn an_adapter_changes_the_output_and_scale_zero_does_not() {
+    let f = fixture();
+    let e = engine(2);
+    let greedy = SamplingParams::greedy(16);
+    let base = ModelSpec::new(&f.base);
+    let with = |scale| ModelSpec { adapter: Some(AdapterSpec { path: f.adapter.clone(), scale }), ..base.clone() };
+    let (b, _) = e.generate(request(base.clone(), greedy.clone(), jobs(&PROMPTS, 1, 0))).await.unwrap();
+    let (a, _) = e.generate(request(with(1.0), greedy.clone(), jobs(&PROMPTS, 1, 0))).await.unwrap();
+    let (z, _) = e.generate(request(with(0.0), greedy.clone(), jobs(&PROMPTS, 1, 0))).await.unwrap();
+    assert_ne!(texts(&a), texts(&b), "the adapter had no effect");
+    assert_eq!(texts(&z), texts(&b), "an adapter at scale 0 must leave the base model's output unchanged");
+    // The base model is shared and unchanged after the adapter is released.
+    let (b2, _) = e.generate(request(base, greedy, jobs(&PROMPTS, 1, 0))).await.unwrap();
+    assert_eq!(texts(&b2), texts(&b));
+}
+
+#[test]
+fn many_adapters_do_not_grow_memory() {
+    let f = fixture();
+    // A large adapter (rank 256 on every matrix, about 2.6 MB) makes a leak easy to see.
+    let big = TinyAdapter {
+        rank: 256,
+        targets: vec!["attn_q", "attn_k", "attn_v", "attn_output", "ffn_gate", "ffn_up", "ffn_down"],
+        ..TinyAdapter::default()
+    };
+    let path = f.path("big-adapter.gguf");
+    big.write(&f.model, &path).unwrap();
+    let size = std::fs::metadata(&path).unwrap().len();
+    let e = engine(1);
+    let spec = ModelSpec { adapter: Some(AdapterSpec { path: path.clone(), scale: 1.0 }), ..ModelSpec::new(&f.base) };
+    let run = |e: &Engine| e.generate_blocking(request(spec.clone(), SamplingParams::greedy(2), jobs(&PROMPTS[..1], 1, 0))).unwrap();
+    for _ in 0..5 {
+        run(&e);
+    }
+    let before = rss_bytes().expect("linux /proc");
+    let n = 40u64;
+    for _ in 0..n {
+        run(&e);
+    }
+    let growth = rss_bytes().unwrap().saturating_sub(before);
+    // Leaking every adapter would grow by n × size (≈ 100 MB); allow allocator noise.
+    assert!(growth < n * size / 4, "memory grew by {growth} bytes over {n} adapter loads of {size} bytes each");
+}
+
+#[tokio::test]
+async fn cancellation_ends_running_sequences_and_drops_the_rest() {
+    let f = fixture();
+    let e = engine(2);
+    let mut p = sampling(400);
+    p.ignore_eos = true;
+    let mut stream = e.submit(request(ModelSpec::new(&f.base), p, jobs(&PROMPTS, 4, 0)));
+    let mut samples = Vec::new();
+    let mut cancelled = false;
+    let mut done = None;
+    while let Some(ev) = stream.next().await {
+        match ev {
+            EngineEvent::Progress(_) | EngineEvent::Started(_) if !cancelled => {
+                stream.cancel();
+                cancelled = true;
+            }
+            EngineEvent::Sample(s) => samples.push(s),
+            EngineEvent::Done(r) => done = Some(r),
+            _ => {}
+        }
+    }
+    done.expect("a Done event").expect("a cancelled request ends cleanly");
+    assert!(samples.len() < 20, "cancellation stopped the request early");
+    assert!(samples.iter().all(|s| s.finish_reason == FinishReason::Cancelled), "{samples:?}");
+    // The engine serves the next request normally.
+    let (next, _) = e.generate(request(ModelSpec::new(&f.base), sampling(4), jobs(&PROMPTS[..1], 1, 0))).await.unwrap();
+    assert_eq!(next.len(), 1);
+}
+
+#[tokio::test]
+async fn a_prompt_too_long_for_the_context_fails_alone() {
+    let f = fixture();
+    let e = engine(2);
+    let long = "word ".repeat(3000);
+    let mut js = jobs(&PROMPTS[..2], 1, 0);
+    js.insert(1, Job { prompt_id: "long".into(), prompt: long, sample_index: 0, seed: 0 });
+    let (samples, _) = e.generate(request(ModelSpec::new(&f.base), sampling(8), js)).await.unwrap();
+    assert_eq!(samples.len(), 3);
+    assert_eq!(samples[1].finish_reason, FinishReason::Error);
+    assert!(samples[1].error.as_deref().unwrap().contains("context"), "{:?}", samples[1].error);
+    assert_ne!(samples[0].finish_reason, FinishReason::Error);
+    assert_ne!(samples[2].finish_reason, FinishReason::Error);
+}
+
+#[tokio::test]
+async fn a_model_without_chat_template_needs_one_configured() {
+    let f = fixture();
+    let path = f.path("no-template.gguf");
+    TinyModel { chat_template: false, ..TinyModel::default() }.write(&path).unwrap();
+    let e = engine(2);
+    let err = e.generate(request(ModelSpec::new(&path), sampling(4), jobs(&PROMPTS[..1], 1, 0))).await.unwrap_err();
+    assert!(matches!(err, EngineError::NoChatTemplate { .. }), "{err}");
+    assert!(err.to_string().contains("chat_template"));
+    let spec = ModelSpec { chat_template: Some("chatml".into()), ..ModelSpec::new(&path) };
+    let (s, _) = e.generate(request(spec, sampling(4), jobs(&PROMPTS[..1], 1, 0))).await.unwrap();
+    assert_eq!(s.len(), 1);
+    let spec = ModelSpec { raw_prompts: true, ..ModelSpec::new(&path) };
+    e.generate(request(spec, sampling(4), jobs(&PROMPTS[..1], 1, 0))).await.expect("raw prompts need no template");
+}
+
+#[tokio::test]
+async fn bad_files_are_clear_errors_and_the_engine_keeps_serving() {
+    let f = fixture();
+    let e = engine(2);
+    let bytes = std::fs::read(&f.base).unwrap();
+    let truncated = f.path("truncated.gguf");
+    std::fs::write(&truncated, &bytes[..bytes.len() / 2]).unwrap();
+    let empty = f.path("empty.gguf");
+    std::fs::write(&empty, b"").unwrap();
+    let text = f.path("text.gguf");
+    std::fs::write(&text, b"this is not a model at all, just some text").unwrap();
+    let missing = f.path("missing.gguf");
+
+    let cases: [(&std::path::Path, &str); 4] = [
+        (&truncated, "truncated"),
+        (&empty, "empty"),
+        (&text, "not a GGUF file"),
+        (&missing, "no such file"),
+    ];
+    for (path, expect) in cases {
+        let err = e.generate(request(ModelSpec::new(path), sampling(4), jobs(&PROMPTS[..1], 1, 0))).await.unwrap_err();
+        assert!(err.to_string().contains(expect), "{}: expected '{expect}' in '{err}'", path.display());
+        // The engine is still alive and well.
+        let ok = e.generate(request(ModelSpec::new(&f.base), sampling(2), jobs(&PROMPTS[..1], 1, 0))).await;
+        assert!(ok.is_ok(), "the engine failed after a bad file: {ok:?}");
+    }
+    // An adapter given as the model, and a model given as the adapter.
+    let err = e.generate(request(ModelSpec::new(&f.adapter), sampling(4), jobs(&PROMPTS[..1], 1, 0))).await.unwrap_err();
+    assert!(err.to_string().contains("expected a whole model"), "{err}");
+    let spec = ModelSpec { adapter: Some(AdapterSpec { path: f.base.clone(), scale: 1.0 }), ..ModelSpec::new(&f.base) };
+    let err = e.generate(request(spec, sampling(4), jobs(&PROMPTS[..1], 1, 0))).await.unwrap_err();
+    assert!(err.to_string().contains("expected a LoRA adapter"), "{err}");
+}
+
+#[test]
+fn adapters_for_other_models_are_rejected_before_llama_cpp() {
+    let f = fixture();
+    let base = checkpoint::inspect_model(&f.base).unwrap();
+    assert!(checkpoint::inspect_adapter_for(&f.adapter, &base).is_ok());
+
+    let other_arch = f.path("qwen-adapter.gguf");
+    TinyAdapter { architecture: "qwen2".into(), ..TinyAdapter::default() }.write(&f.model, &other_arch).unwrap();
+    match checkpoint::inspect_adapter_for(&other_arch, &base) {
+        Err(CheckpointError::AdapterMismatch { reason, .. }) => assert!(reason.contains("qwen2"), "{reason}"),
+        other => panic!("expected a mismatch, got {other:?}"),
+    }
+    // Same architecture, other shapes (an adapter trained for a wider model).
+    let wide = TinyModel { n_embd: 128, n_ff: 256, ..TinyModel::default() };
+    let wide_adapter = f.path("wide-adapter.gguf");
+    TinyAdapter::default().write(&wide, &wide_adapter).unwrap();
+    match checkpoint::inspect_adapter_for(&wide_adapter, &base) {
+        Err(CheckpointError::AdapterMismatch { reason, .. }) => assert!(reason.contains("blk.0."), "{reason}"),
+        other => panic!("expected a mismatch, got {other:?}"),
+    }
+    // A truncated adapter.
+    let bytes = std::fs::read(&f.adapter).unwrap();
+    let cut = f.path("cut-adapter.gguf");
+    std::fs::write(&cut, &bytes[..bytes.len() - 100]).unwrap();
+    match checkpoint::inspect_adapter_for(&cut, &base) {
+        Err(CheckpointError::Gguf { source: GgufError::TensorOutOfBounds { .. }, .. }) => {}
+        other => panic!("expected truncation, got {other:?}"),
+    }
+}
+
+#[tokio::test]
+async fn invalid_settings_are_refused_with_the_setting_named() {
+    let f = fixture();
+    let e = engine(2);
+    let bad = SamplingParams { top_p: 1.5, ..SamplingParams::default() };
+    let err = e.generate(request(ModelSpec::new(&f.base), bad, jobs(&PROMPTS[..1], 1, 0))).await.unwrap_err();
+    assert!(err.to_string().contains("top_p"), "{err}");
+    assert!(Engine::start(EngineConfig { parallel: 0, ..EngineConfig::default() }).is_err());
+}
