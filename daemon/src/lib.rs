@@ -1,1 +1,3 @@
 //! driftwatch: the daemon crate.
+
+pub mod config;
