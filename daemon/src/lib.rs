@@ -1,3 +1,4 @@
 //! driftwatch: the daemon crate.
 
 pub mod config;
+pub mod store;
