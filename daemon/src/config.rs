@@ -351,7 +351,10 @@ impl SamplingConfig {
         let min = self.min_samples.unwrap_or(self.samples);
         Some(Adaptive {
             min_samples: min,
-            max_samples: self.max_samples.unwrap_or(self.samples.saturating_mul(4)).max(min),
+            max_samples: self
+                .max_samples
+                .unwrap_or(self.samples.saturating_mul(4))
+                .max(min),
             target_half_width: target,
         })
     }
@@ -797,7 +800,9 @@ impl Config {
             where
                 T::Err: fmt::Display,
             {
-                v.trim().parse::<T>().map_err(|e| format!("not a valid number: {e}"))
+                v.trim()
+                    .parse::<T>()
+                    .map_err(|e| format!("not a valid number: {e}"))
             }
             match var {
                 "DRIFTWATCH_DATA_DIR" => {
@@ -919,7 +924,10 @@ impl Config {
     fn validate(&mut self, loc: &Locator<'_>) -> Result<(), ConfigError> {
         let d = &self.daemon;
         if d.settle_ms > 86_400_000 {
-            return Err(loc.invalid("daemon.settle_ms", "must be at most 86400000 (one day)".into()));
+            return Err(loc.invalid(
+                "daemon.settle_ms",
+                "must be at most 86400000 (one day)".into(),
+            ));
         }
         if d.log_level.trim().is_empty() {
             return Err(loc.invalid("daemon.log_level", "must not be empty".into()));
@@ -965,7 +973,10 @@ impl Config {
             return Err(loc.invalid("sampling.samples", "must be at least 1".into()));
         }
         if !(s.temperature.is_finite() && s.temperature >= 0.0) {
-            return Err(loc.invalid("sampling.temperature", "must be a finite number >= 0".into()));
+            return Err(loc.invalid(
+                "sampling.temperature",
+                "must be a finite number >= 0".into(),
+            ));
         }
         if !(s.top_p > 0.0 && s.top_p <= 1.0) {
             return Err(loc.invalid("sampling.top_p", "must be in (0, 1]".into()));
@@ -974,7 +985,10 @@ impl Config {
             return Err(loc.invalid("sampling.min_p", "must be in [0, 1]".into()));
         }
         if !(s.repeat_penalty.is_finite() && s.repeat_penalty > 0.0) {
-            return Err(loc.invalid("sampling.repeat_penalty", "must be a finite number > 0".into()));
+            return Err(loc.invalid(
+                "sampling.repeat_penalty",
+                "must be a finite number > 0".into(),
+            ));
         }
         if s.max_tokens == 0 {
             return Err(loc.invalid("sampling.max_tokens", "must be at least 1".into()));
@@ -1083,7 +1097,9 @@ impl Config {
                 ("category_field", &suite.category_field),
             ] {
                 if v.as_deref().is_some_and(|f| f.trim().is_empty()) {
-                    return Err(loc.invalid(&format!("suites[{i}].{field}"), "must not be empty".into()));
+                    return Err(
+                        loc.invalid(&format!("suites[{i}].{field}"), "must not be empty".into())
+                    );
                 }
             }
             if !suite.categories.is_empty() && suite.category_field.is_none() {
@@ -1124,7 +1140,10 @@ impl Config {
                 }
             }
             if j.timeout_ms == 0 {
-                return Err(loc.invalid(&format!("judges[{i}].timeout_ms"), "must be at least 1".into()));
+                return Err(loc.invalid(
+                    &format!("judges[{i}].timeout_ms"),
+                    "must be at least 1".into(),
+                ));
             }
             if j.memory_mb == 0 || j.memory_mb > 4096 {
                 return Err(loc.invalid(
@@ -1133,14 +1152,20 @@ impl Config {
                 ));
             }
             if j.batch_size == 0 {
-                return Err(loc.invalid(&format!("judges[{i}].batch_size"), "must be at least 1".into()));
+                return Err(loc.invalid(
+                    &format!("judges[{i}].batch_size"),
+                    "must be at least 1".into(),
+                ));
             }
         }
 
         let a = &self.api;
         if let Some(t) = &a.token {
             if t.trim().is_empty() {
-                return Err(loc.invalid("api.token", "must not be empty (leave it out instead)".into()));
+                return Err(loc.invalid(
+                    "api.token",
+                    "must not be empty (leave it out instead)".into(),
+                ));
             }
         }
         if a.enabled && !a.listen.ip().is_loopback() && a.token.is_none() {
@@ -1159,7 +1184,9 @@ impl Config {
                 .url
                 .strip_prefix("https://")
                 .or_else(|| w.url.strip_prefix("http://"));
-            if !host.is_some_and(|h| !h.is_empty() && !h.starts_with('/') && !h.contains(char::is_whitespace)) {
+            if !host.is_some_and(|h| {
+                !h.is_empty() && !h.starts_with('/') && !h.contains(char::is_whitespace)
+            }) {
                 return Err(loc.invalid(
                     &format!("api.webhooks[{i}].url"),
                     format!("{:?} is not an http:// or https:// URL", w.url),
@@ -1306,7 +1333,9 @@ impl Locator<'_> {
                         },
                         (None, None) => break,
                     };
-                    let Some((k, v)) = t.iter().find(|(k, _)| k.get_ref().as_ref() == name.as_str())
+                    let Some((k, v)) = t
+                        .iter()
+                        .find(|(k, _)| k.get_ref().as_ref() == name.as_str())
                     else {
                         break;
                     };
@@ -1316,7 +1345,9 @@ impl Locator<'_> {
                 }
                 Seg::Index(i) => {
                     let Some(v) = value else { break };
-                    let DeValue::Array(arr) = v.get_ref() else { break };
+                    let DeValue::Array(arr) = v.get_ref() else {
+                        break;
+                    };
                     let Some(item) = arr.get(*i) else { break };
                     best = Some(item.span());
                     value = Some(item);

@@ -34,7 +34,10 @@ fn assert_err(text: &str, key: &str, line: usize) -> ConfigError {
     assert_eq!(e.line(), Some(line), "wrong line in {e}");
     let shown = e.to_string();
     assert!(shown.contains(key), "message does not name {key}: {shown}");
-    assert!(shown.contains(&format!(":{line}")), "message has no line {line}: {shown}");
+    assert!(
+        shown.contains(&format!(":{line}")),
+        "message has no line {line}: {shown}"
+    );
     e
 }
 
@@ -134,7 +137,10 @@ fn full_config_parses_with_every_value() {
     assert_eq!(c.daemon.data_dir, PathBuf::from("/home/tester/dw-data"));
     assert_eq!(
         c.daemon.watch,
-        vec![PathBuf::from("/etc/dw/incoming"), PathBuf::from("/abs/ckpts")]
+        vec![
+            PathBuf::from("/etc/dw/incoming"),
+            PathBuf::from("/abs/ckpts")
+        ]
     );
     assert_eq!(c.daemon.settle_ms, 500);
     assert_eq!(c.daemon.log_format, LogFormat::Json);
@@ -148,7 +154,10 @@ fn full_config_parses_with_every_value() {
     assert_eq!(c.engine.effective_n_ctx(128), 8192);
     assert_eq!(c.engine.gpu_layers, -1);
     assert_eq!(c.sampling.samples, 3);
-    assert_eq!(c.sampling.stop, vec!["</s>".to_string(), "User:".to_string()]);
+    assert_eq!(
+        c.sampling.stop,
+        vec!["</s>".to_string(), "User:".to_string()]
+    );
     assert_eq!(
         c.sampling.adaptive(),
         Some(Adaptive {
@@ -176,7 +185,13 @@ fn full_config_parses_with_every_value() {
         c.judges[1].judge_model,
         Some(PathBuf::from("/home/tester/models/judge.gguf"))
     );
-    assert_eq!(c.judges[1].config.get("threshold").and_then(|v| v.as_integer()), Some(3));
+    assert_eq!(
+        c.judges[1]
+            .config
+            .get("threshold")
+            .and_then(|v| v.as_integer()),
+        Some(3)
+    );
     assert_eq!(c.plugins.dir, Some(PathBuf::from("/etc/dw/plugins")));
     assert_eq!(c.api.listen, "0.0.0.0:9000".parse().unwrap());
     assert_eq!(c.api.token.as_deref(), Some("s3cret"));
@@ -201,7 +216,10 @@ fn empty_file_gives_defaults() {
     assert!(c.model.base_is_default);
     assert_eq!(c.engine.parallel, 16);
     assert_eq!(c.engine.gpu_layers, 0);
-    assert_eq!(c.engine.effective_n_ctx(c.sampling.max_tokens), 16 * (512 + 256));
+    assert_eq!(
+        c.engine.effective_n_ctx(c.sampling.max_tokens),
+        16 * (512 + 256)
+    );
     assert_eq!(c.sampling.samples, 5);
     assert_eq!(c.sampling.repeats, 1);
     assert_eq!(c.sampling.adaptive(), None);
@@ -236,15 +254,27 @@ fn unknown_key_names_key_and_line() {
 fn wrong_type_names_key_and_line() {
     let e = assert_err("[engine]\n\nparallel = \"many\"\n", "engine.parallel", 3);
     assert!(matches!(e, ConfigError::Parse { .. }));
-    assert_err("[sampling]\nsamples = 5\nstop = \"x\"\n", "sampling.stop", 3);
+    assert_err(
+        "[sampling]\nsamples = 5\nstop = \"x\"\n",
+        "sampling.stop",
+        3,
+    );
     assert_err("[engine]\nparallel = -3\n", "engine.parallel", 2);
 }
 
 #[test]
 fn impossible_values_name_key_and_line() {
-    assert_err("[engine]\nthreads = 2\nparallel = 0\n", "engine.parallel", 3);
+    assert_err(
+        "[engine]\nthreads = 2\nparallel = 0\n",
+        "engine.parallel",
+        3,
+    );
     assert_err("[engine]\nparallel = 100000\n", "engine.parallel", 2);
-    assert_err("[sampling]\n\n\ntemperature = -0.5\n", "sampling.temperature", 4);
+    assert_err(
+        "[sampling]\n\n\ntemperature = -0.5\n",
+        "sampling.temperature",
+        4,
+    );
     assert_err("[sampling]\ntop_p = 1.5\n", "sampling.top_p", 2);
     assert_err("[sampling]\ntop_p = 0.0\n", "sampling.top_p", 2);
     assert_err("[sampling]\nmin_p = nan\n", "sampling.min_p", 2);
@@ -260,11 +290,7 @@ fn impossible_values_name_key_and_line() {
         "judges[0].memory_mb",
         4,
     );
-    assert_err(
-        "[sampling]\nstop = [\"a\", \"\"]\n",
-        "sampling.stop[1]",
-        2,
-    );
+    assert_err("[sampling]\nstop = [\"a\", \"\"]\n", "sampling.stop[1]", 2);
 }
 
 #[test]
@@ -274,14 +300,22 @@ fn min_samples_above_max_samples() {
     assert!(e.to_string().contains("greater than max_samples"), "{e}");
     // min/max without a target are meaningless.
     assert_err("[sampling]\nmin_samples = 2\n", "sampling.min_samples", 2);
-    assert_err("[sampling]\ntarget_half_width = 0.7\n", "sampling.target_half_width", 2);
+    assert_err(
+        "[sampling]\ntarget_half_width = 0.7\n",
+        "sampling.target_half_width",
+        2,
+    );
 }
 
 #[test]
 fn listen_errors() {
     let e = assert_err("[api]\nlisten = \"localhost\"\n", "api.listen", 2);
     assert!(matches!(e, ConfigError::Parse { .. }), "{e:?}");
-    let e = assert_err("[api]\nenabled = true\nlisten = \"0.0.0.0:7878\"\n", "api.listen", 3);
+    let e = assert_err(
+        "[api]\nenabled = true\nlisten = \"0.0.0.0:7878\"\n",
+        "api.listen",
+        3,
+    );
     assert!(e.to_string().contains("api.token"), "{e}");
     // A token makes it fine; so does a loopback address or a disabled API.
     parse("[api]\nlisten = \"0.0.0.0:7878\"\ntoken = \"t\"\n").unwrap();
@@ -295,7 +329,8 @@ fn array_entries_are_located() {
     let text = "[[suites]]\nname = \"a\"\npath = \"a.txt\"\n\n[[suites]]\nname = \"b\"\npath = \"b.weird\"\n";
     let e = assert_err(text, "suites[1].path", 7);
     assert!(e.to_string().contains("format"), "{e}");
-    let text = "[[suites]]\nname = \"a\"\npath = \"a.txt\"\n[[suites]]\nname = \"a\"\npath = \"b.txt\"\n";
+    let text =
+        "[[suites]]\nname = \"a\"\npath = \"a.txt\"\n[[suites]]\nname = \"a\"\npath = \"b.txt\"\n";
     assert_err(text, "suites[1].name", 5);
     assert_err(
         "[[suites]]\nname = \"a\"\npath = \"a.txt\"\ncategory_field = \"c\"\n",
@@ -364,7 +399,10 @@ fn env_overrides_and_env_errors() {
     .unwrap();
     assert_eq!(c.model.base, PathBuf::from("/home/tester/m/base.gguf"));
     assert_eq!(c.daemon.data_dir, PathBuf::from("/var/lib/dw"));
-    assert_eq!(c.daemon.watch, vec![PathBuf::from("/a"), PathBuf::from("/b")]);
+    assert_eq!(
+        c.daemon.watch,
+        vec![PathBuf::from("/a"), PathBuf::from("/b")]
+    );
     assert_eq!(c.engine.parallel, 4);
     assert_eq!(c.engine.threads, Some(2));
     assert_eq!(c.engine.gpu_layers, 99);
@@ -381,7 +419,10 @@ fn env_overrides_and_env_errors() {
     ] {
         let env = env_of(&[("HOME", "/h"), (var, value)]);
         let e = Config::from_toml_str("", "t.toml", Path::new("/cfg"), &env).unwrap_err();
-        assert!(matches!(&e, ConfigError::Env { var: v, .. } if v == var), "{e:?}");
+        assert!(
+            matches!(&e, ConfigError::Env { var: v, .. } if v == var),
+            "{e:?}"
+        );
         assert!(e.to_string().contains(var), "{e}");
     }
     // Parsable but invalid values name the variable too, not the file.
@@ -401,13 +442,22 @@ fn env_overrides_and_env_errors() {
 fn tilde_and_relative_paths() {
     let home = Some(Path::new("/home/u"));
     let base = Path::new("/cfg");
-    assert_eq!(resolve_path(Path::new("~"), base, home).unwrap(), PathBuf::from("/home/u"));
+    assert_eq!(
+        resolve_path(Path::new("~"), base, home).unwrap(),
+        PathBuf::from("/home/u")
+    );
     assert_eq!(
         resolve_path(Path::new("~/x/y.gguf"), base, home).unwrap(),
         PathBuf::from("/home/u/x/y.gguf")
     );
-    assert_eq!(resolve_path(Path::new("rel/a"), base, home).unwrap(), PathBuf::from("/cfg/rel/a"));
-    assert_eq!(resolve_path(Path::new("/abs"), base, home).unwrap(), PathBuf::from("/abs"));
+    assert_eq!(
+        resolve_path(Path::new("rel/a"), base, home).unwrap(),
+        PathBuf::from("/cfg/rel/a")
+    );
+    assert_eq!(
+        resolve_path(Path::new("/abs"), base, home).unwrap(),
+        PathBuf::from("/abs")
+    );
     assert!(resolve_path(Path::new("~bob/x"), base, home).is_err());
     assert!(resolve_path(Path::new("~/x"), base, None).is_err());
 
@@ -430,7 +480,11 @@ fn load_from_file_resolves_against_its_directory() {
     let sub = dir.path().join("conf");
     std::fs::create_dir_all(&sub).unwrap();
     let file = sub.join("dw.toml");
-    std::fs::write(&file, "[daemon]\nwatch = [\"../in\"]\n[model]\nbase = \"b.gguf\"\n").unwrap();
+    std::fs::write(
+        &file,
+        "[daemon]\nwatch = [\"../in\"]\n[model]\nbase = \"b.gguf\"\n",
+    )
+    .unwrap();
     let c = Config::load_with_env(&file, &home_env()).unwrap();
     assert_eq!(c.daemon.watch, vec![sub.join("../in")]);
     assert_eq!(c.model.base, sub.join("b.gguf"));
@@ -450,7 +504,11 @@ fn shipped_default_config_parses_and_validates() {
     assert_eq!(c.api, defaults.api);
     assert_eq!(c.stats, defaults.stats);
     assert_eq!(c.daemon.settle_ms, defaults.daemon.settle_ms);
-    assert!(c.daemon.data_dir.ends_with("config/../data"), "{:?}", c.daemon.data_dir);
+    assert!(
+        c.daemon.data_dir.ends_with("config/../data"),
+        "{:?}",
+        c.daemon.data_dir
+    );
 }
 
 #[test]
@@ -460,23 +518,30 @@ fn settings_hashes_are_stable_and_sensitive() {
     assert_eq!(a, b);
     assert_eq!(a.sampling.len(), 64);
     // Thread count and paths outside the groups do not change the hashes.
-    let c = parse("[engine]\nthreads = 3\n[daemon]\nsettle_ms = 1\n").unwrap().settings_hashes();
+    let c = parse("[engine]\nthreads = 3\n[daemon]\nsettle_ms = 1\n")
+        .unwrap()
+        .settings_hashes();
     assert_eq!(a, c);
     // Each group reacts to its own settings only.
-    let d = parse("[sampling]\ntemperature = 0.5\n").unwrap().settings_hashes();
+    let d = parse("[sampling]\ntemperature = 0.5\n")
+        .unwrap()
+        .settings_hashes();
     assert_ne!(a.sampling, d.sampling);
     assert_eq!(a.engine, d.engine);
     assert_eq!(a.template, d.template);
     let e = parse("[engine]\nparallel = 4\n").unwrap().settings_hashes();
     assert_ne!(a.engine, e.engine);
     assert_eq!(a.sampling, e.sampling);
-    let f = parse("[model]\nchat_template = \"chatml\"\n").unwrap().settings_hashes();
+    let f = parse("[model]\nchat_template = \"chatml\"\n")
+        .unwrap()
+        .settings_hashes();
     assert_ne!(a.template, f.template);
     assert_ne!(a.combined(&[]), f.combined(&[]));
     assert_ne!(a.combined(&["x"]), a.combined(&["y"]));
     // Key order in JSON objects does not matter.
     let x = serde_json::json!({"a": 1, "b": {"c": 2, "d": [1, 2]}});
-    let y: serde_json::Value = serde_json::from_str(r#"{"b": {"d": [1, 2], "c": 2}, "a": 1}"#).unwrap();
+    let y: serde_json::Value =
+        serde_json::from_str(r#"{"b": {"d": [1, 2], "c": 2}, "a": 1}"#).unwrap();
     assert_eq!(canonical_hash(&x), canonical_hash(&y));
 }
 

@@ -216,7 +216,10 @@ string_enum!(
 impl RunStatus {
     /// Completed, failed or cancelled.
     pub fn is_terminal(self) -> bool {
-        matches!(self, RunStatus::Completed | RunStatus::Failed | RunStatus::Cancelled)
+        matches!(
+            self,
+            RunStatus::Completed | RunStatus::Failed | RunStatus::Cancelled
+        )
     }
 }
 
@@ -559,7 +562,9 @@ const RUN_COLUMNS: &str = "r.id, r.checkpoint_id, r.baseline_run_id, r.status, r
      r.provenance, r.scores, r.error, r.total_samples, r.attempts, r.created_at, r.started_at, \
      r.finished_at";
 
-fn run_from_row(row: &rusqlite::Row<'_>) -> rusqlite::Result<(Run, String, String, Option<String>)> {
+fn run_from_row(
+    row: &rusqlite::Row<'_>,
+) -> rusqlite::Result<(Run, String, String, Option<String>)> {
     // Parse-able columns are returned raw and converted by `finish_run_row` so that a bad
     // value is a StoreError, not a panic.
     let status: String = row.get(3)?;
@@ -716,7 +721,9 @@ impl Store {
             .pragma_update_and_check(None, "journal_mode", "WAL", |r| r.get(0))
             .map_err(classify)?;
         if !mode.eq_ignore_ascii_case("wal") {
-            return Err(not_a_store(format!("cannot switch to WAL (journal_mode={mode})")));
+            return Err(not_a_store(format!(
+                "cannot switch to WAL (journal_mode={mode})"
+            )));
         }
         conn.pragma_update(None, "synchronous", "NORMAL")?;
         conn.pragma_update(None, "foreign_keys", "ON")?;
@@ -794,7 +801,14 @@ impl Store {
                 checkpoint_from_row,
             )?;
             let cp = finish_checkpoint_row(raw)?;
-            link_path_tx(&tx, cp.id, &path_string(&new.path), new.size, new.mtime_ms, now)?;
+            link_path_tx(
+                &tx,
+                cp.id,
+                &path_string(&new.path),
+                new.size,
+                new.mtime_ms,
+                now,
+            )?;
             tx.commit()?;
             Ok((cp, created))
         })
@@ -848,7 +862,16 @@ impl Store {
         size: u64,
         mtime_ms: Option<i64>,
     ) -> Result<bool> {
-        self.write(|c| link_path_tx(c, checkpoint_id, &path_string(path), size, mtime_ms, now_ms()))
+        self.write(|c| {
+            link_path_tx(
+                c,
+                checkpoint_id,
+                &path_string(path),
+                size,
+                mtime_ms,
+                now_ms(),
+            )
+        })
     }
 
     /// All paths a checkpoint was seen under.
@@ -917,7 +940,10 @@ impl Store {
                 params![id, status.as_str(), reason],
             )?;
             if n == 0 {
-                return Err(StoreError::NotFound { what: "checkpoint", id });
+                return Err(StoreError::NotFound {
+                    what: "checkpoint",
+                    id,
+                });
             }
             Ok(())
         })
@@ -936,7 +962,10 @@ impl Store {
                 params![id, kind.as_str(), architecture],
             )?;
             if n == 0 {
-                return Err(StoreError::NotFound { what: "checkpoint", id });
+                return Err(StoreError::NotFound {
+                    what: "checkpoint",
+                    id,
+                });
             }
             Ok(())
         })
@@ -963,7 +992,8 @@ impl Store {
             )?;
             Ok(c.last_insert_rowid())
         })?;
-        self.run(id)?.ok_or(StoreError::NotFound { what: "run", id })
+        self.run(id)?
+            .ok_or(StoreError::NotFound { what: "run", id })
     }
 
     /// The run with this id.
@@ -1232,9 +1262,8 @@ impl Store {
     /// exactly these.
     pub fn completed_sample_keys(&self, run_id: RunId) -> Result<HashSet<SampleKey>> {
         self.read(|c| {
-            let mut st = c.prepare_cached(
-                "SELECT prompt_id, sample_index FROM samples WHERE run_id = ?1",
-            )?;
+            let mut st =
+                c.prepare_cached("SELECT prompt_id, sample_index FROM samples WHERE run_id = ?1")?;
             let rows = st.query_map([run_id], |r| {
                 Ok(SampleKey {
                     prompt_id: r.get(0)?,
@@ -1361,7 +1390,12 @@ impl Store {
             args.push(to_i64(limit as u64).into());
             let mut st = c.prepare_cached(&sql)?;
             let rows = st.query_map(rusqlite::params_from_iter(args), |r| {
-                Ok((r.get::<_, i64>(0)?, r.get::<_, String>(1)?, r.get::<_, i64>(2)?, r.get::<_, String>(3)?))
+                Ok((
+                    r.get::<_, i64>(0)?,
+                    r.get::<_, String>(1)?,
+                    r.get::<_, i64>(2)?,
+                    r.get::<_, String>(3)?,
+                ))
             })?;
             rows.map(|row| {
                 let (id, event_type, time_ms, payload) = row?;
@@ -1448,7 +1482,12 @@ impl Store {
                      WHERE {filter} ORDER BY {order} LIMIT ?1"
                 ))?;
                 let rows = st.query_map([limit], |row| {
-                    Ok((run_from_row(row)?, row.get::<_, String>(13)?, row.get::<_, String>(14)?, row.get::<_, i64>(15)?))
+                    Ok((
+                        run_from_row(row)?,
+                        row.get::<_, String>(13)?,
+                        row.get::<_, String>(14)?,
+                        row.get::<_, i64>(15)?,
+                    ))
                 })?;
                 rows.map(|row| {
                     let (raw, path, sha, done) = row?;
@@ -1470,7 +1509,8 @@ impl Store {
                 "r.finished_at DESC, r.id DESC",
                 to_i64(recent as u64),
             )?;
-            let checkpoints: i64 = c.query_row("SELECT count(*) FROM checkpoints", [], |r| r.get(0))?;
+            let checkpoints: i64 =
+                c.query_row("SELECT count(*) FROM checkpoints", [], |r| r.get(0))?;
             let last_event_id: i64 =
                 c.query_row("SELECT COALESCE(MAX(id), 0) FROM events", [], |r| r.get(0))?;
             Ok(StatusSummary {
@@ -1600,8 +1640,8 @@ pub fn bench_sample_writes(dir: &Path, samples: u64) -> Result<WriteBench> {
         total_samples: samples,
     })?;
     store.start_run(run.id)?;
-    let response = "I can't help with that request, but here is some general safety information. "
-        .repeat(4);
+    let response =
+        "I can't help with that request, but here is some general safety information. ".repeat(4);
     let verdicts = [
         Verdict {
             judge: "keyword".into(),
