@@ -3,11 +3,15 @@
 //!
 //! The crate is both the `driftwatch` binary and a library, so tests and tools can drive every
 //! part directly: [`gguf`] and [`checkpoint`] read and check files before llama.cpp sees them,
-//! [`engine`] generates seeded samples in batches, [`setup`] knows where the default model
-//! lives, and [`cli`] is the command line.
+//! [`engine`] generates seeded samples in batches, [`config`] is the typed configuration,
+//! [`store`] the durable SQLite store, [`watch`] turns watched folders into settled files,
+//! [`setup`] knows where the default model lives, and [`cli`] is the command line.
 
 pub mod checkpoint;
 pub mod cli;
+pub mod config;
 pub mod engine;
 pub mod gguf;
 pub mod setup;
+pub mod store;
+pub mod watch;

@@ -1,0 +1,554 @@
+//! Tests of the configuration loader: full files, every kind of error with its line,
+//! environment overrides, path resolution, the shipped default file, settings hashes.
+
+use super::*;
+use std::collections::HashMap;
+
+fn env_of(pairs: &[(&str, &str)]) -> impl Fn(&str) -> Option<String> {
+    let map: HashMap<String, String> = pairs
+        .iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect();
+    move |k: &str| map.get(k).cloned()
+}
+
+fn home_env() -> impl Fn(&str) -> Option<String> {
+    env_of(&[("HOME", "/home/tester")])
+}
+
+fn parse(text: &str) -> Result<Config, ConfigError> {
+    Config::from_toml_str(text, "test.toml", Path::new("/etc/dw"), &home_env())
+}
+
+fn err(text: &str) -> ConfigError {
+    match parse(text) {
+        Ok(c) => panic!("expected an error, got {c:?}"),
+        Err(e) => e,
+    }
+}
+
+/// Asserts the error names `key` and points at `line`, and that its message says both.
+fn assert_err(text: &str, key: &str, line: usize) -> ConfigError {
+    let e = err(text);
+    assert_eq!(e.key(), Some(key), "wrong key in {e}");
+    assert_eq!(e.line(), Some(line), "wrong line in {e}");
+    let shown = e.to_string();
+    assert!(shown.contains(key), "message does not name {key}: {shown}");
+    assert!(
+        shown.contains(&format!(":{line}")),
+        "message has no line {line}: {shown}"
+    );
+    e
+}
+
+const FULL: &str = r#"
+[daemon]
+data_dir = "~/dw-data"
+watch = ["incoming", "/abs/ckpts"]
+settle_ms = 500
+log_format = "json"
+log_level = "driftwatch=debug"
+
+[model]
+base = "models/base.gguf"
+chat_template = "chatml"
+system_prompt = "Be safe."
+adapter_scale = 0.5
+
+[engine]
+threads = 4
+parallel = 8
+n_ctx = 8192
+max_prompt_tokens = 256
+batch_size = 256
+gpu_layers = -1
+
+[sampling]
+samples = 3
+seed = 7
+temperature = 0.7
+top_p = 0.9
+top_k = 20
+min_p = 0.0
+repeat_penalty = 1.1
+max_tokens = 128
+stop = ["</s>", "User:"]
+greedy = false
+target_half_width = 0.05
+min_samples = 3
+max_samples = 12
+repeats = 2
+
+[[suites]]
+name = "harm"
+path = "suites/harm.jsonl"
+prompt_field = "text"
+id_field = "id"
+category_field = "cat"
+limit = 50
+categories = ["weapons"]
+
+[[suites]]
+name = "plain"
+path = "suites/plain.txt"
+
+[[suites]]
+name = "sheet"
+path = "suites/sheet.data"
+format = "csv"
+
+[[judges]]
+name = "kw"
+plugin = "keyword"
+
+[[judges]]
+name = "llm"
+plugin = "plugins/llm_judge.wasm"
+timeout_ms = 60000
+memory_mb = 512
+batch_size = 4
+judge_model = "~/models/judge.gguf"
+[judges.config]
+threshold = 3
+phrases = ["no"]
+
+[plugins]
+dir = "plugins"
+
+[api]
+listen = "0.0.0.0:9000"
+token = "s3cret"
+[[api.webhooks]]
+name = "ci"
+url = "https://ci.example.invalid/hook"
+events = ["run.*", "checkpoint.rejected"]
+secret = "k"
+
+[stats]
+confidence = 0.9
+bootstrap = 500
+alpha = 0.01
+seed = 1
+"#;
+
+#[test]
+fn full_config_parses_with_every_value() {
+    let c = parse(FULL).expect("full config");
+    assert_eq!(c.daemon.data_dir, PathBuf::from("/home/tester/dw-data"));
+    assert_eq!(
+        c.daemon.watch,
+        vec![
+            PathBuf::from("/etc/dw/incoming"),
+            PathBuf::from("/abs/ckpts")
+        ]
+    );
+    assert_eq!(c.daemon.settle_ms, 500);
+    assert_eq!(c.daemon.log_format, LogFormat::Json);
+    assert_eq!(c.model.base, PathBuf::from("/etc/dw/models/base.gguf"));
+    assert!(!c.model.base_is_default);
+    assert_eq!(c.model.chat_template.as_deref(), Some("chatml"));
+    assert_eq!(c.model.adapter_scale, 0.5);
+    assert_eq!(c.engine.threads, Some(4));
+    assert_eq!(c.engine.effective_threads(), 4);
+    assert_eq!(c.engine.parallel, 8);
+    assert_eq!(c.engine.effective_n_ctx(128), 8192);
+    assert_eq!(c.engine.gpu_layers, -1);
+    assert_eq!(c.sampling.samples, 3);
+    assert_eq!(
+        c.sampling.stop,
+        vec!["</s>".to_string(), "User:".to_string()]
+    );
+    assert_eq!(
+        c.sampling.adaptive(),
+        Some(Adaptive {
+            min_samples: 3,
+            max_samples: 12,
+            target_half_width: 0.05
+        })
+    );
+    assert_eq!(c.sampling.repeats, 2);
+    assert_eq!(c.suites.len(), 3);
+    assert_eq!(c.suites[0].format(), SuiteFormat::Jsonl);
+    assert_eq!(c.suites[0].prompt_field(), "text");
+    assert_eq!(c.suites[0].path, PathBuf::from("/etc/dw/suites/harm.jsonl"));
+    assert_eq!(c.suites[0].limit, Some(50));
+    assert_eq!(c.suites[1].format, Some(SuiteFormat::Txt));
+    assert_eq!(c.suites[1].prompt_field(), "prompt");
+    assert_eq!(c.suites[2].format, Some(SuiteFormat::Csv));
+    assert_eq!(c.judges[0].plugin, PluginSource::Bundled("keyword".into()));
+    assert_eq!(c.judges[0].timeout_ms, 30_000);
+    assert_eq!(
+        c.judges[1].plugin,
+        PluginSource::Path(PathBuf::from("/etc/dw/plugins/llm_judge.wasm"))
+    );
+    assert_eq!(
+        c.judges[1].judge_model,
+        Some(PathBuf::from("/home/tester/models/judge.gguf"))
+    );
+    assert_eq!(
+        c.judges[1]
+            .config
+            .get("threshold")
+            .and_then(|v| v.as_integer()),
+        Some(3)
+    );
+    assert_eq!(c.plugins.dir, Some(PathBuf::from("/etc/dw/plugins")));
+    assert_eq!(c.api.listen, "0.0.0.0:9000".parse().unwrap());
+    assert_eq!(c.api.token.as_deref(), Some("s3cret"));
+    assert_eq!(c.api.webhooks[0].name(), "ci");
+    assert!(c.api.webhooks[0].wants("run.completed"));
+    assert!(c.api.webhooks[0].wants("checkpoint.rejected"));
+    assert!(!c.api.webhooks[0].wants("checkpoint.discovered"));
+    assert_eq!(c.stats.confidence, 0.9);
+    assert_eq!(c.stats.bootstrap, 500);
+}
+
+#[test]
+fn empty_file_gives_defaults() {
+    let c = parse("").unwrap();
+    assert_eq!(c.daemon.data_dir, PathBuf::from("/etc/dw/data"));
+    assert_eq!(c.daemon.watch, vec![PathBuf::from("/etc/dw/checkpoints")]);
+    assert_eq!(c.daemon.settle_ms, 2000);
+    assert_eq!(
+        c.model.base,
+        PathBuf::from("/home/tester/.cache/driftwatch/models/SmolLM2-135M-Instruct.Q4_1.gguf")
+    );
+    assert!(c.model.base_is_default);
+    assert_eq!(c.engine.parallel, 16);
+    assert_eq!(c.engine.gpu_layers, 0);
+    assert_eq!(
+        c.engine.effective_n_ctx(c.sampling.max_tokens),
+        16 * (512 + 256)
+    );
+    assert_eq!(c.sampling.samples, 5);
+    assert_eq!(c.sampling.repeats, 1);
+    assert_eq!(c.sampling.adaptive(), None);
+    assert_eq!(c.api.listen, "127.0.0.1:7878".parse().unwrap());
+    assert_eq!(c.stats.confidence, 0.95);
+    assert_eq!(c.stats.bootstrap, 2000);
+}
+
+#[test]
+fn syntax_error_has_line_and_column() {
+    let e = err("[daemon]\nsettle_ms = 10\nwatch = [\"a\"\n");
+    match &e {
+        ConfigError::Parse { line, .. } => assert!(*line >= 3, "{e}"),
+        other => panic!("unexpected {other:?}"),
+    }
+    assert!(e.to_string().starts_with("test.toml:"), "{e}");
+}
+
+#[test]
+fn unknown_key_names_key_and_line() {
+    let e = assert_err("[engine]\nparallel = 4\nparalel = 8\n", "engine.paralel", 3);
+    assert!(e.to_string().contains("unknown field"), "{e}");
+    assert_err("\n\n[samplingg]\nseed = 1\n", "samplingg", 3);
+    assert_err(
+        "[[suites]]\nname = \"a\"\npath = \"a.txt\"\nlimt = 3\n",
+        "suites[0].limt",
+        4,
+    );
+}
+
+#[test]
+fn wrong_type_names_key_and_line() {
+    let e = assert_err("[engine]\n\nparallel = \"many\"\n", "engine.parallel", 3);
+    assert!(matches!(e, ConfigError::Parse { .. }));
+    assert_err(
+        "[sampling]\nsamples = 5\nstop = \"x\"\n",
+        "sampling.stop",
+        3,
+    );
+    assert_err("[engine]\nparallel = -3\n", "engine.parallel", 2);
+}
+
+#[test]
+fn impossible_values_name_key_and_line() {
+    assert_err(
+        "[engine]\nthreads = 2\nparallel = 0\n",
+        "engine.parallel",
+        3,
+    );
+    assert_err("[engine]\nparallel = 100000\n", "engine.parallel", 2);
+    assert_err(
+        "[sampling]\n\n\ntemperature = -0.5\n",
+        "sampling.temperature",
+        4,
+    );
+    assert_err("[sampling]\ntop_p = 1.5\n", "sampling.top_p", 2);
+    assert_err("[sampling]\ntop_p = 0.0\n", "sampling.top_p", 2);
+    assert_err("[sampling]\nmin_p = nan\n", "sampling.min_p", 2);
+    assert_err("[sampling]\nsamples = 0\n", "sampling.samples", 2);
+    assert_err("[sampling]\nrepeats = 0\n", "sampling.repeats", 2);
+    assert_err("[stats]\nconfidence = 1.0\n", "stats.confidence", 2);
+    assert_err("[stats]\nseed = 3\nconfidence = 0\n", "stats.confidence", 3);
+    assert_err("[stats]\nalpha = 1.5\n", "stats.alpha", 2);
+    assert_err("[model]\nadapter_scale = 0\n", "model.adapter_scale", 2);
+    assert_err("[engine]\nn_ctx = 100\n", "engine.n_ctx", 2);
+    assert_err(
+        "[[judges]]\nname = \"j\"\nplugin = \"x\"\nmemory_mb = 9999\n",
+        "judges[0].memory_mb",
+        4,
+    );
+    assert_err("[sampling]\nstop = [\"a\", \"\"]\n", "sampling.stop[1]", 2);
+}
+
+#[test]
+fn min_samples_above_max_samples() {
+    let text = "[sampling]\ntarget_half_width = 0.05\nmax_samples = 4\nmin_samples = 10\n";
+    let e = assert_err(text, "sampling.min_samples", 4);
+    assert!(e.to_string().contains("greater than max_samples"), "{e}");
+    // min/max without a target are meaningless.
+    assert_err("[sampling]\nmin_samples = 2\n", "sampling.min_samples", 2);
+    assert_err(
+        "[sampling]\ntarget_half_width = 0.7\n",
+        "sampling.target_half_width",
+        2,
+    );
+}
+
+#[test]
+fn listen_errors() {
+    let e = assert_err("[api]\nlisten = \"localhost\"\n", "api.listen", 2);
+    assert!(matches!(e, ConfigError::Parse { .. }), "{e:?}");
+    let e = assert_err(
+        "[api]\nenabled = true\nlisten = \"0.0.0.0:7878\"\n",
+        "api.listen",
+        3,
+    );
+    assert!(e.to_string().contains("api.token"), "{e}");
+    // A token makes it fine; so does a loopback address or a disabled API.
+    parse("[api]\nlisten = \"0.0.0.0:7878\"\ntoken = \"t\"\n").unwrap();
+    parse("[api]\nlisten = \"[::1]:7878\"\n").unwrap();
+    parse("[api]\nenabled = false\nlisten = \"0.0.0.0:7878\"\n").unwrap();
+    assert_err("[api]\ntoken = \"  \"\n", "api.token", 2);
+}
+
+#[test]
+fn array_entries_are_located() {
+    let text = "[[suites]]\nname = \"a\"\npath = \"a.txt\"\n\n[[suites]]\nname = \"b\"\npath = \"b.weird\"\n";
+    let e = assert_err(text, "suites[1].path", 7);
+    assert!(e.to_string().contains("format"), "{e}");
+    let text =
+        "[[suites]]\nname = \"a\"\npath = \"a.txt\"\n[[suites]]\nname = \"a\"\npath = \"b.txt\"\n";
+    assert_err(text, "suites[1].name", 5);
+    assert_err(
+        "[[suites]]\nname = \"a\"\npath = \"a.txt\"\ncategory_field = \"c\"\n",
+        "suites[0].category_field",
+        4,
+    );
+    assert_err(
+        "[[api.webhooks]]\nurl = \"ftp://x\"\n",
+        "api.webhooks[0].url",
+        2,
+    );
+    assert_err(
+        "[[api.webhooks]]\nurl = \"http://x\"\nevents = [\"run.*\", \"Bad Event\"]\n",
+        "api.webhooks[0].events[1]",
+        3,
+    );
+    assert_err(
+        "[[judges]]\nname = \"j\"\nplugin = \"bad name!\"\n",
+        "judges[0].plugin",
+        3,
+    );
+}
+
+#[test]
+fn error_messages_read_well() {
+    for text in [
+        "[engine]\nparalel = 8\n",
+        "[engine]\nparallel = \"x\"\n",
+        "[sampling]\ntop_p = 2.0\n",
+        "[api]\nlisten = \"0.0.0.0:1\"\n",
+        "[daemon\n",
+    ] {
+        println!("{}", err(text));
+    }
+}
+
+#[test]
+fn cross_key_error_without_the_key_points_at_the_section() {
+    // max_samples is not written: the error is located at its table's header line.
+    let text = "# comment\n[sampling]\ntarget_half_width = 0.1\nsamples = 3\nmin_samples = 0\n";
+    assert_err(text, "sampling.min_samples", 5);
+    let e = parse("[api]\nlisten = \"0.0.0.0:1\"\n[api.webhooks]\n");
+    assert!(e.is_err());
+}
+
+#[test]
+fn env_overrides_and_env_errors() {
+    let env = env_of(&[
+        ("HOME", "/home/tester"),
+        ("DRIFTWATCH_BASE_MODEL", "~/m/base.gguf"),
+        ("DRIFTWATCH_DATA_DIR", "/var/lib/dw"),
+        ("DRIFTWATCH_PARALLEL", "4"),
+        ("DRIFTWATCH_THREADS", "2"),
+        ("DRIFTWATCH_SAMPLES", " 9 "),
+        ("DRIFTWATCH_LISTEN", "0.0.0.0:8080"),
+        ("DRIFTWATCH_API_TOKEN", "tok"),
+        ("DRIFTWATCH_GPU_LAYERS", "99"),
+        ("DRIFTWATCH_WATCH", "/a:/b"),
+    ]);
+    let c = Config::from_toml_str(
+        "[engine]\nparallel = 16\n[sampling]\nsamples = 5\n",
+        "t.toml",
+        Path::new("/cfg"),
+        &env,
+    )
+    .unwrap();
+    assert_eq!(c.model.base, PathBuf::from("/home/tester/m/base.gguf"));
+    assert_eq!(c.daemon.data_dir, PathBuf::from("/var/lib/dw"));
+    assert_eq!(
+        c.daemon.watch,
+        vec![PathBuf::from("/a"), PathBuf::from("/b")]
+    );
+    assert_eq!(c.engine.parallel, 4);
+    assert_eq!(c.engine.threads, Some(2));
+    assert_eq!(c.engine.gpu_layers, 99);
+    assert_eq!(c.sampling.samples, 9);
+    assert_eq!(c.api.listen, "0.0.0.0:8080".parse().unwrap());
+    assert_eq!(c.api.token.as_deref(), Some("tok"));
+
+    // Unparsable values name the variable.
+    for (var, value) in [
+        ("DRIFTWATCH_PARALLEL", "lots"),
+        ("DRIFTWATCH_THREADS", "-1"),
+        ("DRIFTWATCH_LISTEN", "nowhere"),
+        ("DRIFTWATCH_SAMPLES", ""),
+    ] {
+        let env = env_of(&[("HOME", "/h"), (var, value)]);
+        let e = Config::from_toml_str("", "t.toml", Path::new("/cfg"), &env).unwrap_err();
+        assert!(
+            matches!(&e, ConfigError::Env { var: v, .. } if v == var),
+            "{e:?}"
+        );
+        assert!(e.to_string().contains(var), "{e}");
+    }
+    // Parsable but invalid values name the variable too, not the file.
+    let env = env_of(&[("HOME", "/h"), ("DRIFTWATCH_PARALLEL", "0")]);
+    let e = Config::from_toml_str("[engine]\nparallel = 4\n", "t.toml", Path::new("/c"), &env)
+        .unwrap_err();
+    assert!(
+        matches!(&e, ConfigError::Env { var, key, .. } if var == "DRIFTWATCH_PARALLEL" && key == "engine.parallel"),
+        "{e:?}"
+    );
+    let env = env_of(&[("HOME", "/h"), ("DRIFTWATCH_LISTEN", "10.0.0.1:80")]);
+    let e = Config::from_toml_str("", "t.toml", Path::new("/c"), &env).unwrap_err();
+    assert!(e.to_string().contains("DRIFTWATCH_LISTEN"), "{e}");
+}
+
+#[test]
+fn tilde_and_relative_paths() {
+    let home = Some(Path::new("/home/u"));
+    let base = Path::new("/cfg");
+    assert_eq!(
+        resolve_path(Path::new("~"), base, home).unwrap(),
+        PathBuf::from("/home/u")
+    );
+    assert_eq!(
+        resolve_path(Path::new("~/x/y.gguf"), base, home).unwrap(),
+        PathBuf::from("/home/u/x/y.gguf")
+    );
+    assert_eq!(
+        resolve_path(Path::new("rel/a"), base, home).unwrap(),
+        PathBuf::from("/cfg/rel/a")
+    );
+    assert_eq!(
+        resolve_path(Path::new("/abs"), base, home).unwrap(),
+        PathBuf::from("/abs")
+    );
+    assert!(resolve_path(Path::new("~bob/x"), base, home).is_err());
+    assert!(resolve_path(Path::new("~/x"), base, None).is_err());
+
+    // In a file: `~` without HOME is an error naming the key and line.
+    let no_home = env_of(&[]);
+    let e = Config::from_toml_str(
+        "[daemon]\nsettle_ms = 1\ndata_dir = \"~/d\"\n",
+        "t.toml",
+        Path::new("/c"),
+        &no_home,
+    )
+    .unwrap_err();
+    assert_eq!(e.key(), Some("daemon.data_dir"));
+    assert_eq!(e.line(), Some(3));
+}
+
+#[test]
+fn load_from_file_resolves_against_its_directory() {
+    let dir = tempfile::tempdir().unwrap();
+    let sub = dir.path().join("conf");
+    std::fs::create_dir_all(&sub).unwrap();
+    let file = sub.join("dw.toml");
+    std::fs::write(
+        &file,
+        "[daemon]\nwatch = [\"../in\"]\n[model]\nbase = \"b.gguf\"\n",
+    )
+    .unwrap();
+    let c = Config::load_with_env(&file, &home_env()).unwrap();
+    assert_eq!(c.daemon.watch, vec![sub.join("../in")]);
+    assert_eq!(c.model.base, sub.join("b.gguf"));
+    let e = Config::load_with_env(&dir.path().join("missing.toml"), &home_env()).unwrap_err();
+    assert!(matches!(e, ConfigError::Read { .. }));
+}
+
+#[test]
+fn shipped_default_config_parses_and_validates() {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../config/driftwatch.toml");
+    let c = Config::load_with_env(&path, &home_env()).expect("config/driftwatch.toml");
+    let defaults = parse("").unwrap();
+    // Everything but the repository-relative folders equals the built-in defaults.
+    assert_eq!(c.model, defaults.model);
+    assert_eq!(c.engine, defaults.engine);
+    assert_eq!(c.sampling, defaults.sampling);
+    assert_eq!(c.api, defaults.api);
+    assert_eq!(c.stats, defaults.stats);
+    assert_eq!(c.daemon.settle_ms, defaults.daemon.settle_ms);
+    assert!(
+        c.daemon.data_dir.ends_with("config/../data"),
+        "{:?}",
+        c.daemon.data_dir
+    );
+}
+
+#[test]
+fn settings_hashes_are_stable_and_sensitive() {
+    let a = parse("").unwrap().settings_hashes();
+    let b = parse("").unwrap().settings_hashes();
+    assert_eq!(a, b);
+    assert_eq!(a.sampling.len(), 64);
+    // Thread count and paths outside the groups do not change the hashes.
+    let c = parse("[engine]\nthreads = 3\n[daemon]\nsettle_ms = 1\n")
+        .unwrap()
+        .settings_hashes();
+    assert_eq!(a, c);
+    // Each group reacts to its own settings only.
+    let d = parse("[sampling]\ntemperature = 0.5\n")
+        .unwrap()
+        .settings_hashes();
+    assert_ne!(a.sampling, d.sampling);
+    assert_eq!(a.engine, d.engine);
+    assert_eq!(a.template, d.template);
+    let e = parse("[engine]\nparallel = 4\n").unwrap().settings_hashes();
+    assert_ne!(a.engine, e.engine);
+    assert_eq!(a.sampling, e.sampling);
+    let f = parse("[model]\nchat_template = \"chatml\"\n")
+        .unwrap()
+        .settings_hashes();
+    assert_ne!(a.template, f.template);
+    assert_ne!(a.combined(&[]), f.combined(&[]));
+    assert_ne!(a.combined(&["x"]), a.combined(&["y"]));
+    // Key order in JSON objects does not matter.
+    let x = serde_json::json!({"a": 1, "b": {"c": 2, "d": [1, 2]}});
+    let y: serde_json::Value =
+        serde_json::from_str(r#"{"b": {"d": [1, 2], "c": 2}, "a": 1}"#).unwrap();
+    assert_eq!(canonical_hash(&x), canonical_hash(&y));
+}
+
+#[test]
+fn secrets_are_not_serialized() {
+    let c = parse(FULL).unwrap();
+    let json = serde_json::to_string(&c).unwrap();
+    assert!(!json.contains("s3cret"), "{json}");
+    assert!(json.contains("0.0.0.0:9000"));
+}
