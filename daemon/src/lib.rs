@@ -11,6 +11,7 @@ pub mod checkpoint;
 pub mod cli;
 pub mod config;
 pub mod engine;
+pub mod events;
 pub mod gguf;
 pub mod setup;
 pub mod store;

@@ -1352,12 +1352,19 @@ impl Store {
 
     /// Appends an event; returns its id (strictly greater than every earlier id).
     pub fn append_event(&self, event_type: &str, payload: &Value) -> Result<EventId> {
-        let payload = serde_json::to_string(payload)?;
-        self.write(|c| {
+        Ok(self.append_event_record(event_type, payload)?.id)
+    }
+
+    /// Appends an event; returns it exactly as [`Store::events_since`] will return it.
+    pub fn append_event_record(&self, event_type: &str, payload: &Value) -> Result<Event> {
+        let text = serde_json::to_string(payload)?;
+        let time_ms = now_ms();
+        let id = self.write(|c| {
             c.prepare_cached("INSERT INTO events (type, time, payload) VALUES (?1, ?2, ?3)")?
-                .execute(params![event_type, now_ms(), payload])?;
+                .execute(params![event_type, time_ms, text])?;
             Ok(c.last_insert_rowid())
-        })
+        })?;
+        Ok(Event { id, event_type: event_type.to_owned(), time_ms, payload: payload.clone() })
     }
 
     /// Events with id > `after`, oldest first, at most `limit`. `types` filters by type;
