@@ -34,7 +34,15 @@ async fn the_default_model_generates_reproducible_chat_answers() {
         assert!(!s.text.contains("<|im_start|>") && !s.text.contains("<|im_end|>"), "{:?}", s.text);
     }
     assert!(a[..3].iter().any(|s| s.text.contains("Paris")), "{:?}", a.iter().map(|s| &s.text).collect::<Vec<_>>());
+    let a_req = req.clone();
     let (b, _) = engine.generate(req).await.unwrap();
     assert_eq!(a.iter().map(|s| &s.text).collect::<Vec<_>>(), b.iter().map(|s| &s.text).collect::<Vec<_>>());
     assert!(stats.prefill_tokens < stats.prompt_tokens_total, "samples share their prompt's prefill");
+    // On this model the texts do not depend on how many sequences decode together.
+    for parallel in [1, 16] {
+        let other = Engine::start(EngineConfig { parallel, ..EngineConfig::default() }).unwrap();
+        let (c, _) = other.generate(a_req.clone()).await.unwrap();
+        assert_eq!(a.iter().map(|s| &s.text).collect::<Vec<_>>(), c.iter().map(|s| &s.text).collect::<Vec<_>>(), "parallel {parallel}");
+    }
 }
+

@@ -7,10 +7,12 @@
 //! and can be cancelled at any time.
 //!
 //! What makes a generated text reproducible: the model and adapter bytes, the adapter scale,
-//! the prompt and chat template, the sampling settings and seed, and the *batch settings*
-//! (`parallel`, `batch_size`, `threads`) together with the job order. llama.cpp's arithmetic
-//! depends on how sequences are batched, so a different `parallel` can change the text even
-//! with the same seed; the same settings give the same text, run after run.
+//! the prompt and chat template, the sampling settings and seed. Each sequence has its own KV
+//! stream (`kv_unified = false`), so a sample does not depend on the *other* jobs in the request:
+//! a run resumed with only its remaining jobs generates the same texts as the uninterrupted run
+//! (tested). `parallel` itself can still matter for some weight types, because llama.cpp picks
+//! different matrix kernels for a batch of one and for larger batches (seen with F32 weights,
+//! not with the default Q4_1 model); `threads` and the llama.cpp build can matter too.
 
 mod batch;
 pub mod sampling;
@@ -42,11 +44,16 @@ pub struct EngineConfig {
     pub gpu_layers: u32,
     /// How many whole models stay loaded at once (least recently used goes first).
     pub max_loaded_models: usize,
+    /// One KV cache shared by all sequences (true) or one stream per sequence (false, the
+    /// default). With one stream per sequence a sample's text does not depend on which other
+    /// sequences share its batches, so a run resumed after a crash generates exactly what the
+    /// uninterrupted run would have; a unified cache does not have that property.
+    pub kv_unified: bool,
 }
 
 impl Default for EngineConfig {
     fn default() -> Self {
-        EngineConfig { threads: 0, parallel: 16, batch_size: 512, gpu_layers: 0, max_loaded_models: 2 }
+        EngineConfig { threads: 0, parallel: 16, batch_size: 512, gpu_layers: 0, max_loaded_models: 2, kv_unified: false }
     }
 }
 

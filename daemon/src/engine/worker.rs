@@ -237,19 +237,25 @@ fn run_request(
 
     let longest = prompts.iter().filter(|p| p.error.is_none()).map(|p| p.tokens.len()).max().unwrap_or(1);
     let p = config.parallel.min(req.jobs.len().max(1));
-    // Worst case: every slot holds a distinct prompt plus its generation, and as many prompts
-    // again wait in holders.
-    let n_ctx = (p * (longest + max_tokens) + (p + 1) * longest).div_ceil(256) * 256;
+    let n_seq = 2 * p + 1;
+    let n_ctx = if config.kv_unified {
+        // Worst case: every slot holds a distinct prompt plus its generation, and as many
+        // prompts again wait in holders.
+        (p * (longest + max_tokens) + (p + 1) * longest).div_ceil(256) * 256
+    } else {
+        // One stream per sequence; llama.cpp splits n_ctx evenly, in multiples of 256.
+        n_seq * (longest + max_tokens).div_ceil(256) * 256
+    };
     let n_ctx = u32::try_from(n_ctx).map_err(|_| EngineError::InvalidRequest("the context would be too large".into()))?;
     let threads = config.effective_threads() as i32;
     let params = LlamaContextParams::default()
         .with_n_ctx(NonZeroU32::new(n_ctx))
         .with_n_batch(config.batch_size as u32)
         .with_n_ubatch(config.batch_size as u32)
-        .with_n_seq_max((2 * p + 1) as u32)
+        .with_n_seq_max(n_seq as u32)
         .with_n_threads(threads)
         .with_n_threads_batch(threads)
-        .with_kv_unified(true);
+        .with_kv_unified(config.kv_unified);
     let mut ctx = model
         .new_context(backend()?, params)
         .map_err(|e| EngineError::Llama(format!("cannot create a context of {n_ctx} tokens: {e}")))?;
