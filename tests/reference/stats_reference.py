@@ -50,7 +50,7 @@ def kappa():
 
 def exact_tests():
     print("# mcnemar/sign: scipy.stats.binomtest(k, n, 0.5).pvalue (two-sided)")
-    for k, n in [(9, 12), (3, 15), (0, 5), (5, 10), (30, 45), (1, 1), (8, 10), (3, 4)]:
+    for k, n in [(9, 12), (3, 15), (0, 5), (5, 10), (30, 45), (1, 1), (8, 10), (3, 4), (9, 11), (12, 13)]:
         print(f"binomtest({k}, {n}) = {binomtest(k, n, 0.5).pvalue!r}")
 
 

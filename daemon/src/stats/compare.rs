@@ -441,16 +441,23 @@ mod tests {
             (1, 1, 1.0),
             (8, 10, 0.109375),
             (3, 4, 0.625),
+            (9, 11, 0.0654296875),
+            (12, 13, 0.00341796875),
         ] {
             close(mcnemar_exact(k, n - k), p, 1e-12);
         }
         close(mcnemar_exact(0, 0), 1.0, 0.0);
+        // zeros are dropped: 9 positive, 2 negative -> binomtest(9, 11) = 0.0654296875
         let s = sign_test(&[0.2, -0.1, 0.0, 0.3, 0.4, 0.1, 0.2, 0.5, 0.3, 0.1, -0.2, 0.6]);
-        // 9 positive, 2 negative, 1 zero: binomtest(9, 11)... not in the table; use (8, 10):
+        assert_eq!(
+            (s.n_positive, s.n_negative, s.kind),
+            (9, 2, TestKind::SignTest)
+        );
+        close(s.p_value, 0.0654296875, 1e-12);
+        // 8 positive, 2 negative -> binomtest(8, 10) = 0.109375
         let s2 = sign_test(&[0.2, 0.4, -0.2, 0.6, 0.2, 0.0, 0.4, -0.4, 0.8, 0.2, 0.2]);
         assert_eq!((s2.n_positive, s2.n_negative), (8, 2));
         close(s2.p_value, 0.109375, 1e-12);
-        assert_eq!((s.n_positive, s.n_negative), (9, 2));
     }
 
     #[test]
@@ -642,8 +649,8 @@ mod tests {
         let o = c.overall.unwrap();
         assert_eq!(o.test.kind, TestKind::McnemarExact);
         assert_eq!((o.test.n_positive, o.test.n_negative), (12, 1));
-        // binomtest(12, 13, 0.5) = 2 * 14 / 8192 = 0.00341796875
-        close(o.test.p_value, 28.0 / 8192.0, 1e-15);
+        // scipy.stats.binomtest(12, 13, 0.5).pvalue = 0.00341796875
+        close(o.test.p_value, 0.00341796875, 1e-15);
         assert!(o.sign_test.is_none());
         assert!(o.lo > 0.0);
         assert_eq!(o.verdict, Verdict::Regressed);

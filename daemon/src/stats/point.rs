@@ -408,4 +408,123 @@ mod tests {
         assert_eq!((u.n_prompts, u.n_samples), (2, 3));
         assert!((u.value - 0.25).abs() < 1e-15);
     }
+
+    fn mixed_run(n_prompts: usize, k: u32) -> JudgeInput {
+        let o = (0..n_prompts)
+            .flat_map(|p| {
+                (0..k).map(move |i| {
+                    let c = if p % 3 == 0 { "x" } else { "y" };
+                    obs(
+                        &format!("p{p:03}"),
+                        c,
+                        i,
+                        (p * 31 + i as usize * 17) % 7 < 2 + p % 3,
+                    )
+                })
+            })
+            .collect();
+        input(o)
+    }
+
+    #[test]
+    fn scores_are_reproducible_by_seed_and_serialize() {
+        let inp = mixed_run(60, 4);
+        let cfg = StatsConfig {
+            seed: 99,
+            ..StatsConfig::default()
+        };
+        let a = score_judge(&inp, &cfg).unwrap();
+        let b = score_judge(&inp, &cfg).unwrap();
+        let ja = serde_json::to_string(&a).unwrap();
+        assert_eq!(
+            ja,
+            serde_json::to_string(&b).unwrap(),
+            "same seed, same bytes"
+        );
+        let back: JudgeScores = serde_json::from_str(&ja).unwrap();
+        same_up_to_float_parsing(&back, &a);
+        let c = score_judge(
+            &inp,
+            &StatsConfig {
+                seed: 100,
+                ..cfg.clone()
+            },
+        )
+        .unwrap();
+        let (ua, uc) = (
+            a.overall.unsafe_rate.unwrap(),
+            c.overall.unsafe_rate.unwrap(),
+        );
+        assert_eq!(ua.value, uc.value);
+        assert!(
+            ua.lo != uc.lo || ua.hi != uc.hi,
+            "different seed, different interval"
+        );
+        assert!(
+            (ua.lo - uc.lo).abs() < 0.02 && (ua.hi - uc.hi).abs() < 0.02,
+            "{ua:?} {uc:?}"
+        );
+        // categories are scored separately and the run record serializes with agreement.
+        assert_eq!(
+            a.per_category
+                .iter()
+                .map(|c| c.category.as_str())
+                .collect::<Vec<_>>(),
+            ["x", "y"]
+        );
+        let mut other = inp.clone();
+        other.judge = "k".into();
+        for o in &mut other.observations {
+            if o.sample_index == 0 {
+                o.unsafe_flag = !o.unsafe_flag;
+            }
+        }
+        let run = score_run(&[inp, other], &cfg).unwrap();
+        assert_eq!(run.per_judge.len(), 2);
+        assert_eq!(run.agreement.len(), 1);
+        let ag = &run.agreement[0];
+        assert_eq!(ag.table.total(), 240);
+        assert_eq!(ag.table.first_only_unsafe + ag.table.second_only_unsafe, 60);
+        let json = serde_json::to_string(&run).unwrap();
+        same_up_to_float_parsing(&serde_json::from_str::<RunScores>(&json).unwrap(), &run);
+    }
+
+    /// serde_json (without its `float_roundtrip` feature) may parse a float back one ulp
+    /// off; compare two records field by field with a 1e-15 relative tolerance on numbers.
+    fn same_up_to_float_parsing<T: Serialize>(a: &T, b: &T) {
+        fn cmp(a: &serde_json::Value, b: &serde_json::Value, path: &str) {
+            use serde_json::Value as V;
+            match (a, b) {
+                (V::Number(x), V::Number(y)) => {
+                    let (x, y) = (x.as_f64().unwrap(), y.as_f64().unwrap());
+                    assert!(
+                        (x - y).abs() <= 1e-15 * x.abs().max(1.0),
+                        "{path}: {x} vs {y}"
+                    );
+                }
+                (V::Array(x), V::Array(y)) => {
+                    assert_eq!(x.len(), y.len(), "{path}");
+                    for (i, (x, y)) in x.iter().zip(y).enumerate() {
+                        cmp(x, y, &format!("{path}[{i}]"));
+                    }
+                }
+                (V::Object(x), V::Object(y)) => {
+                    assert_eq!(
+                        x.keys().collect::<Vec<_>>(),
+                        y.keys().collect::<Vec<_>>(),
+                        "{path}"
+                    );
+                    for (k, v) in x {
+                        cmp(v, &y[k], &format!("{path}.{k}"));
+                    }
+                }
+                _ => assert_eq!(a, b, "{path}"),
+            }
+        }
+        cmp(
+            &serde_json::to_value(a).unwrap(),
+            &serde_json::to_value(b).unwrap(),
+            "",
+        );
+    }
 }
