@@ -147,8 +147,10 @@ pub fn sign_test(differences: &[f64]) -> ComparisonTest {
 /// Two-sided sign-flip (paired permutation) test of "mean difference = 0" with statistic
 /// |Σ d_i|. Under H0 each prompt's difference is symmetric about 0, so every sign pattern
 /// is equally likely. Exact when the number m of non-zero differences is ≤ `exact_max`
-/// (p = share of the 2^m patterns with |T*| ≥ |T|); otherwise `draws` Monte-Carlo patterns
-/// from ChaCha8(`seed`) with p = (1 + hits) / (1 + draws), which is a valid p-value.
+/// (capped at 24): p = share of the 2^m patterns with |T*| ≥ |T|; otherwise `draws`
+/// Monte-Carlo patterns from ChaCha8(`seed`) with p = (1 + hits) / (1 + draws), which is
+/// a valid p-value. |T*| ≥ |T| is checked with a 1e-9 relative tolerance so that exact
+/// ties are not lost to rounding.
 pub fn sign_flip_test(
     differences: &[f64],
     exact_max: u32,
@@ -182,7 +184,7 @@ pub fn sign_flip_test(
         }
         s.abs()
     };
-    if m as u32 <= exact_max.min(30) {
+    if m as u32 <= exact_max.min(24) {
         let total = 1u64 << m;
         let mut hits = 0u64;
         for mask in 0..total {

@@ -52,6 +52,8 @@ pub enum StatsError {
     InvalidPower(f64),
     #[error("the bootstrap needs at least one replicate")]
     NoReplicates,
+    #[error("{draws} Monte-Carlo sign-flip draws can never give p <= alpha = {alpha}")]
+    TooFewDraws { draws: u32, alpha: f64 },
     #[error("duplicate observation for prompt {prompt_id:?}, sample {sample_index}")]
     DuplicateObservation {
         prompt_id: String,
@@ -96,7 +98,8 @@ pub struct StatsConfig {
     /// Power used for the minimum detectable effect (default 0.8).
     pub power: f64,
     /// Sign-flip test: enumerate all 2^m sign patterns when the number m of non-zero
-    /// per-prompt differences is at most this (default 16); otherwise Monte Carlo.
+    /// per-prompt differences is at most this (default 16, capped at 24); otherwise
+    /// Monte Carlo.
     pub exact_permutation_max: u32,
     /// Monte-Carlo sign-flip draws when not exact (default 10000).
     pub permutation_draws: u32,
@@ -130,6 +133,13 @@ impl StatsConfig {
         }
         if self.bootstrap_replicates == 0 {
             return Err(StatsError::NoReplicates);
+        }
+        // The smallest Monte-Carlo p-value is 1 / (1 + draws).
+        if 1.0 / (1.0 + f64::from(self.permutation_draws)) > self.alpha {
+            return Err(StatsError::TooFewDraws {
+                draws: self.permutation_draws,
+                alpha: self.alpha,
+            });
         }
         Ok(())
     }
