@@ -5,8 +5,12 @@ use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
 
+use rand::{Rng, SeedableRng};
+use rand_chacha::ChaCha8Rng;
+
+use super::bootstrap::percentile;
 use super::data::group_by_prompt;
-use super::{z_two_sided, JudgeInput, StatsError};
+use super::{derive_seed, z_two_sided, JudgeInput, StatsConfig, StatsError};
 
 /// Counts of samples by (first judge's verdict, second judge's verdict).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
@@ -41,6 +45,13 @@ pub struct JudgeAgreement {
     pub kappa_se: Option<f64>,
     pub kappa_lo: Option<f64>,
     pub kappa_hi: Option<f64>,
+    /// Prompt-clustered percentile bootstrap interval of κ (paired samples of a prompt
+    /// resampled together; replicates where κ is undefined are skipped and counted). Use
+    /// this one when samples of a prompt are correlated, which they usually are.
+    pub kappa_bootstrap_lo: Option<f64>,
+    pub kappa_bootstrap_hi: Option<f64>,
+    /// Bootstrap replicates in which κ was undefined (p_e = 1).
+    pub bootstrap_undefined: u32,
     pub level: f64,
 }
 
@@ -58,6 +69,9 @@ pub fn kappa_from_table(t: &ConfusionTable, level: f64) -> JudgeAgreement {
         kappa_se: None,
         kappa_lo: None,
         kappa_hi: None,
+        kappa_bootstrap_lo: None,
+        kappa_bootstrap_hi: None,
+        bootstrap_undefined: 0,
         level,
     };
     let n = t.total() as f64;
@@ -103,14 +117,28 @@ pub fn kappa_from_table(t: &ConfusionTable, level: f64) -> JudgeAgreement {
     out
 }
 
+/// κ of a table, None when undefined (no samples or p_e = 1).
+fn kappa_only(t: &ConfusionTable) -> Option<f64> {
+    let n = t.total() as f64;
+    if n == 0.0 {
+        return None;
+    }
+    let r0 = (t.both_unsafe + t.first_only_unsafe) as f64 / n;
+    let c0 = (t.both_unsafe + t.second_only_unsafe) as f64 / n;
+    let po = (t.both_unsafe + t.both_safe) as f64 / n;
+    let pe = r0 * c0 + (1.0 - r0) * (1.0 - c0);
+    (1.0 - pe > 1e-15).then(|| (po - pe) / (1.0 - pe))
+}
+
 /// Pairs the two judges' verdicts by (prompt id, sample index) and computes kappa over the
-/// samples both scored. Samples are treated as independent for the standard error; with
-/// strongly clustered prompts it is optimistic (documented in docs/statistics.md).
+/// samples both scored, with the asymptotic interval (samples treated as independent) and
+/// the prompt-clustered bootstrap interval (B = `cfg.bootstrap_replicates`, seeded).
 pub fn cohens_kappa(
     first: &JudgeInput,
     second: &JudgeInput,
-    level: f64,
+    cfg: &StatsConfig,
 ) -> Result<JudgeAgreement, StatsError> {
+    cfg.validate()?;
     // group_by_prompt validates duplicates / categories for both inputs.
     group_by_prompt(&first.observations)?;
     group_by_prompt(&second.observations)?;
@@ -119,11 +147,12 @@ pub fn cohens_kappa(
         .iter()
         .map(|o| ((o.prompt_id.as_str(), o.sample_index), o.unsafe_flag))
         .collect();
-    let mut t = ConfusionTable::default();
+    let mut per_prompt: BTreeMap<&str, ConfusionTable> = BTreeMap::new();
     let mut paired = 0usize;
     for o in &first.observations {
         if let Some(&u2) = second_by_key.get(&(o.prompt_id.as_str(), o.sample_index)) {
             paired += 1;
+            let t = per_prompt.entry(o.prompt_id.as_str()).or_default();
             match (o.unsafe_flag, u2) {
                 (true, true) => t.both_unsafe += 1,
                 (true, false) => t.first_only_unsafe += 1,
@@ -132,11 +161,45 @@ pub fn cohens_kappa(
             }
         }
     }
-    let mut out = kappa_from_table(&t, level);
+    let tables: Vec<ConfusionTable> = per_prompt.into_values().collect();
+    let t = tables
+        .iter()
+        .fold(ConfusionTable::default(), |a, b| add(&a, b));
+    let mut out = kappa_from_table(&t, cfg.level);
     out.first_judge = first.judge.clone();
     out.second_judge = second.judge.clone();
     out.n_unpaired = first.observations.len() + second.observations.len() - 2 * paired;
+    if out.kappa.is_some() && tables.len() >= 2 {
+        let label = format!("kappa/{}/{}", first.judge, second.judge);
+        let mut rng = ChaCha8Rng::seed_from_u64(derive_seed(cfg.seed, &label));
+        let mut ks = Vec::with_capacity(cfg.bootstrap_replicates as usize);
+        for _ in 0..cfg.bootstrap_replicates {
+            let mut s = ConfusionTable::default();
+            for _ in 0..tables.len() {
+                s = add(&s, &tables[rng.random_range(0..tables.len())]);
+            }
+            match kappa_only(&s) {
+                Some(k) => ks.push(k),
+                None => out.bootstrap_undefined += 1,
+            }
+        }
+        if !ks.is_empty() {
+            ks.sort_by(f64::total_cmp);
+            let a = (1.0 - cfg.level) / 2.0;
+            out.kappa_bootstrap_lo = Some(percentile(&ks, a));
+            out.kappa_bootstrap_hi = Some(percentile(&ks, 1.0 - a));
+        }
+    }
     Ok(out)
+}
+
+fn add(a: &ConfusionTable, b: &ConfusionTable) -> ConfusionTable {
+    ConfusionTable {
+        both_unsafe: a.both_unsafe + b.both_unsafe,
+        first_only_unsafe: a.first_only_unsafe + b.first_only_unsafe,
+        second_only_unsafe: a.second_only_unsafe + b.second_only_unsafe,
+        both_safe: a.both_safe + b.both_safe,
+    }
 }
 
 #[cfg(test)]
@@ -219,7 +282,7 @@ mod tests {
             errored: vec![],
             observations: vec![o("q", 0, false), o("p", 1, false), o("p", 0, true)],
         };
-        let r = cohens_kappa(&a, &b, 0.95).unwrap();
+        let r = cohens_kappa(&a, &b, &StatsConfig::default()).unwrap();
         assert_eq!(
             r.table,
             ConfusionTable {
@@ -230,5 +293,60 @@ mod tests {
             }
         );
         assert_eq!(r.n_unpaired, 1);
+    }
+
+    #[test]
+    fn kappa_bootstrap_is_wider_when_prompts_cluster() {
+        // 40 prompts x 5 samples. Judges agree on most samples, but whole prompts are
+        // either all-unsafe or all-safe, so the effective sample size is ~40, not 200.
+        let o = |p: usize, i: u32, u: bool| Observation {
+            prompt_id: format!("p{p:02}"),
+            category: "c".into(),
+            sample_index: i,
+            unsafe_flag: u,
+            score: None,
+            refusal: None,
+            coherent: None,
+        };
+        let mut a = Vec::new();
+        let mut b = Vec::new();
+        for p in 0..40 {
+            for i in 0..5 {
+                let truth = p % 3 == 0;
+                a.push(o(p, i, truth));
+                // the second judge disagrees on every sample of prompts 5 and 11 and 20
+                b.push(o(
+                    p,
+                    i,
+                    if [5, 11, 20].contains(&p) {
+                        !truth
+                    } else {
+                        truth
+                    },
+                ));
+            }
+        }
+        let ja = JudgeInput {
+            judge: "a".into(),
+            judge_version: "1".into(),
+            observations: a,
+            errored: vec![],
+        };
+        let jb = JudgeInput {
+            judge: "b".into(),
+            judge_version: "1".into(),
+            observations: b,
+            errored: vec![],
+        };
+        let cfg = StatsConfig::default();
+        let r = cohens_kappa(&ja, &jb, &cfg).unwrap();
+        let k = r.kappa.unwrap();
+        let (blo, bhi) = (r.kappa_bootstrap_lo.unwrap(), r.kappa_bootstrap_hi.unwrap());
+        assert!(blo < k && k < bhi, "{r:?}");
+        assert!(
+            bhi - blo > 1.5 * (r.kappa_hi.unwrap() - r.kappa_lo.unwrap()),
+            "{r:?}"
+        );
+        assert_eq!(cohens_kappa(&ja, &jb, &cfg).unwrap(), r, "seeded");
     }
 }

@@ -232,7 +232,7 @@ pub fn score_run(inputs: &[JudgeInput], cfg: &StatsConfig) -> Result<RunScores, 
     let mut agreement = Vec::new();
     for (i, a) in inputs.iter().enumerate() {
         for b in &inputs[i + 1..] {
-            agreement.push(cohens_kappa(a, b, cfg.level)?);
+            agreement.push(cohens_kappa(a, b, cfg)?);
         }
     }
     Ok(RunScores {
