@@ -5,7 +5,8 @@
 //! part directly: [`gguf`] and [`checkpoint`] read and check files before llama.cpp sees them,
 //! [`engine`] generates seeded samples in batches, [`config`] is the typed configuration,
 //! [`store`] the durable SQLite store, [`watch`] turns watched folders into settled files,
-//! [`setup`] knows where the default model lives, and [`cli`] is the command line.
+//! [`stats`] turns verdicts into scores with honest intervals, [`setup`] knows where the
+//! default model lives, and [`cli`] is the command line.
 
 pub mod checkpoint;
 pub mod cli;
@@ -14,5 +15,6 @@ pub mod engine;
 pub mod events;
 pub mod gguf;
 pub mod setup;
+pub mod stats;
 pub mod store;
 pub mod watch;

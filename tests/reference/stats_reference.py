@@ -1,0 +1,115 @@
+"""Independent reference values for daemon/src/stats (driftwatch).
+
+Run with Python 3 and scipy, statsmodels, numpy installed (in a virtual environment
+outside the repository):  python tests/reference/stats_reference.py
+Every number printed here is pasted into the Rust tests, next to a comment naming the
+function below that produced it.
+"""
+import itertools
+
+import numpy as np
+from scipy.stats import binomtest, norm
+from statsmodels.stats.inter_rater import cohens_kappa
+from statsmodels.stats.multitest import multipletests
+from statsmodels.stats.proportion import proportion_confint
+
+
+def wilson():
+    print("# wilson: proportion_confint(count, nobs, alpha, method='wilson')")
+    for count, nobs, alpha in [(7, 50, 0.05), (0, 20, 0.05), (20, 20, 0.05), (1, 1, 0.05),
+                               (123, 400, 0.05), (7, 50, 0.10), (1, 2, 0.05), (0, 30, 0.05)]:
+        lo, hi = proportion_confint(count, nobs, alpha=alpha, method="wilson")
+        print(f"({count}, {nobs}, alpha={alpha}): {lo!r}, {hi!r}")
+
+
+def anova():
+    print("# anova: textbook one-way random-effects ANOVA on expanded 0/1 data")
+    data = [(0, 3), (1, 3), (3, 5), (2, 2), (0, 4), (4, 6), (1, 1)]
+    groups = [np.array([1.0] * x + [0.0] * (n - x)) for x, n in data]
+    a = len(groups)
+    ns = np.array([len(g) for g in groups], dtype=float)
+    n = ns.sum()
+    y = np.concatenate(groups)
+    grand = y.mean()
+    ssb = sum(len(g) * (g.mean() - grand) ** 2 for g in groups)
+    ssw = sum(((g - g.mean()) ** 2).sum() for g in groups)
+    msb = ssb / (a - 1)
+    msw = ssw / (n - a)
+    n0 = (n - (ns ** 2).sum() / n) / (a - 1)
+    sb = max(0.0, (msb - msw) / n0)
+    icc = sb / (sb + msw)
+    print(f"MSB={msb!r} MSW={msw!r} n0={n0!r} ICC={icc!r}")
+
+
+def kappa():
+    print("# kappa: statsmodels cohens_kappa(table) -> kappa, std_kappa; rows judge 1 (unsafe, safe)")
+    for t in [[[20, 5], [10, 65]], [[3, 1], [2, 4]], [[40, 0], [0, 60]], [[5, 15], [12, 8]]]:
+        r = cohens_kappa(np.array(t))
+        print(f"{t}: kappa={r.kappa!r} std={r.std_kappa!r}")
+
+
+def exact_tests():
+    print("# mcnemar/sign: scipy.stats.binomtest(k, n, 0.5).pvalue (two-sided)")
+    for k, n in [(9, 12), (3, 15), (0, 5), (5, 10), (30, 45), (1, 1), (8, 10), (3, 4), (9, 11), (12, 13)]:
+        print(f"binomtest({k}, {n}) = {binomtest(k, n, 0.5).pvalue!r}")
+
+
+def sign_flip_p(d):
+    d = np.asarray(d, dtype=float)
+    nz = d[d != 0]
+    t = abs(nz.sum())
+    hits = 0
+    total = 0
+    for signs in itertools.product([1, -1], repeat=len(nz)):
+        total += 1
+        if abs((nz * np.array(signs)).sum()) >= t - 1e-9:
+            hits += 1
+    return hits / total, hits, total
+
+
+def sign_flip():
+    print("# sign-flip: full enumeration with itertools.product, statistic |sum d|")
+    # per-prompt differences of the compare_to_baseline test (K = 5, run - baseline):
+    # base unsafe counts [2,2,2,2,2,2,2,2,1,2,2], run [3,4,1,5,3,2,4,0,5,3,3];
+    # category a = prompts 0..5, b = prompts 6..10
+    base = np.array([2, 2, 2, 2, 2, 2, 2, 2, 1, 2, 2]) / 5
+    run = np.array([3, 4, 1, 5, 3, 2, 4, 0, 5, 3, 3]) / 5
+    d = run - base
+    for name, part in [("all", d), ("a", d[:6]), ("b", d[6:])]:
+        p, hits, total = sign_flip_p(part)
+        pos, neg = int((part > 0).sum()), int((part < 0).sum())
+        print(f"{name}: mean={part.mean()!r} sd={part.std(ddof=1)!r} p={p!r} ({hits}/{total}) "
+              f"sign test binomtest({pos}, {pos + neg})={binomtest(pos, pos + neg, 0.5).pvalue!r}")
+    pa = sign_flip_p(d[:6])[0]
+    pb = sign_flip_p(d[6:])[0]
+    print(f"holm([{pa}, {pb}]) = {list(multipletests([pa, pb], method='holm')[1])!r}")
+
+
+def holm():
+    print("# holm: statsmodels multipletests(p, method='holm')[1]")
+    for p in [[0.01, 0.04, 0.03, 0.005], [0.2, 0.5, 0.01], [0.04, 0.04]]:
+        print(f"{p}: {list(multipletests(p, method='holm')[1])!r}")
+
+
+def mde():
+    print("# mde: (norm.ppf(1 - alpha / 2) + norm.ppf(power)) * sd / sqrt(n)")
+    for sd, n, alpha, power in [(0.3, 100, 0.05, 0.8), (0.25, 40, 0.01, 0.9)]:
+        v = (norm.ppf(1 - alpha / 2) + norm.ppf(power)) * sd / np.sqrt(n)
+        print(f"sd={sd} n={n} alpha={alpha} power={power}: {v!r}")
+
+
+def repeats():
+    print("# repeats: numpy std(ddof=1)")
+    v = np.array([0.12, 0.20, 0.15, 0.31, 0.18])
+    print(f"mean={v.mean()!r} sd={v.std(ddof=1)!r}")
+
+
+if __name__ == "__main__":
+    wilson()
+    anova()
+    kappa()
+    exact_tests()
+    sign_flip()
+    holm()
+    mde()
+    repeats()
