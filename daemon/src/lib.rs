@@ -1,1 +1,2 @@
 //! driftwatch: the daemon crate.
+pub mod judge;
