@@ -232,6 +232,9 @@ macro_rules! export_judge {
             }
         }
 
+        // Component exports exist only on wasm; natively (unit tests of a plugin's logic)
+        // the crate still builds.
+        #[cfg(target_arch = "wasm32")]
         $crate::bindings::__export_judge_plugin_world!(__DriftwatchJudgeExport with_types_in $crate::bindings);
     };
 }
