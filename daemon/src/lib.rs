@@ -5,7 +5,7 @@
 //! part directly: [`gguf`] and [`checkpoint`] read and check files before llama.cpp sees them,
 //! [`engine`] generates seeded samples in batches, [`config`] is the typed configuration,
 //! [`store`] the durable SQLite store, [`watch`] turns watched folders into settled files,
-//! [`stats`] turns verdicts into scores with honest intervals, [`setup`] knows where the
+//! [`judge`] runs sandboxed wasm judge plugins, [`stats`] turns verdicts into scores with honest intervals, [`setup`] knows where the
 //! default model lives, and [`cli`] is the command line.
 
 pub mod checkpoint;
@@ -14,6 +14,7 @@ pub mod config;
 pub mod engine;
 pub mod events;
 pub mod gguf;
+pub mod judge;
 pub mod setup;
 pub mod stats;
 pub mod store;
