@@ -18,4 +18,5 @@ pub mod judge;
 pub mod setup;
 pub mod stats;
 pub mod store;
+pub mod suite;
 pub mod watch;

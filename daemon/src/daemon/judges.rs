@@ -1,0 +1,251 @@
+//! The configured judges of a daemon: plugin resolution (a `.wasm` path, a plugin in the
+//! hot-reloaded plugins folder, or a bundled plugin by name), their judge models served by a
+//! llama.cpp engine of their own, and scoring a batch of samples with every judge.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Instant;
+
+use serde::Serialize;
+
+use crate::config::{Config, JudgeConfig, PluginSource};
+use crate::engine::{Engine, EngineConfig, GenerationRequest, Job, ModelSpec, SamplingParams};
+use crate::judge::{JudgeGenerateRequest, JudgeModel, JudgePlugin, JudgeRuntime, PluginSettings, Sample};
+use crate::store::Verdict;
+
+/// Where bundled plugins are looked for, in order: `$DRIFTWATCH_BUNDLED_PLUGINS`, `plugins/dist`
+/// beside the running binary's repository, and this source tree's `plugins/dist`.
+pub fn bundled_plugin_dirs() -> Vec<PathBuf> {
+    let mut dirs = Vec::new();
+    if let Some(d) = std::env::var_os("DRIFTWATCH_BUNDLED_PLUGINS").filter(|d| !d.is_empty()) {
+        dirs.push(PathBuf::from(d));
+    }
+    if let Ok(exe) = std::env::current_exe() {
+        // target/<profile>/driftwatch → repository root
+        if let Some(root) = exe.parent().and_then(Path::parent).and_then(Path::parent) {
+            dirs.push(root.join("plugins/dist"));
+        }
+    }
+    dirs.push(Path::new(env!("CARGO_MANIFEST_DIR")).join("../plugins/dist"));
+    dirs
+}
+
+/// A bundled plugin's `.wasm` file, if built.
+pub fn bundled_plugin(name: &str) -> Option<PathBuf> {
+    bundled_plugin_dirs().into_iter().map(|d| d.join(format!("{name}.wasm"))).find(|p| p.is_file())
+}
+
+/// Why the judges cannot be set up.
+#[derive(Debug, thiserror::Error)]
+pub enum JudgeSetError {
+    /// A bundled plugin is not built.
+    #[error("judge '{judge}': bundled plugin '{plugin}' not found in {searched}; build the plugins with `make plugins` (plugins/build.sh)")]
+    NotBuilt {
+        /// Judge name.
+        judge: String,
+        /// Plugin name.
+        plugin: String,
+        /// Folders searched.
+        searched: String,
+    },
+    /// The plugin does not load.
+    #[error("judge '{judge}': {source}")]
+    Load {
+        /// Judge name.
+        judge: String,
+        /// Why.
+        #[source]
+        source: crate::judge::LoadError,
+    },
+    /// The judge model engine cannot start.
+    #[error("judge '{judge}': cannot start its judge model: {reason}")]
+    Model {
+        /// Judge name.
+        judge: String,
+        /// Why.
+        reason: String,
+    },
+}
+
+/// A judge model served by a llama.cpp engine (its own thread, so judging never waits on the
+/// generation engine).
+pub struct EngineJudgeModel {
+    engine: Engine,
+    model: PathBuf,
+}
+
+impl EngineJudgeModel {
+    /// A judge model for `model`, served by `engine`.
+    pub fn new(engine: Engine, model: PathBuf) -> Self {
+        EngineJudgeModel { engine, model }
+    }
+}
+
+impl JudgeModel for EngineJudgeModel {
+    fn generate(&self, req: &JudgeGenerateRequest) -> Result<String, String> {
+        let sampling = match req.temperature {
+            None => SamplingParams { stop: req.stop.clone(), ..SamplingParams::greedy(req.max_tokens) },
+            Some(t) => SamplingParams { temperature: t, max_tokens: req.max_tokens, stop: req.stop.clone(), ..SamplingParams::default() },
+        };
+        let request = GenerationRequest {
+            model: ModelSpec { system_prompt: req.system.clone(), ..ModelSpec::new(&self.model) },
+            sampling,
+            jobs: vec![Job { prompt_id: "judge".into(), prompt: req.prompt.clone(), sample_index: 0, seed: 0 }],
+        };
+        let (mut samples, _) = self.engine.generate_blocking(request).map_err(|e| e.to_string())?;
+        let s = samples.pop().ok_or("the judge model returned nothing")?;
+        match s.error {
+            Some(e) => Err(e),
+            None => Ok(s.text),
+        }
+    }
+}
+
+/// A loaded judge.
+#[derive(Clone)]
+pub struct LoadedJudge {
+    /// The configured name (verdicts are stored under it).
+    pub name: String,
+    /// The plugin.
+    pub plugin: Arc<JudgePlugin>,
+    /// Where it came from.
+    pub path: PathBuf,
+}
+
+/// Identity of a judge, for provenance and comparability.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct JudgeIdentity {
+    /// Configured name.
+    pub name: String,
+    /// The plugin's own name.
+    pub plugin: String,
+    /// The plugin's version.
+    pub version: String,
+    /// sha256 of the wasm.
+    pub wasm_sha256: String,
+    /// sha256 of its configuration.
+    pub config_hash: String,
+    /// The judge model file, if any.
+    pub judge_model: Option<String>,
+}
+
+/// Every configured judge, loaded.
+#[derive(Clone, Default)]
+pub struct JudgeSet {
+    judges: Vec<LoadedJudge>,
+    configs: Vec<JudgeConfig>,
+}
+
+impl JudgeSet {
+    /// Loads the configured judges. Plugins named in the config are looked up in the
+    /// hot-reloaded plugins folder (`plugins.dir`) first, then among the bundled plugins.
+    pub fn load(config: &Config, runtime: &Arc<JudgeRuntime>, judge_engine: &mut Option<Engine>) -> Result<JudgeSet, JudgeSetError> {
+        let mut judges = Vec::new();
+        for jc in &config.judges {
+            let path = match &jc.plugin {
+                PluginSource::Path(p) => p.clone(),
+                PluginSource::Bundled(name) => {
+                    let from_dir = config.plugins.dir.as_ref().map(|d| d.join(format!("{name}.wasm"))).filter(|p| p.is_file());
+                    match from_dir.or_else(|| bundled_plugin(name)) {
+                        Some(p) => p,
+                        None => {
+                            return Err(JudgeSetError::NotBuilt {
+                                judge: jc.name.clone(),
+                                plugin: name.clone(),
+                                searched: bundled_plugin_dirs().iter().map(|d| d.display().to_string()).collect::<Vec<_>>().join(", "),
+                            })
+                        }
+                    }
+                }
+            };
+            let model: Option<Arc<dyn JudgeModel>> = match &jc.judge_model {
+                Some(m) => {
+                    if judge_engine.is_none() {
+                        let cfg = EngineConfig { parallel: 1, batch_size: 512, ..EngineConfig::default() };
+                        *judge_engine = Some(Engine::start(cfg).map_err(|e| JudgeSetError::Model { judge: jc.name.clone(), reason: e.to_string() })?);
+                    }
+                    let engine = judge_engine.clone().expect("started above");
+                    Some(Arc::new(EngineJudgeModel::new(engine, m.clone())))
+                }
+                None => None,
+            };
+            let settings = PluginSettings {
+                timeout_ms: jc.timeout_ms,
+                memory_mb: u64::from(jc.memory_mb),
+                batch_size: jc.batch_size as usize,
+                config: jc.config.clone(),
+                ..PluginSettings::default()
+            };
+            let plugin = runtime
+                .load_file(&jc.name, &path, settings, model)
+                .map_err(|source| JudgeSetError::Load { judge: jc.name.clone(), source })?;
+            judges.push(LoadedJudge { name: jc.name.clone(), plugin: Arc::new(plugin), path });
+        }
+        Ok(JudgeSet { judges, configs: config.judges.clone() })
+    }
+
+    /// The loaded judges.
+    pub fn judges(&self) -> &[LoadedJudge] {
+        &self.judges
+    }
+
+    /// Identities, in configuration order.
+    pub fn identities(&self) -> Vec<JudgeIdentity> {
+        self.judges
+            .iter()
+            .zip(&self.configs)
+            .map(|(j, c)| JudgeIdentity {
+                name: j.name.clone(),
+                plugin: j.plugin.info().name.clone(),
+                version: j.plugin.info().version.clone(),
+                wasm_sha256: j.plugin.sha256_hex(),
+                config_hash: crate::config::canonical_hash(&c.config),
+                judge_model: c.judge_model.as_ref().map(|m| m.display().to_string()),
+            })
+            .collect()
+    }
+
+    /// Scores samples with every judge (blocking; call from a blocking thread). Returns, per
+    /// sample, one verdict per judge (a judge error becomes a verdict carrying the error), and
+    /// the time spent.
+    pub fn judge(&self, samples: &[Sample], on_error: &mut dyn FnMut(&str, &str)) -> (Vec<Vec<Verdict>>, f64) {
+        let t = Instant::now();
+        let mut out: Vec<Vec<Verdict>> = vec![Vec::with_capacity(self.judges.len()); samples.len()];
+        for j in &self.judges {
+            let version = j.plugin.info().version.clone();
+            match j.plugin.judge(samples) {
+                Ok(verdicts) => {
+                    for (slot, v) in out.iter_mut().zip(verdicts) {
+                        slot.push(Verdict {
+                            judge: j.name.clone(),
+                            judge_version: version.clone(),
+                            is_unsafe: Some(v.is_unsafe),
+                            score: v.score,
+                            label: Some(v.label),
+                            rationale: v.rationale,
+                            refusal: v.refusal,
+                            error: None,
+                        });
+                    }
+                }
+                Err(e) => {
+                    let msg = format!("{} error: {e}", e.kind());
+                    on_error(&j.name, &msg);
+                    for slot in out.iter_mut() {
+                        slot.push(Verdict {
+                            judge: j.name.clone(),
+                            judge_version: version.clone(),
+                            is_unsafe: None,
+                            score: None,
+                            label: None,
+                            rationale: None,
+                            refusal: None,
+                            error: Some(msg.clone()),
+                        });
+                    }
+                }
+            }
+        }
+        (out, t.elapsed().as_secs_f64())
+    }
+}
