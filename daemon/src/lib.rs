@@ -5,7 +5,8 @@
 //! part directly: [`gguf`] and [`checkpoint`] read and check files before llama.cpp sees them,
 //! [`engine`] generates seeded samples in batches, [`config`] is the typed configuration,
 //! [`store`] the durable SQLite store, [`watch`] turns watched folders into settled files,
-//! [`stats`] turns verdicts into scores with honest intervals, [`setup`] knows where the
+//! [`stats`] turns verdicts into scores with honest intervals, [`scoring`] scores stored runs,
+//! [`report`] renders them (Markdown, self-contained HTML, JSON), [`setup`] knows where the
 //! default model lives, and [`cli`] is the command line.
 
 pub mod checkpoint;
@@ -14,6 +15,7 @@ pub mod config;
 pub mod engine;
 pub mod events;
 pub mod gguf;
+pub mod scoring;
 pub mod setup;
 pub mod stats;
 pub mod store;
