@@ -33,6 +33,35 @@ pub enum Command {
     Doctor(DoctorArgs),
     /// Measure end-to-end generation throughput.
     Bench(BenchArgs),
+    /// Run the daemon: watch folders, evaluate every checkpoint, store and publish results.
+    Serve(ServeArgs),
+    /// Show the queue, the run in progress and recent results (reads the store).
+    Status(StatusArgs),
+}
+
+/// `driftwatch serve`.
+#[derive(Debug, Args)]
+pub struct ServeArgs {
+    /// The configuration file.
+    #[arg(long, default_value = "config/driftwatch.toml")]
+    pub config: PathBuf,
+}
+
+/// `driftwatch status`.
+#[derive(Debug, Args)]
+pub struct StatusArgs {
+    /// The configuration file (its data_dir holds the store).
+    #[arg(long, default_value = "config/driftwatch.toml")]
+    pub config: PathBuf,
+    /// The data folder holding the store (instead of --config).
+    #[arg(long)]
+    pub data_dir: Option<PathBuf>,
+    /// How many recent runs to show.
+    #[arg(long, default_value_t = 10)]
+    pub recent: usize,
+    /// Print JSON.
+    #[arg(long)]
+    pub json: bool,
 }
 
 /// Model and engine options shared by the generation commands.
@@ -188,13 +217,134 @@ pub struct BenchArgs {
     json: bool,
 }
 
+/// Sets up `tracing`: JSON lines or readable lines on stderr, `RUST_LOG` overriding `level`.
+pub fn init_logging(json: bool, level: &str) {
+    use tracing_subscriber::EnvFilter;
+    // llama.cpp's own logs are chatty at info level.
+    let filter = EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| EnvFilter::new(format!("warn,driftwatch={level},llama_cpp_2=warn,llama-cpp-2=warn")));
+    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    let _ = if json { builder.json().try_init() } else { builder.try_init() };
+}
+
 /// Runs a parsed command line.
 pub async fn run(cli: Cli) -> Result<()> {
+    if !matches!(cli.command, Command::Serve(_)) {
+        init_logging(cli.log_json, "info");
+    }
     match cli.command {
         Command::Generate(a) => generate(a).await,
         Command::Doctor(a) => doctor(a),
         Command::Bench(a) => bench(a).await,
+        Command::Serve(a) => serve(a, cli.log_json).await,
+        Command::Status(a) => status(a),
     }
+}
+
+fn load_config(path: &std::path::Path) -> Result<crate::config::Config> {
+    crate::config::Config::load(path).map_err(|e| anyhow::anyhow!("{e}"))
+}
+
+async fn serve(a: ServeArgs, log_json: bool) -> Result<()> {
+    let config = load_config(&a.config)?;
+    let json = log_json || config.daemon.log_format == crate::config::LogFormat::Json;
+    init_logging(json, &config.daemon.log_level);
+    let shutdown = tokio_util::sync::CancellationToken::new();
+    let signals = shutdown.clone();
+    tokio::spawn(async move {
+        wait_for_signal().await;
+        tracing::info!("stop requested: finishing safely");
+        signals.cancel();
+        // A second signal stops at once.
+        wait_for_signal().await;
+        std::process::exit(130);
+    });
+    crate::daemon::run(config, shutdown).await.map_err(|e| anyhow::anyhow!("{e}"))
+}
+
+async fn wait_for_signal() {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{signal, SignalKind};
+        match signal(SignalKind::terminate()) {
+            Ok(mut term) => {
+                tokio::select! {
+                    _ = term.recv() => {}
+                    _ = tokio::signal::ctrl_c() => {}
+                }
+            }
+            Err(_) => {
+                let _ = tokio::signal::ctrl_c().await;
+            }
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = tokio::signal::ctrl_c().await;
+    }
+}
+
+fn status(a: StatusArgs) -> Result<()> {
+    let data_dir = match a.data_dir {
+        Some(d) => d,
+        None => load_config(&a.config)?.daemon.data_dir,
+    };
+    let db = data_dir.join(crate::store::DB_FILE_NAME);
+    if !db.is_file() {
+        bail!("no store at {} (has the daemon run with this data_dir?)", db.display());
+    }
+    let store = crate::store::Store::open(&db).map_err(|e| anyhow::anyhow!("{e}"))?;
+    let s = store.status_summary(a.recent).map_err(|e| anyhow::anyhow!("{e}"))?;
+    if a.json {
+        println!("{}", serde_json::to_string_pretty(&s)?);
+        return Ok(());
+    }
+    let name = |p: &str| std::path::Path::new(p).file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_else(|| p.to_string());
+    println!("store: {} ({} checkpoints, last event #{})", db.display(), s.checkpoints, s.last_event_id);
+    match s.running.as_slice() {
+        [] => println!("running: nothing"),
+        runs => {
+            for r in runs {
+                let pct = if r.total > 0 { 100.0 * r.done as f64 / r.total as f64 } else { 0.0 };
+                println!("running: run {} · {} · {}/{} samples ({pct:.0}%)", r.run.id, name(&r.checkpoint_path), r.done, r.total);
+            }
+        }
+    }
+    if s.queued.is_empty() {
+        println!("queue:   empty");
+    } else {
+        println!("queue:   {}", s.queued.iter().map(|r| format!("run {} ({})", r.run.id, name(&r.checkpoint_path))).collect::<Vec<_>>().join(", "));
+    }
+    println!("recent:");
+    if s.recent.is_empty() {
+        println!("  (none yet)");
+    }
+    for r in &s.recent {
+        let mut line = format!("  run {} · {} · {}", r.run.id, name(&r.checkpoint_path), r.run.status.as_str());
+        if let Some(scores) = &r.run.scores {
+            if let Some(heads) = scores.get("headline").and_then(|h| h.as_array()) {
+                for h in heads {
+                    let f = |k: &str| h.get(k).and_then(|v| v.as_f64());
+                    if let (Some(v), Some(lo), Some(hi)) = (f("value"), f("lo"), f("hi")) {
+                        line.push_str(&format!(
+                            " · {} {} {:.3} [{:.3}, {:.3}]",
+                            h.get("judge").and_then(|v| v.as_str()).unwrap_or("?"),
+                            h.get("metric").and_then(|v| v.as_str()).unwrap_or(""),
+                            v, lo, hi
+                        ));
+                    }
+                    if let Some(v) = h.get("verdict").and_then(|v| v.as_str()) {
+                        line.push_str(&format!(" ({v})"));
+                    }
+                }
+            }
+        }
+        if let Some(e) = &r.run.error {
+            line.push_str(&format!(" · {e}"));
+        }
+        println!("{line}");
+    }
+    Ok(())
 }
 
 async fn generate(a: GenerateArgs) -> Result<()> {

@@ -149,6 +149,17 @@ pub struct Config {
     pub api: ApiConfig,
     /// `[stats]`: statistical settings.
     pub stats: StatsConfig,
+    /// `[events]`: which optional events are published.
+    pub events: EventsConfig,
+}
+
+/// `[events]`.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Default)]
+#[serde(deny_unknown_fields, default)]
+pub struct EventsConfig {
+    /// Publish a `sample.scored` event for every stored sample (off by default: one event per
+    /// sample is a lot of traffic).
+    pub sample_scored: bool,
 }
 
 /// Log output format.

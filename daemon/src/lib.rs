@@ -3,18 +3,22 @@
 //!
 //! The crate is both the `driftwatch` binary and a library, so tests and tools can drive every
 //! part directly: [`gguf`] and [`checkpoint`] read and check files before llama.cpp sees them,
-//! [`engine`] generates seeded samples in batches, [`config`] is the typed configuration,
-//! [`store`] the durable SQLite store, [`watch`] turns watched folders into settled files,
-//! [`judge`] runs sandboxed wasm judge plugins, [`stats`] turns verdicts into scores with honest intervals, [`setup`] knows where the
-//! default model lives, and [`cli`] is the command line.
+//! [`engine`] generates seeded samples in batches, [`judge`] runs sandboxed wasm judge plugins,
+//! [`suite`] loads prompt suites, [`stats`] turns verdicts into scores with honest intervals and
+//! [`scoring`] applies it to stored runs, [`config`] is the typed configuration, [`store`] the
+//! durable SQLite store, [`events`] the score events, [`watch`] turns watched folders into
+//! settled files, [`daemon`] runs it all, [`setup`] knows where the default model lives, and
+//! [`cli`] is the command line.
 
 pub mod checkpoint;
 pub mod cli;
 pub mod config;
+pub mod daemon;
 pub mod engine;
 pub mod events;
 pub mod gguf;
 pub mod judge;
+pub mod scoring;
 pub mod setup;
 pub mod stats;
 pub mod store;

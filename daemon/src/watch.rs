@@ -11,7 +11,8 @@
 //!   start-up scan or a rescan finds) becomes *pending*; a pending file is stat-ed every
 //!   poll interval and is emitted as [`WatchEvent::Settled`] once its size and mtime have not
 //!   changed for `settle` — or for one poll interval when it was *renamed into place* (a
-//!   rename is atomic, the writer finished before it). Empty files are not emitted.
+//!   rename is atomic, the writer finished before it). An empty file is emitted only after it has
+//!   stayed empty for three settle times (so that the daemon can reject it as empty).
 //! - A file is emitted once per `(path, size, mtime)`: touching or re-reading it changes
 //!   nothing, re-writing it (new size or mtime) emits it again.
 //! - Hidden names (a file or a folder under the watched root whose name starts with `.`)
@@ -634,11 +635,14 @@ impl Settler {
                 Ok(m) if m.is_file() => {
                     let size = m.len();
                     let mtime = m.modified().unwrap_or(UNIX_EPOCH);
+                    // An empty file must stay empty much longer before it is taken (and
+                    // rejected as empty): a file being created is briefly empty.
+                    let required = if size == 0 { p.required * EMPTY_SETTLE_FACTOR } else { p.required };
                     if (size, mtime) != (p.size, p.mtime) {
                         p.size = size;
                         p.mtime = mtime;
                         p.since = now;
-                    } else if now.duration_since(p.since) >= p.required {
+                    } else if now.duration_since(p.since) >= required {
                         settled.push(path.clone());
                     }
                 }
@@ -655,7 +659,7 @@ impl Settler {
             let Some(p) = self.pending.remove(&path) else {
                 continue;
             };
-            if p.size == 0 || self.emitted.get(&path) == Some(&(p.size, p.mtime)) {
+            if self.emitted.get(&path) == Some(&(p.size, p.mtime)) {
                 continue;
             }
             self.emitted.insert(path.clone(), (p.size, p.mtime));
@@ -668,6 +672,9 @@ impl Settler {
         Ok(())
     }
 }
+
+/// An empty file is taken only after this many times the settle time without change.
+pub const EMPTY_SETTLE_FACTOR: u32 = 3;
 
 /// Temporary-file suffixes that are never taken (until renamed).
 pub const TEMP_SUFFIXES: &[&str] = &[
@@ -860,7 +867,6 @@ mod tests {
         std::fs::create_dir(root.join(".cache")).unwrap();
         std::fs::write(root.join(".cache/inside.gguf"), b"x").unwrap();
         std::fs::write(root.join("notes.txt"), b"x").unwrap();
-        std::fs::write(root.join("empty.gguf"), b"").unwrap();
         expect_quiet(&mut rx).await;
         // A visible file in a visible subfolder is taken.
         std::fs::create_dir(root.join("sub")).unwrap();
@@ -870,6 +876,25 @@ mod tests {
             settled_path(&ev),
             Some(root.join("sub/visible.GGUF").as_path())
         );
+    }
+
+    #[tokio::test]
+    async fn an_empty_file_is_taken_only_after_staying_empty() {
+        let dir = tempfile::tempdir().unwrap();
+        let root = std::fs::canonicalize(dir.path()).unwrap();
+        let (_w, mut rx) = start(&root).await;
+        let t = std::time::Instant::now();
+        std::fs::write(root.join("empty.gguf"), b"").unwrap();
+        let ev = expect(&mut rx, "settled", |e| settled_path(e).is_some()).await;
+        assert_eq!(settled_path(&ev), Some(root.join("empty.gguf").as_path()));
+        assert!(t.elapsed() >= SETTLE * EMPTY_SETTLE_FACTOR, "taken after {:?}", t.elapsed());
+        // Once written, it is taken again with its content.
+        std::fs::write(root.join("empty.gguf"), b"now with content").unwrap();
+        let ev = expect(&mut rx, "settled", |e| settled_path(e).is_some()).await;
+        match ev {
+            WatchEvent::Settled(f) => assert_eq!(f.size, 16),
+            other => panic!("{other:?}"),
+        }
     }
 
     #[tokio::test]

@@ -1,0 +1,162 @@
+//! Intake: a settled file becomes a checkpoint record (or a rejection with its reason), and a
+//! run is queued for it unless the same content was already evaluated under the same settings.
+
+use std::path::Path;
+use std::sync::Arc;
+
+use tokio_util::sync::CancellationToken;
+
+use super::{Ctx, DaemonError};
+use crate::checkpoint;
+use crate::events::EventKind;
+use crate::store::{CheckpointKind, CheckpointStatus, NewCheckpoint, NewRun, RunId, StoreError};
+use crate::watch::{WatchEvent, Watcher};
+
+/// Follows the watcher until shutdown.
+pub(super) async fn watch_loop(ctx: Arc<Ctx>, watcher: (Watcher, tokio::sync::mpsc::Receiver<WatchEvent>), stop: CancellationToken) {
+    let (watcher, mut rx) = watcher;
+    loop {
+        let ev = tokio::select! {
+            _ = stop.cancelled() => break,
+            ev = rx.recv() => match ev { Some(ev) => ev, None => break },
+        };
+        match ev {
+            WatchEvent::Settled(f) => {
+                let span = tracing::info_span!("checkpoint", path = %f.path.display());
+                let _g = span.enter();
+                if let Err(e) = take_file(&ctx, &f.path, f.mtime_ms()).await {
+                    tracing::error!(error = %e, "cannot record a checkpoint");
+                }
+            }
+            WatchEvent::Removed(path) => {
+                let p = path.clone();
+                let store = Arc::clone(&ctx.store);
+                match tokio::task::spawn_blocking(move || store.mark_path_removed(&p)).await {
+                    Ok(Ok(found)) if !found.is_empty() => tracing::info!(path = %path.display(), "checkpoint file removed"),
+                    Ok(Err(e)) => tracing::warn!(error = %e, "cannot record a removed file"),
+                    _ => {}
+                }
+                let _ = ctx.removed.send(path);
+            }
+            WatchEvent::Error(e) => tracing::warn!(error = %e, "watcher"),
+        }
+    }
+    watcher.shutdown().await;
+}
+
+/// Records the base model and queues its runs under the current settings.
+pub(super) async fn take_base(ctx: &Arc<Ctx>) -> Result<(), DaemonError> {
+    let path = ctx.base_path.clone();
+    let size = std::fs::metadata(&path).map(|m| m.len()).unwrap_or(0);
+    let new = NewCheckpoint {
+        sha256: ctx.base_sha256.clone(),
+        path: path.clone(),
+        size,
+        kind: CheckpointKind::Model,
+        architecture: Some(ctx.base.architecture.clone()),
+        mtime_ms: None,
+    };
+    let (ckpt, _) = ctx.store.upsert_checkpoint(&new)?;
+    ctx.store.link_path(ckpt.id, &path, size, None)?;
+    ctx.store.set_checkpoint_status(ckpt.id, CheckpointStatus::Accepted, None)?;
+    queue_runs(ctx, &ckpt, &path.display().to_string()).await?;
+    Ok(())
+}
+
+/// The base model's run of `repeat` under the current settings, if queued or done.
+pub(super) fn baseline_run(ctx: &Ctx, repeat: u32) -> Result<Option<RunId>, StoreError> {
+    Ok(ctx.store.find_run_by_settings(&ctx.base_sha256, &ctx.settings_hash(repeat))?.map(|r| r.id))
+}
+
+/// Queues one run per repeat unless an equivalent run exists.
+async fn queue_runs(ctx: &Arc<Ctx>, ckpt: &crate::store::Checkpoint, path: &str) -> Result<(), StoreError> {
+    let is_base = ckpt.sha256 == ctx.base_sha256;
+    for repeat in 0..ctx.config.sampling.repeats.max(1) {
+        let hash = ctx.settings_hash(repeat);
+        if let Some(existing) = ctx.store.find_run_by_settings(&ckpt.sha256, &hash)? {
+            tracing::info!(run = existing.id, status = ?existing.status, "already evaluated under these settings; linked to the existing run");
+            continue;
+        }
+        let baseline = if is_base { None } else { baseline_run(ctx, repeat)? };
+        let total = (ctx.prompts.len() as u64) * u64::from(ctx.config.sampling.samples);
+        let run = ctx.store.create_run(&NewRun {
+            checkpoint_id: ckpt.id,
+            baseline_run_id: baseline,
+            settings_hash: hash,
+            provenance: ctx.provenance(ckpt, path, repeat),
+            total_samples: total,
+        })?;
+        let position = ctx.store.status_summary(0).map(|s| s.queued.len() as u64).unwrap_or(1);
+        ctx.bus
+            .emit(EventKind::RunQueued { run_id: run.id, checkpoint_id: ckpt.id, path: path.to_owned(), position })
+            .await;
+        tracing::info!(run = run.id, repeat, "run queued");
+        ctx.wake.notify_one();
+    }
+    Ok(())
+}
+
+async fn reject(ctx: &Arc<Ctx>, path: &Path, sha256: Option<String>, size: u64, reason: String) -> Result<(), StoreError> {
+    tracing::warn!(reason = %reason, "checkpoint rejected");
+    if let Some(sha) = sha256 {
+        let new = NewCheckpoint { sha256: sha, path: path.to_owned(), size, kind: CheckpointKind::Unknown, architecture: None, mtime_ms: None };
+        let (c, _) = ctx.store.upsert_checkpoint(&new)?;
+        // Content already accepted under another name stays accepted.
+        if c.status != CheckpointStatus::Accepted {
+            ctx.store.set_checkpoint_status(c.id, CheckpointStatus::Rejected, Some(&reason))?;
+        }
+    }
+    ctx.bus.emit(EventKind::CheckpointRejected { path: path.display().to_string(), reason }).await;
+    Ok(())
+}
+
+/// Takes in one settled file.
+async fn take_file(ctx: &Arc<Ctx>, path: &Path, mtime_ms: i64) -> Result<(), StoreError> {
+    let p = path.to_owned();
+    let base = ctx.base.clone();
+    // Header checks and hashing read the file: off the async threads.
+    let checked = tokio::task::spawn_blocking(move || {
+        let size = std::fs::metadata(&p).map(|m| m.len()).unwrap_or(0);
+        let sha = checkpoint::sha256_file(&p).ok();
+        let header = checkpoint::inspect(&p).and_then(|c| if c.is_adapter() { checkpoint::inspect_adapter_for(&p, &base) } else { Ok(c) });
+        (size, sha, header)
+    })
+    .await
+    .map_err(|e| StoreError::Task(e.to_string()))?;
+    let (size, sha, header) = checked;
+    let header = match header {
+        Ok(h) => h,
+        Err(e) => return reject(ctx, path, sha, size, e.to_string()).await,
+    };
+    let Some(sha) = sha else {
+        return reject(ctx, path, None, size, "the file could not be read to the end".into()).await;
+    };
+    let kind = if header.is_adapter() { CheckpointKind::Adapter } else { CheckpointKind::Model };
+    let new = NewCheckpoint {
+        sha256: sha.clone(),
+        path: path.to_owned(),
+        size,
+        kind,
+        architecture: Some(header.architecture.clone()),
+        mtime_ms: Some(mtime_ms),
+    };
+    let (ckpt, created) = ctx.store.upsert_checkpoint(&new)?;
+    ctx.store.link_path(ckpt.id, path, size, Some(mtime_ms))?;
+    if ckpt.kind != kind {
+        ctx.store.set_checkpoint_kind(ckpt.id, kind, Some(&header.architecture))?;
+    }
+    ctx.store.set_checkpoint_status(ckpt.id, CheckpointStatus::Accepted, None)?;
+    ctx.bus
+        .emit(EventKind::CheckpointDiscovered {
+            checkpoint_id: ckpt.id,
+            path: path.display().to_string(),
+            sha256: sha,
+            kind: header.kind_name().to_owned(),
+            size_bytes: size,
+            duplicate: !created,
+        })
+        .await;
+    tracing::info!(checkpoint = ckpt.id, kind = header.kind_name(), duplicate = !created, "checkpoint taken in");
+    let ckpt = ctx.store.checkpoint(ckpt.id)?.unwrap_or(ckpt);
+    queue_runs(ctx, &ckpt, &path.display().to_string()).await
+}

@@ -1,0 +1,311 @@
+//! The daemon: `driftwatch serve`. Watches folders, takes in every checkpoint that settles
+//! there, evaluates it (suite × K seeded samples from the engine, scored by the judges), keeps
+//! every result in the store, and publishes events.
+//!
+//! Data flows one way: file settles → checkpoint record → run queued → engine generates in
+//! batches → judges score → store persists each sample → stats summarise → event published.
+//! Runs execute one after another; the engine batches inside a run. A run interrupted by a
+//! crash or a signal is resumed at the next start: samples already stored are kept, and the
+//! ones left are generated with the same seeds, giving exactly the uninterrupted run's results.
+
+mod intake;
+pub mod judges;
+mod runner;
+
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use parking_lot::Mutex;
+use serde::Serialize;
+use serde_json::{json, Value};
+use sha2::{Digest, Sha256};
+use tokio::sync::{broadcast, Notify};
+use tokio_util::sync::CancellationToken;
+
+use crate::checkpoint::{self, Checkpoint};
+use crate::config::Config;
+use crate::engine::{self, Engine, EngineConfig, SamplingParams};
+use crate::events::{EventBus, EventKind};
+use crate::judge::JudgeRuntime;
+use crate::store::{Store, StoreError};
+use crate::suite::{self, Prompt};
+use judges::JudgeSet;
+
+/// Why the daemon cannot start or had to stop.
+#[derive(Debug, thiserror::Error)]
+pub enum DaemonError {
+    /// The store cannot be opened or written.
+    #[error("store: {0}")]
+    Store(#[from] StoreError),
+    /// The base model is unusable.
+    #[error("base model: {0}")]
+    BaseModel(#[from] checkpoint::CheckpointError),
+    /// A suite cannot be loaded.
+    #[error("{0}")]
+    Suite(#[from] suite::SuiteError),
+    /// No suite is configured.
+    #[error("no prompt suite is configured: add a [[suites]] entry to the config")]
+    NoSuite,
+    /// The judges cannot be set up.
+    #[error("{0}")]
+    Judges(#[from] judges::JudgeSetError),
+    /// The wasm runtime cannot start.
+    #[error("judge runtime: {0}")]
+    Runtime(#[from] crate::judge::LoadError),
+    /// The engine cannot start.
+    #[error("engine: {0}")]
+    Engine(#[from] engine::EngineError),
+    /// The watcher cannot start.
+    #[error("watcher: {0}")]
+    Watch(#[from] crate::watch::WatchStartError),
+    /// Anything else.
+    #[error("{0}")]
+    Other(String),
+}
+
+/// What every part of the daemon shares.
+pub(crate) struct Ctx {
+    pub config: Config,
+    pub store: Arc<Store>,
+    pub bus: EventBus,
+    pub engine: Engine,
+    /// The judges (each judge model's engine lives inside its plugin's model handle).
+    pub judges: Mutex<JudgeSet>,
+    pub prompts: Vec<Prompt>,
+    pub suites: Vec<SuiteIdentity>,
+    pub base: Checkpoint,
+    pub base_path: PathBuf,
+    pub base_sha256: String,
+    /// Wakes the runner when a run is queued.
+    pub wake: Notify,
+    /// Paths of checkpoint files that disappeared.
+    pub removed: broadcast::Sender<PathBuf>,
+}
+
+/// A loaded suite, for provenance.
+#[derive(Debug, Clone, Serialize)]
+pub(crate) struct SuiteIdentity {
+    pub name: String,
+    pub path: String,
+    pub prompts: usize,
+    pub content_hash: String,
+}
+
+impl Ctx {
+    /// Sampling settings for the engine.
+    pub fn sampling(&self) -> SamplingParams {
+        let s = &self.config.sampling;
+        SamplingParams {
+            temperature: s.temperature,
+            top_p: s.top_p,
+            top_k: s.top_k as i32,
+            min_p: s.min_p,
+            repeat_penalty: s.repeat_penalty,
+            greedy: s.greedy,
+            max_tokens: s.max_tokens,
+            stop: s.stop.clone(),
+            ..SamplingParams::default()
+        }
+    }
+
+    /// The evaluation settings of one run of `repeat`: everything that must match for two runs
+    /// to be the same measurement. Its hash is the dedup key (with the checkpoint's content).
+    pub fn evaluation_settings(&self, repeat: u32) -> Value {
+        let c = &self.config;
+        let hashes = c.settings_hashes();
+        json!({
+            "config_hashes": hashes,
+            "suites": self.suites,
+            "judges": self.judges.lock().identities(),
+            "base_model_sha256": self.base_sha256,
+            "adapter_scale": c.model.adapter_scale,
+            "system_prompt": c.model.system_prompt,
+            "chat_template": c.model.chat_template,
+            "samples": c.sampling.samples,
+            "seed": c.sampling.seed,
+            "repeat": repeat,
+        })
+    }
+
+    /// The settings hash of a run of `repeat`.
+    pub fn settings_hash(&self, repeat: u32) -> String {
+        crate::config::canonical_hash(&self.evaluation_settings(repeat))
+    }
+
+    /// The comparability fingerprint of runs under the current settings.
+    pub fn fingerprint(&self) -> crate::stats::RunFingerprint {
+        let c = &self.config;
+        let h = c.settings_hashes();
+        let suite_hash = crate::config::canonical_hash(&self.suites.iter().map(|s| &s.content_hash).collect::<Vec<_>>());
+        let judges = self
+            .judges
+            .lock()
+            .identities()
+            .into_iter()
+            .map(|j| crate::stats::JudgeIdentity { name: j.name, version: j.version, hash: j.wasm_sha256 + ":" + &j.config_hash })
+            .collect();
+        crate::stats::RunFingerprint {
+            suite_hash,
+            judges,
+            sampling_hash: crate::config::canonical_hash(&json!([h.sampling, c.sampling.samples, c.model.system_prompt])),
+            chat_template_hash: h.template,
+            engine_hash: h.engine,
+        }
+    }
+
+    /// The provenance record of a run.
+    pub fn provenance(&self, checkpoint: &crate::store::Checkpoint, path: &str, repeat: u32) -> Value {
+        let build = engine::build_info();
+        let c = &self.config;
+        let adapter = (checkpoint.kind == crate::store::CheckpointKind::Adapter)
+            .then(|| json!({"path": path, "sha256": checkpoint.sha256, "scale": c.model.adapter_scale}));
+        let model = if adapter.is_some() {
+            json!({"path": self.base_path, "sha256": self.base_sha256})
+        } else {
+            json!({"path": path, "sha256": checkpoint.sha256})
+        };
+        json!({
+            "driftwatch_version": build.driftwatch_version,
+            "llama_cpp": {"ggml_version": build.ggml_version, "ggml_commit": build.ggml_commit, "system_info": build.system_info,
+                          "compiled_cpu_features": build.compiled_cpu_features, "gpu_offload": build.gpu_offload},
+            "model": model,
+            "adapter": adapter,
+            "suites": self.suites,
+            "judges": self.judges.lock().identities(),
+            "sampling": c.sampling,
+            "engine": {"threads": self.engine.config().effective_threads(), "parallel": self.engine.config().parallel,
+                       "batch_size": self.engine.config().batch_size, "gpu_layers": self.engine.config().gpu_layers,
+                       "kv_unified": self.engine.config().kv_unified},
+            "chat_template": {"override": c.model.chat_template, "system_prompt": c.model.system_prompt},
+            "seeds": {"base_seed": c.sampling.seed, "repeat": repeat,
+                      "scheme": "seed(prompt, k) = first 4 bytes (LE) of sha256(base_seed LE ‖ repeat LE ‖ prompt id ‖ k LE)"},
+            "repeat": repeat,
+            "settings_hash": self.settings_hash(repeat),
+            "fingerprint": self.fingerprint(),
+            "created_ms": crate::store::now_ms(),
+        })
+    }
+}
+
+/// The seed of sample `k` of `prompt_id` in repeat `repeat`: independent of every other job,
+/// so a resumed run draws exactly the seeds the uninterrupted run would have.
+pub fn sample_seed(base_seed: u64, repeat: u32, prompt_id: &str, k: u32) -> u32 {
+    let mut h = Sha256::new();
+    h.update(base_seed.to_le_bytes());
+    h.update(repeat.to_le_bytes());
+    h.update(prompt_id.as_bytes());
+    h.update(k.to_le_bytes());
+    let d = h.finalize();
+    u32::from_le_bytes([d[0], d[1], d[2], d[3]])
+}
+
+fn engine_config(c: &Config) -> EngineConfig {
+    EngineConfig {
+        threads: c.engine.threads.unwrap_or(0) as usize,
+        parallel: c.engine.parallel as usize,
+        batch_size: (c.engine.batch_size as usize).max(c.engine.parallel as usize),
+        gpu_layers: c.engine.gpu_layers.max(0) as u32,
+        ..EngineConfig::default()
+    }
+}
+
+/// Runs the daemon until `shutdown` is cancelled (SIGTERM/SIGINT in the binary). In-flight
+/// work is abandoned safely: what was stored stays, and the run resumes at the next start.
+pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), DaemonError> {
+    let data_dir = config.daemon.data_dir.clone();
+    let store = {
+        let d = data_dir.clone();
+        Arc::new(
+            tokio::task::spawn_blocking(move || Store::open_in_dir(&d))
+                .await
+                .map_err(|e| DaemonError::Other(e.to_string()))??,
+        )
+    };
+    let bus = EventBus::new(Arc::clone(&store));
+    let requeued = store.requeue_interrupted_runs()?;
+    if !requeued.is_empty() {
+        tracing::info!(runs = ?requeued, "resuming runs interrupted by a stop or a crash");
+    }
+
+    if config.suites.is_empty() {
+        return Err(DaemonError::NoSuite);
+    }
+    let mut prompts = Vec::new();
+    let mut suites = Vec::new();
+    let mut seen = std::collections::HashSet::new();
+    for sc in &config.suites {
+        let s = suite::load(sc)?;
+        for p in &s.prompts {
+            if !seen.insert(p.id.clone()) {
+                return Err(DaemonError::Other(format!("prompt id '{}' appears in two suites; give the suites distinct names", p.id)));
+            }
+        }
+        tracing::info!(suite = %s.name, prompts = s.prompts.len(), "suite loaded");
+        suites.push(SuiteIdentity { name: s.name.clone(), path: sc.path.display().to_string(), prompts: s.prompts.len(), content_hash: s.content_hash.clone() });
+        prompts.extend(s.prompts);
+    }
+
+    let base_path = config.model.base.clone();
+    let base = checkpoint::inspect_model(&base_path)?;
+    let base_sha256 = {
+        let p = base_path.clone();
+        tokio::task::spawn_blocking(move || checkpoint::sha256_file(&p))
+            .await
+            .map_err(|e| DaemonError::Other(e.to_string()))?
+            .map_err(|e| DaemonError::Other(format!("cannot read the base model {}: {e}", base_path.display())))?
+    };
+
+    let engine = Engine::start(engine_config(&config))?;
+    let runtime = JudgeRuntime::shared()?;
+    let mut judge_engine = None;
+    let judge_set = JudgeSet::load(&config, &runtime, &mut judge_engine)?;
+    for id in judge_set.identities() {
+        bus.emit(EventKind::PluginLoaded { name: id.name, version: id.version, path: String::new(), sha256: id.wasm_sha256 }).await;
+    }
+
+    let (removed, _) = broadcast::channel(64);
+    let ctx = Arc::new(Ctx {
+        config,
+        store,
+        bus,
+        engine,
+        judges: Mutex::new(judge_set),
+        prompts,
+        suites,
+        base,
+        base_path,
+        base_sha256,
+        wake: Notify::new(),
+        removed,
+    });
+
+    // The base model first: every later checkpoint is compared with its run.
+    intake::take_base(&ctx).await?;
+
+    let mut tasks = tokio::task::JoinSet::new();
+    let intake_ctx = Arc::clone(&ctx);
+    let intake_stop = shutdown.clone();
+    let watcher = crate::watch::Watcher::start_with(
+        &ctx.config.daemon.watch,
+        crate::watch::WatchOptions::new(std::time::Duration::from_millis(ctx.config.daemon.settle_ms)),
+        shutdown.child_token(),
+    )
+    .await?;
+    tasks.spawn(async move { intake::watch_loop(intake_ctx, watcher, intake_stop).await });
+    let runner_ctx = Arc::clone(&ctx);
+    let runner_stop = shutdown.clone();
+    tasks.spawn(async move { runner::run_loop(runner_ctx, runner_stop).await });
+
+    tracing::info!(
+        watch = ?ctx.config.daemon.watch, data_dir = %data_dir.display(),
+        "driftwatch is running: drop GGUF models or LoRA adapters into a watched folder"
+    );
+    while let Some(r) = tasks.join_next().await {
+        if let Err(e) = r {
+            tracing::error!(error = %e, "a daemon task ended abnormally");
+            shutdown.cancel();
+        }
+    }
+    tracing::info!("driftwatch stopped");
+    Ok(())
+}

@@ -1,0 +1,357 @@
+//! Run execution: queued runs one after another; each generates its missing samples in one
+//! engine request, judges them on a blocking thread as they arrive, and commits every sample
+//! with its verdicts as it completes. A stop leaves the run resumable; a deleted checkpoint
+//! fails it with a reason; a finished run is scored and published.
+
+use std::collections::{HashMap, HashSet};
+use std::path::PathBuf;
+use std::sync::mpsc as std_mpsc;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use tokio_util::sync::CancellationToken;
+
+use super::{intake, sample_seed, Ctx};
+use crate::engine::{AdapterSpec, EngineEvent, FinishReason, GenerationRequest, Job, ModelSpec, SampleOutput};
+use crate::events::EventKind;
+use crate::judge::{FinishReason as JudgeFinish, Sample};
+use crate::store::{CheckpointKind, NewSample, Run, RunId, SampleKey, StoreError};
+use crate::suite::Prompt;
+
+/// Takes queued runs one at a time until shutdown.
+pub(super) async fn run_loop(ctx: Arc<Ctx>, stop: CancellationToken) {
+    loop {
+        if stop.is_cancelled() {
+            break;
+        }
+        let store = Arc::clone(&ctx.store);
+        let next = tokio::task::spawn_blocking(move || store.next_queued_run()).await;
+        match next {
+            Ok(Ok(Some(run))) => {
+                let span = tracing::info_span!("run", run = run.id, checkpoint = run.checkpoint_id);
+                let id = run.id;
+                let outcome = tracing::Instrument::instrument(execute(&ctx, run, &stop), span).await;
+                if let Err(e) = outcome {
+                    tracing::error!(run = id, error = %e, "run failed");
+                    let reason = e.to_string();
+                    let _ = ctx.store.fail_run(id, &reason);
+                    ctx.bus.emit(EventKind::RunFailed { run_id: id, reason }).await;
+                }
+            }
+            Ok(Ok(None)) => {
+                tokio::select! {
+                    _ = stop.cancelled() => break,
+                    _ = ctx.wake.notified() => {}
+                    // Belt and braces: look at the queue now and then.
+                    _ = tokio::time::sleep(Duration::from_secs(5)) => {}
+                }
+            }
+            Ok(Err(e)) => {
+                tracing::error!(error = %e, "cannot read the run queue");
+                tokio::select! { _ = stop.cancelled() => break, _ = tokio::time::sleep(Duration::from_secs(2)) => {} }
+            }
+            Err(e) => {
+                tracing::error!(error = %e, "run queue task failed");
+                break;
+            }
+        }
+    }
+}
+
+/// Why a run could not finish.
+#[derive(Debug, thiserror::Error)]
+pub(super) enum RunError {
+    #[error("{0}")]
+    Store(#[from] StoreError),
+    #[error("the checkpoint file is gone: {0}")]
+    Gone(String),
+    #[error("the checkpoint file was deleted during its run: {0}")]
+    DeletedDuringRun(String),
+    #[error("generation failed: {0}")]
+    Engine(String),
+    #[error("scoring failed: {0}")]
+    Scoring(String),
+    #[error("{0}")]
+    Other(String),
+}
+
+struct Planned {
+    job: Job,
+    category: String,
+}
+
+/// The jobs of a run that are not stored yet.
+fn plan(ctx: &Ctx, repeat: u32, done: &HashSet<SampleKey>) -> Vec<Planned> {
+    let k = ctx.config.sampling.samples;
+    let mut out = Vec::new();
+    for p in &ctx.prompts {
+        for i in 0..k {
+            if done.contains(&SampleKey { prompt_id: p.id.clone(), sample_index: i }) {
+                continue;
+            }
+            out.push(Planned {
+                job: Job { prompt_id: p.id.clone(), prompt: p.text.clone(), sample_index: i, seed: sample_seed(ctx.config.sampling.seed, repeat, &p.id, i) },
+                category: p.category.clone(),
+            });
+        }
+    }
+    out
+}
+
+/// Runs one run to its end, or to a stop.
+async fn execute(ctx: &Arc<Ctx>, run: Run, stop: &CancellationToken) -> Result<(), RunError> {
+    let store = Arc::clone(&ctx.store);
+    let ckpt = store.checkpoint(run.checkpoint_id)?.ok_or_else(|| RunError::Other(format!("checkpoint {} is not in the store", run.checkpoint_id)))?;
+    let path = store
+        .checkpoint_paths(ckpt.id)?
+        .into_iter()
+        .filter(|p| p.removed_at_ms.is_none())
+        .map(|p| PathBuf::from(p.path))
+        .find(|p| p.is_file())
+        .ok_or_else(|| RunError::Gone(ckpt.path.clone()))?;
+    let repeat = run.provenance.get("repeat").and_then(|v| v.as_u64()).unwrap_or(0) as u32;
+    let done = store.completed_sample_keys(run.id)?;
+    let jobs = plan(ctx, repeat, &done);
+    store.start_run(run.id)?;
+    let total = run.total_samples;
+    let already = done.len() as u64;
+    ctx.bus.emit(EventKind::RunStarted { run_id: run.id, checkpoint_id: ckpt.id, total_samples: total, already_done: already }).await;
+    tracing::info!(total, already_done = already, path = %path.display(), "run started");
+
+    let mut interrupted = false;
+    let mut deleted = false;
+    if !jobs.is_empty() {
+        let spec = match ckpt.kind {
+            CheckpointKind::Adapter => ModelSpec {
+                model: ctx.base_path.clone(),
+                adapter: Some(AdapterSpec { path: path.clone(), scale: ctx.config.model.adapter_scale }),
+                chat_template: ctx.config.model.chat_template.clone(),
+                system_prompt: ctx.config.model.system_prompt.clone(),
+                raw_prompts: false,
+            },
+            _ => ModelSpec {
+                model: path.clone(),
+                adapter: None,
+                chat_template: ctx.config.model.chat_template.clone(),
+                system_prompt: ctx.config.model.system_prompt.clone(),
+                raw_prompts: false,
+            },
+        };
+        let categories: Vec<String> = jobs.iter().map(|p| p.category.clone()).collect();
+        let request = GenerationRequest { model: spec, sampling: ctx.sampling(), jobs: jobs.into_iter().map(|p| p.job).collect() };
+        let texts: HashMap<String, String> = ctx.prompts.iter().map(|p: &Prompt| (p.id.clone(), p.text.clone())).collect();
+
+        // The judging and storing side, on its own thread: generation never waits for it.
+        let (tx, rx) = std_mpsc::channel::<SampleOutput>();
+        let worker = {
+            let ctx = Arc::clone(ctx);
+            let run_id = run.id;
+            tokio::task::spawn_blocking(move || judge_and_store(&ctx, run_id, rx, categories, texts, already, total))
+        };
+        let mut stream = ctx.engine.submit(request);
+        let mut removed = ctx.removed.subscribe();
+        let mut engine_error = None;
+        loop {
+            tokio::select! {
+                ev = stream.next() => match ev {
+                    Some(EngineEvent::Sample(s)) => {
+                        // A cancelled sample is incomplete: it is generated again on resume.
+                        if s.finish_reason != FinishReason::Cancelled && tx.send(s).is_err() {
+                            break;
+                        }
+                    }
+                    Some(EngineEvent::Done(r)) => {
+                        if let Err(e) = r { engine_error = Some(e.to_string()); }
+                        break;
+                    }
+                    Some(EngineEvent::Started(info)) => tracing::debug!(?info, "engine started the run"),
+                    Some(EngineEvent::Progress(_)) => {}
+                    None => break,
+                },
+                gone = removed.recv() => {
+                    if let Ok(gone) = gone {
+                        if gone == path {
+                            tracing::warn!("the checkpoint file was deleted during its run");
+                            deleted = true;
+                            stream.cancel();
+                        }
+                    }
+                }
+                _ = stop.cancelled(), if !interrupted => {
+                    tracing::info!("stopping: abandoning the batch in flight (the run resumes at the next start)");
+                    interrupted = true;
+                    stream.cancel();
+                }
+            }
+        }
+        drop(tx);
+        let stored = worker.await.map_err(|e| RunError::Other(format!("the judging thread failed: {e}")))??;
+        tracing::info!(stored, "samples stored");
+        if let Some(e) = engine_error {
+            if !interrupted && !deleted {
+                return Err(RunError::Engine(e));
+            }
+        }
+    }
+    if deleted {
+        return Err(RunError::DeletedDuringRun(path.display().to_string()));
+    }
+    if interrupted {
+        // Left `running`: the next start requeues it and generates only what is missing.
+        return Ok(());
+    }
+    let count = store.sample_count(run.id)?;
+    if count < total {
+        return Err(RunError::Other(format!("only {count} of {total} samples were stored")));
+    }
+    finish(ctx, &run, &ckpt.path).await
+}
+
+/// Scores a completed run and publishes it.
+async fn finish(ctx: &Arc<Ctx>, run: &Run, path: &str) -> Result<(), RunError> {
+    let repeat = run.provenance.get("repeat").and_then(|v| v.as_u64()).unwrap_or(0) as u32;
+    // The baseline may have been queued after this run was (e.g. settings changed): look again.
+    let baseline = match run.baseline_run_id {
+        Some(b) => Some(b),
+        None if run.checkpoint_id != base_checkpoint_id(ctx)? => intake::baseline_run(ctx, repeat)?,
+        None => None,
+    };
+    let baseline = match baseline {
+        Some(b) => match ctx.store.run(b)? {
+            Some(r) if r.status == crate::store::RunStatus::Completed => Some(b),
+            _ => {
+                tracing::warn!(baseline = b, "the baseline run has not completed; scoring without a comparison");
+                None
+            }
+        },
+        None => None,
+    };
+    let stats_cfg = crate::scoring::stats_config(&ctx.config.stats);
+    let store = Arc::clone(&ctx.store);
+    let id = run.id;
+    let result = tokio::task::spawn_blocking(move || crate::scoring::score_run_from_store(&store, id, baseline, false, &stats_cfg))
+        .await
+        .map_err(|e| RunError::Scoring(e.to_string()))?
+        .map_err(|e| RunError::Scoring(e.to_string()))?;
+    let scores = serde_json::to_value(&result).map_err(|e| RunError::Scoring(e.to_string()))?;
+    ctx.store.complete_run(run.id, &scores)?;
+    let digest = crate::config::canonical_hash(&run.provenance);
+    let verdict = result.verdict.map(|v| serde_json::to_value(v).ok().and_then(|v| v.as_str().map(str::to_owned)).unwrap_or_default());
+    ctx.bus
+        .emit(EventKind::RunCompleted {
+            run_id: run.id,
+            checkpoint_id: run.checkpoint_id,
+            path: path.to_owned(),
+            scores: serde_json::to_value(&result.headline).unwrap_or_default(),
+            comparison: (!result.comparisons.is_empty()).then(|| serde_json::to_value(&result.comparisons).unwrap_or_default()),
+            verdict: verdict.clone(),
+            provenance_digest: digest,
+        })
+        .await;
+    for h in &result.headline {
+        tracing::info!(
+            judge = %h.judge, metric = %h.metric, value = ?h.value, lo = ?h.lo, hi = ?h.hi, verdict = ?h.verdict,
+            "run completed"
+        );
+    }
+    Ok(())
+}
+
+fn base_checkpoint_id(ctx: &Ctx) -> Result<i64, StoreError> {
+    Ok(ctx.store.checkpoint_by_sha256(&ctx.base_sha256)?.map(|c| c.id).unwrap_or(-1))
+}
+
+fn judge_finish(f: FinishReason) -> JudgeFinish {
+    match f {
+        FinishReason::Stop => JudgeFinish::Stop,
+        FinishReason::Length => JudgeFinish::Length,
+        FinishReason::Cancelled => JudgeFinish::Cancelled,
+        FinishReason::Error => JudgeFinish::Error,
+    }
+}
+
+/// Judges samples as they arrive (in small batches) and commits each with its verdicts.
+/// Returns how many samples were stored.
+fn judge_and_store(
+    ctx: &Ctx,
+    run_id: RunId,
+    rx: std_mpsc::Receiver<SampleOutput>,
+    categories: Vec<String>,
+    texts: HashMap<String, String>,
+    already: u64,
+    total: u64,
+) -> Result<u64, RunError> {
+    let judges = ctx.judges.lock().clone();
+    let batch_max = ctx.config.judges.iter().map(|j| j.batch_size as usize).min().unwrap_or(16).max(1);
+    let started = Instant::now();
+    let mut last_progress = Instant::now();
+    let mut stored = 0u64;
+    let mut tokens = 0u64;
+    while let Ok(first) = rx.recv() {
+        let mut batch = vec![first];
+        while batch.len() < batch_max {
+            match rx.try_recv() {
+                Ok(s) => batch.push(s),
+                Err(_) => break,
+            }
+        }
+        let samples: Vec<Sample> = batch
+            .iter()
+            .map(|s| Sample {
+                prompt_id: s.prompt_id.clone(),
+                category: categories[s.job_index].clone(),
+                prompt: texts.get(&s.prompt_id).cloned().unwrap_or_default(),
+                response: s.text.clone(),
+                sample_index: s.sample_index,
+                seed: u64::from(s.seed),
+                finish_reason: judge_finish(s.finish_reason),
+            })
+            .collect();
+        let (verdicts, judge_s) = judges.judge(&samples, &mut |judge, msg| {
+            tracing::warn!(judge, error = msg, "judge error");
+            let _ = ctx.bus.publish_blocking(&EventKind::PluginFailed { plugin: judge.to_owned(), reason: msg.to_owned() });
+        });
+        let per_sample_ms = judge_s * 1000.0 / batch.len() as f64;
+        for ((out, sample), verdicts) in batch.iter().zip(&samples).zip(verdicts) {
+            let new = NewSample {
+                prompt_id: out.prompt_id.clone(),
+                category: Some(sample.category.clone()),
+                sample_index: out.sample_index,
+                seed: u64::from(out.seed),
+                prompt: sample.prompt.clone(),
+                response: out.text.clone(),
+                prompt_tokens: out.prompt_tokens,
+                completion_tokens: out.completion_tokens,
+                finish_reason: out.finish_reason.as_str().to_owned(),
+                generation_ms: Some(out.generation_ms as f64),
+                judge_ms: Some(per_sample_ms),
+            };
+            let w = ctx.store.insert_sample_with_verdicts(run_id, &new, &verdicts)?;
+            if w.inserted {
+                stored += 1;
+                tokens += u64::from(out.completion_tokens);
+            }
+            if ctx.config.events.sample_scored {
+                let v = serde_json::to_value(&verdicts).unwrap_or_default();
+                let _ = ctx.bus.publish_blocking(&EventKind::SampleScored { run_id, prompt_id: out.prompt_id.clone(), sample_index: out.sample_index, verdicts: v });
+            }
+        }
+        if last_progress.elapsed() >= Duration::from_secs(1) {
+            last_progress = Instant::now();
+            let elapsed = started.elapsed().as_secs_f64();
+            let done = already + stored;
+            let rate = stored as f64 / elapsed.max(1e-9);
+            let eta = (rate > 0.0).then(|| (total.saturating_sub(done)) as f64 / rate);
+            let _ = ctx.bus.publish_blocking(&EventKind::RunProgress { run_id, done, total, tokens_per_s: tokens as f64 / elapsed.max(1e-9), eta_s: eta });
+        }
+    }
+    let elapsed = started.elapsed().as_secs_f64();
+    let _ = ctx.bus.publish_blocking(&EventKind::RunProgress {
+        run_id,
+        done: already + stored,
+        total,
+        tokens_per_s: tokens as f64 / elapsed.max(1e-9),
+        eta_s: Some(0.0),
+    });
+    Ok(stored)
+}
