@@ -402,7 +402,8 @@ impl SuiteFormat {
 pub struct SuiteConfig {
     /// Unique name of the suite.
     pub name: String,
-    /// Path of the prompt file.
+    /// Path of the prompt file, or of a folder of prompt files (each file's stem becomes the
+    /// category of its prompts when they carry none).
     pub path: PathBuf,
     /// `txt`, `jsonl` or `csv`; inferred from the extension when absent (always set after
     /// loading).
@@ -426,6 +427,10 @@ pub struct SuiteConfig {
     /// Keep only prompts of these categories. Default: all.
     #[serde(default)]
     pub categories: Vec<String>,
+    /// Use at most this many prompts of each category (in file order, before `offset` and
+    /// `limit`), for balanced slices. Default: no cap.
+    #[serde(default)]
+    pub per_category: Option<usize>,
 }
 
 impl SuiteConfig {
@@ -1070,7 +1075,10 @@ impl Config {
                     format!("duplicate suite name {:?}", suite.name),
                 ));
             }
-            if suite.format.is_none() {
+            // A folder (an existing directory, or a path without an extension) holds suite
+            // files whose formats follow their own extensions.
+            let is_folder = suite.path.is_dir() || suite.path.extension().is_none();
+            if suite.format.is_none() && !is_folder {
                 suite.format = Some(SuiteFormat::from_path(&suite.path).ok_or_else(|| {
                     loc.invalid(
                         &format!("suites[{i}].path"),

@@ -128,6 +128,14 @@ pub fn load(cfg: &SuiteConfig) -> Result<Suite, SuiteError> {
     if !cfg.categories.is_empty() {
         prompts.retain(|p| cfg.categories.contains(&p.category));
     }
+    if let Some(cap) = cfg.per_category {
+        let mut taken: std::collections::HashMap<String, usize> = std::collections::HashMap::new();
+        prompts.retain(|p| {
+            let n = taken.entry(p.category.clone()).or_default();
+            *n += 1;
+            *n <= cap
+        });
+    }
     let prompts: Vec<Prompt> = prompts.into_iter().skip(cfg.offset).take(cfg.limit.unwrap_or(usize::MAX)).collect();
     if prompts.is_empty() {
         let detail = if cfg.categories.is_empty() { String::new() } else { format!(" in categories {:?}", cfg.categories) };
@@ -269,6 +277,7 @@ mod tests {
             offset: 0,
             limit: None,
             categories: vec![],
+            per_category: None,
         }
     }
 
@@ -308,6 +317,10 @@ mod tests {
         std::fs::write(folder.join("misinformation.jsonl"), "{\"prompt\": \"p1\"}\n{\"prompt\": \"p2\"}\n").unwrap();
         std::fs::write(folder.join("malicious_uses.jsonl"), "{\"prompt\": \"p3\"}\n").unwrap();
         let mut c = cfg("dna", &folder);
+        c.per_category = Some(1);
+        let s = load(&c).unwrap();
+        assert_eq!(s.prompts.iter().map(|p| p.id.as_str()).collect::<Vec<_>>(), ["dna/malicious_uses/1", "dna/misinformation/1"]);
+        c.per_category = None;
         c.limit = Some(2);
         let s = load(&c).unwrap();
         assert_eq!(s.prompts.iter().map(|p| p.category.as_str()).collect::<Vec<_>>(), ["malicious_uses", "misinformation"]);
