@@ -10,8 +10,8 @@
 //! - [`JudgeModel`]: what the daemon plugs in to answer a plugin's `generate` calls.
 
 mod bindings;
-// pub mod bench;
-// pub mod cli;
+pub mod bench;
+pub mod cli;
 mod error;
 mod host;
 mod registry;
