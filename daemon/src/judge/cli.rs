@@ -39,7 +39,7 @@ pub struct PluginNewArgs {
 pub struct PluginCheckArgs {
     /// The plugin component.
     pub file: PathBuf,
-    /// Plugin settings (timeout_ms, memory_mb, ..., and a [config] table for the plugin).
+    /// Plugin settings (timeout_ms, memory_mb, ..., and a `[config]` table for the plugin).
     #[arg(long)]
     pub config: Option<PathBuf>,
 }
@@ -54,7 +54,7 @@ pub struct JudgeArgs {
     /// sample_index, seed, finish_reason (stop|length|cancelled|error) (optional).
     #[arg(long)]
     pub input: PathBuf,
-    /// Plugin settings (timeout_ms, memory_mb, ..., and a [config] table for the plugin).
+    /// Plugin settings (timeout_ms, memory_mb, ..., and a `[config]` table for the plugin).
     #[arg(long)]
     pub config: Option<PathBuf>,
 }
