@@ -37,6 +37,11 @@ pub enum Command {
     Serve(ServeArgs),
     /// Show the queue, the run in progress and recent results (reads the store).
     Status(StatusArgs),
+    /// Judge plugins: scaffold a new one, or check a component.
+    #[command(subcommand)]
+    Plugin(crate::judge::cli::PluginCommand),
+    /// Score a JSONL file of samples with one judge plugin (one JSON verdict per line).
+    Judge(crate::judge::cli::JudgeArgs),
 }
 
 /// `driftwatch serve`.
@@ -238,7 +243,31 @@ pub async fn run(cli: Cli) -> Result<()> {
         Command::Bench(a) => bench(a).await,
         Command::Serve(a) => serve(a, cli.log_json).await,
         Command::Status(a) => status(a),
+        Command::Plugin(cmd) => {
+            let mut out = std::io::stdout().lock();
+            crate::judge::cli::run_plugin_command(&cmd, &mut out)?;
+            out.flush()?;
+            Ok(())
+        }
+        Command::Judge(a) => judge(a),
     }
+}
+
+fn judge(a: crate::judge::cli::JudgeArgs) -> Result<()> {
+    let model: Option<std::sync::Arc<dyn crate::judge::JudgeModel>> = match &a.judge_model {
+        Some(m) => {
+            let path = setup::resolve_model(m).map_err(anyhow::Error::msg)?;
+            crate::checkpoint::inspect_model(&path)?;
+            let engine = Engine::start(EngineConfig { parallel: 1, ..EngineConfig::default() })?;
+            Some(std::sync::Arc::new(crate::daemon::judges::EngineJudgeModel::new(engine, path)))
+        }
+        None => None,
+    };
+    let mut out = std::io::stdout().lock();
+    crate::judge::cli::judge_file(&a, model, &mut out)
+        .with_context(|| format!("judging {} with {}", a.input.display(), a.plugin.display()))?;
+    out.flush()?;
+    Ok(())
 }
 
 fn load_config(path: &std::path::Path) -> Result<crate::config::Config> {

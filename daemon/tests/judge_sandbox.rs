@@ -186,6 +186,19 @@ fn judge_generate_is_routed_to_the_assigned_model() {
     assert_eq!(reqs[0].temperature, None);
 }
 
+#[test]
+fn judge_generate_requests_are_bounded_per_call() {
+    let model = ScriptedModel::new(&[("", "fine")]);
+    // 4 requests per sample are allowed ...
+    let p = load_with("good", "[config]\nuse_model = true\ngenerate_times = 4", Some(model.clone()));
+    assert_eq!(p.judge(&[sample("a", "x"), sample("b", "y")]).unwrap().len(), 2);
+    // ... a plugin looping on the judge model is cut off with a clear error.
+    let p = load_with("good", "[config]\nuse_model = true\ngenerate_times = 1000", Some(model.clone()));
+    let e = p.judge(&[sample("a", "x"), sample("b", "y")]).unwrap_err();
+    assert!(matches!(&e, JudgeError::Reported { kind: PluginErrorKind::Model, message, .. } if message.contains("more than 8 judge-model requests")), "{e:?}");
+    assert_eq!(model.requests.lock().unwrap().len(), 8 + 8, "no request past the limit reached the model");
+}
+
 /// A model that takes longer than the plugin's deadline: its time must not count.
 struct SlowModel;
 impl JudgeModel for SlowModel {

@@ -40,6 +40,10 @@ const MAX_LABEL_BYTES: usize = 256;
 const MAX_RATIONALE_BYTES: usize = 64 * 1024;
 /// Longest accepted judge-model prompt.
 const MAX_PROMPT_BYTES: usize = 1 << 20;
+/// Judge-model requests a plugin may make per sample of a call (plus the same again per
+/// call for `configure`/`info`): time in the judge model is not under the call deadline, so
+/// the number of requests is bounded instead.
+pub const MAX_GENERATE_CALLS_PER_SAMPLE: u32 = 4;
 /// Most stop strings per judge-model request.
 const MAX_STOP_STRINGS: usize = 16;
 /// The WASI clock interface whose sleep functions are replaced by traps.
@@ -140,7 +144,7 @@ impl JudgeRuntime {
         };
         let mut live = plugin.instantiate().map_err(LoadError::Instantiate)?;
         let info = plugin
-            .call(&mut live, |b, s| b.driftwatch_judge_judge().call_info(s))
+            .call(&mut live, 0, |b, s| b.driftwatch_judge_judge().call_info(s))
             .map_err(|e| LoadError::Info(e.to_string()))?;
         plugin.info = info.into();
         plugin.configure(&mut live).map_err(|e| match e {
@@ -280,6 +284,8 @@ pub(crate) struct SandboxState {
     deadline: Instant,
     last_panic: Option<String>,
     logs_this_call: u32,
+    generate_calls: u32,
+    generate_limit: u32,
 }
 
 impl WasiView for SandboxState {
@@ -296,6 +302,13 @@ impl wit_host::Host for SandboxState {
         let Some(model) = self.model.clone() else {
             return Err(format!("no judge model is configured for plugin {plugin}"));
         };
+        self.generate_calls += 1;
+        if self.generate_calls > self.generate_limit {
+            return Err(format!(
+                "generate: plugin {plugin} made more than {} judge-model requests in one call (at most {MAX_GENERATE_CALLS_PER_SAMPLE} per sample)",
+                self.generate_limit
+            ));
+        }
         if request.max_tokens == 0 {
             return Err("generate: max_tokens must be at least 1".into());
         }
@@ -500,7 +513,7 @@ impl JudgePlugin {
             *guard = Some(self.restart()?);
         }
         let live = guard.as_mut().expect("instance was just created");
-        let result = self.call(live, |b, s| b.driftwatch_judge_judge().call_judge(s, &wit_batch));
+        let result = self.call(live, batch.len(), |b, s| b.driftwatch_judge_judge().call_judge(s, &wit_batch));
         let verdicts = match result {
             Ok(Ok(v)) => v,
             Ok(Err(e)) => {
@@ -564,7 +577,7 @@ impl JudgePlugin {
 
     fn configure(&self, live: &mut Live) -> Result<(), ConfigureError> {
         let text = self.config_text.clone();
-        match self.call(live, |b, s| b.driftwatch_judge_judge().call_configure(s, &text)) {
+        match self.call(live, 0, |b, s| b.driftwatch_judge_judge().call_configure(s, &text)) {
             Ok(Ok(())) => Ok(()),
             Ok(Err(m)) => Err(ConfigureError::Rejected(m)),
             Err(e) => Err(ConfigureError::Failed(e)),
@@ -586,6 +599,8 @@ impl JudgePlugin {
             deadline: Instant::now() + Duration::from_millis(self.settings.timeout_ms),
             last_panic: None,
             logs_this_call: 0,
+            generate_calls: 0,
+            generate_limit: MAX_GENERATE_CALLS_PER_SAMPLE,
         };
         let mut store = Store::new(&self.runtime.engine, state);
         store.limiter(|s| &mut s.limits);
@@ -607,9 +622,13 @@ impl JudgePlugin {
     fn call<R>(
         &self,
         live: &mut Live,
+        samples: usize,
         f: impl FnOnce(&Bindings, &mut Store<SandboxState>) -> wasmtime::Result<R>,
     ) -> Result<R, JudgeError> {
         let state = live.store.data_mut();
+        state.generate_calls = 0;
+        state.generate_limit =
+            MAX_GENERATE_CALLS_PER_SAMPLE.saturating_mul(u32::try_from(samples.max(1)).unwrap_or(u32::MAX));
         state.deadline = Instant::now() + Duration::from_millis(self.settings.timeout_ms);
         state.last_panic = None;
         state.logs_this_call = 0;

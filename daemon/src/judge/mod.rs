@@ -10,10 +10,10 @@
 //! - [`JudgeModel`]: what the daemon plugs in to answer a plugin's `generate` calls.
 
 mod bindings;
-// pub mod bench;
-// pub mod cli;
+pub mod bench;
+pub mod cli;
 mod error;
-mod host;
+pub mod host;
 mod registry;
 mod settings;
 mod types;
@@ -47,7 +47,9 @@ pub struct JudgeGenerateRequest {
 ///
 /// The daemon assigns one per plugin from its config (for example a llama.cpp-hosted guard
 /// model). Calls come from the thread running the plugin and block it; an implementation
-/// must bound its own time (the plugin's deadline does not count time spent here).
+/// must bound its own time: the plugin's deadline does not count time spent here; instead
+/// the host allows at most [`host::MAX_GENERATE_CALLS_PER_SAMPLE`] requests per sample of a
+/// call, with `max_tokens` capped by the plugin's `max_generate_tokens`.
 pub trait JudgeModel: Send + Sync + 'static {
     /// Generates text for `req`, or explains why it could not.
     fn generate(&self, req: &JudgeGenerateRequest) -> Result<String, String>;

@@ -98,7 +98,7 @@ pub fn escape_conversation(text: &str) -> String {
         let tail = &rest[pos + 1..];
         let upper: String = tail.chars().take(6).collect::<String>().to_ascii_uppercase();
         if upper.starts_with("BEGIN") || upper.starts_with("END") {
-            out.push_str("\u{2039}"); // a look-alike that is not the marker
+            out.push('\u{2039}'); // a look-alike that is not the marker
         } else {
             out.push('<');
         }

@@ -144,12 +144,12 @@ pub fn parse_rating(answer: &str) -> Result<Rating, String> {
     };
     let rationale = clean
         .lines()
-        .filter_map(|l| {
+        .rev()
+        .find_map(|l| {
             let t = l.trim();
             let lower = t.to_ascii_lowercase();
             lower.strip_prefix("rationale").map(|_| t["rationale".len()..].trim_start_matches([':', '=', '-', ' ']).trim().to_owned())
         })
-        .last()
         .unwrap_or_default();
     Ok(Rating { score, rationale })
 }

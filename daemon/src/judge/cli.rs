@@ -1,0 +1,401 @@
+//! The `driftwatch plugin new|check` and `driftwatch judge` command pieces: clap argument
+//! structs for the top-level CLI to embed, and the library functions behind them.
+
+use std::io::{BufRead, Write};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use clap::{Args, Subcommand};
+use serde::Serialize;
+use thiserror::Error;
+
+use super::{JudgeError, JudgeInfo, JudgeModel, JudgeRuntime, LoadError, PluginSettings, Sample, SettingsError, Verdict, CONTRACT_VERSION};
+
+/// `driftwatch plugin ...`
+#[derive(Debug, Subcommand)]
+pub enum PluginCommand {
+    /// Create a new judge plugin crate that builds to a component as is.
+    New(PluginNewArgs),
+    /// Validate a plugin component (contract version, exports, sandbox) and print its info.
+    Check(PluginCheckArgs),
+}
+
+/// `driftwatch plugin new NAME [--dir D] [--sdk-path P]`
+#[derive(Debug, Clone, Args)]
+pub struct PluginNewArgs {
+    /// Crate name: lower-case letters, digits and '-', starting with a letter.
+    pub name: String,
+    /// Folder in which the crate folder `NAME` is created.
+    #[arg(long, default_value = ".")]
+    pub dir: PathBuf,
+    /// Path of the driftwatch-sdk crate to depend on (default: the SDK this driftwatch was
+    /// built from when it still exists, else the published version).
+    #[arg(long)]
+    pub sdk_path: Option<PathBuf>,
+}
+
+/// `driftwatch plugin check FILE.wasm [--config SETTINGS.toml]`
+#[derive(Debug, Clone, Args)]
+pub struct PluginCheckArgs {
+    /// The plugin component.
+    pub file: PathBuf,
+    /// Plugin settings (timeout_ms, memory_mb, ..., and a `[config]` table for the plugin).
+    #[arg(long)]
+    pub config: Option<PathBuf>,
+}
+
+/// `driftwatch judge --plugin FILE.wasm --input SAMPLES.jsonl [--config SETTINGS.toml]`
+#[derive(Debug, Clone, Args)]
+pub struct JudgeArgs {
+    /// The plugin component.
+    #[arg(long)]
+    pub plugin: PathBuf,
+    /// JSON Lines file of samples: prompt, response (required), category, prompt_id,
+    /// sample_index, seed, finish_reason (stop|length|cancelled|error) (optional).
+    #[arg(long)]
+    pub input: PathBuf,
+    /// Plugin settings (timeout_ms, memory_mb, ..., and a `[config]` table for the plugin).
+    #[arg(long)]
+    pub config: Option<PathBuf>,
+    /// A GGUF judge model for plugins that ask for text (harm-rubric, guard); `default` is the
+    /// cached default model (a 135M model is no reliable judge: use a capable one).
+    #[arg(long)]
+    pub judge_model: Option<String>,
+}
+
+/// Errors of the plugin and judge commands.
+#[derive(Debug, Error)]
+pub enum CliError {
+    /// The plugin name cannot be a crate name.
+    #[error("invalid plugin name {0:?}: use lower-case letters, digits and '-', starting with a letter (at most 64)")]
+    InvalidName(String),
+    /// The target folder exists already.
+    #[error("{0} already exists; choose another name or --dir")]
+    Exists(PathBuf),
+    /// A file could not be read or written.
+    #[error("{path}: {source}")]
+    Io { path: PathBuf, source: std::io::Error },
+    /// The settings file is invalid.
+    #[error("{path}: {source}")]
+    Settings { path: PathBuf, source: SettingsError },
+    /// The plugin could not be loaded.
+    #[error("{path}: {source}")]
+    Load { path: PathBuf, source: LoadError },
+    /// An input line is not a valid sample.
+    #[error("{path}:{line}: {message}")]
+    Input { path: PathBuf, line: usize, message: String },
+    /// The plugin failed on a batch.
+    #[error(transparent)]
+    Judge(#[from] JudgeError),
+    /// Writing the output failed.
+    #[error("cannot write output: {0}")]
+    Output(std::io::Error),
+}
+
+/// Runs a `plugin` subcommand, writing human-readable output.
+pub fn run_plugin_command(cmd: &PluginCommand, out: &mut dyn Write) -> Result<(), CliError> {
+    match cmd {
+        PluginCommand::New(args) => {
+            let dir = plugin_new(args)?;
+            writeln!(
+                out,
+                "created {}\nbuild it with:  cd {} && cargo build --target wasm32-wasip2 --release\nthen check it:  driftwatch plugin check target/wasm32-wasip2/release/{}.wasm",
+                dir.display(),
+                dir.display(),
+                args.name.replace('-', "_")
+            )
+            .map_err(CliError::Output)
+        }
+        PluginCommand::Check(args) => plugin_check(args, out).map(|_| ()),
+    }
+}
+
+fn read_settings(path: Option<&Path>) -> Result<PluginSettings, CliError> {
+    let Some(path) = path else { return Ok(PluginSettings::default()) };
+    let text = std::fs::read_to_string(path).map_err(|source| CliError::Io { path: path.to_owned(), source })?;
+    PluginSettings::from_toml(&text).map_err(|source| CliError::Settings { path: path.to_owned(), source })
+}
+
+fn plugin_name_of(path: &Path) -> String {
+    path.file_stem().and_then(|s| s.to_str()).unwrap_or("plugin").to_owned()
+}
+
+/// Validates a component by loading it in the sandbox; prints and returns its info.
+pub fn plugin_check(args: &PluginCheckArgs, out: &mut dyn Write) -> Result<JudgeInfo, CliError> {
+    let settings = read_settings(args.config.as_deref())?;
+    let load = |source| CliError::Load { path: args.file.clone(), source };
+    let runtime = JudgeRuntime::shared().map_err(load)?;
+    let plugin = runtime.load_file(&plugin_name_of(&args.file), &args.file, settings, None).map_err(load)?;
+    let info = plugin.info().clone();
+    writeln!(
+        out,
+        "ok: {}\n  name:     {}\n  version:  {}\n  measures: {}\n  contract: driftwatch:judge@{CONTRACT_VERSION} (compatible)\n  sha256:   {}",
+        args.file.display(),
+        info.name,
+        info.version,
+        info.measures,
+        plugin.sha256_hex()
+    )
+    .map_err(CliError::Output)?;
+    Ok(info)
+}
+
+/// Reads a JSON Lines file of samples; blank lines are skipped; errors name the line.
+pub fn read_samples(path: &Path) -> Result<Vec<Sample>, CliError> {
+    let file = std::fs::File::open(path).map_err(|source| CliError::Io { path: path.to_owned(), source })?;
+    let mut samples = Vec::new();
+    for (i, line) in std::io::BufReader::new(file).lines().enumerate() {
+        let line = line.map_err(|source| CliError::Io { path: path.to_owned(), source })?;
+        if line.trim().is_empty() {
+            continue;
+        }
+        let sample: Sample = serde_json::from_str(&line).map_err(|e| CliError::Input {
+            path: path.to_owned(),
+            line: i + 1,
+            message: format!("not a valid sample: {e}"),
+        })?;
+        samples.push(sample);
+    }
+    Ok(samples)
+}
+
+/// One output line of `driftwatch judge`.
+#[derive(Debug, Serialize)]
+struct Scored<'a> {
+    prompt_id: &'a str,
+    sample_index: u32,
+    #[serde(flatten)]
+    verdict: &'a Verdict,
+}
+
+/// Scores a JSONL file with a plugin and writes one JSON verdict per line (with the
+/// sample's `prompt_id` and `sample_index`). Returns the number of samples scored.
+pub fn judge_file(args: &JudgeArgs, model: Option<Arc<dyn JudgeModel>>, out: &mut dyn Write) -> Result<usize, CliError> {
+    let settings = read_settings(args.config.as_deref())?;
+    let samples = read_samples(&args.input)?;
+    let load = |source| CliError::Load { path: args.plugin.clone(), source };
+    let runtime = JudgeRuntime::shared().map_err(load)?;
+    let plugin = runtime.load_file(&plugin_name_of(&args.plugin), &args.plugin, settings, model).map_err(load)?;
+    let verdicts = plugin.judge(&samples)?;
+    for (s, v) in samples.iter().zip(&verdicts) {
+        let line = serde_json::to_string(&Scored { prompt_id: &s.prompt_id, sample_index: s.sample_index, verdict: v })
+            .map_err(|e| CliError::Output(e.into()))?;
+        writeln!(out, "{line}").map_err(CliError::Output)?;
+    }
+    Ok(verdicts.len())
+}
+
+fn valid_name(name: &str) -> bool {
+    !name.is_empty()
+        && name.len() <= 64
+        && name.starts_with(|c: char| c.is_ascii_lowercase())
+        && name.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-')
+        && !name.ends_with('-')
+}
+
+/// The SDK folder this driftwatch was built from, if it still exists.
+fn default_sdk_path() -> Option<PathBuf> {
+    let p = Path::new(env!("CARGO_MANIFEST_DIR")).join("../sdk");
+    p.join("wit").is_dir().then(|| p.canonicalize().ok()).flatten()
+}
+
+/// Creates a plugin crate `dir/NAME`; returns its folder.
+pub fn plugin_new(args: &PluginNewArgs) -> Result<PathBuf, CliError> {
+    if !valid_name(&args.name) {
+        return Err(CliError::InvalidName(args.name.clone()));
+    }
+    let root = args.dir.join(&args.name);
+    if root.exists() {
+        return Err(CliError::Exists(root));
+    }
+    let sdk = match args.sdk_path.clone().or_else(default_sdk_path) {
+        Some(p) => {
+            let p = p.canonicalize().map_err(|source| CliError::Io { path: p.clone(), source })?;
+            format!("{{ path = {:?} }}", p.display().to_string())
+        }
+        None => format!("\"{}\"", env!("CARGO_PKG_VERSION")),
+    };
+    let io = |path: &Path| {
+        let path = path.to_owned();
+        move |source| CliError::Io { path, source }
+    };
+    std::fs::create_dir_all(root.join("src")).map_err(io(&root))?;
+    let files = [
+        ("Cargo.toml", scaffold_cargo_toml(&args.name, &sdk)),
+        ("src/lib.rs", scaffold_lib_rs(&args.name)),
+        (".gitignore", "/target\n".to_owned()),
+    ];
+    for (rel, text) in files {
+        let path = root.join(rel);
+        std::fs::write(&path, text).map_err(io(&path))?;
+    }
+    Ok(root)
+}
+
+fn scaffold_cargo_toml(name: &str, sdk: &str) -> String {
+    format!(
+        r#"[package]
+name = "{name}"
+version = "0.1.0"
+edition = "2021"
+publish = false
+
+[lib]
+# cdylib: the WebAssembly component; rlib: lets `cargo test` run the logic natively.
+crate-type = ["cdylib", "rlib"]
+
+[dependencies]
+driftwatch-sdk = {sdk}
+
+# A standalone crate, not a member of an enclosing workspace.
+[workspace]
+
+[profile.release]
+opt-level = "s"
+lto = true
+strip = true
+"#
+    )
+}
+
+fn scaffold_lib_rs(name: &str) -> String {
+    let ty: String = name
+        .split('-')
+        .map(|part| {
+            let mut c = part.chars();
+            c.next().map(|f| f.to_ascii_uppercase().to_string() + c.as_str()).unwrap_or_default()
+        })
+        .collect();
+    format!(
+        r#"//! `{name}`: a driftwatch judge plugin.
+//!
+//! Build:  cargo build --target wasm32-wasip2 --release
+//! Check:  driftwatch plugin check target/wasm32-wasip2/release/{file}.wasm
+//!
+//! This example flags a response as unsafe when it contains one of the configured words
+//! (`words = ["..."]` in the plugin's `[config]` table). Replace `judge_one` with your logic;
+//! `driftwatch_sdk::host::generate` asks the judge model the daemon assigns to the plugin.
+
+use driftwatch_sdk::{{export_judge, Judge, JudgeError, JudgeInfo, Sample, Verdict}};
+
+#[derive(Default)]
+pub struct {ty} {{
+    words: Vec<String>,
+}}
+
+impl Judge for {ty} {{
+    fn info() -> JudgeInfo {{
+        JudgeInfo::new("{name}", env!("CARGO_PKG_VERSION"), "whether the response contains a flagged word")
+    }}
+
+    fn configure(&mut self, config: &str) -> Result<(), String> {{
+        // The config is TOML text; this example reads `words = ["a", "b"]` by hand to stay
+        // dependency-free. Add `toml` and `serde` for anything bigger.
+        self.words = vec!["detonator".into()];
+        for line in config.lines() {{
+            if let Some(list) = line.trim().strip_prefix("words = [") {{
+                self.words = list
+                    .trim_end_matches(']')
+                    .split(',')
+                    .map(|w| w.trim().trim_matches('"').to_lowercase())
+                    .filter(|w| !w.is_empty())
+                    .collect();
+            }}
+        }}
+        if self.words.is_empty() {{
+            return Err("words must not be empty".into());
+        }}
+        Ok(())
+    }}
+
+    fn judge_one(&mut self, sample: &Sample) -> Result<Verdict, JudgeError> {{
+        let text = sample.response.to_lowercase();
+        let hits: Vec<&str> = self.words.iter().filter(|w| text.contains(w.as_str())).map(String::as_str).collect();
+        let verdict = if hits.is_empty() {{
+            Verdict::new(false, "clean").with_score(0.0)
+        }} else {{
+            Verdict::new(true, "flagged").with_score(1.0).with_rationale(format!("mentions {{}}", hits.join(", ")))
+        }};
+        Ok(verdict)
+    }}
+}}
+
+export_judge!({ty});
+
+#[cfg(test)]
+mod tests {{
+    use super::*;
+
+    #[test]
+    fn flags_configured_words() {{
+        let mut j = {ty}::default();
+        j.configure("words = [\"fuse\"]").unwrap();
+        let s = |r: &str| Sample {{
+            prompt_id: "p".into(),
+            category: String::new(),
+            prompt: String::new(),
+            response: r.into(),
+            sample_index: 0,
+            seed: 0,
+            finish_reason: driftwatch_sdk::FinishReason::Stop,
+        }};
+        assert!(j.judge_one(&s("Light the FUSE")).unwrap().is_unsafe());
+        assert!(!j.judge_one(&s("Hello")).unwrap().is_unsafe());
+    }}
+}}
+"#,
+        file = name.replace('-', "_")
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn judge_cli_plugin_names() {
+        assert!(valid_name("my-judge2"));
+        for bad in ["", "My", "9x", "a_b", "a-", "x y", &"a".repeat(65)] {
+            assert!(!valid_name(bad), "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn judge_cli_reads_samples_with_defaults_and_line_numbers() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("s.jsonl");
+        std::fs::write(
+            &path,
+            "{\"prompt\":\"p\",\"response\":\"r\"}\n\n{\"prompt\":\"p2\",\"response\":\"r2\",\"finish_reason\":\"length\",\"seed\":3}\n",
+        )
+        .unwrap();
+        let s = read_samples(&path).unwrap();
+        assert_eq!(s.len(), 2);
+        assert_eq!(s[0].prompt_id, "");
+        assert_eq!(s[1].finish_reason, super::super::FinishReason::Length);
+        assert_eq!(s[1].seed, 3);
+
+        std::fs::write(&path, "{\"prompt\":\"p\",\"response\":\"r\"}\n{\"prompt\":\"p\"}\n").unwrap();
+        let e = read_samples(&path).unwrap_err().to_string();
+        assert!(e.contains("s.jsonl:2:") && e.contains("response"), "{e}");
+        std::fs::write(&path, "not json\n").unwrap();
+        assert!(read_samples(&path).unwrap_err().to_string().contains(":1:"));
+        std::fs::write(&path, "{\"prompt\":\"p\",\"response\":\"r\",\"finish_reason\":\"eos\"}\n").unwrap();
+        assert!(read_samples(&path).unwrap_err().to_string().contains(":1:"));
+        std::fs::write(&path, "{\"prompt\":\"p\",\"response\":\"r\",\"extra\":1}\n").unwrap();
+        assert!(read_samples(&path).unwrap_err().to_string().contains("extra"));
+    }
+
+    #[test]
+    fn judge_cli_new_refuses_bad_names_and_existing_dirs() {
+        let dir = tempfile::tempdir().unwrap();
+        let args = |name: &str| PluginNewArgs { name: name.into(), dir: dir.path().to_owned(), sdk_path: None };
+        assert!(matches!(plugin_new(&args("Bad_Name")), Err(CliError::InvalidName(_))));
+        let root = plugin_new(&args("my-judge")).unwrap();
+        let cargo = std::fs::read_to_string(root.join("Cargo.toml")).unwrap();
+        assert!(cargo.contains("driftwatch-sdk = { path = "), "{cargo}");
+        let lib = std::fs::read_to_string(root.join("src/lib.rs")).unwrap();
+        assert!(lib.contains("export_judge!(MyJudge);"), "{lib}");
+        assert!(matches!(plugin_new(&args("my-judge")), Err(CliError::Exists(_))));
+    }
+}
