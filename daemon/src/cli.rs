@@ -1,4 +1,5 @@
-//! The command line: argument definitions and the commands `generate`, `doctor` and `bench`.
+//! The command line: argument definitions and the commands `generate`, `doctor` and `bench`
+//! (`compare` and `report` are defined in [`crate::report::cmd`]).
 
 use std::io::Write;
 use std::path::PathBuf;
@@ -33,6 +34,10 @@ pub enum Command {
     Doctor(DoctorArgs),
     /// Measure end-to-end generation throughput.
     Bench(BenchArgs),
+    /// Compare run RUN_A with baseline run RUN_B (paired by prompt).
+    Compare(crate::report::cmd::CompareArgs),
+    /// Report on stored runs (Markdown, self-contained HTML, or JSON).
+    Report(crate::report::cmd::ReportArgs),
 }
 
 /// Model and engine options shared by the generation commands.
@@ -194,6 +199,8 @@ pub async fn run(cli: Cli) -> Result<()> {
         Command::Generate(a) => generate(a).await,
         Command::Doctor(a) => doctor(a),
         Command::Bench(a) => bench(a).await,
+        Command::Compare(a) => crate::report::cmd::compare(a),
+        Command::Report(a) => crate::report::cmd::report(a),
     }
 }
 

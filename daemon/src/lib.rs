@@ -15,6 +15,7 @@ pub mod config;
 pub mod engine;
 pub mod events;
 pub mod gguf;
+pub mod report;
 pub mod scoring;
 pub mod setup;
 pub mod stats;
