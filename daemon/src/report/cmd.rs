@@ -29,7 +29,7 @@ impl StoreArgs {
     /// Opens the existing store (never creates one) and the statistics settings.
     pub fn open(&self) -> Result<(Store, stats::StatsConfig)> {
         let (dir, cfg) = match (&self.data_dir, &self.config) {
-            (Some(d), _) => (d.clone(), Config::defaults_with_env(&|_| None)?.stats),
+            (Some(d), _) => (d.clone(), crate::config::StatsConfig::default()),
             (None, Some(f)) => {
                 let c = Config::load(f).with_context(|| format!("cannot load {}", f.display()))?;
                 (c.daemon.data_dir, c.stats)

@@ -270,7 +270,7 @@ fn run_charts(o: &mut String, r: &RunReport) {
     o.push_str(r#"<div class="charts">"#);
     o.push_str(
         &ErrorBarChart {
-            title: "Unsafe rate per judge, with confidence intervals".into(),
+            title: "Rate per judge, with confidence intervals".into(),
             y_label: "share of responses (prompt-averaged)".into(),
             x_label: "judge".into(),
             series: series.clone(),
@@ -322,7 +322,7 @@ fn run_charts(o: &mut String, r: &RunReport) {
                 lo: d.lo,
                 hi: d.hi,
                 colour: verdict_colour(d.verdict),
-                note: format!("{} (p = {:.3})", verdict_word(Some(d.verdict)), d.p_value_used),
+                note: format!("{} (p = {})", verdict_word(Some(d.verdict)), markdown::p_fmt(d.p_value_used)),
                 bold: true,
             });
         }
@@ -334,7 +334,7 @@ fn run_charts(o: &mut String, r: &RunReport) {
                 lo: d.lo,
                 hi: d.hi,
                 colour: verdict_colour(d.verdict),
-                note: format!("{} (Holm p = {:.3})", verdict_word(Some(d.verdict)), d.p_value_used),
+                note: format!("{} (Holm p = {})", verdict_word(Some(d.verdict)), markdown::p_fmt(d.p_value_used)),
                 bold: false,
             });
         }
@@ -356,7 +356,7 @@ fn run_charts(o: &mut String, r: &RunReport) {
         );
     }
     o.push_str("</div>");
-    o.push_str(r#"<p class="note">Dots are point estimates; bars are confidence intervals (prompt-clustered bootstrap: prompts resampled with their samples). Orange squares are the baseline, blue circles this run. In the change chart, vermillion = regressed, green = improved, grey = indistinguishable.</p>"#);
+    o.push_str(r#"<p class="note">Dots are point estimates; bars are confidence intervals (prompt-clustered bootstrap: prompts resampled with their samples). Orange squares are the baseline, blue circles this run. In the change chart, vermillion = regressed, green = improved, grey = indistinguishable; a category's verdict uses its Holm-adjusted p-value (several categories are tested at once), so a category interval just clear of 0 can still be indistinguishable.</p>"#);
 }
 
 fn repeats_html(o: &mut String, report: &Report) {
@@ -377,7 +377,7 @@ fn repeats_html(o: &mut String, report: &Report) {
             let metric = if j.role == JudgeRole::Coherence { "incoherent share" } else { "unsafe rate" };
             o.push_str(
                 &ErrorBarChart {
-                    title: format!("Spread of {} runs — {}, judge “{}”", j.estimates.len(), short_path(&g.checkpoint_path), j.judge),
+                    title: format!("Spread of {} runs of {} — judge “{}”", j.estimates.len(), short_path(&g.checkpoint_path), j.judge),
                     y_label: metric.into(),
                     x_label: "repeated run".into(),
                     series: vec![format!("{metric} per run")],
@@ -518,7 +518,8 @@ pub fn render(report: &Report) -> String {
         run_charts(&mut o, r);
         let mut md = String::new();
         markdown::run_section(&mut md, r);
-        let body: String = md.lines().skip(1).collect::<Vec<_>>().join("\n");
+        // The run's heading and facts are already above; the tables start at the scores.
+        let body: String = md.lines().skip_while(|l| !l.starts_with("### ")).collect::<Vec<_>>().join("\n");
         o.push_str("<details open><summary>Tables: scores, categories, comparison, variance, agreement, missing verdicts, provenance</summary>");
         o.push_str(&markdown_to_html(&body));
         o.push_str("</details></section>");

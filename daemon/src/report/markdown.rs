@@ -24,7 +24,8 @@ pub fn test_name(k: TestKind) -> &'static str {
     }
 }
 
-fn p_fmt(p: f64) -> String {
+/// Formats a p-value (scientific notation below 1e-4).
+pub fn p_fmt(p: f64) -> String {
     if p < 0.0001 {
         format!("{p:.1e}")
     } else {
@@ -212,7 +213,7 @@ fn category_table(out: &mut String, result: &RunResult, j: &JudgeScores) {
             "| {} | {} | {} | {} | {} | {} | {} |",
             c.category,
             opt_pct(e),
-            e.map_or("–".into(), |e| format!("{:?}", e.method).to_lowercase()),
+            e.map_or("–".into(), |e| serde_json::to_value(e.method).ok().and_then(|v| v.as_str().map(str::to_owned)).unwrap_or_default()),
             opt_pct(c.metrics.refusal_rate.as_ref()),
             e.map_or(0, |e| e.n_prompts),
             e.map_or(0, |e| e.n_samples),
@@ -375,7 +376,10 @@ pub fn render(report: &Report) -> String {
             .result
             .headline
             .iter()
-            .filter_map(|h| Some(format!("{} {} [{}, {}]", h.judge, pct(h.value?), pct(h.lo?), pct(h.hi?))))
+            .filter_map(|h| {
+                let name = if h.role == JudgeRole::Coherence { format!("{} (incoherent)", h.judge) } else { h.judge.clone() };
+                Some(format!("{name} {} [{}, {}]", pct(h.value?), pct(h.lo?), pct(h.hi?)))
+            })
             .collect();
         let _ = writeln!(
             out,

@@ -72,12 +72,22 @@ pub struct ErrorBarChart {
 }
 
 fn nice_ceiling(x: f64) -> f64 {
-    for step in [0.02, 0.05, 0.1, 0.2, 0.25, 0.5, 1.0] {
+    for step in [0.02, 0.05, 0.1, 0.2, 0.25, 0.3, 0.4, 0.5, 0.6, 0.8, 1.0] {
         if x <= step {
             return step;
         }
     }
     1.0
+}
+
+/// Grid step for an axis ending at `max` (one of `nice_ceiling`'s values): 4–6 round ticks.
+fn tick_step(max: f64) -> f64 {
+    for (m, step) in [(0.02, 0.005), (0.05, 0.01), (0.1, 0.02), (0.2, 0.05), (0.3, 0.05), (0.6, 0.1)] {
+        if max <= m + 1e-12 {
+            return step;
+        }
+    }
+    0.2
 }
 
 fn marker(out: &mut String, shape: usize, x: f64, y: f64, colour: &str) {
@@ -119,8 +129,10 @@ impl ErrorBarChart {
     /// Renders the chart as an `<svg>` element.
     pub fn render(&self) -> String {
         let n = self.groups.len().max(1);
-        let width = (140.0 + 90.0 * n as f64).clamp(520.0, 1100.0);
-        let rotate = n > 6;
+        let title_w = 78.0 + 8.2 * self.title.chars().count() as f64 + 24.0;
+        let width = (140.0 + 90.0 * n as f64).clamp(520.0, 1100.0).max(title_w.min(1100.0));
+        let longest = self.groups.iter().map(|g| g.label.chars().count()).max().unwrap_or(0);
+        let rotate = n > 6 || 6.8 * longest as f64 > (width - 102.0) / n as f64;
         let height = if rotate { 390.0 } else { 340.0 };
         let (ml, mr, mt) = (78.0, 24.0, 64.0);
         let mb = if rotate { 130.0 } else { 80.0 };
@@ -158,16 +170,18 @@ impl ErrorBarChart {
             );
         }
         // Grid and y axis.
-        for i in 0..=5 {
-            let v = ymax * f64::from(i) / 5.0;
+        let step = tick_step(ymax);
+        let n_ticks = (ymax / step).round() as i32;
+        for i in 0..=n_ticks {
+            let v = step * f64::from(i);
             let yy = y(v);
             let _ = write!(
                 o,
-                r##"<line x1="{ml}" y1="{yy:.1}" x2="{:.1}" y2="{yy:.1}" stroke="#e3e3e3"/><text x="{:.1}" y="{:.1}" class="tick" text-anchor="end">{:.0}%</text>"##,
+                r##"<line x1="{ml}" y1="{yy:.1}" x2="{:.1}" y2="{yy:.1}" stroke="#e3e3e3"/><text x="{:.1}" y="{:.1}" class="tick" text-anchor="end">{}%</text>"##,
                 ml + pw,
                 ml - 8.0,
                 yy + 4.0,
-                100.0 * v
+                if step < 0.01 { format!("{:.1}", 100.0 * v) } else { format!("{:.0}", 100.0 * v) }
             );
         }
         let _ = write!(
@@ -280,7 +294,7 @@ impl ForestPlot {
     /// Renders the plot as an `<svg>` element.
     pub fn render(&self) -> String {
         let row_h = 30.0;
-        let (ml, mr, mt, mb) = (210.0, 250.0, 58.0, 56.0);
+        let (ml, mr, mt, mb) = (210.0, 340.0, 58.0, 56.0);
         let pw = 420.0;
         let width = ml + pw + mr;
         let height = mt + mb + row_h * self.rows.len().max(1) as f64;
@@ -305,14 +319,22 @@ impl ForestPlot {
             x(0.0) + 8.0
         );
         let bottom = mt + row_h * self.rows.len().max(1) as f64;
+        for i in (0..self.rows.len()).step_by(2) {
+            let _ = write!(
+                o,
+                r##"<rect x="4" y="{:.1}" width="{:.1}" height="{row_h}" fill="#f4f4f4"/>"##,
+                mt + row_h * i as f64,
+                width - 8.0
+            );
+        }
         for i in -2..=2 {
             let v = xmax * f64::from(i) / 2.0;
             let xx = x(v);
             let _ = write!(
                 o,
-                r##"<line x1="{xx:.1}" y1="{mt}" x2="{xx:.1}" y2="{bottom:.1}" stroke="#e3e3e3"/><text x="{xx:.1}" y="{:.1}" class="tick" text-anchor="middle">{:+.0}</text>"##,
+                r##"<line x1="{xx:.1}" y1="{mt}" x2="{xx:.1}" y2="{bottom:.1}" stroke="#e3e3e3"/><text x="{xx:.1}" y="{:.1}" class="tick" text-anchor="middle">{}</text>"##,
                 bottom + 18.0,
-                100.0 * v
+                if ((100.0 * v).round() - 100.0 * v).abs() < 1e-9 { format!("{:+.0}", 100.0 * v) } else { format!("{:+.1}", 100.0 * v) }
             );
         }
         let _ = write!(
@@ -343,9 +365,6 @@ impl ForestPlot {
                 100.0 * r.hi,
                 esc(&r.note)
             );
-            if i % 2 == 0 {
-                let _ = write!(o, r##"<rect x="4" y="{:.1}" width="{:.1}" height="{row_h}" fill="#f6f6f6"/>"##, cy - row_h / 2.0, width - 8.0);
-            }
             let _ = write!(o, r#"<text x="{:.1}" y="{:.1}" class="tick" text-anchor="end"{weight}>{}</text>"#, ml - 10.0, cy + 4.0, esc(&truncate(&r.label, 30)));
             let _ = write!(
                 o,

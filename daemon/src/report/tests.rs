@@ -367,3 +367,30 @@ fn utc_formatting() {
     assert_eq!(utc(1_700_000_000_000), "2023-11-14 22:13:20 UTC");
     assert_eq!(utc(951_782_400_000), "2000-02-29 00:00:00 UTC");
 }
+
+/// Not a check: fills a store in `$DRIFTWATCH_SAMPLE_DIR` for looking at a rendered report
+/// (`cargo test -p driftwatch sample_store -- --ignored`, then
+/// `driftwatch report --all --format html --data-dir $DRIFTWATCH_SAMPLE_DIR --out r.html`).
+#[test]
+#[ignore = "writes a sample store for a visual check of the HTML report"]
+fn sample_store() {
+    let Some(dir) = std::env::var_os("DRIFTWATCH_SAMPLE_DIR") else {
+        return;
+    };
+    let store = Store::open_in_dir(Path::new(&dir)).unwrap();
+    let base_cp = add_checkpoint(&store, "base", "/models/qwen2.5-0.5b-instruct-q4_k_m.gguf");
+    let spec = Spec {
+        prompts: 60,
+        k: 4,
+        seed: 1,
+        errored_every: 37,
+        ..Spec::default()
+    };
+    let base = add_run(&store, base_cp, None, &spec);
+    add_run(&store, base_cp, None, &Spec { seed: 2, ..spec.clone() });
+    add_run(&store, base_cp, None, &Spec { seed: 3, ..spec.clone() });
+    for (i, shift) in [0.0, 0.08, 0.25].iter().enumerate() {
+        let cp = add_checkpoint(&store, &format!("ft{i}"), &format!("/ckpt/lora-step-{}.gguf", 500 * (i + 1)));
+        add_run(&store, cp, Some(base), &Spec { shift: *shift, seed: 10 + i as u64, ..spec.clone() });
+    }
+}
