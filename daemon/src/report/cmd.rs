@@ -47,7 +47,10 @@ impl StoreArgs {
 pub fn open_existing(dir: &Path) -> Result<Store> {
     let file = dir.join(DB_FILE_NAME);
     if !file.is_file() {
-        bail!("no driftwatch store at {} (give --data-dir or --config)", file.display());
+        bail!(
+            "no driftwatch store at {} (give --data-dir or --config)",
+            file.display()
+        );
     }
     Store::open(&file).with_context(|| format!("cannot open the store at {}", file.display()))
 }
@@ -115,7 +118,11 @@ pub struct CompareOutput {
 }
 
 /// Runs the comparison and renders it.
-pub fn compare_output(store: &Store, a: &CompareArgs, cfg: &stats::StatsConfig) -> Result<CompareOutput> {
+pub fn compare_output(
+    store: &Store,
+    a: &CompareArgs,
+    cfg: &stats::StatsConfig,
+) -> Result<CompareOutput> {
     let result = scoring::score_run_from_store(store, a.run_a, Some(a.run_b), a.force, cfg)?;
     let text = if a.json {
         serde_json::to_string_pretty(&result)?
@@ -157,7 +164,8 @@ pub fn report(a: ReportArgs) -> Result<()> {
     let text = report_output(&store, &a, &cfg)?;
     match &a.out {
         Some(path) => {
-            std::fs::write(path, text).with_context(|| format!("cannot write {}", path.display()))?;
+            std::fs::write(path, text)
+                .with_context(|| format!("cannot write {}", path.display()))?;
             eprintln!("report written to {}", path.display());
         }
         None => println!("{text}"),

@@ -7,7 +7,9 @@
 use std::fmt::Write;
 
 use super::markdown;
-use super::svg::{esc, ErrorBarChart, ForestPlot, ForestRow, Group, Point, IMPROVED, NEUTRAL, REGRESSED};
+use super::svg::{
+    esc, ErrorBarChart, ForestPlot, ForestRow, Group, Point, IMPROVED, NEUTRAL, REGRESSED,
+};
 use super::{pct, pp_interval, short_path, utc, verdict_word, Report, RunReport};
 use crate::scoring::JudgeRole;
 use crate::stats::{Estimate, RunScores, Verdict};
@@ -111,7 +113,10 @@ pub fn markdown_to_html(md: &str) -> String {
             let mut first = true;
             while i < lines.len() && lines[i].starts_with('|') {
                 let row = cells(lines[i]);
-                if row.iter().all(|c| !c.is_empty() && c.chars().all(|ch| ch == '-' || ch == ':')) {
+                if row
+                    .iter()
+                    .all(|c| !c.is_empty() && c.chars().all(|ch| ch == '-' || ch == ':'))
+                {
                     i += 1;
                     continue;
                 }
@@ -155,7 +160,14 @@ fn point(series: usize, e: &Estimate, what: &str) -> Point {
         value: e.value,
         lo: e.lo,
         hi: e.hi,
-        tip: format!("{what}: {} [{}, {}], {} prompts, {} samples", pct(e.value), pct(e.lo), pct(e.hi), e.n_prompts, e.n_samples),
+        tip: format!(
+            "{what}: {} [{}, {}], {} prompts, {} samples",
+            pct(e.value),
+            pct(e.lo),
+            pct(e.hi),
+            e.n_prompts,
+            e.n_samples
+        ),
     }
 }
 
@@ -170,7 +182,12 @@ fn judge_label(r: &RunReport, judge: &str) -> (String, JudgeRole) {
 fn banner(o: &mut String, r: &RunReport) {
     let res = &r.result;
     if let Some(refused) = &res.comparison_refused {
-        let fields: Vec<String> = refused.differences.iter().filter(|d| d.blocking).map(|d| d.field.clone()).collect();
+        let fields: Vec<String> = refused
+            .differences
+            .iter()
+            .filter(|d| d.blocking)
+            .map(|d| d.field.clone())
+            .collect();
         let _ = write!(
             o,
             r#"<div class="banner refused" id="verdict-{}"><span class="word">⚠ NO VERDICT — NOT COMPARABLE</span>The baseline (run {}) was measured under different settings ({}); comparing them would mix the fine-tune's effect with the setup's. See the differences below.</div>"#,
@@ -182,8 +199,15 @@ fn banner(o: &mut String, r: &RunReport) {
     }
     let cls = verdict_class(res.verdict);
     let (word, explain) = match (res.verdict, res.baseline_run_id) {
-        (None, None) => ("NO BASELINE".to_string(), "This run has no baseline, so there is no verdict: the rates below stand alone.".to_string()),
-        (None, Some(b)) => ("NO VERDICT".to_string(), format!("No harm judge could be compared with baseline run {b}.")),
+        (None, None) => (
+            "NO BASELINE".to_string(),
+            "This run has no baseline, so there is no verdict: the rates below stand alone."
+                .to_string(),
+        ),
+        (None, Some(b)) => (
+            "NO VERDICT".to_string(),
+            format!("No harm judge could be compared with baseline run {b}."),
+        ),
         (Some(v), b) => {
             let icon = match v {
                 Verdict::Regressed => "▲",
@@ -213,9 +237,16 @@ fn banner(o: &mut String, r: &RunReport) {
                 format!(
                     "This checkpoint is {what} its baseline (run {}{}). Run − baseline: {}.{}",
                     b.map_or("?".into(), |b| b.to_string()),
-                    r.baseline.as_ref().map_or(String::new(), |bi| format!(", {}", short_path(&bi.checkpoint_path))),
+                    r.baseline.as_ref().map_or(String::new(), |bi| format!(
+                        ", {}",
+                        short_path(&bi.checkpoint_path)
+                    )),
                     per.join("; "),
-                    if res.comparison_forced { " FORCED over blocking setting differences: not a clean comparison." } else { "" }
+                    if res.comparison_forced {
+                        " FORCED over blocking setting differences: not a clean comparison."
+                    } else {
+                        ""
+                    }
                 ),
             )
         }
@@ -232,18 +263,31 @@ fn banner(o: &mut String, r: &RunReport) {
     }
 }
 
-fn base_estimate<'a>(scores: &'a RunScores, judge: &str, category: Option<&str>) -> Option<&'a Estimate> {
+fn base_estimate<'a>(
+    scores: &'a RunScores,
+    judge: &str,
+    category: Option<&str>,
+) -> Option<&'a Estimate> {
     let j = scores.per_judge.iter().find(|j| j.judge == judge)?;
     match category {
         None => j.overall.unsafe_rate.as_ref(),
-        Some(c) => j.per_category.iter().find(|x| x.category == c)?.metrics.unsafe_rate.as_ref(),
+        Some(c) => j
+            .per_category
+            .iter()
+            .find(|x| x.category == c)?
+            .metrics
+            .unsafe_rate
+            .as_ref(),
     }
 }
 
 fn run_charts(o: &mut String, r: &RunReport) {
     let res = &r.result;
     let run_name = format!("this run (#{})", r.run_id);
-    let base_name = r.baseline.as_ref().map(|b| format!("baseline (#{})", b.run_id));
+    let base_name = r
+        .baseline
+        .as_ref()
+        .map(|b| format!("baseline (#{})", b.run_id));
     let mut series = vec![run_name.clone()];
     if let Some(b) = &base_name {
         series.push(b.clone());
@@ -280,7 +324,12 @@ fn run_charts(o: &mut String, r: &RunReport) {
         .render(),
     );
     // 2. Per category, per harm judge.
-    for j in res.scores.per_judge.iter().filter(|j| !res.coherence_judges.contains(&j.judge)) {
+    for j in res
+        .scores
+        .per_judge
+        .iter()
+        .filter(|j| !res.coherence_judges.contains(&j.judge))
+    {
         let groups: Vec<Group> = j
             .per_category
             .iter()
@@ -313,7 +362,11 @@ fn run_charts(o: &mut String, r: &RunReport) {
         );
     }
     // 3. Differences with their intervals around 0.
-    for c in res.comparisons.iter().filter(|c| !res.coherence_judges.contains(&c.judge)) {
+    for c in res
+        .comparisons
+        .iter()
+        .filter(|c| !res.coherence_judges.contains(&c.judge))
+    {
         let mut rows = Vec::new();
         if let Some(d) = &c.overall {
             rows.push(ForestRow {
@@ -322,7 +375,11 @@ fn run_charts(o: &mut String, r: &RunReport) {
                 lo: d.lo,
                 hi: d.hi,
                 colour: verdict_colour(d.verdict),
-                note: format!("{} (p = {})", verdict_word(Some(d.verdict)), markdown::p_fmt(d.p_value_used)),
+                note: format!(
+                    "{} (p = {})",
+                    verdict_word(Some(d.verdict)),
+                    markdown::p_fmt(d.p_value_used)
+                ),
                 bold: true,
             });
         }
@@ -334,7 +391,11 @@ fn run_charts(o: &mut String, r: &RunReport) {
                 lo: d.lo,
                 hi: d.hi,
                 colour: verdict_colour(d.verdict),
-                note: format!("{} (Holm p = {})", verdict_word(Some(d.verdict)), markdown::p_fmt(d.p_value_used)),
+                note: format!(
+                    "{} (Holm p = {})",
+                    verdict_word(Some(d.verdict)),
+                    markdown::p_fmt(d.p_value_used)
+                ),
                 bold: false,
             });
         }
@@ -374,10 +435,19 @@ fn repeats_html(o: &mut String, report: &Report) {
                     points: vec![point(0, e, &format!("run #{id}"))],
                 })
                 .collect();
-            let metric = if j.role == JudgeRole::Coherence { "incoherent share" } else { "unsafe rate" };
+            let metric = if j.role == JudgeRole::Coherence {
+                "incoherent share"
+            } else {
+                "unsafe rate"
+            };
             o.push_str(
                 &ErrorBarChart {
-                    title: format!("Spread of {} runs of {} — judge “{}”", j.estimates.len(), short_path(&g.checkpoint_path), j.judge),
+                    title: format!(
+                        "Spread of {} runs of {} — judge “{}”",
+                        j.estimates.len(),
+                        short_path(&g.checkpoint_path),
+                        j.judge
+                    ),
                     y_label: metric.into(),
                     x_label: "repeated run".into(),
                     series: vec![format!("{metric} per run")],
@@ -387,7 +457,9 @@ fn repeats_html(o: &mut String, report: &Report) {
                         format!(
                             "mean {} (SD {})",
                             pct(j.summary.mean),
-                            j.summary.sd.map_or("–".into(), |s| format!("{:.1} pp", 100.0 * s))
+                            j.summary
+                                .sd
+                                .map_or("–".into(), |s| format!("{:.1} pp", 100.0 * s))
                         ),
                     )),
                 }
@@ -411,7 +483,10 @@ fn trend_html(o: &mut String, report: &Report) {
     let mut runs: Vec<(i64, String)> = Vec::new();
     for p in trend {
         if !runs.iter().any(|(id, _)| *id == p.run_id) {
-            runs.push((p.run_id, format!("#{} {}", p.run_id, short_path(&p.checkpoint_path))));
+            runs.push((
+                p.run_id,
+                format!("#{} {}", p.run_id, short_path(&p.checkpoint_path)),
+            ));
         }
     }
     let groups = runs
@@ -424,7 +499,11 @@ fn trend_html(o: &mut String, report: &Report) {
                 .map(|p| {
                     let s = judges.iter().position(|j| *j == p.judge).unwrap_or(0);
                     let mut pt = point(s, &p.estimate, &format!("{} — {}", label, p.judge));
-                    pt.tip.push_str(&format!(", {}, verdict: {}", utc(p.time_ms), verdict_word(p.verdict)));
+                    pt.tip.push_str(&format!(
+                        ", {}, verdict: {}",
+                        utc(p.time_ms),
+                        verdict_word(p.verdict)
+                    ));
                     pt
                 })
                 .collect(),
@@ -473,14 +552,28 @@ pub fn render(report: &Report) -> String {
             .headline
             .iter()
             .filter_map(|h| {
-                let name = if h.role == JudgeRole::Coherence { format!("{} (incoherent)", h.judge) } else { h.judge.clone() };
-                Some(format!("{} {} [{}, {}]", esc(&name), pct(h.value?), pct(h.lo?), pct(h.hi?)))
+                let name = if h.role == JudgeRole::Coherence {
+                    format!("{} (incoherent)", h.judge)
+                } else {
+                    h.judge.clone()
+                };
+                Some(format!(
+                    "{} {} [{}, {}]",
+                    esc(&name),
+                    pct(h.value?),
+                    pct(h.lo?),
+                    pct(h.hi?)
+                ))
             })
             .collect();
         let chip = if r.result.comparison_refused.is_some() {
             r#"<span class="chip none">not comparable</span>"#.to_string()
         } else {
-            format!(r#"<span class="chip {}">{}</span>"#, verdict_class(r.result.verdict), verdict_word(r.result.verdict))
+            format!(
+                r#"<span class="chip {}">{}</span>"#,
+                verdict_class(r.result.verdict),
+                verdict_word(r.result.verdict)
+            )
         };
         let _ = write!(
             o,
@@ -513,13 +606,19 @@ pub fn render(report: &Report) -> String {
         }
         banner(&mut o, r);
         if r.status != "completed" {
-            o.push_str(r#"<p class="warn">The run is not completed: these numbers are partial.</p>"#);
+            o.push_str(
+                r#"<p class="warn">The run is not completed: these numbers are partial.</p>"#,
+            );
         }
         run_charts(&mut o, r);
         let mut md = String::new();
         markdown::run_section(&mut md, r);
         // The run's heading and facts are already above; the tables start at the scores.
-        let body: String = md.lines().skip_while(|l| !l.starts_with("### ")).collect::<Vec<_>>().join("\n");
+        let body: String = md
+            .lines()
+            .skip_while(|l| !l.starts_with("### "))
+            .collect::<Vec<_>>()
+            .join("\n");
         o.push_str("<details open><summary>Tables: scores, categories, comparison, variance, agreement, missing verdicts, provenance</summary>");
         o.push_str(&markdown_to_html(&body));
         o.push_str("</details></section>");

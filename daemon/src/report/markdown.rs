@@ -60,7 +60,8 @@ fn difference_row(out: &mut String, label: &str, d: &DifferenceResult) {
         test_name(d.test.kind),
         p_fmt(d.test.p_value),
         p_fmt(d.p_value_used),
-        d.minimum_detectable_effect.map_or("–".into(), |m| format!("{:.1} pp", 100.0 * m)),
+        d.minimum_detectable_effect
+            .map_or("–".into(), |m| format!("{:.1} pp", 100.0 * m)),
         verdict_word(Some(d.verdict)),
     );
 }
@@ -70,7 +71,10 @@ pub fn comparison_section(out: &mut String, result: &RunResult, heading: &str) {
     let base = match result.baseline_run_id {
         Some(b) => b,
         None => {
-            let _ = writeln!(out, "{heading} Baseline comparison\n\nNo baseline for this run.\n");
+            let _ = writeln!(
+                out,
+                "{heading} Baseline comparison\n\nNo baseline for this run.\n"
+            );
             return;
         }
     };
@@ -93,7 +97,10 @@ pub fn comparison_section(out: &mut String, result: &RunResult, heading: &str) {
         return;
     }
     if result.any_category_regressed && result.verdict != Some(crate::stats::Verdict::Regressed) {
-        let _ = writeln!(out, "⚠ A category regressed (after Holm) although the overall verdict did not.\n");
+        let _ = writeln!(
+            out,
+            "⚠ A category regressed (after Holm) although the overall verdict did not.\n"
+        );
     }
     let _ = writeln!(
         out,
@@ -107,9 +114,17 @@ pub fn comparison_section(out: &mut String, result: &RunResult, heading: &str) {
     for c in &result.comparisons {
         let role = role_of(result, &c.judge);
         match &c.overall {
-            Some(d) => difference_row(out, &format!("**{}** ({}), all", c.judge, rate_name(role)), d),
+            Some(d) => difference_row(
+                out,
+                &format!("**{}** ({}), all", c.judge, rate_name(role)),
+                d,
+            ),
             None => {
-                let _ = writeln!(out, "| **{}** | 0 | – | – | nothing paired | – | – | – | indistinguishable |", c.judge);
+                let _ = writeln!(
+                    out,
+                    "| **{}** | 0 | – | – | nothing paired | – | – | – | indistinguishable |",
+                    c.judge
+                );
             }
         }
         for cat in &c.per_category {
@@ -117,10 +132,21 @@ pub fn comparison_section(out: &mut String, result: &RunResult, heading: &str) {
         }
     }
     out.push('\n');
-    let forced_or_engine: Vec<&BaselineComparison> =
-        result.comparisons.iter().filter(|c| !c.comparability.differences.is_empty()).collect();
+    let forced_or_engine: Vec<&BaselineComparison> = result
+        .comparisons
+        .iter()
+        .filter(|c| !c.comparability.differences.is_empty())
+        .collect();
     if let Some(c) = forced_or_engine.first() {
-        let _ = writeln!(out, "Fingerprint differences{}:\n", if c.comparability.forced { " (comparison forced)" } else { " (not blocking)" });
+        let _ = writeln!(
+            out,
+            "Fingerprint differences{}:\n",
+            if c.comparability.forced {
+                " (comparison forced)"
+            } else {
+                " (not blocking)"
+            }
+        );
         differences_table(out, &c.comparability.differences);
     }
     for c in &result.comparisons {
@@ -135,9 +161,19 @@ pub fn comparison_section(out: &mut String, result: &RunResult, heading: &str) {
 }
 
 fn differences_table(out: &mut String, diffs: &[crate::stats::FingerprintDifference]) {
-    let _ = writeln!(out, "| field | run | baseline | blocking |\n|---|---|---|---|");
+    let _ = writeln!(
+        out,
+        "| field | run | baseline | blocking |\n|---|---|---|---|"
+    );
     for d in diffs {
-        let _ = writeln!(out, "| {} | `{}` | `{}` | {} |", d.field, d.left, d.right, if d.blocking { "yes" } else { "no" });
+        let _ = writeln!(
+            out,
+            "| {} | `{}` | `{}` | {} |",
+            d.field,
+            d.left,
+            d.right,
+            if d.blocking { "yes" } else { "no" }
+        );
     }
     out.push('\n');
 }
@@ -145,14 +181,22 @@ fn differences_table(out: &mut String, diffs: &[crate::stats::FingerprintDiffere
 /// The text `driftwatch compare` prints.
 pub fn compare_text(result: &RunResult) -> String {
     let mut out = String::new();
-    let _ = writeln!(out, "Run {} against baseline run {}\n", result.run_id, result.baseline_run_id.map_or("–".into(), |b| b.to_string()));
+    let _ = writeln!(
+        out,
+        "Run {} against baseline run {}\n",
+        result.run_id,
+        result.baseline_run_id.map_or("–".into(), |b| b.to_string())
+    );
     headline_table(&mut out, result);
     comparison_section(&mut out, result, "##");
     out
 }
 
 fn headline_table(out: &mut String, result: &RunResult) {
-    let _ = writeln!(out, "| judge | measures | rate [interval] | vs baseline | verdict | errored |\n|---|---|---|---|---|---|");
+    let _ = writeln!(
+        out,
+        "| judge | measures | rate [interval] | vs baseline | verdict | errored |\n|---|---|---|---|---|---|"
+    );
     for h in &result.headline {
         let rate = match (h.value, h.lo, h.hi) {
             (Some(v), Some(lo), Some(hi)) => format!("{} [{}, {}]", pct(v), pct(lo), pct(hi)),
@@ -167,7 +211,11 @@ fn headline_table(out: &mut String, result: &RunResult) {
             "| {} | {} | {rate} | {diff} | {} | {} |",
             h.judge,
             rate_name(h.role),
-            if h.verdict.is_some() { verdict_word(h.verdict) } else { "–" },
+            if h.verdict.is_some() {
+                verdict_word(h.verdict)
+            } else {
+                "–"
+            },
             h.errored
         );
     }
@@ -189,7 +237,10 @@ fn judge_table(out: &mut String, result: &RunResult) {
             opt_pct(m.unsafe_rate.as_ref()),
             opt_pct(m.unsafe_rate_wilson.as_ref()),
             opt_pct(m.refusal_rate.as_ref()),
-            m.mean_score.as_ref().map_or("–".into(), |e| format!("{:.2} [{:.2}, {:.2}]", e.value, e.lo, e.hi)),
+            m.mean_score.as_ref().map_or("–".into(), |e| format!(
+                "{:.2} [{:.2}, {:.2}]",
+                e.value, e.lo, e.hi
+            )),
             opt_pct(m.coherent_unsafe_rate.as_ref()),
             m.unsafe_rate.as_ref().map_or(0, |e| e.n_prompts),
             m.unsafe_rate.as_ref().map_or(0, |e| e.n_samples),
@@ -213,11 +264,18 @@ fn category_table(out: &mut String, result: &RunResult, j: &JudgeScores) {
             "| {} | {} | {} | {} | {} | {} | {} |",
             c.category,
             opt_pct(e),
-            e.map_or("–".into(), |e| serde_json::to_value(e.method).ok().and_then(|v| v.as_str().map(str::to_owned)).unwrap_or_default()),
+            e.map_or("–".into(), |e| serde_json::to_value(e.method)
+                .ok()
+                .and_then(|v| v.as_str().map(str::to_owned))
+                .unwrap_or_default()),
             opt_pct(c.metrics.refusal_rate.as_ref()),
             e.map_or(0, |e| e.n_prompts),
             e.map_or(0, |e| e.n_samples),
-            j.missing.errored_per_category.get(&c.category).copied().unwrap_or(0),
+            j.missing
+                .errored_per_category
+                .get(&c.category)
+                .copied()
+                .unwrap_or(0),
         );
     }
     out.push('\n');
@@ -250,7 +308,10 @@ fn agreement_table(out: &mut String, result: &RunResult) {
         out.push_str("Judge agreement: only one harm judge scored this run (the coherence judge measures something else and is not compared).\n\n");
         return;
     }
-    let _ = writeln!(out, "| judges | paired samples | observed agreement | κ [asymptotic] | κ [prompt bootstrap] |\n|---|---|---|---|---|");
+    let _ = writeln!(
+        out,
+        "| judges | paired samples | observed agreement | κ [asymptotic] | κ [prompt bootstrap] |\n|---|---|---|---|---|"
+    );
     for a in &result.scores.agreement {
         let _ = writeln!(
             out,
@@ -270,7 +331,10 @@ fn agreement_table(out: &mut String, result: &RunResult) {
 }
 
 fn missing_table(out: &mut String, result: &RunResult) {
-    let _ = writeln!(out, "| judge | observed | errored | share errored | prompts without any verdict | pooled rate observed | if every errored sample were unsafe |\n|---|---|---|---|---|---|---|");
+    let _ = writeln!(
+        out,
+        "| judge | observed | errored | share errored | prompts without any verdict | pooled rate observed | if every errored sample were unsafe |\n|---|---|---|---|---|---|---|"
+    );
     for j in &result.scores.per_judge {
         let m = &j.missing;
         let _ = writeln!(
@@ -282,7 +346,8 @@ fn missing_table(out: &mut String, result: &RunResult) {
             pct(m.share_errored),
             m.n_prompts_without_verdict,
             m.pooled_unsafe_rate_observed.map_or("–".into(), pct),
-            m.pooled_unsafe_rate_if_errored_unsafe.map_or("–".into(), pct),
+            m.pooled_unsafe_rate_if_errored_unsafe
+                .map_or("–".into(), pct),
         );
     }
     out.push('\n');
@@ -296,9 +361,25 @@ pub fn provenance_fields(p: &serde_json::Value) -> Vec<(String, String)> {
         other => other.to_string(),
     };
     let mut out = Vec::new();
-    for key in ["driftwatch_version", "llama_cpp", "model", "adapter", "suites", "judges", "sampling", "engine", "chat_template", "seeds", "started_ms"] {
+    for key in [
+        "driftwatch_version",
+        "llama_cpp",
+        "model",
+        "adapter",
+        "suites",
+        "judges",
+        "sampling",
+        "engine",
+        "chat_template",
+        "seeds",
+        "started_ms",
+    ] {
         if let Some(v) = p.get(key) {
-            let text = if key == "started_ms" { v.as_i64().map_or_else(|| s(v), utc) } else { s(v) };
+            let text = if key == "started_ms" {
+                v.as_i64().map_or_else(|| s(v), utc)
+            } else {
+                s(v)
+            };
             out.push((key.to_string(), text));
         }
     }
@@ -318,9 +399,12 @@ pub(crate) fn run_section(out: &mut String, r: &RunReport) {
         r.checkpoint_path,
         r.checkpoint_sha256,
         r.status,
-        r.error.as_ref().map_or(String::new(), |e| format!(" ({e})")),
+        r.error
+            .as_ref()
+            .map_or(String::new(), |e| format!(" ({e})")),
         utc(r.created_at_ms),
-        r.finished_at_ms.map_or(String::new(), |f| format!(", finished {}", utc(f))),
+        r.finished_at_ms
+            .map_or(String::new(), |f| format!(", finished {}", utc(f))),
         res.samples,
         res.errored,
     );
@@ -332,7 +416,11 @@ pub(crate) fn run_section(out: &mut String, r: &RunReport) {
         out.push_str("⚠ The run is not completed: these numbers are partial.\n\n");
     }
     out.push_str("### Scores per judge\n\n");
-    let _ = writeln!(out, "Intervals at level {}; the headline rate averages prompts (each prompt weighs the same) and its interval resamples prompts.\n", res.scores.config.level);
+    let _ = writeln!(
+        out,
+        "Intervals at level {}; the headline rate averages prompts (each prompt weighs the same) and its interval resamples prompts.\n",
+        res.scores.config.level
+    );
     judge_table(out, res);
     out.push_str("### Per category\n\n");
     for j in &res.scores.per_judge {
@@ -370,15 +458,26 @@ pub fn render(report: &Report) -> String {
         out.push_str("No runs.\n");
         return out;
     }
-    out.push_str("## Summary\n\n| run | checkpoint | status | verdict | headline |\n|---|---|---|---|---|\n");
+    out.push_str(
+        "## Summary\n\n| run | checkpoint | status | verdict | headline |\n|---|---|---|---|---|\n",
+    );
     for r in &report.runs {
         let head: Vec<String> = r
             .result
             .headline
             .iter()
             .filter_map(|h| {
-                let name = if h.role == JudgeRole::Coherence { format!("{} (incoherent)", h.judge) } else { h.judge.clone() };
-                Some(format!("{name} {} [{}, {}]", pct(h.value?), pct(h.lo?), pct(h.hi?)))
+                let name = if h.role == JudgeRole::Coherence {
+                    format!("{} (incoherent)", h.judge)
+                } else {
+                    h.judge.clone()
+                };
+                Some(format!(
+                    "{name} {} [{}, {}]",
+                    pct(h.value?),
+                    pct(h.lo?),
+                    pct(h.hi?)
+                ))
             })
             .collect();
         let _ = writeln!(
@@ -415,16 +514,21 @@ pub fn render(report: &Report) -> String {
                 let s = &j.summary;
                 let _ = writeln!(
                     out,
-                    "| {} | {} | {} | {} | {} | {} | {} | {} | {} |",
+                    "| {} | {} | {} | {} | {} | {} | {} | {:.1} pp | {} |",
                     short_path(&g.checkpoint_path),
-                    g.run_ids.iter().map(ToString::to_string).collect::<Vec<_>>().join(", "),
+                    g.run_ids
+                        .iter()
+                        .map(ToString::to_string)
+                        .collect::<Vec<_>>()
+                        .join(", "),
                     j.judge,
                     pct(s.min),
                     pct(s.max),
                     pct(s.mean),
                     s.sd.map_or("–".into(), |x| format!("{:.1} pp", 100.0 * x)),
-                    format!("{:.1} pp", 100.0 * s.mean_reported_half_width),
-                    s.share_intervals_covering_others_mean.map_or("–".into(), pct),
+                    100.0 * s.mean_reported_half_width,
+                    s.share_intervals_covering_others_mean
+                        .map_or("–".into(), pct),
                 );
             }
         }

@@ -191,19 +191,26 @@ pub fn find_checkpoint(store: &Store, path: &Path) -> Result<Checkpoint, ReportE
             }
         }
     }
-    let sha = crate::checkpoint::sha256_file(path).map_err(|e| ReportError::CheckpointNotFound {
-        path: path.to_path_buf(),
-        reason: format!("not a recorded path, and the file cannot be read to hash it ({e})"),
-    })?;
+    let sha =
+        crate::checkpoint::sha256_file(path).map_err(|e| ReportError::CheckpointNotFound {
+            path: path.to_path_buf(),
+            reason: format!("not a recorded path, and the file cannot be read to hash it ({e})"),
+        })?;
     store
         .checkpoint_by_sha256(&sha)?
         .ok_or_else(|| ReportError::CheckpointNotFound {
             path: path.to_path_buf(),
-            reason: format!("not a recorded path, and no checkpoint has its content (sha256 {sha})"),
+            reason: format!(
+                "not a recorded path, and no checkpoint has its content (sha256 {sha})"
+            ),
         })
 }
 
-fn run_report(store: &Store, run: &Run, cfg: &stats::StatsConfig) -> Result<RunReport, ReportError> {
+fn run_report(
+    store: &Store,
+    run: &Run,
+    cfg: &stats::StatsConfig,
+) -> Result<RunReport, ReportError> {
     let result = scoring::score_run_from_store(store, run.id, run.baseline_run_id, false, cfg)?;
     let cp = store.checkpoint(run.checkpoint_id)?;
     let baseline = match run.baseline_run_id {
@@ -240,8 +247,16 @@ fn run_report(store: &Store, run: &Run, cfg: &stats::StatsConfig) -> Result<RunR
 /// (runs without a fingerprint group by `settings_hash`), and summarises each group of ≥ 2.
 pub fn repeat_groups(runs: &[RunReport], store_runs: &[Run]) -> Vec<RepeatGroup> {
     let mut groups: Vec<Vec<&RunReport>> = Vec::new();
-    let settings = |id: RunId| store_runs.iter().find(|r| r.id == id).map(|r| r.settings_hash.clone());
-    for r in runs.iter().filter(|r| r.status == "completed" && r.result.samples > 0) {
+    let settings = |id: RunId| {
+        store_runs
+            .iter()
+            .find(|r| r.id == id)
+            .map(|r| r.settings_hash.clone())
+    };
+    for r in runs
+        .iter()
+        .filter(|r| r.status == "completed" && r.result.samples > 0)
+    {
         let fp = scoring::fingerprint_of(&r.provenance);
         let slot = groups.iter_mut().find(|g| {
             let first = g[0];
@@ -322,7 +337,12 @@ pub fn trend(runs: &[RunReport]) -> Vec<TrendPoint> {
                     time_ms: r.created_at_ms,
                     judge: j.judge.clone(),
                     estimate: e.clone(),
-                    verdict: r.result.comparisons.iter().find(|c| c.judge == j.judge).map(|c| c.verdict),
+                    verdict: r
+                        .result
+                        .comparisons
+                        .iter()
+                        .find(|c| c.judge == j.judge)
+                        .map(|c| c.verdict),
                 });
             }
         }
@@ -332,7 +352,11 @@ pub fn trend(runs: &[RunReport]) -> Vec<TrendPoint> {
 }
 
 /// Builds a report over the selected runs.
-pub fn build_report(store: &Store, selection: &Selection, cfg: &stats::StatsConfig) -> Result<Report, ReportError> {
+pub fn build_report(
+    store: &Store,
+    selection: &Selection,
+    cfg: &stats::StatsConfig,
+) -> Result<Report, ReportError> {
     let (title, mut runs): (String, Vec<Run>) = match selection {
         Selection::Run(id) => {
             let run = store.run(*id)?.ok_or(ReportError::RunNotFound(*id))?;
@@ -340,7 +364,10 @@ pub fn build_report(store: &Store, selection: &Selection, cfg: &stats::StatsConf
         }
         Selection::Checkpoint(path) => {
             let cp = find_checkpoint(store, path)?;
-            (format!("Checkpoint {}", cp.path), store.runs_for_checkpoint(cp.id)?)
+            (
+                format!("Checkpoint {}", cp.path),
+                store.runs_for_checkpoint(cp.id)?,
+            )
         }
         Selection::All => {
             let mut all = Vec::new();
@@ -370,7 +397,11 @@ pub fn build_report(store: &Store, selection: &Selection, cfg: &stats::StatsConf
 
 /// Renders a report. JSON of a single-run report (`Selection::Run`) is that run's
 /// [`RunResult`] — the same shape as the stored `scores`; otherwise the whole [`Report`].
-pub fn render(report: &Report, selection: &Selection, format: Format) -> Result<String, serde_json::Error> {
+pub fn render(
+    report: &Report,
+    selection: &Selection,
+    format: Format,
+) -> Result<String, serde_json::Error> {
     Ok(match format {
         Format::Md => markdown::render(report),
         Format::Html => html::render(report),
@@ -403,7 +434,12 @@ pub fn pct_interval(e: &Estimate) -> String {
 
 /// Formats a difference in percentage points with its interval: `+4.2 pp [+1.0, +7.5]`.
 pub fn pp_interval(d: f64, lo: f64, hi: f64) -> String {
-    format!("{:+.1} pp [{:+.1}, {:+.1}]", 100.0 * d, 100.0 * lo, 100.0 * hi)
+    format!(
+        "{:+.1} pp [{:+.1}, {:+.1}]",
+        100.0 * d,
+        100.0 * lo,
+        100.0 * hi
+    )
 }
 
 /// Formats a Unix-ms time as UTC `YYYY-MM-DD HH:MM:SS`.

@@ -6,7 +6,9 @@
 use std::fmt::Write;
 
 /// Okabe–Ito colours: blue, orange, bluish green, reddish purple, sky blue, vermillion.
-pub const PALETTE: [&str; 6] = ["#0072B2", "#E69F00", "#009E73", "#CC79A7", "#56B4E9", "#D55E00"];
+pub const PALETTE: [&str; 6] = [
+    "#0072B2", "#E69F00", "#009E73", "#CC79A7", "#56B4E9", "#D55E00",
+];
 /// Colour of a regression (vermillion).
 pub const REGRESSED: &str = "#D55E00";
 /// Colour of an improvement (bluish green).
@@ -82,7 +84,14 @@ fn nice_ceiling(x: f64) -> f64 {
 
 /// Grid step for an axis ending at `max` (one of `nice_ceiling`'s values): 4–6 round ticks.
 fn tick_step(max: f64) -> f64 {
-    for (m, step) in [(0.02, 0.005), (0.05, 0.01), (0.1, 0.02), (0.2, 0.05), (0.3, 0.05), (0.6, 0.1)] {
+    for (m, step) in [
+        (0.02, 0.005),
+        (0.05, 0.01),
+        (0.1, 0.02),
+        (0.2, 0.05),
+        (0.3, 0.05),
+        (0.6, 0.1),
+    ] {
         if max <= m + 1e-12 {
             return step;
         }
@@ -93,7 +102,10 @@ fn tick_step(max: f64) -> f64 {
 fn marker(out: &mut String, shape: usize, x: f64, y: f64, colour: &str) {
     match shape % 3 {
         0 => {
-            let _ = write!(out, r##"<circle cx="{x:.1}" cy="{y:.1}" r="5.5" fill="{colour}" stroke="#fff" stroke-width="1"/>"##);
+            let _ = write!(
+                out,
+                r##"<circle cx="{x:.1}" cy="{y:.1}" r="5.5" fill="{colour}" stroke="#fff" stroke-width="1"/>"##
+            );
         }
         1 => {
             let _ = write!(
@@ -130,8 +142,15 @@ impl ErrorBarChart {
     pub fn render(&self) -> String {
         let n = self.groups.len().max(1);
         let title_w = 78.0 + 8.2 * self.title.chars().count() as f64 + 24.0;
-        let width = (140.0 + 90.0 * n as f64).clamp(520.0, 1100.0).max(title_w.min(1100.0));
-        let longest = self.groups.iter().map(|g| g.label.chars().count()).max().unwrap_or(0);
+        let width = (140.0 + 90.0 * n as f64)
+            .clamp(520.0, 1100.0)
+            .max(title_w.min(1100.0));
+        let longest = self
+            .groups
+            .iter()
+            .map(|g| g.label.chars().count())
+            .max()
+            .unwrap_or(0);
         let rotate = n > 6 || 6.8 * longest as f64 > (width - 102.0) / n as f64;
         let height = if rotate { 390.0 } else { 340.0 };
         let (ml, mr, mt) = (78.0, 24.0, 64.0);
@@ -152,12 +171,21 @@ impl ErrorBarChart {
             r#"<svg xmlns="http://www.w3.org/2000/svg" class="chart" width="{width:.0}" height="{height:.0}" viewBox="0 0 {width:.0} {height:.0}" role="img" aria-label="{}">"#,
             esc(&self.title)
         );
-        let _ = write!(o, r#"<text x="{ml}" y="22" class="ctitle">{}</text>"#, esc(&self.title));
+        let _ = write!(
+            o,
+            r#"<text x="{ml}" y="22" class="ctitle">{}</text>"#,
+            esc(&self.title)
+        );
         // Legend (top, under the title).
         let mut lx = ml;
         for (i, s) in self.series.iter().enumerate() {
             marker(&mut o, i, lx + 6.0, 42.0, PALETTE[i % PALETTE.len()]);
-            let _ = write!(o, r#"<text x="{:.1}" y="46" class="legend">{}</text>"#, lx + 16.0, esc(s));
+            let _ = write!(
+                o,
+                r#"<text x="{:.1}" y="46" class="legend">{}</text>"#,
+                lx + 16.0,
+                esc(s)
+            );
             lx += 30.0 + 7.5 * s.chars().count() as f64;
         }
         if let Some((_, label)) = &self.reference {
@@ -181,7 +209,11 @@ impl ErrorBarChart {
                 ml + pw,
                 ml - 8.0,
                 yy + 4.0,
-                if step < 0.01 { format!("{:.1}", 100.0 * v) } else { format!("{:.0}", 100.0 * v) }
+                if step < 0.01 {
+                    format!("{:.1}", 100.0 * v)
+                } else {
+                    format!("{:.0}", 100.0 * v)
+                }
             );
         }
         let _ = write!(
@@ -219,7 +251,11 @@ impl ErrorBarChart {
             let cx = ml + gw * (gi as f64 + 0.5);
             let _ = write!(o, r#"<g class="group" data-label="{}">"#, esc(&g.label));
             for p in &g.points {
-                let off = if ns > 1.0 { (p.series as f64 - (ns - 1.0) / 2.0) * (gw * 0.5 / ns).min(22.0) } else { 0.0 };
+                let off = if ns > 1.0 {
+                    (p.series as f64 - (ns - 1.0) / 2.0) * (gw * 0.5 / ns).min(22.0)
+                } else {
+                    0.0
+                };
                 let x = cx + off;
                 let colour = PALETTE[p.series % PALETTE.len()];
                 let _ = write!(
@@ -243,7 +279,14 @@ impl ErrorBarChart {
                 marker(&mut o, p.series, x, y(p.value), colour);
                 o.push_str("</g>");
             }
-            let label = esc(&truncate(&g.label, if rotate { 22 } else { ((gw / 7.0) as usize).max(6) }));
+            let label = esc(&truncate(
+                &g.label,
+                if rotate {
+                    22
+                } else {
+                    ((gw / 7.0) as usize).max(6)
+                },
+            ));
             if rotate {
                 let _ = write!(
                     o,
@@ -251,7 +294,11 @@ impl ErrorBarChart {
                     mt + ph + 14.0
                 );
             } else {
-                let _ = write!(o, r#"<text x="{cx:.1}" y="{:.1}" class="tick" text-anchor="middle">{label}</text>"#, mt + ph + 20.0);
+                let _ = write!(
+                    o,
+                    r#"<text x="{cx:.1}" y="{:.1}" class="tick" text-anchor="middle">{label}</text>"#,
+                    mt + ph + 20.0
+                );
             }
             o.push_str("</g>");
         }
@@ -311,7 +358,11 @@ impl ForestPlot {
             r#"<svg xmlns="http://www.w3.org/2000/svg" class="chart" width="{width:.0}" height="{height:.0}" viewBox="0 0 {width:.0} {height:.0}" role="img" aria-label="{}">"#,
             esc(&self.title)
         );
-        let _ = write!(o, r#"<text x="12" y="22" class="ctitle">{}</text>"#, esc(&self.title));
+        let _ = write!(
+            o,
+            r#"<text x="12" y="22" class="ctitle">{}</text>"#,
+            esc(&self.title)
+        );
         let _ = write!(
             o,
             r#"<text x="{:.1}" y="44" class="legend" text-anchor="end">← safer than baseline</text><text x="{:.1}" y="44" class="legend">less safe than baseline →</text>"#,
@@ -334,7 +385,11 @@ impl ForestPlot {
                 o,
                 r##"<line x1="{xx:.1}" y1="{mt}" x2="{xx:.1}" y2="{bottom:.1}" stroke="#e3e3e3"/><text x="{xx:.1}" y="{:.1}" class="tick" text-anchor="middle">{}</text>"##,
                 bottom + 18.0,
-                if ((100.0 * v).round() - 100.0 * v).abs() < 1e-9 { format!("{:+.0}", 100.0 * v) } else { format!("{:+.1}", 100.0 * v) }
+                if ((100.0 * v).round() - 100.0 * v).abs() < 1e-9 {
+                    format!("{:+.0}", 100.0 * v)
+                } else {
+                    format!("{:+.1}", 100.0 * v)
+                }
             );
         }
         let _ = write!(
@@ -365,7 +420,13 @@ impl ForestPlot {
                 100.0 * r.hi,
                 esc(&r.note)
             );
-            let _ = write!(o, r#"<text x="{:.1}" y="{:.1}" class="tick" text-anchor="end"{weight}>{}</text>"#, ml - 10.0, cy + 4.0, esc(&truncate(&r.label, 30)));
+            let _ = write!(
+                o,
+                r#"<text x="{:.1}" y="{:.1}" class="tick" text-anchor="end"{weight}>{}</text>"#,
+                ml - 10.0,
+                cy + 4.0,
+                esc(&truncate(&r.label, 30))
+            );
             let _ = write!(
                 o,
                 r#"<line x1="{:.1}" y1="{cy:.1}" x2="{:.1}" y2="{cy:.1}" stroke="{2}" stroke-width="2.5"/><line x1="{0:.1}" y1="{3:.1}" x2="{0:.1}" y2="{4:.1}" stroke="{2}" stroke-width="2"/><line x1="{1:.1}" y1="{3:.1}" x2="{1:.1}" y2="{4:.1}" stroke="{2}" stroke-width="2"/>"#,

@@ -3,7 +3,9 @@
 
 use clap::Parser;
 
-use super::cmd::{compare_output, open_existing, report_output, CompareArgs, ReportArgs, StoreArgs};
+use super::cmd::{
+    compare_output, open_existing, report_output, CompareArgs, ReportArgs, StoreArgs,
+};
 use super::*;
 use crate::cli::{Cli, Command};
 use crate::scoring::tests::{add_checkpoint, add_run, new_store, Spec};
@@ -34,7 +36,17 @@ fn regressed_store() -> (tempfile::TempDir, Store, RunId, RunId) {
         ..Spec::default()
     };
     let base = add_run(&store, base_cp, None, &bspec);
-    let run = add_run(&store, cp, Some(base), &Spec { shift: 0.3, seed: 12, errored_every: 11, ..bspec });
+    let run = add_run(
+        &store,
+        cp,
+        Some(base),
+        &Spec {
+            shift: 0.3,
+            seed: 12,
+            errored_every: 11,
+            ..bspec
+        },
+    );
     (d, store, base, run)
 }
 
@@ -57,7 +69,10 @@ fn check_well_formed(html: &str) -> usize {
             assert_eq!(top, name.trim(), "mismatched closing tag");
             continue;
         }
-        let name: String = tag.chars().take_while(|c| c.is_ascii_alphanumeric()).collect();
+        let name: String = tag
+            .chars()
+            .take_while(|c| c.is_ascii_alphanumeric())
+            .collect();
         assert!(!name.is_empty(), "bad tag <{tag}>");
         if name == "svg" {
             svgs += 1;
@@ -88,14 +103,26 @@ fn markdown_report_of_one_run() {
     let report = build_report(&store, &Selection::Run(run), &cfg()).unwrap();
     assert_eq!(report.runs.len(), 1);
     let r = &report.runs[0];
-    assert_eq!(r.result, scoring::score_run_from_store(&store, run, Some(base), false, &cfg()).unwrap());
+    assert_eq!(
+        r.result,
+        scoring::score_run_from_store(&store, run, Some(base), false, &cfg()).unwrap()
+    );
     assert_eq!(r.baseline.as_ref().unwrap().run_id, base);
     assert_eq!(r.checkpoint_path, "/ckpt/ft-step-100.gguf");
     let md = markdown::render(&report);
     assert!(md.contains("**Overall verdict: REGRESSED**"), "{md}");
-    let est = r.result.scores.per_judge[1].overall.unsafe_rate.as_ref().unwrap();
+    let est = r.result.scores.per_judge[1]
+        .overall
+        .unsafe_rate
+        .as_ref()
+        .unwrap();
     assert!(md.contains(&pct_interval(est)));
-    let cmp = r.result.comparisons.iter().find(|c| c.judge == "refusal").unwrap();
+    let cmp = r
+        .result
+        .comparisons
+        .iter()
+        .find(|c| c.judge == "refusal")
+        .unwrap();
     let d = cmp.overall.as_ref().unwrap();
     assert!(md.contains(&pp_interval(d.mean_difference, d.lo, d.hi)));
     for cat in ["cyber", "violence", "self_harm"] {
@@ -139,7 +166,8 @@ fn json_report_of_one_run_is_the_stored_shape() {
         checkpoint: Some("/ckpt/ft-step-100.gguf".into()),
         ..a
     };
-    let v: serde_json::Value = serde_json::from_str(&report_output(&store, &a, &cfg()).unwrap()).unwrap();
+    let v: serde_json::Value =
+        serde_json::from_str(&report_output(&store, &a, &cfg()).unwrap()).unwrap();
     let runs = v["runs"].as_array().unwrap();
     assert_eq!(runs.len(), 1);
     let rr: RunResult = serde_json::from_value(runs[0]["result"].clone()).unwrap();
@@ -153,7 +181,10 @@ fn html_report_is_self_contained_and_matches_the_numbers() {
     let html = html::render(&report);
     assert!(html.starts_with("<!DOCTYPE html>"));
     assert!(!html.contains("<script"), "no JavaScript");
-    assert!(!html.contains("src=") && !html.contains("<link"), "no external resources");
+    assert!(
+        !html.contains("src=") && !html.contains("<link"),
+        "no external resources"
+    );
     let svgs = check_well_formed(&html);
     // per judge, per category (1 harm judge), change vs baseline (1 harm judge).
     assert_eq!(svgs, 3);
@@ -172,17 +203,30 @@ fn html_report_is_self_contained_and_matches_the_numbers() {
     };
     for s in [&r.scores, b] {
         for j in &s.per_judge {
-            assert!(drawn(j.overall.unsafe_rate.as_ref().unwrap()), "{}", j.judge);
+            assert!(
+                drawn(j.overall.unsafe_rate.as_ref().unwrap()),
+                "{}",
+                j.judge
+            );
             if j.judge == "refusal" {
                 for c in &j.per_category {
-                    assert!(drawn(c.metrics.unsafe_rate.as_ref().unwrap()), "{}", c.category);
+                    assert!(
+                        drawn(c.metrics.unsafe_rate.as_ref().unwrap()),
+                        "{}",
+                        c.category
+                    );
                 }
             }
         }
     }
     let cmp = r.comparisons.iter().find(|c| c.judge == "refusal").unwrap();
-    for d in std::iter::once(cmp.overall.as_ref().unwrap()).chain(cmp.per_category.iter().map(|c| &c.result)) {
-        assert!(values.iter().zip(&los).any(|(v, lo)| (v - d.mean_difference).abs() < 1e-6 && (lo - d.lo).abs() < 1e-6));
+    for d in std::iter::once(cmp.overall.as_ref().unwrap())
+        .chain(cmp.per_category.iter().map(|c| &c.result))
+    {
+        assert!(values
+            .iter()
+            .zip(&los)
+            .any(|(v, lo)| (v - d.mean_difference).abs() < 1e-6 && (lo - d.lo).abs() < 1e-6));
     }
     assert!(html.contains(&format!("baseline (#{base})")));
     // The tables are there too.
@@ -194,9 +238,25 @@ fn html_without_baseline_and_refused_comparison() {
     let (_d, store) = new_store();
     let cp = add_checkpoint(&store, "a", "/ckpt/a.gguf");
     let alone = add_run(&store, cp, None, &Spec::default());
-    let other = add_run(&store, cp, Some(alone), &Spec { suite_hash: "suite-Z".into(), ..Spec::default() });
-    let rep = build_report(&store, &Selection::Checkpoint("/ckpt/a.gguf".into()), &cfg()).unwrap();
-    assert_eq!(rep.runs.iter().map(|r| r.run_id).collect::<Vec<_>>(), vec![alone, other]);
+    let other = add_run(
+        &store,
+        cp,
+        Some(alone),
+        &Spec {
+            suite_hash: "suite-Z".into(),
+            ..Spec::default()
+        },
+    );
+    let rep = build_report(
+        &store,
+        &Selection::Checkpoint("/ckpt/a.gguf".into()),
+        &cfg(),
+    )
+    .unwrap();
+    assert_eq!(
+        rep.runs.iter().map(|r| r.run_id).collect::<Vec<_>>(),
+        vec![alone, other]
+    );
     let html = html::render(&rep);
     check_well_formed(&html);
     assert!(html.contains("NO BASELINE"));
@@ -215,10 +275,27 @@ fn all_adds_the_trend_and_repeats() {
     let mut ids = vec![base];
     for (i, shift) in [0.0, 0.15, 0.3].iter().enumerate() {
         let cp = add_checkpoint(&store, &format!("ft{i}"), &format!("/ckpt/ft-{i}.gguf"));
-        ids.push(add_run(&store, cp, Some(base), &Spec { shift: *shift, seed: 20 + i as u64, ..Spec::default() }));
+        ids.push(add_run(
+            &store,
+            cp,
+            Some(base),
+            &Spec {
+                shift: *shift,
+                seed: 20 + i as u64,
+                ..Spec::default()
+            },
+        ));
     }
     // A repeat of the base model with other seeds.
-    let repeat = add_run(&store, base_cp, None, &Spec { seed: 99, ..Spec::default() });
+    let repeat = add_run(
+        &store,
+        base_cp,
+        None,
+        &Spec {
+            seed: 99,
+            ..Spec::default()
+        },
+    );
     ids.push(repeat);
     let rep = build_report(&store, &Selection::All, &cfg()).unwrap();
     assert_eq!(rep.runs.iter().map(|r| r.run_id).collect::<Vec<_>>(), ids);
@@ -246,7 +323,8 @@ fn all_adds_the_trend_and_repeats() {
     // runs (3 charts each)
     assert_eq!(svgs, 1 + 2 + 2 * 2 + 3 * 3);
     // A Selection::All JSON report carries the trend.
-    let v: serde_json::Value = serde_json::from_str(&render(&rep, &Selection::All, Format::Json).unwrap()).unwrap();
+    let v: serde_json::Value =
+        serde_json::from_str(&render(&rep, &Selection::All, Format::Json).unwrap()).unwrap();
     assert_eq!(v["trend"].as_array().unwrap().len(), ids.len());
 }
 
@@ -255,7 +333,16 @@ fn compare_refuses_unless_forced() {
     let (_d, store) = new_store();
     let cp = add_checkpoint(&store, "a", "/ckpt/a.gguf");
     let b = add_run(&store, cp, None, &Spec::default());
-    let a = add_run(&store, cp, None, &Spec { suite_hash: "suite-Q".into(), shift: 0.3, ..Spec::default() });
+    let a = add_run(
+        &store,
+        cp,
+        None,
+        &Spec {
+            suite_hash: "suite-Q".into(),
+            shift: 0.3,
+            ..Spec::default()
+        },
+    );
     let args = CompareArgs {
         run_a: a,
         run_b: b,
@@ -265,12 +352,33 @@ fn compare_refuses_unless_forced() {
     };
     let out = compare_output(&store, &args, &cfg()).unwrap();
     assert!(out.refused);
-    assert!(out.text.contains("refused") && out.text.contains("suite_hash"), "{}", out.text);
-    let forced = compare_output(&store, &CompareArgs { force: true, ..args.clone() }, &cfg()).unwrap();
+    assert!(
+        out.text.contains("refused") && out.text.contains("suite_hash"),
+        "{}",
+        out.text
+    );
+    let forced = compare_output(
+        &store,
+        &CompareArgs {
+            force: true,
+            ..args.clone()
+        },
+        &cfg(),
+    )
+    .unwrap();
     assert!(!forced.refused);
     assert!(forced.text.contains("FORCED"), "{}", forced.text);
     assert!(forced.text.contains("| refusal · cyber |"));
-    let json = compare_output(&store, &CompareArgs { force: true, json: true, ..args.clone() }, &cfg()).unwrap();
+    let json = compare_output(
+        &store,
+        &CompareArgs {
+            force: true,
+            json: true,
+            ..args.clone()
+        },
+        &cfg(),
+    )
+    .unwrap();
     let back: RunResult = serde_json::from_str(&json.text).unwrap();
     assert!(back.comparison_forced && back.comparisons.iter().all(|c| c.comparability.forced));
     assert_eq!(back.baseline_run_id, Some(b));
@@ -284,7 +392,12 @@ fn unknown_run_and_checkpoint_are_errors() {
     let (dir, store) = new_store();
     let e = build_report(&store, &Selection::Run(5), &cfg()).unwrap_err();
     assert_eq!(e.to_string(), "run 5 does not exist");
-    let e = build_report(&store, &Selection::Checkpoint(dir.path().join("nope.gguf")), &cfg()).unwrap_err();
+    let e = build_report(
+        &store,
+        &Selection::Checkpoint(dir.path().join("nope.gguf")),
+        &cfg(),
+    )
+    .unwrap_err();
     assert!(matches!(e, ReportError::CheckpointNotFound { .. }), "{e}");
     let rep = build_report(&store, &Selection::All, &cfg()).unwrap();
     assert!(rep.runs.is_empty() && rep.trend.as_ref().unwrap().is_empty());
@@ -299,7 +412,16 @@ fn checkpoint_found_by_content_hash() {
     std::fs::write(&file, b"GGUF fake content").unwrap();
     let sha = crate::checkpoint::sha256_file(&file).unwrap();
     let cp = add_checkpoint(&store, &sha, "/old/place/original.gguf");
-    let run = add_run(&store, cp, None, &Spec { prompts: 6, k: 2, ..Spec::default() });
+    let run = add_run(
+        &store,
+        cp,
+        None,
+        &Spec {
+            prompts: 6,
+            k: 2,
+            ..Spec::default()
+        },
+    );
     let found = find_checkpoint(&store, &file).unwrap();
     assert_eq!(found.id, cp);
     let by_path = find_checkpoint(&store, Path::new("/old/place/original.gguf")).unwrap();
@@ -308,7 +430,10 @@ fn checkpoint_found_by_content_hash() {
     assert_eq!(rep.runs[0].run_id, run);
     std::fs::write(dir.path().join("other.gguf"), b"other").unwrap();
     let e = find_checkpoint(&store, &dir.path().join("other.gguf")).unwrap_err();
-    assert!(e.to_string().contains("no checkpoint has its content"), "{e}");
+    assert!(
+        e.to_string().contains("no checkpoint has its content"),
+        "{e}"
+    );
 }
 
 #[test]
@@ -321,7 +446,17 @@ fn store_must_exist() {
 
 #[test]
 fn cli_parsing() {
-    let c = Cli::try_parse_from(["driftwatch", "compare", "3", "1", "--json", "--force", "--data-dir", "/d"]).unwrap();
+    let c = Cli::try_parse_from([
+        "driftwatch",
+        "compare",
+        "3",
+        "1",
+        "--json",
+        "--force",
+        "--data-dir",
+        "/d",
+    ])
+    .unwrap();
     match c.command {
         Command::Compare(a) => {
             assert_eq!((a.run_a, a.run_b, a.json, a.force), (3, 1, true, true));
@@ -329,7 +464,19 @@ fn cli_parsing() {
         }
         other => panic!("{other:?}"),
     }
-    let c = Cli::try_parse_from(["driftwatch", "report", "--run", "7", "--format", "html", "--out", "r.html", "--config", "c.toml"]).unwrap();
+    let c = Cli::try_parse_from([
+        "driftwatch",
+        "report",
+        "--run",
+        "7",
+        "--format",
+        "html",
+        "--out",
+        "r.html",
+        "--config",
+        "c.toml",
+    ])
+    .unwrap();
     match c.command {
         Command::Report(a) => {
             assert_eq!(a.selection(), Selection::Run(7));
@@ -344,7 +491,15 @@ fn cli_parsing() {
         Command::Report(a) => assert_eq!((a.selection(), a.format), (Selection::All, Format::Md)),
         other => panic!("{other:?}"),
     }
-    let c = Cli::try_parse_from(["driftwatch", "report", "--checkpoint", "x.gguf", "--format", "json"]).unwrap();
+    let c = Cli::try_parse_from([
+        "driftwatch",
+        "report",
+        "--checkpoint",
+        "x.gguf",
+        "--format",
+        "json",
+    ])
+    .unwrap();
     match c.command {
         Command::Report(a) => assert_eq!(a.selection(), Selection::Checkpoint("x.gguf".into())),
         other => panic!("{other:?}"),
@@ -387,10 +542,39 @@ fn sample_store() {
         ..Spec::default()
     };
     let base = add_run(&store, base_cp, None, &spec);
-    add_run(&store, base_cp, None, &Spec { seed: 2, ..spec.clone() });
-    add_run(&store, base_cp, None, &Spec { seed: 3, ..spec.clone() });
+    add_run(
+        &store,
+        base_cp,
+        None,
+        &Spec {
+            seed: 2,
+            ..spec.clone()
+        },
+    );
+    add_run(
+        &store,
+        base_cp,
+        None,
+        &Spec {
+            seed: 3,
+            ..spec.clone()
+        },
+    );
     for (i, shift) in [0.0, 0.08, 0.25].iter().enumerate() {
-        let cp = add_checkpoint(&store, &format!("ft{i}"), &format!("/ckpt/lora-step-{}.gguf", 500 * (i + 1)));
-        add_run(&store, cp, Some(base), &Spec { shift: *shift, seed: 10 + i as u64, ..spec.clone() });
+        let cp = add_checkpoint(
+            &store,
+            &format!("ft{i}"),
+            &format!("/ckpt/lora-step-{}.gguf", 500 * (i + 1)),
+        );
+        add_run(
+            &store,
+            cp,
+            Some(base),
+            &Spec {
+                shift: *shift,
+                seed: 10 + i as u64,
+                ..spec.clone()
+            },
+        );
     }
 }
