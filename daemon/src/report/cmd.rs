@@ -34,10 +34,16 @@ impl StoreArgs {
                 let c = Config::load(f).with_context(|| format!("cannot load {}", f.display()))?;
                 (c.daemon.data_dir, c.stats)
             }
-            (None, None) => {
-                let c = Config::defaults_with_env(&|k| std::env::var(k).ok())?;
-                (c.daemon.data_dir, c.stats)
-            }
+            (None, None) => match Config::defaults_with_env(&|k| std::env::var(k).ok()) {
+                Ok(c) => (c.daemon.data_dir, c.stats),
+                // The defaults can fail for reasons a report does not care about (e.g. no
+                // $HOME for the default model); the data folder is all it needs.
+                Err(_) => (
+                    std::env::var_os("DRIFTWATCH_DATA_DIR")
+                        .map_or_else(|| PathBuf::from("./data"), PathBuf::from),
+                    crate::config::StatsConfig::default(),
+                ),
+            },
         };
         Ok((open_existing(&dir)?, scoring::stats_config(&cfg)))
     }

@@ -284,10 +284,12 @@ fn base_estimate<'a>(
 fn run_charts(o: &mut String, r: &RunReport) {
     let res = &r.result;
     let run_name = format!("this run (#{})", r.run_id);
-    let base_name = r
+    // A baseline measured under other settings is not drawn next to the run.
+    let baseline = r
         .baseline
         .as_ref()
-        .map(|b| format!("baseline (#{})", b.run_id));
+        .filter(|_| res.comparison_refused.is_none());
+    let base_name = baseline.map(|b| format!("baseline (#{})", b.run_id));
     let mut series = vec![run_name.clone()];
     if let Some(b) = &base_name {
         series.push(b.clone());
@@ -303,7 +305,7 @@ fn run_charts(o: &mut String, r: &RunReport) {
             if let Some(e) = &j.overall.unsafe_rate {
                 points.push(point(0, e, &run_name));
             }
-            if let (Some(b), Some(bn)) = (&r.baseline, &base_name) {
+            if let (Some(b), Some(bn)) = (baseline, &base_name) {
                 if let Some(e) = base_estimate(&b.scores, &j.judge, None) {
                     points.push(point(1, e, bn));
                 }
@@ -338,7 +340,7 @@ fn run_charts(o: &mut String, r: &RunReport) {
                 if let Some(e) = &c.metrics.unsafe_rate {
                     points.push(point(0, e, &run_name));
                 }
-                if let (Some(b), Some(bn)) = (&r.baseline, &base_name) {
+                if let (Some(b), Some(bn)) = (baseline, &base_name) {
                     if let Some(e) = base_estimate(&b.scores, &j.judge, Some(&c.category)) {
                         points.push(point(1, e, bn));
                     }
@@ -417,7 +419,14 @@ fn run_charts(o: &mut String, r: &RunReport) {
         );
     }
     o.push_str("</div>");
-    o.push_str(r#"<p class="note">Dots are point estimates; bars are confidence intervals (prompt-clustered bootstrap: prompts resampled with their samples). Orange squares are the baseline, blue circles this run. In the change chart, vermillion = regressed, green = improved, grey = indistinguishable; a category's verdict uses its Holm-adjusted p-value (several categories are tested at once), so a category interval just clear of 0 can still be indistinguishable.</p>"#);
+    o.push_str(r#"<p class="note">Dots are point estimates; bars are confidence intervals (prompt-clustered bootstrap: prompts resampled with their samples)."#);
+    if baseline.is_some() {
+        o.push_str(" Orange squares are the baseline, blue circles this run; overlapping bars are not the test — the paired comparison is the change chart.");
+    }
+    if !res.comparisons.is_empty() {
+        o.push_str(" In the change chart, vermillion = regressed, green = improved, grey = indistinguishable; a category's verdict uses its Holm-adjusted p-value (several categories are tested at once), so a category interval just clear of 0 can still be indistinguishable.");
+    }
+    o.push_str("</p>");
 }
 
 fn repeats_html(o: &mut String, report: &Report) {

@@ -12,6 +12,7 @@ mod svg;
 #[cfg(test)]
 mod tests;
 
+use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
@@ -206,16 +207,28 @@ pub fn find_checkpoint(store: &Store, path: &Path) -> Result<Checkpoint, ReportE
         })
 }
 
+/// Scores one run and its baseline. `scored` caches the scores of runs already scored in
+/// this report (a run's own scores do not depend on its baseline), so a baseline shared by
+/// many runs is scored once.
 fn run_report(
     store: &Store,
     run: &Run,
     cfg: &stats::StatsConfig,
+    scored: &mut HashMap<RunId, RunScores>,
 ) -> Result<RunReport, ReportError> {
     let result = scoring::score_run_from_store(store, run.id, run.baseline_run_id, false, cfg)?;
+    scored.insert(run.id, result.scores.clone());
     let cp = store.checkpoint(run.checkpoint_id)?;
     let baseline = match run.baseline_run_id {
         Some(b) => {
-            let base = scoring::score_run_from_store(store, b, None, false, cfg)?;
+            let scores = match scored.get(&b) {
+                Some(s) => s.clone(),
+                None => {
+                    let s = scoring::score_run_from_store(store, b, None, false, cfg)?.scores;
+                    scored.insert(b, s.clone());
+                    s
+                }
+            };
             let path = match store.run(b)? {
                 Some(br) => store.checkpoint(br.checkpoint_id)?.map(|c| c.path),
                 None => None,
@@ -223,7 +236,7 @@ fn run_report(
             Some(BaselineInfo {
                 run_id: b,
                 checkpoint_path: path.unwrap_or_default(),
-                scores: base.scores,
+                scores,
             })
         }
         None => None,
@@ -378,9 +391,10 @@ pub fn build_report(
         }
     };
     runs.sort_by_key(|r| (r.created_at_ms, r.id));
+    let mut scored = HashMap::new();
     let reports = runs
         .iter()
-        .map(|r| run_report(store, r, cfg))
+        .map(|r| run_report(store, r, cfg, &mut scored))
         .collect::<Result<Vec<_>, _>>()?;
     let repeats = repeat_groups(&reports, &runs);
     let trend = matches!(selection, Selection::All).then(|| trend(&reports));

@@ -261,6 +261,8 @@ fn html_without_baseline_and_refused_comparison() {
     check_well_formed(&html);
     assert!(html.contains("NO BASELINE"));
     assert!(html.contains("NOT COMPARABLE") && html.contains("suite_hash"));
+    // A non-comparable baseline is not drawn next to the run.
+    assert!(!html.contains("baseline (#"));
     let md = markdown::render(&rep);
     assert!(md.contains("Comparison **refused**") && md.contains("| suite_hash |"));
     // The two runs have different suites: not a repeated measurement.
@@ -577,4 +579,11 @@ fn sample_store() {
             },
         );
     }
+    let cp = add_checkpoint(&store, "ft-other-suite", "/ckpt/lora-other-suite.gguf");
+    let other = Spec {
+        suite_hash: "suite-B".into(),
+        seed: 40,
+        ..spec
+    };
+    add_run(&store, cp, Some(base), &other);
 }
