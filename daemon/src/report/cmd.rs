@@ -149,11 +149,21 @@ pub fn report_output(store: &Store, a: &ReportArgs, cfg: &stats::StatsConfig) ->
     Ok(render(&report, &sel, a.format)?)
 }
 
+/// Prints to standard output; a closed pipe (`| head`) ends the output quietly.
+fn print_stdout(text: &str) -> Result<()> {
+    use std::io::Write;
+    let mut out = std::io::stdout().lock();
+    match writeln!(out, "{text}").and_then(|()| out.flush()) {
+        Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => Ok(()),
+        r => Ok(r.context("cannot write to standard output")?),
+    }
+}
+
 /// `driftwatch compare`.
 pub fn compare(a: CompareArgs) -> Result<()> {
     let (store, cfg) = a.store.open()?;
     let out = compare_output(&store, &a, &cfg)?;
-    println!("{}", out.text);
+    print_stdout(&out.text)?;
     if out.refused {
         bail!(
             "runs {} and {} are not comparable (differences listed above); use --force to compare anyway",
@@ -174,7 +184,7 @@ pub fn report(a: ReportArgs) -> Result<()> {
                 .with_context(|| format!("cannot write {}", path.display()))?;
             eprintln!("report written to {}", path.display());
         }
-        None => println!("{text}"),
+        None => print_stdout(&text)?,
     }
     Ok(())
 }

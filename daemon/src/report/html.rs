@@ -32,7 +32,7 @@ code{font-size:12px;background:#f3f3f3;padding:0 3px;border-radius:3px;word-brea
 .chip.regressed{background:#D55E00;color:#fff}.chip.improved{background:#009E73;color:#fff}
 .chip.indistinguishable{background:#e9f0f7;color:#123;border:1px solid #0072B2}.chip.none{background:#eee;color:#444}
 .charts{display:flex;flex-wrap:wrap;gap:14px}.chart{background:#fff;border:1px solid #e2e2e2;border-radius:6px;max-width:100%;height:auto}
-.ctitle{font-size:15px;font-weight:700;fill:#1d1d1d}.legend{font-size:12.5px;fill:#333}.tick{font-size:12px;fill:#333}.axis{font-size:13px;fill:#222;font-weight:600}
+.ctitle{font-size:15px;font-weight:700;fill:#1d1d1d}.legend{font-size:12.5px;fill:#333}.tick{font-size:12px;fill:#333}.axis{font-size:13px;fill:#222;font-weight:600}.tag{font-size:12px;font-weight:700}
 .note{font-size:13px;color:#444;margin:4px 0 10px}.warn{color:#8a3b00;font-weight:600}
 details{margin-top:14px}summary{cursor:pointer;font-weight:600;font-size:15px}
 "#;
@@ -168,6 +168,7 @@ fn point(series: usize, e: &Estimate, what: &str) -> Point {
             e.n_prompts,
             e.n_samples
         ),
+        tag: None,
     }
 }
 
@@ -508,6 +509,11 @@ fn trend_html(o: &mut String, report: &Report) {
                 .map(|p| {
                     let s = judges.iter().position(|j| *j == p.judge).unwrap_or(0);
                     let mut pt = point(s, &p.estimate, &format!("{} — {}", label, p.judge));
+                    pt.tag = match p.verdict {
+                        Some(Verdict::Regressed) => Some(("▲ regressed".to_string(), REGRESSED)),
+                        Some(Verdict::Improved) => Some(("▼ improved".to_string(), IMPROVED)),
+                        _ => None,
+                    };
                     pt.tip.push_str(&format!(
                         ", {}, verdict: {}",
                         utc(p.time_ms),

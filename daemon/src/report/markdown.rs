@@ -486,7 +486,11 @@ pub fn render(report: &Report) -> String {
             r.run_id,
             short_path(&r.checkpoint_path),
             r.status,
-            verdict_word(r.result.verdict),
+            if r.result.comparison_refused.is_some() {
+                "not comparable"
+            } else {
+                verdict_word(r.result.verdict)
+            },
             head.join("; ")
         );
     }

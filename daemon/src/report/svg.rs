@@ -45,6 +45,8 @@ pub struct Point {
     pub hi: f64,
     /// Tooltip text.
     pub tip: String,
+    /// A short tag drawn above the interval (e.g. the verdict), with its colour.
+    pub tag: Option<(String, &'static str)>,
 }
 
 /// A group of points sharing an x position (e.g. one judge, run and baseline side by side).
@@ -277,6 +279,14 @@ impl ErrorBarChart {
                     y(p.hi)
                 );
                 marker(&mut o, p.series, x, y(p.value), colour);
+                if let Some((tag, tag_colour)) = &p.tag {
+                    let _ = write!(
+                        o,
+                        r#"<text x="{x:.1}" y="{:.1}" class="tag" text-anchor="middle" fill="{tag_colour}">{}</text>"#,
+                        y(p.hi) - 8.0,
+                        esc(tag)
+                    );
+                }
                 o.push_str("</g>");
             }
             let label = esc(&truncate(
