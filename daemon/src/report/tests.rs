@@ -8,7 +8,7 @@ use super::cmd::{
 };
 use super::*;
 use crate::cli::{Cli, Command};
-use crate::scoring::tests::{add_checkpoint, add_run, new_store, Spec};
+use crate::scoring::tests::{add_checkpoint, add_run, add_running_run, new_store, Spec};
 
 fn cfg() -> stats::StatsConfig {
     stats::StatsConfig {
@@ -586,4 +586,53 @@ fn sample_store() {
         ..spec
     };
     add_run(&store, cp, Some(base), &other);
+}
+
+#[test]
+fn partial_and_empty_runs() {
+    let (_d, store) = new_store();
+    let cp = add_checkpoint(&store, "a", "/ckpt/a.gguf");
+    let running = add_running_run(
+        &store,
+        cp,
+        None,
+        &Spec {
+            prompts: 5,
+            k: 2,
+            ..Spec::default()
+        },
+    );
+    let queued = store
+        .create_run(&crate::store::NewRun {
+            checkpoint_id: cp,
+            baseline_run_id: None,
+            settings_hash: "s".into(),
+            provenance: serde_json::json!({"fingerprint": "not a fingerprint"}),
+            total_samples: 10,
+        })
+        .unwrap()
+        .id;
+    let rep = build_report(&store, &Selection::All, &cfg()).unwrap();
+    assert_eq!(rep.runs.len(), 2);
+    let md = markdown::render(&rep);
+    assert!(md.contains("these numbers are partial"), "{md}");
+    assert!(md.contains(&format!("## Run {queued}")) && md.contains("No samples stored yet."));
+    // Neither is completed: no trend point, no repeats.
+    assert!(rep.trend.as_ref().unwrap().is_empty() && rep.repeats.is_empty());
+    let html = html::render(&rep);
+    check_well_formed(&html);
+    assert!(html.contains("these numbers are partial"));
+    assert_eq!(rep.runs[0].run_id, running);
+}
+
+#[test]
+fn text_is_escaped() {
+    let h = html::markdown_to_html(
+        "## A <b>\n\n| x | y |\n|---|---|\n| **<i>&** | `a<b` |\n\n- item & more\n",
+    );
+    assert_eq!(
+        h,
+        "<h2>A &lt;b&gt;</h2><table><tr><th>x</th><th>y</th></tr><tr><td><strong>&lt;i&gt;&amp;</strong></td><td><code>a&lt;b</code></td></tr></table><ul><li>item &amp; more</li></ul>"
+    );
+    check_well_formed(&h);
 }

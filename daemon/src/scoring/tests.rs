@@ -116,6 +116,18 @@ pub(crate) fn add_run(
     baseline: Option<RunId>,
     spec: &Spec,
 ) -> RunId {
+    let run = add_running_run(store, cp, baseline, spec);
+    store.complete_run(run, &json!({})).unwrap();
+    run
+}
+
+/// Creates and fills a run following `spec`, leaving it `running`; returns its id.
+pub(crate) fn add_running_run(
+    store: &Store,
+    cp: CheckpointId,
+    baseline: Option<RunId>,
+    spec: &Spec,
+) -> RunId {
     let provenance = json!({
         "driftwatch_version": "0.1.0",
         "model": {"path": "/models/base.gguf", "sha256": "ab12"},
@@ -200,7 +212,6 @@ pub(crate) fn add_run(
                 .unwrap();
         }
     }
-    store.complete_run(run.id, &json!({})).unwrap();
     run.id
 }
 
