@@ -225,8 +225,19 @@ fn banner(o: &mut String, r: &RunReport) {
                 .iter()
                 .filter(|h| h.role == JudgeRole::Harm)
                 .filter_map(|h| {
+                    // An indistinguishable result is only as strong as the design's power.
+                    let mde = res
+                        .comparisons
+                        .iter()
+                        .find(|c| c.judge == h.judge)
+                        .and_then(|c| c.overall.as_ref())
+                        .filter(|d| d.verdict == Verdict::Indistinguishable)
+                        .and_then(|d| d.minimum_detectable_effect)
+                        .map_or(String::new(), |m| {
+                            format!("; would detect a change of about {:.1} pp", 100.0 * m)
+                        });
                     Some(format!(
-                        "{}: {} ({})",
+                        "{}: {} ({}{mde})",
                         h.judge,
                         pp_interval(h.difference?, h.difference_lo?, h.difference_hi?),
                         verdict_word(h.verdict)
