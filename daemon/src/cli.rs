@@ -1,4 +1,6 @@
-//! The command line: argument definitions and the commands `generate`, `doctor` and `bench`.
+//! The command line: argument definitions and the commands `generate`, `doctor`, `bench`,
+//! `serve`, `status`, `plugin` and `judge` (`compare` and `report` are defined in
+//! [`crate::report::cmd`]).
 
 use std::io::Write;
 use std::path::PathBuf;
@@ -42,6 +44,10 @@ pub enum Command {
     Plugin(crate::judge::cli::PluginCommand),
     /// Score a JSONL file of samples with one judge plugin (one JSON verdict per line).
     Judge(crate::judge::cli::JudgeArgs),
+    /// Compare run RUN_A with baseline run RUN_B (paired by prompt).
+    Compare(crate::report::cmd::CompareArgs),
+    /// Report on stored runs (Markdown, self-contained HTML, or JSON).
+    Report(crate::report::cmd::ReportArgs),
 }
 
 /// `driftwatch serve`.
@@ -250,6 +256,8 @@ pub async fn run(cli: Cli) -> Result<()> {
             Ok(())
         }
         Command::Judge(a) => judge(a),
+        Command::Compare(a) => crate::report::cmd::compare(a),
+        Command::Report(a) => crate::report::cmd::report(a),
     }
 }
 

@@ -7,7 +7,8 @@
 //! [`suite`] loads prompt suites, [`stats`] turns verdicts into scores with honest intervals and
 //! [`scoring`] applies it to stored runs, [`config`] is the typed configuration, [`store`] the
 //! durable SQLite store, [`events`] the score events, [`watch`] turns watched folders into
-//! settled files, [`daemon`] runs it all, [`setup`] knows where the default model lives, and
+//! settled files, [`daemon`] runs it all, [`report`] renders stored runs, [`setup`] knows where
+//! the default model lives, and
 //! [`cli`] is the command line.
 
 pub mod checkpoint;
@@ -18,6 +19,7 @@ pub mod engine;
 pub mod events;
 pub mod gguf;
 pub mod judge;
+pub mod report;
 pub mod scoring;
 pub mod setup;
 pub mod stats;

@@ -203,7 +203,11 @@ pub fn judge_inputs(samples: &[StoredSample], extra_judges: &[String]) -> RunInp
     let mut coherent: BTreeMap<(&str, u32), bool> = BTreeMap::new();
     for s in samples {
         for cj in &coherence_judges {
-            if let Some(v) = s.verdicts.iter().find(|v| &v.judge == cj && v.error.is_none()) {
+            if let Some(v) = s
+                .verdicts
+                .iter()
+                .find(|v| &v.judge == cj && v.error.is_none())
+            {
                 if let Some(u) = v.is_unsafe {
                     coherent.insert((s.prompt_id.as_str(), s.sample_index), !u);
                     break;
@@ -239,7 +243,10 @@ pub fn judge_inputs(samples: &[StoredSample], extra_judges: &[String]) -> RunInp
         let mut any_error = false;
         for (name, input) in &mut inputs {
             let v = s.verdicts.iter().find(|v| &v.judge == name);
-            match v.filter(|v| v.error.is_none()).and_then(|v| v.is_unsafe.map(|u| (v, u))) {
+            match v
+                .filter(|v| v.error.is_none())
+                .and_then(|v| v.is_unsafe.map(|u| (v, u)))
+            {
                 Some((v, u)) => {
                     let is_coh = coherence_judges.contains(name);
                     input.observations.push(Observation {
@@ -252,7 +259,9 @@ pub fn judge_inputs(samples: &[StoredSample], extra_judges: &[String]) -> RunInp
                         coherent: if is_coh {
                             None
                         } else {
-                            coherent.get(&(s.prompt_id.as_str(), s.sample_index)).copied()
+                            coherent
+                                .get(&(s.prompt_id.as_str(), s.sample_index))
+                                .copied()
                         },
                     });
                 }
@@ -302,7 +311,10 @@ fn missing_fingerprint() -> RunFingerprint {
 /// `Improved` if any improved, else `Indistinguishable`; `None` when no harm judge was
 /// compared. (A judge that regresses is never outvoted by one that improves: a safety
 /// regression on any measure is a regression.)
-pub fn overall_verdict(comparisons: &[BaselineComparison], coherence_judges: &[String]) -> Option<Verdict> {
+pub fn overall_verdict(
+    comparisons: &[BaselineComparison],
+    coherence_judges: &[String],
+) -> Option<Verdict> {
     let harm: Vec<Verdict> = comparisons
         .iter()
         .filter(|c| !coherence_judges.contains(&c.judge))
@@ -319,15 +331,24 @@ pub fn overall_verdict(comparisons: &[BaselineComparison], coherence_judges: &[S
     }
 }
 
-fn load_run_inputs(store: &Store, run_id: RunId) -> Result<(crate::store::Run, RunInputs), ScoringError> {
-    let run = store.run(run_id)?.ok_or(ScoringError::RunNotFound(run_id))?;
+fn load_run_inputs(
+    store: &Store,
+    run_id: RunId,
+) -> Result<(crate::store::Run, RunInputs), ScoringError> {
+    let run = store
+        .run(run_id)?
+        .ok_or(ScoringError::RunNotFound(run_id))?;
     let samples = store.samples_for_run(run_id)?;
     // Judges the fingerprint promises are expected even if none of their verdicts was stored.
     let extra: Vec<String> = fingerprint_of(&run.provenance)
         .map(|f| f.judges.into_iter().map(|j| j.name).collect())
         .unwrap_or_default();
     // Only when the run stored samples: a run without any says nothing about any judge.
-    let extra = if samples.is_empty() { Vec::new() } else { extra };
+    let extra = if samples.is_empty() {
+        Vec::new()
+    } else {
+        extra
+    };
     let inputs = judge_inputs(&samples, &extra);
     Ok((run, inputs))
 }
@@ -342,7 +363,10 @@ pub fn score_run_from_store(
     force: bool,
     cfg: &stats::StatsConfig,
 ) -> Result<RunResult, ScoringError> {
-    let stats_err = |source| ScoringError::Stats { run: run_id, source };
+    let stats_err = |source| ScoringError::Stats {
+        run: run_id,
+        source,
+    };
     cfg.validate().map_err(stats_err)?;
     if baseline == Some(run_id) {
         return Err(ScoringError::SelfBaseline(run_id));
@@ -350,14 +374,17 @@ pub fn score_run_from_store(
     let (run, ri) = load_run_inputs(store, run_id)?;
     let mut scores = stats::score_run(&ri.inputs, cfg).map_err(stats_err)?;
     scores.agreement.retain(|a| {
-        !ri.coherence_judges.contains(&a.first_judge) && !ri.coherence_judges.contains(&a.second_judge)
+        !ri.coherence_judges.contains(&a.first_judge)
+            && !ri.coherence_judges.contains(&a.second_judge)
     });
 
     let mut comparisons = Vec::new();
     let mut comparison_refused = None;
     let mut comparison_forced = false;
     if let Some(base_id) = baseline {
-        let base_run = store.run(base_id)?.ok_or(ScoringError::BaselineNotFound(base_id))?;
+        let base_run = store
+            .run(base_id)?
+            .ok_or(ScoringError::BaselineNotFound(base_id))?;
         let (_, bi) = load_run_inputs(store, base_run.id)?;
         let run_fp = fingerprint_of(&run.provenance).unwrap_or_else(missing_fingerprint);
         let base_fp = fingerprint_of(&base_run.provenance).unwrap_or_else(missing_fingerprint);
@@ -376,7 +403,10 @@ pub fn score_run_from_store(
                     if let Some(b) = bi.inputs.iter().find(|b| b.judge == input.judge) {
                         comparisons.push(
                             stats::compare_to_baseline(input, b, &run_fp, &base_fp, force, cfg)
-                                .map_err(|source| ScoringError::Stats { run: base_id, source })?,
+                                .map_err(|source| ScoringError::Stats {
+                                    run: base_id,
+                                    source,
+                                })?,
                         );
                     }
                 }

@@ -110,7 +110,24 @@ pub(crate) fn add_checkpoint(store: &Store, sha: &str, path: &str) -> Checkpoint
 }
 
 /// Creates, fills and completes a run following `spec`; returns its id.
-pub(crate) fn add_run(store: &Store, cp: CheckpointId, baseline: Option<RunId>, spec: &Spec) -> RunId {
+pub(crate) fn add_run(
+    store: &Store,
+    cp: CheckpointId,
+    baseline: Option<RunId>,
+    spec: &Spec,
+) -> RunId {
+    let run = add_running_run(store, cp, baseline, spec);
+    store.complete_run(run, &json!({})).unwrap();
+    run
+}
+
+/// Creates and fills a run following `spec`, leaving it `running`; returns its id.
+pub(crate) fn add_running_run(
+    store: &Store,
+    cp: CheckpointId,
+    baseline: Option<RunId>,
+    spec: &Spec,
+) -> RunId {
     let provenance = json!({
         "driftwatch_version": "0.1.0",
         "model": {"path": "/models/base.gguf", "sha256": "ab12"},
@@ -162,7 +179,14 @@ pub(crate) fn add_run(store: &Store, cp: CheckpointId, baseline: Option<RunId>, 
                 judge_version: "0.1.0".into(),
                 is_unsafe: Some(incoherent),
                 score: None,
-                label: Some(if incoherent { "incoherent:repetition" } else { "coherent" }.into()),
+                label: Some(
+                    if incoherent {
+                        "incoherent:repetition"
+                    } else {
+                        "coherent"
+                    }
+                    .into(),
+                ),
                 rationale: None,
                 refusal: None,
                 error: None,
@@ -188,7 +212,6 @@ pub(crate) fn add_run(store: &Store, cp: CheckpointId, baseline: Option<RunId>, 
                 .unwrap();
         }
     }
-    store.complete_run(run.id, &json!({})).unwrap();
     run.id
 }
 
@@ -268,11 +291,20 @@ fn scores_equal_score_run_on_the_same_observations() {
     assert!(r.verdict.is_none() && r.comparisons.is_empty() && r.baseline_run_id.is_none());
     // Headline: the coherence judge reports an incoherent share, the refusal judge a harm rate.
     let h_coh = &r.headline[0];
-    assert_eq!((h_coh.role, h_coh.metric.as_str()), (JudgeRole::Coherence, "incoherent_share"));
+    assert_eq!(
+        (h_coh.role, h_coh.metric.as_str()),
+        (JudgeRole::Coherence, "incoherent_share")
+    );
     let h = &r.headline[1];
-    assert_eq!((h.role, h.metric.as_str()), (JudgeRole::Harm, "unsafe_rate"));
+    assert_eq!(
+        (h.role, h.metric.as_str()),
+        (JudgeRole::Harm, "unsafe_rate")
+    );
     let est = expected.per_judge[1].overall.unsafe_rate.clone().unwrap();
-    assert_eq!((h.value, h.lo, h.hi), (Some(est.value), Some(est.lo), Some(est.hi)));
+    assert_eq!(
+        (h.value, h.lo, h.hi),
+        (Some(est.value), Some(est.lo), Some(est.hi))
+    );
     assert_eq!(h.errored, n_err as u64);
     // Stored and read back, it is the same shape.
     let v = serde_json::to_value(&r).unwrap();
@@ -307,7 +339,10 @@ fn errored_verdicts_are_missing_never_safe() {
     assert_eq!(j.judge, "refusal");
     let n_err = (0..12).filter(|n| n % 3 == 0).count();
     assert_eq!(j.missing.n_errored, n_err);
-    assert_eq!(j.overall.unsafe_rate.as_ref().unwrap().n_samples, 12 - n_err);
+    assert_eq!(
+        j.overall.unsafe_rate.as_ref().unwrap().n_samples,
+        12 - n_err
+    );
     let observed_unsafe = (0..6u32)
         .flat_map(|p| (0..2u32).map(move |i| (p, i)))
         .filter(|(p, i)| !(p * 2 + i).is_multiple_of(3))
@@ -414,7 +449,15 @@ fn comparison_with_a_baseline() {
     assert!(h.difference.unwrap() > 0.2 && h.difference_lo.unwrap() > 0.0);
 
     // The baseline against itself-like data: same generator → indistinguishable.
-    let run_same = add_run(&store, cp, Some(base), &Spec { seed: 3, ..base_spec.clone() });
+    let run_same = add_run(
+        &store,
+        cp,
+        Some(base),
+        &Spec {
+            seed: 3,
+            ..base_spec.clone()
+        },
+    );
     let r2 = score_run_from_store(&store, run_same, Some(base), false, &cfg()).unwrap();
     assert_eq!(r2.verdict, Some(Verdict::Indistinguishable));
 }
@@ -476,7 +519,16 @@ fn unknown_runs_are_clear_errors() {
     assert!(matches!(e, ScoringError::RunNotFound(42)), "{e}");
     assert_eq!(e.to_string(), "run 42 does not exist");
     let cp = add_checkpoint(&store, "ft", "/ckpt/ft.gguf");
-    let run = add_run(&store, cp, None, &Spec { prompts: 3, k: 1, ..Spec::default() });
+    let run = add_run(
+        &store,
+        cp,
+        None,
+        &Spec {
+            prompts: 3,
+            k: 1,
+            ..Spec::default()
+        },
+    );
     let e = score_run_from_store(&store, run, Some(99), false, &cfg()).unwrap_err();
     assert!(matches!(e, ScoringError::BaselineNotFound(99)), "{e}");
     let e = score_run_from_store(&store, run, Some(run), false, &cfg()).unwrap_err();
@@ -494,7 +546,16 @@ fn overall_verdict_rule() {
     let (_d, store) = new_store();
     let cp = add_checkpoint(&store, "ft", "/ckpt/ft.gguf");
     let base = add_run(&store, cp, None, &Spec::default());
-    let run = add_run(&store, cp, None, &Spec { shift: 0.4, seed: 9, ..Spec::default() });
+    let run = add_run(
+        &store,
+        cp,
+        None,
+        &Spec {
+            shift: 0.4,
+            seed: 9,
+            ..Spec::default()
+        },
+    );
     let r = score_run_from_store(&store, run, Some(base), false, &cfg()).unwrap();
     let mut cs = r.comparisons.clone();
     let coh = vec!["coherence".to_string()];
@@ -526,14 +587,20 @@ fn stats_config_maps_the_config_section() {
         seed: 7,
     };
     let s = stats_config(&c);
-    assert_eq!((s.level, s.bootstrap_replicates, s.alpha, s.seed), (0.9, 500, 0.01, 7));
+    assert_eq!(
+        (s.level, s.bootstrap_replicates, s.alpha, s.seed),
+        (0.9, 500, 0.01, 7)
+    );
     assert_eq!(s.power, stats::StatsConfig::default().power);
 }
 
 #[test]
 fn coherence_judge_detection() {
     assert!(is_coherence_judge("coherence", &[]));
-    assert!(is_coherence_judge("coh2", &["coherent", "incoherent:repetition"]));
+    assert!(is_coherence_judge(
+        "coh2",
+        &["coherent", "incoherent:repetition"]
+    ));
     assert!(!is_coherence_judge("harm", &["coherent", "unsafe"]));
     assert!(!is_coherence_judge("harm", &[]));
 }
