@@ -1,4 +1,5 @@
-//! The command line: argument definitions and the commands `generate`, `doctor` and `bench`.
+//! The command line: argument definitions and the commands `generate`, `doctor`, `bench` and
+//! `subscribe` (in [`crate::api::subscribe`]).
 
 use std::io::Write;
 use std::path::PathBuf;
@@ -33,6 +34,8 @@ pub enum Command {
     Doctor(DoctorArgs),
     /// Measure end-to-end generation throughput.
     Bench(BenchArgs),
+    /// Follow a running daemon's events (reconnects and resumes by itself).
+    Subscribe(crate::api::subscribe::SubscribeArgs),
 }
 
 /// Model and engine options shared by the generation commands.
@@ -194,6 +197,7 @@ pub async fn run(cli: Cli) -> Result<()> {
         Command::Generate(a) => generate(a).await,
         Command::Doctor(a) => doctor(a),
         Command::Bench(a) => bench(a).await,
+        Command::Subscribe(a) => Ok(crate::api::subscribe::run_subscribe(a).await?),
     }
 }
 
