@@ -41,6 +41,7 @@ pub struct Metrics {
     plugin_errors: Mutex<BTreeMap<String, u64>>,
     events_published: AtomicU64,
     stream_subscribers: AtomicI64,
+    stream_lags: AtomicU64,
 }
 
 impl Metrics {
@@ -98,6 +99,16 @@ impl Metrics {
         self.stream_subscribers.fetch_sub(1, Ordering::Relaxed);
     }
 
+    /// An event stream fell behind the live broadcast and caught up from the store.
+    pub fn stream_lagged(&self) {
+        self.stream_lags.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Catch-ups from the store so far.
+    pub fn stream_lags(&self) -> u64 {
+        self.stream_lags.load(Ordering::Relaxed)
+    }
+
     /// Open event streams now.
     pub fn stream_subscribers(&self) -> i64 {
         self.stream_subscribers.load(Ordering::Relaxed)
@@ -139,6 +150,8 @@ impl Metrics {
         let _ = writeln!(o, "driftwatch_events_published_total {}", self.events_published.load(Ordering::Relaxed));
         family(o, "driftwatch_event_stream_subscribers", "gauge", "Open SSE and WebSocket event streams.");
         let _ = writeln!(o, "driftwatch_event_stream_subscribers {}", self.stream_subscribers().max(0));
+        family(o, "driftwatch_event_stream_lags_total", "counter", "Times an event stream fell behind the live broadcast and caught up from the store.");
+        let _ = writeln!(o, "driftwatch_event_stream_lags_total {}", self.stream_lags());
         out
     }
 }

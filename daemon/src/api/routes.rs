@@ -292,7 +292,7 @@ fn stream_params(headers: &HeaderMap, p: &Params) -> Result<(Option<EventId>, Ty
 /// Subscribes (before the response goes out, so nothing published from now on is missed);
 /// without a starting point, starts after the newest stored event.
 async fn subscription(api: &ApiState, since: Option<EventId>, filter: TypeFilter) -> Result<Subscription, ApiError> {
-    let mut sub = Subscription::new(&api.bus, since.unwrap_or(0), filter);
+    let mut sub = Subscription::new(&api.bus, since.unwrap_or(0), filter).with_metrics(Arc::clone(&api.metrics));
     if since.is_none() {
         let newest = blocking(&api.store, |s| Ok(s.last_event_id()?)).await?;
         sub.skip_to(newest);

@@ -13,6 +13,7 @@ use std::sync::Arc;
 use tokio::sync::broadcast::{self, error::RecvError};
 
 use crate::events::EventBus;
+use crate::metrics::Metrics;
 use crate::store::{Event, EventId};
 
 /// Events read from the store per replay query.
@@ -81,6 +82,7 @@ pub struct Subscription {
     pending: VecDeque<Arc<Event>>,
     lags: u32,
     done: bool,
+    metrics: Option<Arc<Metrics>>,
 }
 
 impl std::fmt::Debug for Subscription {
@@ -102,7 +104,14 @@ impl Subscription {
             pending: VecDeque::new(),
             lags: 0,
             done: false,
+            metrics: None,
         }
+    }
+
+    /// Counts this subscriber's catch-ups from the store in `metrics`.
+    pub fn with_metrics(mut self, metrics: Arc<Metrics>) -> Subscription {
+        self.metrics = Some(metrics);
+        self
     }
 
     /// Starts after `id` instead (only before the first [`Subscription::next`]).
@@ -157,6 +166,9 @@ impl Subscription {
                 }
                 Err(RecvError::Lagged(missed)) => {
                     self.lags += 1;
+                    if let Some(m) = &self.metrics {
+                        m.stream_lagged();
+                    }
                     tracing::debug!(missed, last = self.last, "event subscriber lagged; resuming from the store");
                     if self.lags > MAX_CONSECUTIVE_LAGS {
                         return Some(self.fail(format!(
