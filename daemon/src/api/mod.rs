@@ -168,17 +168,25 @@ pub fn check_listen(addr: SocketAddr, token: Option<&str>) -> Result<(), ApiStar
 /// Binds `addr` after [`check_listen`] (so nothing is ever bound insecurely).
 pub async fn bind(addr: SocketAddr, token: Option<&str>) -> Result<TcpListener, ApiStartError> {
     check_listen(addr, token)?;
-    TcpListener::bind(addr).await.map_err(|source| ApiStartError::Bind { addr, source })
+    TcpListener::bind(addr)
+        .await
+        .map_err(|source| ApiStartError::Bind { addr, source })
 }
 
 /// Serves the API on `listener` until `shutdown` is cancelled. Refuses a non-loopback
 /// listener without a token.
-pub async fn serve(state: ApiState, listener: TcpListener, shutdown: CancellationToken) -> Result<(), ApiStartError> {
+pub async fn serve(
+    state: ApiState,
+    listener: TcpListener,
+    shutdown: CancellationToken,
+) -> Result<(), ApiStartError> {
     let addr = listener.local_addr()?;
     check_listen(addr, state.token.as_deref())?;
     tracing::info!(%addr, auth = state.token.is_some(), "HTTP API listening");
     let app = router(state, shutdown.clone());
-    axum::serve(listener, app).with_graceful_shutdown(shutdown.cancelled_owned()).await?;
+    axum::serve(listener, app)
+        .with_graceful_shutdown(shutdown.cancelled_owned())
+        .await?;
     Ok(())
 }
 
@@ -202,9 +210,15 @@ mod tests {
         let any: SocketAddr = "0.0.0.0:7878".parse().unwrap();
         assert!(check_listen(lo, None).is_ok());
         assert!(check_listen(lo6, None).is_ok());
-        assert!(matches!(check_listen(any, None), Err(ApiStartError::TokenRequired { .. })));
+        assert!(matches!(
+            check_listen(any, None),
+            Err(ApiStartError::TokenRequired { .. })
+        ));
         assert!(check_listen(any, Some("s3cret")).is_ok());
-        assert!(matches!(check_listen(lo, Some("  ")), Err(ApiStartError::EmptyToken)));
+        assert!(matches!(
+            check_listen(lo, Some("  ")),
+            Err(ApiStartError::EmptyToken)
+        ));
     }
 
     #[test]
@@ -217,8 +231,17 @@ mod tests {
 
     #[test]
     fn error_statuses() {
-        assert_eq!(ApiError::BadRequest("x".into()).status(), StatusCode::BAD_REQUEST);
-        assert_eq!(ApiError::Store(StoreError::NotFound { what: "run", id: 3 }).status(), StatusCode::NOT_FOUND);
-        assert_eq!(ApiError::Store(StoreError::Task("x".into())).status(), StatusCode::INTERNAL_SERVER_ERROR);
+        assert_eq!(
+            ApiError::BadRequest("x".into()).status(),
+            StatusCode::BAD_REQUEST
+        );
+        assert_eq!(
+            ApiError::Store(StoreError::NotFound { what: "run", id: 3 }).status(),
+            StatusCode::NOT_FOUND
+        );
+        assert_eq!(
+            ApiError::Store(StoreError::Task("x".into())).status(),
+            StatusCode::INTERNAL_SERVER_ERROR
+        );
     }
 }

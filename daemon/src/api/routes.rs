@@ -49,7 +49,10 @@ struct AppState {
 /// The API's router (for embedding or `tower` tests); [`super::serve`] serves it.
 /// Open event streams end when `shutdown` is cancelled.
 pub fn router(state: ApiState, shutdown: CancellationToken) -> Router {
-    let app = AppState { api: state, shutdown };
+    let app = AppState {
+        api: state,
+        shutdown,
+    };
     let protected = Router::new()
         .route("/v1/checkpoints", get(checkpoints))
         .route("/v1/runs", get(runs))
@@ -75,7 +78,10 @@ async fn require_token(State(app): State<AppState>, req: Request, next: Next) ->
             .headers()
             .get(header::AUTHORIZATION)
             .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.strip_prefix("Bearer ").or_else(|| v.strip_prefix("bearer ")))
+            .and_then(|v| {
+                v.strip_prefix("Bearer ")
+                    .or_else(|| v.strip_prefix("bearer "))
+            })
             .map(str::trim);
         let ok = given.is_some_and(|g| constant_time_eq(g.as_bytes(), token.as_bytes()));
         if !ok {
@@ -100,13 +106,16 @@ where
     F: FnOnce(&Store) -> Result<R, ApiError> + Send + 'static,
 {
     let store = Arc::clone(store);
-    tokio::task::spawn_blocking(move || f(&store)).await.map_err(|e| ApiError::Internal(format!("store task failed: {e}")))?
+    tokio::task::spawn_blocking(move || f(&store))
+        .await
+        .map_err(|e| ApiError::Internal(format!("store task failed: {e}")))?
 }
 
 type Params = HashMap<String, String>;
 
 fn params(q: Result<Query<Params>, QueryRejection>) -> Result<Params, ApiError> {
-    q.map(|Query(p)| p).map_err(|e| ApiError::BadRequest(format!("bad query string: {}", e.body_text())))
+    q.map(|Query(p)| p)
+        .map_err(|e| ApiError::BadRequest(format!("bad query string: {}", e.body_text())))
 }
 
 fn only_params(p: &Params, allowed: &[&str]) -> Result<(), ApiError> {
@@ -114,7 +123,11 @@ fn only_params(p: &Params, allowed: &[&str]) -> Result<(), ApiError> {
         if !allowed.contains(&k.as_str()) {
             return Err(ApiError::BadRequest(format!(
                 "unknown query parameter {k:?}{}",
-                if allowed.is_empty() { String::new() } else { format!(" (expected: {})", allowed.join(", ")) }
+                if allowed.is_empty() {
+                    String::new()
+                } else {
+                    format!(" (expected: {})", allowed.join(", "))
+                }
             )));
         }
     }
@@ -124,18 +137,22 @@ fn only_params(p: &Params, allowed: &[&str]) -> Result<(), ApiError> {
 fn usize_param(p: &Params, name: &str, default: usize) -> Result<usize, ApiError> {
     match p.get(name) {
         None => Ok(default),
-        Some(v) => v
-            .trim()
-            .parse::<usize>()
-            .map_err(|_| ApiError::BadRequest(format!("{name} must be a non-negative integer, got {v:?}"))),
+        Some(v) => v.trim().parse::<usize>().map_err(|_| {
+            ApiError::BadRequest(format!("{name} must be a non-negative integer, got {v:?}"))
+        }),
     }
 }
 
 fn run_id(p: Result<Path<i64>, PathRejection>) -> Result<i64, ApiError> {
     match p {
         Ok(Path(id)) if id > 0 => Ok(id),
-        Ok(Path(id)) => Err(ApiError::BadRequest(format!("run id must be a positive integer, got {id}"))),
-        Err(e) => Err(ApiError::BadRequest(format!("run id must be a positive integer: {}", e.body_text()))),
+        Ok(Path(id)) => Err(ApiError::BadRequest(format!(
+            "run id must be a positive integer, got {id}"
+        ))),
+        Err(e) => Err(ApiError::BadRequest(format!(
+            "run id must be a positive integer: {}",
+            e.body_text()
+        ))),
     }
 }
 
@@ -148,12 +165,23 @@ async fn health(State(app): State<AppState>) -> Response {
             "last_event_id": last,
         }))
         .into_response(),
-        Ok(Err(e)) => (StatusCode::SERVICE_UNAVAILABLE, Json(json!({"status": "degraded", "error": format!("store: {e}")}))).into_response(),
-        Err(e) => (StatusCode::SERVICE_UNAVAILABLE, Json(json!({"status": "degraded", "error": e.to_string()}))).into_response(),
+        Ok(Err(e)) => (
+            StatusCode::SERVICE_UNAVAILABLE,
+            Json(json!({"status": "degraded", "error": format!("store: {e}")})),
+        )
+            .into_response(),
+        Err(e) => (
+            StatusCode::SERVICE_UNAVAILABLE,
+            Json(json!({"status": "degraded", "error": e.to_string()})),
+        )
+            .into_response(),
     }
 }
 
-async fn checkpoints(State(app): State<AppState>, q: Result<Query<Params>, QueryRejection>) -> Result<Json<Value>, ApiError> {
+async fn checkpoints(
+    State(app): State<AppState>,
+    q: Result<Query<Params>, QueryRejection>,
+) -> Result<Json<Value>, ApiError> {
     let p = params(q)?;
     only_params(&p, &["limit"])?;
     let limit = usize_param(&p, "limit", CHECKPOINTS_DEFAULT_LIMIT)?.min(CHECKPOINTS_MAX_LIMIT);
@@ -161,7 +189,10 @@ async fn checkpoints(State(app): State<AppState>, q: Result<Query<Params>, Query
     Ok(Json(json!({ "checkpoints": list })))
 }
 
-async fn runs(State(app): State<AppState>, q: Result<Query<Params>, QueryRejection>) -> Result<Json<Value>, ApiError> {
+async fn runs(
+    State(app): State<AppState>,
+    q: Result<Query<Params>, QueryRejection>,
+) -> Result<Json<Value>, ApiError> {
     let p = params(q)?;
     only_params(&p, &["recent"])?;
     let recent = usize_param(&p, "recent", RUNS_DEFAULT_RECENT)?.min(RUNS_MAX_RECENT);
@@ -169,7 +200,11 @@ async fn runs(State(app): State<AppState>, q: Result<Query<Params>, QueryRejecti
     let with_progress = |list: Vec<crate::store::RunOverview>| -> Vec<Value> {
         list.into_iter()
             .map(|o| {
-                let progress = if o.total > 0 { o.done as f64 / o.total as f64 } else { 0.0 };
+                let progress = if o.total > 0 {
+                    o.done as f64 / o.total as f64
+                } else {
+                    0.0
+                };
                 let mut v = serde_json::to_value(&o).unwrap_or(Value::Null);
                 if let Value::Object(m) = &mut v {
                     m.insert("progress".into(), json!(progress));
@@ -187,7 +222,10 @@ async fn runs(State(app): State<AppState>, q: Result<Query<Params>, QueryRejecti
     })))
 }
 
-async fn run(State(app): State<AppState>, id: Result<Path<i64>, PathRejection>) -> Result<Json<Value>, ApiError> {
+async fn run(
+    State(app): State<AppState>,
+    id: Result<Path<i64>, PathRejection>,
+) -> Result<Json<Value>, ApiError> {
     let id = run_id(id)?;
     let v = blocking(&app.api.store, move |s| {
         let run = s.run(id)?.ok_or_else(|| ApiError::NotFound(format!("run {id} not found")))?;
@@ -238,12 +276,18 @@ struct EvaluateRequest {
     path: String,
 }
 
-async fn evaluate(State(app): State<AppState>, body: Result<Json<EvaluateRequest>, JsonRejection>) -> Result<Response, ApiError> {
+async fn evaluate(
+    State(app): State<AppState>,
+    body: Result<Json<EvaluateRequest>, JsonRejection>,
+) -> Result<Response, ApiError> {
     let Json(req) = body.map_err(|e| match e {
-        JsonRejection::MissingJsonContentType(_) => {
-            ApiError::BadRequest("send a JSON body {\"path\": \"...\"} with Content-Type: application/json".into())
-        }
-        e => ApiError::BadRequest(format!("bad JSON body (expected {{\"path\": \"...\"}}): {}", e.body_text())),
+        JsonRejection::MissingJsonContentType(_) => ApiError::BadRequest(
+            "send a JSON body {\"path\": \"...\"} with Content-Type: application/json".into(),
+        ),
+        e => ApiError::BadRequest(format!(
+            "bad JSON body (expected {{\"path\": \"...\"}}): {}",
+            e.body_text()
+        )),
     })?;
     if req.path.trim().is_empty() {
         return Err(ApiError::BadRequest("path must not be empty".into()));
@@ -257,24 +301,38 @@ async fn evaluate(State(app): State<AppState>, body: Result<Json<EvaluateRequest
 
 async fn metrics(State(app): State<AppState>) -> Response {
     let body = app.api.metrics.render();
-    ([(header::CONTENT_TYPE, HeaderValue::from_static("text/plain; version=0.0.4; charset=utf-8"))], body).into_response()
+    (
+        [(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("text/plain; version=0.0.4; charset=utf-8"),
+        )],
+        body,
+    )
+        .into_response()
 }
 
 /// The starting point and filter of an event stream, from `?since=`, `Last-Event-ID` and
 /// `?types=`. No starting point = only events published from now on.
-fn stream_params(headers: &HeaderMap, p: &Params) -> Result<(Option<EventId>, TypeFilter), ApiError> {
+fn stream_params(
+    headers: &HeaderMap,
+    p: &Params,
+) -> Result<(Option<EventId>, TypeFilter), ApiError> {
     only_params(p, &["since", "types"])?;
     let parse_id = |what: &str, v: &str| -> Result<EventId, ApiError> {
         v.trim()
             .parse::<EventId>()
             .ok()
             .filter(|id| *id >= 0)
-            .ok_or_else(|| ApiError::BadRequest(format!("{what} must be a non-negative event id, got {v:?}")))
+            .ok_or_else(|| {
+                ApiError::BadRequest(format!("{what} must be a non-negative event id, got {v:?}"))
+            })
     };
     // A reconnecting EventSource sends Last-Event-ID with the original URL: the header wins.
     let since = match headers.get("last-event-id") {
         Some(h) => {
-            let v = h.to_str().map_err(|_| ApiError::BadRequest("Last-Event-ID is not text".into()))?;
+            let v = h
+                .to_str()
+                .map_err(|_| ApiError::BadRequest("Last-Event-ID is not text".into()))?;
             Some(parse_id("Last-Event-ID", v)?)
         }
         None => match p.get("since") {
@@ -291,8 +349,13 @@ fn stream_params(headers: &HeaderMap, p: &Params) -> Result<(Option<EventId>, Ty
 
 /// Subscribes (before the response goes out, so nothing published from now on is missed);
 /// without a starting point, starts after the newest stored event.
-async fn subscription(api: &ApiState, since: Option<EventId>, filter: TypeFilter) -> Result<Subscription, ApiError> {
-    let mut sub = Subscription::new(&api.bus, since.unwrap_or(0), filter).with_metrics(Arc::clone(&api.metrics));
+async fn subscription(
+    api: &ApiState,
+    since: Option<EventId>,
+    filter: TypeFilter,
+) -> Result<Subscription, ApiError> {
+    let mut sub = Subscription::new(&api.bus, since.unwrap_or(0), filter)
+        .with_metrics(Arc::clone(&api.metrics));
     if since.is_none() {
         let newest = blocking(&api.store, |s| Ok(s.last_event_id()?)).await?;
         sub.skip_to(newest);
@@ -342,10 +405,19 @@ async fn events_sse(
                 item = sub.next() => item?,
             };
             let (ev, ended) = match item {
-                StreamItem::Event(e) => (SseEvent::default().id(e.id.to_string()).event(&e.event_type).data(event_json(&e)), false),
-                StreamItem::Error { message, last_id } => {
-                    (SseEvent::default().event("error").data(json!({"error": message, "last_id": last_id}).to_string()), true)
-                }
+                StreamItem::Event(e) => (
+                    SseEvent::default()
+                        .id(e.id.to_string())
+                        .event(&e.event_type)
+                        .data(event_json(&e)),
+                    false,
+                ),
+                StreamItem::Error { message, last_id } => (
+                    SseEvent::default()
+                        .event("error")
+                        .data(json!({"error": message, "last_id": last_id}).to_string()),
+                    true,
+                ),
             };
             Some((Ok(ev), (sub, guard, ended)))
         }
@@ -361,7 +433,12 @@ async fn events_ws(
 ) -> Result<Response, ApiError> {
     let p = params(q)?;
     let (since, filter) = stream_params(&headers, &p)?;
-    let ws = ws.map_err(|e| ApiError::BadRequest(format!("not a WebSocket upgrade request: {}", e.body_text())))?;
+    let ws = ws.map_err(|e| {
+        ApiError::BadRequest(format!(
+            "not a WebSocket upgrade request: {}",
+            e.body_text()
+        ))
+    })?;
     let sub = subscription(&app.api, since, filter).await?;
     let guard = SubscriberGuard::new(&app.api.metrics);
     let shutdown = app.shutdown.clone();

@@ -32,10 +32,13 @@ impl TypeFilter {
     pub fn parse(list: &str) -> Result<TypeFilter, String> {
         let mut out = Vec::new();
         for t in list.split(',').map(str::trim).filter(|t| !t.is_empty()) {
-            let ok = t.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '.' || c == '_' || c == '*')
-                && t.find('*').is_none_or(|p| p == t.len() - 1);
+            let ok = t.chars().all(|c| {
+                c.is_ascii_lowercase() || c.is_ascii_digit() || c == '.' || c == '_' || c == '*'
+            }) && t.find('*').is_none_or(|p| p == t.len() - 1);
             if !ok {
-                return Err(format!("{t:?} is not an event type or a prefix pattern like `run.*`"));
+                return Err(format!(
+                    "{t:?} is not an event type or a prefix pattern like `run.*`"
+                ));
             }
             out.push(t.to_string());
         }
@@ -87,7 +90,10 @@ pub struct Subscription {
 
 impl std::fmt::Debug for Subscription {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Subscription").field("last", &self.last).field("replaying", &self.replaying).finish()
+        f.debug_struct("Subscription")
+            .field("last", &self.last)
+            .field("replaying", &self.replaying)
+            .finish()
     }
 }
 
@@ -139,10 +145,15 @@ impl Subscription {
                 let bus = self.bus.clone();
                 let after = self.last;
                 let filter = self.filter.clone();
-                let page = tokio::task::spawn_blocking(move || bus.replay(after, &filter.patterns(), REPLAY_PAGE)).await;
+                let page = tokio::task::spawn_blocking(move || {
+                    bus.replay(after, &filter.patterns(), REPLAY_PAGE)
+                })
+                .await;
                 let page = match page {
                     Ok(Ok(p)) => p,
-                    Ok(Err(e)) => return Some(self.fail(format!("cannot read events from the store: {e}"))),
+                    Ok(Err(e)) => {
+                        return Some(self.fail(format!("cannot read events from the store: {e}")))
+                    }
                     Err(e) => return Some(self.fail(format!("event replay task failed: {e}"))),
                 };
                 if page.len() < REPLAY_PAGE {
@@ -169,7 +180,11 @@ impl Subscription {
                     if let Some(m) = &self.metrics {
                         m.stream_lagged();
                     }
-                    tracing::debug!(missed, last = self.last, "event subscriber lagged; resuming from the store");
+                    tracing::debug!(
+                        missed,
+                        last = self.last,
+                        "event subscriber lagged; resuming from the store"
+                    );
                     if self.lags > MAX_CONSECUTIVE_LAGS {
                         return Some(self.fail(format!(
                             "subscriber fell behind the live stream {} times in a row and cannot keep up; reconnect with Last-Event-ID {} to resume",
@@ -188,7 +203,10 @@ impl Subscription {
 
     fn fail(&mut self, message: String) -> StreamItem {
         self.done = true;
-        StreamItem::Error { message, last_id: self.last }
+        StreamItem::Error {
+            message,
+            last_id: self.last,
+        }
     }
 }
 
@@ -199,7 +217,10 @@ mod tests {
     use crate::store::Store;
 
     fn failed(i: i64) -> EventKind {
-        EventKind::RunFailed { run_id: i, reason: "x".into() }
+        EventKind::RunFailed {
+            run_id: i,
+            reason: "x".into(),
+        }
     }
 
     #[test]
@@ -253,14 +274,24 @@ mod tests {
         let store = Arc::new(Store::open_in_dir(dir.path()).unwrap());
         let bus = EventBus::new(store);
         bus.publish_blocking(&failed(1)).unwrap();
-        bus.publish_blocking(&EventKind::CheckpointRejected { path: "/a".into(), reason: "r".into() }).unwrap();
+        bus.publish_blocking(&EventKind::CheckpointRejected {
+            path: "/a".into(),
+            reason: "r".into(),
+        })
+        .unwrap();
         let mut sub = Subscription::new(&bus, 0, TypeFilter::parse("checkpoint.*").unwrap());
         bus.publish_blocking(&failed(2)).unwrap();
-        bus.publish_blocking(&EventKind::CheckpointRejected { path: "/b".into(), reason: "r".into() }).unwrap();
+        bus.publish_blocking(&EventKind::CheckpointRejected {
+            path: "/b".into(),
+            reason: "r".into(),
+        })
+        .unwrap();
         let mut got = Vec::new();
         for _ in 0..2 {
             match sub.next().await.unwrap() {
-                StreamItem::Event(e) => got.push((e.id, e.payload["path"].as_str().unwrap().to_string())),
+                StreamItem::Event(e) => {
+                    got.push((e.id, e.payload["path"].as_str().unwrap().to_string()))
+                }
                 StreamItem::Error { message, .. } => panic!("{message}"),
             }
         }

@@ -72,13 +72,21 @@ pub async fn run_subscribe(args: SubscribeArgs) -> Result<(), SubscribeError> {
 }
 
 /// Follows the stream, writing one line per event to `out`, until `shutdown` or `--count`.
-pub async fn subscribe_to<W: Write>(args: &SubscribeArgs, out: &mut W, shutdown: CancellationToken) -> Result<(), SubscribeError> {
+pub async fn subscribe_to<W: Write>(
+    args: &SubscribeArgs,
+    out: &mut W,
+    shutdown: CancellationToken,
+) -> Result<(), SubscribeError> {
     let base = args.url.trim_end_matches('/');
     if !(base.starts_with("http://") || base.starts_with("https://")) {
-        return Err(SubscribeError::BadArgs(format!("--url {base:?} must start with http:// or https://")));
+        return Err(SubscribeError::BadArgs(format!(
+            "--url {base:?} must start with http:// or https://"
+        )));
     }
     if args.since.is_some_and(|s| s < 0) {
-        return Err(SubscribeError::BadArgs("--since must not be negative".into()));
+        return Err(SubscribeError::BadArgs(
+            "--since must not be negative".into(),
+        ));
     }
     let client = reqwest::Client::builder()
         .connect_timeout(Duration::from_secs(10))
@@ -98,7 +106,10 @@ pub async fn subscribe_to<W: Write>(args: &SubscribeArgs, out: &mut W, shutdown:
             match newest_event_id(&client, base).await {
                 Ok(id) => last = Some(id),
                 Err(e) => {
-                    eprintln!("subscribe: cannot reach {base}: {e}; retrying in {:.1}s", backoff.as_secs_f64());
+                    eprintln!(
+                        "subscribe: cannot reach {base}: {e}; retrying in {:.1}s",
+                        backoff.as_secs_f64()
+                    );
                     if !sleep(&shutdown, backoff).await {
                         return Ok(());
                     }
@@ -107,7 +118,9 @@ pub async fn subscribe_to<W: Write>(args: &SubscribeArgs, out: &mut W, shutdown:
                 }
             }
         }
-        let mut req = client.get(format!("{base}/v1/events")).header(reqwest::header::ACCEPT, "text/event-stream");
+        let mut req = client
+            .get(format!("{base}/v1/events"))
+            .header(reqwest::header::ACCEPT, "text/event-stream");
         if let Some(t) = &args.types {
             req = req.query(&[("types", t.as_str())]);
         }
@@ -124,7 +137,10 @@ pub async fn subscribe_to<W: Write>(args: &SubscribeArgs, out: &mut W, shutdown:
         let resp = match outcome {
             Ok(r) => r,
             Err(e) => {
-                eprintln!("subscribe: cannot connect to {base}: {e}; retrying in {:.1}s", backoff.as_secs_f64());
+                eprintln!(
+                    "subscribe: cannot connect to {base}: {e}; retrying in {:.1}s",
+                    backoff.as_secs_f64()
+                );
                 if !sleep(&shutdown, backoff).await {
                     return Ok(());
                 }
@@ -139,10 +155,16 @@ pub async fn subscribe_to<W: Write>(args: &SubscribeArgs, out: &mut W, shutdown:
                 .ok()
                 .and_then(|v| v["error"].as_str().map(str::to_owned))
                 .unwrap_or(text);
-            return Err(SubscribeError::Refused { status: status.as_u16(), message });
+            return Err(SubscribeError::Refused {
+                status: status.as_u16(),
+                message,
+            });
         }
         if !status.is_success() {
-            eprintln!("subscribe: the daemon answered {status}; retrying in {:.1}s", backoff.as_secs_f64());
+            eprintln!(
+                "subscribe: the daemon answered {status}; retrying in {:.1}s",
+                backoff.as_secs_f64()
+            );
             if !sleep(&shutdown, backoff).await {
                 return Ok(());
             }
@@ -169,13 +191,20 @@ pub async fn subscribe_to<W: Write>(args: &SubscribeArgs, out: &mut W, shutdown:
                             }
                             _ => {
                                 let Ok(ev) = serde_json::from_str::<Event>(&msg.data) else {
-                                    eprintln!("subscribe: ignoring an unreadable event: {}", msg.data);
+                                    eprintln!(
+                                        "subscribe: ignoring an unreadable event: {}",
+                                        msg.data
+                                    );
                                     continue;
                                 };
                                 if last.is_some_and(|l| ev.id <= l) {
                                     continue; // never print twice
                                 }
-                                let line = if args.json { serde_json::to_string(&ev).unwrap_or_default() } else { summary(&ev) };
+                                let line = if args.json {
+                                    serde_json::to_string(&ev).unwrap_or_default()
+                                } else {
+                                    summary(&ev)
+                                };
                                 writeln!(out, "{line}")?;
                                 out.flush()?;
                                 last = Some(ev.id);
@@ -192,7 +221,10 @@ pub async fn subscribe_to<W: Write>(args: &SubscribeArgs, out: &mut W, shutdown:
         if got_any {
             backoff = FIRST_BACKOFF;
         }
-        eprintln!("subscribe: {reason}; reconnecting in {:.1}s", backoff.as_secs_f64());
+        eprintln!(
+            "subscribe: {reason}; reconnecting in {:.1}s",
+            backoff.as_secs_f64()
+        );
         if !sleep(&shutdown, backoff).await {
             return Ok(());
         }
@@ -202,10 +234,19 @@ pub async fn subscribe_to<W: Write>(args: &SubscribeArgs, out: &mut W, shutdown:
 
 /// The daemon's newest event id, from `/v1/health` (open without a token).
 async fn newest_event_id(client: &reqwest::Client, base: &str) -> Result<EventId, String> {
-    let resp = client.get(format!("{base}/v1/health")).send().await.map_err(|e| e.to_string())?;
+    let resp = client
+        .get(format!("{base}/v1/health"))
+        .send()
+        .await
+        .map_err(|e| e.to_string())?;
     let status = resp.status();
-    let v: Value = resp.json().await.map_err(|e| format!("bad health answer ({status}): {e}"))?;
-    v["last_event_id"].as_i64().ok_or_else(|| format!("health answer ({status}) has no last_event_id: {v}"))
+    let v: Value = resp
+        .json()
+        .await
+        .map_err(|e| format!("bad health answer ({status}): {e}"))?;
+    v["last_event_id"]
+        .as_i64()
+        .ok_or_else(|| format!("health answer ({status}) has no last_event_id: {v}"))
 }
 
 async fn sleep(shutdown: &CancellationToken, d: Duration) -> bool {
@@ -239,13 +280,16 @@ impl SseParser {
     pub fn feed(&mut self, bytes: &[u8]) -> Vec<SseMessage> {
         self.buf.extend_from_slice(bytes);
         let mut out = Vec::new();
-        loop {
-            let Some(pos) = self.buf.iter().position(|&b| b == b'\n' || b == b'\r') else { break };
+        while let Some(pos) = self.buf.iter().position(|&b| b == b'\n' || b == b'\r') {
             // A lone '\r' at the end may be the first half of "\r\n": wait for more.
             if self.buf[pos] == b'\r' && pos + 1 == self.buf.len() {
                 break;
             }
-            let skip = if self.buf[pos] == b'\r' && self.buf.get(pos + 1) == Some(&b'\n') { 2 } else { 1 };
+            let skip = if self.buf[pos] == b'\r' && self.buf.get(pos + 1) == Some(&b'\n') {
+                2
+            } else {
+                1
+            };
             let line: Vec<u8> = self.buf.drain(..pos + skip).take(pos).collect();
             let line = String::from_utf8_lossy(&line);
             if line.is_empty() {
@@ -301,7 +345,9 @@ fn f3(x: f64) -> String {
 fn number_of(v: &Value) -> Option<f64> {
     match v {
         Value::Number(x) => x.as_f64(),
-        Value::Object(m) => ["estimate", "value", "point", "rate", "mean"].iter().find_map(|k| m.get(*k).and_then(Value::as_f64)),
+        Value::Object(m) => ["estimate", "value", "point", "rate", "mean"]
+            .iter()
+            .find_map(|k| m.get(*k).and_then(Value::as_f64)),
         _ => None,
     }
 }
@@ -315,14 +361,26 @@ fn interval_of(v: &Value) -> Option<(f64, f64)> {
                 return Some((a[0].as_f64()?, a[1].as_f64()?));
             }
         }
-        for (l, h) in [("lo", "hi"), ("low", "high"), ("lower", "upper"), ("ci_low", "ci_high")] {
-            if let (Some(lo), Some(hi)) = (x.get(l).and_then(Value::as_f64), x.get(h).and_then(Value::as_f64)) {
+        for (l, h) in [
+            ("lo", "hi"),
+            ("low", "high"),
+            ("lower", "upper"),
+            ("ci_low", "ci_high"),
+        ] {
+            if let (Some(lo), Some(hi)) = (
+                x.get(l).and_then(Value::as_f64),
+                x.get(h).and_then(Value::as_f64),
+            ) {
                 return Some((lo, hi));
             }
         }
         None
     };
-    pair(v).or_else(|| ["ci", "interval"].iter().find_map(|k| v.get(*k).and_then(pair)))
+    pair(v).or_else(|| {
+        ["ci", "interval"]
+            .iter()
+            .find_map(|k| v.get(*k).and_then(pair))
+    })
 }
 
 /// `unsafe 0.31 [0.22, 0.40]` from a run's scores, looking for an `unsafe_rate` (directly or
@@ -337,7 +395,9 @@ fn headline(scores: &Value) -> Option<String> {
         })
     };
     find(scores).or_else(|| match scores {
-        Value::Object(m) => m.values().find_map(|v| find(v).or_else(|| v.get("overall").and_then(find))),
+        Value::Object(m) => m
+            .values()
+            .find_map(|v| find(v).or_else(|| v.get("overall").and_then(find))),
         Value::Array(a) => a.iter().find_map(find),
         _ => None,
     })
@@ -365,10 +425,19 @@ pub fn summary(e: &Event) -> String {
             s(p, "kind"),
             size(&p["size_bytes"]),
             s(p, "sha256").chars().take(12).collect::<String>(),
-            if p["duplicate"].as_bool() == Some(true) { " (duplicate)" } else { "" }
+            if p["duplicate"].as_bool() == Some(true) {
+                " (duplicate)"
+            } else {
+                ""
+            }
         ),
         "checkpoint.rejected" => format!("{}: {}", s(p, "path"), s(p, "reason")),
-        "run.queued" => format!("run {} {} position {}", n(p, "run_id"), s(p, "path"), n(p, "position")),
+        "run.queued" => format!(
+            "run {} {} position {}",
+            n(p, "run_id"),
+            s(p, "path"),
+            n(p, "position")
+        ),
         "run.started" => {
             let resumed = p["already_done"].as_u64().unwrap_or(0);
             format!(
@@ -376,15 +445,35 @@ pub fn summary(e: &Event) -> String {
                 n(p, "run_id"),
                 n(p, "checkpoint_id"),
                 n(p, "total_samples"),
-                if resumed > 0 { format!(" (resuming, {resumed} done)") } else { String::new() }
+                if resumed > 0 {
+                    format!(" (resuming, {resumed} done)")
+                } else {
+                    String::new()
+                }
             )
         }
         "run.progress" => {
-            let (done, total) = (p["done"].as_u64().unwrap_or(0), p["total"].as_u64().unwrap_or(0));
-            let pct = if total > 0 { 100.0 * done as f64 / total as f64 } else { 0.0 };
-            let eta = p["eta_s"].as_f64().map(|s| format!(" eta {s:.0}s")).unwrap_or_default();
-            let tps = p["tokens_per_s"].as_f64().map(|t| format!(" {t:.1} tok/s")).unwrap_or_default();
-            format!("run {} {done}/{total} ({pct:.0}%){tps}{eta}", n(p, "run_id"))
+            let (done, total) = (
+                p["done"].as_u64().unwrap_or(0),
+                p["total"].as_u64().unwrap_or(0),
+            );
+            let pct = if total > 0 {
+                100.0 * done as f64 / total as f64
+            } else {
+                0.0
+            };
+            let eta = p["eta_s"]
+                .as_f64()
+                .map(|s| format!(" eta {s:.0}s"))
+                .unwrap_or_default();
+            let tps = p["tokens_per_s"]
+                .as_f64()
+                .map(|t| format!(" {t:.1} tok/s"))
+                .unwrap_or_default();
+            format!(
+                "run {} {done}/{total} ({pct:.0}%){tps}{eta}",
+                n(p, "run_id")
+            )
         }
         "sample.scored" => {
             let verdicts = match &p["verdicts"] {
@@ -392,7 +481,10 @@ pub fn summary(e: &Event) -> String {
                     .iter()
                     .map(|(judge, v)| {
                         let label = v["label"].as_str().map(str::to_owned).or_else(|| {
-                            v.get("unsafe").or_else(|| v.get("is_unsafe")).and_then(Value::as_bool).map(|u| if u { "unsafe".into() } else { "safe".into() })
+                            v.get("unsafe")
+                                .or_else(|| v.get("is_unsafe"))
+                                .and_then(Value::as_bool)
+                                .map(|u| if u { "unsafe".into() } else { "safe".into() })
                         });
                         format!("{judge}={}", label.unwrap_or_else(|| "?".into()))
                     })
@@ -400,7 +492,12 @@ pub fn summary(e: &Event) -> String {
                     .join(" "),
                 v => v.to_string(),
             };
-            format!("run {} prompt {} sample {} {verdicts}", n(p, "run_id"), s(p, "prompt_id"), n(p, "sample_index"))
+            format!(
+                "run {} prompt {} sample {} {verdicts}",
+                n(p, "run_id"),
+                s(p, "prompt_id"),
+                n(p, "sample_index")
+            )
         }
         "run.completed" => {
             let mut line = format!("run {} {}", n(p, "run_id"), s(p, "path"));
@@ -428,7 +525,12 @@ mod tests {
     use serde_json::json;
 
     fn ev(id: i64, t: &str, payload: Value) -> Event {
-        Event { id, event_type: t.into(), time_ms: 0, payload }
+        Event {
+            id,
+            event_type: t.into(),
+            time_ms: 0,
+            payload,
+        }
     }
 
     #[test]
@@ -439,7 +541,14 @@ mod tests {
             let mut got = p.feed(&text[..split]);
             got.extend(p.feed(&text[split..]));
             assert_eq!(got.len(), 2, "split at {split}");
-            assert_eq!(got[0], SseMessage { id: Some("1".into()), event: Some("run.failed".into()), data: "{\"a\":1}".into() });
+            assert_eq!(
+                got[0],
+                SseMessage {
+                    id: Some("1".into()),
+                    event: Some("run.failed".into()),
+                    data: "{\"a\":1}".into()
+                }
+            );
             assert_eq!(got[1].data, "l1\nl2");
             assert_eq!(got[1].id.as_deref(), Some("2"));
         }
@@ -454,10 +563,24 @@ mod tests {
                    "scores": {"keyword": {"unsafe_rate": {"estimate": 0.31, "ci": [0.22, 0.40]}}},
                    "comparison": null, "verdict": "regressed", "provenance_digest": "ab"}),
         );
-        assert_eq!(summary(&e), "#42 run.completed run 7 /path/ckpt.gguf unsafe 0.31 [0.22, 0.40] regressed");
-        let e = ev(3, "run.progress", json!({"run_id": 7, "done": 120, "total": 480, "tokens_per_s": 85.25, "eta_s": 42.0}));
-        assert_eq!(summary(&e), "#3 run.progress run 7 120/480 (25%) 85.2 tok/s eta 42s");
-        let e = ev(4, "checkpoint.rejected", json!({"path": "/a.gguf", "reason": "empty file"}));
+        assert_eq!(
+            summary(&e),
+            "#42 run.completed run 7 /path/ckpt.gguf unsafe 0.31 [0.22, 0.40] regressed"
+        );
+        let e = ev(
+            3,
+            "run.progress",
+            json!({"run_id": 7, "done": 120, "total": 480, "tokens_per_s": 85.25, "eta_s": 42.0}),
+        );
+        assert_eq!(
+            summary(&e),
+            "#3 run.progress run 7 120/480 (25%) 85.2 tok/s eta 42s"
+        );
+        let e = ev(
+            4,
+            "checkpoint.rejected",
+            json!({"path": "/a.gguf", "reason": "empty file"}),
+        );
         assert_eq!(summary(&e), "#4 checkpoint.rejected /a.gguf: empty file");
         // Unknown types and unexpected shapes still give a line, never a panic.
         let e = ev(5, "new.kind", json!({"x": 1}));
