@@ -19,6 +19,7 @@ use axum::{Json, Router};
 use futures::Stream;
 use serde::Deserialize;
 use serde_json::{json, Value};
+use sha2::Digest;
 use tokio_util::sync::CancellationToken;
 
 use super::stream::{StreamItem, Subscription, TypeFilter};
@@ -83,7 +84,10 @@ async fn require_token(State(app): State<AppState>, req: Request, next: Next) ->
                     .or_else(|| v.strip_prefix("bearer "))
             })
             .map(str::trim);
-        let ok = given.is_some_and(|g| constant_time_eq(g.as_bytes(), token.as_bytes()));
+        // Digests first: equal lengths, so not even the token's length leaks through timing.
+        let digest = |b: &[u8]| sha2::Sha256::digest(b);
+        let ok = given
+            .is_some_and(|g| constant_time_eq(&digest(g.as_bytes()), &digest(token.as_bytes())));
         if !ok {
             return ApiError::Unauthorized.into_response();
         }

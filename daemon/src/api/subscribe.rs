@@ -57,6 +57,8 @@ pub enum SubscribeError {
 /// Longest wait between reconnect attempts.
 pub const MAX_BACKOFF: Duration = Duration::from_secs(30);
 const FIRST_BACKOFF: Duration = Duration::from_millis(250);
+/// A stream silent this long (the daemon sends keep-alives every 15 s) is reconnected.
+pub const IDLE_TIMEOUT: Duration = Duration::from_secs(60);
 
 /// Runs `driftwatch subscribe` until Ctrl-C (or `--count` events).
 pub async fn run_subscribe(args: SubscribeArgs) -> Result<(), SubscribeError> {
@@ -177,7 +179,13 @@ pub async fn subscribe_to<W: Write>(
         let reason = loop {
             let chunk = tokio::select! {
                 _ = shutdown.cancelled() => return Ok(()),
-                c = body.next() => c,
+                c = tokio::time::timeout(IDLE_TIMEOUT, body.next()) => c,
+            };
+            let Ok(chunk) = chunk else {
+                break format!(
+                    "nothing (not even a keep-alive) for {}s",
+                    IDLE_TIMEOUT.as_secs()
+                );
             };
             match chunk {
                 None => break "the daemon closed the stream".to_string(),
@@ -531,6 +539,55 @@ mod tests {
             time_ms: 0,
             payload,
         }
+    }
+
+    #[test]
+    fn the_command_line_parses() {
+        use clap::Parser;
+        let cli = crate::cli::Cli::try_parse_from([
+            "driftwatch",
+            "subscribe",
+            "--url",
+            "http://127.0.0.1:9",
+            "--since",
+            "5",
+            "--types",
+            "run.*",
+            "--json",
+        ])
+        .unwrap();
+        let crate::cli::Command::Subscribe(a) = cli.command else {
+            panic!("not subscribe")
+        };
+        assert_eq!(
+            (a.url.as_str(), a.since, a.types.as_deref(), a.json),
+            ("http://127.0.0.1:9", Some(5), Some("run.*"), true)
+        );
+        assert!(
+            crate::cli::Cli::try_parse_from(["driftwatch", "subscribe", "--since", "x"]).is_err()
+        );
+    }
+
+    #[tokio::test]
+    async fn bad_arguments_are_refused_without_connecting() {
+        let mut a = SubscribeArgs {
+            url: "ftp://x".into(),
+            since: None,
+            types: None,
+            json: false,
+            token: None,
+            count: None,
+        };
+        let err = subscribe_to(&a, &mut Vec::new(), CancellationToken::new())
+            .await
+            .unwrap_err();
+        assert!(matches!(err, SubscribeError::BadArgs(_)), "{err}");
+        a.url = "http://127.0.0.1:9".into();
+        a.since = Some(-1);
+        let err = subscribe_to(&a, &mut Vec::new(), CancellationToken::new())
+            .await
+            .unwrap_err();
+        assert!(matches!(err, SubscribeError::BadArgs(_)), "{err}");
     }
 
     #[test]
