@@ -23,8 +23,8 @@ fn publish_in_background(
     tokio::task::spawn_blocking(move || {
         for i in from..from + n {
             bus.publish_blocking(&numbered(i)).unwrap();
-            if i % 7 == 0 {
-                std::thread::sleep(Duration::from_millis(2));
+            if i % 3 == 0 {
+                std::thread::sleep(Duration::from_millis(1));
             }
         }
     })
@@ -39,12 +39,12 @@ async fn sse_delivers_in_order_and_resumes_without_gap_or_duplicate() {
         api.bus.publish_blocking(&numbered(i)).unwrap();
     }
     let url = api.url("/v1/events?since=0");
-    let total: i64 = 300;
+    let total: i64 = 500;
     let mut sse = SseClient::connect(&client, &url, None).await;
     let publisher = publish_in_background(&api.bus, 6, total - 5);
     let mut seen: Vec<i64> = Vec::new();
     // Read a while, drop the connection mid-stream, reconnect with Last-Event-ID: three times.
-    for round in 0..3 {
+    for round in 0..8 {
         for _ in 0..40 {
             let e = sse.next_event().await.unwrap();
             assert_eq!(e.payload["run_id"], e.id, "payload belongs to its id");

@@ -269,6 +269,32 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn events_both_replayed_and_broadcast_come_once() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Arc::new(Store::open_in_dir(dir.path()).unwrap());
+        let bus = EventBus::new(store);
+        bus.publish_blocking(&failed(1)).unwrap();
+        let mut sub = Subscription::new(&bus, 0, TypeFilter::default());
+        // Published after subscribing, before the replay: in the store *and* the receiver.
+        for i in 2..=5 {
+            bus.publish_blocking(&failed(i)).unwrap();
+        }
+        let mut ids = Vec::new();
+        for _ in 0..5 {
+            match sub.next().await.unwrap() {
+                StreamItem::Event(e) => ids.push(e.id),
+                StreamItem::Error { message, .. } => panic!("{message}"),
+            }
+        }
+        bus.publish_blocking(&failed(6)).unwrap();
+        match sub.next().await.unwrap() {
+            StreamItem::Event(e) => ids.push(e.id),
+            StreamItem::Error { message, .. } => panic!("{message}"),
+        }
+        assert_eq!(ids, vec![1, 2, 3, 4, 5, 6]);
+    }
+
+    #[tokio::test]
     async fn filters_apply_to_replay_and_live() {
         let dir = tempfile::tempdir().unwrap();
         let store = Arc::new(Store::open_in_dir(dir.path()).unwrap());
