@@ -280,30 +280,35 @@ async fn publish_rate(bus: &driftwatch::events::EventBus, from: i64, n: i64) -> 
 async fn two_hundred_subscribers_and_one_that_never_reads_do_not_slow_the_publisher() {
     let api = TestApi::start(None).await;
     let n: i64 = 5000;
-    // Baseline: no subscribers.
+    // A: no subscribers.
     let (rate_0, worst_0) = publish_rate(&api.bus, 1, n).await;
-    let base = n; // ids 1..=n used by the baseline
+    let base = n; // ids 1..=n used by A
     let client = reqwest::Client::builder()
         .pool_max_idle_per_host(0)
         .build()
         .unwrap();
     let url = api.url(&format!("/v1/events?since={base}"));
-    // One subscriber that connects and never reads a byte.
+    // One subscriber that connects and never reads a byte (until the very end).
     let mut stuck = SseClient::connect(&client, &url, None).await;
-    // 199 that read everything.
+    // 199 that will read everything.
     let readers = 199;
     let mut clients = Vec::new();
     for _ in 0..readers {
         clients.push(SseClient::connect(&client, &url, None).await);
     }
     assert_eq!(api.metrics.stream_subscribers(), 200);
+    // B: 200 connected, nobody reading yet.
+    let (rate_idle, worst_idle) = publish_rate(&api.bus, base + 1, n).await;
+    // C: 199 reading while the publisher goes on, one still not reading.
+    let total = 2 * n;
     let done = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let t = Instant::now();
     let tasks: Vec<_> = clients
         .into_iter()
         .map(|mut c| {
             let done = Arc::clone(&done);
             tokio::spawn(async move {
-                for want in base + 1..=base + n {
+                for want in base + 1..=base + total {
                     let e = c.next_event().await.unwrap();
                     assert_eq!(e.id, want, "in order, no gap, no duplicate");
                 }
@@ -311,8 +316,7 @@ async fn two_hundred_subscribers_and_one_that_never_reads_do_not_slow_the_publis
             })
         })
         .collect();
-    let t = Instant::now();
-    let (rate_200, worst_200) = publish_rate(&api.bus, base + 1, n).await;
+    let (rate_200, worst_200) = publish_rate(&api.bus, base + n + 1, n).await;
     let publish_s = t.elapsed().as_secs_f64();
     for task in tasks {
         tokio::time::timeout(Duration::from_secs(120), task)
@@ -323,12 +327,13 @@ async fn two_hundred_subscribers_and_one_that_never_reads_do_not_slow_the_publis
     let all_read_s = t.elapsed().as_secs_f64();
     assert_eq!(done.load(std::sync::atomic::Ordering::SeqCst), readers);
     eprintln!(
-        "BENCH publish {n} events: {rate_0:.0} events/s (slowest publish {worst_0:.2} ms) with 0 subscribers, \
-         {rate_200:.0} events/s (slowest {worst_200:.2} ms) with 200 SSE subscribers (one never reading); \
-         publishing took {publish_s:.2}s, all {readers} readers had every event after {all_read_s:.2}s"
+        "BENCH publish {n} events each: (A) 0 subscribers {rate_0:.0} events/s, slowest publish {worst_0:.2} ms; \
+         (B) 200 SSE subscribers connected, none reading: {rate_idle:.0} events/s, slowest {worst_idle:.2} ms; \
+         (C) 199 reading + 1 never reading: {rate_200:.0} events/s, slowest {worst_200:.2} ms \
+         (publishing done after {publish_s:.2}s; all {readers} readers had all {total} events after {all_read_s:.2}s)"
     );
     // The one that never read still gets everything, in order, when it finally reads.
-    for want in base + 1..=base + n {
+    for want in base + 1..=base + total {
         assert_eq!(stuck.next_event().await.unwrap().id, want);
     }
     drop(stuck);
