@@ -492,3 +492,78 @@ async fn ws_forward(mut socket: WebSocket, mut sub: Subscription, shutdown: Canc
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::api::subscribe::SseParser;
+    use crate::events::{EventBus, EventKind};
+    use crate::metrics::Metrics;
+    use futures::StreamExt;
+
+    struct NoControl;
+
+    impl crate::api::Control for NoControl {
+        fn evaluate(
+            &self,
+            _path: PathBuf,
+        ) -> futures::future::BoxFuture<'static, Result<Value, ApiError>> {
+            Box::pin(async { Err(ApiError::Unavailable("not in this test".into())) })
+        }
+        fn plugins(&self) -> Value {
+            json!([])
+        }
+    }
+
+    #[tokio::test]
+    async fn a_stream_that_cannot_go_on_ends_with_an_error_event() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Arc::new(Store::open_in_dir(dir.path()).unwrap());
+        let bus = EventBus::new(Arc::clone(&store));
+        bus.publish_blocking(&EventKind::RunFailed {
+            run_id: 1,
+            reason: "x".into(),
+        })
+        .unwrap();
+        let state = ApiState {
+            store: Arc::clone(&store),
+            bus,
+            metrics: Arc::new(Metrics::new()),
+            control: Arc::new(NoControl),
+            token: None,
+        };
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let shutdown = CancellationToken::new();
+        let server = tokio::spawn(crate::api::serve(state, listener, shutdown.clone()));
+        // The event log becomes unreadable.
+        rusqlite::Connection::open(store.path())
+            .unwrap()
+            .execute_batch("DROP TABLE events")
+            .unwrap();
+        let resp = reqwest::get(format!("http://{addr}/v1/events?since=0"))
+            .await
+            .unwrap();
+        assert_eq!(resp.status(), 200);
+        let mut body = resp.bytes_stream();
+        let mut parser = SseParser::default();
+        let mut messages = Vec::new();
+        while let Some(chunk) = tokio::time::timeout(Duration::from_secs(10), body.next())
+            .await
+            .unwrap()
+        {
+            messages.extend(parser.feed(&chunk.unwrap()));
+        }
+        // Exactly one message, the error, then the stream closed.
+        assert_eq!(messages.len(), 1, "{messages:?}");
+        assert_eq!(messages[0].event.as_deref(), Some("error"));
+        let v: Value = serde_json::from_str(&messages[0].data).unwrap();
+        assert!(
+            v["error"].as_str().unwrap().contains("cannot read events"),
+            "{v}"
+        );
+        assert_eq!(v["last_id"], 0);
+        shutdown.cancel();
+        server.await.unwrap().unwrap();
+    }
+}

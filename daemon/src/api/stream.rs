@@ -295,6 +295,29 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn a_replay_that_cannot_read_the_store_ends_with_an_error() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Arc::new(Store::open_in_dir(dir.path()).unwrap());
+        let bus = EventBus::new(Arc::clone(&store));
+        bus.publish_blocking(&failed(1)).unwrap();
+        let mut sub = Subscription::new(&bus, 0, TypeFilter::default());
+        // Break the store behind the subscriber's back.
+        let raw = rusqlite::Connection::open(store.path()).unwrap();
+        raw.execute_batch("DROP TABLE events").unwrap();
+        match sub.next().await {
+            Some(StreamItem::Error { message, last_id }) => {
+                assert!(message.contains("cannot read events"), "{message}");
+                assert_eq!(last_id, 0);
+            }
+            other => panic!("expected an error, got {other:?}"),
+        }
+        assert!(
+            sub.next().await.is_none(),
+            "the stream ends after the error"
+        );
+    }
+
+    #[tokio::test]
     async fn filters_apply_to_replay_and_live() {
         let dir = tempfile::tempdir().unwrap();
         let store = Arc::new(Store::open_in_dir(dir.path()).unwrap());
