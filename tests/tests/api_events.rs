@@ -202,6 +202,12 @@ async fn websocket_delivers_in_order_and_resumes_with_since() {
     publisher.await.unwrap();
     assert_eq!(seen, (1..=total).collect::<Vec<_>>());
     // Filters work the same way.
+    // Ahead of the event log: refused before the upgrade.
+    let err =
+        tokio_tungstenite::connect_async(format!("ws://{}/v1/events/ws?since=99999", api.addr))
+            .await
+            .unwrap_err();
+    assert!(err.to_string().contains("409"), "{err}");
     let mut only = ws_connect(&api, "?since=0&types=checkpoint.*").await;
     api.bus
         .publish_blocking(&EventKind::CheckpointRejected {

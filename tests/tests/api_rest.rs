@@ -216,6 +216,10 @@ async fn bad_requests_get_json_errors_with_the_right_status() {
         assert_eq!(s, status, "{path}: {v}");
         assert!(!error_text(&v).is_empty());
     }
+    // Ahead of the event log (it was reset): a clear conflict, not silence.
+    let (s, v) = get(&c, api.url("/v1/events?since=999")).await;
+    assert_eq!(s, 409, "{v}");
+    assert!(error_text(&v).contains("beyond the newest event"));
     let r = c
         .get(api.url("/v1/events"))
         .header("Last-Event-ID", "nope")

@@ -360,9 +360,18 @@ async fn subscription(
 ) -> Result<Subscription, ApiError> {
     let mut sub = Subscription::new(&api.bus, since.unwrap_or(0), filter)
         .with_metrics(Arc::clone(&api.metrics));
-    if since.is_none() {
-        let newest = blocking(&api.store, |s| Ok(s.last_event_id()?)).await?;
-        sub.skip_to(newest);
+    let newest = blocking(&api.store, |s| Ok(s.last_event_id()?)).await?;
+    match since {
+        None => sub.skip_to(newest),
+        // Ids are stored before anyone sees them, so a client can only be ahead of the log
+        // when the store was replaced: say so instead of staying silent until the ids catch up.
+        Some(s) if s > newest => {
+            return Err(ApiError::Conflict(format!(
+                "event id {s} is beyond the newest event ({newest}): the event log was reset; \
+                 resume with since=0 (everything) or without since (new events only)"
+            )))
+        }
+        Some(_) => {}
     }
     Ok(sub)
 }
