@@ -284,7 +284,7 @@ impl Delivery {
                 }
                 Err(e) => {
                     tracing::warn!(webhook = %name, id = event.id, error = %e, retry_in_ms = backoff.as_millis() as u64, "webhook delivery failed");
-                    let (n, msg) = (name.clone(), e.to_string());
+                    let (n, msg) = (name.clone(), crate::api::error_chain(&e));
                     if let Err(se) = self
                         .store_call(move |s| s.record_webhook_failure(&n, &msg))
                         .await

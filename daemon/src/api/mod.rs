@@ -190,6 +190,22 @@ pub async fn serve(
     Ok(())
 }
 
+/// An error with its causes, `outer: inner: innermost` (reqwest's own message alone hides
+/// why a request failed).
+pub(crate) fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut text = e.to_string();
+    let mut source = e.source();
+    while let Some(s) = source {
+        let t = s.to_string();
+        if !text.contains(&t) {
+            text.push_str(": ");
+            text.push_str(&t);
+        }
+        source = s.source();
+    }
+    text
+}
+
 /// Compares two byte strings in time that depends only on their lengths.
 pub(crate) fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
     if a.len() != b.len() {
@@ -219,6 +235,26 @@ mod tests {
             check_listen(lo, Some("  ")),
             Err(ApiStartError::EmptyToken)
         ));
+    }
+
+    #[test]
+    fn error_chains_name_every_cause() {
+        let inner =
+            std::io::Error::new(std::io::ErrorKind::ConnectionRefused, "connection refused");
+        let outer = ApiStartError::Bind {
+            addr: "127.0.0.1:1".parse().unwrap(),
+            source: inner,
+        };
+        // Bind's message already includes its source once; it is not repeated.
+        assert_eq!(
+            error_chain(&outer),
+            "cannot listen on 127.0.0.1:1: connection refused"
+        );
+        let e = StoreError::Task("boom".into());
+        assert_eq!(
+            error_chain(&ApiError::Store(e)),
+            "store failure: store task failed: boom"
+        );
     }
 
     #[test]

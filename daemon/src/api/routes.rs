@@ -512,6 +512,10 @@ mod tests {
 
     struct NoControl;
 
+    fn bus_for_test(store: &Arc<Store>) -> EventBus {
+        EventBus::new(Arc::clone(store))
+    }
+
     impl crate::api::Control for NoControl {
         fn evaluate(
             &self,
@@ -545,10 +549,16 @@ mod tests {
         let addr = listener.local_addr().unwrap();
         let shutdown = CancellationToken::new();
         let server = tokio::spawn(crate::api::serve(state, listener, shutdown.clone()));
-        // The event log becomes unreadable.
-        rusqlite::Connection::open(store.path())
-            .unwrap()
-            .execute_batch("DROP TABLE events")
+        bus_for_test(&store)
+            .publish_blocking(&EventKind::RunFailed {
+                run_id: 2,
+                reason: "y".into(),
+            })
+            .unwrap();
+        // Event 2 becomes unreadable (the store reads pages, so the page from 1 fails): the
+        // stream says why it stops, with the position to resume from, and ends.
+        let raw = rusqlite::Connection::open(store.path()).unwrap();
+        raw.execute_batch("UPDATE events SET payload = 'not json' WHERE id = 2")
             .unwrap();
         let resp = reqwest::get(format!("http://{addr}/v1/events?since=0"))
             .await
@@ -563,7 +573,6 @@ mod tests {
         {
             messages.extend(parser.feed(&chunk.unwrap()));
         }
-        // Exactly one message, the error, then the stream closed.
         assert_eq!(messages.len(), 1, "{messages:?}");
         assert_eq!(messages[0].event.as_deref(), Some("error"));
         let v: Value = serde_json::from_str(&messages[0].data).unwrap();
@@ -572,6 +581,17 @@ mod tests {
             "{v}"
         );
         assert_eq!(v["last_id"], 0);
+        // With the log gone entirely, a new stream is refused with a JSON 500.
+        raw.execute_batch("DROP TABLE events").unwrap();
+        let resp = reqwest::get(format!("http://{addr}/v1/events?since=0"))
+            .await
+            .unwrap();
+        assert_eq!(resp.status(), 500);
+        let v: Value = resp.json().await.unwrap();
+        assert!(
+            v["error"].as_str().unwrap().starts_with("store failure"),
+            "{v}"
+        );
         shutdown.cancel();
         server.await.unwrap().unwrap();
     }

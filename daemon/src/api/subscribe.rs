@@ -140,7 +140,8 @@ pub async fn subscribe_to<W: Write>(
             Ok(r) => r,
             Err(e) => {
                 eprintln!(
-                    "subscribe: cannot connect to {base}: {e}; retrying in {:.1}s",
+                    "subscribe: cannot connect to {base}: {}; retrying in {:.1}s",
+                    super::error_chain(&e),
                     backoff.as_secs_f64()
                 );
                 if !sleep(&shutdown, backoff).await {
@@ -189,7 +190,7 @@ pub async fn subscribe_to<W: Write>(
             };
             match chunk {
                 None => break "the daemon closed the stream".to_string(),
-                Some(Err(e)) => break format!("stream broke: {e}"),
+                Some(Err(e)) => break format!("stream broke: {}", super::error_chain(&e)),
                 Some(Ok(bytes)) => {
                     for msg in parser.feed(&bytes) {
                         got_any = true;
@@ -246,7 +247,7 @@ async fn newest_event_id(client: &reqwest::Client, base: &str) -> Result<EventId
         .get(format!("{base}/v1/health"))
         .send()
         .await
-        .map_err(|e| e.to_string())?;
+        .map_err(|e| super::error_chain(&e))?;
     let status = resp.status();
     let v: Value = resp
         .json()
