@@ -400,7 +400,13 @@ async fn events_sse(
     State(app): State<AppState>,
     headers: HeaderMap,
     q: Result<Query<Params>, QueryRejection>,
-) -> Result<Sse<impl Stream<Item = Result<SseEvent, Infallible>>>, ApiError> {
+) -> Result<
+    (
+        [(&'static str, &'static str); 1],
+        Sse<impl Stream<Item = Result<SseEvent, Infallible>>>,
+    ),
+    ApiError,
+> {
     let p = params(q)?;
     let (since, filter) = stream_params(&headers, &p)?;
     // Subscribed before the response goes out: nothing published from now on can be missed.
@@ -435,7 +441,9 @@ async fn events_sse(
             Some((Ok(ev), (sub, guard, ended)))
         }
     });
-    Ok(Sse::new(stream).keep_alive(KeepAlive::new().interval(KEEP_ALIVE).text("keep-alive")))
+    let sse = Sse::new(stream).keep_alive(KeepAlive::new().interval(KEEP_ALIVE).text("keep-alive"));
+    // Reverse proxies (nginx) must not hold events back in a buffer.
+    Ok(([("x-accel-buffering", "no")], sse))
 }
 
 async fn events_ws(

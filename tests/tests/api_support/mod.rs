@@ -147,6 +147,7 @@ impl SseClient {
         }
         let resp = req.send().await.unwrap();
         assert_eq!(resp.status(), 200, "{url}");
+        assert_eq!(resp.headers()["x-accel-buffering"], "no");
         assert!(resp.headers()["content-type"]
             .to_str()
             .unwrap()
