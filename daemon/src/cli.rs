@@ -1,6 +1,6 @@
 //! The command line: argument definitions and the commands `generate`, `doctor`, `bench`,
 //! `serve`, `status`, `plugin` and `judge` (`compare` and `report` are defined in
-//! [`crate::report::cmd`]).
+//! [`crate::report::cmd`], `subscribe` in [`crate::api::subscribe`]).
 
 use std::io::Write;
 use std::path::PathBuf;
@@ -48,6 +48,8 @@ pub enum Command {
     Compare(crate::report::cmd::CompareArgs),
     /// Report on stored runs (Markdown, self-contained HTML, or JSON).
     Report(crate::report::cmd::ReportArgs),
+    /// Follow a running daemon's events (reconnects and resumes by itself).
+    Subscribe(crate::api::subscribe::SubscribeArgs),
 }
 
 /// `driftwatch serve`.
@@ -258,6 +260,7 @@ pub async fn run(cli: Cli) -> Result<()> {
         Command::Judge(a) => judge(a),
         Command::Compare(a) => crate::report::cmd::compare(a),
         Command::Report(a) => crate::report::cmd::report(a),
+        Command::Subscribe(a) => Ok(crate::api::subscribe::run_subscribe(a).await?),
     }
 }
 

@@ -189,6 +189,7 @@ pub struct EventBus {
     store: Arc<Store>,
     tx: broadcast::Sender<Arc<Event>>,
     order: Arc<Mutex<()>>,
+    metrics: Option<Arc<crate::metrics::Metrics>>,
 }
 
 impl std::fmt::Debug for EventBus {
@@ -204,7 +205,13 @@ impl EventBus {
     /// A bus over `store`.
     pub fn new(store: Arc<Store>) -> EventBus {
         let (tx, _) = broadcast::channel(BROADCAST_CAPACITY);
-        EventBus { store, tx, order: Arc::new(Mutex::new(())) }
+        EventBus { store, tx, order: Arc::new(Mutex::new(())), metrics: None }
+    }
+
+    /// The same bus, counting published events in `metrics`.
+    pub fn with_metrics(mut self, metrics: Arc<crate::metrics::Metrics>) -> EventBus {
+        self.metrics = Some(metrics);
+        self
     }
 
     /// Stores and broadcasts an event (blocking: a single small insert). Returns it.
@@ -214,6 +221,9 @@ impl EventBus {
         let event = Arc::new(self.store.append_event_record(kind.type_name(), &payload)?);
         // No receivers is fine: the event is in the store.
         let _ = self.tx.send(Arc::clone(&event));
+        if let Some(m) = &self.metrics {
+            m.events_published();
+        }
         Ok(event)
     }
 

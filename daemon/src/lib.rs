@@ -5,12 +5,13 @@
 //! part directly: [`gguf`] and [`checkpoint`] read and check files before llama.cpp sees them,
 //! [`engine`] generates seeded samples in batches, [`judge`] runs sandboxed wasm judge plugins,
 //! [`suite`] loads prompt suites, [`stats`] turns verdicts into scores with honest intervals and
-//! [`scoring`] applies it to stored runs, [`config`] is the typed configuration, [`store`] the
-//! durable SQLite store, [`events`] the score events, [`watch`] turns watched folders into
-//! settled files, [`daemon`] runs it all, [`report`] renders stored runs, [`setup`] knows where
-//! the default model lives, and
-//! [`cli`] is the command line.
+//! [`scoring`] applies it to stored runs, [`report`] renders them, [`config`] is the typed
+//! configuration, [`store`] the durable SQLite store, [`events`] the score events, [`watch`]
+//! turns watched folders into settled files, [`daemon`] runs it all, [`api`] serves the HTTP API
+//! and event streams (with [`webhooks`] and [`metrics`] beside it), [`setup`] knows where the
+//! default model lives, and [`cli`] is the command line.
 
+pub mod api;
 pub mod checkpoint;
 pub mod cli;
 pub mod config;
@@ -19,6 +20,7 @@ pub mod engine;
 pub mod events;
 pub mod gguf;
 pub mod judge;
+pub mod metrics;
 pub mod report;
 pub mod scoring;
 pub mod setup;
@@ -26,3 +28,4 @@ pub mod stats;
 pub mod store;
 pub mod suite;
 pub mod watch;
+pub mod webhooks;

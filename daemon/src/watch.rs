@@ -61,11 +61,13 @@ pub struct SettledFile {
 impl SettledFile {
     /// The mtime in Unix milliseconds (0 before 1970).
     pub fn mtime_ms(&self) -> i64 {
-        self.mtime
-            .duration_since(UNIX_EPOCH)
-            .map(|d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
-            .unwrap_or(0)
+        system_time_ms(self.mtime)
     }
+}
+
+/// A time in Unix milliseconds (0 before 1970).
+pub fn system_time_ms(t: SystemTime) -> i64 {
+    t.duration_since(UNIX_EPOCH).map(|d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX)).unwrap_or(0)
 }
 
 /// What the watcher reports.

@@ -63,18 +63,51 @@ pub(super) async fn take_base(ctx: &Arc<Ctx>) -> Result<(), DaemonError> {
     Ok(())
 }
 
+/// Takes in a file named by hand (the API's `POST /v1/evaluate`).
+pub(crate) async fn take_path(ctx: &Arc<Ctx>, path: &Path) -> Result<Taken, StoreError> {
+    let mtime = std::fs::metadata(path).ok().and_then(|m| m.modified().ok()).map(crate::watch::system_time_ms).unwrap_or(0);
+    take_file(ctx, path, mtime).await
+}
+
 /// The base model's run of `repeat` under the current settings, if queued or done.
 pub(super) fn baseline_run(ctx: &Ctx, repeat: u32) -> Result<Option<RunId>, StoreError> {
     Ok(ctx.store.find_run_by_settings(&ctx.base_sha256, &ctx.settings_hash(repeat))?.map(|r| r.id))
 }
 
-/// Queues one run per repeat unless an equivalent run exists.
-async fn queue_runs(ctx: &Arc<Ctx>, ckpt: &crate::store::Checkpoint, path: &str) -> Result<(), StoreError> {
+/// What became of a file handed to intake.
+#[derive(Debug, Clone, serde::Serialize)]
+#[serde(tag = "outcome", rename_all = "snake_case")]
+pub(crate) enum Taken {
+    /// The file was refused.
+    Rejected {
+        /// Why.
+        reason: String,
+    },
+    /// The file is a checkpoint; runs were queued unless equivalent ones exist.
+    Accepted {
+        /// Store id of the checkpoint.
+        checkpoint_id: i64,
+        /// `model` or `adapter`.
+        kind: String,
+        /// True when the content was known under another name.
+        duplicate: bool,
+        /// Runs queued now.
+        queued: Vec<RunId>,
+        /// Existing runs under the same settings (not evaluated again).
+        existing: Vec<RunId>,
+    },
+}
+
+/// Queues one run per repeat unless an equivalent run exists. Returns (queued, existing).
+async fn queue_runs(ctx: &Arc<Ctx>, ckpt: &crate::store::Checkpoint, path: &str) -> Result<(Vec<RunId>, Vec<RunId>), StoreError> {
+    let mut queued = Vec::new();
+    let mut existing_runs = Vec::new();
     let is_base = ckpt.sha256 == ctx.base_sha256;
     for repeat in 0..ctx.config.sampling.repeats.max(1) {
         let hash = ctx.settings_hash(repeat);
         if let Some(existing) = ctx.store.find_run_by_settings(&ckpt.sha256, &hash)? {
             tracing::info!(run = existing.id, status = ?existing.status, "already evaluated under these settings; linked to the existing run");
+            existing_runs.push(existing.id);
             continue;
         }
         let baseline = if is_base { None } else { baseline_run(ctx, repeat)? };
@@ -91,12 +124,14 @@ async fn queue_runs(ctx: &Arc<Ctx>, ckpt: &crate::store::Checkpoint, path: &str)
             .emit(EventKind::RunQueued { run_id: run.id, checkpoint_id: ckpt.id, path: path.to_owned(), position })
             .await;
         tracing::info!(run = run.id, repeat, "run queued");
+        ctx.metrics.set_queue_length(ctx.store.status_summary(0).map(|s| s.queued.len() as u64).unwrap_or(0));
         ctx.wake.notify_one();
+        queued.push(run.id);
     }
-    Ok(())
+    Ok((queued, existing_runs))
 }
 
-async fn reject(ctx: &Arc<Ctx>, path: &Path, sha256: Option<String>, size: u64, reason: String) -> Result<(), StoreError> {
+async fn reject(ctx: &Arc<Ctx>, path: &Path, sha256: Option<String>, size: u64, reason: String) -> Result<Taken, StoreError> {
     tracing::warn!(reason = %reason, "checkpoint rejected");
     if let Some(sha) = sha256 {
         let new = NewCheckpoint { sha256: sha, path: path.to_owned(), size, kind: CheckpointKind::Unknown, architecture: None, mtime_ms: None };
@@ -106,12 +141,12 @@ async fn reject(ctx: &Arc<Ctx>, path: &Path, sha256: Option<String>, size: u64, 
             ctx.store.set_checkpoint_status(c.id, CheckpointStatus::Rejected, Some(&reason))?;
         }
     }
-    ctx.bus.emit(EventKind::CheckpointRejected { path: path.display().to_string(), reason }).await;
-    Ok(())
+    ctx.bus.emit(EventKind::CheckpointRejected { path: path.display().to_string(), reason: reason.clone() }).await;
+    Ok(Taken::Rejected { reason })
 }
 
 /// Takes in one settled file.
-async fn take_file(ctx: &Arc<Ctx>, path: &Path, mtime_ms: i64) -> Result<(), StoreError> {
+async fn take_file(ctx: &Arc<Ctx>, path: &Path, mtime_ms: i64) -> Result<Taken, StoreError> {
     let p = path.to_owned();
     let base = ctx.base.clone();
     // Header checks and hashing read the file: off the async threads.
@@ -158,5 +193,6 @@ async fn take_file(ctx: &Arc<Ctx>, path: &Path, mtime_ms: i64) -> Result<(), Sto
         .await;
     tracing::info!(checkpoint = ckpt.id, kind = header.kind_name(), duplicate = !created, "checkpoint taken in");
     let ckpt = ctx.store.checkpoint(ckpt.id)?.unwrap_or(ckpt);
-    queue_runs(ctx, &ckpt, &path.display().to_string()).await
+    let (queued, existing) = queue_runs(ctx, &ckpt, &path.display().to_string()).await?;
+    Ok(Taken::Accepted { checkpoint_id: ckpt.id, kind: header.kind_name().to_owned(), duplicate: !created, queued, existing })
 }

@@ -207,13 +207,21 @@ impl JudgeSet {
 
     /// Scores samples with every judge (blocking; call from a blocking thread). Returns, per
     /// sample, one verdict per judge (a judge error becomes a verdict carrying the error), and
-    /// the time spent.
-    pub fn judge(&self, samples: &[Sample], on_error: &mut dyn FnMut(&str, &str)) -> (Vec<Vec<Verdict>>, f64) {
+    /// the total time spent; `on_call` hears each judge's time and `on_error` each failure.
+    pub fn judge(
+        &self,
+        samples: &[Sample],
+        on_call: &mut dyn FnMut(&str, f64),
+        on_error: &mut dyn FnMut(&str, &str),
+    ) -> (Vec<Vec<Verdict>>, f64) {
         let t = Instant::now();
         let mut out: Vec<Vec<Verdict>> = vec![Vec::with_capacity(self.judges.len()); samples.len()];
         for j in &self.judges {
             let version = j.plugin.info().version.clone();
-            match j.plugin.judge(samples) {
+            let call = Instant::now();
+            let result = j.plugin.judge(samples);
+            on_call(&j.name, call.elapsed().as_secs_f64());
+            match result {
                 Ok(verdicts) => {
                     for (slot, v) in out.iter_mut().zip(verdicts) {
                         slot.push(Verdict {

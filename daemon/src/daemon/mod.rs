@@ -80,6 +80,51 @@ pub(crate) struct Ctx {
     pub wake: Notify,
     /// Paths of checkpoint files that disappeared.
     pub removed: broadcast::Sender<PathBuf>,
+    /// Prometheus metrics.
+    pub metrics: Arc<crate::metrics::Metrics>,
+}
+
+/// What the HTTP API may ask of the daemon.
+struct DaemonControl {
+    ctx: std::sync::Weak<Ctx>,
+}
+
+impl crate::api::Control for DaemonControl {
+    fn evaluate(&self, path: PathBuf) -> futures::future::BoxFuture<'static, Result<Value, crate::api::ApiError>> {
+        use crate::api::ApiError;
+        let ctx = self.ctx.upgrade();
+        Box::pin(async move {
+            let ctx = ctx.ok_or_else(|| ApiError::Unavailable("the daemon is stopping".into()))?;
+            if !path.is_absolute() {
+                return Err(ApiError::BadRequest(format!("give an absolute path, not {}", path.display())));
+            }
+            if !path.is_file() {
+                return Err(ApiError::NotFound(format!("no file at {}", path.display())));
+            }
+            match intake::take_path(&ctx, &path).await {
+                Ok(t @ intake::Taken::Accepted { .. }) => Ok(serde_json::to_value(t).unwrap_or_default()),
+                Ok(intake::Taken::Rejected { reason }) => Err(ApiError::Unprocessable(format!("{}: {reason}", path.display()))),
+                Err(e) => Err(ApiError::Store(e)),
+            }
+        })
+    }
+
+    fn plugins(&self) -> Value {
+        match self.ctx.upgrade() {
+            Some(ctx) => json!(ctx
+                .judges
+                .lock()
+                .judges()
+                .iter()
+                .zip(ctx.judges.lock().identities())
+                .map(|(j, id)| json!({
+                    "name": id.name, "plugin": id.plugin, "version": id.version, "wasm_sha256": id.wasm_sha256,
+                    "measures": j.plugin.info().measures, "path": j.path, "judge_model": id.judge_model,
+                }))
+                .collect::<Vec<_>>()),
+            None => json!([]),
+        }
+    }
 }
 
 /// A loaded suite, for provenance.
@@ -221,7 +266,12 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Daem
                 .map_err(|e| DaemonError::Other(e.to_string()))??,
         )
     };
-    let bus = EventBus::new(Arc::clone(&store));
+    let metrics = Arc::new(crate::metrics::Metrics::new());
+    let bus = EventBus::new(Arc::clone(&store)).with_metrics(Arc::clone(&metrics));
+    // Refuse a reachable API without a token before doing any work.
+    if config.api.enabled {
+        crate::api::check_listen(config.api.listen, config.api.token.as_deref()).map_err(|e| DaemonError::Other(format!("api: {e}")))?;
+    }
     let requeued = store.requeue_interrupted_runs()?;
     if !requeued.is_empty() {
         tracing::info!(runs = ?requeued, "resuming runs interrupted by a stop or a crash");
@@ -277,12 +327,39 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Daem
         base_sha256,
         wake: Notify::new(),
         removed,
+        metrics,
     });
 
     // The base model first: every later checkpoint is compared with its run.
     intake::take_base(&ctx).await?;
 
     let mut tasks = tokio::task::JoinSet::new();
+    if ctx.config.api.enabled {
+        let listener = crate::api::bind(ctx.config.api.listen, ctx.config.api.token.as_deref())
+            .await
+            .map_err(|e| DaemonError::Other(format!("api: {e}")))?;
+        let addr = listener.local_addr().map(|a| a.to_string()).unwrap_or_default();
+        let state = crate::api::ApiState {
+            store: Arc::clone(&ctx.store),
+            bus: ctx.bus.clone(),
+            metrics: Arc::clone(&ctx.metrics),
+            control: Arc::new(DaemonControl { ctx: Arc::downgrade(&ctx) }),
+            token: ctx.config.api.token.clone(),
+        };
+        let api_stop = shutdown.clone();
+        tasks.spawn(async move {
+            if let Err(e) = crate::api::serve(state, listener, api_stop).await {
+                tracing::error!(error = %e, "the HTTP API stopped");
+            }
+        });
+        tracing::info!(listen = %addr, "HTTP API listening (events: GET /v1/events; `driftwatch subscribe`)");
+        if !ctx.config.api.webhooks.is_empty() {
+            let handle = crate::webhooks::spawn_webhooks(&ctx.config.api, Arc::clone(&ctx.store), ctx.bus.clone(), shutdown.clone());
+            tasks.spawn(async move {
+                let _ = handle.await;
+            });
+        }
+    }
     let intake_ctx = Arc::clone(&ctx);
     let intake_stop = shutdown.clone();
     let watcher = crate::watch::Watcher::start_with(

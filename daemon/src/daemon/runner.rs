@@ -31,6 +31,12 @@ pub(super) async fn run_loop(ctx: Arc<Ctx>, stop: CancellationToken) {
                 let span = tracing::info_span!("run", run = run.id, checkpoint = run.checkpoint_id);
                 let id = run.id;
                 let outcome = tracing::Instrument::instrument(execute(&ctx, run, &stop), span).await;
+                match &outcome {
+                    Ok(true) => ctx.metrics.run_finished("completed"),
+                    Ok(false) => ctx.metrics.run_finished("interrupted"),
+                    Err(_) => ctx.metrics.run_finished("failed"),
+                }
+                ctx.metrics.set_queue_length(ctx.store.status_summary(0).map(|s| s.queued.len() as u64).unwrap_or(0));
                 if let Err(e) = outcome {
                     tracing::error!(run = id, error = %e, "run failed");
                     let reason = e.to_string();
@@ -98,8 +104,8 @@ fn plan(ctx: &Ctx, repeat: u32, done: &HashSet<SampleKey>) -> Vec<Planned> {
     out
 }
 
-/// Runs one run to its end, or to a stop.
-async fn execute(ctx: &Arc<Ctx>, run: Run, stop: &CancellationToken) -> Result<(), RunError> {
+/// Runs one run to its end (true), or to a stop (false).
+async fn execute(ctx: &Arc<Ctx>, run: Run, stop: &CancellationToken) -> Result<bool, RunError> {
     let store = Arc::clone(&ctx.store);
     let ckpt = store.checkpoint(run.checkpoint_id)?.ok_or_else(|| RunError::Other(format!("checkpoint {} is not in the store", run.checkpoint_id)))?;
     let path = store
@@ -198,13 +204,14 @@ async fn execute(ctx: &Arc<Ctx>, run: Run, stop: &CancellationToken) -> Result<(
     }
     if interrupted {
         // Left `running`: the next start requeues it and generates only what is missing.
-        return Ok(());
+        return Ok(false);
     }
     let count = store.sample_count(run.id)?;
     if count < total {
         return Err(RunError::Other(format!("only {count} of {total} samples were stored")));
     }
-    finish(ctx, &run, &ckpt.path).await
+    finish(ctx, &run, &ckpt.path).await?;
+    Ok(true)
 }
 
 /// Scores a completed run and publishes it.
@@ -307,8 +314,9 @@ fn judge_and_store(
                 finish_reason: judge_finish(s.finish_reason),
             })
             .collect();
-        let (verdicts, judge_s) = judges.judge(&samples, &mut |judge, msg| {
+        let (verdicts, judge_s) = judges.judge(&samples, &mut |judge, secs| ctx.metrics.observe_judge_call(judge, secs), &mut |judge, msg| {
             tracing::warn!(judge, error = msg, "judge error");
+            ctx.metrics.plugin_error(judge);
             let _ = ctx.bus.publish_blocking(&EventKind::PluginFailed { plugin: judge.to_owned(), reason: msg.to_owned() });
         });
         let per_sample_ms = judge_s * 1000.0 / batch.len() as f64;
@@ -330,6 +338,7 @@ fn judge_and_store(
             if w.inserted {
                 stored += 1;
                 tokens += u64::from(out.completion_tokens);
+                ctx.metrics.samples_generated(1);
             }
             if ctx.config.events.sample_scored {
                 let v = serde_json::to_value(&verdicts).unwrap_or_default();
@@ -342,6 +351,9 @@ fn judge_and_store(
             let done = already + stored;
             let rate = stored as f64 / elapsed.max(1e-9);
             let eta = (rate > 0.0).then(|| (total.saturating_sub(done)) as f64 / rate);
+            let tps = tokens as f64 / elapsed.max(1e-9);
+            ctx.metrics.set_decode_tokens_per_s(tps);
+            tracing::info!(run = run_id, done, total, tokens_per_s = format!("{tps:.0}"), eta_s = eta.map(|e| e.round()), "progress");
             let _ = ctx.bus.publish_blocking(&EventKind::RunProgress { run_id, done, total, tokens_per_s: tokens as f64 / elapsed.max(1e-9), eta_s: eta });
         }
     }

@@ -1,0 +1,606 @@
+//! The routes: REST over the store, the SSE and WebSocket event streams, `/metrics`, and the
+//! bearer-token check in front of everything but `/v1/health`.
+
+use std::collections::HashMap;
+use std::convert::Infallible;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::extract::rejection::{JsonRejection, PathRejection, QueryRejection};
+use axum::extract::ws::{Message, WebSocket, WebSocketUpgrade};
+use axum::extract::{Path, Query, Request, State};
+use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
+use axum::middleware::{self, Next};
+use axum::response::sse::{Event as SseEvent, KeepAlive, Sse};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use futures::Stream;
+use serde::Deserialize;
+use serde_json::{json, Value};
+use sha2::Digest;
+use tokio_util::sync::CancellationToken;
+
+use super::stream::{StreamItem, Subscription, TypeFilter};
+use super::{constant_time_eq, ApiError, ApiState};
+use crate::store::{EventId, Store};
+
+/// Default and largest page of `/v1/runs/{id}/samples`.
+pub const SAMPLES_DEFAULT_LIMIT: usize = 100;
+/// Largest page of `/v1/runs/{id}/samples` (larger limits are capped).
+pub const SAMPLES_MAX_LIMIT: usize = 1000;
+/// Default and largest number of checkpoints listed.
+pub const CHECKPOINTS_DEFAULT_LIMIT: usize = 100;
+/// Largest number of checkpoints listed.
+pub const CHECKPOINTS_MAX_LIMIT: usize = 10_000;
+/// Default and largest number of finished runs listed by `/v1/runs`.
+pub const RUNS_DEFAULT_RECENT: usize = 20;
+/// Largest number of finished runs listed by `/v1/runs`.
+pub const RUNS_MAX_RECENT: usize = 1000;
+/// Interval of SSE keep-alive comments and WebSocket pings.
+pub const KEEP_ALIVE: Duration = Duration::from_secs(15);
+
+#[derive(Clone)]
+struct AppState {
+    api: ApiState,
+    shutdown: CancellationToken,
+}
+
+/// The API's router (for embedding or `tower` tests); [`super::serve`] serves it.
+/// Open event streams end when `shutdown` is cancelled.
+pub fn router(state: ApiState, shutdown: CancellationToken) -> Router {
+    let app = AppState {
+        api: state,
+        shutdown,
+    };
+    let protected = Router::new()
+        .route("/v1/checkpoints", get(checkpoints))
+        .route("/v1/runs", get(runs))
+        .route("/v1/runs/{id}", get(run))
+        .route("/v1/runs/{id}/samples", get(samples))
+        .route("/v1/plugins", get(plugins))
+        .route("/v1/evaluate", post(evaluate))
+        .route("/v1/events", get(events_sse))
+        .route("/v1/events/ws", get(events_ws))
+        .route("/metrics", get(metrics))
+        .route_layer(middleware::from_fn_with_state(app.clone(), require_token));
+    Router::new()
+        .route("/v1/health", get(health))
+        .merge(protected)
+        .fallback(not_found)
+        .method_not_allowed_fallback(method_not_allowed)
+        .with_state(app)
+}
+
+async fn require_token(State(app): State<AppState>, req: Request, next: Next) -> Response {
+    if let Some(token) = &app.api.token {
+        let given = req
+            .headers()
+            .get(header::AUTHORIZATION)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| {
+                v.strip_prefix("Bearer ")
+                    .or_else(|| v.strip_prefix("bearer "))
+            })
+            .map(str::trim);
+        // Digests first: equal lengths, so not even the token's length leaks through timing.
+        let digest = |b: &[u8]| sha2::Sha256::digest(b);
+        let ok = given
+            .is_some_and(|g| constant_time_eq(&digest(g.as_bytes()), &digest(token.as_bytes())));
+        if !ok {
+            return ApiError::Unauthorized.into_response();
+        }
+    }
+    next.run(req).await
+}
+
+async fn not_found(req: Request) -> ApiError {
+    ApiError::NotFound(format!("no route {} {}", req.method(), req.uri().path()))
+}
+
+async fn method_not_allowed() -> ApiError {
+    ApiError::MethodNotAllowed
+}
+
+/// Runs a store call on the blocking pool.
+async fn blocking<R, F>(store: &Arc<Store>, f: F) -> Result<R, ApiError>
+where
+    R: Send + 'static,
+    F: FnOnce(&Store) -> Result<R, ApiError> + Send + 'static,
+{
+    let store = Arc::clone(store);
+    tokio::task::spawn_blocking(move || f(&store))
+        .await
+        .map_err(|e| ApiError::Internal(format!("store task failed: {e}")))?
+}
+
+type Params = HashMap<String, String>;
+
+fn params(q: Result<Query<Params>, QueryRejection>) -> Result<Params, ApiError> {
+    q.map(|Query(p)| p)
+        .map_err(|e| ApiError::BadRequest(format!("bad query string: {}", e.body_text())))
+}
+
+fn only_params(p: &Params, allowed: &[&str]) -> Result<(), ApiError> {
+    for k in p.keys() {
+        if !allowed.contains(&k.as_str()) {
+            return Err(ApiError::BadRequest(format!(
+                "unknown query parameter {k:?}{}",
+                if allowed.is_empty() {
+                    String::new()
+                } else {
+                    format!(" (expected: {})", allowed.join(", "))
+                }
+            )));
+        }
+    }
+    Ok(())
+}
+
+fn usize_param(p: &Params, name: &str, default: usize) -> Result<usize, ApiError> {
+    match p.get(name) {
+        None => Ok(default),
+        Some(v) => v.trim().parse::<usize>().map_err(|_| {
+            ApiError::BadRequest(format!("{name} must be a non-negative integer, got {v:?}"))
+        }),
+    }
+}
+
+fn run_id(p: Result<Path<i64>, PathRejection>) -> Result<i64, ApiError> {
+    match p {
+        Ok(Path(id)) if id > 0 => Ok(id),
+        Ok(Path(id)) => Err(ApiError::BadRequest(format!(
+            "run id must be a positive integer, got {id}"
+        ))),
+        Err(e) => Err(ApiError::BadRequest(format!(
+            "run id must be a positive integer: {}",
+            e.body_text()
+        ))),
+    }
+}
+
+async fn health(State(app): State<AppState>) -> Response {
+    let store = Arc::clone(&app.api.store);
+    match tokio::task::spawn_blocking(move || store.last_event_id()).await {
+        Ok(Ok(last)) => Json(json!({
+            "status": "ok",
+            "version": env!("CARGO_PKG_VERSION"),
+            "last_event_id": last,
+        }))
+        .into_response(),
+        Ok(Err(e)) => (
+            StatusCode::SERVICE_UNAVAILABLE,
+            Json(json!({"status": "degraded", "error": format!("store: {e}")})),
+        )
+            .into_response(),
+        Err(e) => (
+            StatusCode::SERVICE_UNAVAILABLE,
+            Json(json!({"status": "degraded", "error": e.to_string()})),
+        )
+            .into_response(),
+    }
+}
+
+async fn checkpoints(
+    State(app): State<AppState>,
+    q: Result<Query<Params>, QueryRejection>,
+) -> Result<Json<Value>, ApiError> {
+    let p = params(q)?;
+    only_params(&p, &["limit"])?;
+    let limit = usize_param(&p, "limit", CHECKPOINTS_DEFAULT_LIMIT)?.min(CHECKPOINTS_MAX_LIMIT);
+    let list = blocking(&app.api.store, move |s| Ok(s.list_checkpoints(limit)?)).await?;
+    Ok(Json(json!({ "checkpoints": list })))
+}
+
+async fn runs(
+    State(app): State<AppState>,
+    q: Result<Query<Params>, QueryRejection>,
+) -> Result<Json<Value>, ApiError> {
+    let p = params(q)?;
+    only_params(&p, &["recent"])?;
+    let recent = usize_param(&p, "recent", RUNS_DEFAULT_RECENT)?.min(RUNS_MAX_RECENT);
+    let summary = blocking(&app.api.store, move |s| Ok(s.status_summary(recent)?)).await?;
+    let with_progress = |list: Vec<crate::store::RunOverview>| -> Vec<Value> {
+        list.into_iter()
+            .map(|o| {
+                let progress = if o.total > 0 {
+                    o.done as f64 / o.total as f64
+                } else {
+                    0.0
+                };
+                let mut v = serde_json::to_value(&o).unwrap_or(Value::Null);
+                if let Value::Object(m) = &mut v {
+                    m.insert("progress".into(), json!(progress));
+                }
+                v
+            })
+            .collect()
+    };
+    Ok(Json(json!({
+        "queued": with_progress(summary.queued),
+        "running": with_progress(summary.running),
+        "recent": with_progress(summary.recent),
+        "checkpoints": summary.checkpoints,
+        "last_event_id": summary.last_event_id,
+    })))
+}
+
+async fn run(
+    State(app): State<AppState>,
+    id: Result<Path<i64>, PathRejection>,
+) -> Result<Json<Value>, ApiError> {
+    let id = run_id(id)?;
+    let v = blocking(&app.api.store, move |s| {
+        let run = s.run(id)?.ok_or_else(|| ApiError::NotFound(format!("run {id} not found")))?;
+        let checkpoint = s.checkpoint(run.checkpoint_id)?;
+        let done = s.sample_count(id)?;
+        let progress = if run.total_samples > 0 { done as f64 / run.total_samples as f64 } else { 0.0 };
+        Ok(json!({ "run": run, "checkpoint": checkpoint, "done": done, "total": run.total_samples, "progress": progress }))
+    })
+    .await?;
+    Ok(Json(v))
+}
+
+async fn samples(
+    State(app): State<AppState>,
+    id: Result<Path<i64>, PathRejection>,
+    q: Result<Query<Params>, QueryRejection>,
+) -> Result<Json<Value>, ApiError> {
+    let id = run_id(id)?;
+    let p = params(q)?;
+    only_params(&p, &["offset", "limit"])?;
+    let offset = usize_param(&p, "offset", 0)?;
+    let limit = usize_param(&p, "limit", SAMPLES_DEFAULT_LIMIT)?;
+    if limit == 0 {
+        return Err(ApiError::BadRequest("limit must be at least 1".into()));
+    }
+    let limit = limit.min(SAMPLES_MAX_LIMIT);
+    let v = blocking(&app.api.store, move |s| {
+        if s.run(id)?.is_none() {
+            return Err(ApiError::NotFound(format!("run {id} not found")));
+        }
+        let all = s.samples_for_run(id)?;
+        let total = all.len();
+        let page: Vec<_> = all.into_iter().skip(offset).take(limit).collect();
+        let next = (offset.saturating_add(page.len()) < total).then(|| offset + page.len());
+        Ok(json!({ "run_id": id, "offset": offset, "limit": limit, "total": total, "next_offset": next, "samples": page }))
+    })
+    .await?;
+    Ok(Json(v))
+}
+
+async fn plugins(State(app): State<AppState>) -> Json<Value> {
+    Json(app.api.control.plugins())
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct EvaluateRequest {
+    path: String,
+}
+
+async fn evaluate(
+    State(app): State<AppState>,
+    body: Result<Json<EvaluateRequest>, JsonRejection>,
+) -> Result<Response, ApiError> {
+    let Json(req) = body.map_err(|e| match e {
+        JsonRejection::MissingJsonContentType(_) => ApiError::BadRequest(
+            "send a JSON body {\"path\": \"...\"} with Content-Type: application/json".into(),
+        ),
+        e => ApiError::BadRequest(format!(
+            "bad JSON body (expected {{\"path\": \"...\"}}): {}",
+            e.body_text()
+        )),
+    })?;
+    if req.path.trim().is_empty() {
+        return Err(ApiError::BadRequest("path must not be empty".into()));
+    }
+    if req.path.contains('\0') {
+        return Err(ApiError::BadRequest("path must not contain NUL".into()));
+    }
+    let queued = app.api.control.evaluate(PathBuf::from(req.path)).await?;
+    Ok((StatusCode::ACCEPTED, Json(queued)).into_response())
+}
+
+async fn metrics(State(app): State<AppState>) -> Response {
+    let body = app.api.metrics.render();
+    (
+        [(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("text/plain; version=0.0.4; charset=utf-8"),
+        )],
+        body,
+    )
+        .into_response()
+}
+
+/// The starting point and filter of an event stream, from `?since=`, `Last-Event-ID` and
+/// `?types=`. No starting point = only events published from now on.
+fn stream_params(
+    headers: &HeaderMap,
+    p: &Params,
+) -> Result<(Option<EventId>, TypeFilter), ApiError> {
+    only_params(p, &["since", "types"])?;
+    let parse_id = |what: &str, v: &str| -> Result<EventId, ApiError> {
+        v.trim()
+            .parse::<EventId>()
+            .ok()
+            .filter(|id| *id >= 0)
+            .ok_or_else(|| {
+                ApiError::BadRequest(format!("{what} must be a non-negative event id, got {v:?}"))
+            })
+    };
+    // A reconnecting EventSource sends Last-Event-ID with the original URL: the header wins.
+    let since = match headers.get("last-event-id") {
+        Some(h) => {
+            let v = h
+                .to_str()
+                .map_err(|_| ApiError::BadRequest("Last-Event-ID is not text".into()))?;
+            Some(parse_id("Last-Event-ID", v)?)
+        }
+        None => match p.get("since") {
+            Some(v) => Some(parse_id("since", v)?),
+            None => None,
+        },
+    };
+    let filter = match p.get("types") {
+        Some(t) => TypeFilter::parse(t).map_err(ApiError::BadRequest)?,
+        None => TypeFilter::default(),
+    };
+    Ok((since, filter))
+}
+
+/// Subscribes (before the response goes out, so nothing published from now on is missed);
+/// without a starting point, starts after the newest stored event.
+async fn subscription(
+    api: &ApiState,
+    since: Option<EventId>,
+    filter: TypeFilter,
+) -> Result<Subscription, ApiError> {
+    let mut sub = Subscription::new(&api.bus, since.unwrap_or(0), filter)
+        .with_metrics(Arc::clone(&api.metrics));
+    let newest = blocking(&api.store, |s| Ok(s.last_event_id()?)).await?;
+    match since {
+        None => sub.skip_to(newest),
+        // Ids are stored before anyone sees them, so a client can only be ahead of the log
+        // when the store was replaced: say so instead of staying silent until the ids catch up.
+        Some(s) if s > newest => {
+            return Err(ApiError::Conflict(format!(
+                "event id {s} is beyond the newest event ({newest}): the event log was reset; \
+                 resume with since=0 (everything) or without since (new events only)"
+            )))
+        }
+        Some(_) => {}
+    }
+    Ok(sub)
+}
+
+/// Keeps the subscriber gauge up while a stream is open.
+struct SubscriberGuard(Arc<crate::metrics::Metrics>);
+
+impl SubscriberGuard {
+    fn new(m: &Arc<crate::metrics::Metrics>) -> SubscriberGuard {
+        m.stream_opened();
+        SubscriberGuard(Arc::clone(m))
+    }
+}
+
+impl Drop for SubscriberGuard {
+    fn drop(&mut self) {
+        self.0.stream_closed();
+    }
+}
+
+fn event_json(e: &crate::store::Event) -> String {
+    serde_json::to_string(e).unwrap_or_else(|_| "{}".into())
+}
+
+async fn events_sse(
+    State(app): State<AppState>,
+    headers: HeaderMap,
+    q: Result<Query<Params>, QueryRejection>,
+) -> Result<
+    (
+        [(&'static str, &'static str); 1],
+        Sse<impl Stream<Item = Result<SseEvent, Infallible>>>,
+    ),
+    ApiError,
+> {
+    let p = params(q)?;
+    let (since, filter) = stream_params(&headers, &p)?;
+    // Subscribed before the response goes out: nothing published from now on can be missed.
+    let sub = subscription(&app.api, since, filter).await?;
+    let guard = SubscriberGuard::new(&app.api.metrics);
+    let shutdown = app.shutdown.clone();
+    let stream = futures::stream::unfold((sub, guard, false), move |(mut sub, guard, ended)| {
+        let shutdown = shutdown.clone();
+        async move {
+            if ended {
+                return None;
+            }
+            let item = tokio::select! {
+                _ = shutdown.cancelled() => return None,
+                item = sub.next() => item?,
+            };
+            let (ev, ended) = match item {
+                StreamItem::Event(e) => (
+                    SseEvent::default()
+                        .id(e.id.to_string())
+                        .event(&e.event_type)
+                        .data(event_json(&e)),
+                    false,
+                ),
+                StreamItem::Error { message, last_id } => (
+                    SseEvent::default()
+                        .event("error")
+                        .data(json!({"error": message, "last_id": last_id}).to_string()),
+                    true,
+                ),
+            };
+            Some((Ok(ev), (sub, guard, ended)))
+        }
+    });
+    let sse = Sse::new(stream).keep_alive(KeepAlive::new().interval(KEEP_ALIVE).text("keep-alive"));
+    // Reverse proxies (nginx) must not hold events back in a buffer.
+    Ok(([("x-accel-buffering", "no")], sse))
+}
+
+async fn events_ws(
+    State(app): State<AppState>,
+    headers: HeaderMap,
+    q: Result<Query<Params>, QueryRejection>,
+    ws: Result<WebSocketUpgrade, axum::extract::ws::rejection::WebSocketUpgradeRejection>,
+) -> Result<Response, ApiError> {
+    let p = params(q)?;
+    let (since, filter) = stream_params(&headers, &p)?;
+    let ws = ws.map_err(|e| {
+        ApiError::BadRequest(format!(
+            "not a WebSocket upgrade request: {}",
+            e.body_text()
+        ))
+    })?;
+    let sub = subscription(&app.api, since, filter).await?;
+    let guard = SubscriberGuard::new(&app.api.metrics);
+    let shutdown = app.shutdown.clone();
+    Ok(ws.on_upgrade(move |socket| async move {
+        let _guard = guard;
+        ws_forward(socket, sub, shutdown).await;
+    }))
+}
+
+async fn ws_forward(mut socket: WebSocket, mut sub: Subscription, shutdown: CancellationToken) {
+    let mut ping = tokio::time::interval(KEEP_ALIVE);
+    ping.tick().await;
+    loop {
+        tokio::select! {
+            _ = shutdown.cancelled() => {
+                let _ = socket.send(Message::Close(None)).await;
+                return;
+            }
+            _ = ping.tick() => {
+                if socket.send(Message::Ping(Default::default())).await.is_err() {
+                    return;
+                }
+            }
+            incoming = socket.recv() => match incoming {
+                // The client talks only to close; pings are answered by the library.
+                Some(Ok(Message::Close(_))) | None | Some(Err(_)) => return,
+                Some(Ok(_)) => {}
+            },
+            item = sub.next() => {
+                let text = match item {
+                    Some(StreamItem::Event(e)) => event_json(&e),
+                    Some(StreamItem::Error { message, last_id }) => {
+                        let t = json!({"type": "error", "error": message, "last_id": last_id}).to_string();
+                        let _ = socket.send(Message::Text(t.into())).await;
+                        let _ = socket.send(Message::Close(None)).await;
+                        return;
+                    }
+                    None => {
+                        let _ = socket.send(Message::Close(None)).await;
+                        return;
+                    }
+                };
+                if socket.send(Message::Text(text.into())).await.is_err() {
+                    return;
+                }
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::api::subscribe::SseParser;
+    use crate::events::{EventBus, EventKind};
+    use crate::metrics::Metrics;
+    use futures::StreamExt;
+
+    struct NoControl;
+
+    fn bus_for_test(store: &Arc<Store>) -> EventBus {
+        EventBus::new(Arc::clone(store))
+    }
+
+    impl crate::api::Control for NoControl {
+        fn evaluate(
+            &self,
+            _path: PathBuf,
+        ) -> futures::future::BoxFuture<'static, Result<Value, ApiError>> {
+            Box::pin(async { Err(ApiError::Unavailable("not in this test".into())) })
+        }
+        fn plugins(&self) -> Value {
+            json!([])
+        }
+    }
+
+    #[tokio::test]
+    async fn a_stream_that_cannot_go_on_ends_with_an_error_event() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Arc::new(Store::open_in_dir(dir.path()).unwrap());
+        let bus = EventBus::new(Arc::clone(&store));
+        bus.publish_blocking(&EventKind::RunFailed {
+            run_id: 1,
+            reason: "x".into(),
+        })
+        .unwrap();
+        let state = ApiState {
+            store: Arc::clone(&store),
+            bus,
+            metrics: Arc::new(Metrics::new()),
+            control: Arc::new(NoControl),
+            token: None,
+        };
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let shutdown = CancellationToken::new();
+        let server = tokio::spawn(crate::api::serve(state, listener, shutdown.clone()));
+        bus_for_test(&store)
+            .publish_blocking(&EventKind::RunFailed {
+                run_id: 2,
+                reason: "y".into(),
+            })
+            .unwrap();
+        // Event 2 becomes unreadable (the store reads pages, so the page from 1 fails): the
+        // stream says why it stops, with the position to resume from, and ends.
+        let raw = rusqlite::Connection::open(store.path()).unwrap();
+        raw.execute_batch("UPDATE events SET payload = 'not json' WHERE id = 2")
+            .unwrap();
+        let resp = reqwest::get(format!("http://{addr}/v1/events?since=0"))
+            .await
+            .unwrap();
+        assert_eq!(resp.status(), 200);
+        let mut body = resp.bytes_stream();
+        let mut parser = SseParser::default();
+        let mut messages = Vec::new();
+        while let Some(chunk) = tokio::time::timeout(Duration::from_secs(10), body.next())
+            .await
+            .unwrap()
+        {
+            messages.extend(parser.feed(&chunk.unwrap()));
+        }
+        assert_eq!(messages.len(), 1, "{messages:?}");
+        assert_eq!(messages[0].event.as_deref(), Some("error"));
+        let v: Value = serde_json::from_str(&messages[0].data).unwrap();
+        assert!(
+            v["error"].as_str().unwrap().contains("cannot read events"),
+            "{v}"
+        );
+        assert_eq!(v["last_id"], 0);
+        // With the log gone entirely, a new stream is refused with a JSON 500.
+        raw.execute_batch("DROP TABLE events").unwrap();
+        let resp = reqwest::get(format!("http://{addr}/v1/events?since=0"))
+            .await
+            .unwrap();
+        assert_eq!(resp.status(), 500);
+        let v: Value = resp.json().await.unwrap();
+        assert!(
+            v["error"].as_str().unwrap().starts_with("store failure"),
+            "{v}"
+        );
+        shutdown.cancel();
+        server.await.unwrap().unwrap();
+    }
+}
