@@ -538,6 +538,34 @@ fn settings_hashes_are_stable_and_sensitive() {
     assert_ne!(a.template, f.template);
     assert_ne!(a.combined(&[]), f.combined(&[]));
     assert_ne!(a.combined(&["x"]), a.combined(&["y"]));
+    // Moving suite and plugin files to another folder keeps the hashes.
+    let here = Config::from_toml_str(
+        "[[suites]]\nname = \"s\"\npath = \"a/s.txt\"\n[[judges]]\nname = \"j\"\nplugin = \"p/j.wasm\"\n",
+        "t.toml",
+        Path::new("/one"),
+        &home_env(),
+    )
+    .unwrap()
+    .settings_hashes();
+    let there = Config::from_toml_str(
+        "[[suites]]\nname = \"s\"\npath = \"b/s.txt\"\n[[judges]]\nname = \"j\"\nplugin = \"/q/j.wasm\"\n",
+        "t.toml",
+        Path::new("/two"),
+        &home_env(),
+    )
+    .unwrap()
+    .settings_hashes();
+    assert_eq!(here, there);
+    let other = Config::from_toml_str(
+        "[[suites]]\nname = \"s\"\npath = \"b/s.txt\"\nlimit = 3\n[[judges]]\nname = \"j\"\nplugin = \"keyword\"\n",
+        "t.toml",
+        Path::new("/two"),
+        &home_env(),
+    )
+    .unwrap()
+    .settings_hashes();
+    assert_ne!(here.suites, other.suites);
+    assert_ne!(here.judges, other.judges);
     // Key order in JSON objects does not matter.
     let x = serde_json::json!({"a": 1, "b": {"c": 2, "d": [1, 2]}});
     let y: serde_json::Value =
