@@ -587,7 +587,9 @@ fn readers_see_commits_while_writing() {
             std::thread::spawn(move || {
                 let mut last = 0;
                 let mut observations = 0u32;
+                let deadline = Instant::now() + Duration::from_secs(60);
                 loop {
+                    assert!(Instant::now() < deadline, "reader never saw all samples");
                     let n = store.sample_count(run.id).unwrap();
                     assert!(n >= last, "count went backwards: {n} < {last}");
                     // Each visible sample is complete: it has its verdict.
