@@ -636,10 +636,11 @@ pub struct SettingsHashes {
     /// The prompt template: `model.chat_template`, `model.system_prompt`,
     /// `model.adapter_scale`.
     pub template: String,
-    /// The suite definitions (names, paths, formats, fields, slices, filters; not the
-    /// files' content, which the suite loader hashes).
+    /// The suite definitions (names, file names, formats, fields, slices, filters; not the
+    /// folders, and not the files' content, which the suite loader hashes).
     pub suites: String,
-    /// The judge definitions (name, plugin, batch size, judge model path, config table).
+    /// The judge definitions (name, bundled name or `.wasm` file name, batch size, judge
+    /// model file name, config table; the plugin's version is the judge host's to add).
     pub judges: String,
 }
 
@@ -777,16 +778,42 @@ impl Config {
             "system_prompt": self.model.system_prompt,
             "adapter_scale": self.model.adapter_scale,
         });
+        // Paths are reduced to file names so that moving the files (or the config) to
+        // another folder or machine keeps runs comparable; the callers mix in content hashes.
+        let file_name = |p: &Path| -> Option<String> {
+            p.file_name().map(|n| n.to_string_lossy().into_owned())
+        };
         let judges: Vec<serde_json::Value> = self
             .judges
             .iter()
             .map(|j| {
+                let plugin = match &j.plugin {
+                    PluginSource::Bundled(n) => format!("bundled:{n}"),
+                    PluginSource::Path(p) => format!("file:{}", file_name(p).unwrap_or_default()),
+                };
                 serde_json::json!({
                     "name": j.name,
-                    "plugin": j.plugin.to_string(),
+                    "plugin": plugin,
                     "batch_size": j.batch_size,
-                    "judge_model": j.judge_model,
+                    "judge_model": j.judge_model.as_deref().and_then(file_name),
                     "config": j.config,
+                })
+            })
+            .collect();
+        let suites: Vec<serde_json::Value> = self
+            .suites
+            .iter()
+            .map(|s| {
+                serde_json::json!({
+                    "name": s.name,
+                    "file": file_name(&s.path),
+                    "format": s.format(),
+                    "prompt_field": s.prompt_field,
+                    "id_field": s.id_field,
+                    "category_field": s.category_field,
+                    "offset": s.offset,
+                    "limit": s.limit,
+                    "categories": s.categories,
                 })
             })
             .collect();
@@ -794,7 +821,7 @@ impl Config {
             sampling: canonical_hash(&self.sampling),
             engine: canonical_hash(&engine),
             template: canonical_hash(&template),
-            suites: canonical_hash(&self.suites),
+            suites: canonical_hash(&suites),
             judges: canonical_hash(&judges),
         }
     }

@@ -821,9 +821,26 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn slow_copy_is_emitted_once_when_complete() {
+    async fn async_hash_equals_sync_hash() {
         let dir = tempfile::tempdir().unwrap();
-        let (_w, mut rx) = start(dir.path()).await;
+        let p = dir.path().join("m.gguf");
+        std::fs::write(&p, b"GGUF and some bytes").unwrap();
+        assert_eq!(
+            hash_file_async(p.clone()).await.unwrap(),
+            hash_file(&p).unwrap()
+        );
+        assert!(hash_file_async(dir.path().join("nope")).await.is_err());
+    }
+
+    #[tokio::test]
+    async fn slow_copy_is_emitted_once_when_complete() {
+        // A longer settle time than the other tests: the chunk interval must stay well
+        // below it even on a loaded machine.
+        let settle = Duration::from_millis(1500);
+        let dir = tempfile::tempdir().unwrap();
+        let (_w, mut rx) = Watcher::start(&[dir.path().to_path_buf()], settle)
+            .await
+            .unwrap();
         let path = std::fs::canonicalize(dir.path()).unwrap().join("slow.gguf");
         let chunk = vec![7u8; 64 * 1024];
         let mut f = std::fs::File::create(&path).unwrap();
@@ -831,7 +848,7 @@ mod tests {
         for _ in 0..12 {
             f.write_all(&chunk).unwrap();
             f.flush().unwrap();
-            tokio::time::sleep(SETTLE / 4).await;
+            tokio::time::sleep(Duration::from_millis(100)).await;
             if let Ok(ev) = rx.try_recv() {
                 panic!("emitted before the copy finished: {ev:?}");
             }
@@ -842,7 +859,13 @@ mod tests {
             unreachable!()
         };
         assert_eq!(file.size, 12 * 64 * 1024);
-        expect_quiet(&mut rx).await;
+        assert_eq!(
+            file.mtime,
+            std::fs::metadata(&path).unwrap().modified().unwrap()
+        );
+        if let Some(ev) = next(&mut rx, settle * 3).await {
+            panic!("emitted twice: {ev:?}");
+        }
     }
 
     #[tokio::test]

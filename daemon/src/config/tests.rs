@@ -368,12 +368,35 @@ fn error_messages_read_well() {
 }
 
 #[test]
-fn cross_key_error_without_the_key_points_at_the_section() {
-    // max_samples is not written: the error is located at its table's header line.
-    let text = "# comment\n[sampling]\ntarget_half_width = 0.1\nsamples = 3\nmin_samples = 0\n";
+fn unwritten_keys_point_at_their_section() {
+    let text = "# comment\n\n[sampling]\nseed = 1\n\n[[suites]]\nname = \"a\"\npath = \"a.txt\"\n";
+    let doc = DeTable::parse(text).unwrap();
+    let loc = Locator {
+        text,
+        doc: &doc,
+        source_name: "t.toml",
+        env_keys: BTreeMap::new(),
+    };
+    // A written key: its own line.
+    assert_eq!(loc.invalid("sampling.seed", "m".into()).line(), Some(4));
+    assert_eq!(loc.invalid("suites[0].path", "m".into()).line(), Some(8));
+    // An unwritten key: the line of the nearest written ancestor (the section header).
+    assert_eq!(
+        loc.invalid("sampling.max_samples", "m".into()).line(),
+        Some(3)
+    );
+    assert_eq!(loc.invalid("suites[0].limit", "m".into()).line(), Some(6));
+    // Nothing written at all: no line, but still the key.
+    let e = loc.invalid("stats.alpha", "m".into());
+    assert_eq!((e.line(), e.key()), (None, Some("stats.alpha")));
+    assert!(
+        e.to_string().starts_with("t.toml: invalid `stats.alpha`"),
+        "{e}"
+    );
+    // The cross-key check is reported on min_samples where it is written.
+    let text =
+        "[sampling]\ntarget_half_width = 0.1\nmax_samples = 2\nsamples = 3\nmin_samples = 5\n";
     assert_err(text, "sampling.min_samples", 5);
-    let e = parse("[api]\nlisten = \"0.0.0.0:1\"\n[api.webhooks]\n");
-    assert!(e.is_err());
 }
 
 #[test]
@@ -538,6 +561,34 @@ fn settings_hashes_are_stable_and_sensitive() {
     assert_ne!(a.template, f.template);
     assert_ne!(a.combined(&[]), f.combined(&[]));
     assert_ne!(a.combined(&["x"]), a.combined(&["y"]));
+    // Moving suite and plugin files to another folder keeps the hashes.
+    let here = Config::from_toml_str(
+        "[[suites]]\nname = \"s\"\npath = \"a/s.txt\"\n[[judges]]\nname = \"j\"\nplugin = \"p/j.wasm\"\n",
+        "t.toml",
+        Path::new("/one"),
+        &home_env(),
+    )
+    .unwrap()
+    .settings_hashes();
+    let there = Config::from_toml_str(
+        "[[suites]]\nname = \"s\"\npath = \"b/s.txt\"\n[[judges]]\nname = \"j\"\nplugin = \"/q/j.wasm\"\n",
+        "t.toml",
+        Path::new("/two"),
+        &home_env(),
+    )
+    .unwrap()
+    .settings_hashes();
+    assert_eq!(here, there);
+    let other = Config::from_toml_str(
+        "[[suites]]\nname = \"s\"\npath = \"b/s.txt\"\nlimit = 3\n[[judges]]\nname = \"j\"\nplugin = \"keyword\"\n",
+        "t.toml",
+        Path::new("/two"),
+        &home_env(),
+    )
+    .unwrap()
+    .settings_hashes();
+    assert_ne!(here.suites, other.suites);
+    assert_ne!(here.judges, other.judges);
     // Key order in JSON objects does not matter.
     let x = serde_json::json!({"a": 1, "b": {"c": 2, "d": [1, 2]}});
     let y: serde_json::Value =

@@ -17,6 +17,12 @@
 //! sample is committed together with its verdicts ([`Store::insert_sample_with_verdicts`]),
 //! so a resumed run either has a sample with all its verdicts or does not have it.
 //!
+//! # Events
+//! [`Store::append_event`] writes an event before it is published, so subscribers can resume
+//! from any id. The `*_logged` run transitions ([`Store::complete_run_logged`], …) change a
+//! run's state and append its event in one transaction, so a crash can never leave a
+//! completed run without its `run.completed` event (or the reverse).
+//!
 //! # Nothing stored is lost
 //! Opening never recreates or truncates an existing file: a file that is not an SQLite
 //! database, or one that belongs to another program, or one whose integrity check fails, or
@@ -1069,7 +1075,11 @@ impl Store {
         allowed_from: &[RunStatus],
         sql: &str,
         extra: Option<String>,
-    ) -> Result<()> {
+        event: Option<(&str, &Value)>,
+    ) -> Result<Option<EventId>> {
+        let event = event
+            .map(|(t, p)| serde_json::to_string(p).map(|p| (t, p)))
+            .transpose()?;
         self.write(|c| {
             let tx = c.transaction_with_behavior(TransactionBehavior::Immediate)?;
             let from: Option<String> = tx
@@ -1079,14 +1089,41 @@ impl Store {
             if !allowed_from.contains(&from) {
                 return Err(StoreError::InvalidTransition { run: id, from, to });
             }
-            tx.execute(sql, params![id, to.as_str(), now_ms(), extra])?;
+            let now = now_ms();
+            tx.execute(sql, params![id, to.as_str(), now, extra])?;
+            let event_id = match &event {
+                Some((event_type, payload)) => {
+                    tx.prepare_cached(
+                        "INSERT INTO events (type, time, payload) VALUES (?1, ?2, ?3)",
+                    )?
+                    .execute(params![event_type, now, payload])?;
+                    Some(tx.last_insert_rowid())
+                }
+                None => None,
+            };
             tx.commit()?;
-            Ok(())
+            Ok(event_id)
         })
     }
 
     /// queued → running (counts an attempt; the first start time is kept).
     pub fn start_run(&self, id: RunId) -> Result<()> {
+        self.start_run_inner(id, None).map(|_| ())
+    }
+
+    /// [`Store::start_run`] and [`Store::append_event`] in one transaction: the event
+    /// exists exactly when the state change does. Returns the event's id.
+    pub fn start_run_logged(
+        &self,
+        id: RunId,
+        event_type: &str,
+        payload: &Value,
+    ) -> Result<EventId> {
+        self.start_run_inner(id, Some((event_type, payload)))
+            .map(|e| e.unwrap_or_default())
+    }
+
+    fn start_run_inner(&self, id: RunId, event: Option<(&str, &Value)>) -> Result<Option<EventId>> {
         self.transition(
             id,
             RunStatus::Running,
@@ -1094,6 +1131,7 @@ impl Store {
             "UPDATE runs SET status = ?2, started_at = COALESCE(started_at, ?3),
                              attempts = attempts + 1, error = ?4 WHERE id = ?1",
             None,
+            event,
         )
     }
 
@@ -1113,6 +1151,27 @@ impl Store {
 
     /// running → completed, with its scores.
     pub fn complete_run(&self, id: RunId, scores: &Value) -> Result<()> {
+        self.complete_run_inner(id, scores, None).map(|_| ())
+    }
+
+    /// [`Store::complete_run`] plus its event, in one transaction. Returns the event's id.
+    pub fn complete_run_logged(
+        &self,
+        id: RunId,
+        scores: &Value,
+        event_type: &str,
+        payload: &Value,
+    ) -> Result<EventId> {
+        self.complete_run_inner(id, scores, Some((event_type, payload)))
+            .map(|e| e.unwrap_or_default())
+    }
+
+    fn complete_run_inner(
+        &self,
+        id: RunId,
+        scores: &Value,
+        event: Option<(&str, &Value)>,
+    ) -> Result<Option<EventId>> {
         let scores = serde_json::to_string(scores)?;
         self.transition(
             id,
@@ -1120,28 +1179,73 @@ impl Store {
             &[RunStatus::Running],
             "UPDATE runs SET status = ?2, finished_at = ?3, scores = ?4, error = NULL WHERE id = ?1",
             Some(scores),
+            event,
         )
     }
 
     /// queued | running → failed, with the error.
     pub fn fail_run(&self, id: RunId, error: &str) -> Result<()> {
+        self.fail_run_inner(id, error, None).map(|_| ())
+    }
+
+    /// [`Store::fail_run`] plus its event, in one transaction. Returns the event's id.
+    pub fn fail_run_logged(
+        &self,
+        id: RunId,
+        error: &str,
+        event_type: &str,
+        payload: &Value,
+    ) -> Result<EventId> {
+        self.fail_run_inner(id, error, Some((event_type, payload)))
+            .map(|e| e.unwrap_or_default())
+    }
+
+    fn fail_run_inner(
+        &self,
+        id: RunId,
+        error: &str,
+        event: Option<(&str, &Value)>,
+    ) -> Result<Option<EventId>> {
         self.transition(
             id,
             RunStatus::Failed,
             &[RunStatus::Queued, RunStatus::Running],
             "UPDATE runs SET status = ?2, finished_at = ?3, error = ?4 WHERE id = ?1",
             Some(error.to_string()),
+            event,
         )
     }
 
     /// queued | running → cancelled, with the reason.
     pub fn cancel_run(&self, id: RunId, reason: &str) -> Result<()> {
+        self.cancel_run_inner(id, reason, None).map(|_| ())
+    }
+
+    /// [`Store::cancel_run`] plus its event, in one transaction. Returns the event's id.
+    pub fn cancel_run_logged(
+        &self,
+        id: RunId,
+        reason: &str,
+        event_type: &str,
+        payload: &Value,
+    ) -> Result<EventId> {
+        self.cancel_run_inner(id, reason, Some((event_type, payload)))
+            .map(|e| e.unwrap_or_default())
+    }
+
+    fn cancel_run_inner(
+        &self,
+        id: RunId,
+        reason: &str,
+        event: Option<(&str, &Value)>,
+    ) -> Result<Option<EventId>> {
         self.transition(
             id,
             RunStatus::Cancelled,
             &[RunStatus::Queued, RunStatus::Running],
             "UPDATE runs SET status = ?2, finished_at = ?3, error = ?4 WHERE id = ?1",
             Some(reason.to_string()),
+            event,
         )
     }
 

@@ -511,6 +511,66 @@ fn events_are_monotonic_and_filterable() {
 }
 
 #[test]
+fn logged_transitions_write_state_and_event_together() {
+    let (_d, store) = new_store();
+    let cp = checkpoint(&store, "c", "/w/c.gguf");
+    let mk = |s: &Store| {
+        s.create_run(&NewRun {
+            checkpoint_id: cp.id,
+            baseline_run_id: None,
+            settings_hash: "h".into(),
+            provenance: json!({}),
+            total_samples: 1,
+        })
+        .unwrap()
+    };
+    let a = mk(&store);
+    let e1 = store
+        .start_run_logged(a.id, "run.started", &json!({"run": a.id}))
+        .unwrap();
+    let e2 = store
+        .complete_run_logged(
+            a.id,
+            &json!({"rate": 0.1}),
+            "run.completed",
+            &json!({"run": a.id}),
+        )
+        .unwrap();
+    assert!(e2 > e1);
+    let b = mk(&store);
+    let e3 = store
+        .fail_run_logged(b.id, "boom", "run.failed", &json!({"run": b.id}))
+        .unwrap();
+    let c = mk(&store);
+    let e4 = store
+        .cancel_run_logged(c.id, "user", "run.cancelled", &json!({"run": c.id}))
+        .unwrap();
+    let events = store.events_since(0, &[], 10).unwrap();
+    assert_eq!(
+        events
+            .iter()
+            .map(|e| (e.id, e.event_type.as_str()))
+            .collect::<Vec<_>>(),
+        vec![
+            (e1, "run.started"),
+            (e2, "run.completed"),
+            (e3, "run.failed"),
+            (e4, "run.cancelled")
+        ]
+    );
+    assert_eq!(
+        store.run(a.id).unwrap().unwrap().status,
+        RunStatus::Completed
+    );
+    assert_eq!(store.run(b.id).unwrap().unwrap().status, RunStatus::Failed);
+    // A refused transition writes no event either.
+    assert!(store
+        .complete_run_logged(b.id, &json!({}), "run.completed", &json!({}))
+        .is_err());
+    assert_eq!(store.last_event_id().unwrap(), e4);
+}
+
+#[test]
 fn webhook_cursor_moves_forward_only() {
     let (_d, store) = new_store();
     assert!(store.webhook_cursor("ci").unwrap().is_none());
@@ -587,7 +647,9 @@ fn readers_see_commits_while_writing() {
             std::thread::spawn(move || {
                 let mut last = 0;
                 let mut observations = 0u32;
+                let deadline = Instant::now() + Duration::from_secs(60);
                 loop {
+                    assert!(Instant::now() < deadline, "reader never saw all samples");
                     let n = store.sample_count(run.id).unwrap();
                     assert!(n >= last, "count went backwards: {n} < {last}");
                     // Each visible sample is complete: it has its verdict.
