@@ -1148,7 +1148,8 @@ impl Config {
                     );
                 }
             }
-            if !suite.categories.is_empty() && suite.category_field.is_none() {
+            // A folder suite's prompts take their file's name as category.
+            if !suite.categories.is_empty() && suite.category_field.is_none() && !is_folder {
                 return Err(loc.invalid(
                     &format!("suites[{i}].categories"),
                     "filtering by category needs `category_field`".into(),
@@ -1156,6 +1157,9 @@ impl Config {
             }
             if suite.limit == Some(0) {
                 return Err(loc.invalid(&format!("suites[{i}].limit"), "must be at least 1".into()));
+            }
+            if suite.per_category == Some(0) {
+                return Err(loc.invalid(&format!("suites[{i}].per_category"), "must be at least 1".into()));
             }
         }
 

@@ -256,9 +256,30 @@ async fn finish(ctx: &Arc<Ctx>, run: &Run, path: &str) -> Result<(), RunError> {
         })
         .await;
     for h in &result.headline {
+        let fmt = |v: Option<f64>| v.map(|v| format!("{v:.3}")).unwrap_or_else(|| "n/a".into());
         tracing::info!(
-            judge = %h.judge, metric = %h.metric, value = ?h.value, lo = ?h.lo, hi = ?h.hi, verdict = ?h.verdict,
-            "run completed"
+            run = run.id,
+            "result: {} {} = {} [{}, {}]{}",
+            h.judge,
+            h.metric,
+            fmt(h.value),
+            fmt(h.lo),
+            fmt(h.hi),
+            h.verdict.map(|v| format!(" — {v:?} vs baseline")).unwrap_or_default()
+        );
+    }
+    if run.checkpoint_id == base_checkpoint_id(ctx)? {
+        let folders: Vec<String> = ctx.config.daemon.watch.iter().map(|p| p.display().to_string()).collect();
+        let api = if ctx.config.api.enabled {
+            format!("; follow the results with `driftwatch subscribe --url http://{}`", ctx.config.api.listen)
+        } else {
+            String::new()
+        };
+        tracing::info!(
+            "baseline ready (run {}): drop GGUF models or LoRA adapters into {}{api}; `driftwatch report --run {}` for the full report",
+            run.id,
+            folders.join(", "),
+            run.id
         );
     }
     Ok(())
