@@ -5,8 +5,9 @@
 #   scripts/bench-vs-llama.sh [MODEL]
 #   env: PROMPTS=16 SAMPLES=4 PARALLEL=16 MAX_TOKENS=128 THREADS=$(nproc)
 #
-# Both sides generate exactly MAX_TOKENS per sequence (driftwatch with --ignore-eos) and use a
-# unified KV cache (llama-batched-bench -kvu) with flash attention on auto.
+# Both sides generate exactly MAX_TOKENS per sequence (driftwatch with --ignore-eos) and keep one
+# KV-cache stream per sequence (driftwatch's default; llama-batched-bench without -kvu), with flash
+# attention on auto.
 # llama-batched-bench gives every sequence its own prompt of PP tokens (PP = driftwatch's mean
 # templated prompt length), processing PARALLEL sequences per round; PROMPTS×SAMPLES sequences
 # take PROMPTS×SAMPLES/PARALLEL rounds. driftwatch prefills each distinct prompt once.
@@ -21,7 +22,7 @@ DW=target/debug/driftwatch
 export RUST_LOG=error
 
 dw() { "$DW" bench --model "$MODEL" --threads "$THREADS" --ignore-eos --json "$@"; }
-lbb() { "$LBB" -m "$MODEL" -t "$THREADS" -tb "$THREADS" -kvu -b 512 -ub 512 --output-format jsonl "$@" 2>/dev/null | grep '^{'; }
+lbb() { "$LBB" -m "$MODEL" -t "$THREADS" -tb "$THREADS" -b 512 -ub 512 --output-format jsonl "$@" 2>/dev/null | grep '^{'; }
 
 echo "model: $MODEL" >&2
 echo "threads $THREADS, parallel $PARALLEL, $PROMPTS prompts x $SAMPLES samples, $MAX_TOKENS tokens each" >&2
