@@ -393,3 +393,75 @@ async fn kill_dash_nine_and_sigterm_mid_run_then_resume_to_the_uninterrupted_res
     assert!(text.contains(&format!("run {run_id}")) && text.contains("completed"), "{text}");
     let _ = Arc::new(());
 }
+
+#[cfg(unix)]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_run_resumed_under_changed_settings_is_not_mixed_but_redone() {
+    let s = Setup::new();
+    let cfg = s.config("changing", 24, 4, 160);
+    let data = s.root.join("changing");
+    let mut child = serve(&cfg);
+    let store = open_store(&data);
+    let (run_id, _) = wait_for(300, "a partly done run", || {
+        runs_with_status(&store, RunStatus::Running).into_iter().find_map(|r| {
+            let n = store.sample_count(r.id).unwrap();
+            (n > 0 && n < 96).then_some((r.id, n))
+        })
+    })
+    .await;
+    child.kill().unwrap();
+    child.wait().unwrap();
+    // Restart with another sampling temperature.
+    let text = std::fs::read_to_string(&cfg).unwrap().replace("temperature = 1.0", "temperature = 0.5");
+    std::fs::write(&cfg, text).unwrap();
+    let mut child = serve(&cfg);
+    let old = wait_for(120, "the old run to fail", || store.run(run_id).unwrap().filter(|r| r.status == RunStatus::Failed)).await;
+    assert!(old.error.as_deref().unwrap().contains("settings"), "{:?}", old.error);
+    let new = wait_for(600, "a new run under the new settings", || {
+        runs_with_status(&store, RunStatus::Completed).into_iter().find(|r| r.id != run_id)
+    })
+    .await;
+    assert_ne!(new.settings_hash, old.settings_hash);
+    assert_eq!(new.provenance["sampling"]["temperature"], 0.5);
+    assert_eq!(store.sample_count(new.id).unwrap(), 96);
+    sigterm(&child);
+    assert!(wait_exit(&mut child, 20).success());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn plugins_in_the_plugin_folder_are_hot_reloaded_and_a_broken_update_keeps_the_previous() {
+    let s = Setup::new();
+    let plugins = s.root.join("plugins");
+    std::fs::create_dir_all(&plugins).unwrap();
+    std::fs::copy(common::bundled("refusal"), plugins.join("myjudge.wasm")).unwrap();
+    let cfg = s.config("hot", 2, 1, 8);
+    let text = std::fs::read_to_string(&cfg).unwrap().replace(
+        "[api]",
+        &format!("[plugins]\ndir = \"{}\"\n\n[api]", plugins.display()),
+    );
+    let text = text.replace(&format!("plugin = \"{}\"", common::bundled("refusal").display()), "plugin = \"myjudge\"");
+    std::fs::write(&cfg, text).unwrap();
+    let config = Config::load(&cfg).unwrap();
+    let stop = CancellationToken::new();
+    let daemon = tokio::spawn(driftwatch::daemon::run(config, stop.clone()));
+    let store = open_store(&s.root.join("hot"));
+    let loaded = |store: &Store| -> Vec<driftwatch::store::Event> {
+        events(store).into_iter().filter(|e| e.event_type == "plugin.loaded" && e.payload["name"] == "myjudge").collect()
+    };
+    let first = wait_for(60, "the plugin's first load", || loaded(&store).into_iter().find(|e| e.payload["path"].as_str().unwrap().ends_with("myjudge.wasm"))).await;
+    let run = wait_for(120, "the baseline run", || runs_with_status(&store, RunStatus::Completed).into_iter().next()).await;
+    assert_eq!(run.provenance["judges"][0]["wasm_sha256"], first.payload["sha256"]);
+
+    // A changed plugin is validated, loaded and reported.
+    let tmp = plugins.join(".myjudge.wasm.tmp");
+    std::fs::copy(common::bundled("coherence"), &tmp).unwrap();
+    std::fs::rename(&tmp, plugins.join("myjudge.wasm")).unwrap();
+    let second = wait_for(60, "the reload", || loaded(&store).into_iter().find(|e| e.payload["sha256"] != first.payload["sha256"])).await;
+    assert_eq!(second.payload["name"], "myjudge");
+    // A broken update is reported; the previous version keeps serving.
+    std::fs::write(plugins.join("myjudge.wasm"), b"\0asm broken").unwrap();
+    let failed = wait_for(60, "the failure report", || events(&store).into_iter().find(|e| e.event_type == "plugin.failed")).await;
+    assert!(failed.payload["reason"].as_str().unwrap().contains("previous version keeps serving"), "{}", failed.payload);
+    stop.cancel();
+    tokio::time::timeout(Duration::from_secs(15), daemon).await.unwrap().unwrap().unwrap();
+}

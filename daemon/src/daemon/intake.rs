@@ -98,6 +98,11 @@ pub(crate) enum Taken {
     },
 }
 
+/// Queues runs for a known checkpoint under the current settings (unless equivalent runs exist).
+pub(super) async fn queue_checkpoint(ctx: &Arc<Ctx>, ckpt: &crate::store::Checkpoint, path: &str) -> Result<Vec<RunId>, StoreError> {
+    Ok(queue_runs(ctx, ckpt, path).await?.0)
+}
+
 /// Queues one run per repeat unless an equivalent run exists. Returns (queued, existing).
 async fn queue_runs(ctx: &Arc<Ctx>, ckpt: &crate::store::Checkpoint, path: &str) -> Result<(Vec<RunId>, Vec<RunId>), StoreError> {
     let mut queued = Vec::new();

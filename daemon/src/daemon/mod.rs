@@ -69,7 +69,11 @@ pub(crate) struct Ctx {
     pub store: Arc<Store>,
     pub bus: EventBus,
     pub engine: Engine,
-    /// The judges (each judge model's engine lives inside its plugin's model handle).
+    /// The wasm runtime (one per process).
+    pub runtime: Arc<JudgeRuntime>,
+    /// The engine serving judge models, started when a judge needs one.
+    pub judge_engine: Mutex<Option<Engine>>,
+    /// The judges, reloaded at each run's start (hot-reloaded plugins serve from the next run).
     pub judges: Mutex<JudgeSet>,
     pub prompts: Vec<Prompt>,
     pub suites: Vec<SuiteIdentity>,
@@ -254,6 +258,96 @@ fn engine_config(c: &Config) -> EngineConfig {
     }
 }
 
+/// Watches `plugins.dir`: every new or changed `.wasm` there is validated and loaded, and
+/// reported as `plugin.loaded` or `plugin.failed` (a broken update keeps the previous version).
+/// Judges that name a plugin of this folder use its newest good version from their next run.
+async fn spawn_plugin_registry(
+    ctx: &Arc<Ctx>,
+    dir: PathBuf,
+    shutdown: &CancellationToken,
+    tasks: &mut tokio::task::JoinSet<()>,
+) -> Result<(), DaemonError> {
+    use crate::judge::{PluginEvent, PluginRegistry, RegistryConfig};
+    std::fs::create_dir_all(&dir).map_err(|e| DaemonError::Other(format!("plugins.dir {}: {e}", dir.display())))?;
+    let registry = PluginRegistry::new(Arc::clone(&ctx.runtime), RegistryConfig::new(&dir));
+    let mut rx = registry.subscribe();
+    let initial = registry.scan().map_err(|e| DaemonError::Other(format!("plugins.dir: {e}")))?;
+    let watcher = registry.watch().map_err(|e| DaemonError::Other(format!("plugins.dir: {e}")))?;
+    let to_event = |ev: PluginEvent| match ev {
+        PluginEvent::Loaded { name, path, sha256, info_version, .. } => {
+            Some(EventKind::PluginLoaded { name, version: info_version, path: path.display().to_string(), sha256 })
+        }
+        PluginEvent::Failed { name, path, error, previous_kept } => Some(EventKind::PluginFailed {
+            plugin: name,
+            reason: format!(
+                "{}: {error}{}",
+                path.display(),
+                if previous_kept { " (the previous version keeps serving)" } else { "" }
+            ),
+        }),
+        PluginEvent::Removed { name, .. } => {
+            tracing::info!(plugin = %name, "plugin removed from the plugins folder");
+            None
+        }
+    };
+    for ev in initial {
+        if let Some(k) = to_event(ev) {
+            ctx.bus.emit(k).await;
+        }
+    }
+    let bus = ctx.bus.clone();
+    let stop = shutdown.clone();
+    tasks.spawn(async move {
+        let _watcher = watcher;
+        let _registry = registry;
+        loop {
+            tokio::select! {
+                _ = stop.cancelled() => break,
+                ev = rx.recv() => match ev {
+                    Ok(ev) => {
+                        if let Some(k) = to_event(ev) {
+                            tracing::info!(event = k.type_name(), "plugins folder");
+                            bus.emit(k).await;
+                        }
+                    }
+                    Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => continue,
+                    Err(_) => break,
+                },
+            }
+        }
+    });
+    Ok(())
+}
+
+/// Reloads the judges (cheap: compiled components are cached by content). A failure keeps the
+/// judges that were serving and is reported.
+pub(crate) async fn reload_judges(ctx: &Arc<Ctx>) {
+    let c = Arc::clone(ctx);
+    let result = tokio::task::spawn_blocking(move || {
+        let mut engine = c.judge_engine.lock().clone();
+        let set = JudgeSet::load(&c.config, &c.runtime, &mut engine);
+        if engine.is_some() {
+            *c.judge_engine.lock() = engine;
+        }
+        set
+    })
+    .await;
+    match result {
+        Ok(Ok(set)) => {
+            let changed = set.identities() != ctx.judges.lock().identities();
+            if changed {
+                tracing::info!(judges = ?set.identities().iter().map(|j| format!("{} {}", j.name, j.version)).collect::<Vec<_>>(), "judges reloaded with new versions");
+            }
+            *ctx.judges.lock() = set;
+        }
+        Ok(Err(e)) => {
+            tracing::warn!(error = %e, "cannot reload the judges; the previous ones keep serving");
+            ctx.bus.emit(EventKind::PluginFailed { plugin: "judges".into(), reason: format!("{e} (the previous version keeps serving)") }).await;
+        }
+        Err(e) => tracing::warn!(error = %e, "judge reload task failed"),
+    }
+}
+
 /// Runs the daemon until `shutdown` is cancelled (SIGTERM/SIGINT in the binary). In-flight
 /// work is abandoned safely: what was stored stays, and the run resumes at the next start.
 pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), DaemonError> {
@@ -319,6 +413,8 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Daem
         store,
         bus,
         engine,
+        runtime,
+        judge_engine: Mutex::new(judge_engine),
         judges: Mutex::new(judge_set),
         prompts,
         suites,
@@ -334,6 +430,9 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Daem
     intake::take_base(&ctx).await?;
 
     let mut tasks = tokio::task::JoinSet::new();
+    if let Some(dir) = ctx.config.plugins.dir.clone() {
+        spawn_plugin_registry(&ctx, dir, &shutdown, &mut tasks).await?;
+    }
     if ctx.config.api.enabled {
         let listener = crate::api::bind(ctx.config.api.listen, ctx.config.api.token.as_deref())
             .await

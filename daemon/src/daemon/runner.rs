@@ -77,6 +77,8 @@ pub(super) enum RunError {
     Engine(String),
     #[error("scoring failed: {0}")]
     Scoring(String),
+    #[error("the evaluation settings (configuration or judge versions) changed since this run started; its {0} samples stay stored and the checkpoint is queued again under the new settings")]
+    SettingsChanged(u64),
     #[error("{0}")]
     Other(String),
 }
@@ -116,6 +118,24 @@ async fn execute(ctx: &Arc<Ctx>, run: Run, stop: &CancellationToken) -> Result<b
         .find(|p| p.is_file())
         .ok_or_else(|| RunError::Gone(ckpt.path.clone()))?;
     let repeat = run.provenance.get("repeat").and_then(|v| v.as_u64()).unwrap_or(0) as u32;
+    // Hot-reloaded plugins serve from here on; a run whose judges changed records them.
+    super::reload_judges(ctx).await;
+    let mut run = run;
+    let hash = ctx.settings_hash(repeat);
+    if hash != run.settings_hash {
+        let stored = store.sample_count(run.id)?;
+        if stored > 0 {
+            // Never mix two settings in one run: this one ends, a new one is queued.
+            store.start_run(run.id)?;
+            intake::queue_checkpoint(ctx, &ckpt, &path.display().to_string()).await?;
+            return Err(RunError::SettingsChanged(stored));
+        }
+        let provenance = ctx.provenance(&ckpt, &path.display().to_string(), repeat);
+        store.update_run_settings(run.id, &hash, &provenance)?;
+        tracing::info!("the run's judges or settings changed since it was queued; provenance updated");
+        run.settings_hash = hash;
+        run.provenance = provenance;
+    }
     let done = store.completed_sample_keys(run.id)?;
     let jobs = plan(ctx, repeat, &done);
     store.start_run(run.id)?;

@@ -1149,6 +1149,22 @@ impl Store {
         })
     }
 
+    /// Replaces a run's settings hash and provenance (its judges were reloaded with another
+    /// version before it started or resumed).
+    pub fn update_run_settings(&self, id: RunId, settings_hash: &str, provenance: &Value) -> Result<()> {
+        let provenance = serde_json::to_string(provenance)?;
+        self.write(|c| {
+            let n = c.execute(
+                "UPDATE runs SET settings_hash = ?2, provenance = ?3 WHERE id = ?1",
+                params![id, settings_hash, provenance],
+            )?;
+            if n == 0 {
+                return Err(StoreError::NotFound { what: "run", id });
+            }
+            Ok(())
+        })
+    }
+
     /// running → completed, with its scores.
     pub fn complete_run(&self, id: RunId, scores: &Value) -> Result<()> {
         self.complete_run_inner(id, scores, None).map(|_| ())
