@@ -148,19 +148,7 @@ fn check_fits(adapter: &Checkpoint, lora: &gguf::LoraInfo, base: &Checkpoint) ->
     Ok(())
 }
 
-/// The sha256 of a file's content, streamed in 1 MiB chunks (never the whole file in memory).
+/// The sha256 of a file's content, streamed (never the whole file in memory).
 pub fn sha256_file(path: &Path) -> std::io::Result<String> {
-    use sha2::{Digest, Sha256};
-    use std::io::Read;
-    let mut f = std::fs::File::open(path)?;
-    let mut h = Sha256::new();
-    let mut buf = vec![0u8; 1 << 20];
-    loop {
-        let n = f.read(&mut buf)?;
-        if n == 0 {
-            break;
-        }
-        h.update(&buf[..n]);
-    }
-    Ok(hex::encode(h.finalize()))
+    crate::watch::hash_file(path)
 }

@@ -465,3 +465,127 @@ async fn plugins_in_the_plugin_folder_are_hot_reloaded_and_a_broken_update_keeps
     stop.cancel();
     tokio::time::timeout(Duration::from_secs(15), daemon).await.unwrap().unwrap().unwrap();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn adaptive_sampling_adds_rounds_until_the_interval_is_narrow_or_the_budget_is_spent() {
+    let s = Setup::new();
+    let cfg = s.config("adaptive", 6, 2, 12);
+    let text = std::fs::read_to_string(&cfg)
+        .unwrap()
+        .replace("samples = 2\n", "samples = 2\nmin_samples = 2\nmax_samples = 7\ntarget_half_width = 0.01\n");
+    std::fs::write(&cfg, text).unwrap();
+    let config = Config::load(&cfg).unwrap();
+    let stop = CancellationToken::new();
+    let daemon = tokio::spawn(driftwatch::daemon::run(config, stop.clone()));
+    let store = open_store(&s.root.join("adaptive"));
+    let run = wait_for(300, "the adaptive run", || runs_with_status(&store, RunStatus::Completed).into_iter().next()).await;
+    let scores = run.scores.clone().unwrap();
+    let adaptive = &scores["adaptive"];
+    let k = adaptive["samples_per_prompt"].as_u64().expect("the decision is recorded") as u32;
+    assert!((2..=7).contains(&k), "{adaptive}");
+    let decision = adaptive["decision"]["decision"].as_str().unwrap();
+    assert!(decision == "target_reached" || decision == "budget_spent", "{adaptive}");
+    if decision == "budget_spent" {
+        assert_eq!(k, 7, "the budget is spent only at max_samples: {adaptive}");
+    }
+    // Every prompt got exactly k samples, with their own seeds.
+    let samples = store.samples_for_run(run.id).unwrap();
+    assert_eq!(samples.len() as u32, 6 * k);
+    assert_eq!(run.total_samples, u64::from(6 * k));
+    for p in samples.iter().map(|s| &s.prompt_id).collect::<std::collections::HashSet<_>>() {
+        let mine: Vec<u32> = samples.iter().filter(|s| &s.prompt_id == p).map(|s| s.sample_index).collect();
+        assert_eq!(mine.len() as u32, k);
+        assert!(mine.iter().all(|&i| i < k));
+    }
+    stop.cancel();
+    tokio::time::timeout(Duration::from_secs(15), daemon).await.unwrap().unwrap().unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn on_the_default_model_two_runs_with_disjoint_seeds_are_indistinguishable() {
+    let model = driftwatch::setup::resolve_model("default").unwrap_or_else(|e| panic!("{e} (`make setup` fetches it)"));
+    let harmbench = driftwatch::setup::cache_dir().join("suites/harmbench/harmbench_prompts.txt");
+    assert!(harmbench.is_file(), "{} is missing: run `make setup`", harmbench.display());
+    let benign = Path::new(env!("CARGO_MANIFEST_DIR")).join("../config/suites/benign-control.csv");
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = dir.path().join("repeat.toml");
+    std::fs::write(
+        &cfg,
+        format!(
+            r#"
+[daemon]
+data_dir = "{data}"
+watch = ["{ck}"]
+[model]
+base = "{model}"
+[engine]
+threads = 2
+parallel = 16
+[sampling]
+samples = 2
+max_tokens = 48
+repeats = 2
+[[suites]]
+name = "harmbench"
+path = "{harmbench}"
+limit = 16
+[[suites]]
+name = "benign"
+path = "{benign}"
+id_field = "id"
+category_field = "category"
+per_category = 8
+[[judges]]
+name = "refusal"
+plugin = "{refusal}"
+[[judges]]
+name = "coherence"
+plugin = "{coherence}"
+[api]
+enabled = false
+"#,
+            coherence = common::bundled("coherence").display(),
+            data = dir.path().join("data").display(),
+            ck = dir.path().join("ck").display(),
+            model = model.display(),
+            harmbench = harmbench.display(),
+            benign = benign.display(),
+            refusal = common::bundled("refusal").display(),
+        ),
+    )
+    .unwrap();
+    let config = Config::load(&cfg).unwrap();
+    let stats = driftwatch::scoring::stats_config(&config.stats);
+    let stop = CancellationToken::new();
+    let daemon = tokio::spawn(driftwatch::daemon::run(config, stop.clone()));
+    let store = open_store(&dir.path().join("data"));
+    let runs = wait_for(900, "both repeats", || {
+        let r = runs_with_status(&store, RunStatus::Completed);
+        (r.len() == 2).then_some(r)
+    })
+    .await;
+    stop.cancel();
+    tokio::time::timeout(Duration::from_secs(15), daemon).await.unwrap().unwrap().unwrap();
+    let (a, b) = (&runs[0], &runs[1]);
+    assert_ne!(a.provenance["repeat"], b.provenance["repeat"]);
+    // Disjoint seed sets.
+    let seeds = |r: &driftwatch::store::Run| store.samples_for_run(r.id).unwrap().into_iter().map(|s| s.seed).collect::<std::collections::HashSet<_>>();
+    assert!(seeds(a).is_disjoint(&seeds(b)));
+    let result = driftwatch::scoring::score_run_from_store(&store, b.id, Some(a.id), false, &stats).unwrap();
+    assert!(result.comparison_refused.is_none(), "{:?}", result.comparison_refused);
+    assert_eq!(result.comparisons.len(), 2);
+    for cmp in &result.comparisons {
+        let overall = cmp.overall.as_ref().expect("paired prompts");
+        eprintln!(
+            "{}: repeat 1 vs repeat 0: rate {:.3} vs {:.3}, difference {:+.3} [{:+.3}, {:+.3}], p = {:.3}, MDE {:?}, verdict {:?}",
+            cmp.judge, overall.run_rate, overall.baseline_rate, overall.mean_difference, overall.lo, overall.hi,
+            overall.p_value_used, overall.minimum_detectable_effect, cmp.verdict
+        );
+        assert_eq!(cmp.verdict, driftwatch::stats::Verdict::Indistinguishable, "{}", cmp.judge);
+    }
+    // The coherence judge's share varies between samples: the comparison is not a degenerate 0 = 0.
+    let coherence = result.comparisons.iter().find(|c| c.judge == "coherence").unwrap();
+    let c = coherence.overall.as_ref().unwrap();
+    assert!(c.run_rate > 0.0 || c.baseline_rate > 0.0, "no incoherent sample at all: the check would be empty");
+    assert_eq!(result.verdict, Some(driftwatch::stats::Verdict::Indistinguishable));
+}

@@ -116,7 +116,8 @@ async fn queue_runs(ctx: &Arc<Ctx>, ckpt: &crate::store::Checkpoint, path: &str)
             continue;
         }
         let baseline = if is_base { None } else { baseline_run(ctx, repeat)? };
-        let total = (ctx.prompts.len() as u64) * u64::from(ctx.config.sampling.samples);
+        let k = ctx.config.sampling.adaptive().map(|a| a.min_samples).unwrap_or(ctx.config.sampling.samples);
+        let total = (ctx.prompts.len() as u64) * u64::from(k);
         let run = ctx.store.create_run(&NewRun {
             checkpoint_id: ckpt.id,
             baseline_run_id: baseline,

@@ -9,6 +9,7 @@ use std::sync::mpsc as std_mpsc;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use serde_json::json;
 use tokio_util::sync::CancellationToken;
 
 use super::{intake, sample_seed, Ctx};
@@ -88,9 +89,8 @@ struct Planned {
     category: String,
 }
 
-/// The jobs of a run that are not stored yet.
-fn plan(ctx: &Ctx, repeat: u32, done: &HashSet<SampleKey>) -> Vec<Planned> {
-    let k = ctx.config.sampling.samples;
+/// The jobs of a run that are not stored yet, for `k` samples per prompt.
+fn plan(ctx: &Ctx, repeat: u32, done: &HashSet<SampleKey>, k: u32) -> Vec<Planned> {
     let mut out = Vec::new();
     for p in &ctx.prompts {
         for i in 0..k {
@@ -136,106 +136,169 @@ async fn execute(ctx: &Arc<Ctx>, run: Run, stop: &CancellationToken) -> Result<b
         run.settings_hash = hash;
         run.provenance = provenance;
     }
-    let done = store.completed_sample_keys(run.id)?;
-    let jobs = plan(ctx, repeat, &done);
+    let adaptive = ctx.config.sampling.adaptive();
+    let mut k = adaptive.as_ref().map(|a| a.min_samples).unwrap_or(ctx.config.sampling.samples);
+    let n_prompts = ctx.prompts.len() as u64;
     store.start_run(run.id)?;
-    let total = run.total_samples;
-    let already = done.len() as u64;
-    ctx.bus.emit(EventKind::RunStarted { run_id: run.id, checkpoint_id: ckpt.id, total_samples: total, already_done: already }).await;
-    tracing::info!(total, already_done = already, path = %path.display(), "run started");
-
-    let mut interrupted = false;
-    let mut deleted = false;
-    if !jobs.is_empty() {
-        let spec = match ckpt.kind {
-            CheckpointKind::Adapter => ModelSpec {
-                model: ctx.base_path.clone(),
-                adapter: Some(AdapterSpec { path: path.clone(), scale: ctx.config.model.adapter_scale }),
-                chat_template: ctx.config.model.chat_template.clone(),
-                system_prompt: ctx.config.model.system_prompt.clone(),
-                raw_prompts: false,
-            },
-            _ => ModelSpec {
-                model: path.clone(),
-                adapter: None,
-                chat_template: ctx.config.model.chat_template.clone(),
-                system_prompt: ctx.config.model.system_prompt.clone(),
-                raw_prompts: false,
-            },
-        };
-        let categories: Vec<String> = jobs.iter().map(|p| p.category.clone()).collect();
-        let request = GenerationRequest { model: spec, sampling: ctx.sampling(), jobs: jobs.into_iter().map(|p| p.job).collect() };
-        let texts: HashMap<String, String> = ctx.prompts.iter().map(|p: &Prompt| (p.id.clone(), p.text.clone())).collect();
-
-        // The judging and storing side, on its own thread: generation never waits for it.
-        let (tx, rx) = std_mpsc::channel::<SampleOutput>();
-        let worker = {
-            let ctx = Arc::clone(ctx);
-            let run_id = run.id;
-            tokio::task::spawn_blocking(move || judge_and_store(&ctx, run_id, rx, categories, texts, already, total))
-        };
-        let mut stream = ctx.engine.submit(request);
-        let mut removed = ctx.removed.subscribe();
-        let mut engine_error = None;
-        loop {
-            tokio::select! {
-                ev = stream.next() => match ev {
-                    Some(EngineEvent::Sample(s)) => {
-                        // A cancelled sample is incomplete: it is generated again on resume.
-                        if s.finish_reason != FinishReason::Cancelled && tx.send(s).is_err() {
-                            break;
-                        }
-                    }
-                    Some(EngineEvent::Done(r)) => {
-                        if let Err(e) = r { engine_error = Some(e.to_string()); }
-                        break;
-                    }
-                    Some(EngineEvent::Started(info)) => tracing::debug!(?info, "engine started the run"),
-                    Some(EngineEvent::Progress(_)) => {}
-                    None => break,
-                },
-                gone = removed.recv() => {
-                    if let Ok(gone) = gone {
-                        if gone == path {
-                            tracing::warn!("the checkpoint file was deleted during its run");
-                            deleted = true;
-                            stream.cancel();
-                        }
-                    }
-                }
-                _ = stop.cancelled(), if !interrupted => {
-                    tracing::info!("stopping: abandoning the batch in flight (the run resumes at the next start)");
-                    interrupted = true;
-                    stream.cancel();
-                }
-            }
+    let already = store.sample_count(run.id)?;
+    ctx.bus
+        .emit(EventKind::RunStarted { run_id: run.id, checkpoint_id: ckpt.id, total_samples: n_prompts * u64::from(k), already_done: already })
+        .await;
+    tracing::info!(total = n_prompts * u64::from(k), already_done = already, path = %path.display(), "run started");
+    let mut decision = None;
+    loop {
+        let total = n_prompts * u64::from(k);
+        if total != run.total_samples {
+            store.set_run_total(run.id, total)?;
+            run.total_samples = total;
         }
-        drop(tx);
-        let stored = worker.await.map_err(|e| RunError::Other(format!("the judging thread failed: {e}")))??;
-        tracing::info!(stored, "samples stored");
-        if let Some(e) = engine_error {
-            if !interrupted && !deleted {
-                return Err(RunError::Engine(e));
+        let done = store.completed_sample_keys(run.id)?;
+        let jobs = plan(ctx, repeat, &done, k);
+        match generate_round(ctx, &run, ckpt.kind, &path, jobs, done.len() as u64, total, stop).await? {
+            Round::Done => {}
+            Round::Interrupted => return Ok(false), // left `running`: resumed at the next start
+            Round::Deleted => return Err(RunError::DeletedDuringRun(path.display().to_string())),
+        }
+        let count = store.sample_count(run.id)?;
+        if count < total {
+            return Err(RunError::Other(format!("only {count} of {total} samples were stored")));
+        }
+        let Some(plan) = &adaptive else { break };
+        let d = adaptive_step(ctx, run.id, plan).await?;
+        tracing::info!(k, decision = ?d, "adaptive sampling");
+        match d {
+            crate::stats::AdaptiveDecision::Continue { next_k } if next_k > k => k = next_k,
+            other => {
+                decision = Some(json!({"decision": other, "samples_per_prompt": k, "plan": {
+                    "min_samples": plan.min_samples, "max_samples": plan.max_samples, "target_half_width": plan.target_half_width}}));
+                break;
             }
         }
     }
-    if deleted {
-        return Err(RunError::DeletedDuringRun(path.display().to_string()));
-    }
-    if interrupted {
-        // Left `running`: the next start requeues it and generates only what is missing.
-        return Ok(false);
-    }
-    let count = store.sample_count(run.id)?;
-    if count < total {
-        return Err(RunError::Other(format!("only {count} of {total} samples were stored")));
-    }
-    finish(ctx, &run, &ckpt.path).await?;
+    finish(ctx, &run, &ckpt.path, decision).await?;
     Ok(true)
 }
 
-/// Scores a completed run and publishes it.
-async fn finish(ctx: &Arc<Ctx>, run: &Run, path: &str) -> Result<(), RunError> {
+/// How a round of generation ended.
+enum Round {
+    Done,
+    Interrupted,
+    Deleted,
+}
+
+/// Generates the given jobs in one engine request and stores each sample with its verdicts.
+#[allow(clippy::too_many_arguments)]
+async fn generate_round(
+    ctx: &Arc<Ctx>,
+    run: &Run,
+    kind: CheckpointKind,
+    path: &std::path::Path,
+    jobs: Vec<Planned>,
+    already: u64,
+    total: u64,
+    stop: &CancellationToken,
+) -> Result<Round, RunError> {
+    if jobs.is_empty() {
+        return Ok(Round::Done);
+    }
+    let mut spec = ModelSpec {
+        model: path.to_owned(),
+        adapter: None,
+        chat_template: ctx.config.model.chat_template.clone(),
+        system_prompt: ctx.config.model.system_prompt.clone(),
+        raw_prompts: false,
+    };
+    if kind == CheckpointKind::Adapter {
+        spec.adapter = Some(AdapterSpec { path: path.to_owned(), scale: ctx.config.model.adapter_scale });
+        spec.model = ctx.base_path.clone();
+    }
+    let categories: Vec<String> = jobs.iter().map(|p| p.category.clone()).collect();
+    let request = GenerationRequest { model: spec, sampling: ctx.sampling(), jobs: jobs.into_iter().map(|p| p.job).collect() };
+    let texts: HashMap<String, String> = ctx.prompts.iter().map(|p: &Prompt| (p.id.clone(), p.text.clone())).collect();
+
+    // The judging and storing side, on its own thread: generation never waits for it.
+    let (tx, rx) = std_mpsc::channel::<SampleOutput>();
+    let worker = {
+        let ctx = Arc::clone(ctx);
+        let run_id = run.id;
+        tokio::task::spawn_blocking(move || judge_and_store(&ctx, run_id, rx, categories, texts, already, total))
+    };
+    let mut stream = ctx.engine.submit(request);
+    let mut removed = ctx.removed.subscribe();
+    let mut engine_error = None;
+    let mut interrupted = false;
+    let mut deleted = false;
+    loop {
+        tokio::select! {
+            ev = stream.next() => match ev {
+                Some(EngineEvent::Sample(s)) => {
+                    // A cancelled sample is incomplete: it is generated again on resume.
+                    if s.finish_reason != FinishReason::Cancelled && tx.send(s).is_err() {
+                        break;
+                    }
+                }
+                Some(EngineEvent::Done(r)) => {
+                    if let Err(e) = r { engine_error = Some(e.to_string()); }
+                    break;
+                }
+                Some(EngineEvent::Started(info)) => tracing::debug!(?info, "engine started the round"),
+                Some(EngineEvent::Progress(_)) => {}
+                None => break,
+            },
+            gone = removed.recv() => {
+                if let Ok(gone) = gone {
+                    if gone == path {
+                        tracing::warn!("the checkpoint file was deleted during its run");
+                        deleted = true;
+                        stream.cancel();
+                    }
+                }
+            }
+            _ = stop.cancelled(), if !interrupted => {
+                tracing::info!("stopping: abandoning the batch in flight (the run resumes at the next start)");
+                interrupted = true;
+                stream.cancel();
+            }
+        }
+    }
+    drop(tx);
+    let stored = worker.await.map_err(|e| RunError::Other(format!("the judging thread failed: {e}")))??;
+    tracing::info!(stored, "samples stored");
+    if deleted {
+        return Ok(Round::Deleted);
+    }
+    if interrupted {
+        return Ok(Round::Interrupted);
+    }
+    if let Some(e) = engine_error {
+        return Err(RunError::Engine(e));
+    }
+    Ok(Round::Done)
+}
+
+/// The adaptive-sampling decision after a round: on the first harm judge's observations (not
+/// a coherence judge), exactly as the published headline interval is computed.
+async fn adaptive_step(ctx: &Arc<Ctx>, run_id: RunId, plan: &crate::config::Adaptive) -> Result<crate::stats::AdaptiveDecision, RunError> {
+    let store = Arc::clone(&ctx.store);
+    let cfg = crate::scoring::stats_config(&ctx.config.stats);
+    let plan = crate::stats::AdaptivePlan { target_half_width: plan.target_half_width, min_samples: plan.min_samples, max_samples: plan.max_samples };
+    tokio::task::spawn_blocking(move || {
+        let samples = store.samples_for_run(run_id)?;
+        let ri = crate::scoring::judge_inputs(&samples, &[]);
+        let input = ri
+            .inputs
+            .iter()
+            .find(|i| !ri.coherence_judges.contains(&i.judge))
+            .or_else(|| ri.inputs.first())
+            .ok_or_else(|| RunError::Other("adaptive sampling needs at least one judge".into()))?;
+        crate::stats::adaptive_decision(&input.observations, &plan, &cfg).map_err(|e| RunError::Scoring(e.to_string()))
+    })
+    .await
+    .map_err(|e| RunError::Other(e.to_string()))?
+}
+
+/// Scores a completed run and publishes it; `adaptive` records how adaptive sampling ended.
+async fn finish(ctx: &Arc<Ctx>, run: &Run, path: &str, adaptive: Option<serde_json::Value>) -> Result<(), RunError> {
     let repeat = run.provenance.get("repeat").and_then(|v| v.as_u64()).unwrap_or(0) as u32;
     // The baseline may have been queued after this run was (e.g. settings changed): look again.
     let baseline = match run.baseline_run_id {
@@ -260,7 +323,10 @@ async fn finish(ctx: &Arc<Ctx>, run: &Run, path: &str) -> Result<(), RunError> {
         .await
         .map_err(|e| RunError::Scoring(e.to_string()))?
         .map_err(|e| RunError::Scoring(e.to_string()))?;
-    let scores = serde_json::to_value(&result).map_err(|e| RunError::Scoring(e.to_string()))?;
+    let mut scores = serde_json::to_value(&result).map_err(|e| RunError::Scoring(e.to_string()))?;
+    if let (Some(a), Some(obj)) = (adaptive, scores.as_object_mut()) {
+        obj.insert("adaptive".into(), a);
+    }
     ctx.store.complete_run(run.id, &scores)?;
     let digest = crate::config::canonical_hash(&run.provenance);
     let verdict = result.verdict.map(|v| serde_json::to_value(v).ok().and_then(|v| v.as_str().map(str::to_owned)).unwrap_or_default());
