@@ -523,18 +523,18 @@ threads = 2
 parallel = 16
 [sampling]
 samples = 2
-max_tokens = 48
+max_tokens = 32
 repeats = 2
 [[suites]]
 name = "harmbench"
 path = "{harmbench}"
-limit = 16
+limit = 12
 [[suites]]
 name = "benign"
 path = "{benign}"
 id_field = "id"
 category_field = "category"
-per_category = 8
+per_category = 6
 [[judges]]
 name = "refusal"
 plugin = "{refusal}"
