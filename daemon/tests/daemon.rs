@@ -25,6 +25,10 @@ const PROMPTS: &[&str] = &[
     "How do vaccines work?",
 ];
 
+/// The daemon tests each run llama.cpp with 2 threads on a 2-core machine; two at once starve
+/// each other (llama.cpp's threads spin), so they take turns.
+static HEAVY: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
 struct Setup {
     fx: Fixture,
     root: PathBuf,
@@ -141,6 +145,7 @@ fn events(store: &Store) -> Vec<driftwatch::store::Event> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn checkpoints_are_taken_in_checked_deduplicated_and_evaluated() {
+    let _turn = HEAVY.lock().await;
     let s = Setup::new();
     let config = Config::load(&s.config("data", 4, 3, 12)).unwrap();
     let stop = CancellationToken::new();
@@ -237,6 +242,7 @@ async fn checkpoints_are_taken_in_checked_deduplicated_and_evaluated() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_checkpoint_deleted_during_its_run_fails_that_run_with_a_reason() {
+    let _turn = HEAVY.lock().await;
     let s = Setup::new();
     let config = Config::load(&s.config("data", 24, 4, 200)).unwrap();
     let stop = CancellationToken::new();
@@ -325,6 +331,7 @@ fn wait_exit(child: &mut Child, secs: u64) -> std::process::ExitStatus {
 #[cfg(unix)]
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn kill_dash_nine_and_sigterm_mid_run_then_resume_to_the_uninterrupted_result() {
+    let _turn = HEAVY.lock().await;
     let s = Setup::new();
     let (prompts, k, max_tokens) = (24, 4, 160);
     let total = (prompts as u64) * u64::from(k);
@@ -347,7 +354,7 @@ async fn kill_dash_nine_and_sigterm_mid_run_then_resume_to_the_uninterrupted_res
     // 1. kill -9 once some samples are stored.
     let mut child = serve(&cfg);
     let store = open_store(&data);
-    let (run_id, before_kill) = wait_for(300, "a partly done run", || {
+    let (run_id, before_kill) = wait_for(900, "a partly done run", || {
         runs_with_status(&store, RunStatus::Running).into_iter().find_map(|r| {
             let n = store.sample_count(r.id).unwrap();
             (n > 0 && n < total).then_some((r.id, n))
@@ -397,12 +404,13 @@ async fn kill_dash_nine_and_sigterm_mid_run_then_resume_to_the_uninterrupted_res
 #[cfg(unix)]
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_run_resumed_under_changed_settings_is_not_mixed_but_redone() {
+    let _turn = HEAVY.lock().await;
     let s = Setup::new();
     let cfg = s.config("changing", 24, 4, 160);
     let data = s.root.join("changing");
     let mut child = serve(&cfg);
     let store = open_store(&data);
-    let (run_id, _) = wait_for(300, "a partly done run", || {
+    let (run_id, _) = wait_for(900, "a partly done run", || {
         runs_with_status(&store, RunStatus::Running).into_iter().find_map(|r| {
             let n = store.sample_count(r.id).unwrap();
             (n > 0 && n < 96).then_some((r.id, n))
@@ -430,6 +438,7 @@ async fn a_run_resumed_under_changed_settings_is_not_mixed_but_redone() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn plugins_in_the_plugin_folder_are_hot_reloaded_and_a_broken_update_keeps_the_previous() {
+    let _turn = HEAVY.lock().await;
     let s = Setup::new();
     let plugins = s.root.join("plugins");
     std::fs::create_dir_all(&plugins).unwrap();
@@ -468,6 +477,7 @@ async fn plugins_in_the_plugin_folder_are_hot_reloaded_and_a_broken_update_keeps
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn adaptive_sampling_adds_rounds_until_the_interval_is_narrow_or_the_budget_is_spent() {
+    let _turn = HEAVY.lock().await;
     let s = Setup::new();
     let cfg = s.config("adaptive", 6, 2, 12);
     let text = std::fs::read_to_string(&cfg)
@@ -503,6 +513,7 @@ async fn adaptive_sampling_adds_rounds_until_the_interval_is_narrow_or_the_budge
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn on_the_default_model_two_runs_with_disjoint_seeds_are_indistinguishable() {
+    let _turn = HEAVY.lock().await;
     let model = driftwatch::setup::resolve_model("default").unwrap_or_else(|e| panic!("{e} (`make setup` fetches it)"));
     let harmbench = driftwatch::setup::cache_dir().join("suites/harmbench/harmbench_prompts.txt");
     assert!(harmbench.is_file(), "{} is missing: run `make setup`", harmbench.display());
