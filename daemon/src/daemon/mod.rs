@@ -253,7 +253,8 @@ fn engine_config(c: &Config) -> EngineConfig {
         threads: c.engine.threads.unwrap_or(0) as usize,
         parallel: c.engine.parallel as usize,
         batch_size: (c.engine.batch_size as usize).max(c.engine.parallel as usize),
-        gpu_layers: c.engine.gpu_layers.max(0) as u32,
+        // -1 offloads every layer (llama.cpp takes any count above the model's layers as all).
+        gpu_layers: u32::try_from(c.engine.gpu_layers).unwrap_or(999),
         ..EngineConfig::default()
     }
 }
