@@ -44,12 +44,38 @@ pub enum Command {
     Plugin(crate::judge::cli::PluginCommand),
     /// Score a JSONL file of samples with one judge plugin (one JSON verdict per line).
     Judge(crate::judge::cli::JudgeArgs),
+    /// Write a synthetic LoRA adapter: seeded random perturbations of a base model (not a
+    /// trained fine-tune), to watch scores move without training anything.
+    SynthAdapter(SynthArgs),
     /// Compare run RUN_A with baseline run RUN_B (paired by prompt).
     Compare(crate::report::cmd::CompareArgs),
     /// Report on stored runs (Markdown, self-contained HTML, or JSON).
     Report(crate::report::cmd::ReportArgs),
     /// Follow a running daemon's events (reconnects and resumes by itself).
     Subscribe(crate::api::subscribe::SubscribeArgs),
+}
+
+/// `driftwatch synth-adapter`.
+#[derive(Debug, Args)]
+pub struct SynthArgs {
+    /// The base model (`default` = the cached default model).
+    #[arg(long, default_value = "default")]
+    pub base: String,
+    /// LoRA rank.
+    #[arg(long, default_value_t = 8)]
+    pub rank: u64,
+    /// Standard deviation of each entry of the weight update (at adapter scale 1).
+    #[arg(long, default_value_t = 0.01)]
+    pub noise: f64,
+    /// Seed.
+    #[arg(long, default_value_t = 0)]
+    pub seed: u64,
+    /// Adapted matrices in every layer, comma-separated.
+    #[arg(long, value_delimiter = ',', default_value = "attn_q,attn_v")]
+    pub targets: Vec<String>,
+    /// Output file (.gguf).
+    #[arg(short = 'o', long)]
+    pub out: PathBuf,
 }
 
 /// `driftwatch serve`.
@@ -258,6 +284,16 @@ pub async fn run(cli: Cli) -> Result<()> {
             Ok(())
         }
         Command::Judge(a) => judge(a),
+        Command::SynthAdapter(a) => {
+            let base = setup::resolve_model(&a.base).map_err(anyhow::Error::msg)?;
+            let spec = crate::synth::SynthSpec { rank: a.rank, noise: a.noise, seed: a.seed, targets: a.targets };
+            let n = crate::synth::write_adapter(&base, &spec, &a.out)?;
+            println!(
+                "wrote {}: a SYNTHETIC LoRA adapter (seeded random perturbation, not a trained fine-tune) over {} matrices, rank {}, noise {}, seed {}",
+                a.out.display(), n, spec.rank, spec.noise, spec.seed
+            );
+            Ok(())
+        }
         Command::Compare(a) => crate::report::cmd::compare(a),
         Command::Report(a) => crate::report::cmd::report(a),
         Command::Subscribe(a) => Ok(crate::api::subscribe::run_subscribe(a).await?),

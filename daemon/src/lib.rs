@@ -27,5 +27,6 @@ pub mod setup;
 pub mod stats;
 pub mod store;
 pub mod suite;
+pub mod synth;
 pub mod watch;
 pub mod webhooks;

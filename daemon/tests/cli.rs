@@ -98,3 +98,45 @@ fn bad_input_is_a_clear_error_and_a_failing_exit_code() {
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("temperature"));
 }
+
+#[test]
+fn synth_adapter_writes_a_seeded_adapter_that_fits_and_changes_the_output() {
+    let f = Fixture::new();
+    let out = |seed: &str, name: &str| {
+        let path = f.path(name);
+        let o = driftwatch()
+            .args(["synth-adapter", "--base"])
+            .arg(&f.base)
+            .args(["--rank", "4", "--noise", "0.5", "--seed", seed, "-o"])
+            .arg(&path)
+            .output()
+            .unwrap();
+        assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+        assert!(String::from_utf8_lossy(&o.stdout).contains("SYNTHETIC"));
+        path
+    };
+    let a = out("1", "a.gguf");
+    let a2 = out("1", "a2.gguf");
+    let b = out("2", "b.gguf");
+    assert_eq!(std::fs::read(&a).unwrap(), std::fs::read(&a2).unwrap(), "same seed, same bytes");
+    assert_ne!(std::fs::read(&a).unwrap(), std::fs::read(&b).unwrap());
+    let base = driftwatch::checkpoint::inspect_model(&f.base).unwrap();
+    let adapter = driftwatch::checkpoint::inspect_adapter_for(&a, &base).expect("fits the base");
+    assert!(adapter.is_adapter());
+    // llama.cpp accepts it, and it changes greedy output.
+    let gen = |adapter: Option<&std::path::Path>| {
+        let mut c = driftwatch();
+        c.args(["generate", "--model"]).arg(&f.base).args(["--prompt", "Hello there", "--greedy", "--max-tokens", "12", "--json"]);
+        if let Some(p) = adapter {
+            c.arg("--adapter").arg(p);
+        }
+        let o = c.output().unwrap();
+        assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+        String::from_utf8(o.stdout).unwrap()
+    };
+    assert_ne!(gen(None), gen(Some(&a)));
+    // Bad settings are clear errors.
+    let o = driftwatch().args(["synth-adapter", "--base"]).arg(&f.base).args(["--rank", "0", "-o"]).arg(f.path("z.gguf")).output().unwrap();
+    assert!(!o.status.success());
+    assert!(String::from_utf8_lossy(&o.stderr).contains("--rank"));
+}
