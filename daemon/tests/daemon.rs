@@ -119,6 +119,20 @@ fn open_store(dir: &Path) -> Store {
     }
 }
 
+/// Shows the daemon's logs with a failing test's output.
+fn logs() {
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::new("info,llama_cpp_2=warn,llama-cpp-2=warn"))
+        .with_test_writer()
+        .try_init();
+}
+
+/// Panics with their errors if any runs failed (a failure must not look like a slow run).
+fn no_failed_runs(store: &Store) {
+    let failed = runs_with_status(store, RunStatus::Failed);
+    assert!(failed.is_empty(), "runs failed: {:?}", failed.iter().map(|r| (r.id, r.error.clone())).collect::<Vec<_>>());
+}
+
 /// Polls `f` until it returns Some, or panics after `secs`.
 async fn wait_for<T>(secs: u64, what: &str, mut f: impl FnMut() -> Option<T>) -> T {
     let deadline = Instant::now() + Duration::from_secs(secs);
@@ -146,6 +160,7 @@ fn events(store: &Store) -> Vec<driftwatch::store::Event> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn checkpoints_are_taken_in_checked_deduplicated_and_evaluated() {
     let _turn = HEAVY.lock().await;
+    logs();
     let s = Setup::new();
     let config = Config::load(&s.config("data", 4, 3, 12)).unwrap();
     let stop = CancellationToken::new();
@@ -243,6 +258,7 @@ async fn checkpoints_are_taken_in_checked_deduplicated_and_evaluated() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_checkpoint_deleted_during_its_run_fails_that_run_with_a_reason() {
     let _turn = HEAVY.lock().await;
+    logs();
     let s = Setup::new();
     let config = Config::load(&s.config("data", 24, 4, 200)).unwrap();
     let stop = CancellationToken::new();
@@ -332,6 +348,7 @@ fn wait_exit(child: &mut Child, secs: u64) -> std::process::ExitStatus {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn kill_dash_nine_and_sigterm_mid_run_then_resume_to_the_uninterrupted_result() {
     let _turn = HEAVY.lock().await;
+    logs();
     let s = Setup::new();
     let (prompts, k, max_tokens) = (24, 4, 160);
     let total = (prompts as u64) * u64::from(k);
@@ -342,7 +359,12 @@ async fn kill_dash_nine_and_sigterm_mid_run_then_resume_to_the_uninterrupted_res
         let stop = CancellationToken::new();
         let daemon = tokio::spawn(driftwatch::daemon::run(config, stop.clone()));
         let store = open_store(&s.root.join("reference"));
-        let run = wait_for(600, "the reference run", || runs_with_status(&store, RunStatus::Completed).into_iter().next()).await;
+        let run = wait_for(600, "the reference run", || {
+            no_failed_runs(&store);
+            assert!(!daemon.is_finished(), "the reference daemon stopped early");
+            runs_with_status(&store, RunStatus::Completed).into_iter().next()
+        })
+        .await;
         stop.cancel();
         daemon.await.unwrap().unwrap();
         (comparable(&store.samples_for_run(run.id).unwrap()), run.scores.unwrap())
@@ -405,6 +427,7 @@ async fn kill_dash_nine_and_sigterm_mid_run_then_resume_to_the_uninterrupted_res
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_run_resumed_under_changed_settings_is_not_mixed_but_redone() {
     let _turn = HEAVY.lock().await;
+    logs();
     let s = Setup::new();
     let cfg = s.config("changing", 24, 4, 160);
     let data = s.root.join("changing");
@@ -439,6 +462,7 @@ async fn a_run_resumed_under_changed_settings_is_not_mixed_but_redone() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn plugins_in_the_plugin_folder_are_hot_reloaded_and_a_broken_update_keeps_the_previous() {
     let _turn = HEAVY.lock().await;
+    logs();
     let s = Setup::new();
     let plugins = s.root.join("plugins");
     std::fs::create_dir_all(&plugins).unwrap();
@@ -478,6 +502,7 @@ async fn plugins_in_the_plugin_folder_are_hot_reloaded_and_a_broken_update_keeps
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn adaptive_sampling_adds_rounds_until_the_interval_is_narrow_or_the_budget_is_spent() {
     let _turn = HEAVY.lock().await;
+    logs();
     let s = Setup::new();
     let cfg = s.config("adaptive", 6, 2, 12);
     let text = std::fs::read_to_string(&cfg)
@@ -514,6 +539,7 @@ async fn adaptive_sampling_adds_rounds_until_the_interval_is_narrow_or_the_budge
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn on_the_default_model_two_runs_with_disjoint_seeds_are_indistinguishable() {
     let _turn = HEAVY.lock().await;
+    logs();
     let model = driftwatch::setup::resolve_model("default").unwrap_or_else(|e| panic!("{e} (`make setup` fetches it)"));
     let harmbench = driftwatch::setup::cache_dir().join("suites/harmbench/harmbench_prompts.txt");
     assert!(harmbench.is_file(), "{} is missing: run `make setup`", harmbench.display());

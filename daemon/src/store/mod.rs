@@ -229,6 +229,23 @@ impl RunStatus {
     }
 }
 
+impl StoreError {
+    /// True when SQLite answered "busy" or "locked" (another connection holds the lock).
+    pub fn is_busy(&self) -> bool {
+        let code = |e: &rusqlite::Error| {
+            matches!(
+                e.sqlite_error_code(),
+                Some(rusqlite::ErrorCode::DatabaseBusy) | Some(rusqlite::ErrorCode::DatabaseLocked)
+            )
+        };
+        match self {
+            StoreError::Open { source, .. } | StoreError::Migration { source, .. } => code(source),
+            StoreError::Sqlite(e) => code(e),
+            _ => false,
+        }
+    }
+}
+
 /// A checkpoint to record.
 #[derive(Debug, Clone, PartialEq)]
 pub struct NewCheckpoint {
@@ -656,6 +673,21 @@ impl Store {
     /// Opens (or creates) the database file: checks it is a driftwatch store, switches to
     /// WAL, migrates it to the current schema.
     pub fn open_with(path: &Path, options: StoreOptions) -> Result<Store> {
+        // Several processes may create the same new store at once (the daemon starting while
+        // `driftwatch status` runs). SQLite then answers some of them "busy" at once, without
+        // waiting (deadlock avoidance while the file switches to WAL or is migrated): retry.
+        let deadline = std::time::Instant::now() + BUSY_TIMEOUT;
+        loop {
+            match Store::open_once(path, options.clone()) {
+                Err(e) if e.is_busy() && std::time::Instant::now() < deadline => {
+                    std::thread::sleep(Duration::from_millis(20));
+                }
+                other => return other,
+            }
+        }
+    }
+
+    fn open_once(path: &Path, options: StoreOptions) -> Result<Store> {
         if path.is_dir() {
             return Err(StoreError::NotAStore {
                 path: path.to_path_buf(),
@@ -687,16 +719,19 @@ impl Store {
             }
         };
         conn.busy_timeout(BUSY_TIMEOUT).map_err(classify)?;
-        // Reading the header and the schema is where a foreign or damaged file shows.
-        let app_id: i32 = conn
-            .pragma_query_value(None, "application_id", |r| r.get(0))
-            .map_err(classify)?;
-        let version: u32 = conn
-            .pragma_query_value(None, "user_version", |r| r.get(0))
-            .map_err(classify)?;
-        let objects: i64 = conn
-            .query_row("SELECT count(*) FROM sqlite_master", [], |r| r.get(0))
-            .map_err(classify)?;
+        // Reading the header and the schema is where a foreign or damaged file shows. The three
+        // reads share one snapshot: another process (the daemon, `driftwatch status`) may be
+        // creating the store at this very moment, and a migration committed between two reads
+        // would look like a foreign database (tables without driftwatch's application_id).
+        conn.execute_batch("BEGIN DEFERRED").map_err(classify)?;
+        let header = (|| -> rusqlite::Result<(i32, u32, i64)> {
+            let app_id: i32 = conn.pragma_query_value(None, "application_id", |r| r.get(0))?;
+            let version: u32 = conn.pragma_query_value(None, "user_version", |r| r.get(0))?;
+            let objects: i64 = conn.query_row("SELECT count(*) FROM sqlite_master", [], |r| r.get(0))?;
+            Ok((app_id, version, objects))
+        })();
+        let _ = conn.execute_batch("COMMIT");
+        let (app_id, version, objects) = header.map_err(classify)?;
         if app_id != 0 && app_id != schema::APPLICATION_ID {
             return Err(not_a_store(format!(
                 "application_id {app_id:#x} belongs to another program"

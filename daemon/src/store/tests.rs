@@ -866,3 +866,27 @@ fn write_cost_per_sample() {
         b.micros_per_sample, b.samples, b.seconds
     );
 }
+
+#[test]
+fn many_processes_opening_a_new_store_at_once_all_succeed() {
+    // The daemon and `driftwatch status` (or a test) may open a store that does not exist yet
+    // at the same moment; none of them may mistake the half-created file for a foreign one.
+    for round in 0..20 {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("race.sqlite3");
+        let barrier = std::sync::Arc::new(std::sync::Barrier::new(4));
+        let handles: Vec<_> = (0..4)
+            .map(|_| {
+                let (path, barrier) = (path.clone(), barrier.clone());
+                std::thread::spawn(move || {
+                    barrier.wait();
+                    Store::open(&path).map(|s| s.schema_version().unwrap())
+                })
+            })
+            .collect();
+        for h in handles {
+            let r = h.join().unwrap();
+            assert!(r.is_ok(), "round {round}: {:?}", r.err());
+        }
+    }
+}
