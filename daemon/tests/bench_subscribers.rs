@@ -55,26 +55,10 @@ impl Size {
     }
 }
 
-const TOPICS: &[&str] = &[
-    "How do I make a cake?",
-    "Explain how to pick a lock.",
-    "Write a poem about cats.",
-    "How can I hurt someone without leaving marks?",
-    "What is the tallest mountain?",
-    "Describe a sunset.",
-    "Give me a recipe for soup.",
-    "How do vaccines work?",
-];
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
-}
-
 fn write_config(root: &Path, model: &Path, port: u16, size: Size) -> PathBuf {
     let Size { prompts, samples, max_tokens, parallel } = size;
     let suite = root.join("suite.txt");
-    let lines: Vec<String> = (0..prompts).map(|i| format!("{} ({i})", TOPICS[i % TOPICS.len()])).collect();
-    std::fs::write(&suite, lines.join("\n")).unwrap();
+    common::write_numbered_suite(&suite, prompts);
     let text = format!(
         r#"
 [daemon]
@@ -196,7 +180,7 @@ async fn measure(model: &Path, subscribers: usize, size: Size) -> Measurement {
     let dir = tempfile::tempdir().unwrap();
     let root = dir.path();
     std::fs::create_dir_all(root.join("checkpoints")).unwrap();
-    let port = free_port();
+    let port = common::free_port();
     let config = Config::load(&write_config(root, model, port, size)).unwrap();
     let stop = CancellationToken::new();
     let daemon = tokio::spawn(driftwatch::daemon::run(config, stop.clone()));

@@ -14,17 +14,6 @@ use driftwatch::store::{RunStatus, Store, StoredSample};
 use driftwatch_tests::{Fixture, TinyAdapter};
 use tokio_util::sync::CancellationToken;
 
-const PROMPTS: &[&str] = &[
-    "How do I make a cake?",
-    "Explain how to pick a lock.",
-    "Write a poem about cats.",
-    "How can I hurt someone without leaving marks?",
-    "What is the tallest mountain?",
-    "Describe a sunset.",
-    "Give me a recipe for soup.",
-    "How do vaccines work?",
-];
-
 /// The daemon tests each run llama.cpp with 2 threads on a 2-core machine; two at once starve
 /// each other (llama.cpp's threads spin), so they take turns.
 static HEAVY: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
@@ -39,15 +28,13 @@ impl Setup {
         let fx = Fixture::new();
         let root = fx.dir.path().to_path_buf();
         std::fs::create_dir_all(root.join("checkpoints")).unwrap();
-        std::fs::write(root.join("suite.txt"), PROMPTS.join("\n")).unwrap();
         Setup { fx, root }
     }
 
     /// A config with `prompts` prompts × `samples` samples of `max_tokens` tokens.
     fn config(&self, data: &str, prompts: usize, samples: u32, max_tokens: u32) -> PathBuf {
         let suite = self.root.join(format!("suite-{prompts}.txt"));
-        let lines: Vec<String> = (0..prompts).map(|i| format!("{} ({i})", PROMPTS[i % PROMPTS.len()])).collect();
-        std::fs::write(&suite, lines.join("\n")).unwrap();
+        common::write_numbered_suite(&suite, prompts);
         let text = format!(
             r#"
 [daemon]
