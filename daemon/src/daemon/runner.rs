@@ -300,10 +300,11 @@ async fn adaptive_step(ctx: &Arc<Ctx>, run_id: RunId, plan: &crate::config::Adap
 /// Scores a completed run and publishes it; `adaptive` records how adaptive sampling ended.
 async fn finish(ctx: &Arc<Ctx>, run: &Run, path: &str, adaptive: Option<serde_json::Value>) -> Result<(), RunError> {
     let repeat = run.provenance.get("repeat").and_then(|v| v.as_u64()).unwrap_or(0) as u32;
+    let is_base = run.checkpoint_id == base_checkpoint_id(ctx)?;
     // The baseline may have been queued after this run was (e.g. settings changed): look again.
     let baseline = match run.baseline_run_id {
         Some(b) => Some(b),
-        None if run.checkpoint_id != base_checkpoint_id(ctx)? => intake::baseline_run(ctx, repeat)?,
+        None if !is_base => intake::baseline_run(ctx, repeat)?,
         None => None,
     };
     let baseline = match baseline {
@@ -354,7 +355,7 @@ async fn finish(ctx: &Arc<Ctx>, run: &Run, path: &str, adaptive: Option<serde_js
             h.verdict.map(|v| format!(" — {v:?} vs baseline")).unwrap_or_default()
         );
     }
-    if run.checkpoint_id == base_checkpoint_id(ctx)? {
+    if is_base {
         let folders: Vec<String> = ctx.config.daemon.watch.iter().map(|p| p.display().to_string()).collect();
         let api = if ctx.config.api.enabled {
             format!("; follow the results with `driftwatch subscribe --url http://{}`", ctx.config.api.listen)
