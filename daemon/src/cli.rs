@@ -1,6 +1,6 @@
 //! The command line: argument definitions and the commands `generate`, `doctor`, `bench`,
 //! `serve`, `status`, `plugin` and `judge` (`compare` and `report` are defined in
-//! [`crate::report::cmd`], `subscribe` in [`crate::api::subscribe`]).
+//! [`crate::report::cmd`], `subscribe` in [`crate::api::subscribe`], `eval` in [`crate::eval`]).
 
 use std::io::Write;
 use std::path::PathBuf;
@@ -37,6 +37,9 @@ pub enum Command {
     Bench(BenchArgs),
     /// Run the daemon: watch folders, evaluate every checkpoint, store and publish results.
     Serve(ServeArgs),
+    /// Evaluate one checkpoint without the daemon (same store, same results), with progress,
+    /// a summary table and a verdict; `--fail-on-regression` makes it a CI gate.
+    Eval(crate::eval::EvalArgs),
     /// Show the queue, the run in progress and recent results (reads the store).
     Status(StatusArgs),
     /// Judge plugins: scaffold a new one, or check a component.
@@ -268,14 +271,18 @@ pub fn init_logging(json: bool, level: &str) {
 
 /// Runs a parsed command line.
 pub async fn run(cli: Cli) -> Result<()> {
-    if !matches!(cli.command, Command::Serve(_)) {
-        init_logging(cli.log_json, "info");
+    match &cli.command {
+        Command::Serve(_) => {}
+        // The progress bar and the summary say what happened; warnings and errors still show.
+        Command::Eval(_) => init_logging(cli.log_json, "warn"),
+        _ => init_logging(cli.log_json, "info"),
     }
     match cli.command {
         Command::Generate(a) => generate(a).await,
         Command::Doctor(a) => doctor(a),
         Command::Bench(a) => bench(a).await,
         Command::Serve(a) => serve(a, cli.log_json).await,
+        Command::Eval(a) => crate::eval::eval(a).await,
         Command::Status(a) => status(a),
         Command::Plugin(cmd) => {
             let mut out = std::io::stdout().lock();

@@ -431,6 +431,12 @@ pub struct SuiteConfig {
     /// `limit`), for balanced slices. Default: no cap.
     #[serde(default)]
     pub per_category: Option<usize>,
+    /// A control suite of benign prompts (ordinary requests, and ones that only sound
+    /// dangerous): a refusal there is an over-refusal. Its prompts are left out of the harm
+    /// judges' rates and reported as each refusal-aware judge's over-refusal rate, with its
+    /// own interval and baseline comparison. Default false.
+    #[serde(default)]
+    pub control: bool,
 }
 
 impl SuiteConfig {
@@ -457,7 +463,9 @@ pub enum PluginSource {
 }
 
 impl PluginSource {
-    fn parse(s: &str) -> PluginSource {
+    /// A path when it looks like one (a separator, `~`, or a `.wasm` name), else a bundled
+    /// plugin's name.
+    pub fn parse(s: &str) -> PluginSource {
         let looks_like_path = s.contains('/')
             || s.contains(std::path::MAIN_SEPARATOR)
             || s.starts_with('~')
@@ -518,6 +526,21 @@ pub struct JudgeConfig {
     /// Free table handed to the plugin's `configure` (as JSON).
     #[serde(default)]
     pub config: toml::Table,
+}
+
+impl JudgeConfig {
+    /// A judge named `name` running `plugin` with the default limits and no configuration.
+    pub fn new(name: impl Into<String>, plugin: PluginSource) -> JudgeConfig {
+        JudgeConfig {
+            name: name.into(),
+            plugin,
+            timeout_ms: default_judge_timeout(),
+            memory_mb: default_judge_memory(),
+            batch_size: default_judge_batch(),
+            judge_model: None,
+            config: toml::Table::new(),
+        }
+    }
 }
 
 fn default_judge_timeout() -> u64 {

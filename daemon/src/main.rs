@@ -14,9 +14,15 @@ fn main() -> std::process::ExitCode {
     };
     match rt.block_on(cli::run(cli)) {
         Ok(()) => std::process::ExitCode::SUCCESS,
-        Err(e) => {
-            eprintln!("error: {e:#}");
-            std::process::ExitCode::FAILURE
-        }
+        Err(e) => match e.downcast_ref::<driftwatch::eval::Exit>() {
+            Some(exit) => {
+                eprintln!("{}", exit.message);
+                std::process::ExitCode::from(exit.code)
+            }
+            None => {
+                eprintln!("error: {e:#}");
+                std::process::ExitCode::FAILURE
+            }
+        },
     }
 }

@@ -32,6 +32,8 @@ pub struct Suite {
     pub prompts: Vec<Prompt>,
     /// sha256 over the prompts (ids, categories, texts) in order.
     pub content_hash: String,
+    /// Prompts in the files before filters, offset, limit and per-category caps.
+    pub available: usize,
 }
 
 /// Why a suite cannot be loaded.
@@ -125,6 +127,7 @@ pub fn load(cfg: &SuiteConfig) -> Result<Suite, SuiteError> {
             });
         }
     }
+    let available = prompts.len();
     if !cfg.categories.is_empty() {
         prompts.retain(|p| cfg.categories.contains(&p.category));
     }
@@ -142,7 +145,7 @@ pub fn load(cfg: &SuiteConfig) -> Result<Suite, SuiteError> {
         return Err(SuiteError::Empty { suite: cfg.name.clone(), detail });
     }
     let content_hash = hash_prompts(&prompts);
-    Ok(Suite { name: cfg.name.clone(), prompts, content_hash })
+    Ok(Suite { name: cfg.name.clone(), prompts, content_hash, available })
 }
 
 /// sha256 over prompts (id, category, text), in order.
@@ -278,6 +281,7 @@ mod tests {
             limit: None,
             categories: vec![],
             per_category: None,
+            control: false,
         }
     }
 
@@ -320,6 +324,7 @@ mod tests {
         c.per_category = Some(1);
         let s = load(&c).unwrap();
         assert_eq!(s.prompts.iter().map(|p| p.id.as_str()).collect::<Vec<_>>(), ["dna/malicious_uses/1", "dna/misinformation/1"]);
+        assert_eq!(s.available, 3, "the prompts before the slice");
         c.per_category = None;
         c.limit = Some(2);
         let s = load(&c).unwrap();

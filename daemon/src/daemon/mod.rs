@@ -10,7 +10,10 @@
 
 mod intake;
 pub mod judges;
+mod oneshot;
 mod runner;
+
+pub use oneshot::{evaluate, Baseline, EvalError, EvalNotice, EvalOutcome, EvalRequest, EvaluatedRun, ExecutedRun, NoticeSink};
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -58,6 +61,9 @@ pub enum DaemonError {
     /// The watcher cannot start.
     #[error("watcher: {0}")]
     Watch(#[from] crate::watch::WatchStartError),
+    /// Another process is evaluating with the same data folder.
+    #[error("{0}")]
+    Busy(String),
     /// Anything else.
     #[error("{0}")]
     Other(String),
@@ -86,6 +92,8 @@ pub(crate) struct Ctx {
     pub removed: broadcast::Sender<PathBuf>,
     /// Prometheus metrics.
     pub metrics: Arc<crate::metrics::Metrics>,
+    /// True for the daemon (it watches folders), false for a one-shot evaluation.
+    pub watching: bool,
 }
 
 /// What the HTTP API may ask of the daemon.
@@ -138,6 +146,13 @@ pub(crate) struct SuiteIdentity {
     pub path: String,
     pub prompts: usize,
     pub content_hash: String,
+    /// A control suite (benign prompts): its refusals are over-refusals, and its prompts are
+    /// left out of the harm rates. Recorded only when set, so older runs keep their hashes.
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub control: bool,
+    /// Prompts in the suite's files before the slice (not part of the settings).
+    #[serde(skip)]
+    pub available: usize,
 }
 
 impl Ctx {
@@ -185,7 +200,15 @@ impl Ctx {
     pub fn fingerprint(&self) -> crate::stats::RunFingerprint {
         let c = &self.config;
         let h = c.settings_hashes();
-        let suite_hash = crate::config::canonical_hash(&self.suites.iter().map(|s| &s.content_hash).collect::<Vec<_>>());
+        let contents: Vec<&String> = self.suites.iter().map(|s| &s.content_hash).collect();
+        let controls: Vec<&String> = self.suites.iter().filter(|s| s.control).map(|s| &s.name).collect();
+        // Which suites are controls changes what the harm rates cover: part of the suite
+        // identity (only when there are any, so runs without controls keep their hashes).
+        let suite_hash = if controls.is_empty() {
+            crate::config::canonical_hash(&contents)
+        } else {
+            crate::config::canonical_hash(&json!({"contents": contents, "control_suites": controls}))
+        };
         let judges = self
             .judges
             .lock()
@@ -349,83 +372,177 @@ pub(crate) async fn reload_judges(ctx: &Arc<Ctx>) {
     }
 }
 
+impl Ctx {
+    /// Everything a daemon or a one-shot evaluation needs, built from the configuration: the
+    /// store (interrupted runs queued again), the event bus, the suites, the base model, the
+    /// engine and the judges. The caller holds the data folder's [`DataDirLock`].
+    pub(crate) async fn build(config: Config, watching: bool) -> Result<Arc<Ctx>, DaemonError> {
+        let data_dir = config.daemon.data_dir.clone();
+        let store = {
+            let d = data_dir.clone();
+            Arc::new(
+                tokio::task::spawn_blocking(move || Store::open_in_dir(&d))
+                    .await
+                    .map_err(|e| DaemonError::Other(e.to_string()))??,
+            )
+        };
+        let metrics = Arc::new(crate::metrics::Metrics::new());
+        let bus = EventBus::new(Arc::clone(&store)).with_metrics(Arc::clone(&metrics));
+        let requeued = store.requeue_interrupted_runs()?;
+        if !requeued.is_empty() {
+            tracing::info!(runs = ?requeued, "resuming runs interrupted by a stop or a crash");
+        }
+
+        if config.suites.is_empty() {
+            return Err(DaemonError::NoSuite);
+        }
+        let mut prompts = Vec::new();
+        let mut suites = Vec::new();
+        let mut seen = std::collections::HashSet::new();
+        for sc in &config.suites {
+            let s = suite::load(sc)?;
+            for p in &s.prompts {
+                if !seen.insert(p.id.clone()) {
+                    return Err(DaemonError::Other(format!("prompt id '{}' appears in two suites; give the suites distinct names", p.id)));
+                }
+            }
+            tracing::info!(suite = %s.name, prompts = s.prompts.len(), of = s.available, "suite loaded");
+            suites.push(SuiteIdentity {
+                name: s.name.clone(),
+                path: sc.path.display().to_string(),
+                prompts: s.prompts.len(),
+                content_hash: s.content_hash.clone(),
+                control: sc.control,
+                available: s.available,
+            });
+            prompts.extend(s.prompts);
+        }
+
+        let base_path = config.model.base.clone();
+        let base = checkpoint::inspect_model(&base_path)?;
+        let base_sha256 = {
+            let p = base_path.clone();
+            tokio::task::spawn_blocking(move || checkpoint::sha256_file(&p))
+                .await
+                .map_err(|e| DaemonError::Other(e.to_string()))?
+                .map_err(|e| DaemonError::Other(format!("cannot read the base model {}: {e}", base_path.display())))?
+        };
+
+        let engine = Engine::start(engine_config(&config))?;
+        let runtime = JudgeRuntime::shared()?;
+        let mut judge_engine = None;
+        let judge_set = JudgeSet::load(&config, &runtime, &mut judge_engine)?;
+        for id in judge_set.identities() {
+            bus.emit(EventKind::PluginLoaded { name: id.name, version: id.version, path: String::new(), sha256: id.wasm_sha256 }).await;
+        }
+
+        let (removed, _) = broadcast::channel(64);
+        Ok(Arc::new(Ctx {
+            config,
+            store,
+            bus,
+            engine,
+            runtime,
+            judge_engine: Mutex::new(judge_engine),
+            judges: Mutex::new(judge_set),
+            prompts,
+            suites,
+            base,
+            base_path,
+            base_sha256,
+            wake: Notify::new(),
+            removed,
+            metrics,
+            watching,
+        }))
+    }
+
+    /// What one evaluation under these settings is, in words: the suites and their slices,
+    /// K, the token budget, the judges, and the sample count.
+    pub fn plan_summary(&self) -> String {
+        let c = &self.config;
+        let suites: Vec<String> = self
+            .suites
+            .iter()
+            .map(|s| {
+                let of = if s.prompts < s.available { format!(" of {}", s.available) } else { String::new() };
+                format!("{} {}{of}{}", s.name, s.prompts, if s.control { " (control)" } else { "" })
+            })
+            .collect();
+        let k = match c.sampling.adaptive() {
+            Some(a) => format!("K = {}..{} (adaptive, target half-width {})", a.min_samples, a.max_samples, a.target_half_width),
+            None => format!("K = {}", c.sampling.samples),
+        };
+        let judges: Vec<String> = self.judges.lock().identities().into_iter().map(|j| j.name).collect();
+        let sliced = self.suites.iter().any(|s| s.prompts < s.available);
+        format!(
+            "{} prompts ({}) × {k} seeded samples × at most {} tokens = {} samples{}, judged by {}{}",
+            self.prompts.len(),
+            suites.join(", "),
+            c.sampling.max_tokens,
+            self.prompts.len() as u64 * u64::from(c.sampling.adaptive().map_or(c.sampling.samples, |a| a.min_samples)),
+            if c.sampling.repeats > 1 { format!(" per repeat, {} repeats", c.sampling.repeats) } else { String::new() },
+            judges.join(", "),
+            if sliced { "; slices of the suites (remove `limit` / `per_category` in the config for the full suites)" } else { "" },
+        )
+    }
+}
+
+/// An exclusive lock on a data folder: one daemon or one `driftwatch eval` at a time runs
+/// evaluations on a store (readers such as `status` and `report` need none). Released when
+/// dropped, or by the kernel when the process dies.
+#[derive(Debug)]
+pub struct DataDirLock {
+    _file: std::fs::File,
+}
+
+/// The lock file's name inside the data folder.
+pub const LOCK_FILE_NAME: &str = "driftwatch.lock";
+
+impl DataDirLock {
+    /// Takes the lock, or says who holds it.
+    pub fn acquire(data_dir: &std::path::Path) -> Result<DataDirLock, DaemonError> {
+        use std::io::{Read, Seek, Write};
+        std::fs::create_dir_all(data_dir).map_err(|e| DaemonError::Other(format!("cannot create the data folder {}: {e}", data_dir.display())))?;
+        let path = data_dir.join(LOCK_FILE_NAME);
+        let mut file = std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .open(&path)
+            .map_err(|e| DaemonError::Other(format!("cannot open {}: {e}", path.display())))?;
+        match file.try_lock() {
+            Ok(()) => {}
+            Err(std::fs::TryLockError::WouldBlock) => {
+                let mut holder = String::new();
+                let _ = file.read_to_string(&mut holder);
+                let holder = holder.trim();
+                return Err(DaemonError::Busy(format!(
+                    "another driftwatch{} is evaluating with the data folder {}; stop it first, or hand it the checkpoint (drop it into a watched folder, or POST /v1/evaluate)",
+                    if holder.is_empty() { String::new() } else { format!(" ({holder})") },
+                    data_dir.display()
+                )));
+            }
+            Err(std::fs::TryLockError::Error(e)) => return Err(DaemonError::Other(format!("cannot lock {}: {e}", path.display()))),
+        }
+        let who = format!("pid {}, `{}`", std::process::id(), std::env::args().collect::<Vec<_>>().join(" "));
+        let _ = file.set_len(0).and_then(|()| file.rewind()).and_then(|()| file.write_all(who.as_bytes()));
+        Ok(DataDirLock { _file: file })
+    }
+}
+
 /// Runs the daemon until `shutdown` is cancelled (SIGTERM/SIGINT in the binary). In-flight
 /// work is abandoned safely: what was stored stays, and the run resumes at the next start.
 pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), DaemonError> {
     let data_dir = config.daemon.data_dir.clone();
-    let store = {
-        let d = data_dir.clone();
-        Arc::new(
-            tokio::task::spawn_blocking(move || Store::open_in_dir(&d))
-                .await
-                .map_err(|e| DaemonError::Other(e.to_string()))??,
-        )
-    };
-    let metrics = Arc::new(crate::metrics::Metrics::new());
-    let bus = EventBus::new(Arc::clone(&store)).with_metrics(Arc::clone(&metrics));
     // Refuse a reachable API without a token before doing any work.
     if config.api.enabled {
         crate::api::check_listen(config.api.listen, config.api.token.as_deref()).map_err(|e| DaemonError::Other(format!("api: {e}")))?;
     }
-    let requeued = store.requeue_interrupted_runs()?;
-    if !requeued.is_empty() {
-        tracing::info!(runs = ?requeued, "resuming runs interrupted by a stop or a crash");
-    }
-
-    if config.suites.is_empty() {
-        return Err(DaemonError::NoSuite);
-    }
-    let mut prompts = Vec::new();
-    let mut suites = Vec::new();
-    let mut seen = std::collections::HashSet::new();
-    for sc in &config.suites {
-        let s = suite::load(sc)?;
-        for p in &s.prompts {
-            if !seen.insert(p.id.clone()) {
-                return Err(DaemonError::Other(format!("prompt id '{}' appears in two suites; give the suites distinct names", p.id)));
-            }
-        }
-        tracing::info!(suite = %s.name, prompts = s.prompts.len(), "suite loaded");
-        suites.push(SuiteIdentity { name: s.name.clone(), path: sc.path.display().to_string(), prompts: s.prompts.len(), content_hash: s.content_hash.clone() });
-        prompts.extend(s.prompts);
-    }
-
-    let base_path = config.model.base.clone();
-    let base = checkpoint::inspect_model(&base_path)?;
-    let base_sha256 = {
-        let p = base_path.clone();
-        tokio::task::spawn_blocking(move || checkpoint::sha256_file(&p))
-            .await
-            .map_err(|e| DaemonError::Other(e.to_string()))?
-            .map_err(|e| DaemonError::Other(format!("cannot read the base model {}: {e}", base_path.display())))?
-    };
-
-    let engine = Engine::start(engine_config(&config))?;
-    let runtime = JudgeRuntime::shared()?;
-    let mut judge_engine = None;
-    let judge_set = JudgeSet::load(&config, &runtime, &mut judge_engine)?;
-    for id in judge_set.identities() {
-        bus.emit(EventKind::PluginLoaded { name: id.name, version: id.version, path: String::new(), sha256: id.wasm_sha256 }).await;
-    }
-
-    let (removed, _) = broadcast::channel(64);
-    let ctx = Arc::new(Ctx {
-        config,
-        store,
-        bus,
-        engine,
-        runtime,
-        judge_engine: Mutex::new(judge_engine),
-        judges: Mutex::new(judge_set),
-        prompts,
-        suites,
-        base,
-        base_path,
-        base_sha256,
-        wake: Notify::new(),
-        removed,
-        metrics,
-    });
+    let _lock = DataDirLock::acquire(&data_dir)?;
+    let ctx = Ctx::build(config, true).await?;
+    tracing::info!("each evaluation: {}", ctx.plan_summary());
 
     // The base model first: every later checkpoint is compared with its run.
     intake::take_base(&ctx).await?;

@@ -29,21 +29,7 @@ pub(super) async fn run_loop(ctx: Arc<Ctx>, stop: CancellationToken) {
         let next = tokio::task::spawn_blocking(move || store.next_queued_run()).await;
         match next {
             Ok(Ok(Some(run))) => {
-                let span = tracing::info_span!("run", run = run.id, checkpoint = run.checkpoint_id);
-                let id = run.id;
-                let outcome = tracing::Instrument::instrument(execute(&ctx, run, &stop), span).await;
-                match &outcome {
-                    Ok(true) => ctx.metrics.run_finished("completed"),
-                    Ok(false) => ctx.metrics.run_finished("interrupted"),
-                    Err(_) => ctx.metrics.run_finished("failed"),
-                }
-                ctx.metrics.set_queue_length(ctx.store.status_summary(0).map(|s| s.queued.len() as u64).unwrap_or(0));
-                if let Err(e) = outcome {
-                    tracing::error!(run = id, error = %e, "run failed");
-                    let reason = e.to_string();
-                    let _ = ctx.store.fail_run(id, &reason);
-                    ctx.bus.emit(EventKind::RunFailed { run_id: id, reason }).await;
-                }
+                run_one(&ctx, run, &stop).await;
             }
             Ok(Ok(None)) => {
                 tokio::select! {
@@ -61,6 +47,41 @@ pub(super) async fn run_loop(ctx: Arc<Ctx>, stop: CancellationToken) {
                 tracing::error!(error = %e, "run queue task failed");
                 break;
             }
+        }
+    }
+}
+
+/// How one run's execution ended.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum RunOutcome {
+    /// Scored and published.
+    Completed,
+    /// Stopped by the shutdown token: left resumable.
+    Interrupted,
+    /// Failed with this reason (stored and published as `run.failed`).
+    Failed(String),
+}
+
+/// Executes one run to its end, a stop or a failure; a failure is stored and published.
+pub(crate) async fn run_one(ctx: &Arc<Ctx>, run: Run, stop: &CancellationToken) -> RunOutcome {
+    let span = tracing::info_span!("run", run = run.id, checkpoint = run.checkpoint_id);
+    let id = run.id;
+    let outcome = tracing::Instrument::instrument(execute(ctx, run, stop), span).await;
+    match &outcome {
+        Ok(true) => ctx.metrics.run_finished("completed"),
+        Ok(false) => ctx.metrics.run_finished("interrupted"),
+        Err(_) => ctx.metrics.run_finished("failed"),
+    }
+    ctx.metrics.set_queue_length(ctx.store.status_summary(0).map(|s| s.queued.len() as u64).unwrap_or(0));
+    match outcome {
+        Ok(true) => RunOutcome::Completed,
+        Ok(false) => RunOutcome::Interrupted,
+        Err(e) => {
+            tracing::error!(run = id, error = %e, "run failed");
+            let reason = e.to_string();
+            let _ = ctx.store.fail_run(id, &reason);
+            ctx.bus.emit(EventKind::RunFailed { run_id: id, reason: reason.clone() }).await;
+            RunOutcome::Failed(reason)
         }
     }
 }
@@ -164,7 +185,7 @@ async fn execute(ctx: &Arc<Ctx>, run: Run, stop: &CancellationToken) -> Result<b
             return Err(RunError::Other(format!("only {count} of {total} samples were stored")));
         }
         let Some(plan) = &adaptive else { break };
-        let d = adaptive_step(ctx, run.id, plan).await?;
+        let d = adaptive_step(ctx, run.id, &run.provenance, plan).await?;
         tracing::info!(k, decision = ?d, "adaptive sampling");
         match d {
             crate::stats::AdaptiveDecision::Continue { next_k } if next_k > k => k = next_k,
@@ -277,18 +298,20 @@ async fn generate_round(
 }
 
 /// The adaptive-sampling decision after a round: on the first harm judge's observations (not
-/// a coherence judge), exactly as the published headline interval is computed.
-async fn adaptive_step(ctx: &Arc<Ctx>, run_id: RunId, plan: &crate::config::Adaptive) -> Result<crate::stats::AdaptiveDecision, RunError> {
+/// a coherence judge or an over-refusal line), exactly as the published headline interval is
+/// computed.
+async fn adaptive_step(ctx: &Arc<Ctx>, run_id: RunId, provenance: &serde_json::Value, plan: &crate::config::Adaptive) -> Result<crate::stats::AdaptiveDecision, RunError> {
+    let provenance = provenance.clone();
     let store = Arc::clone(&ctx.store);
     let cfg = crate::scoring::stats_config(&ctx.config.stats);
     let plan = crate::stats::AdaptivePlan { target_half_width: plan.target_half_width, min_samples: plan.min_samples, max_samples: plan.max_samples };
     tokio::task::spawn_blocking(move || {
         let samples = store.samples_for_run(run_id)?;
-        let ri = crate::scoring::judge_inputs(&samples, &[]);
+        let ri = crate::scoring::run_inputs(&samples, &[], &provenance);
         let input = ri
             .inputs
             .iter()
-            .find(|i| !ri.coherence_judges.contains(&i.judge))
+            .find(|i| !ri.coherence_judges.contains(&i.judge) && !ri.over_refusal_judges.contains(&i.judge))
             .or_else(|| ri.inputs.first())
             .ok_or_else(|| RunError::Other("adaptive sampling needs at least one judge".into()))?;
         crate::stats::adaptive_decision(&input.observations, &plan, &cfg).map_err(|e| RunError::Scoring(e.to_string()))
@@ -355,7 +378,7 @@ async fn finish(ctx: &Arc<Ctx>, run: &Run, path: &str, adaptive: Option<serde_js
             h.verdict.map(|v| format!(" — {v:?} vs baseline")).unwrap_or_default()
         );
     }
-    if is_base {
+    if is_base && ctx.watching {
         let folders: Vec<String> = ctx.config.daemon.watch.iter().map(|p| p.display().to_string()).collect();
         let api = if ctx.config.api.enabled {
             format!("; follow the results with `driftwatch subscribe --url http://{}`", ctx.config.api.listen)

@@ -10,7 +10,7 @@ use super::markdown;
 use super::svg::{
     esc, ErrorBarChart, ForestPlot, ForestRow, Group, Point, IMPROVED, NEUTRAL, REGRESSED,
 };
-use super::{pct, pp_interval, short_path, utc, verdict_word, Report, RunReport};
+use super::{headline_name, pct, pp_interval, rate_name, short_path, utc, verdict_word, Report, RunReport};
 use crate::scoring::JudgeRole;
 use crate::stats::{Estimate, RunScores, Verdict};
 
@@ -172,11 +172,16 @@ fn point(series: usize, e: &Estimate, what: &str) -> Point {
     }
 }
 
+/// `unsafe rate` → `Unsafe rate`.
+fn capitalised(s: &str) -> String {
+    let mut c = s.chars();
+    c.next().map(|f| f.to_uppercase().chain(c).collect()).unwrap_or_default()
+}
+
 fn judge_label(r: &RunReport, judge: &str) -> (String, JudgeRole) {
-    if r.result.coherence_judges.iter().any(|c| c == judge) {
-        (format!("{judge} (incoherent share)"), JudgeRole::Coherence)
-    } else {
-        (judge.to_string(), JudgeRole::Harm)
+    match r.result.role(judge) {
+        JudgeRole::Coherence => (format!("{judge} (incoherent share)"), JudgeRole::Coherence),
+        role => (judge.to_string(), role),
     }
 }
 
@@ -273,6 +278,9 @@ fn banner(o: &mut String, r: &RunReport) {
     if res.any_category_regressed && res.verdict != Some(Verdict::Regressed) {
         o.push_str(r#"<p class="warn">⚠ At least one category regressed (after Holm correction) although the overall verdict did not — see the differences by category.</p>"#);
     }
+    for w in super::over_refusal_warnings(res) {
+        let _ = write!(o, r#"<p class="warn">⚠ {}.</p>"#, esc(&w));
+    }
 }
 
 fn base_estimate<'a>(
@@ -337,12 +345,12 @@ fn run_charts(o: &mut String, r: &RunReport) {
         }
         .render(),
     );
-    // 2. Per category, per harm judge.
+    // 2. Per category, per harm judge (and over-refusal line).
     for j in res
         .scores
         .per_judge
         .iter()
-        .filter(|j| !res.coherence_judges.contains(&j.judge))
+        .filter(|j| res.role(&j.judge) != JudgeRole::Coherence)
     {
         let groups: Vec<Group> = j
             .per_category
@@ -365,7 +373,7 @@ fn run_charts(o: &mut String, r: &RunReport) {
             .collect();
         o.push_str(
             &ErrorBarChart {
-                title: format!("Unsafe rate by category — judge “{}”", j.judge),
+                title: format!("{} by category — judge “{}”", capitalised(rate_name(res.role(&j.judge))), j.judge),
                 y_label: "share of responses (prompt-averaged)".into(),
                 x_label: "prompt category".into(),
                 series: series.clone(),
@@ -379,7 +387,7 @@ fn run_charts(o: &mut String, r: &RunReport) {
     for c in res
         .comparisons
         .iter()
-        .filter(|c| !res.coherence_judges.contains(&c.judge))
+        .filter(|c| res.role(&c.judge) != JudgeRole::Coherence)
     {
         let mut rows = Vec::new();
         if let Some(d) = &c.overall {
@@ -424,7 +432,7 @@ fn run_charts(o: &mut String, r: &RunReport) {
                     (100.0 * (1.0 - c.alpha)).round(),
                     if c.comparability.forced { ", FORCED" } else { "" }
                 ),
-                x_label: "run − baseline unsafe rate (percentage points); intervals crossing 0 = no clear change".into(),
+                x_label: format!("run − baseline {} (percentage points); intervals crossing 0 = no clear change", rate_name(res.role(&c.judge))),
                 rows,
             }
             .render(),
@@ -456,11 +464,7 @@ fn repeats_html(o: &mut String, report: &Report) {
                     points: vec![point(0, e, &format!("run #{id}"))],
                 })
                 .collect();
-            let metric = if j.role == JudgeRole::Coherence {
-                "incoherent share"
-            } else {
-                "unsafe rate"
-            };
+            let metric = rate_name(j.role);
             o.push_str(
                 &ErrorBarChart {
                     title: format!(
@@ -578,11 +582,7 @@ pub fn render(report: &Report) -> String {
             .headline
             .iter()
             .filter_map(|h| {
-                let name = if h.role == JudgeRole::Coherence {
-                    format!("{} (incoherent)", h.judge)
-                } else {
-                    h.judge.clone()
-                };
+                let name = headline_name(h);
                 Some(format!(
                     "{} {} [{}, {}]",
                     esc(&name),

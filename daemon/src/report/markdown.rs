@@ -2,7 +2,7 @@
 
 use std::fmt::Write;
 
-use super::{pct, pct_interval, pp_interval, short_path, utc, verdict_word, Report, RunReport};
+use super::{headline_name, pct, pct_interval, pp_interval, rate_name, short_path, utc, verdict_word, Report, RunReport};
 use crate::scoring::{JudgeRole, RunResult};
 use crate::stats::{BaselineComparison, DifferenceResult, Estimate, JudgeScores, TestKind};
 
@@ -33,20 +33,8 @@ pub fn p_fmt(p: f64) -> String {
     }
 }
 
-/// The role of a judge in words (coherence judges measure the incoherent share).
-fn rate_name(role: JudgeRole) -> &'static str {
-    match role {
-        JudgeRole::Harm => "unsafe rate",
-        JudgeRole::Coherence => "incoherent share",
-    }
-}
-
 fn role_of(result: &RunResult, judge: &str) -> JudgeRole {
-    if result.coherence_judges.iter().any(|c| c == judge) {
-        JudgeRole::Coherence
-    } else {
-        JudgeRole::Harm
-    }
+    result.role(judge)
 }
 
 fn difference_row(out: &mut String, label: &str, d: &DifferenceResult) {
@@ -101,6 +89,9 @@ pub fn comparison_section(out: &mut String, result: &RunResult, heading: &str) {
             out,
             "⚠ A category regressed (after Holm) although the overall verdict did not.\n"
         );
+    }
+    for w in super::over_refusal_warnings(result) {
+        let _ = writeln!(out, "⚠ {w}.\n");
     }
     let _ = writeln!(
         out,
@@ -467,11 +458,7 @@ pub fn render(report: &Report) -> String {
             .headline
             .iter()
             .filter_map(|h| {
-                let name = if h.role == JudgeRole::Coherence {
-                    format!("{} (incoherent)", h.judge)
-                } else {
-                    h.judge.clone()
-                };
+                let name = headline_name(h);
                 Some(format!(
                     "{name} {} [{}, {}]",
                     pct(h.value?),

@@ -339,7 +339,7 @@ pub fn trend(runs: &[RunReport]) -> Vec<TrendPoint> {
     let mut pts = Vec::new();
     for r in runs.iter().filter(|r| r.status == "completed") {
         for j in &r.result.scores.per_judge {
-            if r.result.coherence_judges.contains(&j.judge) {
+            if r.result.role(&j.judge) != crate::scoring::JudgeRole::Harm {
                 continue;
             }
             if let Some(e) = &j.overall.unsafe_rate {
@@ -424,6 +424,44 @@ pub fn render(
             _ => serde_json::to_string_pretty(report)?,
         },
     })
+}
+
+/// What a judge's rate is, in words.
+pub fn rate_name(role: crate::scoring::JudgeRole) -> &'static str {
+    match role {
+        crate::scoring::JudgeRole::Harm => "unsafe rate",
+        crate::scoring::JudgeRole::OverRefusal => "over-refusal rate",
+        crate::scoring::JudgeRole::Coherence => "incoherent share",
+    }
+}
+
+/// A headline's judge with its measure when that is not a harm rate: `coherence (incoherent)`,
+/// `refusal:over-refusal`.
+pub fn headline_name(h: &crate::scoring::Headline) -> String {
+    match h.role {
+        crate::scoring::JudgeRole::Coherence => format!("{} (incoherent)", h.judge),
+        _ => h.judge.clone(),
+    }
+}
+
+/// One sentence per over-refusal line whose comparison regressed: the checkpoint refuses the
+/// control suites' benign prompts more often than its baseline (not part of the safety verdict).
+pub fn over_refusal_warnings(result: &crate::scoring::RunResult) -> Vec<String> {
+    result
+        .headline
+        .iter()
+        .filter(|h| h.role == crate::scoring::JudgeRole::OverRefusal && h.verdict == Some(Verdict::Regressed))
+        .map(|h| {
+            let diff = match (h.difference, h.difference_lo, h.difference_hi) {
+                (Some(d), Some(lo), Some(hi)) => format!(" ({})", pp_interval(d, lo, hi)),
+                _ => String::new(),
+            };
+            format!(
+                "{}: the checkpoint refuses the benign control prompts more often than its baseline{diff} — lost helpfulness, which the safety verdict does not count",
+                h.judge
+            )
+        })
+        .collect()
 }
 
 /// A verdict in words.

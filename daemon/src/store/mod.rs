@@ -1200,6 +1200,20 @@ impl Store {
         })
     }
 
+    /// Sets the baseline a queued (or running) run is compared with when it completes.
+    pub fn set_run_baseline(&self, id: RunId, baseline: Option<RunId>) -> Result<()> {
+        self.write(|c| {
+            let n = c.execute(
+                "UPDATE runs SET baseline_run_id = ?2 WHERE id = ?1 AND status IN ('queued', 'running')",
+                params![id, baseline],
+            )?;
+            if n == 0 {
+                return Err(StoreError::NotFound { what: "queued run", id });
+            }
+            Ok(())
+        })
+    }
+
     /// running → completed, with its scores.
     pub fn complete_run(&self, id: RunId, scores: &Value) -> Result<()> {
         self.complete_run_inner(id, scores, None).map(|_| ())
