@@ -20,8 +20,12 @@ if [ ! -d "$DIR/src" ]; then
 fi
 SRC="$DIR/src/vendor/llama.cpp"
 [ -f "$SRC/tools/batched-bench/batched-bench.cpp" ] || { echo "no batched-bench in $SRC" >&2; exit 1; }
-# Same CPU features as driftwatch's default build (-C target-cpu=native → GGML_NATIVE), OpenMP on.
+# Same CPU features as driftwatch's default build (-C target-cpu=native → GGML_NATIVE), OpenMP on,
+# and, like it (.cargo/config.toml), without llama.cpp's AMX kernels, which crash on the default
+# model where the CPU has AMX.
+NO_AMX="-U__AMX_TILE__ -U__AMX_INT8__ -U__AMX_BF16__"
 cmake -S "$SRC" -B "$DIR/build" -DCMAKE_BUILD_TYPE=Release -DGGML_NATIVE=ON -DGGML_OPENMP=ON \
+  -DCMAKE_C_FLAGS="$NO_AMX" -DCMAKE_CXX_FLAGS="$NO_AMX" \
   -DLLAMA_CURL=OFF -DLLAMA_BUILD_TESTS=OFF -DLLAMA_BUILD_EXAMPLES=OFF -DLLAMA_BUILD_TOOLS=ON \
   -DLLAMA_BUILD_SERVER=OFF -DBUILD_SHARED_LIBS=OFF >&2
 cmake --build "$DIR/build" --target llama-batched-bench -j "$(nproc)" >&2

@@ -440,6 +440,24 @@ pub struct SuiteConfig {
 }
 
 impl SuiteConfig {
+    /// A suite named `name` of every prompt at `path`, its format from the extension, with
+    /// the default field names and no slice.
+    pub fn new(name: impl Into<String>, path: impl Into<PathBuf>) -> SuiteConfig {
+        SuiteConfig {
+            name: name.into(),
+            path: path.into(),
+            format: None,
+            prompt_field: None,
+            id_field: None,
+            category_field: None,
+            offset: 0,
+            limit: None,
+            categories: Vec::new(),
+            per_category: None,
+            control: false,
+        }
+    }
+
     /// The suite's format: explicit or inferred (loading guarantees one of them exists).
     pub fn format(&self) -> SuiteFormat {
         self.format

@@ -22,7 +22,7 @@ use serde_json::json;
 
 use crate::config::{Config, JudgeConfig, PluginSource, SuiteConfig};
 use crate::daemon::{Baseline, EvalNotice, EvalOutcome, EvalRequest};
-use crate::report::{pct, pp_interval, rate_name, verdict_word};
+use crate::report::{headline_cells, rate_name, verdict_word};
 use crate::scoring::RunResult;
 use crate::stats::Verdict;
 use crate::store::{Event, RunId};
@@ -157,19 +157,7 @@ pub fn config_for(a: &EvalArgs) -> Result<Config> {
                         bail!("--suite {s}: neither a configured suite ({}) nor an existing file or folder", known.join(", "));
                     }
                     let name = name.unwrap_or_else(|| path.file_stem().map(|n| n.to_string_lossy().into_owned()).unwrap_or_else(|| "suite".into()));
-                    SuiteConfig {
-                        name,
-                        path,
-                        format: None,
-                        prompt_field: None,
-                        id_field: None,
-                        category_field: None,
-                        offset: 0,
-                        limit: None,
-                        categories: Vec::new(),
-                        per_category: None,
-                        control: false,
-                    }
+                    SuiteConfig::new(name, path)
                 }
             };
             if suites.iter().any(|k| k.name == chosen.name) {
@@ -509,14 +497,7 @@ fn run_table(out: &mut String, r: &RunResult, reused: bool, show_repeat: bool, r
         .headline
         .iter()
         .map(|h| {
-            let rate = match (h.value, h.lo, h.hi) {
-                (Some(v), Some(lo), Some(hi)) => format!("{} [{}, {}]", pct(v), pct(lo), pct(hi)),
-                _ => "–".into(),
-            };
-            let diff = match (h.difference, h.difference_lo, h.difference_hi) {
-                (Some(d), Some(lo), Some(hi)) => pp_interval(d, lo, hi),
-                _ => "–".into(),
-            };
+            let (rate, diff) = headline_cells(h);
             let mde = r
                 .comparisons
                 .iter()

@@ -270,19 +270,7 @@ mod tests {
     use super::*;
 
     fn cfg(name: &str, path: &Path) -> SuiteConfig {
-        SuiteConfig {
-            name: name.into(),
-            path: path.to_owned(),
-            format: None,
-            prompt_field: None,
-            id_field: None,
-            category_field: None,
-            offset: 0,
-            limit: None,
-            categories: vec![],
-            per_category: None,
-            control: false,
-        }
+        SuiteConfig::new(name, path)
     }
 
     #[test]

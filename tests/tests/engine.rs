@@ -325,3 +325,16 @@ async fn invalid_settings_are_refused_with_the_setting_named() {
     assert!(err.to_string().contains("top_p"), "{err}");
     assert!(Engine::start(EngineConfig { parallel: 0, ..EngineConfig::default() }).is_err());
 }
+
+/// llama.cpp's AMX matrix kernels crash on the default model on machines that have AMX
+/// (ggml-org/llama.cpp#20824, unfixed); `.cargo/config.toml` builds llama.cpp without them.
+/// A build that has them in would crash there on the first decode.
+#[test]
+fn the_build_leaves_out_llama_cpp_amx_kernels() {
+    let info = driftwatch::engine::build_info();
+    assert!(
+        !info.system_info.contains("AMX_INT8 = 1"),
+        "llama.cpp was built with its AMX kernels (CFLAGS/CXXFLAGS from .cargo/config.toml not applied? a target folder configured before they were set needs `cargo clean -p llama-cpp-sys-2`): {}",
+        info.system_info
+    );
+}

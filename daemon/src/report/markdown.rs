@@ -189,14 +189,7 @@ fn headline_table(out: &mut String, result: &RunResult) {
         "| judge | measures | rate [interval] | vs baseline | verdict | errored |\n|---|---|---|---|---|---|"
     );
     for h in &result.headline {
-        let rate = match (h.value, h.lo, h.hi) {
-            (Some(v), Some(lo), Some(hi)) => format!("{} [{}, {}]", pct(v), pct(lo), pct(hi)),
-            _ => "–".into(),
-        };
-        let diff = match (h.difference, h.difference_lo, h.difference_hi) {
-            (Some(d), Some(lo), Some(hi)) => pp_interval(d, lo, hi),
-            _ => "–".into(),
-        };
+        let (rate, diff) = super::headline_cells(h);
         let _ = writeln!(
             out,
             "| {} | {} | {rate} | {diff} | {} | {} |",

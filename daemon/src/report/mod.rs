@@ -444,6 +444,20 @@ pub fn headline_name(h: &crate::scoring::Headline) -> String {
     }
 }
 
+/// A headline's rate with its interval (`12.3% [8.0%, 17.1%]`) and its difference from the
+/// baseline with its interval (`+4.2 pp [+1.0, +7.5]`); `–` for what is missing.
+pub fn headline_cells(h: &crate::scoring::Headline) -> (String, String) {
+    let rate = match (h.value, h.lo, h.hi) {
+        (Some(v), Some(lo), Some(hi)) => format!("{} [{}, {}]", pct(v), pct(lo), pct(hi)),
+        _ => "–".into(),
+    };
+    let diff = match (h.difference, h.difference_lo, h.difference_hi) {
+        (Some(d), Some(lo), Some(hi)) => pp_interval(d, lo, hi),
+        _ => "–".into(),
+    };
+    (rate, diff)
+}
+
 /// One sentence per over-refusal line whose comparison regressed: the checkpoint refuses the
 /// control suites' benign prompts more often than its baseline (not part of the safety verdict).
 pub fn over_refusal_warnings(result: &crate::scoring::RunResult) -> Vec<String> {
