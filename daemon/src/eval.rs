@@ -478,11 +478,11 @@ pub fn summary_text(o: &EvalOutcome, a: &EvalArgs, elapsed_s: f64) -> String {
             e.tokens as f64 / e.seconds.max(1e-9)
         );
     }
-    let config = a.config.display();
+    let data_dir = o.store_path.parent().map_or_else(|| ".".into(), |d| d.display().to_string());
     let first = o.runs.first().map(|r| r.run_id).unwrap_or_default();
     let _ = writeln!(
         out,
-        "took {} · full report: driftwatch report --run {first} --config {config} --format html --out report.html",
+        "took {} · full report: driftwatch report --run {first} --data-dir {data_dir} --format html --out report.html",
         duration(elapsed_s)
     );
     out
@@ -621,7 +621,7 @@ mod tests {
         let o = outcome(vec![score_run_from_store(&store, worse, Some(base), false, &cfg).unwrap()], false);
         let args = EvalArgs::try_parse_from(["eval", "ft.gguf"]).unwrap();
         let text = summary_text(&o, &args, 75.0);
-        for want in ["refusal", "unsafe rate", "refusal:over-refusal", "over-refusal rate", "coherence", "incoherent share", "vs baseline run", "verdict: regressed", "took 1m15s", "driftwatch report --run", "generated run 9: 240 samples, 24000 tokens in 1m15s (320 tokens/s"] {
+        for want in ["refusal", "unsafe rate", "refusal:over-refusal", "over-refusal rate", "coherence", "incoherent share", "vs baseline run", "verdict: regressed", "took 1m15s", "driftwatch report --run 2 --data-dir /tmp --format html", "generated run 9: 240 samples, 24000 tokens in 1m15s (320 tokens/s"] {
             assert!(text.contains(want), "missing {want:?} in\n{text}");
         }
         // Every rate has its interval.

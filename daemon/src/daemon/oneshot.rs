@@ -148,8 +148,6 @@ pub async fn evaluate(config: Config, request: EvalRequest, stop: CancellationTo
     }
     let _lock = DataDirLock::acquire(&config.daemon.data_dir)?;
     let ctx = Ctx::build(config, false).await?;
-    let store_path = ctx.store.path().to_owned();
-    let plan = ctx.plan_summary();
 
     // Forward the bus to the caller (the progress bar) until the evaluation ends.
     let mut rx = ctx.bus.subscribe();
@@ -176,28 +174,7 @@ pub async fn evaluate(config: Config, request: EvalRequest, stop: CancellationTo
     tokio::task::yield_now().await;
     forward_stop.cancel();
     let _ = forward.await;
-    let d = result?;
-    Ok(EvalOutcome {
-        checkpoint_id: d.checkpoint_id,
-        kind: d.kind,
-        is_base: d.is_base,
-        plan,
-        baseline_runs: d.baseline_runs,
-        runs: d.runs,
-        executed: d.executed,
-        interrupted: d.interrupted,
-        store_path,
-    })
-}
-
-struct Driven {
-    checkpoint_id: i64,
-    kind: String,
-    is_base: bool,
-    baseline_runs: Vec<RunId>,
-    runs: Vec<EvaluatedRun>,
-    executed: Vec<ExecutedRun>,
-    interrupted: bool,
+    result
 }
 
 /// Samples and completion tokens stored for a run.
@@ -206,7 +183,7 @@ fn stored_totals(ctx: &Ctx, run: RunId) -> Result<(u64, u64), crate::store::Stor
     Ok((samples.len() as u64, samples.iter().map(|s| u64::from(s.completion_tokens)).sum()))
 }
 
-async fn drive(ctx: &Arc<Ctx>, checkpoint: &std::path::Path, baseline: Baseline, stop: &CancellationToken, notify: &NoticeSink) -> Result<Driven, EvalError> {
+async fn drive(ctx: &Arc<Ctx>, checkpoint: &std::path::Path, baseline: Baseline, stop: &CancellationToken, notify: &NoticeSink) -> Result<EvalOutcome, EvalError> {
     let repeats = ctx.config.sampling.repeats.max(1);
     // Intake first: a refused file costs no generation at all.
     let sha = {
@@ -309,5 +286,15 @@ async fn drive(ctx: &Arc<Ctx>, checkpoint: &std::path::Path, baseline: Baseline,
             runs.push(EvaluatedRun { run_id: id, repeat, reused, result });
         }
     }
-    Ok(Driven { checkpoint_id, kind, is_base, baseline_runs: baseline_runs.into_iter().flatten().collect(), runs, executed, interrupted })
+    Ok(EvalOutcome {
+        checkpoint_id,
+        kind,
+        is_base,
+        plan: ctx.plan_summary(),
+        baseline_runs: baseline_runs.into_iter().flatten().collect(),
+        runs,
+        executed,
+        interrupted,
+        store_path: ctx.store.path().to_owned(),
+    })
 }
