@@ -251,10 +251,6 @@ impl Progress {
                 self.clear();
                 eprintln!("run {run} failed: {}", p.get("reason").and_then(|v| v.as_str()).unwrap_or("?"));
             }
-            "checkpoint.rejected" => {
-                self.clear();
-                eprintln!("rejected: {}", p.get("reason").and_then(|v| v.as_str()).unwrap_or("?"));
-            }
             "plugin.failed" => {
                 self.clear();
                 eprintln!("judge error: {}: {}", p.get("plugin").and_then(|v| v.as_str()).unwrap_or("?"), p.get("reason").and_then(|v| v.as_str()).unwrap_or("?"));

@@ -111,8 +111,8 @@ pub enum EvalError {
     /// Start-up failed (store, suites, base model, engine, judges, lock).
     #[error(transparent)]
     Daemon(#[from] DaemonError),
-    /// The checkpoint was refused by intake.
-    #[error("{path}: {reason}")]
+    /// The checkpoint was refused by intake (the reason names the file).
+    #[error("{reason}")]
     Rejected {
         /// The file.
         path: String,
@@ -144,7 +144,7 @@ pub enum EvalError {
 pub async fn evaluate(config: Config, request: EvalRequest, stop: CancellationToken, notify: NoticeSink) -> Result<EvalOutcome, EvalError> {
     let checkpoint = std::path::absolute(&request.checkpoint).unwrap_or(request.checkpoint.clone());
     if !checkpoint.is_file() {
-        return Err(EvalError::Rejected { path: checkpoint.display().to_string(), reason: "no such file".into() });
+        return Err(EvalError::Rejected { path: checkpoint.display().to_string(), reason: format!("{}: no such file", checkpoint.display()) });
     }
     let _lock = DataDirLock::acquire(&config.daemon.data_dir)?;
     let ctx = Ctx::build(config, false).await?;
@@ -191,7 +191,7 @@ async fn drive(ctx: &Arc<Ctx>, checkpoint: &std::path::Path, baseline: Baseline,
         tokio::task::spawn_blocking(move || crate::checkpoint::sha256_file(&p))
             .await
             .map_err(|e| DaemonError::Other(e.to_string()))?
-            .map_err(|e| EvalError::Rejected { path: checkpoint.display().to_string(), reason: format!("cannot read it: {e}") })?
+            .map_err(|e| EvalError::Rejected { path: checkpoint.display().to_string(), reason: format!("{}: cannot read it: {e}", checkpoint.display()) })?
     };
     let is_base = sha == ctx.base_sha256;
 
