@@ -185,44 +185,44 @@ fn stored_totals(ctx: &Ctx, run: RunId) -> Result<(u64, u64), crate::store::Stor
 
 async fn drive(ctx: &Arc<Ctx>, checkpoint: &std::path::Path, baseline: Baseline, stop: &CancellationToken, notify: &NoticeSink) -> Result<EvalOutcome, EvalError> {
     let repeats = ctx.config.sampling.repeats.max(1);
-    // Intake first: a refused file costs no generation at all.
-    let sha = {
-        let p = checkpoint.to_owned();
-        tokio::task::spawn_blocking(move || crate::checkpoint::sha256_file(&p))
-            .await
-            .map_err(|e| DaemonError::Other(e.to_string()))?
-            .map_err(|e| EvalError::Rejected { path: checkpoint.display().to_string(), reason: format!("{}: cannot read it: {e}", checkpoint.display()) })?
-    };
-    let is_base = sha == ctx.base_sha256;
-
-    // The baseline runs, one per repeat.
-    let mut baseline_runs: Vec<Option<RunId>> = vec![None; repeats as usize];
+    // The base model's runs are queued first (when the checkpoint is the base model itself,
+    // they are its own runs): intake then links the checkpoint to them or queues its own.
     match baseline {
-        Baseline::BaseModel if !is_base => {
-            intake::take_base(ctx).await?;
-            for (repeat, slot) in baseline_runs.iter_mut().enumerate() {
-                *slot = intake::baseline_run(ctx, repeat as u32)?;
-            }
-        }
+        Baseline::BaseModel => intake::take_base(ctx).await?,
+        // A named baseline must be usable before anything is queued.
         Baseline::Run(id) => {
             let run = ctx.store.run(id)?.ok_or_else(|| EvalError::Baseline(format!("baseline run {id} does not exist in {}", ctx.store.path().display())))?;
             if run.status != RunStatus::Completed {
                 return Err(EvalError::Baseline(format!("baseline run {id} is {}, not completed", run.status.as_str())));
             }
-            baseline_runs = vec![Some(id); repeats as usize];
         }
-        _ => {}
+        Baseline::None => {}
     }
-    if is_base {
-        baseline_runs = vec![None; repeats as usize];
-    }
-
+    // Intake hashes and checks the file once; a refused file costs no generation at all.
     let taken = intake::take_path(ctx, checkpoint).await?;
     let (checkpoint_id, kind) = match taken {
         intake::Taken::Rejected { reason } => return Err(EvalError::Rejected { path: checkpoint.display().to_string(), reason }),
         intake::Taken::Accepted { checkpoint_id, kind, .. } => (checkpoint_id, kind),
     };
-    let ckpt_sha = ctx.store.checkpoint(checkpoint_id)?.map(|c| c.sha256).unwrap_or(sha);
+    let ckpt_sha = ctx
+        .store
+        .checkpoint(checkpoint_id)?
+        .map(|c| c.sha256)
+        .ok_or_else(|| DaemonError::Other(format!("checkpoint {checkpoint_id} is not in the store")))?;
+    let is_base = ckpt_sha == ctx.base_sha256;
+
+    // The baseline runs, one per repeat (none for the base model itself).
+    let mut baseline_runs: Vec<Option<RunId>> = vec![None; repeats as usize];
+    match baseline {
+        _ if is_base => {}
+        Baseline::BaseModel => {
+            for (repeat, slot) in baseline_runs.iter_mut().enumerate() {
+                *slot = intake::baseline_run(ctx, repeat as u32)?;
+            }
+        }
+        Baseline::Run(id) => baseline_runs = vec![Some(id); repeats as usize],
+        Baseline::None => {}
+    }
 
     // The checkpoint's runs, one per repeat; a queued run is compared with the chosen baseline.
     let mut targets = Vec::new();
