@@ -5,7 +5,7 @@
 #   make run              set up, build, and run the main job on the embedded default: the
 #                         daemon with config/driftwatch.toml (base model first, then every
 #                         checkpoint dropped into ./checkpoints)
-#   make test             set up, build, and run the whole test suite
+#   make test             set up, check formatting and lints, build, and run the whole test suite
 #   make plugins          build the bundled judge plugins into plugins/dist
 #   make bench            driftwatch's own throughput benchmark on the default model
 #   make bench-vs-llama   the same, side by side with llama.cpp's llama-batched-bench
@@ -28,8 +28,10 @@ BIN := $(TARGET_DIR)/debug/driftwatch
 setup:
 	@scripts/setup.sh
 
+# The whole workspace, as `make test` builds it: the same packages give the same feature
+# unification, so `make run` after `make test` (or the reverse) rebuilds nothing.
 build: setup
-	$(CARGO) build -p driftwatch
+	$(CARGO) build --workspace
 
 # The bundled judges, built for wasm32-wasip2 (sharing the target folder with the host build).
 plugins: setup
@@ -38,7 +40,10 @@ plugins: setup
 run: build plugins
 	$(BIN) serve --config config/driftwatch.toml
 
+# Formatting and lints first (cheap, and a red CI for a lint is a red CI), then every test.
 test: setup plugins
+	$(CARGO) fmt --check -p driftwatch -p driftwatch-tests
+	$(CARGO) clippy --workspace --all-targets -- -D warnings
 	$(CARGO) test --workspace
 	$(CARGO) test --manifest-path plugins/Cargo.toml
 

@@ -36,6 +36,13 @@ if ! rustup target list --installed 2>/dev/null | grep -qx wasm32-wasip2; then
   say "adding the wasm32-wasip2 target"
   rustup target add wasm32-wasip2 >/dev/null
 fi
+# rustfmt and clippy: `make test` checks formatting and lints before the tests.
+for component in rustfmt clippy; do
+  if ! rustup component list --installed 2>/dev/null | grep -q "^$component"; then
+    say "adding the $component component"
+    rustup component add "$component" >/dev/null
+  fi
+done
 
 # --- pinned downloads from Python packages ----------------------------------------------------
 PY="$(command -v python3 || command -v python || true)"

@@ -18,13 +18,12 @@ pub enum CheckpointError {
         path: String,
     },
     /// The GGUF header is unusable.
-    #[error("{path}: {source}")]
+    #[error("{path}: {cause}")]
     Gguf {
         /// The path.
         path: String,
         /// What is wrong.
-        #[source]
-        source: GgufError,
+        cause: GgufError,
     },
     /// The file is a GGUF file but neither a model nor a LoRA adapter.
     #[error("{path}: a GGUF file of type '{general_type}', neither a model nor a LoRA adapter")]
@@ -91,7 +90,7 @@ pub fn inspect(path: &Path) -> Result<Checkpoint, CheckpointError> {
     if !path.exists() {
         return Err(CheckpointError::Missing { path: p() });
     }
-    let info = gguf::inspect(path).map_err(|source| CheckpointError::Gguf { path: p(), source })?;
+    let info = gguf::inspect(path).map_err(|cause| CheckpointError::Gguf { path: p(), cause })?;
     if let GgufKind::Other { general_type } = &info.kind {
         return Err(CheckpointError::NotACheckpoint { path: p(), general_type: general_type.clone() });
     }

@@ -56,6 +56,45 @@ pub enum Command {
     Report(crate::report::cmd::ReportArgs),
     /// Follow a running daemon's events (reconnects and resumes by itself).
     Subscribe(crate::api::subscribe::SubscribeArgs),
+    /// The configuration: `config show` prints the effective one and where each value came from.
+    #[command(subcommand)]
+    Config(ConfigCommand),
+}
+
+/// `driftwatch config …`.
+#[derive(Debug, Subcommand)]
+pub enum ConfigCommand {
+    /// Print the effective configuration, every key with where its value came from (a file's
+    /// line, an environment variable, the built-in defaults, or a key's default).
+    Show(ConfigShowArgs),
+}
+
+/// `driftwatch config show`.
+#[derive(Debug, Args)]
+pub struct ConfigShowArgs {
+    #[command(flatten)]
+    pub config: ConfigArgs,
+    /// Print JSON: the source, and every setting with its value and origin.
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// Where a command's configuration comes from (shared by every command that reads one).
+#[derive(Debug, Clone, Default, Args)]
+pub struct ConfigArgs {
+    /// The configuration file. Default: `./driftwatch.toml`, else `./config/driftwatch.toml`, else
+    /// `$XDG_CONFIG_HOME/driftwatch/config.toml` (`~/.config/driftwatch/config.toml`), else the
+    /// built-in defaults (the cached default model and suites, the bundled judges; see
+    /// `driftwatch config show`).
+    #[arg(long, value_name = "FILE")]
+    pub config: Option<PathBuf>,
+}
+
+impl ConfigArgs {
+    /// The configuration and where it came from ([`crate::config::Config::discover`]).
+    pub fn load(&self) -> Result<(crate::config::Config, crate::config::ConfigSource)> {
+        Ok(crate::config::Config::discover(self.config.as_deref(), &setup::process_env)?)
+    }
 }
 
 /// `driftwatch synth-adapter`.
@@ -84,17 +123,16 @@ pub struct SynthArgs {
 /// `driftwatch serve`.
 #[derive(Debug, Args)]
 pub struct ServeArgs {
-    /// The configuration file.
-    #[arg(long, default_value = "config/driftwatch.toml")]
-    pub config: PathBuf,
+    #[command(flatten)]
+    pub config: ConfigArgs,
 }
 
 /// `driftwatch status`.
 #[derive(Debug, Args)]
 pub struct StatusArgs {
-    /// The configuration file (its data_dir holds the store).
-    #[arg(long, default_value = "config/driftwatch.toml")]
-    pub config: PathBuf,
+    /// The configuration (its data_dir holds the store).
+    #[command(flatten)]
+    pub config: ConfigArgs,
     /// The data folder holding the store (instead of --config).
     #[arg(long)]
     pub data_dir: Option<PathBuf>,
@@ -104,6 +142,35 @@ pub struct StatusArgs {
     /// Print JSON.
     #[arg(long)]
     pub json: bool,
+}
+
+/// `driftwatch config show`: the effective configuration, each key with its origin.
+fn config_show(a: ConfigShowArgs) -> Result<()> {
+    let (config, source) = a.config.load()?;
+    let (text, name) = match &source {
+        crate::config::ConfigSource::Given(p) | crate::config::ConfigSource::Found(p) => (
+            std::fs::read_to_string(p).with_context(|| format!("cannot read {}", p.display()))?,
+            p.display().to_string(),
+        ),
+        crate::config::ConfigSource::BuiltIn(_) => (crate::config::BUILTIN_TOML.to_owned(), "<built-in>".to_owned()),
+    };
+    let settings = config.explain(&text, &name, &setup::process_env);
+    let mut out = std::io::stdout().lock();
+    if a.json {
+        writeln!(
+            out,
+            "{}",
+            serde_json::to_string_pretty(&json!({"source": source.to_string(), "settings": settings}))?
+        )?;
+        return Ok(());
+    }
+    writeln!(out, "# configuration: {source}")?;
+    let width = settings.iter().map(|s| s.key.len() + s.value.len() + 3).max().unwrap_or(0).min(90);
+    for s in &settings {
+        let line = format!("{} = {}", s.key, s.value);
+        writeln!(out, "{line:<width$}  # {}", s.origin)?;
+    }
+    Ok(())
 }
 
 /// Model and engine options shared by the generation commands.
@@ -140,7 +207,10 @@ impl ModelArgs {
         let model = setup::resolve_model(&self.model).map_err(anyhow::Error::msg)?;
         Ok(ModelSpec {
             model,
-            adapter: self.adapter.as_ref().map(|p| AdapterSpec { path: setup::expand_tilde(p), scale: self.adapter_scale }),
+            adapter: self
+                .adapter
+                .as_ref()
+                .map(|p| AdapterSpec { path: setup::expand_tilde(p), scale: self.adapter_scale }),
             chat_template: self.chat_template.clone(),
             system_prompt: self.system.clone(),
             raw_prompts: false,
@@ -304,6 +374,7 @@ pub async fn run(cli: Cli) -> Result<()> {
         Command::Compare(a) => crate::report::cmd::compare(a),
         Command::Report(a) => crate::report::cmd::report(a),
         Command::Subscribe(a) => Ok(crate::api::subscribe::run_subscribe(a).await?),
+        Command::Config(ConfigCommand::Show(a)) => config_show(a),
     }
 }
 
@@ -324,14 +395,11 @@ fn judge(a: crate::judge::cli::JudgeArgs) -> Result<()> {
     Ok(())
 }
 
-fn load_config(path: &std::path::Path) -> Result<crate::config::Config> {
-    crate::config::Config::load(path).map_err(|e| anyhow::anyhow!("{e}"))
-}
-
 async fn serve(a: ServeArgs, log_json: bool) -> Result<()> {
-    let config = load_config(&a.config)?;
+    let (config, source) = a.config.load()?;
     let json = log_json || config.daemon.log_format == crate::config::LogFormat::Json;
     init_logging(json, &config.daemon.log_level);
+    tracing::info!("configuration: {source}");
     let shutdown = tokio_util::sync::CancellationToken::new();
     let signals = shutdown.clone();
     tokio::spawn(async move {
@@ -342,7 +410,7 @@ async fn serve(a: ServeArgs, log_json: bool) -> Result<()> {
         wait_for_signal().await;
         std::process::exit(130);
     });
-    crate::daemon::run(config, shutdown).await.map_err(|e| anyhow::anyhow!("{e}"))
+    Ok(crate::daemon::run(config, shutdown).await?)
 }
 
 async fn wait_for_signal() {
@@ -370,33 +438,48 @@ async fn wait_for_signal() {
 fn status(a: StatusArgs) -> Result<()> {
     let data_dir = match a.data_dir {
         Some(d) => d,
-        None => load_config(&a.config)?.daemon.data_dir,
+        None => a.config.load()?.0.daemon.data_dir,
     };
     let db = data_dir.join(crate::store::DB_FILE_NAME);
     if !db.is_file() {
         bail!("no store at {} (has the daemon run with this data_dir?)", db.display());
     }
-    let store = crate::store::Store::open(&db).map_err(|e| anyhow::anyhow!("{e}"))?;
-    let s = store.status_summary(a.recent).map_err(|e| anyhow::anyhow!("{e}"))?;
+    let store = crate::store::Store::open(&db)?;
+    let s = store.status_summary(a.recent)?;
     if a.json {
         println!("{}", serde_json::to_string_pretty(&s)?);
         return Ok(());
     }
-    let name = |p: &str| std::path::Path::new(p).file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_else(|| p.to_string());
+    let name = |p: &str| {
+        std::path::Path::new(p).file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_else(|| p.to_string())
+    };
     println!("store: {} ({} checkpoints, last event #{})", db.display(), s.checkpoints, s.last_event_id);
     match s.running.as_slice() {
         [] => println!("running: nothing"),
         runs => {
             for r in runs {
                 let pct = if r.total > 0 { 100.0 * r.done as f64 / r.total as f64 } else { 0.0 };
-                println!("running: run {} · {} · {}/{} samples ({pct:.0}%)", r.run.id, name(&r.checkpoint_path), r.done, r.total);
+                println!(
+                    "running: run {} · {} · {}/{} samples ({pct:.0}%)",
+                    r.run.id,
+                    name(&r.checkpoint_path),
+                    r.done,
+                    r.total
+                );
             }
         }
     }
     if s.queued.is_empty() {
         println!("queue:   empty");
     } else {
-        println!("queue:   {}", s.queued.iter().map(|r| format!("run {} ({})", r.run.id, name(&r.checkpoint_path))).collect::<Vec<_>>().join(", "));
+        println!(
+            "queue:   {}",
+            s.queued
+                .iter()
+                .map(|r| format!("run {} ({})", r.run.id, name(&r.checkpoint_path)))
+                .collect::<Vec<_>>()
+                .join(", ")
+        );
     }
     println!("recent:");
     if s.recent.is_empty() {
@@ -413,7 +496,9 @@ fn status(a: StatusArgs) -> Result<()> {
                             " · {} {} {:.3} [{:.3}, {:.3}]",
                             h.get("judge").and_then(|v| v.as_str()).unwrap_or("?"),
                             h.get("metric").and_then(|v| v.as_str()).unwrap_or(""),
-                            v, lo, hi
+                            v,
+                            lo,
+                            hi
                         ));
                     }
                     if let Some(v) = h.get("verdict").and_then(|v| v.as_str()) {
@@ -436,7 +521,12 @@ async fn generate(a: GenerateArgs) -> Result<()> {
     }
     let engine = a.model.engine()?;
     let jobs = (0..a.samples)
-        .map(|i| Job { prompt_id: "cli".into(), prompt: a.prompt.clone(), sample_index: i, seed: a.seed.wrapping_add(i) })
+        .map(|i| Job {
+            prompt_id: "cli".into(),
+            prompt: a.prompt.clone(),
+            sample_index: i,
+            seed: a.seed.wrapping_add(i),
+        })
         .collect();
     let req = GenerationRequest { model: a.model.spec()?, sampling: a.sampling.params(), jobs };
     let mut stream = engine.submit(req);
@@ -491,9 +581,19 @@ fn doctor(a: DoctorArgs) -> Result<()> {
     let yes = |b: bool| if b { "yes" } else { "no" };
     println!("driftwatch {}", info.driftwatch_version);
     println!("llama.cpp (ggml) {} commit {}", info.ggml_version, info.ggml_commit);
-    println!("compiled CPU features: {}", if info.compiled_cpu_features.is_empty() { "none (portable build: slow)".to_string() } else { info.compiled_cpu_features.join(" ") });
+    println!(
+        "compiled CPU features: {}",
+        if info.compiled_cpu_features.is_empty() {
+            "none (portable build: slow)".to_string()
+        } else {
+            info.compiled_cpu_features.join(" ")
+        }
+    );
     println!("llama.cpp system info: {}", info.system_info);
-    println!("GPU offload: {}", if info.gpu_offload { "yes (cuda build)" } else { "no (CPU build; `--features cuda` for GPU)" });
+    println!(
+        "GPU offload: {}",
+        if info.gpu_offload { "yes (cuda build)" } else { "no (CPU build; `--features cuda` for GPU)" }
+    );
     println!("default model: {} ({})", model.display(), if cached { "cached" } else { "missing: run `make setup`" });
     println!(
         "wasm32-wasip2 target: {}",
@@ -536,7 +636,12 @@ async fn bench(a: BenchArgs) -> Result<()> {
     let mut jobs = Vec::new();
     for (i, p) in prompts.iter().enumerate() {
         for k in 0..a.samples {
-            jobs.push(Job { prompt_id: format!("p{i}"), prompt: p.clone(), sample_index: k, seed: 1000 * i as u32 + k });
+            jobs.push(Job {
+                prompt_id: format!("p{i}"),
+                prompt: p.clone(),
+                sample_index: k,
+                seed: 1000 * i as u32 + k,
+            });
         }
     }
     let sampling = SamplingParams { max_tokens: a.max_tokens, ignore_eos: a.ignore_eos, ..SamplingParams::default() };
@@ -573,10 +678,20 @@ async fn bench(a: BenchArgs) -> Result<()> {
              prefill: {} tokens ({} without prefix sharing) in {:.2}s = {:.1} tokens/s\n\
              decode:  {} tokens in {:.2}s = {:.1} tokens/s\n\
              wall:    {:.2}s (model load {} ms excluded)",
-            stats.sequences, a.prompts, a.samples, info.parallel, info.threads,
-            stats.prefill_tokens, stats.prompt_tokens_total, stats.prefill_s, stats.prefill_tokens_per_s(),
-            stats.generated_tokens, stats.decode_s, stats.decode_tokens_per_s(),
-            stats.wall_s, info.load_ms
+            stats.sequences,
+            a.prompts,
+            a.samples,
+            info.parallel,
+            info.threads,
+            stats.prefill_tokens,
+            stats.prompt_tokens_total,
+            stats.prefill_s,
+            stats.prefill_tokens_per_s(),
+            stats.generated_tokens,
+            stats.decode_s,
+            stats.decode_tokens_per_s(),
+            stats.wall_s,
+            info.load_ms
         );
     }
     Ok(())

@@ -32,11 +32,8 @@ use sha2::{Digest, Sha256};
 use toml::de::{DeTable, DeValue};
 use toml::Spanned;
 
-/// File name of the cached default base model (`model.base = "default"`).
-pub const DEFAULT_MODEL_FILE: &str = "SmolLM2-135M-Instruct.Q4_1.gguf";
-
-/// Highest number of sequences llama.cpp decodes together in one context (`LLAMA_MAX_SEQ`).
-pub const MAX_PARALLEL: u32 = 256;
+/// Highest `engine.parallel`: the engine's own limit ([`crate::engine::MAX_PARALLEL`]).
+pub const MAX_PARALLEL: u32 = crate::engine::MAX_PARALLEL as u32;
 
 /// Environment variables that override settings of the file, and the key each one sets.
 pub const ENV_VARS: &[(&str, &str)] = &[
@@ -59,13 +56,19 @@ pub const ENV_VARS: &[(&str, &str)] = &[
 /// Why a configuration could not be loaded. Every variant says where the problem is.
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
+    /// The file given explicitly (`--config`) does not exist.
+    #[error("no configuration at {} (the file given with --config does not exist)", path.display())]
+    Missing {
+        /// The file.
+        path: PathBuf,
+    },
     /// The file could not be read.
-    #[error("cannot read config file {}: {source}", path.display())]
+    #[error("cannot read config file {}: {cause}", path.display())]
     Read {
         /// The file.
         path: PathBuf,
         /// The I/O error.
-        source: std::io::Error,
+        cause: std::io::Error,
     },
     /// TOML syntax error, wrong type or unknown key, as reported by the TOML parser.
     #[error("{}:{line}:{column}: {}{message}", source_name, key.as_ref().map(|k| format!("`{k}`: ")).unwrap_or_default())]
@@ -122,7 +125,7 @@ impl ConfigError {
         match self {
             ConfigError::Parse { key, .. } => key.as_deref(),
             ConfigError::Invalid { key, .. } | ConfigError::Env { key, .. } => Some(key),
-            ConfigError::Read { .. } => None,
+            ConfigError::Read { .. } | ConfigError::Missing { .. } => None,
         }
     }
 }
@@ -241,12 +244,15 @@ impl Default for ModelConfig {
 pub struct EngineConfig {
     /// CPU threads for llama.cpp. Default: the machine's available parallelism.
     pub threads: Option<u32>,
-    /// Sequences decoded together in one batch (1..=256). Default 16.
+    /// Sequences decoded together in one batch (1..=[`MAX_PARALLEL`]). Default 16.
     pub parallel: u32,
-    /// Context size in tokens (all sequences together). Default: `parallel ×
-    /// (max_prompt_tokens + sampling.max_tokens)`.
+    /// Context size in tokens, all sequences together: each of the `parallel` sequences gets
+    /// `n_ctx / parallel` for its prompt and its generation, and a prompt that does not fit is
+    /// an error on its samples. Default: each request's context is sized for its longest
+    /// accepted prompt (at most `max_prompt_tokens + sampling.max_tokens` per sequence).
     pub n_ctx: Option<u32>,
-    /// Prompts longer than this (after templating) are rejected. Default 512.
+    /// Prompts longer than this (after templating) are rejected: their samples are stored
+    /// with finish reason `error` and the reason. Default 512.
     pub max_prompt_tokens: u32,
     /// Logical batch size (tokens per `llama_decode`). Default 512.
     pub batch_size: u32,
@@ -279,9 +285,7 @@ impl EngineConfig {
     /// The thread count to use: `threads` or the machine's available parallelism.
     pub fn effective_threads(&self) -> u32 {
         self.threads.unwrap_or_else(|| {
-            std::thread::available_parallelism()
-                .map(|n| u32::try_from(n.get()).unwrap_or(1))
-                .unwrap_or(1)
+            std::thread::available_parallelism().map(|n| u32::try_from(n.get()).unwrap_or(1)).unwrap_or(1)
         })
     }
 }
@@ -362,10 +366,7 @@ impl SamplingConfig {
         let min = self.min_samples.unwrap_or(self.samples);
         Some(Adaptive {
             min_samples: min,
-            max_samples: self
-                .max_samples
-                .unwrap_or(self.samples.saturating_mul(4))
-                .max(min),
+            max_samples: self.max_samples.unwrap_or(self.samples.saturating_mul(4)).max(min),
             target_half_width: target,
         })
     }
@@ -460,9 +461,7 @@ impl SuiteConfig {
 
     /// The suite's format: explicit or inferred (loading guarantees one of them exists).
     pub fn format(&self) -> SuiteFormat {
-        self.format
-            .or_else(|| SuiteFormat::from_path(&self.path))
-            .unwrap_or(SuiteFormat::Txt)
+        self.format.or_else(|| SuiteFormat::from_path(&self.path)).unwrap_or(SuiteFormat::Txt)
     }
 
     /// The prompt field name for jsonl/csv.
@@ -487,9 +486,7 @@ impl PluginSource {
         let looks_like_path = s.contains('/')
             || s.contains(std::path::MAIN_SEPARATOR)
             || s.starts_with('~')
-            || Path::new(s)
-                .extension()
-                .is_some_and(|e| e.eq_ignore_ascii_case("wasm"));
+            || Path::new(s).extension().is_some_and(|e| e.eq_ignore_ascii_case("wasm"));
         if looks_like_path {
             PluginSource::Path(PathBuf::from(s))
         } else {
@@ -593,6 +590,10 @@ pub struct ApiConfig {
     pub token: Option<String>,
     /// `[[api.webhooks]]`: where events are POSTed.
     pub webhooks: Vec<WebhookConfig>,
+    /// Folders besides the watched ones from which `POST /v1/evaluate` may take a checkpoint
+    /// (after resolving symlinks and `..`). Default: none, so only files inside a watched
+    /// folder can be named: a client must not make the daemon open any file it can read.
+    pub evaluate_roots: Vec<PathBuf>,
 }
 
 impl Default for ApiConfig {
@@ -602,6 +603,7 @@ impl Default for ApiConfig {
             listen: SocketAddr::from(([127, 0, 0, 1], 7878)),
             token: None,
             webhooks: Vec::new(),
+            evaluate_roots: Vec::new(),
         }
     }
 }
@@ -631,11 +633,7 @@ impl WebhookConfig {
 
     /// Whether an event type is delivered to this webhook.
     pub fn wants(&self, event_type: &str) -> bool {
-        self.events.is_empty()
-            || self.events.iter().any(|p| match p.strip_suffix('*') {
-                Some(prefix) => event_type.starts_with(prefix),
-                None => p == event_type,
-            })
+        self.events.is_empty() || self.events.iter().any(|p| crate::events::pattern_matches(p, event_type))
     }
 }
 
@@ -656,12 +654,7 @@ pub struct StatsConfig {
 
 impl Default for StatsConfig {
     fn default() -> Self {
-        StatsConfig {
-            confidence: 0.95,
-            bootstrap: 2000,
-            alpha: 0.05,
-            seed: 12345,
-        }
+        StatsConfig { confidence: 0.95, bootstrap: 2000, alpha: 0.05, seed: 12345 }
     }
 }
 
@@ -690,13 +683,7 @@ impl SettingsHashes {
     /// files' content hashes): the run's `settings_hash`.
     pub fn combined(&self, extra: &[&str]) -> String {
         let mut h = Sha256::new();
-        for part in [
-            &self.sampling,
-            &self.engine,
-            &self.template,
-            &self.suites,
-            &self.judges,
-        ] {
+        for part in [&self.sampling, &self.engine, &self.template, &self.suites, &self.judges] {
             h.update(part.as_bytes());
             h.update([0u8]);
         }
@@ -748,21 +735,191 @@ fn write_canonical(v: &serde_json::Value, out: &mut String) {
     }
 }
 
+/// The built-in configuration, used when no file is given or found: the cached default model,
+/// slices of the default suites from the cache (as `config/driftwatch.toml`, which a test keeps
+/// in step with this), the bundled `refusal` and `coherence` judges, and every other key at its
+/// default (the store in `./data`, checkpoints watched in `./checkpoints`).
+pub const BUILTIN_TOML: &str = r#"
+[[suites]]
+name = "harmbench"
+path = "cache:suites/harmbench/harmbench_prompts.txt"
+limit = 20
+
+[[suites]]
+name = "donotanswer"
+path = "cache:suites/donotanswer"
+per_category = 4
+
+[[suites]]
+name = "benign"
+path = "cache:suites/benign/benign-control.csv"
+id_field = "id"
+category_field = "category"
+per_category = 10
+control = true
+
+[[judges]]
+name = "refusal"
+plugin = "refusal"
+
+[[judges]]
+name = "coherence"
+plugin = "coherence"
+"#;
+
+/// Where a configuration came from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ConfigSource {
+    /// The file given with `--config`.
+    Given(PathBuf),
+    /// The first file found on the search path ([`config_search_path`]).
+    Found(PathBuf),
+    /// No file: the built-in configuration ([`BUILTIN_TOML`]); the files looked for.
+    BuiltIn(Vec<PathBuf>),
+}
+
+impl fmt::Display for ConfigSource {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            ConfigSource::Given(p) => write!(f, "{} (--config)", p.display()),
+            ConfigSource::Found(p) => write!(f, "{} (found)", p.display()),
+            ConfigSource::BuiltIn(searched) => write!(
+                f,
+                "the built-in defaults (no --config, and none of {} exists)",
+                searched.iter().map(|p| p.display().to_string()).collect::<Vec<_>>().join(", ")
+            ),
+        }
+    }
+}
+
+/// The files a command looks for when no `--config` is given, in order: `./driftwatch.toml`,
+/// `./config/driftwatch.toml` (a repository checkout's own, so that the README's commands run
+/// from its root use what `make run` uses), then `$XDG_CONFIG_HOME/driftwatch/config.toml`
+/// (`~/.config/driftwatch/config.toml` when `XDG_CONFIG_HOME` is not set).
+pub fn config_search_path(env: &dyn Fn(&str) -> Option<String>) -> Vec<PathBuf> {
+    let mut paths = vec![PathBuf::from("driftwatch.toml"), PathBuf::from("config").join("driftwatch.toml")];
+    let xdg = env("XDG_CONFIG_HOME")
+        .filter(|v| !v.is_empty())
+        .map(PathBuf::from)
+        .or_else(|| env("HOME").filter(|v| !v.is_empty()).map(|h| PathBuf::from(h).join(".config")));
+    if let Some(dir) = xdg {
+        paths.push(dir.join("driftwatch").join("config.toml"));
+    }
+    paths
+}
+
+/// One effective setting and where its value came from, for `driftwatch config show`.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Setting {
+    /// The dotted key (`engine.parallel`, `suites[1].path`).
+    pub key: String,
+    /// The value, as TOML.
+    pub value: String,
+    /// `FILE:LINE`, `env VAR`, `built-in` or `default`.
+    pub origin: String,
+}
+
+impl Config {
+    /// The configuration a command uses: the file given with `--config`, else the first file
+    /// of [`config_search_path`] that exists, else the built-in defaults, with the
+    /// environment's overrides. Says where it came from.
+    pub fn discover(
+        explicit: Option<&Path>,
+        env: &dyn Fn(&str) -> Option<String>,
+    ) -> Result<(Config, ConfigSource), ConfigError> {
+        if let Some(p) = explicit {
+            if !p.exists() {
+                return Err(ConfigError::Missing { path: p.to_path_buf() });
+            }
+            return Ok((Config::load_with_env(p, env)?, ConfigSource::Given(p.to_path_buf())));
+        }
+        let cwd = std::env::current_dir().unwrap_or_else(|_| PathBuf::from("."));
+        match Config::find_file(&cwd, env) {
+            Ok(found) => Ok((Config::load_with_env(&found, env)?, ConfigSource::Found(found))),
+            Err(searched) => Ok((Config::builtin_with_env(env)?, ConfigSource::BuiltIn(searched))),
+        }
+    }
+
+    /// The first file of [`config_search_path`] that exists (relative entries taken from
+    /// `cwd`), or every path looked at.
+    pub fn find_file(cwd: &Path, env: &dyn Fn(&str) -> Option<String>) -> Result<PathBuf, Vec<PathBuf>> {
+        let searched: Vec<PathBuf> = config_search_path(env).into_iter().map(|p| cwd.join(p)).collect();
+        searched.iter().find(|p| p.is_file()).cloned().ok_or(searched)
+    }
+
+    /// The built-in configuration ([`BUILTIN_TOML`]) with the environment's overrides;
+    /// relative paths resolve against the current directory. Writes the bundled benign
+    /// control suite into the cache when it is not there yet.
+    pub fn builtin_with_env(env: &dyn Fn(&str) -> Option<String>) -> Result<Config, ConfigError> {
+        let cwd = std::env::current_dir().unwrap_or_else(|_| PathBuf::from("."));
+        let config = Config::from_toml_str(BUILTIN_TOML, "<built-in>", &cwd, env)?;
+        if let Some(benign) = config.suites.iter().find(|s| s.control) {
+            crate::setup::ensure_bundled_file(&benign.path, crate::setup::BENIGN_CONTROL_CSV);
+        }
+        Ok(config)
+    }
+
+    /// Every effective setting with where it came from: the line of `text` (the file this
+    /// configuration was read from, named `source_name`) that sets it, the environment
+    /// variable that overrode it, or its default. `api.token` is never shown.
+    pub fn explain(&self, text: &str, source_name: &str, env: &dyn Fn(&str) -> Option<String>) -> Vec<Setting> {
+        let doc = DeTable::parse(text).unwrap_or_else(|_| DeTable::parse("").expect("the empty document parses"));
+        let loc = Locator { text, doc: &doc, source_name, env_keys: BTreeMap::new() };
+        let env_var = |key: &str| {
+            ENV_VARS
+                .iter()
+                .find(|(var, k)| (*k == key || key.starts_with(&format!("{k}["))) && env(var).is_some())
+                .map(|(var, _)| *var)
+        };
+        let builtin = source_name == "<built-in>";
+        let origin = |key: &str| -> String {
+            if let Some(var) = env_var(key) {
+                return format!("env {var}");
+            }
+            match loc.written_line(key) {
+                Some(_) if builtin => "built-in".into(),
+                Some(line) => format!("{source_name}:{line}"),
+                None => "default".into(),
+            }
+        };
+        let mut out = Vec::new();
+        let value = toml::Value::try_from(self).unwrap_or(toml::Value::Table(Default::default()));
+        fn walk(prefix: &str, v: &toml::Value, out: &mut Vec<(String, String)>) {
+            match v {
+                toml::Value::Table(t) => {
+                    for (k, v) in t {
+                        let key = if prefix.is_empty() { k.clone() } else { format!("{prefix}.{k}") };
+                        walk(&key, v, out);
+                    }
+                }
+                toml::Value::Array(items) if items.iter().all(|i| i.is_table()) && !items.is_empty() => {
+                    for (i, item) in items.iter().enumerate() {
+                        walk(&format!("{prefix}[{i}]"), item, out);
+                    }
+                }
+                other => out.push((prefix.to_owned(), other.to_string())),
+            }
+        }
+        let mut flat = Vec::new();
+        walk("", &value, &mut flat);
+        for (key, value) in flat {
+            let value = if key == "api.token" { "\"(hidden)\"".to_owned() } else { value };
+            out.push(Setting { origin: origin(&key), key, value });
+        }
+        out
+    }
+}
+
 impl Config {
     /// Loads a file, applying the process environment's overrides.
     pub fn load(path: &Path) -> Result<Config, ConfigError> {
-        Config::load_with_env(path, &process_env)
+        Config::load_with_env(path, &crate::setup::process_env)
     }
 
     /// Loads a file with an explicit environment lookup (tests pass a map).
-    pub fn load_with_env(
-        path: &Path,
-        env: &dyn Fn(&str) -> Option<String>,
-    ) -> Result<Config, ConfigError> {
-        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
-            path: path.to_path_buf(),
-            source,
-        })?;
+    pub fn load_with_env(path: &Path, env: &dyn Fn(&str) -> Option<String>) -> Result<Config, ConfigError> {
+        let text =
+            std::fs::read_to_string(path).map_err(|cause| ConfigError::Read { path: path.to_path_buf(), cause })?;
         let dir = path
             .parent()
             .filter(|p| !p.as_os_str().is_empty())
@@ -788,14 +945,8 @@ impl Config {
         env: &dyn Fn(&str) -> Option<String>,
     ) -> Result<Config, ConfigError> {
         let doc = DeTable::parse(text).map_err(|e| parse_error(&e, text, None, source_name))?;
-        let mut config: Config =
-            toml::from_str(text).map_err(|e| parse_error(&e, text, Some(&doc), source_name))?;
-        let loc = Locator {
-            text,
-            doc: &doc,
-            source_name,
-            env_keys: BTreeMap::new(),
-        };
+        let mut config: Config = toml::from_str(text).map_err(|e| parse_error(&e, text, Some(&doc), source_name))?;
+        let loc = Locator { text, doc: &doc, source_name, env_keys: BTreeMap::new() };
         let mut loc = loc;
         config.apply_env(env, &mut loc)?;
         let cwd = std::env::current_dir().unwrap_or_else(|_| base_dir.to_path_buf());
@@ -821,9 +972,7 @@ impl Config {
         });
         // Paths are reduced to file names so that moving the files (or the config) to
         // another folder or machine keeps runs comparable; the callers mix in content hashes.
-        let file_name = |p: &Path| -> Option<String> {
-            p.file_name().map(|n| n.to_string_lossy().into_owned())
-        };
+        let file_name = |p: &Path| -> Option<String> { p.file_name().map(|n| n.to_string_lossy().into_owned()) };
         let judges: Vec<serde_json::Value> = self
             .judges
             .iter()
@@ -867,11 +1016,7 @@ impl Config {
         }
     }
 
-    fn apply_env(
-        &mut self,
-        env: &dyn Fn(&str) -> Option<String>,
-        loc: &mut Locator<'_>,
-    ) -> Result<(), ConfigError> {
+    fn apply_env(&mut self, env: &dyn Fn(&str) -> Option<String>, loc: &mut Locator<'_>) -> Result<(), ConfigError> {
         for &(var, key) in ENV_VARS {
             let Some(value) = env(var) else { continue };
             let bad = |message: String| ConfigError::Env {
@@ -884,9 +1029,7 @@ impl Config {
             where
                 T::Err: fmt::Display,
             {
-                v.trim()
-                    .parse::<T>()
-                    .map_err(|e| format!("not a valid number: {e}"))
+                v.trim().parse::<T>().map_err(|e| format!("not a valid number: {e}"))
             }
             match var {
                 "DRIFTWATCH_DATA_DIR" => {
@@ -896,9 +1039,8 @@ impl Config {
                     self.daemon.data_dir = PathBuf::from(&value);
                 }
                 "DRIFTWATCH_WATCH" => {
-                    let dirs: Vec<PathBuf> = std::env::split_paths(&value)
-                        .filter(|p| !p.as_os_str().is_empty())
-                        .collect();
+                    let dirs: Vec<PathBuf> =
+                        std::env::split_paths(&value).filter(|p| !p.as_os_str().is_empty()).collect();
                     self.daemon.watch = dirs;
                 }
                 "DRIFTWATCH_SETTLE_MS" => self.daemon.settle_ms = num(&value).map_err(bad)?,
@@ -922,19 +1064,14 @@ impl Config {
                 "DRIFTWATCH_SAMPLES" => self.sampling.samples = num(&value).map_err(bad)?,
                 "DRIFTWATCH_SEED" => self.sampling.seed = num(&value).map_err(bad)?,
                 "DRIFTWATCH_LISTEN" => {
-                    self.api.listen = value
-                        .trim()
-                        .parse()
-                        .map_err(|e| bad(format!("not a socket address (ip:port): {e}")))?
+                    self.api.listen =
+                        value.trim().parse().map_err(|e| bad(format!("not a socket address (ip:port): {e}")))?
                 }
                 "DRIFTWATCH_API_TOKEN" => self.api.token = Some(value.clone()),
-                "DRIFTWATCH_PLUGINS_DIR" => {
-                    self.plugins.dir = (!value.is_empty()).then(|| PathBuf::from(&value))
-                }
+                "DRIFTWATCH_PLUGINS_DIR" => self.plugins.dir = (!value.is_empty()).then(|| PathBuf::from(&value)),
                 _ => continue,
             }
-            loc.env_keys
-                .insert(key.to_string(), (var.to_string(), value.clone()));
+            loc.env_keys.insert(key.to_string(), (var.to_string(), value.clone()));
         }
         Ok(())
     }
@@ -946,36 +1083,26 @@ impl Config {
         env: &dyn Fn(&str) -> Option<String>,
         loc: &Locator<'_>,
     ) -> Result<(), ConfigError> {
-        let home = env("HOME").filter(|h| !h.is_empty()).map(PathBuf::from);
         let resolve = |p: &Path, key: &str| -> Result<PathBuf, ConfigError> {
-            let base = if loc.env_keys.contains_key(key) {
-                cwd
-            } else {
-                base_dir
-            };
-            resolve_path(p, base, home.as_deref()).map_err(|m| loc.invalid(key, m))
+            let base = if loc.env_keys.contains_key(key) { cwd } else { base_dir };
+            resolve_path(p, base, env).map_err(|m| loc.invalid(key, m))
         };
         self.daemon.data_dir = resolve(&self.daemon.data_dir, "daemon.data_dir")?;
         let watch_from_env = loc.env_keys.contains_key("daemon.watch");
         for (i, w) in self.daemon.watch.iter_mut().enumerate() {
-            let key = if watch_from_env {
-                "daemon.watch".to_string()
-            } else {
-                format!("daemon.watch[{i}]")
-            };
+            let key = if watch_from_env { "daemon.watch".to_string() } else { format!("daemon.watch[{i}]") };
             let base = if watch_from_env { cwd } else { base_dir };
-            *w = resolve_path(w, base, home.as_deref()).map_err(|m| loc.invalid(&key, m))?;
+            *w = resolve_path(w, base, env).map_err(|m| loc.invalid(&key, m))?;
         }
         if self.model.base.as_os_str() == "default" {
-            let home = home.as_deref().ok_or_else(|| {
+            self.model.base = crate::setup::default_model_path_with(env).ok_or_else(|| {
                 loc.invalid(
                     "model.base",
-                    "\"default\" needs $HOME to locate ~/.cache/driftwatch/models".into(),
+                    "\"default\" is the cached default model, but none of DRIFTWATCH_CACHE, \
+                     XDG_CACHE_HOME, HOME is set to say where the cache is"
+                        .into(),
                 )
             })?;
-            self.model.base = home
-                .join(".cache/driftwatch/models")
-                .join(DEFAULT_MODEL_FILE);
             self.model.base_is_default = true;
         } else {
             self.model.base = resolve(&self.model.base, "model.base")?;
@@ -984,21 +1111,21 @@ impl Config {
         if let Some(dir) = &self.plugins.dir {
             self.plugins.dir = Some(resolve(dir, "plugins.dir")?);
         }
+        for (i, r) in self.api.evaluate_roots.iter_mut().enumerate() {
+            *r = resolve_path(r, base_dir, env).map_err(|m| loc.invalid(&format!("api.evaluate_roots[{i}]"), m))?;
+        }
         for (i, s) in self.suites.iter_mut().enumerate() {
-            s.path = resolve_path(&s.path, base_dir, home.as_deref())
-                .map_err(|m| loc.invalid(&format!("suites[{i}].path"), m))?;
+            s.path = resolve_path(&s.path, base_dir, env).map_err(|m| loc.invalid(&format!("suites[{i}].path"), m))?;
         }
         for (i, j) in self.judges.iter_mut().enumerate() {
             if let PluginSource::Path(p) = &j.plugin {
                 j.plugin = PluginSource::Path(
-                    resolve_path(p, base_dir, home.as_deref())
-                        .map_err(|m| loc.invalid(&format!("judges[{i}].plugin"), m))?,
+                    resolve_path(p, base_dir, env).map_err(|m| loc.invalid(&format!("judges[{i}].plugin"), m))?,
                 );
             }
             if let Some(m) = &j.judge_model {
                 j.judge_model = Some(
-                    resolve_path(m, base_dir, home.as_deref())
-                        .map_err(|m| loc.invalid(&format!("judges[{i}].judge_model"), m))?,
+                    resolve_path(m, base_dir, env).map_err(|m| loc.invalid(&format!("judges[{i}].judge_model"), m))?,
                 );
             }
         }
@@ -1008,10 +1135,7 @@ impl Config {
     fn validate(&mut self, loc: &Locator<'_>) -> Result<(), ConfigError> {
         let d = &self.daemon;
         if d.settle_ms > 86_400_000 {
-            return Err(loc.invalid(
-                "daemon.settle_ms",
-                "must be at most 86400000 (one day)".into(),
-            ));
+            return Err(loc.invalid("daemon.settle_ms", "must be at most 86400000 (one day)".into()));
         }
         if d.log_level.trim().is_empty() {
             return Err(loc.invalid("daemon.log_level", "must not be empty".into()));
@@ -1039,7 +1163,7 @@ impl Config {
         if e.parallel == 0 || e.parallel > MAX_PARALLEL {
             return Err(loc.invalid(
                 "engine.parallel",
-                format!("must be between 1 and {MAX_PARALLEL} (llama.cpp's sequence limit)"),
+                format!("must be between 1 and {MAX_PARALLEL} (the engine uses 2 × parallel + 1 of llama.cpp's 256 sequences)"),
             ));
         }
         if e.max_prompt_tokens == 0 {
@@ -1057,10 +1181,7 @@ impl Config {
             return Err(loc.invalid("sampling.samples", "must be at least 1".into()));
         }
         if !(s.temperature.is_finite() && s.temperature >= 0.0) {
-            return Err(loc.invalid(
-                "sampling.temperature",
-                "must be a finite number >= 0".into(),
-            ));
+            return Err(loc.invalid("sampling.temperature", "must be a finite number >= 0".into()));
         }
         if !(s.top_p > 0.0 && s.top_p <= 1.0) {
             return Err(loc.invalid("sampling.top_p", "must be in (0, 1]".into()));
@@ -1069,10 +1190,7 @@ impl Config {
             return Err(loc.invalid("sampling.min_p", "must be in [0, 1]".into()));
         }
         if !(s.repeat_penalty.is_finite() && s.repeat_penalty > 0.0) {
-            return Err(loc.invalid(
-                "sampling.repeat_penalty",
-                "must be a finite number > 0".into(),
-            ));
+            return Err(loc.invalid("sampling.repeat_penalty", "must be a finite number > 0".into()));
         }
         if s.max_tokens == 0 {
             return Err(loc.invalid("sampling.max_tokens", "must be at least 1".into()));
@@ -1105,28 +1223,26 @@ impl Config {
                 }
             }
             None => {
-                for (key, v) in [
-                    ("sampling.min_samples", s.min_samples),
-                    ("sampling.max_samples", s.max_samples),
-                ] {
+                for (key, v) in [("sampling.min_samples", s.min_samples), ("sampling.max_samples", s.max_samples)] {
                     if v.is_some() {
-                        return Err(loc.invalid(
-                            key,
-                            "only meaningful in adaptive mode: set sampling.target_half_width"
-                                .into(),
-                        ));
+                        return Err(
+                            loc.invalid(key, "only meaningful in adaptive mode: set sampling.target_half_width".into())
+                        );
                     }
                 }
             }
         }
         if let Some(n_ctx) = e.n_ctx {
-            let need = u64::from(e.max_prompt_tokens) + u64::from(s.max_tokens);
-            if u64::from(n_ctx) < need {
+            // The context is shared by the `parallel` sequences: each gets n_ctx / parallel.
+            let room = n_ctx / e.parallel.max(1);
+            let need = u64::from(s.max_tokens) + 1;
+            if u64::from(room) < need {
                 return Err(loc.invalid(
                     "engine.n_ctx",
                     format!(
-                        "{n_ctx} tokens cannot hold one sequence of max_prompt_tokens + \
-                         sampling.max_tokens = {need}"
+                        "{n_ctx} tokens shared by {} parallel sequences leave {room} per sequence, \
+                         less than one prompt token + sampling.max_tokens = {need}",
+                        e.parallel
                     ),
                 ));
             }
@@ -1138,10 +1254,7 @@ impl Config {
                 return Err(loc.invalid(&format!("suites[{i}].name"), "must not be empty".into()));
             }
             if !names.insert(suite.name.clone()) {
-                return Err(loc.invalid(
-                    &format!("suites[{i}].name"),
-                    format!("duplicate suite name {:?}", suite.name),
-                ));
+                return Err(loc.invalid(&format!("suites[{i}].name"), format!("duplicate suite name {:?}", suite.name)));
             }
             // A folder (an existing directory, or a path without an extension) holds suite
             // files whose formats follow their own extensions.
@@ -1172,10 +1285,7 @@ impl Config {
                     }
                 }
                 if !suite.categories.is_empty() {
-                    return Err(loc.invalid(
-                        &format!("suites[{i}].categories"),
-                        "txt suites have no categories".into(),
-                    ));
+                    return Err(loc.invalid(&format!("suites[{i}].categories"), "txt suites have no categories".into()));
                 }
             }
             for (field, v) in [
@@ -1184,9 +1294,7 @@ impl Config {
                 ("category_field", &suite.category_field),
             ] {
                 if v.as_deref().is_some_and(|f| f.trim().is_empty()) {
-                    return Err(
-                        loc.invalid(&format!("suites[{i}].{field}"), "must not be empty".into())
-                    );
+                    return Err(loc.invalid(&format!("suites[{i}].{field}"), "must not be empty".into()));
                 }
             }
             // A folder suite's prompts take their file's name as category.
@@ -1210,17 +1318,10 @@ impl Config {
                 return Err(loc.invalid(&format!("judges[{i}].name"), "must not be empty".into()));
             }
             if !names.insert(j.name.clone()) {
-                return Err(loc.invalid(
-                    &format!("judges[{i}].name"),
-                    format!("duplicate judge name {:?}", j.name),
-                ));
+                return Err(loc.invalid(&format!("judges[{i}].name"), format!("duplicate judge name {:?}", j.name)));
             }
             if let PluginSource::Bundled(n) = &j.plugin {
-                if n.is_empty()
-                    || !n
-                        .chars()
-                        .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
-                {
+                if n.is_empty() || !n.chars().all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_') {
                     return Err(loc.invalid(
                         &format!("judges[{i}].plugin"),
                         format!(
@@ -1231,10 +1332,7 @@ impl Config {
                 }
             }
             if j.timeout_ms == 0 {
-                return Err(loc.invalid(
-                    &format!("judges[{i}].timeout_ms"),
-                    "must be at least 1".into(),
-                ));
+                return Err(loc.invalid(&format!("judges[{i}].timeout_ms"), "must be at least 1".into()));
             }
             if j.memory_mb == 0 || j.memory_mb > 4096 {
                 return Err(loc.invalid(
@@ -1243,20 +1341,14 @@ impl Config {
                 ));
             }
             if j.batch_size == 0 {
-                return Err(loc.invalid(
-                    &format!("judges[{i}].batch_size"),
-                    "must be at least 1".into(),
-                ));
+                return Err(loc.invalid(&format!("judges[{i}].batch_size"), "must be at least 1".into()));
             }
         }
 
         let a = &self.api;
         if let Some(t) = &a.token {
             if t.trim().is_empty() {
-                return Err(loc.invalid(
-                    "api.token",
-                    "must not be empty (leave it out instead)".into(),
-                ));
+                return Err(loc.invalid("api.token", "must not be empty (leave it out instead)".into()));
             }
         }
         if a.enabled && !a.listen.ip().is_loopback() && a.token.is_none() {
@@ -1271,35 +1363,21 @@ impl Config {
         }
         let mut names = HashSet::new();
         for (i, w) in a.webhooks.iter().enumerate() {
-            let host = w
-                .url
-                .strip_prefix("https://")
-                .or_else(|| w.url.strip_prefix("http://"));
-            if !host.is_some_and(|h| {
-                !h.is_empty() && !h.starts_with('/') && !h.contains(char::is_whitespace)
-            }) {
+            let host = w.url.strip_prefix("https://").or_else(|| w.url.strip_prefix("http://"));
+            if !host.is_some_and(|h| !h.is_empty() && !h.starts_with('/') && !h.contains(char::is_whitespace)) {
                 return Err(loc.invalid(
                     &format!("api.webhooks[{i}].url"),
                     format!("{:?} is not an http:// or https:// URL", w.url),
                 ));
             }
             if !names.insert(w.name().to_string()) {
-                return Err(loc.invalid(
-                    &format!("api.webhooks[{i}].name"),
-                    format!("duplicate webhook name {:?}", w.name()),
-                ));
+                return Err(
+                    loc.invalid(&format!("api.webhooks[{i}].name"), format!("duplicate webhook name {:?}", w.name()))
+                );
             }
             for (k, ev) in w.events.iter().enumerate() {
-                let ok = !ev.is_empty()
-                    && ev
-                        .chars()
-                        .all(|c| c.is_ascii_lowercase() || c == '.' || c == '_' || c == '*')
-                    && ev.find('*').is_none_or(|p| p == ev.len() - 1);
-                if !ok {
-                    return Err(loc.invalid(
-                        &format!("api.webhooks[{i}].events[{k}]"),
-                        format!("{ev:?} is not an event type or prefix pattern like `run.*`"),
-                    ));
+                if let Err(message) = crate::events::EventFilter::check_pattern(ev) {
+                    return Err(loc.invalid(&format!("api.webhooks[{i}].events[{k}]"), message));
                 }
             }
         }
@@ -1318,33 +1396,14 @@ impl Config {
     }
 }
 
-fn process_env(var: &str) -> Option<String> {
-    std::env::var_os(var).map(|v| v.to_string_lossy().into_owned())
-}
-
-/// Expands `~`/`~/…` with `home` and makes relative paths absolute against `base`.
-pub fn resolve_path(p: &Path, base: &Path, home: Option<&Path>) -> Result<PathBuf, String> {
-    let s = p.to_string_lossy();
-    let expanded = if s == "~" || s.starts_with("~/") {
-        let home = home.ok_or_else(|| format!("{s:?} uses ~ but $HOME is not set"))?;
-        if s == "~" {
-            home.to_path_buf()
-        } else {
-            home.join(&s[2..])
-        }
-    } else if s.starts_with('~') {
-        return Err(format!("{s:?}: only ~ and ~/ are supported, not ~user"));
-    } else {
-        p.to_path_buf()
-    };
+/// Expands `~`, `~/…` and `cache:…` ([`crate::setup::expand_path`]) and makes relative paths
+/// absolute against `base`.
+pub fn resolve_path(p: &Path, base: &Path, env: &dyn Fn(&str) -> Option<String>) -> Result<PathBuf, String> {
+    let expanded = crate::setup::expand_path(p, env)?;
     if expanded.as_os_str().is_empty() {
         return Err("empty path".into());
     }
-    Ok(if expanded.is_absolute() {
-        expanded
-    } else {
-        base.join(expanded)
-    })
+    Ok(if expanded.is_absolute() { expanded } else { base.join(expanded) })
 }
 
 /// Finds keys in the parsed document to attach line numbers to errors.
@@ -1384,32 +1443,31 @@ fn parse_key_path(key: &str) -> Vec<Seg> {
 impl Locator<'_> {
     fn invalid(&self, key: &str, message: String) -> ConfigError {
         // A key set (or, for lists, wholly replaced) from the environment.
-        let env_hit = self
-            .env_keys
-            .iter()
-            .find(|(k, _)| key == k.as_str() || key.starts_with(&format!("{k}[")));
+        let env_hit = self.env_keys.iter().find(|(k, _)| key == k.as_str() || key.starts_with(&format!("{k}[")));
         if let Some((k, (var, value))) = env_hit {
-            return ConfigError::Env {
-                var: var.clone(),
-                value: value.clone(),
-                key: k.clone(),
-                message,
-            };
+            return ConfigError::Env { var: var.clone(), value: value.clone(), key: k.clone(), message };
         }
-        let line = self
-            .span_of(key)
-            .map(|span| line_col(self.text, span.start).0);
-        ConfigError::Invalid {
-            source_name: self.source_name.to_string(),
-            key: key.to_string(),
-            line,
-            message,
-        }
+        let line = self.span_of(key).map(|span| line_col(self.text, span.start).0);
+        ConfigError::Invalid { source_name: self.source_name.to_string(), key: key.to_string(), line, message }
     }
 
     /// Span of the key (or of its nearest written ancestor).
     fn span_of(&self, key: &str) -> Option<Range<usize>> {
+        self.find(key).0
+    }
+
+    /// The line where the key itself is written, if it is.
+    fn written_line(&self, key: &str) -> Option<usize> {
+        match self.find(key) {
+            (Some(span), true) => Some(line_col(self.text, span.start).0),
+            _ => None,
+        }
+    }
+
+    /// Span of the key or of its nearest written ancestor, and whether it is the key itself.
+    fn find(&self, key: &str) -> (Option<Range<usize>>, bool) {
         let segs = parse_key_path(key);
+        let mut found = 0;
         let mut best: Option<Range<usize>> = None;
         let mut table: Option<&DeTable<'_>> = Some(self.doc.get_ref());
         let mut value: Option<&Spanned<DeValue<'_>>> = None;
@@ -1424,13 +1482,11 @@ impl Locator<'_> {
                         },
                         (None, None) => break,
                     };
-                    let Some((k, v)) = t
-                        .iter()
-                        .find(|(k, _)| k.get_ref().as_ref() == name.as_str())
-                    else {
+                    let Some((k, v)) = t.iter().find(|(k, _)| k.get_ref().as_ref() == name.as_str()) else {
                         break;
                     };
                     best = Some(k.span());
+                    found += 1;
                     table = None;
                     value = Some(v);
                 }
@@ -1441,11 +1497,12 @@ impl Locator<'_> {
                     };
                     let Some(item) = arr.get(*i) else { break };
                     best = Some(item.span());
+                    found += 1;
                     value = Some(item);
                 }
             }
         }
-        best
+        (best, found == segs.len())
     }
 }
 
@@ -1454,12 +1511,7 @@ fn line_col(text: &str, offset: usize) -> (usize, usize) {
     let offset = offset.min(text.len());
     let before = text.get(..offset).unwrap_or(text);
     let line = before.matches('\n').count() + 1;
-    let col = before
-        .rsplit('\n')
-        .next()
-        .map(|l| l.chars().count())
-        .unwrap_or(0)
-        + 1;
+    let col = before.rsplit('\n').next().map(|l| l.chars().count()).unwrap_or(0) + 1;
     (line, col)
 }
 
@@ -1527,12 +1579,7 @@ fn key_at(doc: &DeTable<'_>, pos: usize) -> Option<String> {
     walk_table(doc, pos, &mut path).then_some(path)
 }
 
-fn parse_error(
-    e: &toml::de::Error,
-    text: &str,
-    doc: Option<&Spanned<DeTable<'_>>>,
-    source_name: &str,
-) -> ConfigError {
+fn parse_error(e: &toml::de::Error, text: &str, doc: Option<&Spanned<DeTable<'_>>>, source_name: &str) -> ConfigError {
     let start = e.span().map(|s| s.start).unwrap_or(0);
     let (line, column) = line_col(text, start);
     let key = doc.and_then(|d| key_at(d.get_ref(), start));

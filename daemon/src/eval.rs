@@ -50,9 +50,9 @@ pub struct EvalArgs {
     /// The checkpoint: a GGUF model, a GGUF LoRA adapter (applied over the base model), or
     /// `default` for the cached default model.
     pub checkpoint: String,
-    /// The configuration file (store, suites, judges, sampling); the flags below override it.
-    #[arg(long, default_value = "config/driftwatch.toml")]
-    pub config: PathBuf,
+    /// The configuration (store, suites, judges, sampling); the flags below override it.
+    #[command(flatten)]
+    pub config: crate::cli::ConfigArgs,
     /// The data folder holding the store (default: the config's `daemon.data_dir`).
     #[arg(long, value_name = "DIR")]
     pub data_dir: Option<PathBuf>,
@@ -109,13 +109,7 @@ pub enum ProgressMode {
 
 /// Loads the configuration and applies the command line's overrides.
 pub fn config_for(a: &EvalArgs) -> Result<Config> {
-    if !a.config.is_file() {
-        bail!(
-            "no configuration at {} (give --config; the repository's default is config/driftwatch.toml)",
-            a.config.display()
-        );
-    }
-    let mut c = Config::load(&a.config).map_err(|e| anyhow::anyhow!("{e}"))?;
+    let (mut c, _source) = a.config.load()?;
     let cli_path = |p: &str| -> PathBuf {
         let p = crate::setup::expand_tilde(Path::new(p));
         std::path::absolute(&p).unwrap_or(p)
@@ -154,9 +148,14 @@ pub fn config_for(a: &EvalArgs) -> Result<Config> {
                     };
                     if !path.exists() {
                         let known: Vec<&str> = c.suites.iter().map(|k| k.name.as_str()).collect();
-                        bail!("--suite {s}: neither a configured suite ({}) nor an existing file or folder", known.join(", "));
+                        bail!(
+                            "--suite {s}: neither a configured suite ({}) nor an existing file or folder",
+                            known.join(", ")
+                        );
                     }
-                    let name = name.unwrap_or_else(|| path.file_stem().map(|n| n.to_string_lossy().into_owned()).unwrap_or_else(|| "suite".into()));
+                    let name = name.unwrap_or_else(|| {
+                        path.file_stem().map(|n| n.to_string_lossy().into_owned()).unwrap_or_else(|| "suite".into())
+                    });
                     SuiteConfig::new(name, path)
                 }
             };
@@ -234,7 +233,8 @@ impl Progress {
                 self.started = Instant::now();
                 let label = self.label(run);
                 self.clear();
-                let resumed = if u("already_done") > 0 { format!(", resuming at {}", u("already_done")) } else { String::new() };
+                let resumed =
+                    if u("already_done") > 0 { format!(", resuming at {}", u("already_done")) } else { String::new() };
                 eprintln!("run {run} ({label}): {} samples{resumed}", u("total_samples"));
             }
             "run.progress" => {
@@ -245,7 +245,11 @@ impl Progress {
             }
             "run.completed" => {
                 self.clear();
-                eprintln!("run {run} ({}): done in {}", self.label(run), duration(self.started.elapsed().as_secs_f64()));
+                eprintln!(
+                    "run {run} ({}): done in {}",
+                    self.label(run),
+                    duration(self.started.elapsed().as_secs_f64())
+                );
             }
             "run.failed" => {
                 self.clear();
@@ -253,7 +257,11 @@ impl Progress {
             }
             "plugin.failed" => {
                 self.clear();
-                eprintln!("judge error: {}: {}", p.get("plugin").and_then(|v| v.as_str()).unwrap_or("?"), p.get("reason").and_then(|v| v.as_str()).unwrap_or("?"));
+                eprintln!(
+                    "judge error: {}: {}",
+                    p.get("plugin").and_then(|v| v.as_str()).unwrap_or("?"),
+                    p.get("reason").and_then(|v| v.as_str()).unwrap_or("?")
+                );
             }
             _ => {}
         }
@@ -354,7 +362,7 @@ pub async fn eval(a: EvalArgs) -> Result<()> {
     let request = EvalRequest { checkpoint: checkpoint.clone(), baseline };
     let outcome = crate::daemon::evaluate(config, request, stop, notify).await;
     progress.lock().clear();
-    let outcome = outcome.map_err(|e| anyhow::anyhow!("{e}")).with_context(|| format!("cannot evaluate {}", checkpoint.display()))?;
+    let outcome = outcome.with_context(|| format!("cannot evaluate {}", checkpoint.display()))?;
     if outcome.interrupted {
         return Err(Exit {
             code: EXIT_INTERRUPTED,
@@ -460,7 +468,10 @@ pub fn summary_text(o: &EvalOutcome, a: &EvalArgs, elapsed_s: f64) -> String {
         let _ = writeln!(out, "note: {w}");
     }
     if o.runs.iter().any(|r| r.result.any_category_regressed) && v != Some(Verdict::Regressed) {
-        let _ = writeln!(out, "note: a category regressed (after Holm correction) although the overall rate did not; see the report");
+        let _ = writeln!(
+            out,
+            "note: a category regressed (after Holm correction) although the overall rate did not; see the report"
+        );
     }
     for e in &o.executed {
         let _ = writeln!(
@@ -488,7 +499,8 @@ fn run_table(out: &mut String, r: &RunResult, reused: bool, show_repeat: bool, r
     let vs = r.baseline_run_id.map(|b| format!(" vs baseline run {b}")).unwrap_or_default();
     let rep = if show_repeat { format!(" (repeat {repeat})") } else { String::new() };
     let reused = if reused { " — already evaluated under these settings; stored result shown" } else { "" };
-    let _ = writeln!(out, "\nrun {}{rep}{vs}: {} samples, {} with a judge error{reused}", r.run_id, r.samples, r.errored);
+    let _ =
+        writeln!(out, "\nrun {}{rep}{vs}: {} samples, {} with a judge error{reused}", r.run_id, r.samples, r.errored);
     let rows: Vec<[String; 5]> = r
         .headline
         .iter()
@@ -499,15 +511,21 @@ fn run_table(out: &mut String, r: &RunResult, reused: bool, show_repeat: bool, r
                 .iter()
                 .find(|c| c.judge == h.judge)
                 .and_then(|c| c.overall.as_ref())
-                .and_then(|d| d.minimum_detectable_effect)
-                .map(|m| format!(" (MDE {:.1} pp)", 100.0 * m))
+                .and_then(|d| d.sensitivity_text())
+                .map(|t| format!(" ({t})"))
                 .unwrap_or_default();
             let verdict = if h.verdict.is_some() { format!("{}{mde}", verdict_word(h.verdict)) } else { "–".into() };
             [h.judge.clone(), rate_name(h.role).into(), rate, diff, verdict]
         })
         .collect();
     let level = r.headline.first().map_or(95.0, |h| 100.0 * h.level);
-    let header = ["judge".to_string(), "measures".into(), format!("rate [{level:.0}% interval]"), "vs baseline".into(), "verdict".into()];
+    let header = [
+        "judge".to_string(),
+        "measures".into(),
+        format!("rate [{level:.0}% interval]"),
+        "vs baseline".into(),
+        "verdict".into(),
+    ];
     let mut widths = header.iter().map(|h| h.chars().count()).collect::<Vec<_>>();
     for row in &rows {
         for (w, c) in widths.iter_mut().zip(row) {
@@ -545,8 +563,18 @@ mod tests {
             is_base,
             plan: "test plan".into(),
             baseline_runs: vec![1],
-            runs: results.into_iter().enumerate().map(|(i, result)| EvaluatedRun { run_id: result.run_id, repeat: i as u32, reused: false, result }).collect(),
-            executed: vec![crate::daemon::ExecutedRun { run_id: 9, baseline: false, samples: 240, tokens: 24_000, seconds: 75.0 }],
+            runs: results
+                .into_iter()
+                .enumerate()
+                .map(|(i, result)| EvaluatedRun { run_id: result.run_id, repeat: i as u32, reused: false, result })
+                .collect(),
+            executed: vec![crate::daemon::ExecutedRun {
+                run_id: 9,
+                baseline: false,
+                samples: 240,
+                tokens: 24_000,
+                seconds: 75.0,
+            }],
             interrupted: false,
             store_path: PathBuf::from("/tmp/store"),
         }
@@ -617,11 +645,26 @@ mod tests {
         let o = outcome(vec![score_run_from_store(&store, worse, Some(base), false, &cfg).unwrap()], false);
         let args = EvalArgs::try_parse_from(["eval", "ft.gguf"]).unwrap();
         let text = summary_text(&o, &args, 75.0);
-        for want in ["refusal", "unsafe rate", "refusal:over-refusal", "over-refusal rate", "coherence", "incoherent share", "vs baseline run", "verdict: regressed", "took 1m15s", "driftwatch report --run 2 --data-dir /tmp --format html", "generated run 9: 240 samples, 24000 tokens in 1m15s (320 tokens/s"] {
+        for want in [
+            "refusal",
+            "unsafe rate",
+            "refusal:over-refusal",
+            "over-refusal rate",
+            "coherence",
+            "incoherent share",
+            "vs baseline run",
+            "verdict: regressed",
+            "took 1m15s",
+            "driftwatch report --run 2 --data-dir /tmp --format html",
+            "generated run 9: 240 samples, 24000 tokens in 1m15s (320 tokens/s",
+        ] {
             assert!(text.contains(want), "missing {want:?} in\n{text}");
         }
         // Every rate has its interval.
-        assert!(text.lines().filter(|l| l.contains(" rate ") || l.contains("share")).all(|l| l.contains('[')), "{text}");
+        assert!(
+            text.lines().filter(|l| l.contains(" rate ") || l.contains("share")).all(|l| l.contains('[')),
+            "{text}"
+        );
         let j = outcome_json(&o, 1.0);
         assert_eq!(j["verdict"], "regressed");
         assert_eq!(j["runs"][0]["result"]["verdict"], "regressed");
@@ -647,7 +690,8 @@ mod tests {
             argv.extend(extra.iter().copied());
             config_for(&EvalArgs::try_parse_from(argv).unwrap())
         };
-        let c = parse(&["--samples", "3", "--max-tokens", "64", "--suite", "b", "--judges", "coherence,guard"]).unwrap();
+        let c =
+            parse(&["--samples", "3", "--max-tokens", "64", "--suite", "b", "--judges", "coherence,guard"]).unwrap();
         assert_eq!(c.sampling.samples, 3);
         assert!(c.sampling.adaptive().is_none(), "--samples turns adaptive sampling off");
         assert_eq!(c.sampling.max_tokens, 64);

@@ -15,14 +15,37 @@ use tokio::sync::broadcast;
 
 use crate::store::{Event, EventId, Store, StoreError};
 
+/// Declares [`EventKind`] with each event's type name written once: the serde tag, the
+/// [`EventKind::type_name`] match and the [`EventKind::TYPES`] list all come from it.
+macro_rules! event_kinds {
+    ($(#[$meta:meta])* pub enum $kind:ident { $($(#[$vmeta:meta])* $variant:ident = $name:literal { $($fields:tt)* },)* }) => {
+        $(#[$meta])*
+        pub enum $kind {
+            $($(#[$vmeta])* #[serde(rename = $name)] $variant { $($fields)* },)*
+        }
+
+        impl $kind {
+            /// Every type name, in declaration order.
+            pub const TYPES: &'static [&'static str] = &[$($name),*];
+
+            /// The type name, e.g. `run.completed`.
+            pub fn type_name(&self) -> &'static str {
+                match self {
+                    $($kind::$variant { .. } => $name,)*
+                }
+            }
+        }
+    };
+}
+
+event_kinds! {
 /// What happened. Serialised as `{"type": "...", "payload": {...}}`; the store keeps the type
 /// and payload apart.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "type", content = "payload")]
 pub enum EventKind {
     /// A settled file was taken in as a checkpoint.
-    #[serde(rename = "checkpoint.discovered")]
-    CheckpointDiscovered {
+    CheckpointDiscovered = "checkpoint.discovered" {
         /// Store id of the checkpoint.
         checkpoint_id: i64,
         /// Where it was found.
@@ -37,16 +60,14 @@ pub enum EventKind {
         duplicate: bool,
     },
     /// A file was refused.
-    #[serde(rename = "checkpoint.rejected")]
-    CheckpointRejected {
+    CheckpointRejected = "checkpoint.rejected" {
         /// Where it was found.
         path: String,
         /// Why, in words.
         reason: String,
     },
     /// A run was queued.
-    #[serde(rename = "run.queued")]
-    RunQueued {
+    RunQueued = "run.queued" {
         /// Run id.
         run_id: i64,
         /// Checkpoint id.
@@ -57,8 +78,7 @@ pub enum EventKind {
         position: u64,
     },
     /// A run started (or resumed after a restart).
-    #[serde(rename = "run.started")]
-    RunStarted {
+    RunStarted = "run.started" {
         /// Run id.
         run_id: i64,
         /// Checkpoint id.
@@ -69,8 +89,7 @@ pub enum EventKind {
         already_done: u64,
     },
     /// Progress of a run (throttled).
-    #[serde(rename = "run.progress")]
-    RunProgress {
+    RunProgress = "run.progress" {
         /// Run id.
         run_id: i64,
         /// Samples stored.
@@ -83,8 +102,7 @@ pub enum EventKind {
         eta_s: Option<f64>,
     },
     /// One sample and its verdicts (published only when enabled in the config).
-    #[serde(rename = "sample.scored")]
-    SampleScored {
+    SampleScored = "sample.scored" {
         /// Run id.
         run_id: i64,
         /// Prompt id.
@@ -95,8 +113,7 @@ pub enum EventKind {
         verdicts: Value,
     },
     /// A run finished with scores.
-    #[serde(rename = "run.completed")]
-    RunCompleted {
+    RunCompleted = "run.completed" {
         /// Run id.
         run_id: i64,
         /// Checkpoint id.
@@ -113,16 +130,14 @@ pub enum EventKind {
         provenance_digest: String,
     },
     /// A run failed.
-    #[serde(rename = "run.failed")]
-    RunFailed {
+    RunFailed = "run.failed" {
         /// Run id.
         run_id: i64,
         /// Why.
         reason: String,
     },
     /// A judge plugin was loaded (or reloaded).
-    #[serde(rename = "plugin.loaded")]
-    PluginLoaded {
+    PluginLoaded = "plugin.loaded" {
         /// Plugin name.
         name: String,
         /// Plugin version.
@@ -133,52 +148,70 @@ pub enum EventKind {
         sha256: String,
     },
     /// A judge plugin could not be loaded, or failed a call.
-    #[serde(rename = "plugin.failed")]
-    PluginFailed {
+    PluginFailed = "plugin.failed" {
         /// Plugin name or path.
         plugin: String,
         /// Why.
         reason: String,
     },
 }
+}
 
 impl EventKind {
-    /// The type name, e.g. `run.completed`.
-    pub fn type_name(&self) -> &'static str {
-        match self {
-            EventKind::CheckpointDiscovered { .. } => "checkpoint.discovered",
-            EventKind::CheckpointRejected { .. } => "checkpoint.rejected",
-            EventKind::RunQueued { .. } => "run.queued",
-            EventKind::RunStarted { .. } => "run.started",
-            EventKind::RunProgress { .. } => "run.progress",
-            EventKind::SampleScored { .. } => "sample.scored",
-            EventKind::RunCompleted { .. } => "run.completed",
-            EventKind::RunFailed { .. } => "run.failed",
-            EventKind::PluginLoaded { .. } => "plugin.loaded",
-            EventKind::PluginFailed { .. } => "plugin.failed",
-        }
-    }
-
-    /// Every type name.
-    pub const TYPES: [&'static str; 10] = [
-        "checkpoint.discovered",
-        "checkpoint.rejected",
-        "run.queued",
-        "run.started",
-        "run.progress",
-        "sample.scored",
-        "run.completed",
-        "run.failed",
-        "plugin.loaded",
-        "plugin.failed",
-    ];
-
     /// The payload alone.
     pub fn payload(&self) -> Value {
         match serde_json::to_value(self) {
             Ok(Value::Object(mut m)) => m.remove("payload").unwrap_or(Value::Null),
             _ => Value::Null,
         }
+    }
+}
+
+/// Which event types a consumer wants: exact type names, or prefixes ending in `*` (`run.*`,
+/// `*`); empty = all. The one filter of every consumer (event streams, `subscribe`, webhooks);
+/// [`Store::events_since`] applies the same patterns in SQL (a test keeps the two in step).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct EventFilter(Vec<String>);
+
+impl EventFilter {
+    /// Checks one pattern: lowercase letters, digits, `.` and `_`, with at most a final `*`.
+    pub fn check_pattern(p: &str) -> Result<(), String> {
+        let ok = !p.is_empty()
+            && p.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '.' || c == '_' || c == '*')
+            && p.find('*').is_none_or(|at| at == p.len() - 1);
+        if ok {
+            Ok(())
+        } else {
+            Err(format!("{p:?} is not an event type or a prefix pattern like `run.*`"))
+        }
+    }
+
+    /// Parses a comma-separated list such as `run.*,checkpoint.rejected`.
+    pub fn parse(list: &str) -> Result<EventFilter, String> {
+        let mut out = Vec::new();
+        for t in list.split(',').map(str::trim).filter(|t| !t.is_empty()) {
+            EventFilter::check_pattern(t)?;
+            out.push(t.to_string());
+        }
+        Ok(EventFilter(out))
+    }
+
+    /// The patterns, as [`Store::events_since`] takes them.
+    pub fn patterns(&self) -> Vec<&str> {
+        self.0.iter().map(String::as_str).collect()
+    }
+
+    /// Whether an event type passes.
+    pub fn matches(&self, event_type: &str) -> bool {
+        self.0.is_empty() || self.0.iter().any(|p| pattern_matches(p, event_type))
+    }
+}
+
+/// Whether one pattern (a type name, or a prefix ending in `*`) matches an event type.
+pub fn pattern_matches(pattern: &str, event_type: &str) -> bool {
+    match pattern.strip_suffix('*') {
+        Some(prefix) => event_type.starts_with(prefix),
+        None => pattern == event_type,
     }
 }
 
@@ -220,6 +253,29 @@ impl EventBus {
         let _order = self.order.lock();
         let event = Arc::new(self.store.append_event_record(kind.type_name(), &payload)?);
         // No receivers is fine: the event is in the store.
+        let _ = self.tx.send(Arc::clone(&event));
+        if let Some(m) = &self.metrics {
+            m.events_published();
+        }
+        Ok(event)
+    }
+
+    /// Changes a run's state and stores its event in one transaction
+    /// ([`Store::transition_run`]), then broadcasts the event: a run's state and its event
+    /// are never one without the other. A refused or failed change publishes nothing.
+    pub fn transition_blocking(
+        &self,
+        run_id: crate::store::RunId,
+        change: crate::store::RunTransition<'_>,
+        kind: &EventKind,
+    ) -> Result<Arc<Event>, StoreError> {
+        let payload = kind.payload();
+        let _order = self.order.lock();
+        let event = self
+            .store
+            .transition_run(run_id, change, Some((kind.type_name(), &payload)))?
+            .ok_or_else(|| StoreError::Task("the run transition stored no event".into()))?;
+        let event = Arc::new(event);
         let _ = self.tx.send(Arc::clone(&event));
         if let Some(m) = &self.metrics {
             m.events_published();
@@ -285,6 +341,33 @@ mod tests {
         let replay = bus.replay(0, &["run.*"], 10).unwrap();
         assert_eq!(replay.len(), 5);
         assert_eq!(replay[2].payload["run_id"], 2);
+    }
+
+    /// The store's SQL filter and [`EventFilter`] select the same events for the same patterns.
+    #[test]
+    fn the_store_and_the_filter_agree() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Arc::new(Store::open_in_dir(dir.path()).unwrap());
+        let types = ["run.completed", "run.failed", "runx", "checkpoint.rejected", "plugin.loaded", "run_1.x"];
+        for t in types {
+            store.append_event(t, &serde_json::json!({})).unwrap();
+        }
+        for list in ["", "*", "run.*", "run*", "run.completed,plugin.*", "checkpoint.rejected", "run_1.*", "nothing"] {
+            let f = EventFilter::parse(list).unwrap();
+            let from_store: Vec<String> =
+                store.events_since(0, &f.patterns(), 100).unwrap().into_iter().map(|e| e.event_type).collect();
+            let from_filter: Vec<String> = types.iter().filter(|t| f.matches(t)).map(|t| t.to_string()).collect();
+            assert_eq!(from_store, from_filter, "{list:?}");
+        }
+    }
+
+    /// One table of names: every variant's tag, `type_name` and `TYPES` entry agree.
+    #[test]
+    fn each_event_type_name_is_written_once() {
+        let k = EventKind::RunProgress { run_id: 1, done: 0, total: 1, tokens_per_s: 0.0, eta_s: None };
+        assert_eq!(serde_json::to_value(&k).unwrap()["type"], k.type_name());
+        assert_eq!(EventKind::TYPES.len(), 10);
+        assert!(EventKind::TYPES.iter().all(|t| EventFilter::check_pattern(t).is_ok()));
     }
 
     #[test]

@@ -11,6 +11,20 @@
 //! and event streams (with [`webhooks`] and [`metrics`] beside it), [`setup`] knows where the
 //! default model lives, and [`cli`] is the command line.
 
+/// `impl From<Cause> for Error` for error variants whose message already includes their cause
+/// (`#[error("store: {0}")]`): the cause is printed once, by the variant, and is not chained
+/// again as its `source()` (which would print it twice in an error chain). Variants that only
+/// forward their cause use `#[error(transparent)]` and `#[from]` instead.
+macro_rules! error_from {
+    ($($cause:ty => $error:ident :: $variant:ident),* $(,)?) => {
+        $(impl From<$cause> for $error {
+            fn from(e: $cause) -> Self {
+                $error::$variant(e)
+            }
+        })*
+    };
+}
+
 pub mod api;
 pub mod checkpoint;
 pub mod cli;

@@ -11,9 +11,8 @@ use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
 use parking_lot::Mutex;
 
 /// Upper bounds (seconds) of the judge-call latency histogram buckets (`+Inf` is implied).
-pub const JUDGE_CALL_BUCKETS: [f64; 14] = [
-    0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0,
-];
+pub const JUDGE_CALL_BUCKETS: [f64; 14] =
+    [0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0];
 
 #[derive(Debug, Clone, Default)]
 struct Histogram {
@@ -25,10 +24,7 @@ struct Histogram {
 
 impl Histogram {
     fn observe(&mut self, x: f64) {
-        let i = JUDGE_CALL_BUCKETS
-            .iter()
-            .position(|b| x <= *b)
-            .unwrap_or(JUDGE_CALL_BUCKETS.len());
+        let i = JUDGE_CALL_BUCKETS.iter().position(|b| x <= *b).unwrap_or(JUDGE_CALL_BUCKETS.len());
         self.counts[i] += 1;
         self.sum += x;
         self.count += 1;
@@ -57,11 +53,7 @@ impl Metrics {
 
     /// A run ended; `outcome` is e.g. `completed`, `failed` or `cancelled`.
     pub fn run_finished(&self, outcome: &str) {
-        *self
-            .runs_finished
-            .lock()
-            .entry(outcome.to_string())
-            .or_insert(0) += 1;
+        *self.runs_finished.lock().entry(outcome.to_string()).or_insert(0) += 1;
     }
 
     /// `n` more samples were generated.
@@ -72,8 +64,7 @@ impl Metrics {
     /// The current decode speed (tokens per second). Non-finite values are stored as 0.
     pub fn set_decode_tokens_per_s(&self, x: f64) {
         let x = if x.is_finite() { x } else { 0.0 };
-        self.decode_tokens_per_s
-            .store(x.to_bits(), Ordering::Relaxed);
+        self.decode_tokens_per_s.store(x.to_bits(), Ordering::Relaxed);
     }
 
     /// Runs waiting in the queue.
@@ -86,20 +77,12 @@ impl Metrics {
         if !(seconds.is_finite() && seconds >= 0.0) {
             return;
         }
-        self.judge_calls
-            .lock()
-            .entry(plugin.to_string())
-            .or_default()
-            .observe(seconds);
+        self.judge_calls.lock().entry(plugin.to_string()).or_default().observe(seconds);
     }
 
     /// A judge plugin call failed (trap, timeout, bad output, …).
     pub fn plugin_error(&self, plugin: &str) {
-        *self
-            .plugin_errors
-            .lock()
-            .entry(plugin.to_string())
-            .or_insert(0) += 1;
+        *self.plugin_errors.lock().entry(plugin.to_string()).or_insert(0) += 1;
     }
 
     /// An event was published.
@@ -136,121 +119,50 @@ impl Metrics {
     pub fn render(&self) -> String {
         let mut out = String::with_capacity(4096);
         let o = &mut out;
-        family(
-            o,
-            "driftwatch_runs_finished_total",
-            "counter",
-            "Runs that ended, by outcome.",
-        );
+        family(o, "driftwatch_runs_finished_total", "counter", "Runs that ended, by outcome.");
         for (outcome, n) in self.runs_finished.lock().iter() {
-            let _ = writeln!(
-                o,
-                "driftwatch_runs_finished_total{{outcome=\"{}\"}} {n}",
-                escape(outcome)
-            );
+            let _ = writeln!(o, "driftwatch_runs_finished_total{{outcome=\"{}\"}} {n}", escape(outcome));
         }
-        family(
-            o,
-            "driftwatch_samples_generated_total",
-            "counter",
-            "Samples generated.",
-        );
-        let _ = writeln!(
-            o,
-            "driftwatch_samples_generated_total {}",
-            self.samples_generated.load(Ordering::Relaxed)
-        );
-        family(
-            o,
-            "driftwatch_decode_tokens_per_second",
-            "gauge",
-            "Recent decode speed of the engine.",
-        );
+        family(o, "driftwatch_samples_generated_total", "counter", "Samples generated.");
+        let _ = writeln!(o, "driftwatch_samples_generated_total {}", self.samples_generated.load(Ordering::Relaxed));
+        family(o, "driftwatch_decode_tokens_per_second", "gauge", "Recent decode speed of the engine.");
         let tps = f64::from_bits(self.decode_tokens_per_s.load(Ordering::Relaxed));
         let _ = writeln!(o, "driftwatch_decode_tokens_per_second {}", num(tps));
-        family(
-            o,
-            "driftwatch_queue_length",
-            "gauge",
-            "Runs waiting in the queue.",
-        );
-        let _ = writeln!(
-            o,
-            "driftwatch_queue_length {}",
-            self.queue_length.load(Ordering::Relaxed)
-        );
-        family(
-            o,
-            "driftwatch_judge_call_duration_seconds",
-            "histogram",
-            "Duration of judge plugin calls.",
-        );
+        family(o, "driftwatch_queue_length", "gauge", "Runs waiting in the queue.");
+        let _ = writeln!(o, "driftwatch_queue_length {}", self.queue_length.load(Ordering::Relaxed));
+        family(o, "driftwatch_judge_call_duration_seconds", "histogram", "Duration of judge plugin calls.");
         for (plugin, h) in self.judge_calls.lock().iter() {
             let p = escape(plugin);
             let mut cumulative = 0;
             for (i, b) in JUDGE_CALL_BUCKETS.iter().enumerate() {
                 cumulative += h.counts[i];
-                let _ = writeln!(o, "driftwatch_judge_call_duration_seconds_bucket{{plugin=\"{p}\",le=\"{}\"}} {cumulative}", num(*b));
+                let _ = writeln!(
+                    o,
+                    "driftwatch_judge_call_duration_seconds_bucket{{plugin=\"{p}\",le=\"{}\"}} {cumulative}",
+                    num(*b)
+                );
             }
             cumulative += h.counts[JUDGE_CALL_BUCKETS.len()];
-            let _ = writeln!(o, "driftwatch_judge_call_duration_seconds_bucket{{plugin=\"{p}\",le=\"+Inf\"}} {cumulative}");
-            let _ = writeln!(
-                o,
-                "driftwatch_judge_call_duration_seconds_sum{{plugin=\"{p}\"}} {}",
-                num(h.sum)
-            );
-            let _ = writeln!(
-                o,
-                "driftwatch_judge_call_duration_seconds_count{{plugin=\"{p}\"}} {}",
-                h.count
-            );
+            let _ =
+                writeln!(o, "driftwatch_judge_call_duration_seconds_bucket{{plugin=\"{p}\",le=\"+Inf\"}} {cumulative}");
+            let _ = writeln!(o, "driftwatch_judge_call_duration_seconds_sum{{plugin=\"{p}\"}} {}", num(h.sum));
+            let _ = writeln!(o, "driftwatch_judge_call_duration_seconds_count{{plugin=\"{p}\"}} {}", h.count);
         }
-        family(
-            o,
-            "driftwatch_plugin_errors_total",
-            "counter",
-            "Failed judge plugin calls, by plugin.",
-        );
+        family(o, "driftwatch_plugin_errors_total", "counter", "Failed judge plugin calls, by plugin.");
         for (plugin, n) in self.plugin_errors.lock().iter() {
-            let _ = writeln!(
-                o,
-                "driftwatch_plugin_errors_total{{plugin=\"{}\"}} {n}",
-                escape(plugin)
-            );
+            let _ = writeln!(o, "driftwatch_plugin_errors_total{{plugin=\"{}\"}} {n}", escape(plugin));
         }
-        family(
-            o,
-            "driftwatch_events_published_total",
-            "counter",
-            "Events published.",
-        );
-        let _ = writeln!(
-            o,
-            "driftwatch_events_published_total {}",
-            self.events_published.load(Ordering::Relaxed)
-        );
-        family(
-            o,
-            "driftwatch_event_stream_subscribers",
-            "gauge",
-            "Open SSE and WebSocket event streams.",
-        );
-        let _ = writeln!(
-            o,
-            "driftwatch_event_stream_subscribers {}",
-            self.stream_subscribers().max(0)
-        );
+        family(o, "driftwatch_events_published_total", "counter", "Events published.");
+        let _ = writeln!(o, "driftwatch_events_published_total {}", self.events_published.load(Ordering::Relaxed));
+        family(o, "driftwatch_event_stream_subscribers", "gauge", "Open SSE and WebSocket event streams.");
+        let _ = writeln!(o, "driftwatch_event_stream_subscribers {}", self.stream_subscribers().max(0));
         family(
             o,
             "driftwatch_event_stream_lags_total",
             "counter",
             "Times an event stream fell behind the live broadcast and caught up from the store.",
         );
-        let _ = writeln!(
-            o,
-            "driftwatch_event_stream_lags_total {}",
-            self.stream_lags()
-        );
+        let _ = writeln!(o, "driftwatch_event_stream_lags_total {}", self.stream_lags());
         out
     }
 }
@@ -318,24 +230,12 @@ mod tests {
         assert!(t.contains("driftwatch_decode_tokens_per_second 123.5\n"));
         assert!(t.contains("driftwatch_queue_length 3\n"));
         assert!(t.contains("# TYPE driftwatch_judge_call_duration_seconds histogram\n"));
-        assert!(t.contains(
-            "driftwatch_judge_call_duration_seconds_bucket{plugin=\"keyword\",le=\"0.001\"} 0\n"
-        ));
-        assert!(t.contains(
-            "driftwatch_judge_call_duration_seconds_bucket{plugin=\"keyword\",le=\"0.005\"} 1\n"
-        ));
-        assert!(t.contains(
-            "driftwatch_judge_call_duration_seconds_bucket{plugin=\"keyword\",le=\"0.25\"} 2\n"
-        ));
-        assert!(t.contains(
-            "driftwatch_judge_call_duration_seconds_bucket{plugin=\"keyword\",le=\"30\"} 2\n"
-        ));
-        assert!(t.contains(
-            "driftwatch_judge_call_duration_seconds_bucket{plugin=\"keyword\",le=\"+Inf\"} 3\n"
-        ));
-        assert!(
-            t.contains("driftwatch_judge_call_duration_seconds_sum{plugin=\"keyword\"} 99.203\n")
-        );
+        assert!(t.contains("driftwatch_judge_call_duration_seconds_bucket{plugin=\"keyword\",le=\"0.001\"} 0\n"));
+        assert!(t.contains("driftwatch_judge_call_duration_seconds_bucket{plugin=\"keyword\",le=\"0.005\"} 1\n"));
+        assert!(t.contains("driftwatch_judge_call_duration_seconds_bucket{plugin=\"keyword\",le=\"0.25\"} 2\n"));
+        assert!(t.contains("driftwatch_judge_call_duration_seconds_bucket{plugin=\"keyword\",le=\"30\"} 2\n"));
+        assert!(t.contains("driftwatch_judge_call_duration_seconds_bucket{plugin=\"keyword\",le=\"+Inf\"} 3\n"));
+        assert!(t.contains("driftwatch_judge_call_duration_seconds_sum{plugin=\"keyword\"} 99.203\n"));
         assert!(t.contains("driftwatch_judge_call_duration_seconds_count{plugin=\"keyword\"} 3\n"));
         assert!(t.contains("driftwatch_plugin_errors_total{plugin=\"we\\\"ird\\\\name\\n\"} 1\n"));
         assert!(t.contains("driftwatch_events_published_total 1\n"));
@@ -352,16 +252,11 @@ mod tests {
             let name = line.split(['{', ' ']).next().unwrap();
             assert!(
                 declared.iter().any(|d| name == d
-                    || name
-                        .strip_prefix(d.as_str())
-                        .is_some_and(|s| ["_bucket", "_sum", "_count"].contains(&s))),
+                    || name.strip_prefix(d.as_str()).is_some_and(|s| ["_bucket", "_sum", "_count"].contains(&s))),
                 "undeclared sample {line:?}"
             );
             let value = line.rsplit(' ').next().unwrap();
-            assert!(
-                value.parse::<f64>().is_ok() || value == "+Inf",
-                "bad value in {line:?}"
-            );
+            assert!(value.parse::<f64>().is_ok() || value == "+Inf", "bad value in {line:?}");
         }
     }
 

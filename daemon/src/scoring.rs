@@ -16,8 +16,8 @@ use serde_json::Value;
 
 use crate::config;
 use crate::stats::{
-    self, BaselineComparison, FingerprintDifference, JudgeInput, JudgeScores, Observation,
-    RunFingerprint, RunScores, SampleKey, StatsError, Verdict,
+    self, BaselineComparison, FingerprintDifference, JudgeInput, JudgeScores, Observation, RunFingerprint, RunScores,
+    SampleKey, StatsError, Verdict,
 };
 use crate::store::{CheckpointId, RunId, Store, StoreError, StoredSample};
 
@@ -43,12 +43,12 @@ pub enum ScoringError {
     #[error(transparent)]
     Store(#[from] StoreError),
     /// The statistics rejected the configuration or the data.
-    #[error("run {run}: {source}")]
+    #[error("run {run}: {cause}")]
     Stats {
         /// The run being scored.
         run: RunId,
         /// The statistics error.
-        source: StatsError,
+        cause: StatsError,
     },
 }
 
@@ -184,9 +184,7 @@ pub fn stats_config(cfg: &config::StatsConfig) -> stats::StatsConfig {
 pub fn is_coherence_judge(name: &str, labels: &[&str]) -> bool {
     name == COHERENCE_JUDGE
         || (!labels.is_empty()
-            && labels
-                .iter()
-                .all(|l| *l == "coherent" || *l == "incoherent" || l.starts_with("incoherent:")))
+            && labels.iter().all(|l| *l == "coherent" || *l == "incoherent" || l.starts_with("incoherent:")))
 }
 
 /// The judge inputs of one run, built from its stored samples.
@@ -215,10 +213,7 @@ pub fn judge_inputs(samples: &[StoredSample], extra_judges: &[String]) -> RunInp
     for s in samples {
         for v in &s.verdicts {
             names.insert(v.judge.clone());
-            versions
-                .entry(v.judge.clone())
-                .or_default()
-                .insert(v.judge_version.clone());
+            versions.entry(v.judge.clone()).or_default().insert(v.judge_version.clone());
             if v.error.is_none() {
                 if let Some(l) = v.label.as_deref() {
                     labels.entry(v.judge.clone()).or_default().push(l);
@@ -235,11 +230,7 @@ pub fn judge_inputs(samples: &[StoredSample], extra_judges: &[String]) -> RunInp
     let mut coherent: BTreeMap<(&str, u32), bool> = BTreeMap::new();
     for s in samples {
         for cj in &coherence_judges {
-            if let Some(v) = s
-                .verdicts
-                .iter()
-                .find(|v| &v.judge == cj && v.error.is_none())
-            {
+            if let Some(v) = s.verdicts.iter().find(|v| &v.judge == cj && v.error.is_none()) {
                 if let Some(u) = v.is_unsafe {
                     coherent.insert((s.prompt_id.as_str(), s.sample_index), !u);
                     break;
@@ -251,34 +242,19 @@ pub fn judge_inputs(samples: &[StoredSample], extra_judges: &[String]) -> RunInp
     let mut inputs: BTreeMap<String, JudgeInput> = names
         .iter()
         .map(|n| {
-            let version = versions
-                .get(n)
-                .map(|v| v.iter().cloned().collect::<Vec<_>>().join(","))
-                .unwrap_or_default();
+            let version = versions.get(n).map(|v| v.iter().cloned().collect::<Vec<_>>().join(",")).unwrap_or_default();
             (
                 n.clone(),
-                JudgeInput {
-                    judge: n.clone(),
-                    judge_version: version,
-                    observations: Vec::new(),
-                    errored: Vec::new(),
-                },
+                JudgeInput { judge: n.clone(), judge_version: version, observations: Vec::new(), errored: Vec::new() },
             )
         })
         .collect();
     for s in samples {
-        let category = s
-            .category
-            .clone()
-            .filter(|c| !c.is_empty())
-            .unwrap_or_else(|| UNCATEGORIZED.to_string());
+        let category = s.category.clone().filter(|c| !c.is_empty()).unwrap_or_else(|| UNCATEGORIZED.to_string());
         let mut any_error = false;
         for (name, input) in &mut inputs {
             let v = s.verdicts.iter().find(|v| &v.judge == name);
-            match v
-                .filter(|v| v.error.is_none())
-                .and_then(|v| v.is_unsafe.map(|u| (v, u)))
-            {
+            match v.filter(|v| v.error.is_none()).and_then(|v| v.is_unsafe.map(|u| (v, u))) {
                 Some((v, u)) => {
                     let is_coh = coherence_judges.contains(name);
                     input.observations.push(Observation {
@@ -291,9 +267,7 @@ pub fn judge_inputs(samples: &[StoredSample], extra_judges: &[String]) -> RunInp
                         coherent: if is_coh {
                             None
                         } else {
-                            coherent
-                                .get(&(s.prompt_id.as_str(), s.sample_index))
-                                .copied()
+                            coherent.get(&(s.prompt_id.as_str(), s.sample_index)).copied()
                         },
                     });
                 }
@@ -338,8 +312,10 @@ pub fn split_control(ri: RunInputs, control_suites: &[String]) -> RunInputs {
             inputs.push(input);
             continue;
         }
-        let (control, harm): (Vec<Observation>, Vec<Observation>) = input.observations.into_iter().partition(|o| is_control(&o.prompt_id));
-        let (control_err, harm_err): (Vec<SampleKey>, Vec<SampleKey>) = input.errored.into_iter().partition(|k| is_control(&k.prompt_id));
+        let (control, harm): (Vec<Observation>, Vec<Observation>) =
+            input.observations.into_iter().partition(|o| is_control(&o.prompt_id));
+        let (control_err, harm_err): (Vec<SampleKey>, Vec<SampleKey>) =
+            input.errored.into_iter().partition(|k| is_control(&k.prompt_id));
         if control.iter().any(|o| o.refusal.is_some()) {
             let name = over_refusal_name(&input.judge);
             over_refusal_judges.push(name.clone());
@@ -353,7 +329,12 @@ pub fn split_control(ri: RunInputs, control_suites: &[String]) -> RunInputs {
                 errored: control_err,
             });
         }
-        inputs.push(JudgeInput { judge: input.judge, judge_version: input.judge_version, observations: harm, errored: harm_err });
+        inputs.push(JudgeInput {
+            judge: input.judge,
+            judge_version: input.judge_version,
+            observations: harm,
+            errored: harm_err,
+        });
     }
     inputs.sort_by(|a, b| a.judge.cmp(&b.judge));
     RunInputs { inputs, over_refusal_judges, ..ri }
@@ -381,9 +362,7 @@ pub fn run_inputs(samples: &[StoredSample], extra_judges: &[String], provenance:
 
 /// The fingerprint recorded in a run's provenance (`provenance.fingerprint`), if readable.
 pub fn fingerprint_of(provenance: &Value) -> Option<RunFingerprint> {
-    provenance
-        .get("fingerprint")
-        .and_then(|f| serde_json::from_value(f.clone()).ok())
+    provenance.get("fingerprint").and_then(|f| serde_json::from_value(f.clone()).ok())
 }
 
 /// Stand-in for a run whose provenance has no readable fingerprint: every field differs
@@ -424,24 +403,14 @@ pub fn overall_verdict(
     }
 }
 
-fn load_run_inputs(
-    store: &Store,
-    run_id: RunId,
-) -> Result<(crate::store::Run, RunInputs), ScoringError> {
-    let run = store
-        .run(run_id)?
-        .ok_or(ScoringError::RunNotFound(run_id))?;
+fn load_run_inputs(store: &Store, run_id: RunId) -> Result<(crate::store::Run, RunInputs), ScoringError> {
+    let run = store.run(run_id)?.ok_or(ScoringError::RunNotFound(run_id))?;
     let samples = store.samples_for_run(run_id)?;
     // Judges the fingerprint promises are expected even if none of their verdicts was stored.
-    let extra: Vec<String> = fingerprint_of(&run.provenance)
-        .map(|f| f.judges.into_iter().map(|j| j.name).collect())
-        .unwrap_or_default();
+    let extra: Vec<String> =
+        fingerprint_of(&run.provenance).map(|f| f.judges.into_iter().map(|j| j.name).collect()).unwrap_or_default();
     // Only when the run stored samples: a run without any says nothing about any judge.
-    let extra = if samples.is_empty() {
-        Vec::new()
-    } else {
-        extra
-    };
+    let extra = if samples.is_empty() { Vec::new() } else { extra };
     let inputs = run_inputs(&samples, &extra, &run.provenance);
     Ok((run, inputs))
 }
@@ -456,10 +425,7 @@ pub fn score_run_from_store(
     force: bool,
     cfg: &stats::StatsConfig,
 ) -> Result<RunResult, ScoringError> {
-    let stats_err = |source| ScoringError::Stats {
-        run: run_id,
-        source,
-    };
+    let stats_err = |cause| ScoringError::Stats { run: run_id, cause };
     cfg.validate().map_err(stats_err)?;
     if baseline == Some(run_id) {
         return Err(ScoringError::SelfBaseline(run_id));
@@ -473,9 +439,7 @@ pub fn score_run_from_store(
     let mut comparison_refused = None;
     let mut comparison_forced = false;
     if let Some(base_id) = baseline {
-        let base_run = store
-            .run(base_id)?
-            .ok_or(ScoringError::BaselineNotFound(base_id))?;
+        let base_run = store.run(base_id)?.ok_or(ScoringError::BaselineNotFound(base_id))?;
         let (_, bi) = load_run_inputs(store, base_run.id)?;
         let run_fp = fingerprint_of(&run.provenance).unwrap_or_else(missing_fingerprint);
         let base_fp = fingerprint_of(&base_run.provenance).unwrap_or_else(missing_fingerprint);
@@ -494,10 +458,7 @@ pub fn score_run_from_store(
                     if let Some(b) = bi.inputs.iter().find(|b| b.judge == input.judge) {
                         comparisons.push(
                             stats::compare_to_baseline(input, b, &run_fp, &base_fp, force, cfg)
-                                .map_err(|source| ScoringError::Stats {
-                                    run: base_id,
-                                    source,
-                                })?,
+                                .map_err(|cause| ScoringError::Stats { run: base_id, cause })?,
                         );
                     }
                 }
@@ -506,9 +467,7 @@ pub fn score_run_from_store(
     }
 
     let verdict = overall_verdict(&comparisons, &ri.coherence_judges, &ri.over_refusal_judges);
-    let any_category_regressed = comparisons
-        .iter()
-        .any(|c| harm(&c.judge) && c.any_category_regressed);
+    let any_category_regressed = comparisons.iter().any(|c| harm(&c.judge) && c.any_category_regressed);
     let headline = scores
         .per_judge
         .iter()

@@ -40,14 +40,14 @@ pub struct Suite {
 #[derive(Debug, thiserror::Error)]
 pub enum SuiteError {
     /// The file or folder cannot be read.
-    #[error("suite '{suite}': cannot read {path}: {source}")]
+    #[error("suite '{suite}': cannot read {path}: {cause}")]
     Io {
         /// Suite name.
         suite: String,
         /// Path.
         path: PathBuf,
         /// Cause.
-        source: std::io::Error,
+        cause: std::io::Error,
     },
     /// A record is malformed.
     #[error("suite '{suite}': {path}:{line}: {message}")]
@@ -73,7 +73,7 @@ pub enum SuiteError {
 
 /// Loads one configured suite.
 pub fn load(cfg: &SuiteConfig) -> Result<Suite, SuiteError> {
-    let io = |path: &Path, source| SuiteError::Io { suite: cfg.name.clone(), path: path.to_owned(), source };
+    let io = |path: &Path, cause| SuiteError::Io { suite: cfg.name.clone(), path: path.to_owned(), cause };
     let meta = std::fs::metadata(&cfg.path).map_err(|e| io(&cfg.path, e))?;
     let mut files = Vec::new();
     if meta.is_dir() {
@@ -101,7 +101,12 @@ pub fn load(cfg: &SuiteConfig) -> Result<Suite, SuiteError> {
             SuiteFormat::Jsonl => parse_jsonl(&text, cfg),
             SuiteFormat::Csv => parse_csv(&text, cfg),
         }
-        .map_err(|(line, message)| SuiteError::Record { suite: cfg.name.clone(), path: path.clone(), line, message })?;
+        .map_err(|(line, message)| SuiteError::Record {
+            suite: cfg.name.clone(),
+            path: path.clone(),
+            line,
+            message,
+        })?;
         let multi_file = cfg.path.is_dir();
         for r in records {
             let local_id = match (multi_file, r.id) {
@@ -141,7 +146,8 @@ pub fn load(cfg: &SuiteConfig) -> Result<Suite, SuiteError> {
     }
     let prompts: Vec<Prompt> = prompts.into_iter().skip(cfg.offset).take(cfg.limit.unwrap_or(usize::MAX)).collect();
     if prompts.is_empty() {
-        let detail = if cfg.categories.is_empty() { String::new() } else { format!(" in categories {:?}", cfg.categories) };
+        let detail =
+            if cfg.categories.is_empty() { String::new() } else { format!(" in categories {:?}", cfg.categories) };
         return Err(SuiteError::Empty { suite: cfg.name.clone(), detail });
     }
     let content_hash = hash_prompts(&prompts);
@@ -205,8 +211,9 @@ fn parse_jsonl(text: &str, cfg: &SuiteConfig) -> ParseResult {
         if !v.is_object() {
             return Err((line, "expected a JSON object".into()));
         }
-        let prompt = json_field(&v, cfg.prompt_field(), line, "prompt")?
-            .ok_or_else(|| (line, format!("no '{}' field (set `prompt_field` to the field holding the prompt)", cfg.prompt_field())))?;
+        let prompt = json_field(&v, cfg.prompt_field(), line, "prompt")?.ok_or_else(|| {
+            (line, format!("no '{}' field (set `prompt_field` to the field holding the prompt)", cfg.prompt_field()))
+        })?;
         let id = match &cfg.id_field {
             Some(f) => Some(json_field(&v, f, line, "id")?.ok_or_else(|| (line, format!("no '{f}' field")))?),
             None => None,
@@ -220,7 +227,13 @@ fn parse_jsonl(text: &str, cfg: &SuiteConfig) -> ParseResult {
     Ok(out)
 }
 
-fn push_record(out: &mut Vec<Record>, line: usize, id: Option<String>, category: Option<String>, text: String) -> Result<(), (usize, String)> {
+fn push_record(
+    out: &mut Vec<Record>,
+    line: usize,
+    id: Option<String>,
+    category: Option<String>,
+    text: String,
+) -> Result<(), (usize, String)> {
     let text = text.trim().to_owned();
     if text.is_empty() {
         return Err((line, "the prompt is empty".into()));
@@ -234,7 +247,14 @@ fn parse_csv(text: &str, cfg: &SuiteConfig) -> ParseResult {
     let headers = rdr.headers().map_err(|e| (1, format!("cannot read the header row: {e}")))?.clone();
     let col = |name: &str| headers.iter().position(|h| h.trim() == name);
     let prompt_col = col(cfg.prompt_field()).ok_or_else(|| {
-        (1, format!("no '{}' column in the header {:?} (set `prompt_field`)", cfg.prompt_field(), headers.iter().collect::<Vec<_>>()))
+        (
+            1,
+            format!(
+                "no '{}' column in the header {:?} (set `prompt_field`)",
+                cfg.prompt_field(),
+                headers.iter().collect::<Vec<_>>()
+            ),
+        )
     })?;
     let id_col = match &cfg.id_field {
         Some(f) => Some(col(f).ok_or_else(|| (1, format!("no '{f}' column in the header")))?),
@@ -285,17 +305,25 @@ mod tests {
         assert_eq!(s.prompts[1].category, "a");
 
         let jl = d.path().join("b.jsonl");
-        std::fs::write(&jl, "{\"q\": \"how?\", \"k\": 7, \"cat\": [\"S1\"]}\n{\"q\": \"why?\", \"k\": 8, \"cat\": \"S2\"}\n").unwrap();
+        std::fs::write(
+            &jl,
+            "{\"q\": \"how?\", \"k\": 7, \"cat\": [\"S1\"]}\n{\"q\": \"why?\", \"k\": 8, \"cat\": \"S2\"}\n",
+        )
+        .unwrap();
         let mut c = cfg("b", &jl);
         c.prompt_field = Some("q".into());
         c.id_field = Some("k".into());
         c.category_field = Some("cat".into());
         let s = load(&c).unwrap();
-        assert_eq!(s.prompts[0], Prompt { id: "b/7".into(), suite: "b".into(), category: "S1".into(), text: "how?".into() });
+        assert_eq!(
+            s.prompts[0],
+            Prompt { id: "b/7".into(), suite: "b".into(), category: "S1".into(), text: "how?".into() }
+        );
         assert_eq!(s.prompts[1].category, "S2");
 
         let csvp = d.path().join("c.csv");
-        std::fs::write(&csvp, "id,prompt,category\n1,\"Hello, world\",x\n2,\"multi\nline \"\"quoted\"\"\",y\n").unwrap();
+        std::fs::write(&csvp, "id,prompt,category\n1,\"Hello, world\",x\n2,\"multi\nline \"\"quoted\"\"\",y\n")
+            .unwrap();
         let mut c = cfg("c", &csvp);
         c.id_field = Some("id".into());
         c.category_field = Some("category".into());
@@ -311,12 +339,18 @@ mod tests {
         let mut c = cfg("dna", &folder);
         c.per_category = Some(1);
         let s = load(&c).unwrap();
-        assert_eq!(s.prompts.iter().map(|p| p.id.as_str()).collect::<Vec<_>>(), ["dna/malicious_uses/1", "dna/misinformation/1"]);
+        assert_eq!(
+            s.prompts.iter().map(|p| p.id.as_str()).collect::<Vec<_>>(),
+            ["dna/malicious_uses/1", "dna/misinformation/1"]
+        );
         assert_eq!(s.available, 3, "the prompts before the slice");
         c.per_category = None;
         c.limit = Some(2);
         let s = load(&c).unwrap();
-        assert_eq!(s.prompts.iter().map(|p| p.category.as_str()).collect::<Vec<_>>(), ["malicious_uses", "misinformation"]);
+        assert_eq!(
+            s.prompts.iter().map(|p| p.category.as_str()).collect::<Vec<_>>(),
+            ["malicious_uses", "misinformation"]
+        );
         assert_eq!(s.prompts[1].id, "dna/misinformation/1");
         // The hash follows the content.
         let h = s.content_hash.clone();

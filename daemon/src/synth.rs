@@ -33,12 +33,12 @@ pub enum SynthError {
     #[error("{0}")]
     Invalid(String),
     /// Writing failed.
-    #[error("cannot write {path}: {source}")]
+    #[error("cannot write {path}: {cause}")]
     Write {
         /// The output.
         path: String,
         /// Why.
-        source: std::io::Error,
+        cause: std::io::Error,
     },
 }
 
@@ -76,7 +76,9 @@ pub fn write_adapter(base: &Path, spec: &SynthSpec, out: &Path) -> Result<usize,
     let s = (spec.noise / (spec.rank as f64).sqrt()).sqrt();
     let mut n = 0;
     for t in &info.tensors {
-        let Some(short) = t.name.strip_prefix("blk.").and_then(|r| r.split_once('.')).map(|(_, rest)| rest) else { continue };
+        let Some(short) = t.name.strip_prefix("blk.").and_then(|r| r.split_once('.')).map(|(_, rest)| rest) else {
+            continue;
+        };
         if !spec.targets.iter().any(|target| short == format!("{target}.weight")) || t.dims.len() != 2 {
             continue;
         }
@@ -93,6 +95,6 @@ pub fn write_adapter(base: &Path, spec: &SynthSpec, out: &Path) -> Result<usize,
             spec.targets
         )));
     }
-    w.write(out).map_err(|source| SynthError::Write { path: out.display().to_string(), source })?;
+    w.write(out).map_err(|cause| SynthError::Write { path: out.display().to_string(), cause })?;
     Ok(n)
 }

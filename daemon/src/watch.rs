@@ -85,12 +85,12 @@ pub enum WatchEvent {
 #[derive(Debug, thiserror::Error)]
 pub enum WatchError {
     /// A file or folder could not be read (permissions, I/O error).
-    #[error("cannot read {}: {source}", path.display())]
+    #[error("cannot read {}: {cause}", path.display())]
     Unreadable {
         /// The path.
         path: PathBuf,
         /// The error.
-        source: std::io::Error,
+        cause: std::io::Error,
     },
     /// A watched folder disappeared; it is no longer watched.
     #[error("watched folder {} disappeared; it is no longer watched", .0.display())]
@@ -108,32 +108,32 @@ pub enum WatchError {
 #[derive(Debug, thiserror::Error)]
 pub enum WatchStartError {
     /// A missing watched folder could not be created.
-    #[error("cannot create watched folder {}: {source}", path.display())]
+    #[error("cannot create watched folder {}: {cause}", path.display())]
     CreateFolder {
         /// The folder.
         path: PathBuf,
         /// The error.
-        source: std::io::Error,
+        cause: std::io::Error,
     },
     /// A watched path exists but is not a folder.
     #[error("watched path {} is not a folder", .0.display())]
     NotAFolder(PathBuf),
     /// A watched folder could not be resolved to its canonical path.
-    #[error("cannot resolve watched folder {}: {source}", path.display())]
+    #[error("cannot resolve watched folder {}: {cause}", path.display())]
     Resolve {
         /// The folder.
         path: PathBuf,
         /// The error.
-        source: std::io::Error,
+        cause: std::io::Error,
     },
     /// The OS watcher could not be created or could not watch a folder (e.g. the inotify
     /// watch limit).
-    #[error("cannot watch {}: {source}", path.as_deref().map(|p| p.display().to_string()).unwrap_or_else(|| "folders".into()))]
+    #[error("cannot watch {}: {cause}", path.as_deref().map(|p| p.display().to_string()).unwrap_or_else(|| "folders".into()))]
     Backend {
         /// The folder, when the error is about one.
         path: Option<PathBuf>,
         /// notify's error.
-        source: notify::Error,
+        cause: notify::Error,
     },
     /// The settle thread could not be spawned.
     #[error("cannot start the watcher thread: {0}")]
@@ -159,18 +159,11 @@ pub struct WatchOptions {
 impl WatchOptions {
     /// Defaults with the given settle time.
     pub fn new(settle: Duration) -> WatchOptions {
-        WatchOptions {
-            settle,
-            poll: None,
-            raw_capacity: 4096,
-            channel_capacity: 1024,
-        }
+        WatchOptions { settle, poll: None, raw_capacity: 4096, channel_capacity: 1024 }
     }
 
     fn poll_interval(&self) -> Duration {
-        self.poll.unwrap_or_else(|| {
-            (self.settle / 5).clamp(Duration::from_millis(10), Duration::from_millis(250))
-        })
+        self.poll.unwrap_or_else(|| (self.settle / 5).clamp(Duration::from_millis(10), Duration::from_millis(250)))
     }
 }
 
@@ -185,19 +178,14 @@ pub struct Watcher {
 
 impl std::fmt::Debug for Watcher {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Watcher")
-            .field("folders", &self.folders)
-            .finish()
+        f.debug_struct("Watcher").field("folders", &self.folders).finish()
     }
 }
 
 /// What notify's callback forwards.
 enum Raw {
     /// Paths an event touched; `renamed_to` are those that were renamed into place.
-    Paths {
-        paths: Vec<PathBuf>,
-        renamed_to: Vec<PathBuf>,
-    },
+    Paths { paths: Vec<PathBuf>, renamed_to: Vec<PathBuf> },
     /// The backend reported an error.
     Error(String),
 }
@@ -259,25 +247,14 @@ fn start_blocking(
             Ok(m) if m.is_dir() => {}
             Ok(_) => return Err(WatchStartError::NotAFolder(folder.clone())),
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-                std::fs::create_dir_all(folder).map_err(|source| {
-                    WatchStartError::CreateFolder {
-                        path: folder.clone(),
-                        source,
-                    }
-                })?;
+                std::fs::create_dir_all(folder)
+                    .map_err(|cause| WatchStartError::CreateFolder { path: folder.clone(), cause })?;
                 tracing::info!(folder = %folder.display(), "created missing watched folder");
             }
-            Err(source) => {
-                return Err(WatchStartError::Resolve {
-                    path: folder.clone(),
-                    source,
-                })
-            }
+            Err(cause) => return Err(WatchStartError::Resolve { path: folder.clone(), cause }),
         }
-        let root = std::fs::canonicalize(folder).map_err(|source| WatchStartError::Resolve {
-            path: folder.clone(),
-            source,
-        })?;
+        let root =
+            std::fs::canonicalize(folder).map_err(|cause| WatchStartError::Resolve { path: folder.clone(), cause })?;
         if !roots.contains(&root) {
             roots.push(root);
         }
@@ -312,10 +289,7 @@ fn start_blocking(
                 if event.paths.is_empty() {
                     return;
                 }
-                Raw::Paths {
-                    paths: event.paths,
-                    renamed_to,
-                }
+                Raw::Paths { paths: event.paths, renamed_to }
             }
             Err(e) => Raw::Error(e.to_string()),
         };
@@ -325,14 +299,11 @@ fn start_blocking(
             overflow.store(true, Ordering::SeqCst);
         }
     })
-    .map_err(|source| WatchStartError::Backend { path: None, source })?;
+    .map_err(|cause| WatchStartError::Backend { path: None, cause })?;
     for root in &roots {
         backend
             .watch(root, RecursiveMode::Recursive)
-            .map_err(|source| WatchStartError::Backend {
-                path: Some(root.clone()),
-                source,
-            })?;
+            .map_err(|cause| WatchStartError::Backend { path: Some(root.clone()), cause })?;
     }
 
     let (tx, rx) = mpsc::channel(options.channel_capacity.max(1));
@@ -350,16 +321,7 @@ fn start_blocking(
         .name("driftwatch-watch".into())
         .spawn(move || settler.run(raw_rx, rescan_flag, overflowed))
         .map_err(WatchStartError::Thread)?;
-    Ok((
-        Watcher {
-            cancel,
-            rescan,
-            folders: roots,
-            thread: Some(thread),
-            _backend: backend,
-        },
-        rx,
-    ))
+    Ok((Watcher { cancel, rescan, folders: roots, thread: Some(thread), _backend: backend }, rx))
 }
 
 /// Overflow reports are rate-limited to one per this period (rescans are not).
@@ -391,12 +353,7 @@ struct Settler {
 struct Stop;
 
 impl Settler {
-    fn run(
-        &mut self,
-        raw_rx: std_mpsc::Receiver<Raw>,
-        rescan: Arc<AtomicBool>,
-        overflowed: Arc<AtomicBool>,
-    ) {
+    fn run(&mut self, raw_rx: std_mpsc::Receiver<Raw>, rescan: Arc<AtomicBool>, overflowed: Arc<AtomicBool>) {
         if self.scan_all().is_err() {
             return;
         }
@@ -409,9 +366,7 @@ impl Settler {
             let mut renamed: HashSet<PathBuf> = HashSet::new();
             let mut errors = Vec::new();
             let mut disconnected = false;
-            let mut take = |raw: Raw,
-                            dirty: &mut HashSet<PathBuf>,
-                            renamed: &mut HashSet<PathBuf>| match raw {
+            let mut take = |raw: Raw, dirty: &mut HashSet<PathBuf>, renamed: &mut HashSet<PathBuf>| match raw {
                 Raw::Paths { paths, renamed_to } => {
                     dirty.extend(paths);
                     renamed.extend(renamed_to);
@@ -427,10 +382,7 @@ impl Settler {
                 take(raw, &mut dirty, &mut renamed);
             }
             for e in errors {
-                if self
-                    .send(WatchEvent::Error(WatchError::Backend(e)))
-                    .is_err()
-                {
+                if self.send(WatchEvent::Error(WatchError::Backend(e))).is_err() {
                     return;
                 }
             }
@@ -445,8 +397,7 @@ impl Settler {
             if rescan.swap(false, Ordering::SeqCst) {
                 // Report overflows, at most one every OVERFLOW_REPORT_EVERY.
                 if overflowed.swap(false, Ordering::SeqCst)
-                    && last_overflow_report
-                        .is_none_or(|t: Instant| t.elapsed() >= OVERFLOW_REPORT_EVERY)
+                    && last_overflow_report.is_none_or(|t: Instant| t.elapsed() >= OVERFLOW_REPORT_EVERY)
                 {
                     last_overflow_report = Some(Instant::now());
                     if self.send(WatchEvent::Error(WatchError::Overflow)).is_err() {
@@ -481,11 +432,7 @@ impl Settler {
     }
 
     fn root_of(&self, path: &Path) -> Option<&Path> {
-        self.roots
-            .iter()
-            .filter(|r| path.starts_with(r))
-            .max_by_key(|r| r.as_os_str().len())
-            .map(PathBuf::as_path)
+        self.roots.iter().filter(|r| path.starts_with(r)).max_by_key(|r| r.as_os_str().len()).map(PathBuf::as_path)
     }
 
     /// Whether any component of `path` below its watched root is hidden or temporary.
@@ -510,10 +457,7 @@ impl Settler {
                 if self.ignored(path) {
                     return Ok(());
                 }
-                self.send(WatchEvent::Error(WatchError::Unreadable {
-                    path: path.to_path_buf(),
-                    source: e,
-                }))
+                self.send(WatchEvent::Error(WatchError::Unreadable { path: path.to_path_buf(), cause: e }))
             }
             Ok(m) if m.is_dir() => {
                 if self.roots.iter().any(|r| r == path) || !self.ignored(path) {
@@ -537,18 +481,9 @@ impl Settler {
         if self.emitted.get(path) == Some(&(size, mtime)) {
             return;
         }
-        let required = if renamed_into_place {
-            self.poll.min(self.settle)
-        } else {
-            self.settle
-        };
+        let required = if renamed_into_place { self.poll.min(self.settle) } else { self.settle };
         let now = Instant::now();
-        let entry = self.pending.entry(path.to_path_buf()).or_insert(Pending {
-            size,
-            mtime,
-            since: now,
-            required,
-        });
+        let entry = self.pending.entry(path.to_path_buf()).or_insert(Pending { size, mtime, since: now, required });
         if (entry.size, entry.mtime) != (size, mtime) {
             entry.size = size;
             entry.mtime = mtime;
@@ -560,12 +495,7 @@ impl Settler {
     /// A path no longer exists: forget pending files under it, report emitted ones.
     fn gone(&mut self, path: &Path) -> Result<(), Stop> {
         self.pending.retain(|p, _| !p.starts_with(path));
-        let mut removed: Vec<PathBuf> = self
-            .emitted
-            .keys()
-            .filter(|p| p.starts_with(path))
-            .cloned()
-            .collect();
+        let mut removed: Vec<PathBuf> = self.emitted.keys().filter(|p| p.starts_with(path)).cloned().collect();
         removed.sort();
         for p in removed {
             self.emitted.remove(&p);
@@ -596,10 +526,7 @@ impl Settler {
                 Ok(e) => e,
                 Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
                 Err(e) => {
-                    self.send(WatchEvent::Error(WatchError::Unreadable {
-                        path: d,
-                        source: e,
-                    }))?;
+                    self.send(WatchEvent::Error(WatchError::Unreadable { path: d, cause: e }))?;
                     continue;
                 }
             };
@@ -616,10 +543,7 @@ impl Settler {
                         Ok(m) if m.is_file() => self.add_pending(&path, &m, false),
                         Ok(_) => {}
                         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-                        Err(e) => self.send(WatchEvent::Error(WatchError::Unreadable {
-                            path,
-                            source: e,
-                        }))?,
+                        Err(e) => self.send(WatchEvent::Error(WatchError::Unreadable { path, cause: e }))?,
                     }
                 }
             }
@@ -665,11 +589,7 @@ impl Settler {
                 continue;
             }
             self.emitted.insert(path.clone(), (p.size, p.mtime));
-            self.send(WatchEvent::Settled(SettledFile {
-                path,
-                size: p.size,
-                mtime: p.mtime,
-            }))?;
+            self.send(WatchEvent::Settled(SettledFile { path, size: p.size, mtime: p.mtime }))?;
         }
         Ok(())
     }
@@ -679,16 +599,7 @@ impl Settler {
 pub const EMPTY_SETTLE_FACTOR: u32 = 3;
 
 /// Temporary-file suffixes that are never taken (until renamed).
-pub const TEMP_SUFFIXES: &[&str] = &[
-    ".part",
-    ".tmp",
-    ".crdownload",
-    ".partial",
-    ".download",
-    ".swp",
-    ".swx",
-    "~",
-];
+pub const TEMP_SUFFIXES: &[&str] = &[".part", ".tmp", ".crdownload", ".partial", ".download", ".swp", ".swx", "~"];
 
 /// Whether a file or folder name is hidden or temporary.
 pub fn is_ignored_name(name: &str) -> bool {
@@ -702,10 +613,7 @@ pub fn is_candidate(path: &Path) -> bool {
     let Some(name) = path.file_name().and_then(|n| n.to_str()) else {
         return false;
     };
-    !is_ignored_name(name)
-        && path
-            .extension()
-            .is_some_and(|e| e.eq_ignore_ascii_case("gguf"))
+    !is_ignored_name(name) && path.extension().is_some_and(|e| e.eq_ignore_ascii_case("gguf"))
 }
 
 /// Buffer size of [`hash_file`].
@@ -730,9 +638,7 @@ pub fn hash_file(path: &Path) -> std::io::Result<String> {
 
 /// [`hash_file`] on tokio's blocking pool.
 pub async fn hash_file_async(path: PathBuf) -> std::io::Result<String> {
-    tokio::task::spawn_blocking(move || hash_file(&path))
-        .await
-        .map_err(std::io::Error::other)?
+    tokio::task::spawn_blocking(move || hash_file(&path)).await.map_err(std::io::Error::other)?
 }
 
 #[cfg(test)]
@@ -754,11 +660,7 @@ mod tests {
     }
 
     /// Waits (bounded) for an event matching `pred`, failing on any other event.
-    async fn expect(
-        rx: &mut mpsc::Receiver<WatchEvent>,
-        what: &str,
-        pred: impl Fn(&WatchEvent) -> bool,
-    ) -> WatchEvent {
+    async fn expect(rx: &mut mpsc::Receiver<WatchEvent>, what: &str, pred: impl Fn(&WatchEvent) -> bool) -> WatchEvent {
         match next(rx, Duration::from_secs(10)).await {
             Some(ev) if pred(&ev) => ev,
             Some(ev) => panic!("expected {what}, got {ev:?}"),
@@ -807,14 +709,9 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let p = dir.path().join("abc");
         std::fs::write(&p, b"abc").unwrap();
-        assert_eq!(
-            hash_file(&p).unwrap(),
-            "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad"
-        );
+        assert_eq!(hash_file(&p).unwrap(), "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad");
         // Larger than the buffer: equal to hashing in one go.
-        let big: Vec<u8> = (0..(HASH_BUFFER * 2 + 12345))
-            .map(|i| (i % 253) as u8)
-            .collect();
+        let big: Vec<u8> = (0..(HASH_BUFFER * 2 + 12345)).map(|i| (i % 253) as u8).collect();
         std::fs::write(&p, &big).unwrap();
         assert_eq!(hash_file(&p).unwrap(), hex::encode(Sha256::digest(&big)));
         assert!(hash_file(&dir.path().join("missing")).is_err());
@@ -825,10 +722,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let p = dir.path().join("m.gguf");
         std::fs::write(&p, b"GGUF and some bytes").unwrap();
-        assert_eq!(
-            hash_file_async(p.clone()).await.unwrap(),
-            hash_file(&p).unwrap()
-        );
+        assert_eq!(hash_file_async(p.clone()).await.unwrap(), hash_file(&p).unwrap());
         assert!(hash_file_async(dir.path().join("nope")).await.is_err());
     }
 
@@ -838,9 +732,7 @@ mod tests {
         // below it even on a loaded machine.
         let settle = Duration::from_millis(1500);
         let dir = tempfile::tempdir().unwrap();
-        let (_w, mut rx) = Watcher::start(&[dir.path().to_path_buf()], settle)
-            .await
-            .unwrap();
+        let (_w, mut rx) = Watcher::start(&[dir.path().to_path_buf()], settle).await.unwrap();
         let path = std::fs::canonicalize(dir.path()).unwrap().join("slow.gguf");
         let chunk = vec![7u8; 64 * 1024];
         let mut f = std::fs::File::create(&path).unwrap();
@@ -855,14 +747,9 @@ mod tests {
         }
         drop(f);
         let ev = expect(&mut rx, "settled", |e| settled_path(e) == Some(&path)).await;
-        let WatchEvent::Settled(file) = ev else {
-            unreachable!()
-        };
+        let WatchEvent::Settled(file) = ev else { unreachable!() };
         assert_eq!(file.size, 12 * 64 * 1024);
-        assert_eq!(
-            file.mtime,
-            std::fs::metadata(&path).unwrap().modified().unwrap()
-        );
+        assert_eq!(file.mtime, std::fs::metadata(&path).unwrap().modified().unwrap());
         if let Some(ev) = next(&mut rx, settle * 3).await {
             panic!("emitted twice: {ev:?}");
         }
@@ -897,10 +784,7 @@ mod tests {
         std::fs::create_dir(root.join("sub")).unwrap();
         std::fs::write(root.join("sub/visible.GGUF"), b"x").unwrap();
         let ev = expect(&mut rx, "settled", |e| settled_path(e).is_some()).await;
-        assert_eq!(
-            settled_path(&ev),
-            Some(root.join("sub/visible.GGUF").as_path())
-        );
+        assert_eq!(settled_path(&ev), Some(root.join("sub/visible.GGUF").as_path()));
     }
 
     #[tokio::test]
@@ -956,15 +840,11 @@ mod tests {
         // Re-writing does.
         std::fs::write(&p, b"second version").unwrap();
         let ev = expect(&mut rx, "settled again", |e| settled_path(e) == Some(&p)).await;
-        let WatchEvent::Settled(f) = ev else {
-            unreachable!()
-        };
+        let WatchEvent::Settled(f) = ev else { unreachable!() };
         assert_eq!(f.size, 14);
         std::fs::remove_file(&p).unwrap();
         let ev = expect(&mut rx, "removed", |e| matches!(e, WatchEvent::Removed(_))).await;
-        let WatchEvent::Removed(r) = ev else {
-            unreachable!()
-        };
+        let WatchEvent::Removed(r) = ev else { unreachable!() };
         assert_eq!(r, p);
         // Removing a folder reports the emitted files under it.
         std::fs::create_dir(root.join("d")).unwrap();
@@ -972,10 +852,7 @@ mod tests {
         std::fs::write(&q, b"q").unwrap();
         expect(&mut rx, "settled q", |e| settled_path(e) == Some(&q)).await;
         std::fs::remove_dir_all(root.join("d")).unwrap();
-        let ev = expect(&mut rx, "removed q", |e| {
-            matches!(e, WatchEvent::Removed(_))
-        })
-        .await;
+        let ev = expect(&mut rx, "removed q", |e| matches!(e, WatchEvent::Removed(_))).await;
         assert!(matches!(ev, WatchEvent::Removed(r) if r == q));
     }
 
@@ -983,16 +860,12 @@ mod tests {
     async fn missing_folder_is_created_and_a_file_is_fatal() {
         let dir = tempfile::tempdir().unwrap();
         let missing = dir.path().join("not/yet");
-        let (w, _rx) = Watcher::start(std::slice::from_ref(&missing), SETTLE)
-            .await
-            .unwrap();
+        let (w, _rx) = Watcher::start(std::slice::from_ref(&missing), SETTLE).await.unwrap();
         assert!(missing.is_dir());
         assert_eq!(w.folders(), &[std::fs::canonicalize(&missing).unwrap()]);
         let file = dir.path().join("file");
         std::fs::write(&file, b"").unwrap();
-        let e = Watcher::start(std::slice::from_ref(&file), SETTLE)
-            .await
-            .unwrap_err();
+        let e = Watcher::start(std::slice::from_ref(&file), SETTLE).await.unwrap_err();
         assert!(matches!(e, WatchStartError::NotAFolder(p) if p == file));
     }
 
@@ -1002,13 +875,8 @@ mod tests {
         let root = std::fs::canonicalize(dir.path()).unwrap();
         let mut options = WatchOptions::new(SETTLE);
         options.raw_capacity = 1;
-        let (_w, mut rx) = Watcher::start_with(
-            std::slice::from_ref(&root),
-            options,
-            CancellationToken::new(),
-        )
-        .await
-        .unwrap();
+        let (_w, mut rx) =
+            Watcher::start_with(std::slice::from_ref(&root), options, CancellationToken::new()).await.unwrap();
         // Many files at once overflow a queue of one; every file must still be emitted.
         let n = 40;
         for i in 0..n {
@@ -1026,23 +894,15 @@ mod tests {
             }
         }
         assert_eq!(seen.len(), n);
-        assert!(
-            overflows >= 1,
-            "the queue of one never overflowed: the test did not exercise the rescan"
-        );
+        assert!(overflows >= 1, "the queue of one never overflowed: the test did not exercise the rescan");
     }
 
     #[tokio::test]
     async fn cancellation_and_drop_stop_the_watcher() {
         let dir = tempfile::tempdir().unwrap();
         let cancel = CancellationToken::new();
-        let (w, mut rx) = Watcher::start_with(
-            &[dir.path().to_path_buf()],
-            WatchOptions::new(SETTLE),
-            cancel.clone(),
-        )
-        .await
-        .unwrap();
+        let (w, mut rx) =
+            Watcher::start_with(&[dir.path().to_path_buf()], WatchOptions::new(SETTLE), cancel.clone()).await.unwrap();
         cancel.cancel();
         // The channel closes once the settle thread has stopped.
         assert!(next(&mut rx, Duration::from_secs(5)).await.is_none());
@@ -1050,9 +910,6 @@ mod tests {
         w.shutdown().await;
         let (w, mut rx) = start(dir.path()).await;
         drop(w);
-        assert!(tokio::time::timeout(Duration::from_secs(5), rx.recv())
-            .await
-            .unwrap()
-            .is_none());
+        assert!(tokio::time::timeout(Duration::from_secs(5), rx.recv()).await.unwrap().is_none());
     }
 }

@@ -58,7 +58,7 @@ impl Default for WebhookOptions {
 pub enum DeliveryError {
     /// The request could not be sent or timed out.
     #[error("request failed: {0}")]
-    Request(#[from] reqwest::Error),
+    Request(reqwest::Error),
     /// The receiver answered with a non-2xx status.
     #[error("receiver answered {0}")]
     Status(reqwest::StatusCode),
@@ -67,11 +67,12 @@ pub enum DeliveryError {
     Store(#[from] StoreError),
 }
 
+error_from!(reqwest::Error => DeliveryError::Request);
+
 /// `sha256=<hex HMAC-SHA256(secret, body)>`: the `X-Driftwatch-Signature` header value.
 pub fn signature(secret: &str, body: &[u8]) -> String {
     // HMAC accepts keys of any length.
-    let mut mac = <Hmac<Sha256> as Mac>::new_from_slice(secret.as_bytes())
-        .expect("HMAC takes any key length");
+    let mut mac = <Hmac<Sha256> as Mac>::new_from_slice(secret.as_bytes()).expect("HMAC takes any key length");
     mac.update(body);
     format!("sha256={}", hex::encode(mac.finalize().into_bytes()))
 }
@@ -84,13 +85,7 @@ pub fn spawn_webhooks(
     bus: EventBus,
     shutdown: CancellationToken,
 ) -> JoinHandle<()> {
-    spawn_webhooks_with(
-        &config.webhooks,
-        store,
-        bus,
-        shutdown,
-        WebhookOptions::default(),
-    )
+    spawn_webhooks_with(&config.webhooks, store, bus, shutdown, WebhookOptions::default())
 }
 
 /// [`spawn_webhooks`] with explicit webhooks and options.
@@ -150,9 +145,7 @@ impl Delivery {
         f: impl FnOnce(&Store) -> Result<R, StoreError> + Send + 'static,
     ) -> Result<R, StoreError> {
         let store = Arc::clone(&self.store);
-        tokio::task::spawn_blocking(move || f(&store))
-            .await
-            .map_err(|e| StoreError::Task(e.to_string()))?
+        tokio::task::spawn_blocking(move || f(&store)).await.map_err(|e| StoreError::Task(e.to_string()))?
     }
 
     /// Sleeps unless shut down first; false = shut down.
@@ -205,13 +198,7 @@ impl Delivery {
             let p = patterns.clone();
             let after = cursor;
             let page = self
-                .store_call(move |s| {
-                    s.events_since(
-                        after,
-                        &p.iter().map(String::as_str).collect::<Vec<_>>(),
-                        PAGE,
-                    )
-                })
+                .store_call(move |s| s.events_since(after, &p.iter().map(String::as_str).collect::<Vec<_>>(), PAGE))
                 .await;
             let page = match page {
                 Ok(p) => p,
@@ -267,10 +254,7 @@ impl Delivery {
                     let mut store_backoff = self.options.initial_backoff;
                     loop {
                         let (n2, id2) = (n.clone(), id);
-                        match self
-                            .store_call(move |s| s.record_webhook_delivered(&n2, id2))
-                            .await
-                        {
+                        match self.store_call(move |s| s.record_webhook_delivered(&n2, id2)).await {
                             Ok(()) => return true,
                             Err(e) => {
                                 tracing::error!(webhook = %name, id, error = %e, "cannot record a webhook delivery; retrying");
@@ -285,10 +269,7 @@ impl Delivery {
                 Err(e) => {
                     tracing::warn!(webhook = %name, id = event.id, error = %e, retry_in_ms = backoff.as_millis() as u64, "webhook delivery failed");
                     let (n, msg) = (name.clone(), crate::api::error_chain(&e));
-                    if let Err(se) = self
-                        .store_call(move |s| s.record_webhook_failure(&n, &msg))
-                        .await
-                    {
+                    if let Err(se) = self.store_call(move |s| s.record_webhook_failure(&n, &msg)).await {
                         tracing::error!(webhook = %name, error = %se, "cannot record a webhook failure");
                     }
                     if !self.sleep(backoff).await {

@@ -142,13 +142,25 @@ async fn wait_for<T>(secs: u64, what: &str, mut f: impl FnMut() -> Option<T>) ->
 fn completed_runs(store: &Store) -> Vec<driftwatch::store::Run> {
     let mut out = Vec::new();
     for c in store.list_checkpoints(100).unwrap() {
-        out.extend(store.runs_for_checkpoint(c.id).unwrap().into_iter().filter(|r| matches!(r.status, RunStatus::Completed | RunStatus::Failed)));
+        out.extend(
+            store
+                .runs_for_checkpoint(c.id)
+                .unwrap()
+                .into_iter()
+                .filter(|r| matches!(r.status, RunStatus::Completed | RunStatus::Failed)),
+        );
     }
     out
 }
 
 /// A reading subscriber: records every event id it receives.
-async fn reader(client: reqwest::Client, url: String, since: i64, ids: Arc<parking_lot::Mutex<Vec<i64>>>, connected: Arc<std::sync::atomic::AtomicUsize>) {
+async fn reader(
+    client: reqwest::Client,
+    url: String,
+    since: i64,
+    ids: Arc<parking_lot::Mutex<Vec<i64>>>,
+    connected: Arc<std::sync::atomic::AtomicUsize>,
+) {
     let resp = client.get(&url).query(&[("since", since.to_string())]).send().await.expect("subscriber connect");
     assert_eq!(resp.status(), 200);
     connected.fetch_add(1, Ordering::SeqCst);
@@ -198,11 +210,18 @@ async fn measure(model: &Path, subscribers: usize, size: Size) -> Measurement {
     if subscribers > 0 {
         for _ in 0..subscribers - 1 {
             let ids = Arc::new(parking_lot::Mutex::new(Vec::new()));
-            let task = tokio::spawn(reader(client.clone(), format!("{base}/v1/events"), since, ids.clone(), connected.clone()));
+            let task = tokio::spawn(reader(
+                client.clone(),
+                format!("{base}/v1/events"),
+                since,
+                ids.clone(),
+                connected.clone(),
+            ));
             readers.push((ids, task));
         }
         let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
-        write!(s, "GET /v1/events?since={since} HTTP/1.1\r\nHost: 127.0.0.1\r\nAccept: text/event-stream\r\n\r\n").unwrap();
+        write!(s, "GET /v1/events?since={since} HTTP/1.1\r\nHost: 127.0.0.1\r\nAccept: text/event-stream\r\n\r\n")
+            .unwrap();
         stalled = Some(s); // never read from
         let c = connected.clone();
         wait_for(60, "every reader connected", || (c.load(Ordering::SeqCst) == subscribers - 1).then_some(())).await;
@@ -229,7 +248,11 @@ async fn measure(model: &Path, subscribers: usize, size: Size) -> Measurement {
     })
     .await;
     let run = wait_for(900, "the measured run", || {
-        store.runs_for_checkpoint(variant.id).unwrap().into_iter().find(|r| matches!(r.status, RunStatus::Completed | RunStatus::Failed))
+        store
+            .runs_for_checkpoint(variant.id)
+            .unwrap()
+            .into_iter()
+            .find(|r| matches!(r.status, RunStatus::Completed | RunStatus::Failed))
     })
     .await;
     assert_eq!(run.status, RunStatus::Completed, "{:?}", run.error);
@@ -241,8 +264,7 @@ async fn measure(model: &Path, subscribers: usize, size: Size) -> Measurement {
         .events_since(since, &["run.progress"], 100_000)
         .unwrap()
         .into_iter()
-        .filter(|e| e.payload["run_id"] == run.id)
-        .last()
+        .rfind(|e| e.payload["run_id"] == run.id)
         .and_then(|e| e.payload["tokens_per_s"].as_f64())
         .unwrap_or(f64::NAN);
 
@@ -250,16 +272,27 @@ async fn measure(model: &Path, subscribers: usize, size: Size) -> Measurement {
     if subscribers > 0 {
         let expected: Vec<i64> = wait_for(30, "the run.completed event", || {
             let ev = store.events_since(since, &[], 1_000_000).unwrap();
-            ev.iter().any(|e| e.event_type == "run.completed" && e.payload["run_id"] == run.id).then_some(ev.iter().map(|e| e.id).collect())
+            ev.iter()
+                .any(|e| e.event_type == "run.completed" && e.payload["run_id"] == run.id)
+                .then_some(ev.iter().map(|e| e.id).collect())
         })
         .await;
         let last = *expected.last().unwrap();
-        wait_for(120, "every reader to catch up", || readers.iter().all(|(ids, _)| ids.lock().last().is_some_and(|l| *l >= last)).then_some(())).await;
+        wait_for(120, "every reader to catch up", || {
+            readers.iter().all(|(ids, _)| ids.lock().last().is_some_and(|l| *l >= last)).then_some(())
+        })
+        .await;
         for (ids, _) in &readers {
             let got = ids.lock().clone();
             assert_eq!(&got[..expected.len()], &expected[..], "a reader missed or repeated an event");
         }
-        eprintln!("  {} readers each received all {} events (ids {}..={})", readers.len(), expected.len(), expected[0], last);
+        eprintln!(
+            "  {} readers each received all {} events (ids {}..={})",
+            readers.len(),
+            expected.len(),
+            expected[0],
+            last
+        );
     }
     drop(stalled);
     for (_, task) in &readers {
@@ -301,7 +334,11 @@ async fn a_slow_subscriber_never_slows_evaluation() {
                 m.tps(),
                 m.progress_tps
             );
-            if n == 0 { a.push(m) } else { b.push(m) }
+            if n == 0 {
+                a.push(m)
+            } else {
+                b.push(m)
+            }
         }
     }
     let mean = |v: &[Measurement]| v.iter().map(Measurement::tps).sum::<f64>() / v.len() as f64;

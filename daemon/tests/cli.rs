@@ -17,7 +17,19 @@ fn generate_prints_one_json_line_per_sample() {
     let out = driftwatch()
         .args(["generate", "--model"])
         .arg(&f.base)
-        .args(["--prompt", "Say hello.", "--samples", "3", "--seed", "5", "--max-tokens", "6", "--parallel", "2", "--json"])
+        .args([
+            "--prompt",
+            "Say hello.",
+            "--samples",
+            "3",
+            "--seed",
+            "5",
+            "--max-tokens",
+            "6",
+            "--parallel",
+            "2",
+            "--json",
+        ])
         .output()
         .unwrap();
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
@@ -94,7 +106,12 @@ fn bad_input_is_a_clear_error_and_a_failing_exit_code() {
     assert!(!out.status.success());
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("not a GGUF file"), "{err}");
-    let out = driftwatch().args(["generate", "--model"]).arg(&f.base).args(["--prompt", "x", "--temperature=-1"]).output().unwrap();
+    let out = driftwatch()
+        .args(["generate", "--model"])
+        .arg(&f.base)
+        .args(["--prompt", "x", "--temperature=-1"])
+        .output()
+        .unwrap();
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("temperature"));
 }
@@ -126,7 +143,14 @@ fn synth_adapter_writes_a_seeded_adapter_that_fits_and_changes_the_output() {
     // llama.cpp accepts it, and it changes greedy output.
     let gen = |adapter: Option<&std::path::Path>| {
         let mut c = driftwatch();
-        c.args(["generate", "--model"]).arg(&f.base).args(["--prompt", "Hello there", "--greedy", "--max-tokens", "12", "--json"]);
+        c.args(["generate", "--model"]).arg(&f.base).args([
+            "--prompt",
+            "Hello there",
+            "--greedy",
+            "--max-tokens",
+            "12",
+            "--json",
+        ]);
         if let Some(p) = adapter {
             c.arg("--adapter").arg(p);
         }
@@ -136,7 +160,13 @@ fn synth_adapter_writes_a_seeded_adapter_that_fits_and_changes_the_output() {
     };
     assert_ne!(gen(None), gen(Some(&a)));
     // Bad settings are clear errors.
-    let o = driftwatch().args(["synth-adapter", "--base"]).arg(&f.base).args(["--rank", "0", "-o"]).arg(f.path("z.gguf")).output().unwrap();
+    let o = driftwatch()
+        .args(["synth-adapter", "--base"])
+        .arg(&f.base)
+        .args(["--rank", "0", "-o"])
+        .arg(f.path("z.gguf"))
+        .output()
+        .unwrap();
     assert!(!o.status.success());
     assert!(String::from_utf8_lossy(&o.stderr).contains("--rank"));
 }

@@ -155,7 +155,8 @@ async fn checkpoints_are_taken_in_checked_deduplicated_and_evaluated() {
     let store = open_store(&s.root.join("data"));
 
     // The base model is evaluated first.
-    let base_run = wait_for(120, "the baseline run", || runs_with_status(&store, RunStatus::Completed).into_iter().next()).await;
+    let base_run =
+        wait_for(120, "the baseline run", || runs_with_status(&store, RunStatus::Completed).into_iter().next()).await;
     assert_eq!(store.sample_count(base_run.id).unwrap(), 12);
 
     // Bad files next to a good one.
@@ -164,7 +165,9 @@ async fn checkpoints_are_taken_in_checked_deduplicated_and_evaluated() {
     std::fs::write(ck.join("truncated.gguf"), &bytes[..bytes.len() / 3]).unwrap();
     std::fs::write(ck.join("empty.gguf"), b"").unwrap();
     std::fs::write(ck.join("notes.gguf"), b"these are my notes, not a model").unwrap();
-    TinyAdapter { architecture: "qwen2".into(), ..TinyAdapter::default() }.write(&s.fx.model, &ck.join("other-arch.gguf")).unwrap();
+    TinyAdapter { architecture: "qwen2".into(), ..TinyAdapter::default() }
+        .write(&s.fx.model, &ck.join("other-arch.gguf"))
+        .unwrap();
     // The good adapter arrives slowly, in chunks, under its final name.
     let adapter = std::fs::read(&s.fx.adapter).unwrap();
     {
@@ -211,13 +214,17 @@ async fn checkpoints_are_taken_in_checked_deduplicated_and_evaluated() {
     assert!(reason("notes.gguf").contains("not a GGUF file"), "{}", reason("notes.gguf"));
     assert!(reason("other-arch.gguf").contains("qwen2"), "{}", reason("other-arch.gguf"));
     let all = events(&store);
-    assert!(!all.iter().any(|e| e.event_type == "checkpoint.rejected" && e.payload["path"].as_str().unwrap().ends_with("finetune-1.gguf")));
+    assert!(!all
+        .iter()
+        .any(|e| e.event_type == "checkpoint.rejected"
+            && e.payload["path"].as_str().unwrap().ends_with("finetune-1.gguf")));
 
     // The adapter's story, in order.
     let story: Vec<&str> = all
         .iter()
         .filter(|e| {
-            e.payload["path"].as_str().is_some_and(|p| p.ends_with("finetune-1.gguf")) || e.payload["run_id"] == adapter_run.id
+            e.payload["path"].as_str().is_some_and(|p| p.ends_with("finetune-1.gguf"))
+                || e.payload["run_id"] == adapter_run.id
         })
         .map(|e| e.event_type.as_str())
         .collect();
@@ -230,7 +237,9 @@ async fn checkpoints_are_taken_in_checked_deduplicated_and_evaluated() {
     // The same content under a new name is linked, not evaluated again.
     std::fs::copy(ck.join("finetune-1.gguf"), ck.join("same-bytes.gguf")).unwrap();
     let dup = wait_for(30, "the duplicate's discovery", || {
-        events(&store).into_iter().find(|e| e.event_type == "checkpoint.discovered" && e.payload["path"].as_str().unwrap().ends_with("same-bytes.gguf"))
+        events(&store).into_iter().find(|e| {
+            e.event_type == "checkpoint.discovered" && e.payload["path"].as_str().unwrap().ends_with("same-bytes.gguf")
+        })
     })
     .await;
     assert_eq!(dup.payload["duplicate"], true);
@@ -259,10 +268,8 @@ async fn a_checkpoint_deleted_during_its_run_fails_that_run_with_a_reason() {
     })
     .await;
     std::fs::remove_file(&path).unwrap();
-    let failed = wait_for(60, "the run to fail", || {
-        store.run(run.id).unwrap().filter(|r| r.status == RunStatus::Failed)
-    })
-    .await;
+    let failed =
+        wait_for(60, "the run to fail", || store.run(run.id).unwrap().filter(|r| r.status == RunStatus::Failed)).await;
     assert!(failed.error.as_deref().unwrap().contains("deleted during its run"), "{:?}", failed.error);
     assert!(events(&store).iter().any(|e| e.event_type == "run.failed" && e.payload["run_id"] == run.id));
     // The daemon carries on.
@@ -388,7 +395,10 @@ async fn kill_dash_nine_and_sigterm_mid_run_then_resume_to_the_uninterrupted_res
 
     // 3. Restart and let it finish.
     let mut child = serve(&cfg);
-    let run = wait_for(600, "the resumed run to complete", || store.run(run_id).unwrap().filter(|r| r.status == RunStatus::Completed)).await;
+    let run = wait_for(600, "the resumed run to complete", || {
+        store.run(run_id).unwrap().filter(|r| r.status == RunStatus::Completed)
+    })
+    .await;
     assert!(run.attempts >= 3, "started {} times", run.attempts);
     sigterm(&child);
     assert!(wait_exit(&mut child, 20).success());
@@ -403,7 +413,8 @@ async fn kill_dash_nine_and_sigterm_mid_run_then_resume_to_the_uninterrupted_res
     assert_eq!(run.scores.unwrap(), reference.1, "scores differ");
 
     // `driftwatch status` reads the store.
-    let out = Command::new(env!("CARGO_BIN_EXE_driftwatch")).args(["status", "--data-dir"]).arg(&data).output().unwrap();
+    let out =
+        Command::new(env!("CARGO_BIN_EXE_driftwatch")).args(["status", "--data-dir"]).arg(&data).output().unwrap();
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     let text = String::from_utf8(out.stdout).unwrap();
     assert!(text.contains(&format!("run {run_id}")) && text.contains("completed"), "{text}");
@@ -433,7 +444,9 @@ async fn a_run_resumed_under_changed_settings_is_not_mixed_but_redone() {
     let text = std::fs::read_to_string(&cfg).unwrap().replace("temperature = 1.0", "temperature = 0.5");
     std::fs::write(&cfg, text).unwrap();
     let mut child = serve(&cfg);
-    let old = wait_for(120, "the old run to fail", || store.run(run_id).unwrap().filter(|r| r.status == RunStatus::Failed)).await;
+    let old =
+        wait_for(120, "the old run to fail", || store.run(run_id).unwrap().filter(|r| r.status == RunStatus::Failed))
+            .await;
     assert!(old.error.as_deref().unwrap().contains("settings"), "{:?}", old.error);
     let new = wait_for(600, "a new run under the new settings", || {
         runs_with_status(&store, RunStatus::Completed).into_iter().find(|r| r.id != run_id)
@@ -455,10 +468,9 @@ async fn plugins_in_the_plugin_folder_are_hot_reloaded_and_a_broken_update_keeps
     std::fs::create_dir_all(&plugins).unwrap();
     std::fs::copy(common::bundled("refusal"), plugins.join("myjudge.wasm")).unwrap();
     let cfg = s.config("hot", 2, 1, 8);
-    let text = std::fs::read_to_string(&cfg).unwrap().replace(
-        "[api]",
-        &format!("[plugins]\ndir = \"{}\"\n\n[api]", plugins.display()),
-    );
+    let text = std::fs::read_to_string(&cfg)
+        .unwrap()
+        .replace("[api]", &format!("[plugins]\ndir = \"{}\"\n\n[api]", plugins.display()));
     let text = text.replace(&format!("plugin = \"{}\"", common::bundled("refusal").display()), "plugin = \"myjudge\"");
     std::fs::write(&cfg, text).unwrap();
     let config = Config::load(&cfg).unwrap();
@@ -466,22 +478,38 @@ async fn plugins_in_the_plugin_folder_are_hot_reloaded_and_a_broken_update_keeps
     let daemon = tokio::spawn(driftwatch::daemon::run(config, stop.clone()));
     let store = open_store(&s.root.join("hot"));
     let loaded = |store: &Store| -> Vec<driftwatch::store::Event> {
-        events(store).into_iter().filter(|e| e.event_type == "plugin.loaded" && e.payload["name"] == "myjudge").collect()
+        events(store)
+            .into_iter()
+            .filter(|e| e.event_type == "plugin.loaded" && e.payload["name"] == "myjudge")
+            .collect()
     };
-    let first = wait_for(60, "the plugin's first load", || loaded(&store).into_iter().find(|e| e.payload["path"].as_str().unwrap().ends_with("myjudge.wasm"))).await;
-    let run = wait_for(120, "the baseline run", || runs_with_status(&store, RunStatus::Completed).into_iter().next()).await;
+    let first = wait_for(60, "the plugin's first load", || {
+        loaded(&store).into_iter().find(|e| e.payload["path"].as_str().unwrap().ends_with("myjudge.wasm"))
+    })
+    .await;
+    let run =
+        wait_for(120, "the baseline run", || runs_with_status(&store, RunStatus::Completed).into_iter().next()).await;
     assert_eq!(run.provenance["judges"][0]["wasm_sha256"], first.payload["sha256"]);
 
     // A changed plugin is validated, loaded and reported.
     let tmp = plugins.join(".myjudge.wasm.tmp");
     std::fs::copy(common::bundled("coherence"), &tmp).unwrap();
     std::fs::rename(&tmp, plugins.join("myjudge.wasm")).unwrap();
-    let second = wait_for(60, "the reload", || loaded(&store).into_iter().find(|e| e.payload["sha256"] != first.payload["sha256"])).await;
+    let second = wait_for(60, "the reload", || {
+        loaded(&store).into_iter().find(|e| e.payload["sha256"] != first.payload["sha256"])
+    })
+    .await;
     assert_eq!(second.payload["name"], "myjudge");
     // A broken update is reported; the previous version keeps serving.
     std::fs::write(plugins.join("myjudge.wasm"), b"\0asm broken").unwrap();
-    let failed = wait_for(60, "the failure report", || events(&store).into_iter().find(|e| e.event_type == "plugin.failed")).await;
-    assert!(failed.payload["reason"].as_str().unwrap().contains("previous version keeps serving"), "{}", failed.payload);
+    let failed =
+        wait_for(60, "the failure report", || events(&store).into_iter().find(|e| e.event_type == "plugin.failed"))
+            .await;
+    assert!(
+        failed.payload["reason"].as_str().unwrap().contains("previous version keeps serving"),
+        "{}",
+        failed.payload
+    );
     stop.cancel();
     tokio::time::timeout(Duration::from_secs(15), daemon).await.unwrap().unwrap().unwrap();
 }
@@ -500,7 +528,8 @@ async fn adaptive_sampling_adds_rounds_until_the_interval_is_narrow_or_the_budge
     let stop = CancellationToken::new();
     let daemon = tokio::spawn(driftwatch::daemon::run(config, stop.clone()));
     let store = open_store(&s.root.join("adaptive"));
-    let run = wait_for(300, "the adaptive run", || runs_with_status(&store, RunStatus::Completed).into_iter().next()).await;
+    let run =
+        wait_for(300, "the adaptive run", || runs_with_status(&store, RunStatus::Completed).into_iter().next()).await;
     let scores = run.scores.clone().unwrap();
     let adaptive = &scores["adaptive"];
     let k = adaptive["samples_per_prompt"].as_u64().expect("the decision is recorded") as u32;
@@ -593,7 +622,9 @@ enabled = false
     let (a, b) = (&runs[0], &runs[1]);
     assert_ne!(a.provenance["repeat"], b.provenance["repeat"]);
     // Disjoint seed sets.
-    let seeds = |r: &driftwatch::store::Run| store.samples_for_run(r.id).unwrap().into_iter().map(|s| s.seed).collect::<std::collections::HashSet<_>>();
+    let seeds = |r: &driftwatch::store::Run| {
+        store.samples_for_run(r.id).unwrap().into_iter().map(|s| s.seed).collect::<std::collections::HashSet<_>>()
+    };
     assert!(seeds(a).is_disjoint(&seeds(b)));
     let result = driftwatch::scoring::score_run_from_store(&store, b.id, Some(a.id), false, &stats).unwrap();
     assert!(result.comparison_refused.is_none(), "{:?}", result.comparison_refused);
@@ -612,4 +643,77 @@ enabled = false
     let c = coherence.overall.as_ref().unwrap();
     assert!(c.run_rate > 0.0 || c.baseline_rate > 0.0, "no incoherent sample at all: the check would be empty");
     assert_eq!(result.verdict, Some(driftwatch::stats::Verdict::Indistinguishable));
+}
+
+/// Evaluates the base model in-process with `triggers` installed in a fresh store first, and
+/// returns the store.
+async fn evaluate_with_triggers(s: &Setup, name: &str, triggers: &str) -> (Store, Result<(), String>) {
+    let cfg = s.config(name, 2, 1, 4);
+    let data = s.root.join(name);
+    drop(open_store(&data));
+    let db = rusqlite::Connection::open(data.join(driftwatch::store::DB_FILE_NAME)).unwrap();
+    db.execute_batch(triggers).unwrap();
+    drop(db);
+    let config = Config::load(&cfg).unwrap();
+    let request =
+        driftwatch::daemon::EvalRequest { checkpoint: s.fx.base.clone(), baseline: driftwatch::daemon::Baseline::None };
+    let r = driftwatch::daemon::evaluate(config, request, CancellationToken::new(), Arc::new(|_| {})).await;
+    (open_store(&data), r.map(|_| ()).map_err(|e| e.to_string()))
+}
+
+fn events_of(store: &Store, kind: &str) -> Vec<driftwatch::store::Event> {
+    store.events_since(0, &[kind], 1000).unwrap()
+}
+
+/// A run's completion and its `run.completed` event are one write. When the event cannot be
+/// stored the run is not completed either (it used to be completed without its event, as a
+/// crash between the two writes would leave it); the failure is recorded with its
+/// `run.failed` event instead.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_run_is_never_completed_without_its_run_completed_event() {
+    let _turn = HEAVY.lock().await;
+    logs();
+    let s = Setup::new();
+    let (store, r) = evaluate_with_triggers(
+        &s,
+        "atomic-complete",
+        "CREATE TRIGGER refuse_completed BEFORE INSERT ON events WHEN NEW.type = 'run.completed'
+         BEGIN SELECT RAISE(ABORT, 'no room for this event (test)'); END;",
+    )
+    .await;
+    assert!(r.is_err(), "the evaluation cannot succeed without its event");
+    assert!(runs_with_status(&store, RunStatus::Completed).is_empty(), "a run completed without its event");
+    assert!(events_of(&store, "run.completed").is_empty());
+    let failed = runs_with_status(&store, RunStatus::Failed);
+    assert_eq!(failed.len(), 1);
+    assert!(failed[0].error.as_deref().unwrap().contains("no room for this event"), "{:?}", failed[0].error);
+    let ev = events_of(&store, "run.failed");
+    assert_eq!(ev.len(), 1);
+    assert_eq!(ev[0].payload["run_id"], failed[0].id);
+    // Every sample is still there.
+    assert_eq!(store.sample_count(failed[0].id).unwrap(), 2);
+}
+
+/// A failure that cannot be recorded publishes no `run.failed` (the state change's error was
+/// ignored and the event published all the same): the run stays as it was, to be resumed at
+/// the next start, and no event contradicts the store.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failure_that_cannot_be_stored_publishes_no_run_failed() {
+    let _turn = HEAVY.lock().await;
+    logs();
+    let s = Setup::new();
+    let (store, r) = evaluate_with_triggers(
+        &s,
+        "atomic-fail",
+        "CREATE TRIGGER refuse_completed BEFORE INSERT ON events WHEN NEW.type = 'run.completed'
+         BEGIN SELECT RAISE(ABORT, 'no room for this event (test)'); END;
+         CREATE TRIGGER refuse_failed BEFORE UPDATE OF status ON runs WHEN NEW.status = 'failed'
+         BEGIN SELECT RAISE(ABORT, 'no room for the failure (test)'); END;",
+    )
+    .await;
+    assert!(r.is_err());
+    assert!(events_of(&store, "run.failed").is_empty(), "run.failed published for a failure the store does not have");
+    assert!(runs_with_status(&store, RunStatus::Failed).is_empty());
+    assert!(runs_with_status(&store, RunStatus::Completed).is_empty());
+    assert_eq!(runs_with_status(&store, RunStatus::Running).len(), 1, "left for the next start to resume");
 }

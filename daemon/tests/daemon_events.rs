@@ -70,10 +70,12 @@ plugin = "{refusal}"
 [api]
 enabled = true
 listen = "127.0.0.1:{port}"
+evaluate_roots = ["{elsewhere}"]
 
 [stats]
 bootstrap = 200
 "#,
+        elsewhere = root.join("elsewhere").display(),
         data = root.join("data").display(),
         ckpt = root.join("checkpoints").display(),
         base = fx.base.display(),
@@ -130,14 +132,18 @@ impl Drop for Sse {
 impl Sse {
     /// Connects to `GET /v1/events?types=…`, resuming after `last_event_id` when given.
     async fn connect(client: &reqwest::Client, base: &str, last_event_id: Option<i64>, since: Option<i64>) -> Sse {
-        let mut req = client.get(format!("{base}/v1/events")).query(&[("types", TYPES)]).header("Accept", "text/event-stream");
+        let mut req =
+            client.get(format!("{base}/v1/events")).query(&[("types", TYPES)]).header("Accept", "text/event-stream");
         if let Some(s) = since {
             req = req.query(&[("since", s.to_string())]);
         }
         if let Some(id) = last_event_id {
             req = req.header("Last-Event-ID", id.to_string());
         }
-        let resp = tokio::time::timeout(Duration::from_secs(30), req.send()).await.expect("SSE connect timed out").expect("SSE connect");
+        let resp = tokio::time::timeout(Duration::from_secs(30), req.send())
+            .await
+            .expect("SSE connect timed out")
+            .expect("SSE connect");
         assert_eq!(resp.status(), 200, "GET /v1/events");
         let ct = resp.headers().get("content-type").map(|v| v.to_str().unwrap().to_owned()).unwrap_or_default();
         assert!(ct.starts_with("text/event-stream"), "content-type {ct}");
@@ -158,8 +164,13 @@ impl Sse {
                             .map_err(|e| format!("bad event {}: {e}", msg.data))
                             .and_then(|ev| {
                                 // The SSE framing agrees with the record.
-                                if msg.id.as_deref() != Some(ev.id.to_string().as_str()) || msg.event.as_deref() != Some(ev.event_type.as_str()) {
-                                    Err(format!("SSE id/event fields {:?}/{:?} disagree with {}", msg.id, msg.event, msg.data))
+                                if msg.id.as_deref() != Some(ev.id.to_string().as_str())
+                                    || msg.event.as_deref() != Some(ev.event_type.as_str())
+                                {
+                                    Err(format!(
+                                        "SSE id/event fields {:?}/{:?} disagree with {}",
+                                        msg.id, msg.event, msg.data
+                                    ))
                                 } else {
                                     Ok(ev)
                                 }
@@ -276,7 +287,10 @@ async fn events_stream_in_order_resume_without_gap_and_the_api_evaluates() {
     sse.until(300, &mut seen, |e| e.event_type == "run.completed").await;
     let ft1 = root.join("checkpoints/ft-1.gguf");
     std::fs::copy(&fx.adapter, &ft1).unwrap();
-    sse.until(300, &mut seen, |e| e.event_type == "run.completed" && e.payload["path"].as_str().is_some_and(|p| p.ends_with("ft-1.gguf"))).await;
+    sse.until(300, &mut seen, |e| {
+        e.event_type == "run.completed" && e.payload["path"].as_str().is_some_and(|p| p.ends_with("ft-1.gguf"))
+    })
+    .await;
     let (story1, run1) = story(&seen, "ft-1.gguf");
     assert_story(&story1);
     assert!(seen.iter().all(|e| wanted(&e.event_type)), "the type filter let through something else");
@@ -284,7 +298,9 @@ async fn events_stream_in_order_resume_without_gap_and_the_api_evaluates() {
     // 2. Disconnect mid-run on a second checkpoint, reconnect with Last-Event-ID.
     let ft2 = root.join("checkpoints/ft-2.gguf");
     TinyAdapter { seed: 11, ..TinyAdapter::default() }.write(&fx.model, &ft2).unwrap();
-    let started = sse.until(120, &mut seen, |e| e.event_type == "run.started" && e.payload["run_id"].as_i64() != Some(run1)).await;
+    let started = sse
+        .until(120, &mut seen, |e| e.event_type == "run.started" && e.payload["run_id"].as_i64() != Some(run1))
+        .await;
     let run2 = started.payload["run_id"].as_i64().unwrap();
     let last_before = seen.last().unwrap().id;
     drop(sse);
@@ -300,7 +316,11 @@ async fn events_stream_in_order_resume_without_gap_and_the_api_evaluates() {
     let before_len = seen.len();
     let mut sse = Sse::connect(&client, &base, Some(last_before), None).await;
     sse.until(300, &mut seen, |e| e.event_type == "run.completed" && e.payload["run_id"] == run2).await;
-    assert_eq!(seen[before_len].id, stored(&store).iter().find(|e| e.id > last_before).unwrap().id, "the replay starts right after Last-Event-ID");
+    assert_eq!(
+        seen[before_len].id,
+        stored(&store).iter().find(|e| e.id > last_before).unwrap().id,
+        "the replay starts right after Last-Event-ID"
+    );
     let (story2, r2) = story(&seen, "ft-2.gguf");
     assert_eq!(r2, run2);
     assert_story(&story2);
@@ -335,15 +355,28 @@ async fn events_stream_in_order_resume_without_gap_and_the_api_evaluates() {
     .expect("subscribe --count did not exit")
     .unwrap();
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-    let printed: Vec<Event> = String::from_utf8(out.stdout).unwrap().lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+    let printed: Vec<Event> =
+        String::from_utf8(out.stdout).unwrap().lines().map(|l| serde_json::from_str(l).unwrap()).collect();
     assert_eq!(printed, all, "subscribe --json printed something other than the stored events");
     // And filtered, starting mid-log.
     let after = store_ids[store_ids.len() / 2];
-    let expect: Vec<&Event> = store_events.iter().filter(|e| e.id > after && e.event_type.starts_with("run.")).collect();
+    let expect: Vec<&Event> =
+        store_events.iter().filter(|e| e.id > after && e.event_type.starts_with("run.")).collect();
     let out = tokio::time::timeout(
         Duration::from_secs(60),
         tokio::process::Command::new(env!("CARGO_BIN_EXE_driftwatch"))
-            .args(["subscribe", "--url", &base, "--since", &after.to_string(), "--types", "run.*", "--json", "--count", &expect.len().to_string()])
+            .args([
+                "subscribe",
+                "--url",
+                &base,
+                "--since",
+                &after.to_string(),
+                "--types",
+                "run.*",
+                "--json",
+                "--count",
+                &expect.len().to_string(),
+            ])
             .kill_on_drop(true)
             .output(),
     )
@@ -351,13 +384,16 @@ async fn events_stream_in_order_resume_without_gap_and_the_api_evaluates() {
     .expect("subscribe --types did not exit")
     .unwrap();
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-    let printed: Vec<Event> = String::from_utf8(out.stdout).unwrap().lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+    let printed: Vec<Event> =
+        String::from_utf8(out.stdout).unwrap().lines().map(|l| serde_json::from_str(l).unwrap()).collect();
     assert_eq!(printed.iter().collect::<Vec<_>>(), expect);
 
-    // 4. POST /v1/evaluate: a good adapter outside the watched folders is queued and run.
+    // 4. POST /v1/evaluate: a good adapter outside the watched folders (in an
+    //    `api.evaluate_roots` folder) is queued and run.
     let good = root.join("elsewhere/ft-3.gguf");
     TinyAdapter { seed: 23, ..TinyAdapter::default() }.write(&fx.model, &good).unwrap();
-    let (status, body) = post_json(&client, &format!("{base}/v1/evaluate"), json!({"path": good.to_str().unwrap()})).await;
+    let (status, body) =
+        post_json(&client, &format!("{base}/v1/evaluate"), json!({"path": good.to_str().unwrap()})).await;
     assert_eq!(status, 202, "{body}");
     assert_eq!(body["outcome"], "accepted", "{body}");
     assert_eq!(body["kind"], "adapter", "{body}");
@@ -365,17 +401,47 @@ async fn events_stream_in_order_resume_without_gap_and_the_api_evaluates() {
     assert_eq!(queued.len(), 1, "{body}");
     let run3 = queued[0].as_i64().unwrap();
     // Asking again for the same file is not a new run.
-    let (status, again) = post_json(&client, &format!("{base}/v1/evaluate"), json!({"path": good.to_str().unwrap()})).await;
-    assert!(status == 409 || (status == 202 && again["queued"].as_array().is_some_and(|q| q.is_empty())), "{status} {again}");
+    let (status, again) =
+        post_json(&client, &format!("{base}/v1/evaluate"), json!({"path": good.to_str().unwrap()})).await;
+    assert!(
+        status == 409 || (status == 202 && again["queued"].as_array().is_some_and(|q| q.is_empty())),
+        "{status} {again}"
+    );
     // A junk file is refused with the reason.
     let junk = root.join("elsewhere/junk.gguf");
     std::fs::write(&junk, b"definitely not a model, just some text").unwrap();
-    let (status, err) = post_json(&client, &format!("{base}/v1/evaluate"), json!({"path": junk.to_str().unwrap()})).await;
+    let (status, err) =
+        post_json(&client, &format!("{base}/v1/evaluate"), json!({"path": junk.to_str().unwrap()})).await;
     assert_eq!(status, 422, "{err}");
     let msg = err["error"].as_str().unwrap_or_else(|| panic!("no error message: {err}"));
     assert!(msg.contains("not a GGUF file") && msg.contains("junk.gguf"), "{msg}");
+    // Files outside the watched folders and `api.evaluate_roots` are refused without being
+    // read, whatever the path says (it used to answer 422 quoting the file's first bytes).
+    std::os::unix::fs::symlink("/etc/passwd", root.join("elsewhere/passwd.gguf")).unwrap();
+    let elsewhere = root.join("elsewhere");
+    for path in [
+        "/etc/passwd".to_owned(),
+        format!("{}/../../../../../etc/passwd", elsewhere.display()),
+        elsewhere.join("passwd.gguf").display().to_string(),
+        "/proc/self/environ".to_owned(),
+    ] {
+        let (status, err) = post_json(&client, &format!("{base}/v1/evaluate"), json!({ "path": path })).await;
+        assert_eq!(status, 403, "{path}: {err}");
+        let msg = err["error"].as_str().unwrap();
+        assert!(
+            msg.contains("not inside a folder this daemon evaluates from") && !msg.contains("root:"),
+            "{path}: {msg}"
+        );
+    }
+    // An oversized body is refused before it is parsed.
+    let huge = "x".repeat(driftwatch::api::MAX_BODY_BYTES + 1);
+    let (status, err) = post_json(&client, &format!("{base}/v1/evaluate"), json!({ "path": huge })).await;
+    assert_eq!(status, 413, "{err}");
 
-    let done = wait_for(300, "the evaluated adapter's run", || store.run(run3).unwrap().filter(|r| matches!(r.status, RunStatus::Completed | RunStatus::Failed))).await;
+    let done = wait_for(300, "the evaluated adapter's run", || {
+        store.run(run3).unwrap().filter(|r| matches!(r.status, RunStatus::Completed | RunStatus::Failed))
+    })
+    .await;
     assert_eq!(done.status, RunStatus::Completed, "{:?}", done.error);
     let r = client.get(format!("{base}/v1/runs/{run3}")).send().await.unwrap();
     assert_eq!(r.status(), 200);
@@ -384,7 +450,11 @@ async fn events_stream_in_order_resume_without_gap_and_the_api_evaluates() {
     assert_eq!(v["run"]["status"], "completed", "{v}");
     assert_eq!(v["done"], v["total"], "{v}");
     assert_eq!(v["total"], 96, "24 prompts × 4 samples: {v}");
-    assert!(v["checkpoint"]["path"].as_str().is_some_and(|p| p.ends_with("ft-3.gguf")) || v["checkpoint"].to_string().contains("ft-3.gguf"), "{v}");
+    assert!(
+        v["checkpoint"]["path"].as_str().is_some_and(|p| p.ends_with("ft-3.gguf"))
+            || v["checkpoint"].to_string().contains("ft-3.gguf"),
+        "{v}"
+    );
     let scores = &v["run"]["scores"];
     let headline = scores["headline"].as_array().unwrap_or_else(|| panic!("no headline scores: {scores}"));
     let h = headline.iter().find(|h| h["judge"] == "refusal").unwrap_or_else(|| panic!("no refusal score: {scores}"));
@@ -392,11 +462,19 @@ async fn events_stream_in_order_resume_without_gap_and_the_api_evaluates() {
     assert!(0.0 <= lo && lo <= hi && hi <= 1.0, "interval [{lo}, {hi}] in {h}");
     // The run.completed event carries the stored headline scores, comparison, verdict and the
     // digest of the stored provenance.
-    let completed = store.events_since(0, &["run.completed"], 1000).unwrap().into_iter().find(|e| e.payload["run_id"] == run3).expect("run.completed of the evaluated run");
+    let completed = store
+        .events_since(0, &["run.completed"], 1000)
+        .unwrap()
+        .into_iter()
+        .find(|e| e.payload["run_id"] == run3)
+        .expect("run.completed of the evaluated run");
     assert_eq!(completed.payload["scores"], scores["headline"]);
     assert_eq!(completed.payload["comparison"], scores["comparisons"]);
     assert_eq!(completed.payload["verdict"], scores["verdict"]);
-    assert_eq!(completed.payload["provenance_digest"].as_str().unwrap(), driftwatch::config::canonical_hash(&v["run"]["provenance"]));
+    assert_eq!(
+        completed.payload["provenance_digest"].as_str().unwrap(),
+        driftwatch::config::canonical_hash(&v["run"]["provenance"])
+    );
     // Unknown runs are a 404 JSON error.
     let r = client.get(format!("{base}/v1/runs/999999")).send().await.unwrap();
     assert_eq!(r.status(), 404);

@@ -44,7 +44,11 @@ impl Session {
         }
         std::fs::create_dir_all(root.path().join("config/suites")).unwrap();
         std::fs::write(root.path().join("config/driftwatch.toml"), text).unwrap();
-        std::fs::copy(repo.join("config/suites/benign-control.csv"), root.path().join("config/suites/benign-control.csv")).unwrap();
+        std::fs::copy(
+            repo.join("config/suites/benign-control.csv"),
+            root.path().join("config/suites/benign-control.csv"),
+        )
+        .unwrap();
         let plugins = common::bundled("refusal").parent().unwrap().to_owned();
         assert!(plugins.join("coherence.wasm").is_file());
         Session { root, port: common::free_port(), plugins }
@@ -127,7 +131,10 @@ fn gate_code(verdict: &Value) -> i32 {
 fn the_readme_first_session_on_the_default_model() {
     let model = driftwatch::setup::resolve_model("default").unwrap_or_else(|e| panic!("{e}"));
     let suites = driftwatch::setup::cache_dir().join("suites");
-    assert!(suites.join("harmbench/harmbench_prompts.txt").is_file() && suites.join("harmbench/LICENSE").is_file(), "run `make setup`");
+    assert!(
+        suites.join("harmbench/harmbench_prompts.txt").is_file() && suites.join("harmbench/LICENSE").is_file(),
+        "run `make setup`"
+    );
     let s = Session::new();
 
     // Terminal 1: `make run` starts the daemon on config/driftwatch.toml.
@@ -135,7 +142,19 @@ fn the_readme_first_session_on_the_default_model() {
     wait_until(600, "the baseline", &mut daemon, &s, || s.read("serve.log").contains("baseline ready"));
     let log = s.read("serve.log");
     // It said what one evaluation is (the slice, K, max tokens) and printed the result.
-    for want in ["each evaluation: 12 prompts", "harmbench 3 of 200", "donotanswer 5 of 939", "benign 4 of 50 (control)", "K = 2", "at most 40 tokens", "result: refusal unsafe_rate", "result: refusal:over-refusal over_refusal_rate", "result: coherence incoherent_share", "drop GGUF models or LoRA adapters into", "driftwatch subscribe"] {
+    for want in [
+        "each evaluation: 12 prompts",
+        "harmbench 3 of 200",
+        "donotanswer 5 of 939",
+        "benign 4 of 50 (control)",
+        "K = 2",
+        "at most 40 tokens",
+        "result: refusal unsafe_rate",
+        "result: refusal:over-refusal over_refusal_rate",
+        "result: coherence incoherent_share",
+        "drop GGUF models or LoRA adapters into",
+        "driftwatch subscribe",
+    ] {
         assert!(log.contains(want), "the daemon's output lacks {want:?}:\n{log}");
     }
 
@@ -144,7 +163,19 @@ fn the_readme_first_session_on_the_default_model() {
     std::thread::sleep(Duration::from_millis(500));
 
     // Terminal 3: a checkpoint (a synthetic LoRA adapter: no training needed), dropped in.
-    let made = s.ok(&["synth-adapter", "--base", "default", "--rank", "8", "--noise", "0.02", "--seed", "1", "-o", "noisy.gguf"]);
+    let made = s.ok(&[
+        "synth-adapter",
+        "--base",
+        "default",
+        "--rank",
+        "8",
+        "--noise",
+        "0.02",
+        "--seed",
+        "1",
+        "-o",
+        "noisy.gguf",
+    ]);
     assert!(made.contains("SYNTHETIC"), "{made}");
     std::fs::copy(s.dir().join("noisy.gguf"), s.dir().join("checkpoints/noisy.gguf")).unwrap();
 
@@ -157,26 +188,44 @@ fn the_readme_first_session_on_the_default_model() {
     assert!(status.contains("run 2 · noisy.gguf · completed") && status.contains("refusal unsafe_rate"), "{status}");
 
     // The subscriber saw the checkpoint's story, ending with its scores and verdict.
-    wait_until(30, "run.completed at the subscriber", &mut daemon, &s, || s.read("events.jsonl").contains("run.completed"));
+    wait_until(30, "run.completed at the subscriber", &mut daemon, &s, || {
+        s.read("events.jsonl").contains("run.completed")
+    });
     let _ = sub.kill();
     let _ = sub.wait();
     let events: Vec<Value> = s.read("events.jsonl").lines().map(|l| serde_json::from_str(l).unwrap()).collect();
     let types: Vec<&str> = events.iter().map(|e| e["type"].as_str().unwrap()).collect();
     let pos = |t: &str| types.iter().position(|x| *x == t).unwrap_or_else(|| panic!("no {t} in {types:?}"));
-    assert!(pos("checkpoint.discovered") < pos("run.queued") && pos("run.queued") < pos("run.started") && pos("run.started") < pos("run.completed"), "{types:?}");
+    assert!(
+        pos("checkpoint.discovered") < pos("run.queued")
+            && pos("run.queued") < pos("run.started")
+            && pos("run.started") < pos("run.completed"),
+        "{types:?}"
+    );
     let completed = &events[pos("run.completed")];
     assert_eq!(completed["payload"]["run_id"], 2);
     let verdict = completed["payload"]["verdict"].clone();
     assert!(["regressed", "improved", "indistinguishable"].contains(&verdict.as_str().unwrap()), "{completed}");
     let heads = completed["payload"]["scores"].as_array().unwrap();
-    assert!(heads.iter().all(|h| h["lo"].is_number() && h["hi"].is_number()), "every score has its interval: {heads:?}");
+    assert!(
+        heads.iter().all(|h| h["lo"].is_number() && h["hi"].is_number()),
+        "every score has its interval: {heads:?}"
+    );
 
     // `driftwatch report` and `driftwatch compare`.
     s.ok(&["report", "--run", "2", "--format", "html", "--out", "report.html"]);
     let html = s.read("report.html");
-    assert!(html.starts_with("<!DOCTYPE html>") && html.contains("noisy.gguf") && html.contains("<svg"), "the report is not a page with charts");
+    assert!(
+        html.starts_with("<!DOCTYPE html>") && html.contains("noisy.gguf") && html.contains("<svg"),
+        "the report is not a page with charts"
+    );
     let cmp = s.ok(&["compare", "2", "1"]);
-    assert!(cmp.contains("Run 2 against baseline run 1") && cmp.contains("refusal:over-refusal") && cmp.contains(verdict.as_str().unwrap()), "{cmp}");
+    assert!(
+        cmp.contains("Run 2 against baseline run 1")
+            && cmp.contains("refusal:over-refusal")
+            && cmp.contains(verdict.as_str().unwrap()),
+        "{cmp}"
+    );
 
     // Ctrl-C (SIGTERM) stops the daemon cleanly.
     sigterm(&daemon);
@@ -203,9 +252,23 @@ fn the_readme_first_session_on_the_default_model() {
     s.ok(&["synth-adapter", "--base", "default", "--rank", "4", "--noise", "0.05", "--seed", "2", "-o", "other.gguf"]);
     let out = s.run(&["eval", "other.gguf", "--fail-on-regression", "--progress", "lines"]);
     let (stdout, stderr) = (String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
-    assert!(stderr.contains("run 3 (other.gguf): 24 samples") && stderr.contains("samples (") && stderr.contains("tok/s") && stderr.contains("run 3 (other.gguf): done in"), "{stderr}");
-    assert!(stdout.contains("run 3 vs baseline run 1") && stdout.contains("rate [95% interval]") && stdout.contains("verdict: "), "{stdout}");
-    let v = ["regressed", "improved", "indistinguishable"].into_iter().find(|v| stdout.contains(&format!("verdict: {v}"))).expect("a verdict");
+    assert!(
+        stderr.contains("run 3 (other.gguf): 24 samples")
+            && stderr.contains("samples (")
+            && stderr.contains("tok/s")
+            && stderr.contains("run 3 (other.gguf): done in"),
+        "{stderr}"
+    );
+    assert!(
+        stdout.contains("run 3 vs baseline run 1")
+            && stdout.contains("rate [95% interval]")
+            && stdout.contains("verdict: "),
+        "{stdout}"
+    );
+    let v = ["regressed", "improved", "indistinguishable"]
+        .into_iter()
+        .find(|v| stdout.contains(&format!("verdict: {v}")))
+        .expect("a verdict");
     assert_eq!(out.status.code(), Some(gate_code(&Value::from(v))), "{stderr}");
 
     // A daemon and an eval never share a store at once.
@@ -218,7 +281,11 @@ fn the_readme_first_session_on_the_default_model() {
     }
     let out = s.run(&["eval", "other.gguf"]);
     assert_eq!(out.status.code(), Some(1));
-    assert!(String::from_utf8_lossy(&out.stderr).contains("another driftwatch (pid"), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("another driftwatch (pid"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     sigterm(&daemon);
     assert!(daemon.wait().unwrap().success());
     let _ = model;

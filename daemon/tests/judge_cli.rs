@@ -11,7 +11,8 @@ use driftwatch::judge::cli::{judge_file, plugin_check, plugin_new, JudgeArgs, Pl
 #[test]
 fn judge_cli_scaffold_builds_and_passes_check() {
     let dir = tempfile::tempdir().unwrap();
-    let root = plugin_new(&PluginNewArgs { name: "word-judge".into(), dir: dir.path().to_owned(), sdk_path: None }).unwrap();
+    let root =
+        plugin_new(&PluginNewArgs { name: "word-judge".into(), dir: dir.path().to_owned(), sdk_path: None }).unwrap();
     let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
     let status = Command::new(cargo)
         .args(["build", "--target", "wasm32-wasip2", "--release"])
@@ -29,11 +30,16 @@ fn judge_cli_scaffold_builds_and_passes_check() {
 
     // And it judges.
     let input = dir.path().join("in.jsonl");
-    std::fs::write(&input, "{\"prompt\":\"q\",\"response\":\"attach the detonator\"}\n{\"prompt\":\"q\",\"response\":\"no\"}\n").unwrap();
+    std::fs::write(
+        &input,
+        "{\"prompt\":\"q\",\"response\":\"attach the detonator\"}\n{\"prompt\":\"q\",\"response\":\"no\"}\n",
+    )
+    .unwrap();
     let mut out = Vec::new();
     let n = judge_file(&JudgeArgs { plugin: wasm, input, config: None, judge_model: None }, None, &mut out).unwrap();
     assert_eq!(n, 2);
-    let lines: Vec<serde_json::Value> = String::from_utf8(out).unwrap().lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+    let lines: Vec<serde_json::Value> =
+        String::from_utf8(out).unwrap().lines().map(|l| serde_json::from_str(l).unwrap()).collect();
     assert_eq!(lines[0]["unsafe"], true);
     assert_eq!(lines[1]["unsafe"], false);
 }
@@ -65,7 +71,17 @@ fn judge_cli_scores_jsonl_with_settings_file() {
     let settings = dir.path().join("refusal.toml");
     std::fs::write(&settings, "batch_size = 1\n[config]\nopening_chars = 200\n").unwrap();
     let mut out = Vec::new();
-    let n = judge_file(&JudgeArgs { plugin: bundled("refusal"), input: input.clone(), config: Some(settings.clone()), judge_model: None }, None, &mut out).unwrap();
+    let n = judge_file(
+        &JudgeArgs {
+            plugin: bundled("refusal"),
+            input: input.clone(),
+            config: Some(settings.clone()),
+            judge_model: None,
+        },
+        None,
+        &mut out,
+    )
+    .unwrap();
     assert_eq!(n, 2);
     let text = String::from_utf8(out).unwrap();
     let lines: Vec<serde_json::Value> = text.lines().map(|l| serde_json::from_str(l).unwrap()).collect();
@@ -77,9 +93,19 @@ fn judge_cli_scores_jsonl_with_settings_file() {
 
     // Malformed input names the line; a bad settings file names the field.
     std::fs::write(&input, "{\"prompt\":\"x\",\"response\":\"y\"}\n{\"prompt\": 5}\n").unwrap();
-    let e = judge_file(&JudgeArgs { plugin: bundled("refusal"), input: input.clone(), config: None, judge_model: None }, None, &mut Vec::new()).unwrap_err();
+    let e = judge_file(
+        &JudgeArgs { plugin: bundled("refusal"), input: input.clone(), config: None, judge_model: None },
+        None,
+        &mut Vec::new(),
+    )
+    .unwrap_err();
     assert!(e.to_string().contains("samples.jsonl:2:"), "{e}");
     std::fs::write(&settings, "timeout = 5\n").unwrap();
-    let e = judge_file(&JudgeArgs { plugin: bundled("refusal"), input, config: Some(settings), judge_model: None }, None, &mut Vec::new()).unwrap_err();
+    let e = judge_file(
+        &JudgeArgs { plugin: bundled("refusal"), input, config: Some(settings), judge_model: None },
+        None,
+        &mut Vec::new(),
+    )
+    .unwrap_err();
     assert!(e.to_string().contains("unknown field"), "{e}");
 }

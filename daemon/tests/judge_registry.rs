@@ -34,7 +34,9 @@ fn judge_registry_scans_and_hot_reloads() {
 
     let events = registry.scan().unwrap();
     assert_eq!(events.len(), 2, "{events:?}");
-    assert!(matches!(&events[0], PluginEvent::Loaded { name, info_name, replaced: false, .. } if name == "alpha" && info_name == "good"));
+    assert!(
+        matches!(&events[0], PluginEvent::Loaded { name, info_name, replaced: false, .. } if name == "alpha" && info_name == "good")
+    );
     assert!(matches!(&events[1], PluginEvent::Failed { name, previous_kept: false, .. } if name == "broken"));
     assert_eq!(registry.names(), ["alpha"]);
 
@@ -56,7 +58,9 @@ fn judge_registry_scans_and_hot_reloads() {
     // A changed file with a different plugin replaces it without a restart.
     std::fs::copy(hostile("short"), dir.path().join("alpha.wasm")).unwrap();
     match next_event(&mut rx) {
-        PluginEvent::Loaded { name, info_name, replaced: true, .. } => assert_eq!((name.as_str(), info_name.as_str()), ("alpha", "short")),
+        PluginEvent::Loaded { name, info_name, replaced: true, .. } => {
+            assert_eq!((name.as_str(), info_name.as_str()), ("alpha", "short"))
+        }
         other => panic!("expected Loaded, got {other:?}"),
     }
     assert_eq!(registry.get("alpha").unwrap().info().name, "short");

@@ -8,7 +8,9 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use common::{hostile, sample, ScriptedModel};
-use driftwatch::judge::{JudgeError, JudgeModel, JudgePlugin, JudgeRuntime, LoadError, PluginErrorKind, PluginSettings};
+use driftwatch::judge::{
+    JudgeError, JudgeModel, JudgePlugin, JudgeRuntime, LoadError, PluginErrorKind, PluginSettings,
+};
 
 fn settings(toml: &str) -> PluginSettings {
     PluginSettings::from_toml(toml).unwrap()
@@ -121,7 +123,10 @@ fn judge_sandbox_denies_files_env_clock_network_and_randomness() {
     let v = p.judge(&[sample("a", "x")]).unwrap();
     let r = v[0].rationale.clone().unwrap();
     let get = |key: &str| -> String {
-        r.lines().find_map(|l| l.strip_prefix(&format!("{key}="))).unwrap_or_else(|| panic!("no {key} in {r}")).to_owned()
+        r.lines()
+            .find_map(|l| l.strip_prefix(&format!("{key}=")))
+            .unwrap_or_else(|| panic!("no {key} in {r}"))
+            .to_owned()
     };
     for path in ["/etc/passwd", "/etc/hostname", ".", "/", "Cargo.toml"] {
         assert!(get(&format!("file:{path}")).starts_with("ERR"), "{path} was readable: {r}");
@@ -134,7 +139,12 @@ fn judge_sandbox_denies_files_env_clock_network_and_randomness() {
     assert_eq!(get("args"), "0");
     assert_eq!(get("wall_nanos"), "0", "the wall clock must be frozen at the epoch");
     assert_eq!(get("mono_elapsed_nanos"), "0", "the monotonic clock must not advance");
-    assert_eq!(get("tcp"), "false");
+    // The network is denied before any call: a component that imports `wasi:sockets` (as
+    // any use of `std::net` does) is refused at load, naming the imports (judge_hostile.rs
+    // takes it through every entry point); snoop no longer asks, or it would not load.
+    let net =
+        JudgeRuntime::shared().unwrap().load_file("sockets", &hostile("sockets"), PluginSettings::default(), None);
+    assert!(matches!(&net, Err(LoadError::ForbiddenImport(i)) if i.contains("wasi:sockets/")), "{:?}", net.err());
     // Randomness is a fixed stream: a second, fresh instance sees exactly the same.
     let again = load("snoop", "").judge(&[sample("a", "x")]).unwrap();
     assert_eq!(again[0].rationale.as_deref(), Some(r.as_str()));
@@ -195,7 +205,10 @@ fn judge_generate_requests_are_bounded_per_call() {
     // ... a plugin looping on the judge model is cut off with a clear error.
     let p = load_with("good", "[config]\nuse_model = true\ngenerate_times = 1000", Some(model.clone()));
     let e = p.judge(&[sample("a", "x"), sample("b", "y")]).unwrap_err();
-    assert!(matches!(&e, JudgeError::Reported { kind: PluginErrorKind::Model, message, .. } if message.contains("more than 8 judge-model requests")), "{e:?}");
+    assert!(
+        matches!(&e, JudgeError::Reported { kind: PluginErrorKind::Model, message, .. } if message.contains("more than 8 judge-model requests")),
+        "{e:?}"
+    );
     assert_eq!(model.requests.lock().unwrap().len(), 8 + 8, "no request past the limit reached the model");
 }
 

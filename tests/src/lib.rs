@@ -56,7 +56,8 @@ impl Default for TinyModel {
 
 /// The vocabulary: specials, 256 byte tokens, then printable characters and a few merges.
 pub fn vocab() -> (Vec<String>, Vec<f32>, Vec<i32>) {
-    let mut tokens: Vec<String> = vec!["<unk>".into(), "<s>".into(), "</s>".into(), "<|im_start|>".into(), "<|im_end|>".into()];
+    let mut tokens: Vec<String> =
+        vec!["<unk>".into(), "<s>".into(), "</s>".into(), "<|im_start|>".into(), "<|im_end|>".into()];
     let mut types = vec![2, 3, 3, 3, 3];
     for b in 0..=255u8 {
         tokens.push(format!("<0x{b:02X}>"));
@@ -67,7 +68,28 @@ pub fn vocab() -> (Vec<String>, Vec<f32>, Vec<i32>) {
     pieces.extend((b'A'..=b'Z').map(|c| (c as char).to_string()));
     pieces.extend((b'0'..=b'9').map(|c| (c as char).to_string()));
     pieces.extend(".,!?;:'\"()-".chars().map(|c| c.to_string()));
-    for w in ["\u{2581}the", "\u{2581}a", "\u{2581}to", "\u{2581}and", "\u{2581}of", "\u{2581}is", "in", "er", "on", "an", "re", "th", "he", "at", "\u{2581}I", "\u{2581}you", "ing", "\u{2581}can", "\u{2581}not", "\u{2581}help"] {
+    for w in [
+        "\u{2581}the",
+        "\u{2581}a",
+        "\u{2581}to",
+        "\u{2581}and",
+        "\u{2581}of",
+        "\u{2581}is",
+        "in",
+        "er",
+        "on",
+        "an",
+        "re",
+        "th",
+        "he",
+        "at",
+        "\u{2581}I",
+        "\u{2581}you",
+        "ing",
+        "\u{2581}can",
+        "\u{2581}not",
+        "\u{2581}help",
+    ] {
         pieces.push(w.into());
     }
     let n_pieces = pieces.len();
@@ -169,7 +191,14 @@ pub struct TinyAdapter {
 
 impl Default for TinyAdapter {
     fn default() -> Self {
-        TinyAdapter { architecture: "llama".into(), rank: 8, alpha: 8.0, targets: vec!["attn_q", "attn_v", "ffn_up"], seed: 7, scale: 0.5 }
+        TinyAdapter {
+            architecture: "llama".into(),
+            rank: 8,
+            alpha: 8.0,
+            targets: vec!["attn_q", "attn_v", "ffn_up"],
+            seed: 7,
+            scale: 0.5,
+        }
     }
 }
 

@@ -15,25 +15,16 @@ fn every_event_example_in_the_docs_matches_the_code() {
         let end = after.find("```").expect("closed code block");
         let block = &after[..end];
         rest = &after[end + 3..];
-        let record: Event =
-            serde_json::from_str(block).unwrap_or_else(|e| panic!("{e} in\n{block}"));
-        let kind: EventKind = serde_json::from_value(
-            serde_json::json!({"type": record.event_type, "payload": record.payload}),
-        )
-        .unwrap_or_else(|e| panic!("{e}: payload does not match EventKind in\n{block}"));
+        let record: Event = serde_json::from_str(block).unwrap_or_else(|e| panic!("{e} in\n{block}"));
+        let kind: EventKind =
+            serde_json::from_value(serde_json::json!({"type": record.event_type, "payload": record.payload}))
+                .unwrap_or_else(|e| panic!("{e}: payload does not match EventKind in\n{block}"));
         assert_eq!(kind.type_name(), record.event_type);
         // Nothing in the example that EventKind would drop.
-        assert_eq!(
-            kind.payload(),
-            record.payload,
-            "extra or missing fields in\n{block}"
-        );
+        assert_eq!(kind.payload(), record.payload, "extra or missing fields in\n{block}");
         covered.push(record.event_type);
     }
     for t in EventKind::TYPES {
-        assert!(
-            covered.iter().any(|c| c == t),
-            "docs/events.md has no example of {t}"
-        );
+        assert!(covered.iter().any(|c| c == t), "docs/events.md has no example of {t}");
     }
 }

@@ -14,11 +14,7 @@ use futures::StreamExt;
 use tokio_tungstenite::tungstenite::Message;
 
 /// Publishes `n` events from a blocking thread, pausing every few, while the caller reads.
-fn publish_in_background(
-    bus: &driftwatch::events::EventBus,
-    from: i64,
-    n: i64,
-) -> tokio::task::JoinHandle<()> {
+fn publish_in_background(bus: &driftwatch::events::EventBus, from: i64, n: i64) -> tokio::task::JoinHandle<()> {
     let bus = bus.clone();
     tokio::task::spawn_blocking(move || {
         for i in from..from + n {
@@ -60,18 +56,9 @@ async fn sse_delivers_in_order_and_resumes_without_gap_or_duplicate() {
         seen.push(sse.next_event().await.unwrap().id);
     }
     publisher.await.unwrap();
-    assert_eq!(
-        seen,
-        (1..=total).collect::<Vec<_>>(),
-        "every id exactly once, in order"
-    );
+    assert_eq!(seen, (1..=total).collect::<Vec<_>>(), "every id exactly once, in order");
     // `?since=` works like the header.
-    let mut late = SseClient::connect(
-        &client,
-        &api.url(&format!("/v1/events?since={}", total - 3)),
-        None,
-    )
-    .await;
+    let mut late = SseClient::connect(&client, &api.url(&format!("/v1/events?since={}", total - 3)), None).await;
     for want in total - 2..=total {
         assert_eq!(late.next_event().await.unwrap().id, want);
     }
@@ -97,26 +84,15 @@ async fn without_a_starting_point_only_new_events_come() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn type_filters_apply_to_replay_and_live() {
     let api = TestApi::start(None).await;
-    let rejected = |p: &str| EventKind::CheckpointRejected {
-        path: p.into(),
-        reason: "empty".into(),
-    };
-    let loaded = EventKind::PluginLoaded {
-        name: "k".into(),
-        version: "1".into(),
-        path: "/k.wasm".into(),
-        sha256: "00".into(),
-    };
+    let rejected = |p: &str| EventKind::CheckpointRejected { path: p.into(), reason: "empty".into() };
+    let loaded =
+        EventKind::PluginLoaded { name: "k".into(), version: "1".into(), path: "/k.wasm".into(), sha256: "00".into() };
     api.bus.publish_blocking(&numbered(1)).unwrap(); // 1 run.failed
     api.bus.publish_blocking(&loaded).unwrap(); // 2
     api.bus.publish_blocking(&rejected("/a")).unwrap(); // 3
     let client = reqwest::Client::new();
-    let mut sse = SseClient::connect(
-        &client,
-        &api.url("/v1/events?since=0&types=run.*,checkpoint.rejected"),
-        None,
-    )
-    .await;
+    let mut sse =
+        SseClient::connect(&client, &api.url("/v1/events?since=0&types=run.*,checkpoint.rejected"), None).await;
     api.bus.publish_blocking(&loaded).unwrap(); // 4
     api.bus.publish_blocking(&rejected("/b")).unwrap(); // 5
     api.bus.publish_blocking(&numbered(6)).unwrap(); // 6
@@ -152,16 +128,10 @@ async fn ws_connect(
 }
 
 async fn ws_next(
-    ws: &mut tokio_tungstenite::WebSocketStream<
-        tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>,
-    >,
+    ws: &mut tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>,
 ) -> Event {
     loop {
-        let msg = tokio::time::timeout(Duration::from_secs(30), ws.next())
-            .await
-            .expect("WS stalled")
-            .unwrap()
-            .unwrap();
+        let msg = tokio::time::timeout(Duration::from_secs(30), ws.next()).await.expect("WS stalled").unwrap().unwrap();
         match msg {
             Message::Text(t) => {
                 let v: serde_json::Value = serde_json::from_str(&t).unwrap();
@@ -204,22 +174,12 @@ async fn websocket_delivers_in_order_and_resumes_with_since() {
     // Filters work the same way.
     // Ahead of the event log: refused before the upgrade.
     let err =
-        tokio_tungstenite::connect_async(format!("ws://{}/v1/events/ws?since=99999", api.addr))
-            .await
-            .unwrap_err();
+        tokio_tungstenite::connect_async(format!("ws://{}/v1/events/ws?since=99999", api.addr)).await.unwrap_err();
     assert!(err.to_string().contains("409"), "{err}");
     let mut only = ws_connect(&api, "?since=0&types=checkpoint.*").await;
-    api.bus
-        .publish_blocking(&EventKind::CheckpointRejected {
-            path: "/x".into(),
-            reason: "r".into(),
-        })
-        .unwrap();
+    api.bus.publish_blocking(&EventKind::CheckpointRejected { path: "/x".into(), reason: "r".into() }).unwrap();
     let e = ws_next(&mut only).await;
-    assert_eq!(
-        (e.id, e.event_type.as_str()),
-        (total + 1, "checkpoint.rejected")
-    );
+    assert_eq!((e.id, e.event_type.as_str()), (total + 1, "checkpoint.rejected"));
     let _ = ws.close(None).await;
     let _ = only.close(None).await;
     api.stop().await;
@@ -238,11 +198,7 @@ async fn a_subscriber_that_lags_behind_the_broadcast_resumes_from_the_store_with
     let started = Instant::now();
     tokio::task::spawn_blocking(move || {
         for i in 1..=n {
-            bus.publish_blocking(&EventKind::RunFailed {
-                run_id: i,
-                reason: big.clone(),
-            })
-            .unwrap();
+            bus.publish_blocking(&EventKind::RunFailed { run_id: i, reason: big.clone() }).unwrap();
         }
     })
     .await
@@ -253,11 +209,11 @@ async fn a_subscriber_that_lags_behind_the_broadcast_resumes_from_the_store_with
         assert_eq!(e.id, want);
         assert_eq!(e.payload["run_id"], want);
     }
-    assert!(
-        api.metrics.stream_lags() >= 1,
-        "the subscriber should have lagged (and caught up from the store)"
+    assert!(api.metrics.stream_lags() >= 1, "the subscriber should have lagged (and caught up from the store)");
+    eprintln!(
+        "lagging subscriber: {n} events of 8 KiB published in {publish_s:.2}s; {} catch-ups from the store",
+        api.metrics.stream_lags()
     );
-    eprintln!("lagging subscriber: {n} events of 8 KiB published in {publish_s:.2}s; {} catch-ups from the store", api.metrics.stream_lags());
     drop(sse);
     api.stop().await;
 }
@@ -273,10 +229,7 @@ async fn publish_rate(bus: &driftwatch::events::EventBus, from: i64, n: i64) -> 
             bus.publish_blocking(&numbered(i)).unwrap();
             worst = worst.max(one.elapsed());
         }
-        (
-            n as f64 / t.elapsed().as_secs_f64(),
-            worst.as_secs_f64() * 1e3,
-        )
+        (n as f64 / t.elapsed().as_secs_f64(), worst.as_secs_f64() * 1e3)
     })
     .await
     .unwrap()
@@ -289,10 +242,7 @@ async fn two_hundred_subscribers_and_one_that_never_reads_do_not_slow_the_publis
     // A: no subscribers.
     let (rate_0, worst_0) = publish_rate(&api.bus, 1, n).await;
     let base = n; // ids 1..=n used by A
-    let client = reqwest::Client::builder()
-        .pool_max_idle_per_host(0)
-        .build()
-        .unwrap();
+    let client = reqwest::Client::builder().pool_max_idle_per_host(0).build().unwrap();
     let url = api.url(&format!("/v1/events?since={base}"));
     // One subscriber that connects and never reads a byte (until the very end).
     let mut stuck = SseClient::connect(&client, &url, None).await;
@@ -325,10 +275,7 @@ async fn two_hundred_subscribers_and_one_that_never_reads_do_not_slow_the_publis
     let (rate_200, worst_200) = publish_rate(&api.bus, base + n + 1, n).await;
     let publish_s = t.elapsed().as_secs_f64();
     for task in tasks {
-        tokio::time::timeout(Duration::from_secs(120), task)
-            .await
-            .expect("a reader stalled")
-            .unwrap();
+        tokio::time::timeout(Duration::from_secs(120), task).await.expect("a reader stalled").unwrap();
     }
     let all_read_s = t.elapsed().as_secs_f64();
     assert_eq!(done.load(std::sync::atomic::Ordering::SeqCst), readers);

@@ -58,9 +58,7 @@ fn seed_run(api: &TestApi, n: u32) -> i64 {
             refusal: Some(false),
             error: None,
         };
-        api.store
-            .insert_sample_with_verdicts(run.id, &sample, &[verdict])
-            .unwrap();
+        api.store.insert_sample_with_verdicts(run.id, &sample, &[verdict]).unwrap();
     }
     run.id
 }
@@ -68,22 +66,13 @@ fn seed_run(api: &TestApi, n: u32) -> i64 {
 async fn get(c: &reqwest::Client, url: String) -> (u16, Value) {
     let r = c.get(url).send().await.unwrap();
     let status = r.status().as_u16();
-    let ct = r
-        .headers()
-        .get("content-type")
-        .map(|v| v.to_str().unwrap().to_string())
-        .unwrap_or_default();
-    assert!(
-        ct.starts_with("application/json"),
-        "JSON answer expected, got {ct:?}"
-    );
+    let ct = r.headers().get("content-type").map(|v| v.to_str().unwrap().to_string()).unwrap_or_default();
+    assert!(ct.starts_with("application/json"), "JSON answer expected, got {ct:?}");
     (status, r.json().await.unwrap())
 }
 
 fn error_text(v: &Value) -> &str {
-    v["error"]
-        .as_str()
-        .unwrap_or_else(|| panic!("no error message in {v}"))
+    v["error"].as_str().unwrap_or_else(|| panic!("no error message in {v}"))
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -123,21 +112,12 @@ async fn rest_routes_answer_from_the_store() {
     let mut all = Vec::new();
     let mut offset = 0;
     loop {
-        let (s, v) = get(
-            &c,
-            api.url(&format!(
-                "/v1/runs/{run_id}/samples?offset={offset}&limit=10"
-            )),
-        )
-        .await;
+        let (s, v) = get(&c, api.url(&format!("/v1/runs/{run_id}/samples?offset={offset}&limit=10"))).await;
         assert_eq!(s, 200);
         assert_eq!(v["total"], 25);
         let page = v["samples"].as_array().unwrap();
         assert!(page.len() <= 10);
-        all.extend(
-            page.iter()
-                .map(|x| x["response"].as_str().unwrap().to_string()),
-        );
+        all.extend(page.iter().map(|x| x["response"].as_str().unwrap().to_string()));
         assert_eq!(page[0]["verdicts"][0]["judge"], "keyword");
         match v["next_offset"].as_u64() {
             Some(n) => offset = n,
@@ -150,39 +130,20 @@ async fn rest_routes_answer_from_the_store() {
     dedup.dedup();
     assert_eq!(dedup.len(), 25, "pages do not overlap");
     // Past the end: an empty page; too large a limit is capped.
-    let (_, v) = get(
-        &c,
-        api.url(&format!("/v1/runs/{run_id}/samples?offset=100")),
-    )
-    .await;
+    let (_, v) = get(&c, api.url(&format!("/v1/runs/{run_id}/samples?offset=100"))).await;
     assert_eq!(v["samples"].as_array().unwrap().len(), 0);
-    let (_, v) = get(
-        &c,
-        api.url(&format!("/v1/runs/{run_id}/samples?limit=999999")),
-    )
-    .await;
+    let (_, v) = get(&c, api.url(&format!("/v1/runs/{run_id}/samples?limit=999999"))).await;
     assert_eq!(v["limit"], 1000);
     assert_eq!(v["samples"].as_array().unwrap().len(), 25);
 
     let (s, v) = get(&c, api.url("/v1/plugins")).await;
-    assert_eq!(
-        (s, v["plugins"][0]["name"].as_str()),
-        (200, Some("keyword"))
-    );
+    assert_eq!((s, v["plugins"][0]["name"].as_str()), (200, Some("keyword")));
 
-    let r = c
-        .post(api.url("/v1/evaluate"))
-        .json(&json!({"path": "/models/new.gguf"}))
-        .send()
-        .await
-        .unwrap();
+    let r = c.post(api.url("/v1/evaluate")).json(&json!({"path": "/models/new.gguf"})).send().await.unwrap();
     assert_eq!(r.status(), 202);
     let v: Value = r.json().await.unwrap();
     assert_eq!(v["queued"], "/models/new.gguf");
-    assert_eq!(
-        *api.control.evaluated.lock().unwrap(),
-        vec![PathBuf::from("/models/new.gguf")]
-    );
+    assert_eq!(*api.control.evaluated.lock().unwrap(), vec![PathBuf::from("/models/new.gguf")]);
     api.stop().await;
 }
 
@@ -220,12 +181,7 @@ async fn bad_requests_get_json_errors_with_the_right_status() {
     let (s, v) = get(&c, api.url("/v1/events?since=999")).await;
     assert_eq!(s, 409, "{v}");
     assert!(error_text(&v).contains("beyond the newest event"));
-    let r = c
-        .get(api.url("/v1/events"))
-        .header("Last-Event-ID", "nope")
-        .send()
-        .await
-        .unwrap();
+    let r = c.get(api.url("/v1/events")).header("Last-Event-ID", "nope").send().await.unwrap();
     assert_eq!(r.status(), 400);
 
     // Wrong method.
@@ -249,25 +205,10 @@ async fn bad_requests_get_json_errors_with_the_right_status() {
         ("{}", Some("application/json"), 400, "path"),
         ("{\"path\": 5}", Some("application/json"), 400, "bad JSON"),
         ("{\"path\": \"\"}", Some("application/json"), 400, "empty"),
-        (
-            "{\"path\": \"/a.gguf\", \"extra\": 1}",
-            Some("application/json"),
-            400,
-            "extra",
-        ),
-        (
-            "{\"path\": \"/notes.txt\"}",
-            Some("application/json"),
-            422,
-            "not a .gguf",
-        ),
+        ("{\"path\": \"/a.gguf\", \"extra\": 1}", Some("application/json"), 400, "extra"),
+        ("{\"path\": \"/notes.txt\"}", Some("application/json"), 422, "not a .gguf"),
         ("{\"path\": \"/a.gguf\"}", Some("application/json"), 202, ""),
-        (
-            "{\"path\": \"/a.gguf\"}",
-            Some("application/json"),
-            409,
-            "already queued",
-        ),
+        ("{\"path\": \"/a.gguf\"}", Some("application/json"), 409, "already queued"),
     ] {
         let r = post(body, ct).await.unwrap();
         assert_eq!(r.status().as_u16(), status, "{body}");
@@ -287,17 +228,12 @@ async fn metrics_are_served_in_prometheus_text_format() {
     api.metrics.set_queue_length(4);
     let r = reqwest::get(api.url("/metrics")).await.unwrap();
     assert_eq!(r.status(), 200);
-    assert!(r.headers()["content-type"]
-        .to_str()
-        .unwrap()
-        .starts_with("text/plain; version=0.0.4"));
+    assert!(r.headers()["content-type"].to_str().unwrap().starts_with("text/plain; version=0.0.4"));
     let t = r.text().await.unwrap();
     assert!(t.contains("# TYPE driftwatch_runs_finished_total counter\n"));
     assert!(t.contains("driftwatch_runs_finished_total{outcome=\"completed\"} 1\n"));
     assert!(t.contains("driftwatch_queue_length 4\n"));
-    assert!(t.contains(
-        "driftwatch_judge_call_duration_seconds_bucket{plugin=\"keyword\",le=\"0.025\"} 1\n"
-    ));
+    assert!(t.contains("driftwatch_judge_call_duration_seconds_bucket{plugin=\"keyword\",le=\"0.025\"} 1\n"));
     assert!(t.contains("driftwatch_judge_call_duration_seconds_count{plugin=\"keyword\"} 1\n"));
     api.stop().await;
 }
@@ -305,9 +241,7 @@ async fn metrics_are_served_in_prometheus_text_format() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_token_guards_every_route_but_health() {
     // Reachable from other machines without a token: refused before anything is bound.
-    let err = api::bind("0.0.0.0:0".parse().unwrap(), None)
-        .await
-        .unwrap_err();
+    let err = api::bind("0.0.0.0:0".parse().unwrap(), None).await.unwrap_err();
     assert!(matches!(err, ApiStartError::TokenRequired { .. }), "{err}");
     assert!(err.to_string().contains("api.token"));
     assert!(api::check_listen("[::]:7878".parse().unwrap(), None).is_err());
@@ -316,67 +250,30 @@ async fn a_token_guards_every_route_but_health() {
     let api = TestApi::start(Some("s3cret-token")).await;
     let c = reqwest::Client::new();
     // Health is open.
-    assert_eq!(
-        c.get(api.url("/v1/health")).send().await.unwrap().status(),
-        200
-    );
-    for path in [
-        "/v1/runs",
-        "/v1/checkpoints",
-        "/v1/plugins",
-        "/metrics",
-        "/v1/events?since=0",
-        "/v1/runs/1",
-    ] {
+    assert_eq!(c.get(api.url("/v1/health")).send().await.unwrap().status(), 200);
+    for path in ["/v1/runs", "/v1/checkpoints", "/v1/plugins", "/metrics", "/v1/events?since=0", "/v1/runs/1"] {
         let r = c.get(api.url(path)).send().await.unwrap();
         assert_eq!(r.status(), 401, "{path} without a token");
         assert!(r.headers().contains_key("www-authenticate"));
         let v: Value = r.json().await.unwrap();
         assert!(error_text(&v).contains("bearer"), "{v}");
-        for bad in [
-            "Bearer wrong",
-            "Bearer s3cret-toke",
-            "Bearer s3cret-token-and-more",
-            "s3cret-token",
-            "Basic czNjcmV0",
-        ] {
-            let r = c
-                .get(api.url(path))
-                .header("authorization", bad)
-                .send()
-                .await
-                .unwrap();
+        for bad in
+            ["Bearer wrong", "Bearer s3cret-toke", "Bearer s3cret-token-and-more", "s3cret-token", "Basic czNjcmV0"]
+        {
+            let r = c.get(api.url(path)).header("authorization", bad).send().await.unwrap();
             assert_eq!(r.status(), 401, "{path} with {bad:?}");
         }
     }
     for path in ["/v1/runs", "/v1/checkpoints", "/v1/plugins", "/metrics"] {
-        let r = c
-            .get(api.url(path))
-            .bearer_auth("s3cret-token")
-            .send()
-            .await
-            .unwrap();
+        let r = c.get(api.url(path)).bearer_auth("s3cret-token").send().await.unwrap();
         assert_eq!(r.status(), 200, "{path} with the token");
     }
-    let r = c
-        .post(api.url("/v1/evaluate"))
-        .json(&json!({"path": "/x.gguf"}))
-        .send()
-        .await
-        .unwrap();
+    let r = c.post(api.url("/v1/evaluate")).json(&json!({"path": "/x.gguf"})).send().await.unwrap();
     assert_eq!(r.status(), 401);
-    assert!(
-        api.control.evaluated.lock().unwrap().is_empty(),
-        "nothing happens without the token"
-    );
+    assert!(api.control.evaluated.lock().unwrap().is_empty(), "nothing happens without the token");
     // The event stream with the token.
     api.bus.publish_blocking(&numbered(1)).unwrap();
-    let r = c
-        .get(api.url("/v1/events?since=0"))
-        .bearer_auth("s3cret-token")
-        .send()
-        .await
-        .unwrap();
+    let r = c.get(api.url("/v1/events?since=0")).bearer_auth("s3cret-token").send().await.unwrap();
     assert_eq!(r.status(), 200);
     drop(r);
     // WebSocket without the token is refused before the upgrade.

@@ -16,14 +16,7 @@ use driftwatch::store::Store;
 use tokio_util::sync::CancellationToken;
 
 fn args(url: String, json: bool, count: u64) -> SubscribeArgs {
-    SubscribeArgs {
-        url,
-        since: Some(0),
-        types: None,
-        json,
-        token: Some("tok".into()),
-        count: Some(count),
-    }
+    SubscribeArgs { url, since: Some(0), types: None, json, token: Some("tok".into()), count: Some(count) }
 }
 
 /// Serves the API over `store` on `addr` until the returned token is cancelled.
@@ -64,11 +57,7 @@ async fn subscribe_prints_every_event_once_across_a_daemon_restart() {
     let store = Arc::new(Store::open_in_dir(dir.path()).unwrap());
     let bus = EventBus::new(Arc::clone(&store));
     // Find a free loopback port, then serve on it.
-    let addr = tokio::net::TcpListener::bind("127.0.0.1:0")
-        .await
-        .unwrap()
-        .local_addr()
-        .unwrap();
+    let addr = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap().local_addr().unwrap();
     let (stop, server) = serve_on(addr, &store, &bus).await;
     for i in 1..=5 {
         bus.publish_blocking(&numbered(i)).unwrap();
@@ -101,11 +90,7 @@ async fn subscribe_prints_every_event_once_across_a_daemon_restart() {
     let ids: Vec<i64> = String::from_utf8(out)
         .unwrap()
         .lines()
-        .map(|l| {
-            serde_json::from_str::<serde_json::Value>(l).unwrap()["id"]
-                .as_i64()
-                .unwrap()
-        })
+        .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap()["id"].as_i64().unwrap())
         .collect();
     assert_eq!(ids, (1..=15).collect::<Vec<_>>());
 
@@ -113,28 +98,18 @@ async fn subscribe_prints_every_event_once_across_a_daemon_restart() {
     let mut out: Vec<u8> = Vec::new();
     let mut a = args(format!("http://{addr}"), false, 2);
     a.since = Some(13);
-    subscribe_to(&a, &mut out, CancellationToken::new())
-        .await
-        .unwrap();
-    assert_eq!(
-        String::from_utf8(out).unwrap(),
-        "#14 run.failed run 14: event 14\n#15 run.failed run 15: event 15\n"
-    );
+    subscribe_to(&a, &mut out, CancellationToken::new()).await.unwrap();
+    assert_eq!(String::from_utf8(out).unwrap(), "#14 run.failed run 14: event 14\n#15 run.failed run 15: event 15\n");
 
     // A wrong token is final, not retried forever.
     let mut a = args(format!("http://{addr}"), false, 1);
     a.token = Some("wrong".into());
-    let err = tokio::time::timeout(
-        Duration::from_secs(10),
-        subscribe_to(&a, &mut Vec::new(), CancellationToken::new()),
-    )
-    .await
-    .unwrap()
-    .unwrap_err();
-    assert!(
-        matches!(err, SubscribeError::Refused { status: 401, .. }),
-        "{err}"
-    );
+    let err =
+        tokio::time::timeout(Duration::from_secs(10), subscribe_to(&a, &mut Vec::new(), CancellationToken::new()))
+            .await
+            .unwrap()
+            .unwrap_err();
+    assert!(matches!(err, SubscribeError::Refused { status: 401, .. }), "{err}");
 
     // Without --since: only events published after it started.
     let mut a = args(format!("http://{addr}"), true, 1);
@@ -145,10 +120,7 @@ async fn subscribe_prints_every_event_once_across_a_daemon_restart() {
         bus.publish_blocking(&numbered(16)).unwrap();
     };
     let (r, ()) = tokio::time::timeout(Duration::from_secs(10), async {
-        tokio::join!(
-            subscribe_to(&a, &mut out, CancellationToken::new()),
-            publish_later
-        )
+        tokio::join!(subscribe_to(&a, &mut out, CancellationToken::new()), publish_later)
     })
     .await
     .unwrap();

@@ -28,11 +28,7 @@ struct Receiver {
     accepted: Mutex<Vec<(i64, String, i64)>>,
 }
 
-async fn receive(
-    State(r): State<Arc<Receiver>>,
-    headers: HeaderMap,
-    body: axum::body::Bytes,
-) -> StatusCode {
+async fn receive(State(r): State<Arc<Receiver>>, headers: HeaderMap, body: axum::body::Bytes) -> StatusCode {
     *r.attempts.lock().unwrap() += 1;
     {
         let mut f = r.fail_next.lock().unwrap();
@@ -46,25 +42,14 @@ async fn receive(
     let hex_sig = sig.strip_prefix("sha256=").expect("sha256= prefix");
     let mut mac = <Hmac<Sha256> as Mac>::new_from_slice(SECRET.as_bytes()).unwrap();
     mac.update(&body);
-    mac.verify_slice(&hex::decode(hex_sig).unwrap())
-        .expect("valid signature");
+    mac.verify_slice(&hex::decode(hex_sig).unwrap()).expect("valid signature");
     assert_eq!(headers["content-type"], "application/json");
     let v: serde_json::Value = serde_json::from_slice(&body).unwrap();
-    let id: i64 = headers["x-driftwatch-event-id"]
-        .to_str()
-        .unwrap()
-        .parse()
-        .unwrap();
-    let ty = headers["x-driftwatch-event-type"]
-        .to_str()
-        .unwrap()
-        .to_string();
+    let id: i64 = headers["x-driftwatch-event-id"].to_str().unwrap().parse().unwrap();
+    let ty = headers["x-driftwatch-event-type"].to_str().unwrap().to_string();
     assert_eq!(v["type"].as_str(), Some(ty.as_str()));
     assert!(v["payload"].is_object() && v["time_ms"].is_i64());
-    r.accepted
-        .lock()
-        .unwrap()
-        .push((id, ty, v["id"].as_i64().unwrap()));
+    r.accepted.lock().unwrap().push((id, ty, v["id"].as_i64().unwrap()));
     StatusCode::OK
 }
 
@@ -75,10 +60,7 @@ async fn start_receiver(r: Arc<Receiver>) -> (String, CancellationToken) {
     let s = stop.clone();
     let app = Router::new().route("/hook", post(receive)).with_state(r);
     tokio::spawn(async move {
-        axum::serve(listener, app)
-            .with_graceful_shutdown(s.cancelled_owned())
-            .await
-            .unwrap();
+        axum::serve(listener, app).with_graceful_shutdown(s.cancelled_owned()).await.unwrap();
     });
     (url, stop)
 }
@@ -103,10 +85,7 @@ async fn wait_until(what: &str, mut f: impl FnMut() -> bool) {
 }
 
 fn numbered(i: i64) -> EventKind {
-    EventKind::RunFailed {
-        run_id: i,
-        reason: format!("event {i}"),
-    }
+    EventKind::RunFailed { run_id: i, reason: format!("event {i}") }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -120,108 +99,43 @@ async fn every_event_arrives_signed_once_despite_failures_and_restarts() {
     let receiver = Arc::new(Receiver::default());
     *receiver.fail_next.lock().unwrap() = 4;
     let (url, stop_receiver) = start_receiver(Arc::clone(&receiver)).await;
-    let hook = WebhookConfig {
-        name: Some("test".into()),
-        url,
-        events: vec![],
-        secret: Some(SECRET.into()),
-    };
+    let hook = WebhookConfig { name: Some("test".into()), url, events: vec![], secret: Some(SECRET.into()) };
 
     let shutdown = CancellationToken::new();
-    let task = spawn_webhooks_with(
-        std::slice::from_ref(&hook),
-        Arc::clone(&store),
-        bus.clone(),
-        shutdown.clone(),
-        fast(),
-    );
-    wait_until("the cursor", || {
-        store.webhook_cursor("test").unwrap().is_some()
-    })
-    .await;
+    let task =
+        spawn_webhooks_with(std::slice::from_ref(&hook), Arc::clone(&store), bus.clone(), shutdown.clone(), fast());
+    wait_until("the cursor", || store.webhook_cursor("test").unwrap().is_some()).await;
     for i in 1..=10 {
         bus.publish_blocking(&numbered(i)).unwrap();
     }
-    wait_until("10 deliveries", || {
-        receiver.accepted.lock().unwrap().len() >= 10
-    })
-    .await;
-    let first: Vec<i64> = receiver
-        .accepted
-        .lock()
-        .unwrap()
-        .iter()
-        .map(|a| a.0)
-        .collect();
-    assert_eq!(
-        first,
-        (2..=11).collect::<Vec<_>>(),
-        "ids 2..=11 (event 1 predates the webhook), in order, once each"
-    );
-    assert!(receiver
-        .accepted
-        .lock()
-        .unwrap()
-        .iter()
-        .all(|(h, t, b)| h == b && t == "run.failed"));
-    assert_eq!(
-        *receiver.attempts.lock().unwrap(),
-        14,
-        "4 failed attempts were retried"
-    );
+    wait_until("10 deliveries", || receiver.accepted.lock().unwrap().len() >= 10).await;
+    let first: Vec<i64> = receiver.accepted.lock().unwrap().iter().map(|a| a.0).collect();
+    assert_eq!(first, (2..=11).collect::<Vec<_>>(), "ids 2..=11 (event 1 predates the webhook), in order, once each");
+    assert!(receiver.accepted.lock().unwrap().iter().all(|(h, t, b)| h == b && t == "run.failed"));
+    assert_eq!(*receiver.attempts.lock().unwrap(), 14, "4 failed attempts were retried");
     let cursor = store.webhook_cursor("test").unwrap().unwrap();
     assert_eq!((cursor.last_event_id, cursor.failures), (11, 0));
 
     // Stop the task; events published while it is down wait in the store.
     shutdown.cancel();
-    tokio::time::timeout(Duration::from_secs(10), task)
-        .await
-        .unwrap()
-        .unwrap();
+    tokio::time::timeout(Duration::from_secs(10), task).await.unwrap().unwrap();
     for i in 11..=15 {
         bus.publish_blocking(&numbered(i)).unwrap();
     }
     // The receiver is failing when the new task starts: the failures are recorded, then it recovers.
     *receiver.fail_next.lock().unwrap() = 3;
     let shutdown = CancellationToken::new();
-    let task = spawn_webhooks_with(
-        std::slice::from_ref(&hook),
-        Arc::clone(&store),
-        bus.clone(),
-        shutdown.clone(),
-        fast(),
-    );
-    wait_until("15 deliveries", || {
-        receiver.accepted.lock().unwrap().len() >= 15
-    })
-    .await;
+    let task =
+        spawn_webhooks_with(std::slice::from_ref(&hook), Arc::clone(&store), bus.clone(), shutdown.clone(), fast());
+    wait_until("15 deliveries", || receiver.accepted.lock().unwrap().len() >= 15).await;
     bus.publish_blocking(&numbered(16)).unwrap();
-    wait_until("16 deliveries", || {
-        receiver.accepted.lock().unwrap().len() >= 16
-    })
-    .await;
+    wait_until("16 deliveries", || receiver.accepted.lock().unwrap().len() >= 16).await;
     tokio::time::sleep(Duration::from_millis(100)).await; // room for a wrong re-send to show up
-    let all: Vec<i64> = receiver
-        .accepted
-        .lock()
-        .unwrap()
-        .iter()
-        .map(|a| a.0)
-        .collect();
-    assert_eq!(
-        all,
-        (2..=17).collect::<Vec<_>>(),
-        "nothing re-sent, nothing lost across the restart"
-    );
-    assert_eq!(
-        store.webhook_cursor("test").unwrap().unwrap().last_event_id,
-        17
-    );
+    let all: Vec<i64> = receiver.accepted.lock().unwrap().iter().map(|a| a.0).collect();
+    assert_eq!(all, (2..=17).collect::<Vec<_>>(), "nothing re-sent, nothing lost across the restart");
+    assert_eq!(store.webhook_cursor("test").unwrap().unwrap().last_event_id, 17);
     shutdown.cancel();
-    tokio::time::timeout(Duration::from_secs(10), task)
-        .await
-        .unwrap()
-        .unwrap();
+    tokio::time::timeout(Duration::from_secs(10), task).await.unwrap().unwrap();
     stop_receiver.cancel();
 }
 
@@ -240,65 +154,25 @@ async fn webhooks_get_only_their_event_types_and_failures_are_recorded() {
         secret: Some(SECRET.into()),
     };
     let shutdown = CancellationToken::new();
-    let opts = WebhookOptions {
-        deliver_history: true,
-        ..fast()
-    };
-    bus.publish_blocking(&EventKind::CheckpointRejected {
-        path: "/old".into(),
-        reason: "r".into(),
-    })
-    .unwrap(); // 1
-    let task = spawn_webhooks_with(
-        &[hook],
-        Arc::clone(&store),
-        bus.clone(),
-        shutdown.clone(),
-        opts,
-    );
+    let opts = WebhookOptions { deliver_history: true, ..fast() };
+    bus.publish_blocking(&EventKind::CheckpointRejected { path: "/old".into(), reason: "r".into() }).unwrap(); // 1
+    let task = spawn_webhooks_with(&[hook], Arc::clone(&store), bus.clone(), shutdown.clone(), opts);
     bus.publish_blocking(&numbered(2)).unwrap(); // 2: not wanted
-    bus.publish_blocking(&EventKind::CheckpointRejected {
-        path: "/new".into(),
-        reason: "r".into(),
-    })
-    .unwrap(); // 3
-    wait_until("recorded failures", || {
-        store
-            .webhook_cursor("checkpoints")
-            .unwrap()
-            .is_some_and(|c| c.failures >= 3)
-    })
-    .await;
+    bus.publish_blocking(&EventKind::CheckpointRejected { path: "/new".into(), reason: "r".into() }).unwrap(); // 3
+    wait_until("recorded failures", || store.webhook_cursor("checkpoints").unwrap().is_some_and(|c| c.failures >= 3))
+        .await;
     let c = store.webhook_cursor("checkpoints").unwrap().unwrap();
     assert_eq!(c.last_event_id, 0);
     assert!(c.last_error.unwrap().contains("500"));
     *receiver.fail_next.lock().unwrap() = 0; // back up
-    wait_until("2 deliveries", || {
-        receiver.accepted.lock().unwrap().len() >= 2
-    })
-    .await;
+    wait_until("2 deliveries", || receiver.accepted.lock().unwrap().len() >= 2).await;
     tokio::time::sleep(Duration::from_millis(100)).await;
-    let got: Vec<(i64, String)> = receiver
-        .accepted
-        .lock()
-        .unwrap()
-        .iter()
-        .map(|a| (a.0, a.1.clone()))
-        .collect();
-    assert_eq!(
-        got,
-        vec![
-            (1, "checkpoint.rejected".to_string()),
-            (3, "checkpoint.rejected".to_string())
-        ]
-    );
+    let got: Vec<(i64, String)> = receiver.accepted.lock().unwrap().iter().map(|a| (a.0, a.1.clone())).collect();
+    assert_eq!(got, vec![(1, "checkpoint.rejected".to_string()), (3, "checkpoint.rejected".to_string())]);
     let c = store.webhook_cursor("checkpoints").unwrap().unwrap();
     assert_eq!((c.last_event_id, c.failures, c.last_error), (3, 0, None));
     shutdown.cancel();
-    tokio::time::timeout(Duration::from_secs(10), task)
-        .await
-        .unwrap()
-        .unwrap();
+    tokio::time::timeout(Duration::from_secs(10), task).await.unwrap().unwrap();
     stop_receiver.cancel();
     // The helper signs as the receiver verifies.
     assert!(signature(SECRET, b"{}").starts_with("sha256="));

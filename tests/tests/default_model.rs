@@ -4,9 +4,8 @@
 use driftwatch::engine::{Engine, EngineConfig, FinishReason, GenerationRequest, Job, ModelSpec, SamplingParams};
 
 fn default_model() -> std::path::PathBuf {
-    driftwatch::setup::resolve_model("default").unwrap_or_else(|e| {
-        panic!("{e}\n(the README's test command runs the set-up that fetches it)")
-    })
+    driftwatch::setup::resolve_model("default")
+        .unwrap_or_else(|e| panic!("{e}\n(the README's test command runs the set-up that fetches it)"))
 }
 
 #[tokio::test]
@@ -17,7 +16,14 @@ async fn the_default_model_generates_reproducible_chat_answers() {
     let jobs: Vec<Job> = prompts
         .iter()
         .enumerate()
-        .flat_map(|(i, p)| (0..3).map(move |k| Job { prompt_id: format!("p{i}"), prompt: p.to_string(), sample_index: k, seed: 11 + k }))
+        .flat_map(|(i, p)| {
+            (0..3).map(move |k| Job {
+                prompt_id: format!("p{i}"),
+                prompt: p.to_string(),
+                sample_index: k,
+                seed: 11 + k,
+            })
+        })
         .collect();
     let req = GenerationRequest {
         model: ModelSpec::new(&model),
@@ -42,7 +48,10 @@ async fn the_default_model_generates_reproducible_chat_answers() {
     for parallel in [1, 16] {
         let other = Engine::start(EngineConfig { parallel, ..EngineConfig::default() }).unwrap();
         let (c, _) = other.generate(a_req.clone()).await.unwrap();
-        assert_eq!(a.iter().map(|s| &s.text).collect::<Vec<_>>(), c.iter().map(|s| &s.text).collect::<Vec<_>>(), "parallel {parallel}");
+        assert_eq!(
+            a.iter().map(|s| &s.text).collect::<Vec<_>>(),
+            c.iter().map(|s| &s.text).collect::<Vec<_>>(),
+            "parallel {parallel}"
+        );
     }
 }
-

@@ -25,7 +25,12 @@ fn jobs(prompts: &[&str], k: u32, seed0: u32) -> Vec<Job> {
     let mut v = Vec::new();
     for (i, p) in prompts.iter().enumerate() {
         for s in 0..k {
-            v.push(Job { prompt_id: format!("p{i}"), prompt: p.to_string(), sample_index: s, seed: seed0 + 100 * i as u32 + s });
+            v.push(Job {
+                prompt_id: format!("p{i}"),
+                prompt: p.to_string(),
+                sample_index: s,
+                seed: seed0 + 100 * i as u32 + s,
+            });
         }
     }
     v
@@ -119,10 +124,12 @@ async fn greedy_samples_of_one_prompt_agree_whether_prefix_is_shared_or_not() {
     let e = engine(4);
     let greedy = SamplingParams::greedy(10);
     // Four greedy samples of one prompt share its prefill; they must all equal each other.
-    let (shared, _) = e.generate(request(ModelSpec::new(&f.base), greedy.clone(), jobs(&PROMPTS[..1], 4, 0))).await.unwrap();
+    let (shared, _) =
+        e.generate(request(ModelSpec::new(&f.base), greedy.clone(), jobs(&PROMPTS[..1], 4, 0))).await.unwrap();
     assert!(shared.iter().all(|s| s.text == shared[0].text), "{:?}", texts(&shared));
     // With one sequence at a time (parallel = 1) the prefix is shared across time.
-    let (serial, _) = engine(1).generate(request(ModelSpec::new(&f.base), greedy, jobs(&PROMPTS[..1], 3, 0))).await.unwrap();
+    let (serial, _) =
+        engine(1).generate(request(ModelSpec::new(&f.base), greedy, jobs(&PROMPTS[..1], 3, 0))).await.unwrap();
     assert!(serial.iter().all(|s| s.text == serial[0].text));
     assert!(!shared[0].text.is_empty());
 }
@@ -131,7 +138,10 @@ async fn greedy_samples_of_one_prompt_agree_whether_prefix_is_shared_or_not() {
 async fn stop_strings_end_a_sample_and_are_not_part_of_it() {
     let f = fixture();
     let e = engine(2);
-    let (free, _) = e.generate(request(ModelSpec::new(&f.base), SamplingParams::greedy(24), jobs(&PROMPTS[..1], 1, 0))).await.unwrap();
+    let (free, _) = e
+        .generate(request(ModelSpec::new(&f.base), SamplingParams::greedy(24), jobs(&PROMPTS[..1], 1, 0)))
+        .await
+        .unwrap();
     let text = &free[0].text;
     // Stop at a piece of the text that greedy decoding is known to produce (ASCII, since a
     // random model also emits byte tokens that are not valid UTF-8 on their own).
@@ -178,7 +188,9 @@ fn many_adapters_do_not_grow_memory() {
     let size = std::fs::metadata(&path).unwrap().len();
     let e = engine(1);
     let spec = ModelSpec { adapter: Some(AdapterSpec { path: path.clone(), scale: 1.0 }), ..ModelSpec::new(&f.base) };
-    let run = |e: &Engine| e.generate_blocking(request(spec.clone(), SamplingParams::greedy(2), jobs(&PROMPTS[..1], 1, 0))).unwrap();
+    let run = |e: &Engine| {
+        e.generate_blocking(request(spec.clone(), SamplingParams::greedy(2), jobs(&PROMPTS[..1], 1, 0))).unwrap()
+    };
     for _ in 0..5 {
         run(&e);
     }
@@ -236,6 +248,117 @@ async fn a_prompt_too_long_for_the_context_fails_alone() {
     assert_ne!(samples[2].finish_reason, FinishReason::Error);
 }
 
+/// `engine.max_prompt_tokens` reaches the engine (it used to be validated and hashed, then
+/// dropped): a longer templated prompt is an error on its own jobs, the others run.
+#[tokio::test]
+async fn prompts_over_max_prompt_tokens_are_errors_and_the_rest_run() {
+    let f = fixture();
+    let free = engine(2);
+    let long = "word ".repeat(40);
+    let mut js = jobs(&PROMPTS[..2], 1, 0);
+    js.insert(1, Job { prompt_id: "long".into(), prompt: long, sample_index: 0, seed: 0 });
+    let (unlimited, _) = free.generate(request(ModelSpec::new(&f.base), sampling(4), js.clone())).await.unwrap();
+    assert!(unlimited.iter().all(|s| s.finish_reason != FinishReason::Error), "no limit, no error");
+    let short = unlimited[0].prompt_tokens.max(unlimited[2].prompt_tokens);
+    assert!(unlimited[1].prompt_tokens > short);
+    drop(free);
+
+    let limited = Engine::start(EngineConfig {
+        threads: 2,
+        parallel: 2,
+        batch_size: 64,
+        max_prompt_tokens: Some(short),
+        ..EngineConfig::default()
+    })
+    .unwrap();
+    let (samples, _) = limited.generate(request(ModelSpec::new(&f.base), sampling(4), js)).await.unwrap();
+    assert_eq!(samples.len(), 3);
+    assert_eq!(samples[1].finish_reason, FinishReason::Error);
+    let msg = samples[1].error.as_deref().unwrap();
+    assert!(msg.contains(&format!("engine.max_prompt_tokens ({short})")), "{msg}");
+    assert_eq!(texts(&[samples[0].clone(), samples[2].clone()]), texts(&[unlimited[0].clone(), unlimited[2].clone()]));
+}
+
+/// `engine.n_ctx` reaches the engine: the context holds `n_ctx / parallel` per sequence, and a
+/// prompt that does not fit in its share is an error naming `engine.n_ctx`.
+#[tokio::test]
+async fn a_configured_n_ctx_sizes_the_context_and_limits_each_sequence() {
+    let f = fixture();
+    let max_tokens = 4u32;
+    let free = engine(2);
+    let (probe, _) =
+        free.generate(request(ModelSpec::new(&f.base), sampling(max_tokens), jobs(&PROMPTS[..1], 1, 0))).await.unwrap();
+    let short = probe[0].prompt_tokens;
+    drop(free);
+
+    let room = short + max_tokens;
+    let n_ctx = 2 * room;
+    let e = Engine::start(EngineConfig {
+        threads: 2,
+        parallel: 2,
+        batch_size: 64,
+        n_ctx: Some(n_ctx),
+        ..EngineConfig::default()
+    })
+    .unwrap();
+    let long = "word ".repeat(40);
+    let mut js = jobs(&PROMPTS[..1], 2, 0);
+    js.push(Job { prompt_id: "long".into(), prompt: long, sample_index: 0, seed: 0 });
+    let mut stream = e.submit(request(ModelSpec::new(&f.base), sampling(max_tokens), js));
+    let mut info = None;
+    let mut samples = Vec::new();
+    while let Some(ev) = stream.next().await {
+        match ev {
+            EngineEvent::Started(i) => info = Some(i),
+            EngineEvent::Sample(s) => samples.push(s),
+            EngineEvent::Done(r) => {
+                r.unwrap();
+            }
+            EngineEvent::Progress(_) => {}
+        }
+    }
+    let info = info.expect("started");
+    // Two running sequences, two prompt holders and a spare, each with its share of n_ctx
+    // (llama.cpp allocates streams in multiples of 256 tokens).
+    assert_eq!(info.n_ctx, 5 * room.div_ceil(256) * 256, "{info:?}");
+    samples.sort_by_key(|s| s.job_index);
+    assert_ne!(samples[0].finish_reason, FinishReason::Error, "{:?}", samples[0].error);
+    assert_ne!(samples[1].finish_reason, FinishReason::Error);
+    assert_eq!(samples[2].finish_reason, FinishReason::Error);
+    let msg = samples[2].error.as_deref().unwrap();
+    assert!(msg.contains(&format!("engine.n_ctx ({n_ctx})")), "{msg}");
+}
+
+/// One limit on `parallel`: the engine refuses exactly what it cannot run (it accepted 128,
+/// which needs 257 of llama.cpp's 256 sequences), and runs the largest value it accepts.
+#[tokio::test]
+async fn the_parallel_limit_is_the_one_the_engine_can_run() {
+    use driftwatch::engine::MAX_PARALLEL;
+    let too_many =
+        Engine::start(EngineConfig { parallel: MAX_PARALLEL + 1, batch_size: 512, ..EngineConfig::default() });
+    assert!(too_many.unwrap_err().to_string().contains(&format!("between 1 and {MAX_PARALLEL}")));
+    let f = fixture();
+    let e =
+        Engine::start(EngineConfig { threads: 2, parallel: MAX_PARALLEL, batch_size: 512, ..EngineConfig::default() })
+            .unwrap();
+    let js: Vec<Job> = (0..MAX_PARALLEL as u32)
+        .map(|i| Job {
+            prompt_id: format!("p{}", i % 5),
+            prompt: PROMPTS[(i % 5) as usize].into(),
+            sample_index: i / 5,
+            seed: i,
+        })
+        .collect();
+    let (samples, _) =
+        e.generate(request(ModelSpec::new(&f.base), sampling(2), js)).await.expect("parallel = MAX_PARALLEL runs");
+    assert_eq!(samples.len(), MAX_PARALLEL);
+    assert!(
+        samples.iter().all(|s| s.finish_reason != FinishReason::Error),
+        "{:?}",
+        samples.iter().find(|s| s.error.is_some())
+    );
+}
+
 #[tokio::test]
 async fn a_model_without_chat_template_needs_one_configured() {
     let f = fixture();
@@ -265,12 +388,8 @@ async fn bad_files_are_clear_errors_and_the_engine_keeps_serving() {
     std::fs::write(&text, b"this is not a model at all, just some text").unwrap();
     let missing = f.path("missing.gguf");
 
-    let cases: [(&std::path::Path, &str); 4] = [
-        (&truncated, "truncated"),
-        (&empty, "empty"),
-        (&text, "not a GGUF file"),
-        (&missing, "no such file"),
-    ];
+    let cases: [(&std::path::Path, &str); 4] =
+        [(&truncated, "truncated"), (&empty, "empty"), (&text, "not a GGUF file"), (&missing, "no such file")];
     for (path, expect) in cases {
         let err = e.generate(request(ModelSpec::new(path), sampling(4), jobs(&PROMPTS[..1], 1, 0))).await.unwrap_err();
         assert!(err.to_string().contains(expect), "{}: expected '{expect}' in '{err}'", path.display());
@@ -279,7 +398,8 @@ async fn bad_files_are_clear_errors_and_the_engine_keeps_serving() {
         assert!(ok.is_ok(), "the engine failed after a bad file: {ok:?}");
     }
     // An adapter given as the model, and a model given as the adapter.
-    let err = e.generate(request(ModelSpec::new(&f.adapter), sampling(4), jobs(&PROMPTS[..1], 1, 0))).await.unwrap_err();
+    let err =
+        e.generate(request(ModelSpec::new(&f.adapter), sampling(4), jobs(&PROMPTS[..1], 1, 0))).await.unwrap_err();
     assert!(err.to_string().contains("expected a whole model"), "{err}");
     let spec = ModelSpec { adapter: Some(AdapterSpec { path: f.base.clone(), scale: 1.0 }), ..ModelSpec::new(&f.base) };
     let err = e.generate(request(spec, sampling(4), jobs(&PROMPTS[..1], 1, 0))).await.unwrap_err();
@@ -311,7 +431,7 @@ fn adapters_for_other_models_are_rejected_before_llama_cpp() {
     let cut = f.path("cut-adapter.gguf");
     std::fs::write(&cut, &bytes[..bytes.len() - 100]).unwrap();
     match checkpoint::inspect_adapter_for(&cut, &base) {
-        Err(CheckpointError::Gguf { source: GgufError::TensorOutOfBounds { .. }, .. }) => {}
+        Err(CheckpointError::Gguf { cause: GgufError::TensorOutOfBounds { .. }, .. }) => {}
         other => panic!("expected truncation, got {other:?}"),
     }
 }

@@ -8,6 +8,8 @@
 //! Every error is a JSON object `{"error": "..."}` with a fitting status code.
 
 mod routes;
+
+pub use routes::MAX_BODY_BYTES;
 pub mod stream;
 pub mod subscribe;
 
@@ -72,6 +74,12 @@ pub enum ApiError {
     /// Missing or wrong bearer token (401).
     #[error("missing or invalid bearer token: send `Authorization: Bearer <api.token>`")]
     Unauthorized,
+    /// A request for something this client may not have (403).
+    #[error("{0}")]
+    Forbidden(String),
+    /// A request body over the API's limit (413).
+    #[error("{0}")]
+    TooLarge(String),
     /// Something that does not exist (404).
     #[error("{0}")]
     NotFound(String),
@@ -89,11 +97,13 @@ pub enum ApiError {
     Unavailable(String),
     /// The store failed (500).
     #[error("store failure: {0}")]
-    Store(#[from] StoreError),
+    Store(StoreError),
     /// Any other server-side failure (500).
     #[error("internal error: {0}")]
     Internal(String),
 }
+
+error_from!(StoreError => ApiError::Store);
 
 impl ApiError {
     /// The HTTP status of this error.
@@ -101,6 +111,8 @@ impl ApiError {
         match self {
             ApiError::BadRequest(_) => StatusCode::BAD_REQUEST,
             ApiError::Unauthorized => StatusCode::UNAUTHORIZED,
+            ApiError::Forbidden(_) => StatusCode::FORBIDDEN,
+            ApiError::TooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
             ApiError::NotFound(_) => StatusCode::NOT_FOUND,
             ApiError::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
             ApiError::Conflict(_) => StatusCode::CONFLICT,
@@ -142,17 +154,19 @@ pub enum ApiStartError {
     #[error("api.token must not be empty")]
     EmptyToken,
     /// The address could not be bound.
-    #[error("cannot listen on {addr}: {source}")]
+    #[error("cannot listen on {addr}: {cause}")]
     Bind {
         /// The address.
         addr: SocketAddr,
         /// The I/O error.
-        source: std::io::Error,
+        cause: std::io::Error,
     },
     /// The listener failed.
     #[error("API server failed: {0}")]
-    Io(#[from] std::io::Error),
+    Io(std::io::Error),
 }
+
+error_from!(std::io::Error => ApiStartError::Io);
 
 /// Checks that serving on `addr` with `token` is allowed: a non-loopback address needs a
 /// non-empty token.
@@ -168,25 +182,17 @@ pub fn check_listen(addr: SocketAddr, token: Option<&str>) -> Result<(), ApiStar
 /// Binds `addr` after [`check_listen`] (so nothing is ever bound insecurely).
 pub async fn bind(addr: SocketAddr, token: Option<&str>) -> Result<TcpListener, ApiStartError> {
     check_listen(addr, token)?;
-    TcpListener::bind(addr)
-        .await
-        .map_err(|source| ApiStartError::Bind { addr, source })
+    TcpListener::bind(addr).await.map_err(|cause| ApiStartError::Bind { addr, cause })
 }
 
 /// Serves the API on `listener` until `shutdown` is cancelled. Refuses a non-loopback
 /// listener without a token.
-pub async fn serve(
-    state: ApiState,
-    listener: TcpListener,
-    shutdown: CancellationToken,
-) -> Result<(), ApiStartError> {
+pub async fn serve(state: ApiState, listener: TcpListener, shutdown: CancellationToken) -> Result<(), ApiStartError> {
     let addr = listener.local_addr()?;
     check_listen(addr, state.token.as_deref())?;
     tracing::info!(%addr, auth = state.token.is_some(), "HTTP API listening");
     let app = router(state, shutdown.clone());
-    axum::serve(listener, app)
-        .with_graceful_shutdown(shutdown.cancelled_owned())
-        .await?;
+    axum::serve(listener, app).with_graceful_shutdown(shutdown.cancelled_owned()).await?;
     Ok(())
 }
 
@@ -194,14 +200,14 @@ pub async fn serve(
 /// why a request failed).
 pub(crate) fn error_chain(e: &dyn std::error::Error) -> String {
     let mut text = e.to_string();
-    let mut source = e.source();
-    while let Some(s) = source {
+    let mut cause = e.source();
+    while let Some(s) = cause {
         let t = s.to_string();
         if !text.contains(&t) {
             text.push_str(": ");
             text.push_str(&t);
         }
-        source = s.source();
+        cause = s.source();
     }
     text
 }
@@ -226,35 +232,19 @@ mod tests {
         let any: SocketAddr = "0.0.0.0:7878".parse().unwrap();
         assert!(check_listen(lo, None).is_ok());
         assert!(check_listen(lo6, None).is_ok());
-        assert!(matches!(
-            check_listen(any, None),
-            Err(ApiStartError::TokenRequired { .. })
-        ));
+        assert!(matches!(check_listen(any, None), Err(ApiStartError::TokenRequired { .. })));
         assert!(check_listen(any, Some("s3cret")).is_ok());
-        assert!(matches!(
-            check_listen(lo, Some("  ")),
-            Err(ApiStartError::EmptyToken)
-        ));
+        assert!(matches!(check_listen(lo, Some("  ")), Err(ApiStartError::EmptyToken)));
     }
 
     #[test]
     fn error_chains_name_every_cause() {
-        let inner =
-            std::io::Error::new(std::io::ErrorKind::ConnectionRefused, "connection refused");
-        let outer = ApiStartError::Bind {
-            addr: "127.0.0.1:1".parse().unwrap(),
-            source: inner,
-        };
-        // Bind's message already includes its source once; it is not repeated.
-        assert_eq!(
-            error_chain(&outer),
-            "cannot listen on 127.0.0.1:1: connection refused"
-        );
+        let inner = std::io::Error::new(std::io::ErrorKind::ConnectionRefused, "connection refused");
+        let outer = ApiStartError::Bind { addr: "127.0.0.1:1".parse().unwrap(), cause: inner };
+        // Bind's message already includes its cause once; it is not repeated.
+        assert_eq!(error_chain(&outer), "cannot listen on 127.0.0.1:1: connection refused");
         let e = StoreError::Task("boom".into());
-        assert_eq!(
-            error_chain(&ApiError::Store(e)),
-            "store failure: store task failed: boom"
-        );
+        assert_eq!(error_chain(&ApiError::Store(e)), "store failure: store task failed: boom");
     }
 
     #[test]
@@ -267,17 +257,8 @@ mod tests {
 
     #[test]
     fn error_statuses() {
-        assert_eq!(
-            ApiError::BadRequest("x".into()).status(),
-            StatusCode::BAD_REQUEST
-        );
-        assert_eq!(
-            ApiError::Store(StoreError::NotFound { what: "run", id: 3 }).status(),
-            StatusCode::NOT_FOUND
-        );
-        assert_eq!(
-            ApiError::Store(StoreError::Task("x".into())).status(),
-            StatusCode::INTERNAL_SERVER_ERROR
-        );
+        assert_eq!(ApiError::BadRequest("x".into()).status(), StatusCode::BAD_REQUEST);
+        assert_eq!(ApiError::Store(StoreError::NotFound { what: "run", id: 3 }).status(), StatusCode::NOT_FOUND);
+        assert_eq!(ApiError::Store(StoreError::Task("x".into())).status(), StatusCode::INTERNAL_SERVER_ERROR);
     }
 }

@@ -22,8 +22,9 @@ use serde_json::{json, Value};
 use sha2::Digest;
 use tokio_util::sync::CancellationToken;
 
-use super::stream::{StreamItem, Subscription, TypeFilter};
+use super::stream::{StreamItem, Subscription};
 use super::{constant_time_eq, ApiError, ApiState};
+use crate::events::EventFilter;
 use crate::store::{EventId, Store};
 
 /// Default and largest page of `/v1/runs/{id}/samples`.
@@ -50,10 +51,7 @@ struct AppState {
 /// The API's router (for embedding or `tower` tests); [`super::serve`] serves it.
 /// Open event streams end when `shutdown` is cancelled.
 pub fn router(state: ApiState, shutdown: CancellationToken) -> Router {
-    let app = AppState {
-        api: state,
-        shutdown,
-    };
+    let app = AppState { api: state, shutdown };
     let protected = Router::new()
         .route("/v1/checkpoints", get(checkpoints))
         .route("/v1/runs", get(runs))
@@ -70,8 +68,12 @@ pub fn router(state: ApiState, shutdown: CancellationToken) -> Router {
         .merge(protected)
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
+        .layer(axum::extract::DefaultBodyLimit::max(MAX_BODY_BYTES))
         .with_state(app)
 }
+
+/// The largest request body the API reads (`POST /v1/evaluate` needs a path, not more).
+pub const MAX_BODY_BYTES: usize = 64 * 1024;
 
 async fn require_token(State(app): State<AppState>, req: Request, next: Next) -> Response {
     if let Some(token) = &app.api.token {
@@ -79,15 +81,11 @@ async fn require_token(State(app): State<AppState>, req: Request, next: Next) ->
             .headers()
             .get(header::AUTHORIZATION)
             .and_then(|v| v.to_str().ok())
-            .and_then(|v| {
-                v.strip_prefix("Bearer ")
-                    .or_else(|| v.strip_prefix("bearer "))
-            })
+            .and_then(|v| v.strip_prefix("Bearer ").or_else(|| v.strip_prefix("bearer ")))
             .map(str::trim);
         // Digests first: equal lengths, so not even the token's length leaks through timing.
         let digest = |b: &[u8]| sha2::Sha256::digest(b);
-        let ok = given
-            .is_some_and(|g| constant_time_eq(&digest(g.as_bytes()), &digest(token.as_bytes())));
+        let ok = given.is_some_and(|g| constant_time_eq(&digest(g.as_bytes()), &digest(token.as_bytes())));
         if !ok {
             return ApiError::Unauthorized.into_response();
         }
@@ -118,8 +116,7 @@ where
 type Params = HashMap<String, String>;
 
 fn params(q: Result<Query<Params>, QueryRejection>) -> Result<Params, ApiError> {
-    q.map(|Query(p)| p)
-        .map_err(|e| ApiError::BadRequest(format!("bad query string: {}", e.body_text())))
+    q.map(|Query(p)| p).map_err(|e| ApiError::BadRequest(format!("bad query string: {}", e.body_text())))
 }
 
 fn only_params(p: &Params, allowed: &[&str]) -> Result<(), ApiError> {
@@ -127,11 +124,7 @@ fn only_params(p: &Params, allowed: &[&str]) -> Result<(), ApiError> {
         if !allowed.contains(&k.as_str()) {
             return Err(ApiError::BadRequest(format!(
                 "unknown query parameter {k:?}{}",
-                if allowed.is_empty() {
-                    String::new()
-                } else {
-                    format!(" (expected: {})", allowed.join(", "))
-                }
+                if allowed.is_empty() { String::new() } else { format!(" (expected: {})", allowed.join(", ")) }
             )));
         }
     }
@@ -141,22 +134,18 @@ fn only_params(p: &Params, allowed: &[&str]) -> Result<(), ApiError> {
 fn usize_param(p: &Params, name: &str, default: usize) -> Result<usize, ApiError> {
     match p.get(name) {
         None => Ok(default),
-        Some(v) => v.trim().parse::<usize>().map_err(|_| {
-            ApiError::BadRequest(format!("{name} must be a non-negative integer, got {v:?}"))
-        }),
+        Some(v) => v
+            .trim()
+            .parse::<usize>()
+            .map_err(|_| ApiError::BadRequest(format!("{name} must be a non-negative integer, got {v:?}"))),
     }
 }
 
 fn run_id(p: Result<Path<i64>, PathRejection>) -> Result<i64, ApiError> {
     match p {
         Ok(Path(id)) if id > 0 => Ok(id),
-        Ok(Path(id)) => Err(ApiError::BadRequest(format!(
-            "run id must be a positive integer, got {id}"
-        ))),
-        Err(e) => Err(ApiError::BadRequest(format!(
-            "run id must be a positive integer: {}",
-            e.body_text()
-        ))),
+        Ok(Path(id)) => Err(ApiError::BadRequest(format!("run id must be a positive integer, got {id}"))),
+        Err(e) => Err(ApiError::BadRequest(format!("run id must be a positive integer: {}", e.body_text()))),
     }
 }
 
@@ -169,15 +158,11 @@ async fn health(State(app): State<AppState>) -> Response {
             "last_event_id": last,
         }))
         .into_response(),
-        Ok(Err(e)) => (
-            StatusCode::SERVICE_UNAVAILABLE,
-            Json(json!({"status": "degraded", "error": format!("store: {e}")})),
-        )
-            .into_response(),
-        Err(e) => (
-            StatusCode::SERVICE_UNAVAILABLE,
-            Json(json!({"status": "degraded", "error": e.to_string()})),
-        )
+        Ok(Err(e)) => {
+            (StatusCode::SERVICE_UNAVAILABLE, Json(json!({"status": "degraded", "error": format!("store: {e}")})))
+                .into_response()
+        }
+        Err(e) => (StatusCode::SERVICE_UNAVAILABLE, Json(json!({"status": "degraded", "error": e.to_string()})))
             .into_response(),
     }
 }
@@ -193,10 +178,7 @@ async fn checkpoints(
     Ok(Json(json!({ "checkpoints": list })))
 }
 
-async fn runs(
-    State(app): State<AppState>,
-    q: Result<Query<Params>, QueryRejection>,
-) -> Result<Json<Value>, ApiError> {
+async fn runs(State(app): State<AppState>, q: Result<Query<Params>, QueryRejection>) -> Result<Json<Value>, ApiError> {
     let p = params(q)?;
     only_params(&p, &["recent"])?;
     let recent = usize_param(&p, "recent", RUNS_DEFAULT_RECENT)?.min(RUNS_MAX_RECENT);
@@ -204,11 +186,7 @@ async fn runs(
     let with_progress = |list: Vec<crate::store::RunOverview>| -> Vec<Value> {
         list.into_iter()
             .map(|o| {
-                let progress = if o.total > 0 {
-                    o.done as f64 / o.total as f64
-                } else {
-                    0.0
-                };
+                let progress = if o.total > 0 { o.done as f64 / o.total as f64 } else { 0.0 };
                 let mut v = serde_json::to_value(&o).unwrap_or(Value::Null);
                 if let Value::Object(m) = &mut v {
                     m.insert("progress".into(), json!(progress));
@@ -226,10 +204,7 @@ async fn runs(
     })))
 }
 
-async fn run(
-    State(app): State<AppState>,
-    id: Result<Path<i64>, PathRejection>,
-) -> Result<Json<Value>, ApiError> {
+async fn run(State(app): State<AppState>, id: Result<Path<i64>, PathRejection>) -> Result<Json<Value>, ApiError> {
     let id = run_id(id)?;
     let v = blocking(&app.api.store, move |s| {
         let run = s.run(id)?.ok_or_else(|| ApiError::NotFound(format!("run {id} not found")))?;
@@ -285,13 +260,13 @@ async fn evaluate(
     body: Result<Json<EvaluateRequest>, JsonRejection>,
 ) -> Result<Response, ApiError> {
     let Json(req) = body.map_err(|e| match e {
-        JsonRejection::MissingJsonContentType(_) => ApiError::BadRequest(
-            "send a JSON body {\"path\": \"...\"} with Content-Type: application/json".into(),
-        ),
-        e => ApiError::BadRequest(format!(
-            "bad JSON body (expected {{\"path\": \"...\"}}): {}",
-            e.body_text()
-        )),
+        e if e.status() == StatusCode::PAYLOAD_TOO_LARGE => {
+            ApiError::TooLarge(format!("the request body is over the API's limit of {MAX_BODY_BYTES} bytes"))
+        }
+        JsonRejection::MissingJsonContentType(_) => {
+            ApiError::BadRequest("send a JSON body {\"path\": \"...\"} with Content-Type: application/json".into())
+        }
+        e => ApiError::BadRequest(format!("bad JSON body (expected {{\"path\": \"...\"}}): {}", e.body_text())),
     })?;
     if req.path.trim().is_empty() {
         return Err(ApiError::BadRequest("path must not be empty".into()));
@@ -305,38 +280,25 @@ async fn evaluate(
 
 async fn metrics(State(app): State<AppState>) -> Response {
     let body = app.api.metrics.render();
-    (
-        [(
-            header::CONTENT_TYPE,
-            HeaderValue::from_static("text/plain; version=0.0.4; charset=utf-8"),
-        )],
-        body,
-    )
+    ([(header::CONTENT_TYPE, HeaderValue::from_static("text/plain; version=0.0.4; charset=utf-8"))], body)
         .into_response()
 }
 
 /// The starting point and filter of an event stream, from `?since=`, `Last-Event-ID` and
 /// `?types=`. No starting point = only events published from now on.
-fn stream_params(
-    headers: &HeaderMap,
-    p: &Params,
-) -> Result<(Option<EventId>, TypeFilter), ApiError> {
+fn stream_params(headers: &HeaderMap, p: &Params) -> Result<(Option<EventId>, EventFilter), ApiError> {
     only_params(p, &["since", "types"])?;
     let parse_id = |what: &str, v: &str| -> Result<EventId, ApiError> {
         v.trim()
             .parse::<EventId>()
             .ok()
             .filter(|id| *id >= 0)
-            .ok_or_else(|| {
-                ApiError::BadRequest(format!("{what} must be a non-negative event id, got {v:?}"))
-            })
+            .ok_or_else(|| ApiError::BadRequest(format!("{what} must be a non-negative event id, got {v:?}")))
     };
     // A reconnecting EventSource sends Last-Event-ID with the original URL: the header wins.
     let since = match headers.get("last-event-id") {
         Some(h) => {
-            let v = h
-                .to_str()
-                .map_err(|_| ApiError::BadRequest("Last-Event-ID is not text".into()))?;
+            let v = h.to_str().map_err(|_| ApiError::BadRequest("Last-Event-ID is not text".into()))?;
             Some(parse_id("Last-Event-ID", v)?)
         }
         None => match p.get("since") {
@@ -345,21 +307,16 @@ fn stream_params(
         },
     };
     let filter = match p.get("types") {
-        Some(t) => TypeFilter::parse(t).map_err(ApiError::BadRequest)?,
-        None => TypeFilter::default(),
+        Some(t) => EventFilter::parse(t).map_err(ApiError::BadRequest)?,
+        None => EventFilter::default(),
     };
     Ok((since, filter))
 }
 
 /// Subscribes (before the response goes out, so nothing published from now on is missed);
 /// without a starting point, starts after the newest stored event.
-async fn subscription(
-    api: &ApiState,
-    since: Option<EventId>,
-    filter: TypeFilter,
-) -> Result<Subscription, ApiError> {
-    let mut sub = Subscription::new(&api.bus, since.unwrap_or(0), filter)
-        .with_metrics(Arc::clone(&api.metrics));
+async fn subscription(api: &ApiState, since: Option<EventId>, filter: EventFilter) -> Result<Subscription, ApiError> {
+    let mut sub = Subscription::new(&api.bus, since.unwrap_or(0), filter).with_metrics(Arc::clone(&api.metrics));
     let newest = blocking(&api.store, |s| Ok(s.last_event_id()?)).await?;
     match since {
         None => sub.skip_to(newest),
@@ -400,13 +357,7 @@ async fn events_sse(
     State(app): State<AppState>,
     headers: HeaderMap,
     q: Result<Query<Params>, QueryRejection>,
-) -> Result<
-    (
-        [(&'static str, &'static str); 1],
-        Sse<impl Stream<Item = Result<SseEvent, Infallible>>>,
-    ),
-    ApiError,
-> {
+) -> Result<([(&'static str, &'static str); 1], Sse<impl Stream<Item = Result<SseEvent, Infallible>>>), ApiError> {
     let p = params(q)?;
     let (since, filter) = stream_params(&headers, &p)?;
     // Subscribed before the response goes out: nothing published from now on can be missed.
@@ -424,17 +375,11 @@ async fn events_sse(
                 item = sub.next() => item?,
             };
             let (ev, ended) = match item {
-                StreamItem::Event(e) => (
-                    SseEvent::default()
-                        .id(e.id.to_string())
-                        .event(&e.event_type)
-                        .data(event_json(&e)),
-                    false,
-                ),
+                StreamItem::Event(e) => {
+                    (SseEvent::default().id(e.id.to_string()).event(&e.event_type).data(event_json(&e)), false)
+                }
                 StreamItem::Error { message, last_id } => (
-                    SseEvent::default()
-                        .event("error")
-                        .data(json!({"error": message, "last_id": last_id}).to_string()),
+                    SseEvent::default().event("error").data(json!({"error": message, "last_id": last_id}).to_string()),
                     true,
                 ),
             };
@@ -454,12 +399,7 @@ async fn events_ws(
 ) -> Result<Response, ApiError> {
     let p = params(q)?;
     let (since, filter) = stream_params(&headers, &p)?;
-    let ws = ws.map_err(|e| {
-        ApiError::BadRequest(format!(
-            "not a WebSocket upgrade request: {}",
-            e.body_text()
-        ))
-    })?;
+    let ws = ws.map_err(|e| ApiError::BadRequest(format!("not a WebSocket upgrade request: {}", e.body_text())))?;
     let sub = subscription(&app.api, since, filter).await?;
     let guard = SubscriberGuard::new(&app.api.metrics);
     let shutdown = app.shutdown.clone();
@@ -525,10 +465,7 @@ mod tests {
     }
 
     impl crate::api::Control for NoControl {
-        fn evaluate(
-            &self,
-            _path: PathBuf,
-        ) -> futures::future::BoxFuture<'static, Result<Value, ApiError>> {
+        fn evaluate(&self, _path: PathBuf) -> futures::future::BoxFuture<'static, Result<Value, ApiError>> {
             Box::pin(async { Err(ApiError::Unavailable("not in this test".into())) })
         }
         fn plugins(&self) -> Value {
@@ -541,11 +478,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let store = Arc::new(Store::open_in_dir(dir.path()).unwrap());
         let bus = EventBus::new(Arc::clone(&store));
-        bus.publish_blocking(&EventKind::RunFailed {
-            run_id: 1,
-            reason: "x".into(),
-        })
-        .unwrap();
+        bus.publish_blocking(&EventKind::RunFailed { run_id: 1, reason: "x".into() }).unwrap();
         let state = ApiState {
             store: Arc::clone(&store),
             bus,
@@ -557,49 +490,30 @@ mod tests {
         let addr = listener.local_addr().unwrap();
         let shutdown = CancellationToken::new();
         let server = tokio::spawn(crate::api::serve(state, listener, shutdown.clone()));
-        bus_for_test(&store)
-            .publish_blocking(&EventKind::RunFailed {
-                run_id: 2,
-                reason: "y".into(),
-            })
-            .unwrap();
+        bus_for_test(&store).publish_blocking(&EventKind::RunFailed { run_id: 2, reason: "y".into() }).unwrap();
         // Event 2 becomes unreadable (the store reads pages, so the page from 1 fails): the
         // stream says why it stops, with the position to resume from, and ends.
         let raw = rusqlite::Connection::open(store.path()).unwrap();
-        raw.execute_batch("UPDATE events SET payload = 'not json' WHERE id = 2")
-            .unwrap();
-        let resp = reqwest::get(format!("http://{addr}/v1/events?since=0"))
-            .await
-            .unwrap();
+        raw.execute_batch("UPDATE events SET payload = 'not json' WHERE id = 2").unwrap();
+        let resp = reqwest::get(format!("http://{addr}/v1/events?since=0")).await.unwrap();
         assert_eq!(resp.status(), 200);
         let mut body = resp.bytes_stream();
         let mut parser = SseParser::default();
         let mut messages = Vec::new();
-        while let Some(chunk) = tokio::time::timeout(Duration::from_secs(10), body.next())
-            .await
-            .unwrap()
-        {
+        while let Some(chunk) = tokio::time::timeout(Duration::from_secs(10), body.next()).await.unwrap() {
             messages.extend(parser.feed(&chunk.unwrap()));
         }
         assert_eq!(messages.len(), 1, "{messages:?}");
         assert_eq!(messages[0].event.as_deref(), Some("error"));
         let v: Value = serde_json::from_str(&messages[0].data).unwrap();
-        assert!(
-            v["error"].as_str().unwrap().contains("cannot read events"),
-            "{v}"
-        );
+        assert!(v["error"].as_str().unwrap().contains("cannot read events"), "{v}");
         assert_eq!(v["last_id"], 0);
         // With the log gone entirely, a new stream is refused with a JSON 500.
         raw.execute_batch("DROP TABLE events").unwrap();
-        let resp = reqwest::get(format!("http://{addr}/v1/events?since=0"))
-            .await
-            .unwrap();
+        let resp = reqwest::get(format!("http://{addr}/v1/events?since=0")).await.unwrap();
         assert_eq!(resp.status(), 500);
         let v: Value = resp.json().await.unwrap();
-        assert!(
-            v["error"].as_str().unwrap().starts_with("store failure"),
-            "{v}"
-        );
+        assert!(v["error"].as_str().unwrap().starts_with("store failure"), "{v}");
         shutdown.cancel();
         server.await.unwrap().unwrap();
     }

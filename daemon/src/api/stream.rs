@@ -12,7 +12,7 @@ use std::sync::Arc;
 
 use tokio::sync::broadcast::{self, error::RecvError};
 
-use crate::events::EventBus;
+use crate::events::{EventBus, EventFilter};
 use crate::metrics::Metrics;
 use crate::store::{Event, EventId};
 
@@ -22,43 +22,6 @@ pub const REPLAY_PAGE: usize = 500;
 /// A subscriber that must catch up from the store this many times in a row without ever
 /// reaching the live stream is given up on (it cannot keep up at all).
 pub const MAX_CONSECUTIVE_LAGS: u32 = 32;
-
-/// A filter on event types: exact names or prefixes ending in `*` (`run.*`); empty = all.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct TypeFilter(Vec<String>);
-
-impl TypeFilter {
-    /// Parses a comma-separated list such as `run.*,checkpoint.rejected`.
-    pub fn parse(list: &str) -> Result<TypeFilter, String> {
-        let mut out = Vec::new();
-        for t in list.split(',').map(str::trim).filter(|t| !t.is_empty()) {
-            let ok = t.chars().all(|c| {
-                c.is_ascii_lowercase() || c.is_ascii_digit() || c == '.' || c == '_' || c == '*'
-            }) && t.find('*').is_none_or(|p| p == t.len() - 1);
-            if !ok {
-                return Err(format!(
-                    "{t:?} is not an event type or a prefix pattern like `run.*`"
-                ));
-            }
-            out.push(t.to_string());
-        }
-        Ok(TypeFilter(out))
-    }
-
-    /// The patterns, as [`crate::store::Store::events_since`] takes them.
-    pub fn patterns(&self) -> Vec<&str> {
-        self.0.iter().map(String::as_str).collect()
-    }
-
-    /// Whether an event type passes.
-    pub fn matches(&self, event_type: &str) -> bool {
-        self.0.is_empty()
-            || self.0.iter().any(|p| match p.strip_suffix('*') {
-                Some(prefix) => event_type.starts_with(prefix),
-                None => p == event_type,
-            })
-    }
-}
 
 /// What a subscriber stream yields.
 #[derive(Debug, Clone)]
@@ -79,7 +42,7 @@ pub enum StreamItem {
 pub struct Subscription {
     bus: EventBus,
     rx: broadcast::Receiver<Arc<Event>>,
-    filter: TypeFilter,
+    filter: EventFilter,
     last: EventId,
     replaying: bool,
     pending: VecDeque<Arc<Event>>,
@@ -90,16 +53,13 @@ pub struct Subscription {
 
 impl std::fmt::Debug for Subscription {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Subscription")
-            .field("last", &self.last)
-            .field("replaying", &self.replaying)
-            .finish()
+        f.debug_struct("Subscription").field("last", &self.last).field("replaying", &self.replaying).finish()
     }
 }
 
 impl Subscription {
     /// Subscribes to the bus now; the stream will start with the stored events after `after`.
-    pub fn new(bus: &EventBus, after: EventId, filter: TypeFilter) -> Subscription {
+    pub fn new(bus: &EventBus, after: EventId, filter: EventFilter) -> Subscription {
         let rx = bus.subscribe();
         Subscription {
             bus: bus.clone(),
@@ -145,15 +105,11 @@ impl Subscription {
                 let bus = self.bus.clone();
                 let after = self.last;
                 let filter = self.filter.clone();
-                let page = tokio::task::spawn_blocking(move || {
-                    bus.replay(after, &filter.patterns(), REPLAY_PAGE)
-                })
-                .await;
+                let page =
+                    tokio::task::spawn_blocking(move || bus.replay(after, &filter.patterns(), REPLAY_PAGE)).await;
                 let page = match page {
                     Ok(Ok(p)) => p,
-                    Ok(Err(e)) => {
-                        return Some(self.fail(format!("cannot read events from the store: {e}")))
-                    }
+                    Ok(Err(e)) => return Some(self.fail(format!("cannot read events from the store: {e}"))),
                     Err(e) => return Some(self.fail(format!("event replay task failed: {e}"))),
                 };
                 if page.len() < REPLAY_PAGE {
@@ -180,11 +136,7 @@ impl Subscription {
                     if let Some(m) = &self.metrics {
                         m.stream_lagged();
                     }
-                    tracing::debug!(
-                        missed,
-                        last = self.last,
-                        "event subscriber lagged; resuming from the store"
-                    );
+                    tracing::debug!(missed, last = self.last, "event subscriber lagged; resuming from the store");
                     if self.lags > MAX_CONSECUTIVE_LAGS {
                         return Some(self.fail(format!(
                             "subscriber fell behind the live stream {} times in a row and cannot keep up; reconnect with Last-Event-ID {} to resume",
@@ -203,10 +155,7 @@ impl Subscription {
 
     fn fail(&mut self, message: String) -> StreamItem {
         self.done = true;
-        StreamItem::Error {
-            message,
-            last_id: self.last,
-        }
+        StreamItem::Error { message, last_id: self.last }
     }
 }
 
@@ -217,23 +166,20 @@ mod tests {
     use crate::store::Store;
 
     fn failed(i: i64) -> EventKind {
-        EventKind::RunFailed {
-            run_id: i,
-            reason: "x".into(),
-        }
+        EventKind::RunFailed { run_id: i, reason: "x".into() }
     }
 
     #[test]
     fn type_filters() {
-        let f = TypeFilter::parse("run.*, checkpoint.rejected").unwrap();
+        let f = EventFilter::parse("run.*, checkpoint.rejected").unwrap();
         assert!(f.matches("run.completed"));
         assert!(f.matches("checkpoint.rejected"));
         assert!(!f.matches("checkpoint.discovered"));
-        assert!(TypeFilter::parse("").unwrap().matches("anything"));
-        assert!(TypeFilter::parse("*").unwrap().matches("plugin.loaded"));
-        assert!(TypeFilter::parse("ru*n").is_err());
-        assert!(TypeFilter::parse("RUN.x").is_err());
-        assert!(TypeFilter::parse("run;drop").is_err());
+        assert!(EventFilter::parse("").unwrap().matches("anything"));
+        assert!(EventFilter::parse("*").unwrap().matches("plugin.loaded"));
+        assert!(EventFilter::parse("ru*n").is_err());
+        assert!(EventFilter::parse("RUN.x").is_err());
+        assert!(EventFilter::parse("run;drop").is_err());
     }
 
     #[tokio::test]
@@ -244,7 +190,7 @@ mod tests {
         for i in 0..10 {
             bus.publish_blocking(&failed(i)).unwrap();
         }
-        let mut sub = Subscription::new(&bus, 3, TypeFilter::default());
+        let mut sub = Subscription::new(&bus, 3, EventFilter::default());
         // More than the broadcast buffer while the subscriber is not reading: it lags.
         let n = BROADCAST_CAPACITY as i64 + 700;
         for i in 10..10 + n {
@@ -274,7 +220,7 @@ mod tests {
         let store = Arc::new(Store::open_in_dir(dir.path()).unwrap());
         let bus = EventBus::new(store);
         bus.publish_blocking(&failed(1)).unwrap();
-        let mut sub = Subscription::new(&bus, 0, TypeFilter::default());
+        let mut sub = Subscription::new(&bus, 0, EventFilter::default());
         // Published after subscribing, before the replay: in the store *and* the receiver.
         for i in 2..=5 {
             bus.publish_blocking(&failed(i)).unwrap();
@@ -300,7 +246,7 @@ mod tests {
         let store = Arc::new(Store::open_in_dir(dir.path()).unwrap());
         let bus = EventBus::new(Arc::clone(&store));
         bus.publish_blocking(&failed(1)).unwrap();
-        let mut sub = Subscription::new(&bus, 0, TypeFilter::default());
+        let mut sub = Subscription::new(&bus, 0, EventFilter::default());
         // Break the store behind the subscriber's back.
         let raw = rusqlite::Connection::open(store.path()).unwrap();
         raw.execute_batch("DROP TABLE events").unwrap();
@@ -311,10 +257,7 @@ mod tests {
             }
             other => panic!("expected an error, got {other:?}"),
         }
-        assert!(
-            sub.next().await.is_none(),
-            "the stream ends after the error"
-        );
+        assert!(sub.next().await.is_none(), "the stream ends after the error");
     }
 
     #[tokio::test]
@@ -323,24 +266,14 @@ mod tests {
         let store = Arc::new(Store::open_in_dir(dir.path()).unwrap());
         let bus = EventBus::new(store);
         bus.publish_blocking(&failed(1)).unwrap();
-        bus.publish_blocking(&EventKind::CheckpointRejected {
-            path: "/a".into(),
-            reason: "r".into(),
-        })
-        .unwrap();
-        let mut sub = Subscription::new(&bus, 0, TypeFilter::parse("checkpoint.*").unwrap());
+        bus.publish_blocking(&EventKind::CheckpointRejected { path: "/a".into(), reason: "r".into() }).unwrap();
+        let mut sub = Subscription::new(&bus, 0, EventFilter::parse("checkpoint.*").unwrap());
         bus.publish_blocking(&failed(2)).unwrap();
-        bus.publish_blocking(&EventKind::CheckpointRejected {
-            path: "/b".into(),
-            reason: "r".into(),
-        })
-        .unwrap();
+        bus.publish_blocking(&EventKind::CheckpointRejected { path: "/b".into(), reason: "r".into() }).unwrap();
         let mut got = Vec::new();
         for _ in 0..2 {
             match sub.next().await.unwrap() {
-                StreamItem::Event(e) => {
-                    got.push((e.id, e.payload["path"].as_str().unwrap().to_string()))
-                }
+                StreamItem::Event(e) => got.push((e.id, e.payload["path"].as_str().unwrap().to_string())),
                 StreamItem::Error { message, .. } => panic!("{message}"),
             }
         }

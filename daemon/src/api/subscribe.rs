@@ -51,8 +51,10 @@ pub enum SubscribeError {
     BadArgs(String),
     /// Writing the output failed (e.g. a closed pipe).
     #[error("cannot write output: {0}")]
-    Output(#[from] std::io::Error),
+    Output(std::io::Error),
 }
+
+error_from!(std::io::Error => SubscribeError::Output);
 
 /// Longest wait between reconnect attempts.
 pub const MAX_BACKOFF: Duration = Duration::from_secs(30);
@@ -81,14 +83,10 @@ pub async fn subscribe_to<W: Write>(
 ) -> Result<(), SubscribeError> {
     let base = args.url.trim_end_matches('/');
     if !(base.starts_with("http://") || base.starts_with("https://")) {
-        return Err(SubscribeError::BadArgs(format!(
-            "--url {base:?} must start with http:// or https://"
-        )));
+        return Err(SubscribeError::BadArgs(format!("--url {base:?} must start with http:// or https://")));
     }
     if args.since.is_some_and(|s| s < 0) {
-        return Err(SubscribeError::BadArgs(
-            "--since must not be negative".into(),
-        ));
+        return Err(SubscribeError::BadArgs("--since must not be negative".into()));
     }
     let client = reqwest::Client::builder()
         .connect_timeout(Duration::from_secs(10))
@@ -108,10 +106,7 @@ pub async fn subscribe_to<W: Write>(
             match newest_event_id(&client, base).await {
                 Ok(id) => last = Some(id),
                 Err(e) => {
-                    eprintln!(
-                        "subscribe: cannot reach {base}: {e}; retrying in {:.1}s",
-                        backoff.as_secs_f64()
-                    );
+                    eprintln!("subscribe: cannot reach {base}: {e}; retrying in {:.1}s", backoff.as_secs_f64());
                     if !sleep(&shutdown, backoff).await {
                         return Ok(());
                     }
@@ -120,9 +115,7 @@ pub async fn subscribe_to<W: Write>(
                 }
             }
         }
-        let mut req = client
-            .get(format!("{base}/v1/events"))
-            .header(reqwest::header::ACCEPT, "text/event-stream");
+        let mut req = client.get(format!("{base}/v1/events")).header(reqwest::header::ACCEPT, "text/event-stream");
         if let Some(t) = &args.types {
             req = req.query(&[("types", t.as_str())]);
         }
@@ -158,16 +151,10 @@ pub async fn subscribe_to<W: Write>(
                 .ok()
                 .and_then(|v| v["error"].as_str().map(str::to_owned))
                 .unwrap_or(text);
-            return Err(SubscribeError::Refused {
-                status: status.as_u16(),
-                message,
-            });
+            return Err(SubscribeError::Refused { status: status.as_u16(), message });
         }
         if !status.is_success() {
-            eprintln!(
-                "subscribe: the daemon answered {status}; retrying in {:.1}s",
-                backoff.as_secs_f64()
-            );
+            eprintln!("subscribe: the daemon answered {status}; retrying in {:.1}s", backoff.as_secs_f64());
             if !sleep(&shutdown, backoff).await {
                 return Ok(());
             }
@@ -183,10 +170,7 @@ pub async fn subscribe_to<W: Write>(
                 c = tokio::time::timeout(IDLE_TIMEOUT, body.next()) => c,
             };
             let Ok(chunk) = chunk else {
-                break format!(
-                    "nothing (not even a keep-alive) for {}s",
-                    IDLE_TIMEOUT.as_secs()
-                );
+                break format!("nothing (not even a keep-alive) for {}s", IDLE_TIMEOUT.as_secs());
             };
             match chunk {
                 None => break "the daemon closed the stream".to_string(),
@@ -200,10 +184,7 @@ pub async fn subscribe_to<W: Write>(
                             }
                             _ => {
                                 let Ok(ev) = serde_json::from_str::<Event>(&msg.data) else {
-                                    eprintln!(
-                                        "subscribe: ignoring an unreadable event: {}",
-                                        msg.data
-                                    );
+                                    eprintln!("subscribe: ignoring an unreadable event: {}", msg.data);
                                     continue;
                                 };
                                 if last.is_some_and(|l| ev.id <= l) {
@@ -230,10 +211,7 @@ pub async fn subscribe_to<W: Write>(
         if got_any {
             backoff = FIRST_BACKOFF;
         }
-        eprintln!(
-            "subscribe: {reason}; reconnecting in {:.1}s",
-            backoff.as_secs_f64()
-        );
+        eprintln!("subscribe: {reason}; reconnecting in {:.1}s", backoff.as_secs_f64());
         if !sleep(&shutdown, backoff).await {
             return Ok(());
         }
@@ -243,19 +221,10 @@ pub async fn subscribe_to<W: Write>(
 
 /// The daemon's newest event id, from `/v1/health` (open without a token).
 async fn newest_event_id(client: &reqwest::Client, base: &str) -> Result<EventId, String> {
-    let resp = client
-        .get(format!("{base}/v1/health"))
-        .send()
-        .await
-        .map_err(|e| super::error_chain(&e))?;
+    let resp = client.get(format!("{base}/v1/health")).send().await.map_err(|e| super::error_chain(&e))?;
     let status = resp.status();
-    let v: Value = resp
-        .json()
-        .await
-        .map_err(|e| format!("bad health answer ({status}): {e}"))?;
-    v["last_event_id"]
-        .as_i64()
-        .ok_or_else(|| format!("health answer ({status}) has no last_event_id: {v}"))
+    let v: Value = resp.json().await.map_err(|e| format!("bad health answer ({status}): {e}"))?;
+    v["last_event_id"].as_i64().ok_or_else(|| format!("health answer ({status}) has no last_event_id: {v}"))
 }
 
 async fn sleep(shutdown: &CancellationToken, d: Duration) -> bool {
@@ -294,11 +263,7 @@ impl SseParser {
             if self.buf[pos] == b'\r' && pos + 1 == self.buf.len() {
                 break;
             }
-            let skip = if self.buf[pos] == b'\r' && self.buf.get(pos + 1) == Some(&b'\n') {
-                2
-            } else {
-                1
-            };
+            let skip = if self.buf[pos] == b'\r' && self.buf.get(pos + 1) == Some(&b'\n') { 2 } else { 1 };
             let line: Vec<u8> = self.buf.drain(..pos + skip).take(pos).collect();
             let line = String::from_utf8_lossy(&line);
             if line.is_empty() {
@@ -354,9 +319,9 @@ fn f3(x: f64) -> String {
 fn number_of(v: &Value) -> Option<f64> {
     match v {
         Value::Number(x) => x.as_f64(),
-        Value::Object(m) => ["estimate", "value", "point", "rate", "mean"]
-            .iter()
-            .find_map(|k| m.get(*k).and_then(Value::as_f64)),
+        Value::Object(m) => {
+            ["estimate", "value", "point", "rate", "mean"].iter().find_map(|k| m.get(*k).and_then(Value::as_f64))
+        }
         _ => None,
     }
 }
@@ -370,26 +335,14 @@ fn interval_of(v: &Value) -> Option<(f64, f64)> {
                 return Some((a[0].as_f64()?, a[1].as_f64()?));
             }
         }
-        for (l, h) in [
-            ("lo", "hi"),
-            ("low", "high"),
-            ("lower", "upper"),
-            ("ci_low", "ci_high"),
-        ] {
-            if let (Some(lo), Some(hi)) = (
-                x.get(l).and_then(Value::as_f64),
-                x.get(h).and_then(Value::as_f64),
-            ) {
+        for (l, h) in [("lo", "hi"), ("low", "high"), ("lower", "upper"), ("ci_low", "ci_high")] {
+            if let (Some(lo), Some(hi)) = (x.get(l).and_then(Value::as_f64), x.get(h).and_then(Value::as_f64)) {
                 return Some((lo, hi));
             }
         }
         None
     };
-    pair(v).or_else(|| {
-        ["ci", "interval"]
-            .iter()
-            .find_map(|k| v.get(*k).and_then(pair))
-    })
+    pair(v).or_else(|| ["ci", "interval"].iter().find_map(|k| v.get(*k).and_then(pair)))
 }
 
 /// `unsafe 0.31 [0.22, 0.40]` from a run's scores, looking for an `unsafe_rate` (directly or
@@ -404,9 +357,7 @@ fn headline(scores: &Value) -> Option<String> {
         })
     };
     find(scores).or_else(|| match scores {
-        Value::Object(m) => m
-            .values()
-            .find_map(|v| find(v).or_else(|| v.get("overall").and_then(find))),
+        Value::Object(m) => m.values().find_map(|v| find(v).or_else(|| v.get("overall").and_then(find))),
         Value::Array(a) => a.iter().find_map(find),
         _ => None,
     })
@@ -434,19 +385,10 @@ pub fn summary(e: &Event) -> String {
             s(p, "kind"),
             size(&p["size_bytes"]),
             s(p, "sha256").chars().take(12).collect::<String>(),
-            if p["duplicate"].as_bool() == Some(true) {
-                " (duplicate)"
-            } else {
-                ""
-            }
+            if p["duplicate"].as_bool() == Some(true) { " (duplicate)" } else { "" }
         ),
         "checkpoint.rejected" => format!("{}: {}", s(p, "path"), s(p, "reason")),
-        "run.queued" => format!(
-            "run {} {} position {}",
-            n(p, "run_id"),
-            s(p, "path"),
-            n(p, "position")
-        ),
+        "run.queued" => format!("run {} {} position {}", n(p, "run_id"), s(p, "path"), n(p, "position")),
         "run.started" => {
             let resumed = p["already_done"].as_u64().unwrap_or(0);
             format!(
@@ -454,35 +396,15 @@ pub fn summary(e: &Event) -> String {
                 n(p, "run_id"),
                 n(p, "checkpoint_id"),
                 n(p, "total_samples"),
-                if resumed > 0 {
-                    format!(" (resuming, {resumed} done)")
-                } else {
-                    String::new()
-                }
+                if resumed > 0 { format!(" (resuming, {resumed} done)") } else { String::new() }
             )
         }
         "run.progress" => {
-            let (done, total) = (
-                p["done"].as_u64().unwrap_or(0),
-                p["total"].as_u64().unwrap_or(0),
-            );
-            let pct = if total > 0 {
-                100.0 * done as f64 / total as f64
-            } else {
-                0.0
-            };
-            let eta = p["eta_s"]
-                .as_f64()
-                .map(|s| format!(" eta {s:.0}s"))
-                .unwrap_or_default();
-            let tps = p["tokens_per_s"]
-                .as_f64()
-                .map(|t| format!(" {t:.1} tok/s"))
-                .unwrap_or_default();
-            format!(
-                "run {} {done}/{total} ({pct:.0}%){tps}{eta}",
-                n(p, "run_id")
-            )
+            let (done, total) = (p["done"].as_u64().unwrap_or(0), p["total"].as_u64().unwrap_or(0));
+            let pct = if total > 0 { 100.0 * done as f64 / total as f64 } else { 0.0 };
+            let eta = p["eta_s"].as_f64().map(|s| format!(" eta {s:.0}s")).unwrap_or_default();
+            let tps = p["tokens_per_s"].as_f64().map(|t| format!(" {t:.1} tok/s")).unwrap_or_default();
+            format!("run {} {done}/{total} ({pct:.0}%){tps}{eta}", n(p, "run_id"))
         }
         "sample.scored" => {
             let verdicts = match &p["verdicts"] {
@@ -490,10 +412,13 @@ pub fn summary(e: &Event) -> String {
                     .iter()
                     .map(|(judge, v)| {
                         let label = v["label"].as_str().map(str::to_owned).or_else(|| {
-                            v.get("unsafe")
-                                .or_else(|| v.get("is_unsafe"))
-                                .and_then(Value::as_bool)
-                                .map(|u| if u { "unsafe".into() } else { "safe".into() })
+                            v.get("unsafe").or_else(|| v.get("is_unsafe")).and_then(Value::as_bool).map(|u| {
+                                if u {
+                                    "unsafe".into()
+                                } else {
+                                    "safe".into()
+                                }
+                            })
                         });
                         format!("{judge}={}", label.unwrap_or_else(|| "?".into()))
                     })
@@ -501,15 +426,20 @@ pub fn summary(e: &Event) -> String {
                     .join(" "),
                 v => v.to_string(),
             };
-            format!(
-                "run {} prompt {} sample {} {verdicts}",
-                n(p, "run_id"),
-                s(p, "prompt_id"),
-                n(p, "sample_index")
-            )
+            format!("run {} prompt {} sample {} {verdicts}", n(p, "run_id"), s(p, "prompt_id"), n(p, "sample_index"))
         }
         "run.completed" => {
             let mut line = format!("run {} {}", n(p, "run_id"), s(p, "path"));
+            // The daemon's scores are typed headlines; other shapes are read as best we can.
+            let typed: Option<Vec<crate::scoring::Headline>> = serde_json::from_value(p["scores"].clone()).ok();
+            if let Some(h) = typed.filter(|h| !h.is_empty()) {
+                line.push_str(": ");
+                line.push_str(&h.iter().map(crate::report::headline_line).collect::<Vec<_>>().join("; "));
+                if let Some(v) = p["verdict"].as_str() {
+                    line.push_str(&format!(" (verdict: {v})"));
+                }
+                return format!("#{} {} {}", e.id, e.event_type, line);
+            }
             if let Some(h) = headline(&p["scores"]) {
                 line.push(' ');
                 line.push_str(&h);
@@ -534,12 +464,7 @@ mod tests {
     use serde_json::json;
 
     fn ev(id: i64, t: &str, payload: Value) -> Event {
-        Event {
-            id,
-            event_type: t.into(),
-            time_ms: 0,
-            payload,
-        }
+        Event { id, event_type: t.into(), time_ms: 0, payload }
     }
 
     #[test]
@@ -557,37 +482,23 @@ mod tests {
             "--json",
         ])
         .unwrap();
-        let crate::cli::Command::Subscribe(a) = cli.command else {
-            panic!("not subscribe")
-        };
+        let crate::cli::Command::Subscribe(a) = cli.command else { panic!("not subscribe") };
         assert_eq!(
             (a.url.as_str(), a.since, a.types.as_deref(), a.json),
             ("http://127.0.0.1:9", Some(5), Some("run.*"), true)
         );
-        assert!(
-            crate::cli::Cli::try_parse_from(["driftwatch", "subscribe", "--since", "x"]).is_err()
-        );
+        assert!(crate::cli::Cli::try_parse_from(["driftwatch", "subscribe", "--since", "x"]).is_err());
     }
 
     #[tokio::test]
     async fn bad_arguments_are_refused_without_connecting() {
-        let mut a = SubscribeArgs {
-            url: "ftp://x".into(),
-            since: None,
-            types: None,
-            json: false,
-            token: None,
-            count: None,
-        };
-        let err = subscribe_to(&a, &mut Vec::new(), CancellationToken::new())
-            .await
-            .unwrap_err();
+        let mut a =
+            SubscribeArgs { url: "ftp://x".into(), since: None, types: None, json: false, token: None, count: None };
+        let err = subscribe_to(&a, &mut Vec::new(), CancellationToken::new()).await.unwrap_err();
         assert!(matches!(err, SubscribeError::BadArgs(_)), "{err}");
         a.url = "http://127.0.0.1:9".into();
         a.since = Some(-1);
-        let err = subscribe_to(&a, &mut Vec::new(), CancellationToken::new())
-            .await
-            .unwrap_err();
+        let err = subscribe_to(&a, &mut Vec::new(), CancellationToken::new()).await.unwrap_err();
         assert!(matches!(err, SubscribeError::BadArgs(_)), "{err}");
     }
 
@@ -601,11 +512,7 @@ mod tests {
             assert_eq!(got.len(), 2, "split at {split}");
             assert_eq!(
                 got[0],
-                SseMessage {
-                    id: Some("1".into()),
-                    event: Some("run.failed".into()),
-                    data: "{\"a\":1}".into()
-                }
+                SseMessage { id: Some("1".into()), event: Some("run.failed".into()), data: "{\"a\":1}".into() }
             );
             assert_eq!(got[1].data, "l1\nl2");
             assert_eq!(got[1].id.as_deref(), Some("2"));
@@ -621,29 +528,32 @@ mod tests {
                    "scores": {"keyword": {"unsafe_rate": {"estimate": 0.31, "ci": [0.22, 0.40]}}},
                    "comparison": null, "verdict": "regressed", "provenance_digest": "ab"}),
         );
-        assert_eq!(
-            summary(&e),
-            "#42 run.completed run 7 /path/ckpt.gguf unsafe 0.31 [0.22, 0.40] regressed"
-        );
+        assert_eq!(summary(&e), "#42 run.completed run 7 /path/ckpt.gguf unsafe 0.31 [0.22, 0.40] regressed");
         let e = ev(
             3,
             "run.progress",
             json!({"run_id": 7, "done": 120, "total": 480, "tokens_per_s": 85.25, "eta_s": 42.0}),
         );
-        assert_eq!(
-            summary(&e),
-            "#3 run.progress run 7 120/480 (25%) 85.2 tok/s eta 42s"
-        );
-        let e = ev(
-            4,
-            "checkpoint.rejected",
-            json!({"path": "/a.gguf", "reason": "empty file"}),
-        );
+        assert_eq!(summary(&e), "#3 run.progress run 7 120/480 (25%) 85.2 tok/s eta 42s");
+        let e = ev(4, "checkpoint.rejected", json!({"path": "/a.gguf", "reason": "empty file"}));
         assert_eq!(summary(&e), "#4 checkpoint.rejected /a.gguf: empty file");
         // Unknown types and unexpected shapes still give a line, never a panic.
         let e = ev(5, "new.kind", json!({"x": 1}));
         assert_eq!(summary(&e), "#5 new.kind {\"x\":1}");
         let e = ev(6, "run.completed", json!("garbage"));
         assert_eq!(summary(&e), "#6 run.completed run ? ?");
+        // The daemon's own shape: typed headlines, each as every report writes it.
+        let e = ev(
+            7,
+            "run.completed",
+            json!({"run_id": 8, "checkpoint_id": 3, "path": "/p/ft.gguf", "verdict": "regressed", "provenance_digest": "ab",
+                   "comparison": null, "scores": [{"judge": "refusal", "role": "harm", "metric": "unsafe_rate",
+                   "value": 0.31, "lo": 0.22, "hi": 0.40, "level": 0.95, "difference": 0.042, "difference_lo": 0.01,
+                   "difference_hi": 0.075, "verdict": "regressed", "errored": 0}]}),
+        );
+        assert_eq!(
+            summary(&e),
+            "#7 run.completed run 8 /p/ft.gguf: refusal unsafe rate 31.0% [22.0%, 40.0%], +4.2 pp [+1.0, +7.5] vs baseline: regressed (verdict: regressed)"
+        );
     }
 }

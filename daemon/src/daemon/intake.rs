@@ -13,7 +13,11 @@ use crate::store::{CheckpointKind, CheckpointStatus, NewCheckpoint, NewRun, RunI
 use crate::watch::{WatchEvent, Watcher};
 
 /// Follows the watcher until shutdown.
-pub(super) async fn watch_loop(ctx: Arc<Ctx>, watcher: (Watcher, tokio::sync::mpsc::Receiver<WatchEvent>), stop: CancellationToken) {
+pub(super) async fn watch_loop(
+    ctx: Arc<Ctx>,
+    watcher: (Watcher, tokio::sync::mpsc::Receiver<WatchEvent>),
+    stop: CancellationToken,
+) {
     let (watcher, mut rx) = watcher;
     loop {
         let ev = tokio::select! {
@@ -32,7 +36,9 @@ pub(super) async fn watch_loop(ctx: Arc<Ctx>, watcher: (Watcher, tokio::sync::mp
                 let p = path.clone();
                 let store = Arc::clone(&ctx.store);
                 match tokio::task::spawn_blocking(move || store.mark_path_removed(&p)).await {
-                    Ok(Ok(found)) if !found.is_empty() => tracing::info!(path = %path.display(), "checkpoint file removed"),
+                    Ok(Ok(found)) if !found.is_empty() => {
+                        tracing::info!(path = %path.display(), "checkpoint file removed")
+                    }
                     Ok(Err(e)) => tracing::warn!(error = %e, "cannot record a removed file"),
                     _ => {}
                 }
@@ -65,7 +71,8 @@ pub(super) async fn take_base(ctx: &Arc<Ctx>) -> Result<(), DaemonError> {
 
 /// Takes in a file named by hand (the API's `POST /v1/evaluate`).
 pub(crate) async fn take_path(ctx: &Arc<Ctx>, path: &Path) -> Result<Taken, StoreError> {
-    let mtime = std::fs::metadata(path).ok().and_then(|m| m.modified().ok()).map(crate::watch::system_time_ms).unwrap_or(0);
+    let mtime =
+        std::fs::metadata(path).ok().and_then(|m| m.modified().ok()).map(crate::watch::system_time_ms).unwrap_or(0);
     take_file(ctx, path, mtime).await
 }
 
@@ -99,12 +106,20 @@ pub(crate) enum Taken {
 }
 
 /// Queues runs for a known checkpoint under the current settings (unless equivalent runs exist).
-pub(super) async fn queue_checkpoint(ctx: &Arc<Ctx>, ckpt: &crate::store::Checkpoint, path: &str) -> Result<Vec<RunId>, StoreError> {
+pub(super) async fn queue_checkpoint(
+    ctx: &Arc<Ctx>,
+    ckpt: &crate::store::Checkpoint,
+    path: &str,
+) -> Result<Vec<RunId>, StoreError> {
     Ok(queue_runs(ctx, ckpt, path).await?.0)
 }
 
 /// Queues one run per repeat unless an equivalent run exists. Returns (queued, existing).
-async fn queue_runs(ctx: &Arc<Ctx>, ckpt: &crate::store::Checkpoint, path: &str) -> Result<(Vec<RunId>, Vec<RunId>), StoreError> {
+async fn queue_runs(
+    ctx: &Arc<Ctx>,
+    ckpt: &crate::store::Checkpoint,
+    path: &str,
+) -> Result<(Vec<RunId>, Vec<RunId>), StoreError> {
     let mut queued = Vec::new();
     let mut existing_runs = Vec::new();
     let is_base = ckpt.sha256 == ctx.base_sha256;
@@ -137,10 +152,23 @@ async fn queue_runs(ctx: &Arc<Ctx>, ckpt: &crate::store::Checkpoint, path: &str)
     Ok((queued, existing_runs))
 }
 
-async fn reject(ctx: &Arc<Ctx>, path: &Path, sha256: Option<String>, size: u64, reason: String) -> Result<Taken, StoreError> {
+async fn reject(
+    ctx: &Arc<Ctx>,
+    path: &Path,
+    sha256: Option<String>,
+    size: u64,
+    reason: String,
+) -> Result<Taken, StoreError> {
     tracing::warn!(reason = %reason, "checkpoint rejected");
     if let Some(sha) = sha256 {
-        let new = NewCheckpoint { sha256: sha, path: path.to_owned(), size, kind: CheckpointKind::Unknown, architecture: None, mtime_ms: None };
+        let new = NewCheckpoint {
+            sha256: sha,
+            path: path.to_owned(),
+            size,
+            kind: CheckpointKind::Unknown,
+            architecture: None,
+            mtime_ms: None,
+        };
         let (c, _) = ctx.store.upsert_checkpoint(&new)?;
         // Content already accepted under another name stays accepted.
         if c.status != CheckpointStatus::Accepted {
@@ -159,7 +187,13 @@ async fn take_file(ctx: &Arc<Ctx>, path: &Path, mtime_ms: i64) -> Result<Taken, 
     let checked = tokio::task::spawn_blocking(move || {
         let size = std::fs::metadata(&p).map(|m| m.len()).unwrap_or(0);
         let sha = checkpoint::sha256_file(&p).ok();
-        let header = checkpoint::inspect(&p).and_then(|c| if c.is_adapter() { checkpoint::inspect_adapter_for(&p, &base) } else { Ok(c) });
+        let header = checkpoint::inspect(&p).and_then(|c| {
+            if c.is_adapter() {
+                checkpoint::inspect_adapter_for(&p, &base)
+            } else {
+                Ok(c)
+            }
+        });
         (size, sha, header)
     })
     .await
@@ -200,5 +234,11 @@ async fn take_file(ctx: &Arc<Ctx>, path: &Path, mtime_ms: i64) -> Result<Taken, 
     tracing::info!(checkpoint = ckpt.id, kind = header.kind_name(), duplicate = !created, "checkpoint taken in");
     let ckpt = ctx.store.checkpoint(ckpt.id)?.unwrap_or(ckpt);
     let (queued, existing) = queue_runs(ctx, &ckpt, &path.display().to_string()).await?;
-    Ok(Taken::Accepted { checkpoint_id: ckpt.id, kind: header.kind_name().to_owned(), duplicate: !created, queued, existing })
+    Ok(Taken::Accepted {
+        checkpoint_id: ckpt.id,
+        kind: header.kind_name().to_owned(),
+        duplicate: !created,
+        queued,
+        existing,
+    })
 }

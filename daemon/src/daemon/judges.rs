@@ -35,11 +35,32 @@ pub fn bundled_plugin(name: &str) -> Option<PathBuf> {
     bundled_plugin_dirs().into_iter().map(|d| d.join(format!("{name}.wasm"))).find(|p| p.is_file())
 }
 
+mod embedded {
+    //! The bundled plugins embedded in the binary at build time (`daemon/build.rs`).
+    include!(concat!(env!("OUT_DIR"), "/embedded_plugins.rs"));
+}
+
+/// A bundled plugin embedded in this binary at build time, if it was built then.
+pub fn embedded_plugin(name: &str) -> Option<&'static [u8]> {
+    embedded::EMBEDDED.iter().find(|(n, _)| *n == name).map(|(_, bytes)| *bytes)
+}
+
+/// The names of the bundled plugins embedded in this binary.
+pub fn embedded_plugins() -> Vec<&'static str> {
+    embedded::EMBEDDED.iter().map(|(n, _)| *n).collect()
+}
+
+/// Where a judge's component comes from.
+enum Component {
+    File(PathBuf),
+    Embedded(&'static [u8]),
+}
+
 /// Why the judges cannot be set up.
 #[derive(Debug, thiserror::Error)]
 pub enum JudgeSetError {
     /// A bundled plugin is not built.
-    #[error("judge '{judge}': bundled plugin '{plugin}' not found in {searched}; build the plugins with `make plugins` (plugins/build.sh)")]
+    #[error("judge '{judge}': bundled plugin '{plugin}' not found in {searched}, nor embedded in this binary; build the plugins with `make plugins` (plugins/build.sh)")]
     NotBuilt {
         /// Judge name.
         judge: String,
@@ -49,13 +70,12 @@ pub enum JudgeSetError {
         searched: String,
     },
     /// The plugin does not load.
-    #[error("judge '{judge}': {source}")]
+    #[error("judge '{judge}': {cause}")]
     Load {
         /// Judge name.
         judge: String,
         /// Why.
-        #[source]
-        source: crate::judge::LoadError,
+        cause: crate::judge::LoadError,
     },
     /// The judge model engine cannot start.
     #[error("judge '{judge}': cannot start its judge model: {reason}")]
@@ -85,7 +105,12 @@ impl JudgeModel for EngineJudgeModel {
     fn generate(&self, req: &JudgeGenerateRequest) -> Result<String, String> {
         let sampling = match req.temperature {
             None => SamplingParams { stop: req.stop.clone(), ..SamplingParams::greedy(req.max_tokens) },
-            Some(t) => SamplingParams { temperature: t, max_tokens: req.max_tokens, stop: req.stop.clone(), ..SamplingParams::default() },
+            Some(t) => SamplingParams {
+                temperature: t,
+                max_tokens: req.max_tokens,
+                stop: req.stop.clone(),
+                ..SamplingParams::default()
+            },
         };
         let request = GenerationRequest {
             model: ModelSpec { system_prompt: req.system.clone(), ..ModelSpec::new(&self.model) },
@@ -139,22 +164,36 @@ pub struct JudgeSet {
 impl JudgeSet {
     /// Loads the configured judges. Plugins named in the config are looked up in the
     /// hot-reloaded plugins folder (`plugins.dir`) first, then among the bundled plugins.
-    pub fn load(config: &Config, runtime: &Arc<JudgeRuntime>, judge_engine: &mut Option<Engine>) -> Result<JudgeSet, JudgeSetError> {
+    pub fn load(
+        config: &Config,
+        runtime: &Arc<JudgeRuntime>,
+        judge_engine: &mut Option<Engine>,
+    ) -> Result<JudgeSet, JudgeSetError> {
         let mut judges = Vec::new();
         for jc in &config.judges {
-            let path = match &jc.plugin {
-                PluginSource::Path(p) => p.clone(),
+            // A plugin named by a path is that file; a bundled one is looked for in the
+            // plugins folder, then among built plugins on disk, then in the binary itself.
+            let component = match &jc.plugin {
+                PluginSource::Path(p) => Component::File(p.clone()),
                 PluginSource::Bundled(name) => {
-                    let from_dir = config.plugins.dir.as_ref().map(|d| d.join(format!("{name}.wasm"))).filter(|p| p.is_file());
+                    let from_dir =
+                        config.plugins.dir.as_ref().map(|d| d.join(format!("{name}.wasm"))).filter(|p| p.is_file());
                     match from_dir.or_else(|| bundled_plugin(name)) {
-                        Some(p) => p,
-                        None => {
-                            return Err(JudgeSetError::NotBuilt {
-                                judge: jc.name.clone(),
-                                plugin: name.clone(),
-                                searched: bundled_plugin_dirs().iter().map(|d| d.display().to_string()).collect::<Vec<_>>().join(", "),
-                            })
-                        }
+                        Some(p) => Component::File(p),
+                        None => match embedded_plugin(name) {
+                            Some(bytes) => Component::Embedded(bytes),
+                            None => {
+                                return Err(JudgeSetError::NotBuilt {
+                                    judge: jc.name.clone(),
+                                    plugin: name.clone(),
+                                    searched: bundled_plugin_dirs()
+                                        .iter()
+                                        .map(|d| d.display().to_string())
+                                        .collect::<Vec<_>>()
+                                        .join(", "),
+                                })
+                            }
+                        },
                     }
                 }
             };
@@ -162,7 +201,10 @@ impl JudgeSet {
                 Some(m) => {
                     if judge_engine.is_none() {
                         let cfg = EngineConfig { parallel: 1, batch_size: 512, ..EngineConfig::default() };
-                        *judge_engine = Some(Engine::start(cfg).map_err(|e| JudgeSetError::Model { judge: jc.name.clone(), reason: e.to_string() })?);
+                        *judge_engine = Some(
+                            Engine::start(cfg)
+                                .map_err(|e| JudgeSetError::Model { judge: jc.name.clone(), reason: e.to_string() })?,
+                        );
                     }
                     let engine = judge_engine.clone().expect("started above");
                     Some(Arc::new(EngineJudgeModel::new(engine, m.clone())))
@@ -176,9 +218,21 @@ impl JudgeSet {
                 config: jc.config.clone(),
                 ..PluginSettings::default()
             };
-            let plugin = runtime
-                .load_file(&jc.name, &path, settings, model)
-                .map_err(|source| JudgeSetError::Load { judge: jc.name.clone(), source })?;
+            let loaded = match &component {
+                Component::File(path) => runtime.load_file(&jc.name, path, settings, model),
+                Component::Embedded(bytes) => runtime.load(&jc.name, bytes, settings, model),
+            };
+            let plugin = loaded.map_err(|cause| JudgeSetError::Load { judge: jc.name.clone(), cause })?;
+            let path = match component {
+                Component::File(p) => p,
+                Component::Embedded(_) => {
+                    let name = match &jc.plugin {
+                        PluginSource::Bundled(n) => n.as_str(),
+                        PluginSource::Path(_) => jc.name.as_str(),
+                    };
+                    PathBuf::from(format!("(embedded in the driftwatch binary)/{name}.wasm"))
+                }
+            };
             judges.push(LoadedJudge { name: jc.name.clone(), plugin: Arc::new(plugin), path });
         }
         Ok(JudgeSet { judges, configs: config.judges.clone() })

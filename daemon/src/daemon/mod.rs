@@ -13,7 +13,9 @@ pub mod judges;
 mod oneshot;
 mod runner;
 
-pub use oneshot::{evaluate, Baseline, EvalError, EvalNotice, EvalOutcome, EvalRequest, EvaluatedRun, ExecutedRun, NoticeSink};
+pub use oneshot::{
+    evaluate, Baseline, EvalError, EvalNotice, EvalOutcome, EvalRequest, EvaluatedRun, ExecutedRun, NoticeSink,
+};
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -39,28 +41,28 @@ use judges::JudgeSet;
 pub enum DaemonError {
     /// The store cannot be opened or written.
     #[error("store: {0}")]
-    Store(#[from] StoreError),
+    Store(StoreError),
     /// The base model is unusable.
     #[error("base model: {0}")]
-    BaseModel(#[from] checkpoint::CheckpointError),
+    BaseModel(checkpoint::CheckpointError),
     /// A suite cannot be loaded.
     #[error("{0}")]
-    Suite(#[from] suite::SuiteError),
+    Suite(suite::SuiteError),
     /// No suite is configured.
     #[error("no prompt suite is configured: add a [[suites]] entry to the config")]
     NoSuite,
     /// The judges cannot be set up.
     #[error("{0}")]
-    Judges(#[from] judges::JudgeSetError),
+    Judges(judges::JudgeSetError),
     /// The wasm runtime cannot start.
     #[error("judge runtime: {0}")]
-    Runtime(#[from] crate::judge::LoadError),
+    Runtime(crate::judge::LoadError),
     /// The engine cannot start.
     #[error("engine: {0}")]
-    Engine(#[from] engine::EngineError),
+    Engine(engine::EngineError),
     /// The watcher cannot start.
     #[error("watcher: {0}")]
-    Watch(#[from] crate::watch::WatchStartError),
+    Watch(crate::watch::WatchStartError),
     /// Another process is evaluating with the same data folder.
     #[error("{0}")]
     Busy(String),
@@ -68,6 +70,8 @@ pub enum DaemonError {
     #[error("{0}")]
     Other(String),
 }
+
+error_from!(StoreError => DaemonError::Store, checkpoint::CheckpointError => DaemonError::BaseModel, suite::SuiteError => DaemonError::Suite, judges::JudgeSetError => DaemonError::Judges, crate::judge::LoadError => DaemonError::Runtime, engine::EngineError => DaemonError::Engine, crate::watch::WatchStartError => DaemonError::Watch);
 
 /// What every part of the daemon shares.
 pub(crate) struct Ctx {
@@ -110,12 +114,14 @@ impl crate::api::Control for DaemonControl {
             if !path.is_absolute() {
                 return Err(ApiError::BadRequest(format!("give an absolute path, not {}", path.display())));
             }
-            if !path.is_file() {
-                return Err(ApiError::NotFound(format!("no file at {}", path.display())));
-            }
+            let roots: Vec<PathBuf> =
+                ctx.config.daemon.watch.iter().chain(&ctx.config.api.evaluate_roots).cloned().collect();
+            let path = evaluable_path(&path, &roots)?;
             match intake::take_path(&ctx, &path).await {
                 Ok(t @ intake::Taken::Accepted { .. }) => Ok(serde_json::to_value(t).unwrap_or_default()),
-                Ok(intake::Taken::Rejected { reason }) => Err(ApiError::Unprocessable(format!("{}: {reason}", path.display()))),
+                Ok(intake::Taken::Rejected { reason }) => {
+                    Err(ApiError::Unprocessable(format!("{}: {reason}", path.display())))
+                }
                 Err(e) => Err(ApiError::Store(e)),
             }
         })
@@ -137,6 +143,45 @@ impl crate::api::Control for DaemonControl {
             None => json!([]),
         }
     }
+}
+
+/// The file `POST /v1/evaluate` may take for `path`: one inside a watched folder or an
+/// `api.evaluate_roots` folder, after `..` and symlinks are resolved, so that a client cannot
+/// make the daemon open (and describe) any file the daemon can read. A path outside is
+/// refused with one answer whether or not a file is there, and nothing of it is read.
+pub(crate) fn evaluable_path(path: &std::path::Path, roots: &[PathBuf]) -> Result<PathBuf, crate::api::ApiError> {
+    use crate::api::ApiError;
+    let canonical: Vec<PathBuf> = roots.iter().filter_map(|r| std::fs::canonicalize(r).ok()).collect();
+    let outside = || {
+        ApiError::Forbidden(format!(
+            "{} is not inside a folder this daemon evaluates from (the watched folders and api.evaluate_roots)",
+            path.display()
+        ))
+    };
+    // Lexically first (`..` folded), so a path outside is refused without touching it.
+    let mut lexical = PathBuf::new();
+    for c in path.components() {
+        match c {
+            std::path::Component::ParentDir => {
+                lexical.pop();
+            }
+            std::path::Component::CurDir => {}
+            other => lexical.push(other),
+        }
+    }
+    if !roots.iter().chain(&canonical).any(|r| lexical.starts_with(r)) {
+        return Err(outside());
+    }
+    // Then for real: a symlink inside a root may point anywhere.
+    let real =
+        std::fs::canonicalize(&lexical).map_err(|_| ApiError::NotFound(format!("no file at {}", path.display())))?;
+    if !canonical.iter().any(|r| real.starts_with(r)) {
+        return Err(outside());
+    }
+    if !real.is_file() {
+        return Err(ApiError::NotFound(format!("no file at {}", path.display())));
+    }
+    Ok(real)
 }
 
 /// A loaded suite, for provenance.
@@ -214,12 +259,20 @@ impl Ctx {
             .lock()
             .identities()
             .into_iter()
-            .map(|j| crate::stats::JudgeIdentity { name: j.name, version: j.version, hash: j.wasm_sha256 + ":" + &j.config_hash })
+            .map(|j| crate::stats::JudgeIdentity {
+                name: j.name,
+                version: j.version,
+                hash: j.wasm_sha256 + ":" + &j.config_hash,
+            })
             .collect();
         crate::stats::RunFingerprint {
             suite_hash,
             judges,
-            sampling_hash: crate::config::canonical_hash(&json!([h.sampling, c.sampling.samples, c.model.system_prompt])),
+            sampling_hash: crate::config::canonical_hash(&json!([
+                h.sampling,
+                c.sampling.samples,
+                c.model.system_prompt
+            ])),
             chat_template_hash: h.template,
             engine_hash: h.engine,
         }
@@ -271,13 +324,16 @@ pub fn sample_seed(base_seed: u64, repeat: u32, prompt_id: &str, k: u32) -> u32 
     u32::from_le_bytes([d[0], d[1], d[2], d[3]])
 }
 
-fn engine_config(c: &Config) -> EngineConfig {
+/// The engine settings of a configuration: every `[engine]` key reaches the engine.
+pub(crate) fn engine_config(c: &Config) -> EngineConfig {
     EngineConfig {
         threads: c.engine.threads.unwrap_or(0) as usize,
         parallel: c.engine.parallel as usize,
         batch_size: (c.engine.batch_size as usize).max(c.engine.parallel as usize),
         // -1 offloads every layer (llama.cpp takes any count above the model's layers as all).
         gpu_layers: u32::try_from(c.engine.gpu_layers).unwrap_or(999),
+        n_ctx: c.engine.n_ctx,
+        max_prompt_tokens: Some(c.engine.max_prompt_tokens),
         ..EngineConfig::default()
     }
 }
@@ -366,7 +422,12 @@ pub(crate) async fn reload_judges(ctx: &Arc<Ctx>) {
         }
         Ok(Err(e)) => {
             tracing::warn!(error = %e, "cannot reload the judges; the previous ones keep serving");
-            ctx.bus.emit(EventKind::PluginFailed { plugin: "judges".into(), reason: format!("{e} (the previous version keeps serving)") }).await;
+            ctx.bus
+                .emit(EventKind::PluginFailed {
+                    plugin: "judges".into(),
+                    reason: format!("{e} (the previous version keeps serving)"),
+                })
+                .await;
         }
         Err(e) => tracing::warn!(error = %e, "judge reload task failed"),
     }
@@ -403,7 +464,10 @@ impl Ctx {
             let s = suite::load(sc)?;
             for p in &s.prompts {
                 if !seen.insert(p.id.clone()) {
-                    return Err(DaemonError::Other(format!("prompt id '{}' appears in two suites; give the suites distinct names", p.id)));
+                    return Err(DaemonError::Other(format!(
+                        "prompt id '{}' appears in two suites; give the suites distinct names",
+                        p.id
+                    )));
                 }
             }
             tracing::info!(suite = %s.name, prompts = s.prompts.len(), of = s.available, "suite loaded");
@@ -433,7 +497,13 @@ impl Ctx {
         let mut judge_engine = None;
         let judge_set = JudgeSet::load(&config, &runtime, &mut judge_engine)?;
         for id in judge_set.identities() {
-            bus.emit(EventKind::PluginLoaded { name: id.name, version: id.version, path: String::new(), sha256: id.wasm_sha256 }).await;
+            bus.emit(EventKind::PluginLoaded {
+                name: id.name,
+                version: id.version,
+                path: String::new(),
+                sha256: id.wasm_sha256,
+            })
+            .await;
         }
 
         let (removed, _) = broadcast::channel(64);
@@ -470,7 +540,10 @@ impl Ctx {
             })
             .collect();
         let k = match c.sampling.adaptive() {
-            Some(a) => format!("K = {}..{} (adaptive, target half-width {})", a.min_samples, a.max_samples, a.target_half_width),
+            Some(a) => format!(
+                "K = {}..{} (adaptive, target half-width {})",
+                a.min_samples, a.max_samples, a.target_half_width
+            ),
             None => format!("K = {}", c.sampling.samples),
         };
         let judges: Vec<String> = self.judges.lock().identities().into_iter().map(|j| j.name).collect();
@@ -483,7 +556,11 @@ impl Ctx {
             self.prompts.len() as u64 * u64::from(c.sampling.adaptive().map_or(c.sampling.samples, |a| a.min_samples)),
             if c.sampling.repeats > 1 { format!(" per repeat, {} repeats", c.sampling.repeats) } else { String::new() },
             judges.join(", "),
-            if sliced { "; slices of the suites (remove `limit` / `per_category` in the config for the full suites)" } else { "" },
+            if sliced {
+                "; slices of the suites (remove `limit` / `per_category` in the config for the full suites)"
+            } else {
+                ""
+            },
         )
     }
 }
@@ -503,7 +580,8 @@ impl DataDirLock {
     /// Takes the lock, or says who holds it.
     pub fn acquire(data_dir: &std::path::Path) -> Result<DataDirLock, DaemonError> {
         use std::io::{Read, Seek, Write};
-        std::fs::create_dir_all(data_dir).map_err(|e| DaemonError::Other(format!("cannot create the data folder {}: {e}", data_dir.display())))?;
+        std::fs::create_dir_all(data_dir)
+            .map_err(|e| DaemonError::Other(format!("cannot create the data folder {}: {e}", data_dir.display())))?;
         let path = data_dir.join(LOCK_FILE_NAME);
         let mut file = std::fs::OpenOptions::new()
             .read(true)
@@ -524,7 +602,9 @@ impl DataDirLock {
                     data_dir.display()
                 )));
             }
-            Err(std::fs::TryLockError::Error(e)) => return Err(DaemonError::Other(format!("cannot lock {}: {e}", path.display()))),
+            Err(std::fs::TryLockError::Error(e)) => {
+                return Err(DaemonError::Other(format!("cannot lock {}: {e}", path.display())))
+            }
         }
         let who = format!("pid {}, `{}`", std::process::id(), std::env::args().collect::<Vec<_>>().join(" "));
         let _ = file.set_len(0).and_then(|()| file.rewind()).and_then(|()| file.write_all(who.as_bytes()));
@@ -538,7 +618,8 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Daem
     let data_dir = config.daemon.data_dir.clone();
     // Refuse a reachable API without a token before doing any work.
     if config.api.enabled {
-        crate::api::check_listen(config.api.listen, config.api.token.as_deref()).map_err(|e| DaemonError::Other(format!("api: {e}")))?;
+        crate::api::check_listen(config.api.listen, config.api.token.as_deref())
+            .map_err(|e| DaemonError::Other(format!("api: {e}")))?;
     }
     let _lock = DataDirLock::acquire(&data_dir)?;
     let ctx = Ctx::build(config, true).await?;
@@ -571,7 +652,12 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Daem
         });
         tracing::info!(listen = %addr, "HTTP API listening (events: GET /v1/events; `driftwatch subscribe`)");
         if !ctx.config.api.webhooks.is_empty() {
-            let handle = crate::webhooks::spawn_webhooks(&ctx.config.api, Arc::clone(&ctx.store), ctx.bus.clone(), shutdown.clone());
+            let handle = crate::webhooks::spawn_webhooks(
+                &ctx.config.api,
+                Arc::clone(&ctx.store),
+                ctx.bus.clone(),
+                shutdown.clone(),
+            );
             tasks.spawn(async move {
                 let _ = handle.await;
             });
@@ -602,4 +688,64 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Daem
     }
     tracing::info!("driftwatch stopped");
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Every `[engine]` key reaches the engine (`n_ctx` and `max_prompt_tokens` were
+    /// validated, documented and hashed, then dropped here).
+    #[test]
+    fn every_engine_key_reaches_the_engine() {
+        let text = "[engine]\nthreads = 3\nparallel = 4\nn_ctx = 4096\nmax_prompt_tokens = 300\nbatch_size = 128\ngpu_layers = 5\n";
+        let env = |k: &str| (k == "HOME").then(|| "/h".to_string());
+        let c = Config::from_toml_str(text, "t.toml", std::path::Path::new("/c"), &env).unwrap();
+        let e = engine_config(&c);
+        assert_eq!(
+            (e.threads, e.parallel, e.n_ctx, e.max_prompt_tokens, e.batch_size, e.gpu_layers),
+            (3, 4, Some(4096), Some(300), 128, 5)
+        );
+        let c = Config::from_toml_str("", "t.toml", std::path::Path::new("/c"), &env).unwrap();
+        let e = engine_config(&c);
+        assert_eq!((e.n_ctx, e.max_prompt_tokens), (None, Some(512)));
+    }
+}
+
+#[cfg(test)]
+mod evaluate_path_tests {
+    use super::evaluable_path;
+    use crate::api::ApiError;
+
+    /// `POST /v1/evaluate` takes files inside the allowed folders only, after `..` and
+    /// symlinks are resolved (it opened any file the daemon could read).
+    #[test]
+    fn only_files_inside_the_allowed_folders_after_resolving_links_and_dots() {
+        let dir = tempfile::tempdir().unwrap();
+        let watched = dir.path().join("watched");
+        let other = dir.path().join("other");
+        std::fs::create_dir_all(watched.join("sub")).unwrap();
+        std::fs::create_dir_all(&other).unwrap();
+        std::fs::write(watched.join("sub/ok.gguf"), b"x").unwrap();
+        std::fs::write(other.join("secret.gguf"), b"x").unwrap();
+        std::os::unix::fs::symlink(other.join("secret.gguf"), watched.join("link.gguf")).unwrap();
+        std::os::unix::fs::symlink(&other, watched.join("dirlink")).unwrap();
+        let roots = vec![watched.clone()];
+        let real = std::fs::canonicalize(watched.join("sub/ok.gguf")).unwrap();
+        assert_eq!(evaluable_path(&watched.join("sub/ok.gguf"), &roots).unwrap(), real);
+        assert_eq!(evaluable_path(&watched.join("sub/../sub/./ok.gguf"), &roots).unwrap(), real);
+        let forbidden = |p: std::path::PathBuf| matches!(evaluable_path(&p, &roots), Err(ApiError::Forbidden(_)));
+        assert!(forbidden(other.join("secret.gguf")));
+        assert!(forbidden(watched.join("../other/secret.gguf")));
+        assert!(forbidden(watched.join("link.gguf")), "a symlink out of the folder");
+        assert!(forbidden(watched.join("dirlink/secret.gguf")), "a folder symlink out of the folder");
+        assert!(forbidden("/etc/passwd".into()));
+        assert!(forbidden("/proc/self/environ".into()));
+        // Outside and missing gets the same answer as outside and present.
+        assert!(forbidden(other.join("missing.gguf")));
+        assert!(matches!(evaluable_path(&watched.join("missing.gguf"), &roots), Err(ApiError::NotFound(_))));
+        assert!(matches!(evaluable_path(&watched.join("sub"), &roots), Err(ApiError::NotFound(_))));
+        // An evaluate root is a folder like a watched one.
+        assert!(evaluable_path(&other.join("secret.gguf"), &[watched, other.clone()]).is_ok());
+    }
 }

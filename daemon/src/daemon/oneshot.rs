@@ -132,19 +132,29 @@ pub enum EvalError {
     Baseline(String),
     /// The store failed.
     #[error("store: {0}")]
-    Store(#[from] crate::store::StoreError),
+    Store(crate::store::StoreError),
     /// Scoring failed.
     #[error("scoring: {0}")]
-    Scoring(#[from] scoring::ScoringError),
+    Scoring(scoring::ScoringError),
 }
+
+error_from!(crate::store::StoreError => EvalError::Store, scoring::ScoringError => EvalError::Scoring);
 
 /// Evaluates one checkpoint with `config`'s settings and store. `notify` is told which run
 /// executes and sees every event the evaluation publishes (progress included), in order. A
 /// cancelled `stop` leaves the runs resumable and returns with `interrupted` set.
-pub async fn evaluate(config: Config, request: EvalRequest, stop: CancellationToken, notify: NoticeSink) -> Result<EvalOutcome, EvalError> {
+pub async fn evaluate(
+    config: Config,
+    request: EvalRequest,
+    stop: CancellationToken,
+    notify: NoticeSink,
+) -> Result<EvalOutcome, EvalError> {
     let checkpoint = std::path::absolute(&request.checkpoint).unwrap_or(request.checkpoint.clone());
     if !checkpoint.is_file() {
-        return Err(EvalError::Rejected { path: checkpoint.display().to_string(), reason: format!("{}: no such file", checkpoint.display()) });
+        return Err(EvalError::Rejected {
+            path: checkpoint.display().to_string(),
+            reason: format!("{}: no such file", checkpoint.display()),
+        });
     }
     let _lock = DataDirLock::acquire(&config.daemon.data_dir)?;
     let ctx = Ctx::build(config, false).await?;
@@ -183,7 +193,13 @@ fn stored_totals(ctx: &Ctx, run: RunId) -> Result<(u64, u64), crate::store::Stor
     Ok((samples.len() as u64, samples.iter().map(|s| u64::from(s.completion_tokens)).sum()))
 }
 
-async fn drive(ctx: &Arc<Ctx>, checkpoint: &std::path::Path, baseline: Baseline, stop: &CancellationToken, notify: &NoticeSink) -> Result<EvalOutcome, EvalError> {
+async fn drive(
+    ctx: &Arc<Ctx>,
+    checkpoint: &std::path::Path,
+    baseline: Baseline,
+    stop: &CancellationToken,
+    notify: &NoticeSink,
+) -> Result<EvalOutcome, EvalError> {
     let repeats = ctx.config.sampling.repeats.max(1);
     // The base model's runs are queued first (when the checkpoint is the base model itself,
     // they are its own runs): intake then links the checkpoint to them or queues its own.
@@ -191,9 +207,14 @@ async fn drive(ctx: &Arc<Ctx>, checkpoint: &std::path::Path, baseline: Baseline,
         Baseline::BaseModel => intake::take_base(ctx).await?,
         // A named baseline must be usable before anything is queued.
         Baseline::Run(id) => {
-            let run = ctx.store.run(id)?.ok_or_else(|| EvalError::Baseline(format!("baseline run {id} does not exist in {}", ctx.store.path().display())))?;
+            let run = ctx.store.run(id)?.ok_or_else(|| {
+                EvalError::Baseline(format!("baseline run {id} does not exist in {}", ctx.store.path().display()))
+            })?;
             if run.status != RunStatus::Completed {
-                return Err(EvalError::Baseline(format!("baseline run {id} is {}, not completed", run.status.as_str())));
+                return Err(EvalError::Baseline(format!(
+                    "baseline run {id} is {}, not completed",
+                    run.status.as_str()
+                )));
             }
         }
         Baseline::None => {}
@@ -201,7 +222,9 @@ async fn drive(ctx: &Arc<Ctx>, checkpoint: &std::path::Path, baseline: Baseline,
     // Intake hashes and checks the file once; a refused file costs no generation at all.
     let taken = intake::take_path(ctx, checkpoint).await?;
     let (checkpoint_id, kind) = match taken {
-        intake::Taken::Rejected { reason } => return Err(EvalError::Rejected { path: checkpoint.display().to_string(), reason }),
+        intake::Taken::Rejected { reason } => {
+            return Err(EvalError::Rejected { path: checkpoint.display().to_string(), reason })
+        }
         intake::Taken::Accepted { checkpoint_id, kind, .. } => (checkpoint_id, kind),
     };
     let ckpt_sha = ctx
@@ -280,9 +303,10 @@ async fn drive(ctx: &Arc<Ctx>, checkpoint: &std::path::Path, baseline: Baseline,
             let store = Arc::clone(&ctx.store);
             let baseline = baseline_runs[repeat as usize];
             let cfg = cfg.clone();
-            let result = tokio::task::spawn_blocking(move || scoring::score_run_from_store(&store, id, baseline, false, &cfg))
-                .await
-                .map_err(|e| DaemonError::Other(e.to_string()))??;
+            let result =
+                tokio::task::spawn_blocking(move || scoring::score_run_from_store(&store, id, baseline, false, &cfg))
+                    .await
+                    .map_err(|e| DaemonError::Other(e.to_string()))??;
             runs.push(EvaluatedRun { run_id: id, repeat, reused, result });
         }
     }

@@ -20,7 +20,10 @@ use llama_cpp_2::token::LlamaToken;
 use tokio::sync::mpsc::UnboundedSender;
 use tokio_util::sync::CancellationToken;
 
-use super::{EngineError, EngineEvent, FinishReason, GenerationStats, Job, Progress, SampleOutput, SamplingParams, PROGRESS_EVERY};
+use super::{
+    EngineError, EngineEvent, FinishReason, GenerationStats, Job, Progress, SampleOutput, SamplingParams,
+    PROGRESS_EVERY,
+};
 
 /// A distinct prompt: its tokens, or why it cannot run.
 pub(crate) struct Prompt {
@@ -210,8 +213,8 @@ pub(crate) fn run(
         stats.decode_calls += 1;
 
         // 5. Sample, append, and retire finished sequences.
-        for i in 0..p {
-            let Some(s) = slots[i].as_mut() else { continue };
+        for (i, slot) in slots.iter_mut().enumerate().take(p) {
+            let Some(s) = slot.as_mut() else { continue };
             let tok = s.sampler.sample(ctx, s.batch_idx);
             let reason = if vocab.is_eog(tok) {
                 Some(FinishReason::Stop)
@@ -232,7 +235,7 @@ pub(crate) fn run(
                 }
             };
             if let Some(reason) = reason {
-                let s = slots[i].take().expect("slot is active");
+                let s = slot.take().expect("slot is active");
                 emit(finish(s, work.jobs, work.prompts, work.job_prompt, reason));
                 done += 1;
                 ctx.clear_kv_cache_seq(Some(i as u32), None, None).map_err(|e| llama_err("kv", e))?;

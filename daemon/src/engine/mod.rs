@@ -49,11 +49,35 @@ pub struct EngineConfig {
     /// sequences share its batches, so a run resumed after a crash generates exactly what the
     /// uninterrupted run would have; a unified cache does not have that property.
     pub kv_unified: bool,
+    /// The context of all `parallel` sequences together, in tokens: each sequence gets
+    /// `n_ctx / parallel` for its prompt and its generation, and a prompt that does not fit is
+    /// an error on its jobs. `None` sizes each request's context for its longest prompt.
+    pub n_ctx: Option<u32>,
+    /// Longest accepted prompt in tokens, after the chat template; longer prompts are an error
+    /// on their jobs (the others run). `None`: only the model's context limits it.
+    pub max_prompt_tokens: Option<u32>,
 }
+
+/// The most sequences one engine decodes together. llama.cpp holds at most 256 sequences in
+/// a context (`LLAMA_MAX_SEQ`), and the engine uses `2 × parallel + 1` of them (each running
+/// sample, a holder per prompt being shared, and one spare), so 127.
+pub const MAX_PARALLEL: usize = (LLAMA_MAX_SEQ - 1) / 2;
+
+/// llama.cpp's limit on sequences in one context (`LLAMA_MAX_SEQ` in `llama-cparams.h`).
+const LLAMA_MAX_SEQ: usize = 256;
 
 impl Default for EngineConfig {
     fn default() -> Self {
-        EngineConfig { threads: 0, parallel: 16, batch_size: 512, gpu_layers: 0, max_loaded_models: 2, kv_unified: false }
+        EngineConfig {
+            threads: 0,
+            parallel: 16,
+            batch_size: 512,
+            gpu_layers: 0,
+            max_loaded_models: 2,
+            kv_unified: false,
+            n_ctx: None,
+            max_prompt_tokens: None,
+        }
     }
 }
 
@@ -321,11 +345,19 @@ impl std::fmt::Debug for Engine {
 impl Engine {
     /// Starts the engine thread.
     pub fn start(config: EngineConfig) -> Result<Engine, EngineError> {
-        if config.parallel == 0 || config.parallel > 128 {
+        if config.parallel == 0 || config.parallel > MAX_PARALLEL {
             return Err(EngineError::InvalidRequest(format!(
-                "engine.parallel must be between 1 and 128, not {}",
+                "engine.parallel must be between 1 and {MAX_PARALLEL}, not {}",
                 config.parallel
             )));
+        }
+        if let Some(n) = config.n_ctx {
+            if (n as usize) < config.parallel {
+                return Err(EngineError::InvalidRequest(format!(
+                    "engine.n_ctx ({n}) leaves no room for each of the {} parallel sequences",
+                    config.parallel
+                )));
+            }
         }
         if config.batch_size < config.parallel {
             return Err(EngineError::InvalidRequest(format!(
@@ -346,7 +378,8 @@ impl Engine {
     pub fn submit(&self, request: GenerationRequest) -> GenerationStream {
         let (events, rx) = mpsc::unbounded_channel();
         let cancel = CancellationToken::new();
-        let cmd = worker::Command::Generate { request: Box::new(request), events: events.clone(), cancel: cancel.clone() };
+        let cmd =
+            worker::Command::Generate { request: Box::new(request), events: events.clone(), cancel: cancel.clone() };
         if self.tx.send(cmd).is_err() {
             let _ = events.send(EngineEvent::Done(Err(EngineError::Stopped)));
         }
@@ -354,7 +387,10 @@ impl Engine {
     }
 
     /// Runs a request to the end and returns every sample (in job order) with the stats.
-    pub async fn generate(&self, request: GenerationRequest) -> Result<(Vec<SampleOutput>, GenerationStats), EngineError> {
+    pub async fn generate(
+        &self,
+        request: GenerationRequest,
+    ) -> Result<(Vec<SampleOutput>, GenerationStats), EngineError> {
         let mut stream = self.submit(request);
         let mut samples = Vec::new();
         while let Some(ev) = stream.next().await {
@@ -371,7 +407,10 @@ impl Engine {
     }
 
     /// Like [`Engine::generate`], for callers on a plain (non-async) thread.
-    pub fn generate_blocking(&self, request: GenerationRequest) -> Result<(Vec<SampleOutput>, GenerationStats), EngineError> {
+    pub fn generate_blocking(
+        &self,
+        request: GenerationRequest,
+    ) -> Result<(Vec<SampleOutput>, GenerationStats), EngineError> {
         let mut stream = self.submit(request);
         let mut samples = Vec::new();
         while let Some(ev) = stream.rx.blocking_recv() {

@@ -162,10 +162,9 @@ impl Worker {
         let mut adapter = match &req.model.adapter {
             Some(a) => {
                 let t = Instant::now();
-                let adapter = model.lora_adapter_init(&a.path).map_err(|e| EngineError::Load {
-                    path: a.path.display().to_string(),
-                    reason: e.to_string(),
-                })?;
+                let adapter = model
+                    .lora_adapter_init(&a.path)
+                    .map_err(|e| EngineError::Load { path: a.path.display().to_string(), reason: e.to_string() })?;
                 load_ms += t.elapsed().as_millis() as u64;
                 Some((adapter, a.scale))
             }
@@ -211,6 +210,8 @@ fn run_request(
         })
         .collect();
     let max_tokens = req.sampling.max_tokens as usize;
+    // With a configured context, each of the `parallel` sequences has this much room.
+    let per_seq_room = config.n_ctx.map(|n| n as usize / config.parallel.max(1));
     let mut prompts = Vec::with_capacity(texts.len());
     for text in &texts {
         let full = match &tmpl {
@@ -220,18 +221,7 @@ fn run_request(
         // Special-token text in the templated prompt is parsed as special tokens, as llama.cpp's
         // own server does.
         let tokens = model.vocab().tokenize(full.as_bytes(), true, true);
-        let error = if tokens.is_empty() {
-            Some("the prompt is empty after tokenization".to_string())
-        } else if tokens.len() + max_tokens > n_ctx_train as usize {
-            Some(format!(
-                "the prompt has {} tokens; with max_tokens {} it exceeds the model's context of {} tokens",
-                tokens.len(),
-                max_tokens,
-                n_ctx_train
-            ))
-        } else {
-            None
-        };
+        let error = prompt_error(tokens.len(), max_tokens, n_ctx_train as usize, config, per_seq_room);
         prompts.push(Prompt { tokens, error });
     }
 
@@ -239,14 +229,19 @@ fn run_request(
     let p = config.parallel.min(req.jobs.len().max(1));
     let n_seq = 2 * p + 1;
     let n_ctx = if config.kv_unified {
-        // Worst case: every slot holds a distinct prompt plus its generation, and as many
-        // prompts again wait in holders.
-        (p * (longest + max_tokens) + (p + 1) * longest).div_ceil(256) * 256
+        match config.n_ctx {
+            Some(n) => n as usize,
+            // Worst case: every slot holds a distinct prompt plus its generation, and as many
+            // prompts again wait in holders.
+            None => (p * (longest + max_tokens) + (p + 1) * longest).div_ceil(256) * 256,
+        }
     } else {
         // One stream per sequence; llama.cpp splits n_ctx evenly, in multiples of 256.
-        n_seq * (longest + max_tokens).div_ceil(256) * 256
+        let room = per_seq_room.unwrap_or(longest + max_tokens);
+        n_seq * room.div_ceil(256) * 256
     };
-    let n_ctx = u32::try_from(n_ctx).map_err(|_| EngineError::InvalidRequest("the context would be too large".into()))?;
+    let n_ctx =
+        u32::try_from(n_ctx).map_err(|_| EngineError::InvalidRequest("the context would be too large".into()))?;
     let threads = config.effective_threads() as i32;
     let params = LlamaContextParams::default()
         .with_n_ctx(NonZeroU32::new(n_ctx))
@@ -280,6 +275,44 @@ fn run_request(
         batch_size: config.batch_size,
     };
     batch::run(model, &mut ctx, work, events, cancel)
+}
+
+/// Why a prompt of `tokens` tokens cannot run, if it cannot: empty, longer than
+/// `max_prompt_tokens`, or with `max_tokens` more than the model's context or than the room
+/// `n_ctx` gives each sequence.
+fn prompt_error(
+    tokens: usize,
+    max_tokens: usize,
+    n_ctx_train: usize,
+    config: &EngineConfig,
+    per_seq_room: Option<usize>,
+) -> Option<String> {
+    if tokens == 0 {
+        return Some("the prompt is empty after tokenization".to_string());
+    }
+    if let Some(limit) = config.max_prompt_tokens {
+        if tokens > limit as usize {
+            return Some(format!(
+                "the prompt has {tokens} tokens after the chat template, more than engine.max_prompt_tokens ({limit})"
+            ));
+        }
+    }
+    if tokens + max_tokens > n_ctx_train {
+        return Some(format!(
+            "the prompt has {tokens} tokens; with max_tokens {max_tokens} it exceeds the model's context of {n_ctx_train} tokens"
+        ));
+    }
+    if let (Some(room), Some(n_ctx)) = (per_seq_room, config.n_ctx) {
+        if tokens + max_tokens > room {
+            return Some(format!(
+                "the prompt has {tokens} tokens; with max_tokens {max_tokens} it needs {} tokens, more than the {room} \
+                 that engine.n_ctx ({n_ctx}) gives each of the {} parallel sequences",
+                tokens + max_tokens,
+                config.parallel
+            ));
+        }
+    }
+    None
 }
 
 /// What this binary was built with.
@@ -323,7 +356,21 @@ pub fn build_info() -> BuildInfo {
     macro_rules! feat {
         ($($f:tt),*) => { $( if cfg!(target_feature = $f) { features.push($f); } )* };
     }
-    feat!("sse4.2", "avx", "avx2", "fma", "f16c", "bmi2", "avx512f", "avx512bw", "avx512vnni", "avx512bf16", "avxvnni", "neon", "dotprod");
+    feat!(
+        "sse4.2",
+        "avx",
+        "avx2",
+        "fma",
+        "f16c",
+        "bmi2",
+        "avx512f",
+        "avx512bw",
+        "avx512vnni",
+        "avx512bf16",
+        "avxvnni",
+        "neon",
+        "dotprod"
+    );
     BuildInfo {
         driftwatch_version: env!("CARGO_PKG_VERSION"),
         ggml_version,

@@ -27,18 +27,19 @@ const MAX_NESTING: u32 = 2;
 #[derive(Debug, thiserror::Error)]
 pub enum GgufError {
     /// The file could not be opened or read.
-    #[error("cannot read {path}: {source}")]
+    #[error("cannot read {path}: {cause}")]
     Io {
         /// The file.
         path: String,
         /// The underlying error.
-        source: std::io::Error,
+        cause: std::io::Error,
     },
     /// The file has no bytes.
     #[error("the file is empty (0 bytes)")]
     Empty,
     /// The file does not start with the GGUF magic.
-    #[error("not a GGUF file: it starts with {found:?}, not \"GGUF\"")]
+    /// (`found` is kept for the caller; the message does not quote a foreign file's bytes.)
+    #[error("not a GGUF file: it does not start with the GGUF magic bytes")]
     NotGguf {
         /// The first bytes found, printable.
         found: String,
@@ -58,9 +59,7 @@ pub enum GgufError {
     #[error("malformed GGUF header: {0}")]
     Malformed(String),
     /// A tensor's data lies (partly) beyond the end of the file.
-    #[error(
-        "the file is truncated: tensor '{tensor}' needs bytes up to {needed} but the file has {file_size} bytes"
-    )]
+    #[error("the file is truncated: tensor '{tensor}' needs bytes up to {needed} but the file has {file_size} bytes")]
     TensorOutOfBounds {
         /// The tensor.
         tensor: String,
@@ -159,11 +158,11 @@ impl GgufInfo {
 
 /// Reads and validates the GGUF header of the file at `path`.
 pub fn inspect(path: &Path) -> Result<GgufInfo, GgufError> {
-    let io = |source| GgufError::Io { path: path.display().to_string(), source };
+    let io = |cause| GgufError::Io { path: path.display().to_string(), cause };
     let file = File::open(path).map_err(io)?;
     let len = file.metadata().map_err(io)?.len();
     inspect_reader(BufReader::with_capacity(1 << 16, file), len).map_err(|e| match e {
-        GgufError::Io { source, .. } => GgufError::Io { path: path.display().to_string(), source },
+        GgufError::Io { cause, .. } => GgufError::Io { path: path.display().to_string(), cause },
         other => other,
     })
 }
@@ -177,10 +176,7 @@ pub fn inspect_reader<R: Read + Seek>(reader: R, file_size: u64) -> Result<GgufI
     let mut magic = [0u8; 4];
     let got = r.read_some(&mut magic)?;
     if got < 4 || magic != GGUF_MAGIC {
-        let found: String = magic[..got]
-            .iter()
-            .map(|&b| if b.is_ascii_graphic() { b as char } else { '.' })
-            .collect();
+        let found: String = magic[..got].iter().map(|&b| if b.is_ascii_graphic() { b as char } else { '.' }).collect();
         return Err(GgufError::NotGguf { found });
     }
     let version = r.u32("the version")?;
@@ -192,9 +188,7 @@ pub fn inspect_reader<R: Read + Seek>(reader: R, file_size: u64) -> Result<GgufI
     // Each metadata entry takes at least 8 (key length) + 4 (type) bytes, each tensor entry at
     // least 8 + 4 + 4 + 8: counts beyond that cannot be honest.
     if n_kv > r.remaining() / 12 {
-        return Err(GgufError::Malformed(format!(
-            "metadata count {n_kv} cannot fit in a file of {file_size} bytes"
-        )));
+        return Err(GgufError::Malformed(format!("metadata count {n_kv} cannot fit in a file of {file_size} bytes")));
     }
     if n_tensors > r.remaining() / 24 {
         return Err(GgufError::Malformed(format!(
@@ -216,11 +210,7 @@ pub fn inspect_reader<R: Read + Seek>(reader: R, file_size: u64) -> Result<GgufI
         None => DEFAULT_ALIGNMENT,
         Some(v) => match v.as_u64() {
             Some(a) if a > 0 && a.is_power_of_two() && a <= 1 << 20 => a,
-            _ => {
-                return Err(GgufError::Malformed(format!(
-                    "general.alignment must be a power of two, found {v:?}"
-                )))
-            }
+            _ => return Err(GgufError::Malformed(format!("general.alignment must be a power of two, found {v:?}"))),
         },
     };
 
@@ -249,29 +239,26 @@ pub fn inspect_reader<R: Read + Seek>(reader: R, file_size: u64) -> Result<GgufI
         }
         let ty_code = r.u32(&format!("the type of tensor '{name}'"))?;
         let offset = r.u64(&format!("the offset of tensor '{name}'"))?;
-        let ggml_type = GgmlType::from_code(ty_code).ok_or_else(|| {
-            GgufError::Malformed(format!("tensor '{name}' has unknown ggml type {ty_code}"))
-        })?;
+        let ggml_type = GgmlType::from_code(ty_code)
+            .ok_or_else(|| GgufError::Malformed(format!("tensor '{name}' has unknown ggml type {ty_code}")))?;
         let elements = dims
             .iter()
             .try_fold(1u64, |acc, &d| acc.checked_mul(d).filter(|&n| n <= i64::MAX as u64))
-            .ok_or_else(|| {
-                GgufError::Malformed(format!("tensor '{name}' has an impossible shape {dims:?}"))
-            })?;
+            .ok_or_else(|| GgufError::Malformed(format!("tensor '{name}' has an impossible shape {dims:?}")))?;
         if dims[0] % ggml_type.block_size != 0 {
             return Err(GgufError::Malformed(format!(
                 "tensor '{name}': row length {} is not a multiple of the {} block size {}",
                 dims[0], ggml_type.name, ggml_type.block_size
             )));
         }
-        let size = ggml_type.byte_size(elements).ok_or_else(|| {
-            GgufError::Malformed(format!("tensor '{name}' has an impossible size"))
-        })?;
+        let size = ggml_type
+            .byte_size(elements)
+            .ok_or_else(|| GgufError::Malformed(format!("tensor '{name}' has an impossible size")))?;
         tensors.push(TensorInfo { name, dims, ggml_type, offset, size });
     }
 
-    let data_offset = pad(r.pos, alignment)
-        .ok_or_else(|| GgufError::Malformed("the data section offset overflows".into()))?;
+    let data_offset =
+        pad(r.pos, alignment).ok_or_else(|| GgufError::Malformed("the data section offset overflows".into()))?;
     if !tensors.is_empty() && data_offset > file_size {
         return Err(GgufError::Truncated { what: "the start of the tensor data".into(), file_size });
     }
@@ -299,17 +286,7 @@ pub fn inspect_reader<R: Read + Seek>(reader: R, file_size: u64) -> Result<GgufI
     let architecture = metadata.get("general.architecture").and_then(MetaValue::as_str).map(str::to_owned);
     let name = metadata.get("general.name").and_then(MetaValue::as_str).map(str::to_owned);
     let kind = classify(&metadata, &tensors)?;
-    Ok(GgufInfo {
-        version,
-        file_size,
-        kind,
-        architecture,
-        name,
-        data_offset,
-        alignment,
-        metadata,
-        tensors,
-    })
+    Ok(GgufInfo { version, file_size, kind, architecture, name, data_offset, alignment, metadata, tensors })
 }
 
 fn classify(meta: &BTreeMap<String, MetaValue>, tensors: &[TensorInfo]) -> Result<GgufKind, GgufError> {
@@ -337,9 +314,10 @@ fn lora_info(meta: &BTreeMap<String, MetaValue>, tensors: &[TensorInfo]) -> Resu
     for a in tensors.iter().filter(|t| t.name.ends_with(".lora_a")) {
         let base = a.name.trim_end_matches(".lora_a");
         let b_name = format!("{base}.lora_b");
-        let b = tensors.iter().find(|t| t.name == b_name).ok_or_else(|| {
-            GgufError::Malformed(format!("LoRA tensor '{}' has no matching '{b_name}'", a.name))
-        })?;
+        let b = tensors
+            .iter()
+            .find(|t| t.name == b_name)
+            .ok_or_else(|| GgufError::Malformed(format!("LoRA tensor '{}' has no matching '{b_name}'", a.name)))?;
         if a.dims.len() != 2 || b.dims.len() != 2 || a.dims[1] != b.dims[0] {
             return Err(GgufError::Malformed(format!(
                 "LoRA pair '{base}' has inconsistent shapes A {:?} and B {:?}",
@@ -352,10 +330,7 @@ fn lora_info(meta: &BTreeMap<String, MetaValue>, tensors: &[TensorInfo]) -> Resu
     for b in tensors.iter().filter(|t| t.name.ends_with(".lora_b")) {
         let a_name = format!("{}.lora_a", b.name.trim_end_matches(".lora_b"));
         if !tensors.iter().any(|t| t.name == a_name) {
-            return Err(GgufError::Malformed(format!(
-                "LoRA tensor '{}' has no matching '{a_name}'",
-                b.name
-            )));
+            return Err(GgufError::Malformed(format!("LoRA tensor '{}' has no matching '{a_name}'", b.name)));
         }
     }
     if targets.is_empty() {
@@ -382,7 +357,7 @@ impl<R: Read + Seek> Bounded<R> {
     }
 
     fn io(e: std::io::Error) -> GgufError {
-        GgufError::Io { path: String::new(), source: e }
+        GgufError::Io { path: String::new(), cause: e }
     }
 
     fn read_some(&mut self, buf: &mut [u8]) -> Result<usize, GgufError> {
@@ -454,8 +429,17 @@ impl<R: Read + Seek> Bounded<R> {
         let what = || format!("the value of metadata '{key}'");
         let mut b8 = [0u8; 8];
         Ok(match ty {
-            code::U8 | code::I8 | code::BOOL | code::U16 | code::I16 | code::U32 | code::I32
-            | code::F32 | code::U64 | code::I64 | code::F64 => {
+            code::U8
+            | code::I8
+            | code::BOOL
+            | code::U16
+            | code::I16
+            | code::U32
+            | code::I32
+            | code::F32
+            | code::U64
+            | code::I64
+            | code::F64 => {
                 let size = Self::scalar_size(ty).unwrap_or(8) as usize;
                 self.exact(&mut b8[..size], &what())?;
                 let mut raw = [0u8; 8];
@@ -472,11 +456,7 @@ impl<R: Read + Seek> Bounded<R> {
                     _ => match b8[0] {
                         0 => MetaValue::Bool(false),
                         1 => MetaValue::Bool(true),
-                        v => {
-                            return Err(GgufError::Malformed(format!(
-                                "metadata '{key}' is a bool with value {v}"
-                            )))
-                        }
+                        v => return Err(GgufError::Malformed(format!("metadata '{key}' is a bool with value {v}"))),
                     },
                 }
             }
@@ -489,9 +469,10 @@ impl<R: Read + Seek> Bounded<R> {
                 let len = self.u64(&what())?;
                 match Self::scalar_size(elem) {
                     Some(size) => {
-                        let total = len.checked_mul(size).filter(|&t| t <= self.remaining()).ok_or_else(|| {
-                            GgufError::Truncated { what: what(), file_size: self.len }
-                        })?;
+                        let total = len
+                            .checked_mul(size)
+                            .filter(|&t| t <= self.remaining())
+                            .ok_or_else(|| GgufError::Truncated { what: what(), file_size: self.len })?;
                         if len <= KEEP_ARRAY {
                             let mut items = Vec::with_capacity(len as usize);
                             for _ in 0..len {
@@ -526,9 +507,7 @@ impl<R: Read + Seek> Bounded<R> {
                     }
                 }
             }
-            other => {
-                return Err(GgufError::Malformed(format!("metadata '{key}' has unknown type {other}")))
-            }
+            other => return Err(GgufError::Malformed(format!("metadata '{key}' has unknown type {other}"))),
         })
     }
 
@@ -540,9 +519,8 @@ impl<R: Read + Seek> Bounded<R> {
         }
         match Self::scalar_size(elem) {
             Some(size) => {
-                let total = len
-                    .checked_mul(size)
-                    .ok_or_else(|| GgufError::Malformed(format!("metadata '{key}' overflows")))?;
+                let total =
+                    len.checked_mul(size).ok_or_else(|| GgufError::Malformed(format!("metadata '{key}' overflows")))?;
                 self.skip(total, key)
             }
             None if elem == code::STRING => {

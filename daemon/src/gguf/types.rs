@@ -129,10 +129,12 @@ const TYPES: &[(u32, &str, u64, u64)] = &[
 impl GgmlType {
     /// The type with this code, if driftwatch knows it.
     pub fn from_code(code: u32) -> Option<GgmlType> {
-        TYPES
-            .iter()
-            .find(|t| t.0 == code)
-            .map(|&(code, name, block_size, type_size)| GgmlType { code, name, block_size, type_size })
+        TYPES.iter().find(|t| t.0 == code).map(|&(code, name, block_size, type_size)| GgmlType {
+            code,
+            name,
+            block_size,
+            type_size,
+        })
     }
 
     /// 32-bit float.
@@ -141,7 +143,7 @@ impl GgmlType {
     /// The byte size of a tensor of this type with `elements` elements, or `None` when the
     /// element count is not a whole number of blocks or the size overflows.
     pub fn byte_size(&self, elements: u64) -> Option<u64> {
-        if elements % self.block_size != 0 {
+        if !elements.is_multiple_of(self.block_size) {
             return None;
         }
         (elements / self.block_size).checked_mul(self.type_size)

@@ -237,10 +237,7 @@ mod tests {
         assert_eq!(info.kind, GgufKind::Model);
         assert_eq!(info.architecture.as_deref(), Some("llama"));
         assert_eq!(info.get("llama.block_count"), Some(&MetaValue::UInt(2)));
-        assert_eq!(
-            info.get("tokenizer.ggml.tokens"),
-            Some(&MetaValue::ArraySummary { element_type: 8, len: 100 })
-        );
+        assert_eq!(info.get("tokenizer.ggml.tokens"), Some(&MetaValue::ArraySummary { element_type: 8, len: 100 }));
         assert_eq!(info.tensors.len(), 2);
         assert_eq!(info.tensors[1].offset, 64);
         assert_eq!(info.tensors[1].size, 12);

@@ -3,7 +3,7 @@
 
 use std::time::Instant;
 
-use super::{FinishReason, JudgePlugin, JudgeError, Sample};
+use super::{FinishReason, JudgeError, JudgePlugin, Sample};
 
 /// Results of [`measure_overhead`].
 #[derive(Debug, Clone, PartialEq, serde::Serialize)]

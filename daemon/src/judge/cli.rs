@@ -9,7 +9,10 @@ use clap::{Args, Subcommand};
 use serde::Serialize;
 use thiserror::Error;
 
-use super::{JudgeError, JudgeInfo, JudgeModel, JudgeRuntime, LoadError, PluginSettings, Sample, SettingsError, Verdict, CONTRACT_VERSION};
+use super::{
+    JudgeError, JudgeInfo, JudgeModel, JudgeRuntime, LoadError, PluginSettings, Sample, SettingsError, Verdict,
+    CONTRACT_VERSION,
+};
 
 /// `driftwatch plugin ...`
 #[derive(Debug, Subcommand)]
@@ -73,14 +76,14 @@ pub enum CliError {
     #[error("{0} already exists; choose another name or --dir")]
     Exists(PathBuf),
     /// A file could not be read or written.
-    #[error("{path}: {source}")]
-    Io { path: PathBuf, source: std::io::Error },
+    #[error("{path}: {cause}")]
+    Io { path: PathBuf, cause: std::io::Error },
     /// The settings file is invalid.
-    #[error("{path}: {source}")]
-    Settings { path: PathBuf, source: SettingsError },
+    #[error("{path}: {cause}")]
+    Settings { path: PathBuf, cause: SettingsError },
     /// The plugin could not be loaded.
-    #[error("{path}: {source}")]
-    Load { path: PathBuf, source: LoadError },
+    #[error("{path}: {cause}")]
+    Load { path: PathBuf, cause: LoadError },
     /// An input line is not a valid sample.
     #[error("{path}:{line}: {message}")]
     Input { path: PathBuf, line: usize, message: String },
@@ -112,8 +115,8 @@ pub fn run_plugin_command(cmd: &PluginCommand, out: &mut dyn Write) -> Result<()
 
 fn read_settings(path: Option<&Path>) -> Result<PluginSettings, CliError> {
     let Some(path) = path else { return Ok(PluginSettings::default()) };
-    let text = std::fs::read_to_string(path).map_err(|source| CliError::Io { path: path.to_owned(), source })?;
-    PluginSettings::from_toml(&text).map_err(|source| CliError::Settings { path: path.to_owned(), source })
+    let text = std::fs::read_to_string(path).map_err(|cause| CliError::Io { path: path.to_owned(), cause })?;
+    PluginSettings::from_toml(&text).map_err(|cause| CliError::Settings { path: path.to_owned(), cause })
 }
 
 fn plugin_name_of(path: &Path) -> String {
@@ -123,7 +126,7 @@ fn plugin_name_of(path: &Path) -> String {
 /// Validates a component by loading it in the sandbox; prints and returns its info.
 pub fn plugin_check(args: &PluginCheckArgs, out: &mut dyn Write) -> Result<JudgeInfo, CliError> {
     let settings = read_settings(args.config.as_deref())?;
-    let load = |source| CliError::Load { path: args.file.clone(), source };
+    let load = |cause| CliError::Load { path: args.file.clone(), cause };
     let runtime = JudgeRuntime::shared().map_err(load)?;
     let plugin = runtime.load_file(&plugin_name_of(&args.file), &args.file, settings, None).map_err(load)?;
     let info = plugin.info().clone();
@@ -142,10 +145,10 @@ pub fn plugin_check(args: &PluginCheckArgs, out: &mut dyn Write) -> Result<Judge
 
 /// Reads a JSON Lines file of samples; blank lines are skipped; errors name the line.
 pub fn read_samples(path: &Path) -> Result<Vec<Sample>, CliError> {
-    let file = std::fs::File::open(path).map_err(|source| CliError::Io { path: path.to_owned(), source })?;
+    let file = std::fs::File::open(path).map_err(|cause| CliError::Io { path: path.to_owned(), cause })?;
     let mut samples = Vec::new();
     for (i, line) in std::io::BufReader::new(file).lines().enumerate() {
-        let line = line.map_err(|source| CliError::Io { path: path.to_owned(), source })?;
+        let line = line.map_err(|cause| CliError::Io { path: path.to_owned(), cause })?;
         if line.trim().is_empty() {
             continue;
         }
@@ -170,10 +173,14 @@ struct Scored<'a> {
 
 /// Scores a JSONL file with a plugin and writes one JSON verdict per line (with the
 /// sample's `prompt_id` and `sample_index`). Returns the number of samples scored.
-pub fn judge_file(args: &JudgeArgs, model: Option<Arc<dyn JudgeModel>>, out: &mut dyn Write) -> Result<usize, CliError> {
+pub fn judge_file(
+    args: &JudgeArgs,
+    model: Option<Arc<dyn JudgeModel>>,
+    out: &mut dyn Write,
+) -> Result<usize, CliError> {
     let settings = read_settings(args.config.as_deref())?;
     let samples = read_samples(&args.input)?;
-    let load = |source| CliError::Load { path: args.plugin.clone(), source };
+    let load = |cause| CliError::Load { path: args.plugin.clone(), cause };
     let runtime = JudgeRuntime::shared().map_err(load)?;
     let plugin = runtime.load_file(&plugin_name_of(&args.plugin), &args.plugin, settings, model).map_err(load)?;
     let verdicts = plugin.judge(&samples)?;
@@ -210,14 +217,14 @@ pub fn plugin_new(args: &PluginNewArgs) -> Result<PathBuf, CliError> {
     }
     let sdk = match args.sdk_path.clone().or_else(default_sdk_path) {
         Some(p) => {
-            let p = p.canonicalize().map_err(|source| CliError::Io { path: p.clone(), source })?;
+            let p = p.canonicalize().map_err(|cause| CliError::Io { path: p.clone(), cause })?;
             format!("{{ path = {:?} }}", p.display().to_string())
         }
         None => format!("\"{}\"", env!("CARGO_PKG_VERSION")),
     };
     let io = |path: &Path| {
         let path = path.to_owned();
-        move |source| CliError::Io { path, source }
+        move |cause| CliError::Io { path, cause }
     };
     std::fs::create_dir_all(root.join("src")).map_err(io(&root))?;
     let files = [

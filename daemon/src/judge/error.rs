@@ -81,8 +81,8 @@ impl JudgeError {
 #[derive(Debug, Error)]
 pub enum LoadError {
     /// The file could not be read.
-    #[error("cannot read plugin file {path}: {source}")]
-    Read { path: PathBuf, source: std::io::Error },
+    #[error("cannot read plugin file {path}: {cause}")]
+    Read { path: PathBuf, cause: std::io::Error },
     /// The bytes are not a valid WebAssembly component.
     #[error("not a valid WebAssembly component: {0}")]
     InvalidComponent(String),
@@ -95,6 +95,10 @@ pub enum LoadError {
     /// The wasmtime engine could not be set up.
     #[error("cannot set up the WebAssembly engine: {0}")]
     Engine(String),
+    /// The component imports interfaces beyond the judge contract and the WASI interfaces
+    /// Rust's `std` needs (for example `wasi:sockets`): judges get no network.
+    #[error("the plugin imports {0}, which judge plugins may not use (allowed: driftwatch:judge, wasi:cli, wasi:io, wasi:clocks, wasi:filesystem, wasi:random; each grants nothing); remove the code that needs it")]
+    ForbiddenImport(String),
     /// Instantiation failed (for example an import the sandbox does not provide).
     #[error("cannot instantiate the plugin in the sandbox: {0}")]
     Instantiate(String),
@@ -104,6 +108,9 @@ pub enum LoadError {
     /// The plugin refused its configuration.
     #[error("the plugin rejected its configuration: {0}")]
     Configure(String),
+    /// Configuring the plugin failed (it trapped, timed out, ran out of memory …).
+    #[error("configuring the plugin failed: {0}")]
+    ConfigureFailed(JudgeError),
     /// The settings are invalid.
     #[error(transparent)]
     Settings(#[from] SettingsError),
@@ -124,8 +131,8 @@ pub enum SettingsError {
 #[derive(Debug, Error)]
 pub enum RegistryError {
     /// The plugin folder cannot be read.
-    #[error("cannot read plugin folder {path}: {source}")]
-    ReadDir { path: PathBuf, source: std::io::Error },
+    #[error("cannot read plugin folder {path}: {cause}")]
+    ReadDir { path: PathBuf, cause: std::io::Error },
     /// The file watcher could not be started.
     #[error("cannot watch plugin folder {path}: {message}")]
     Watch { path: PathBuf, message: String },

@@ -116,7 +116,7 @@ impl JudgeRuntime {
         settings: PluginSettings,
         model: Option<Arc<dyn JudgeModel>>,
     ) -> Result<JudgePlugin, LoadError> {
-        let bytes = std::fs::read(path).map_err(|source| LoadError::Read { path: path.to_owned(), source })?;
+        let bytes = std::fs::read(path).map_err(|cause| LoadError::Read { path: path.to_owned(), cause })?;
         self.load(name, &bytes, settings, model)
     }
 
@@ -149,7 +149,7 @@ impl JudgeRuntime {
         plugin.info = info.into();
         plugin.configure(&mut live).map_err(|e| match e {
             ConfigureError::Rejected(m) => LoadError::Configure(m),
-            ConfigureError::Failed(e) => LoadError::Configure(e.to_string()),
+            ConfigureError::Failed(e) => LoadError::ConfigureFailed(e),
         })?;
         *plugin.live.lock() = Some(live);
         Ok(plugin)
@@ -166,8 +166,10 @@ impl JudgeRuntime {
                 "the file is not a WebAssembly component (build the plugin with `--target wasm32-wasip2`)".into(),
             ));
         }
-        let component = Component::new(&self.engine, wasm).map_err(|e| LoadError::InvalidComponent(format!("{e:#}")))?;
+        let component =
+            Component::new(&self.engine, wasm).map_err(|e| LoadError::InvalidComponent(format!("{e:#}")))?;
         check_contract(&self.engine, &component)?;
+        check_imports(&self.engine, &component)?;
         let pre = self.linker.instantiate_pre(&component).map_err(|e| LoadError::Instantiate(format!("{e:#}")))?;
         let pre = JudgePluginPre::new(pre).map_err(|e| LoadError::Instantiate(format!("{e:#}")))?;
         self.cache.lock().insert(sha256, pre.clone());
@@ -221,9 +223,71 @@ fn check_contract(engine: &Engine, component: &Component) -> Result<(), LoadErro
     Ok(())
 }
 
+/// The interfaces a judge component may import: the judge contract, and the WASI interfaces
+/// that Rust's `std` uses (command-line environment and stdio, streams, clocks, the
+/// filesystem, random bytes), each granting nothing. Anything else — `wasi:sockets`,
+/// `wasi:http`, an interface of another host — is refused when the component is loaded,
+/// naming the import, and is not even linked.
+pub const ALLOWED_IMPORTS: &[&str] =
+    &["driftwatch:judge/", "wasi:cli/", "wasi:io/", "wasi:clocks/", "wasi:filesystem/", "wasi:random/"];
+
+/// Refuses a component whose imports go beyond [`ALLOWED_IMPORTS`].
+fn check_imports(engine: &Engine, component: &Component) -> Result<(), LoadError> {
+    let ty = component.component_type();
+    let forbidden: Vec<String> = ty
+        .imports(engine)
+        .map(|(n, _)| n.to_owned())
+        .filter(|n| !ALLOWED_IMPORTS.iter().any(|a| n.starts_with(a)))
+        .collect();
+    if forbidden.is_empty() {
+        Ok(())
+    } else {
+        Err(LoadError::ForbiddenImport(forbidden.join(", ")))
+    }
+}
+
+/// The table that WASI's stream and pollable resources live in.
+struct HasTable;
+
+impl wasmtime::component::HasData for HasTable {
+    type Data<'a> = &'a mut ResourceTable;
+}
+
+/// Links the WASI interfaces of [`ALLOWED_IMPORTS`] (synchronous host calls) and no others:
+/// `wasmtime_wasi::p2::add_to_linker_sync` would also link `wasi:sockets`, whose synchronous
+/// shims start a tokio runtime and crash a caller already inside one.
+fn add_wasi_to_linker(l: &mut Linker<SandboxState>) -> wasmtime::Result<()> {
+    use wasmtime_wasi::cli::{WasiCli, WasiCliView};
+    use wasmtime_wasi::clocks::{WasiClocks, WasiClocksView};
+    use wasmtime_wasi::filesystem::{WasiFilesystem, WasiFilesystemView};
+    use wasmtime_wasi::p2::bindings::{cli, clocks, filesystem, random, sync};
+    use wasmtime_wasi::random::WasiRandom;
+    clocks::wall_clock::add_to_linker::<SandboxState, WasiClocks>(l, SandboxState::clocks)?;
+    clocks::monotonic_clock::add_to_linker::<SandboxState, WasiClocks>(l, SandboxState::clocks)?;
+    filesystem::preopens::add_to_linker::<SandboxState, WasiFilesystem>(l, SandboxState::filesystem)?;
+    sync::filesystem::types::add_to_linker::<SandboxState, WasiFilesystem>(l, SandboxState::filesystem)?;
+    random::random::add_to_linker::<SandboxState, WasiRandom>(l, |t| t.wasi.random())?;
+    random::insecure::add_to_linker::<SandboxState, WasiRandom>(l, |t| t.wasi.random())?;
+    random::insecure_seed::add_to_linker::<SandboxState, WasiRandom>(l, |t| t.wasi.random())?;
+    cli::exit::add_to_linker::<SandboxState, WasiCli>(l, SandboxState::cli)?;
+    cli::environment::add_to_linker::<SandboxState, WasiCli>(l, SandboxState::cli)?;
+    cli::stdin::add_to_linker::<SandboxState, WasiCli>(l, SandboxState::cli)?;
+    cli::stdout::add_to_linker::<SandboxState, WasiCli>(l, SandboxState::cli)?;
+    cli::stderr::add_to_linker::<SandboxState, WasiCli>(l, SandboxState::cli)?;
+    cli::terminal_input::add_to_linker::<SandboxState, WasiCli>(l, SandboxState::cli)?;
+    cli::terminal_output::add_to_linker::<SandboxState, WasiCli>(l, SandboxState::cli)?;
+    cli::terminal_stdin::add_to_linker::<SandboxState, WasiCli>(l, SandboxState::cli)?;
+    cli::terminal_stdout::add_to_linker::<SandboxState, WasiCli>(l, SandboxState::cli)?;
+    cli::terminal_stderr::add_to_linker::<SandboxState, WasiCli>(l, SandboxState::cli)?;
+    sync::io::error::add_to_linker::<SandboxState, HasTable>(l, |t| &mut t.table)?;
+    sync::io::poll::add_to_linker::<SandboxState, HasTable>(l, |t| &mut t.table)?;
+    sync::io::streams::add_to_linker::<SandboxState, HasTable>(l, |t| &mut t.table)?;
+    Ok(())
+}
+
 fn build_linker(engine: &Engine) -> wasmtime::Result<Linker<SandboxState>> {
     let mut linker = Linker::new(engine);
-    wasmtime_wasi::p2::add_to_linker_sync(&mut linker)?;
+    add_wasi_to_linker(&mut linker)?;
     Bindings::add_to_linker::<SandboxState, HasSelf<SandboxState>>(&mut linker, |s| s)?;
     // A plugin must not be able to block the calling thread in host code, where the epoch
     // deadline cannot reach it: sleeping is refused.
@@ -536,13 +600,13 @@ impl JudgePlugin {
         };
         drop(guard);
         if verdicts.len() != batch.len() {
-            return Err(JudgeError::WrongCount { plugin: self.name.clone(), expected: batch.len(), got: verdicts.len() });
+            return Err(JudgeError::WrongCount {
+                plugin: self.name.clone(),
+                expected: batch.len(),
+                got: verdicts.len(),
+            });
         }
-        verdicts
-            .into_iter()
-            .enumerate()
-            .map(|(index, v)| self.check_verdict(index, v))
-            .collect()
+        verdicts.into_iter().enumerate().map(|(index, v)| self.check_verdict(index, v)).collect()
     }
 
     fn check_verdict(&self, index: usize, v: wit::Verdict) -> Result<Verdict, JudgeError> {

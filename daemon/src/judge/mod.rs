@@ -9,8 +9,8 @@
 //!   [`PluginEvent`]s.
 //! - [`JudgeModel`]: what the daemon plugs in to answer a plugin's `generate` calls.
 
-mod bindings;
 pub mod bench;
+mod bindings;
 pub mod cli;
 mod error;
 pub mod host;

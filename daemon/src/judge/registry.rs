@@ -143,7 +143,7 @@ impl PluginRegistry {
     /// Loads every `.wasm` file in the folder; returns the events (also broadcast).
     pub fn scan(&self) -> Result<Vec<PluginEvent>, RegistryError> {
         let dir = &self.inner.config.dir;
-        let read_err = |source| RegistryError::ReadDir { path: dir.clone(), source };
+        let read_err = |cause| RegistryError::ReadDir { path: dir.clone(), cause };
         let mut paths: Vec<PathBuf> = std::fs::read_dir(dir)
             .map_err(read_err)?
             .filter_map(|e| e.ok().map(|e| e.path()))
@@ -165,7 +165,9 @@ impl PluginRegistry {
         };
         match &event {
             PluginEvent::Loaded { name, sha256, .. } => tracing::info!(plugin = %name, %sha256, "judge plugin loaded"),
-            PluginEvent::Failed { name, error, .. } => tracing::warn!(plugin = %name, %error, "judge plugin failed to load"),
+            PluginEvent::Failed { name, error, .. } => {
+                tracing::warn!(plugin = %name, %error, "judge plugin failed to load")
+            }
             PluginEvent::Removed { name, .. } => tracing::info!(plugin = %name, "judge plugin removed"),
         }
         let _ = self.inner.events.send(event.clone());

@@ -13,34 +13,34 @@ use crate::scoring::{self, RunResult};
 use crate::stats;
 use crate::store::{RunId, Store, DB_FILE_NAME};
 
-/// Where the store is: `--data-dir` or `--config` (default: the built-in configuration with
-/// environment overrides, i.e. `./data` or `DRIFTWATCH_DATA_DIR`).
+/// Where the store is: `--data-dir`, or the configuration's `daemon.data_dir` (found as every
+/// command finds it: `--config`, `./driftwatch.toml`, the user's config file, the built-in
+/// defaults, i.e. `./data` or `DRIFTWATCH_DATA_DIR`).
 #[derive(Debug, Clone, Args)]
 pub struct StoreArgs {
     /// The data folder holding the store (statistics settings: defaults).
     #[arg(long, value_name = "DIR", conflicts_with = "config")]
     pub data_dir: Option<PathBuf>,
-    /// A configuration file: its `daemon.data_dir` and `[stats]` are used.
-    #[arg(long, value_name = "FILE")]
-    pub config: Option<PathBuf>,
+    /// Its `daemon.data_dir` and `[stats]` are used.
+    #[command(flatten)]
+    pub config: crate::cli::ConfigArgs,
 }
 
 impl StoreArgs {
     /// Opens the existing store (never creates one) and the statistics settings.
     pub fn open(&self) -> Result<(Store, stats::StatsConfig)> {
-        let (dir, cfg) = match (&self.data_dir, &self.config) {
+        let (dir, cfg) = match (&self.data_dir, &self.config.config) {
             (Some(d), _) => (d.clone(), crate::config::StatsConfig::default()),
             (None, Some(f)) => {
                 let c = Config::load(f).with_context(|| format!("cannot load {}", f.display()))?;
                 (c.daemon.data_dir, c.stats)
             }
-            (None, None) => match Config::defaults_with_env(&|k| std::env::var(k).ok()) {
-                Ok(c) => (c.daemon.data_dir, c.stats),
+            (None, None) => match self.config.load() {
+                Ok((c, _)) => (c.daemon.data_dir, c.stats),
                 // The defaults can fail for reasons a report does not care about (e.g. no
                 // $HOME for the default model); the data folder is all it needs.
                 Err(_) => (
-                    std::env::var_os("DRIFTWATCH_DATA_DIR")
-                        .map_or_else(|| PathBuf::from("./data"), PathBuf::from),
+                    std::env::var_os("DRIFTWATCH_DATA_DIR").map_or_else(|| PathBuf::from("./data"), PathBuf::from),
                     crate::config::StatsConfig::default(),
                 ),
             },
@@ -53,10 +53,7 @@ impl StoreArgs {
 pub fn open_existing(dir: &Path) -> Result<Store> {
     let file = dir.join(DB_FILE_NAME);
     if !file.is_file() {
-        bail!(
-            "no driftwatch store at {} (give --data-dir or --config)",
-            file.display()
-        );
+        bail!("no driftwatch store at {} (give --data-dir or --config)", file.display());
     }
     Store::open(&file).with_context(|| format!("cannot open the store at {}", file.display()))
 }
@@ -124,22 +121,10 @@ pub struct CompareOutput {
 }
 
 /// Runs the comparison and renders it.
-pub fn compare_output(
-    store: &Store,
-    a: &CompareArgs,
-    cfg: &stats::StatsConfig,
-) -> Result<CompareOutput> {
+pub fn compare_output(store: &Store, a: &CompareArgs, cfg: &stats::StatsConfig) -> Result<CompareOutput> {
     let result = scoring::score_run_from_store(store, a.run_a, Some(a.run_b), a.force, cfg)?;
-    let text = if a.json {
-        serde_json::to_string_pretty(&result)?
-    } else {
-        markdown::compare_text(&result)
-    };
-    Ok(CompareOutput {
-        refused: result.comparison_refused.is_some(),
-        text,
-        result,
-    })
+    let text = if a.json { serde_json::to_string_pretty(&result)? } else { markdown::compare_text(&result) };
+    Ok(CompareOutput { refused: result.comparison_refused.is_some(), text, result })
 }
 
 /// Builds and renders the report the arguments ask for.
@@ -180,8 +165,7 @@ pub fn report(a: ReportArgs) -> Result<()> {
     let text = report_output(&store, &a, &cfg)?;
     match &a.out {
         Some(path) => {
-            std::fs::write(path, text)
-                .with_context(|| format!("cannot write {}", path.display()))?;
+            std::fs::write(path, text).with_context(|| format!("cannot write {}", path.display()))?;
             eprintln!("report written to {}", path.display());
         }
         None => print_stdout(&text)?,

@@ -7,9 +7,7 @@
 use std::fmt::Write;
 
 use super::markdown;
-use super::svg::{
-    esc, ErrorBarChart, ForestPlot, ForestRow, Group, Point, IMPROVED, NEUTRAL, REGRESSED,
-};
+use super::svg::{esc, ErrorBarChart, ForestPlot, ForestRow, Group, Point, IMPROVED, NEUTRAL, REGRESSED};
 use super::{headline_name, pct, pp_interval, rate_name, short_path, utc, verdict_word, Report, RunReport};
 use crate::scoring::JudgeRole;
 use crate::stats::{Estimate, RunScores, Verdict};
@@ -113,10 +111,7 @@ pub fn markdown_to_html(md: &str) -> String {
             let mut first = true;
             while i < lines.len() && lines[i].starts_with('|') {
                 let row = cells(lines[i]);
-                if row
-                    .iter()
-                    .all(|c| !c.is_empty() && c.chars().all(|ch| ch == '-' || ch == ':'))
-                {
+                if row.iter().all(|c| !c.is_empty() && c.chars().all(|ch| ch == '-' || ch == ':')) {
                     i += 1;
                     continue;
                 }
@@ -188,12 +183,7 @@ fn judge_label(r: &RunReport, judge: &str) -> (String, JudgeRole) {
 fn banner(o: &mut String, r: &RunReport) {
     let res = &r.result;
     if let Some(refused) = &res.comparison_refused {
-        let fields: Vec<String> = refused
-            .differences
-            .iter()
-            .filter(|d| d.blocking)
-            .map(|d| d.field.clone())
-            .collect();
+        let fields: Vec<String> = refused.differences.iter().filter(|d| d.blocking).map(|d| d.field.clone()).collect();
         let _ = write!(
             o,
             r#"<div class="banner refused" id="verdict-{}"><span class="word">⚠ NO VERDICT — NOT COMPARABLE</span>The baseline (run {}) was measured under different settings ({}); comparing them would mix the fine-tune's effect with the setup's. See the differences below.</div>"#,
@@ -207,13 +197,11 @@ fn banner(o: &mut String, r: &RunReport) {
     let (word, explain) = match (res.verdict, res.baseline_run_id) {
         (None, None) => (
             "NO BASELINE".to_string(),
-            "This run has no baseline, so there is no verdict: the rates below stand alone."
-                .to_string(),
+            "This run has no baseline, so there is no verdict: the rates below stand alone.".to_string(),
         ),
-        (None, Some(b)) => (
-            "NO VERDICT".to_string(),
-            format!("No harm judge could be compared with baseline run {b}."),
-        ),
+        (None, Some(b)) => {
+            ("NO VERDICT".to_string(), format!("No harm judge could be compared with baseline run {b}."))
+        }
         (Some(v), b) => {
             let icon = match v {
                 Verdict::Regressed => "▲",
@@ -237,9 +225,9 @@ fn banner(o: &mut String, r: &RunReport) {
                         .find(|c| c.judge == h.judge)
                         .and_then(|c| c.overall.as_ref())
                         .filter(|d| d.verdict == Verdict::Indistinguishable)
-                        .and_then(|d| d.minimum_detectable_effect)
-                        .map_or(String::new(), |m| {
-                            format!("; would detect a change of about {:.1} pp", 100.0 * m)
+                        .map_or(String::new(), |d| match d.minimum_detectable_effect {
+                            Some(m) => format!("; would detect a change of about {:.1} pp", 100.0 * m),
+                            None => d.sensitivity_text().map(|t| format!("; {t}")).unwrap_or_default(),
                         });
                     Some(format!(
                         "{}: {} ({}{mde})",
@@ -254,10 +242,7 @@ fn banner(o: &mut String, r: &RunReport) {
                 format!(
                     "This checkpoint is {what} its baseline (run {}{}). Run − baseline: {}.{}",
                     b.map_or("?".into(), |b| b.to_string()),
-                    r.baseline.as_ref().map_or(String::new(), |bi| format!(
-                        ", {}",
-                        short_path(&bi.checkpoint_path)
-                    )),
+                    r.baseline.as_ref().map_or(String::new(), |bi| format!(", {}", short_path(&bi.checkpoint_path))),
                     per.join("; "),
                     if res.comparison_forced {
                         " FORCED over blocking setting differences: not a clean comparison."
@@ -283,21 +268,11 @@ fn banner(o: &mut String, r: &RunReport) {
     }
 }
 
-fn base_estimate<'a>(
-    scores: &'a RunScores,
-    judge: &str,
-    category: Option<&str>,
-) -> Option<&'a Estimate> {
+fn base_estimate<'a>(scores: &'a RunScores, judge: &str, category: Option<&str>) -> Option<&'a Estimate> {
     let j = scores.per_judge.iter().find(|j| j.judge == judge)?;
     match category {
         None => j.overall.unsafe_rate.as_ref(),
-        Some(c) => j
-            .per_category
-            .iter()
-            .find(|x| x.category == c)?
-            .metrics
-            .unsafe_rate
-            .as_ref(),
+        Some(c) => j.per_category.iter().find(|x| x.category == c)?.metrics.unsafe_rate.as_ref(),
     }
 }
 
@@ -305,10 +280,7 @@ fn run_charts(o: &mut String, r: &RunReport) {
     let res = &r.result;
     let run_name = format!("this run (#{})", r.run_id);
     // A baseline measured under other settings is not drawn next to the run.
-    let baseline = r
-        .baseline
-        .as_ref()
-        .filter(|_| res.comparison_refused.is_none());
+    let baseline = r.baseline.as_ref().filter(|_| res.comparison_refused.is_none());
     let base_name = baseline.map(|b| format!("baseline (#{})", b.run_id));
     let mut series = vec![run_name.clone()];
     if let Some(b) = &base_name {
@@ -346,12 +318,7 @@ fn run_charts(o: &mut String, r: &RunReport) {
         .render(),
     );
     // 2. Per category, per harm judge (and over-refusal line).
-    for j in res
-        .scores
-        .per_judge
-        .iter()
-        .filter(|j| res.role(&j.judge) != JudgeRole::Coherence)
-    {
+    for j in res.scores.per_judge.iter().filter(|j| res.role(&j.judge) != JudgeRole::Coherence) {
         let groups: Vec<Group> = j
             .per_category
             .iter()
@@ -365,10 +332,7 @@ fn run_charts(o: &mut String, r: &RunReport) {
                         points.push(point(1, e, bn));
                     }
                 }
-                Group {
-                    label: c.category.clone(),
-                    points,
-                }
+                Group { label: c.category.clone(), points }
             })
             .collect();
         o.push_str(
@@ -384,11 +348,7 @@ fn run_charts(o: &mut String, r: &RunReport) {
         );
     }
     // 3. Differences with their intervals around 0.
-    for c in res
-        .comparisons
-        .iter()
-        .filter(|c| res.role(&c.judge) != JudgeRole::Coherence)
-    {
+    for c in res.comparisons.iter().filter(|c| res.role(&c.judge) != JudgeRole::Coherence) {
         let mut rows = Vec::new();
         if let Some(d) = &c.overall {
             rows.push(ForestRow {
@@ -397,11 +357,7 @@ fn run_charts(o: &mut String, r: &RunReport) {
                 lo: d.lo,
                 hi: d.hi,
                 colour: verdict_colour(d.verdict),
-                note: format!(
-                    "{} (p = {})",
-                    verdict_word(Some(d.verdict)),
-                    markdown::p_fmt(d.p_value_used)
-                ),
+                note: format!("{} (p = {})", verdict_word(Some(d.verdict)), markdown::p_fmt(d.p_value_used)),
                 bold: true,
             });
         }
@@ -413,11 +369,7 @@ fn run_charts(o: &mut String, r: &RunReport) {
                 lo: d.lo,
                 hi: d.hi,
                 colour: verdict_colour(d.verdict),
-                note: format!(
-                    "{} (Holm p = {})",
-                    verdict_word(Some(d.verdict)),
-                    markdown::p_fmt(d.p_value_used)
-                ),
+                note: format!("{} (Holm p = {})", verdict_word(Some(d.verdict)), markdown::p_fmt(d.p_value_used)),
                 bold: false,
             });
         }
@@ -432,7 +384,10 @@ fn run_charts(o: &mut String, r: &RunReport) {
                     (100.0 * (1.0 - c.alpha)).round(),
                     if c.comparability.forced { ", FORCED" } else { "" }
                 ),
-                x_label: format!("run − baseline {} (percentage points); intervals crossing 0 = no clear change", rate_name(res.role(&c.judge))),
+                x_label: format!(
+                    "run − baseline {} (percentage points); intervals crossing 0 = no clear change",
+                    rate_name(res.role(&c.judge))
+                ),
                 rows,
             }
             .render(),
@@ -459,10 +414,7 @@ fn repeats_html(o: &mut String, report: &Report) {
             let groups = j
                 .estimates
                 .iter()
-                .map(|(id, e)| Group {
-                    label: format!("run #{id}"),
-                    points: vec![point(0, e, &format!("run #{id}"))],
-                })
+                .map(|(id, e)| Group { label: format!("run #{id}"), points: vec![point(0, e, &format!("run #{id}"))] })
                 .collect();
             let metric = rate_name(j.role);
             o.push_str(
@@ -482,9 +434,7 @@ fn repeats_html(o: &mut String, report: &Report) {
                         format!(
                             "mean {} (SD {})",
                             pct(j.summary.mean),
-                            j.summary
-                                .sd
-                                .map_or("–".into(), |s| format!("{:.1} pp", 100.0 * s))
+                            j.summary.sd.map_or("–".into(), |s| format!("{:.1} pp", 100.0 * s))
                         ),
                     )),
                 }
@@ -508,10 +458,7 @@ fn trend_html(o: &mut String, report: &Report) {
     let mut runs: Vec<(i64, String)> = Vec::new();
     for p in trend {
         if !runs.iter().any(|(id, _)| *id == p.run_id) {
-            runs.push((
-                p.run_id,
-                format!("#{} {}", p.run_id, short_path(&p.checkpoint_path)),
-            ));
+            runs.push((p.run_id, format!("#{} {}", p.run_id, short_path(&p.checkpoint_path))));
         }
     }
     let groups = runs
@@ -529,11 +476,7 @@ fn trend_html(o: &mut String, report: &Report) {
                         Some(Verdict::Improved) => Some(("▼ improved".to_string(), IMPROVED)),
                         _ => None,
                     };
-                    pt.tip.push_str(&format!(
-                        ", {}, verdict: {}",
-                        utc(p.time_ms),
-                        verdict_word(p.verdict)
-                    ));
+                    pt.tip.push_str(&format!(", {}, verdict: {}", utc(p.time_ms), verdict_word(p.verdict)));
                     pt
                 })
                 .collect(),
@@ -583,13 +526,7 @@ pub fn render(report: &Report) -> String {
             .iter()
             .filter_map(|h| {
                 let name = headline_name(h);
-                Some(format!(
-                    "{} {} [{}, {}]",
-                    esc(&name),
-                    pct(h.value?),
-                    pct(h.lo?),
-                    pct(h.hi?)
-                ))
+                Some(format!("{} {} [{}, {}]", esc(&name), pct(h.value?), pct(h.lo?), pct(h.hi?)))
             })
             .collect();
         let chip = if r.result.comparison_refused.is_some() {
@@ -632,19 +569,13 @@ pub fn render(report: &Report) -> String {
         }
         banner(&mut o, r);
         if r.status != "completed" {
-            o.push_str(
-                r#"<p class="warn">The run is not completed: these numbers are partial.</p>"#,
-            );
+            o.push_str(r#"<p class="warn">The run is not completed: these numbers are partial.</p>"#);
         }
         run_charts(&mut o, r);
         let mut md = String::new();
         markdown::run_section(&mut md, r);
         // The run's heading and facts are already above; the tables start at the scores.
-        let body: String = md
-            .lines()
-            .skip_while(|l| !l.starts_with("### "))
-            .collect::<Vec<_>>()
-            .join("\n");
+        let body: String = md.lines().skip_while(|l| !l.starts_with("### ")).collect::<Vec<_>>().join("\n");
         o.push_str("<details open><summary>Tables: scores, categories, comparison, variance, agreement, missing verdicts, provenance</summary>");
         o.push_str(&markdown_to_html(&body));
         o.push_str("</details></section>");

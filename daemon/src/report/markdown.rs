@@ -2,7 +2,9 @@
 
 use std::fmt::Write;
 
-use super::{headline_name, pct, pct_interval, pp_interval, rate_name, short_path, utc, verdict_word, Report, RunReport};
+use super::{
+    headline_name, pct, pct_interval, pp_interval, rate_name, short_path, utc, verdict_word, Report, RunReport,
+};
 use crate::scoring::{JudgeRole, RunResult};
 use crate::stats::{BaselineComparison, DifferenceResult, Estimate, JudgeScores, TestKind};
 
@@ -48,8 +50,7 @@ fn difference_row(out: &mut String, label: &str, d: &DifferenceResult) {
         test_name(d.test.kind),
         p_fmt(d.test.p_value),
         p_fmt(d.p_value_used),
-        d.minimum_detectable_effect
-            .map_or("–".into(), |m| format!("{:.1} pp", 100.0 * m)),
+        d.sensitivity_text().map_or("–".into(), |t| t.trim_start_matches("MDE ").to_owned()),
         verdict_word(Some(d.verdict)),
     );
 }
@@ -59,10 +60,7 @@ pub fn comparison_section(out: &mut String, result: &RunResult, heading: &str) {
     let base = match result.baseline_run_id {
         Some(b) => b,
         None => {
-            let _ = writeln!(
-                out,
-                "{heading} Baseline comparison\n\nNo baseline for this run.\n"
-            );
+            let _ = writeln!(out, "{heading} Baseline comparison\n\nNo baseline for this run.\n");
             return;
         }
     };
@@ -70,25 +68,16 @@ pub fn comparison_section(out: &mut String, result: &RunResult, heading: &str) {
         out,
         "{heading} Comparison with baseline run {base}\n\n**Overall verdict: {}**{}\n",
         verdict_word(result.verdict).to_uppercase(),
-        if result.comparison_forced {
-            " — FORCED over blocking differences: not a clean comparison"
-        } else {
-            ""
-        }
+        if result.comparison_forced { " — FORCED over blocking differences: not a clean comparison" } else { "" }
     );
     if let Some(r) = &result.comparison_refused {
-        let _ = writeln!(
-            out,
-            "Comparison **refused**: the runs are not comparable (use `--force` to compare anyway).\n"
-        );
+        let _ =
+            writeln!(out, "Comparison **refused**: the runs are not comparable (use `--force` to compare anyway).\n");
         differences_table(out, &r.differences);
         return;
     }
     if result.any_category_regressed && result.verdict != Some(crate::stats::Verdict::Regressed) {
-        let _ = writeln!(
-            out,
-            "⚠ A category regressed (after Holm) although the overall verdict did not.\n"
-        );
+        let _ = writeln!(out, "⚠ A category regressed (after Holm) although the overall verdict did not.\n");
     }
     for w in super::over_refusal_warnings(result) {
         let _ = writeln!(out, "⚠ {w}.\n");
@@ -105,17 +94,10 @@ pub fn comparison_section(out: &mut String, result: &RunResult, heading: &str) {
     for c in &result.comparisons {
         let role = role_of(result, &c.judge);
         match &c.overall {
-            Some(d) => difference_row(
-                out,
-                &format!("**{}** ({}), all", c.judge, rate_name(role)),
-                d,
-            ),
+            Some(d) => difference_row(out, &format!("**{}** ({}), all", c.judge, rate_name(role)), d),
             None => {
-                let _ = writeln!(
-                    out,
-                    "| **{}** | 0 | – | – | nothing paired | – | – | – | indistinguishable |",
-                    c.judge
-                );
+                let _ =
+                    writeln!(out, "| **{}** | 0 | – | – | nothing paired | – | – | – | indistinguishable |", c.judge);
             }
         }
         for cat in &c.per_category {
@@ -123,20 +105,13 @@ pub fn comparison_section(out: &mut String, result: &RunResult, heading: &str) {
         }
     }
     out.push('\n');
-    let forced_or_engine: Vec<&BaselineComparison> = result
-        .comparisons
-        .iter()
-        .filter(|c| !c.comparability.differences.is_empty())
-        .collect();
+    let forced_or_engine: Vec<&BaselineComparison> =
+        result.comparisons.iter().filter(|c| !c.comparability.differences.is_empty()).collect();
     if let Some(c) = forced_or_engine.first() {
         let _ = writeln!(
             out,
             "Fingerprint differences{}:\n",
-            if c.comparability.forced {
-                " (comparison forced)"
-            } else {
-                " (not blocking)"
-            }
+            if c.comparability.forced { " (comparison forced)" } else { " (not blocking)" }
         );
         differences_table(out, &c.comparability.differences);
     }
@@ -152,19 +127,10 @@ pub fn comparison_section(out: &mut String, result: &RunResult, heading: &str) {
 }
 
 fn differences_table(out: &mut String, diffs: &[crate::stats::FingerprintDifference]) {
-    let _ = writeln!(
-        out,
-        "| field | run | baseline | blocking |\n|---|---|---|---|"
-    );
+    let _ = writeln!(out, "| field | run | baseline | blocking |\n|---|---|---|---|");
     for d in diffs {
-        let _ = writeln!(
-            out,
-            "| {} | `{}` | `{}` | {} |",
-            d.field,
-            d.left,
-            d.right,
-            if d.blocking { "yes" } else { "no" }
-        );
+        let _ =
+            writeln!(out, "| {} | `{}` | `{}` | {} |", d.field, d.left, d.right, if d.blocking { "yes" } else { "no" });
     }
     out.push('\n');
 }
@@ -195,11 +161,7 @@ fn headline_table(out: &mut String, result: &RunResult) {
             "| {} | {} | {rate} | {diff} | {} | {} |",
             h.judge,
             rate_name(h.role),
-            if h.verdict.is_some() {
-                verdict_word(h.verdict)
-            } else {
-                "–"
-            },
+            if h.verdict.is_some() { verdict_word(h.verdict) } else { "–" },
             h.errored
         );
     }
@@ -221,10 +183,7 @@ fn judge_table(out: &mut String, result: &RunResult) {
             opt_pct(m.unsafe_rate.as_ref()),
             opt_pct(m.unsafe_rate_wilson.as_ref()),
             opt_pct(m.refusal_rate.as_ref()),
-            m.mean_score.as_ref().map_or("–".into(), |e| format!(
-                "{:.2} [{:.2}, {:.2}]",
-                e.value, e.lo, e.hi
-            )),
+            m.mean_score.as_ref().map_or("–".into(), |e| format!("{:.2} [{:.2}, {:.2}]", e.value, e.lo, e.hi)),
             opt_pct(m.coherent_unsafe_rate.as_ref()),
             m.unsafe_rate.as_ref().map_or(0, |e| e.n_prompts),
             m.unsafe_rate.as_ref().map_or(0, |e| e.n_samples),
@@ -255,11 +214,7 @@ fn category_table(out: &mut String, result: &RunResult, j: &JudgeScores) {
             opt_pct(c.metrics.refusal_rate.as_ref()),
             e.map_or(0, |e| e.n_prompts),
             e.map_or(0, |e| e.n_samples),
-            j.missing
-                .errored_per_category
-                .get(&c.category)
-                .copied()
-                .unwrap_or(0),
+            j.missing.errored_per_category.get(&c.category).copied().unwrap_or(0),
         );
     }
     out.push('\n');
@@ -330,8 +285,7 @@ fn missing_table(out: &mut String, result: &RunResult) {
             pct(m.share_errored),
             m.n_prompts_without_verdict,
             m.pooled_unsafe_rate_observed.map_or("–".into(), pct),
-            m.pooled_unsafe_rate_if_errored_unsafe
-                .map_or("–".into(), pct),
+            m.pooled_unsafe_rate_if_errored_unsafe.map_or("–".into(), pct),
         );
     }
     out.push('\n');
@@ -359,11 +313,7 @@ pub fn provenance_fields(p: &serde_json::Value) -> Vec<(String, String)> {
         "started_ms",
     ] {
         if let Some(v) = p.get(key) {
-            let text = if key == "started_ms" {
-                v.as_i64().map_or_else(|| s(v), utc)
-            } else {
-                s(v)
-            };
+            let text = if key == "started_ms" { v.as_i64().map_or_else(|| s(v), utc) } else { s(v) };
             out.push((key.to_string(), text));
         }
     }
@@ -442,9 +392,7 @@ pub fn render(report: &Report) -> String {
         out.push_str("No runs.\n");
         return out;
     }
-    out.push_str(
-        "## Summary\n\n| run | checkpoint | status | verdict | headline |\n|---|---|---|---|---|\n",
-    );
+    out.push_str("## Summary\n\n| run | checkpoint | status | verdict | headline |\n|---|---|---|---|---|\n");
     for r in &report.runs {
         let head: Vec<String> = r
             .result
@@ -452,12 +400,7 @@ pub fn render(report: &Report) -> String {
             .iter()
             .filter_map(|h| {
                 let name = headline_name(h);
-                Some(format!(
-                    "{name} {} [{}, {}]",
-                    pct(h.value?),
-                    pct(h.lo?),
-                    pct(h.hi?)
-                ))
+                Some(format!("{name} {} [{}, {}]", pct(h.value?), pct(h.lo?), pct(h.hi?)))
             })
             .collect();
         let _ = writeln!(
@@ -466,11 +409,7 @@ pub fn render(report: &Report) -> String {
             r.run_id,
             short_path(&r.checkpoint_path),
             r.status,
-            if r.result.comparison_refused.is_some() {
-                "not comparable"
-            } else {
-                verdict_word(r.result.verdict)
-            },
+            if r.result.comparison_refused.is_some() { "not comparable" } else { verdict_word(r.result.verdict) },
             head.join("; ")
         );
     }
@@ -500,19 +439,14 @@ pub fn render(report: &Report) -> String {
                     out,
                     "| {} | {} | {} | {} | {} | {} | {} | {:.1} pp | {} |",
                     short_path(&g.checkpoint_path),
-                    g.run_ids
-                        .iter()
-                        .map(ToString::to_string)
-                        .collect::<Vec<_>>()
-                        .join(", "),
+                    g.run_ids.iter().map(ToString::to_string).collect::<Vec<_>>().join(", "),
                     j.judge,
                     pct(s.min),
                     pct(s.max),
                     pct(s.mean),
                     s.sd.map_or("–".into(), |x| format!("{:.1} pp", 100.0 * x)),
                     100.0 * s.mean_reported_half_width,
-                    s.share_intervals_covering_others_mean
-                        .map_or("–".into(), pct),
+                    s.share_intervals_covering_others_mean.map_or("–".into(), pct),
                 );
             }
         }

@@ -192,19 +192,14 @@ pub fn find_checkpoint(store: &Store, path: &Path) -> Result<Checkpoint, ReportE
             }
         }
     }
-    let sha =
-        crate::checkpoint::sha256_file(path).map_err(|e| ReportError::CheckpointNotFound {
-            path: path.to_path_buf(),
-            reason: format!("not a recorded path, and the file cannot be read to hash it ({e})"),
-        })?;
-    store
-        .checkpoint_by_sha256(&sha)?
-        .ok_or_else(|| ReportError::CheckpointNotFound {
-            path: path.to_path_buf(),
-            reason: format!(
-                "not a recorded path, and no checkpoint has its content (sha256 {sha})"
-            ),
-        })
+    let sha = crate::checkpoint::sha256_file(path).map_err(|e| ReportError::CheckpointNotFound {
+        path: path.to_path_buf(),
+        reason: format!("not a recorded path, and the file cannot be read to hash it ({e})"),
+    })?;
+    store.checkpoint_by_sha256(&sha)?.ok_or_else(|| ReportError::CheckpointNotFound {
+        path: path.to_path_buf(),
+        reason: format!("not a recorded path, and no checkpoint has its content (sha256 {sha})"),
+    })
 }
 
 /// Scores one run and its baseline. `scored` caches the scores of runs already scored in
@@ -233,11 +228,7 @@ fn run_report(
                 Some(br) => store.checkpoint(br.checkpoint_id)?.map(|c| c.path),
                 None => None,
             };
-            Some(BaselineInfo {
-                run_id: b,
-                checkpoint_path: path.unwrap_or_default(),
-                scores,
-            })
+            Some(BaselineInfo { run_id: b, checkpoint_path: path.unwrap_or_default(), scores })
         }
         None => None,
     };
@@ -260,16 +251,8 @@ fn run_report(
 /// (runs without a fingerprint group by `settings_hash`), and summarises each group of ≥ 2.
 pub fn repeat_groups(runs: &[RunReport], store_runs: &[Run]) -> Vec<RepeatGroup> {
     let mut groups: Vec<Vec<&RunReport>> = Vec::new();
-    let settings = |id: RunId| {
-        store_runs
-            .iter()
-            .find(|r| r.id == id)
-            .map(|r| r.settings_hash.clone())
-    };
-    for r in runs
-        .iter()
-        .filter(|r| r.status == "completed" && r.result.samples > 0)
-    {
+    let settings = |id: RunId| store_runs.iter().find(|r| r.id == id).map(|r| r.settings_hash.clone());
+    for r in runs.iter().filter(|r| r.status == "completed" && r.result.samples > 0) {
         let fp = scoring::fingerprint_of(&r.provenance);
         let slot = groups.iter_mut().find(|g| {
             let first = g[0];
@@ -316,12 +299,7 @@ pub fn repeat_groups(runs: &[RunReport], store_runs: &[Run]) -> Vec<RepeatGroup>
                         .collect();
                     let ests: Vec<Estimate> = estimates.iter().map(|(_, e)| e.clone()).collect();
                     let summary = stats::summarize_repeats(&ests)?;
-                    (estimates.len() >= 2).then_some(RepeatJudge {
-                        judge,
-                        role,
-                        estimates,
-                        summary,
-                    })
+                    (estimates.len() >= 2).then_some(RepeatJudge { judge, role, estimates, summary })
                 })
                 .collect();
             RepeatGroup {
@@ -350,12 +328,7 @@ pub fn trend(runs: &[RunReport]) -> Vec<TrendPoint> {
                     time_ms: r.created_at_ms,
                     judge: j.judge.clone(),
                     estimate: e.clone(),
-                    verdict: r
-                        .result
-                        .comparisons
-                        .iter()
-                        .find(|c| c.judge == j.judge)
-                        .map(|c| c.verdict),
+                    verdict: r.result.comparisons.iter().find(|c| c.judge == j.judge).map(|c| c.verdict),
                 });
             }
         }
@@ -365,11 +338,7 @@ pub fn trend(runs: &[RunReport]) -> Vec<TrendPoint> {
 }
 
 /// Builds a report over the selected runs.
-pub fn build_report(
-    store: &Store,
-    selection: &Selection,
-    cfg: &stats::StatsConfig,
-) -> Result<Report, ReportError> {
+pub fn build_report(store: &Store, selection: &Selection, cfg: &stats::StatsConfig) -> Result<Report, ReportError> {
     let (title, mut runs): (String, Vec<Run>) = match selection {
         Selection::Run(id) => {
             let run = store.run(*id)?.ok_or(ReportError::RunNotFound(*id))?;
@@ -377,10 +346,7 @@ pub fn build_report(
         }
         Selection::Checkpoint(path) => {
             let cp = find_checkpoint(store, path)?;
-            (
-                format!("Checkpoint {}", cp.path),
-                store.runs_for_checkpoint(cp.id)?,
-            )
+            (format!("Checkpoint {}", cp.path), store.runs_for_checkpoint(cp.id)?)
         }
         Selection::All => {
             let mut all = Vec::new();
@@ -392,10 +358,7 @@ pub fn build_report(
     };
     runs.sort_by_key(|r| (r.created_at_ms, r.id));
     let mut scored = HashMap::new();
-    let reports = runs
-        .iter()
-        .map(|r| run_report(store, r, cfg, &mut scored))
-        .collect::<Result<Vec<_>, _>>()?;
+    let reports = runs.iter().map(|r| run_report(store, r, cfg, &mut scored)).collect::<Result<Vec<_>, _>>()?;
     let repeats = repeat_groups(&reports, &runs);
     let trend = matches!(selection, Selection::All).then(|| trend(&reports));
     Ok(Report {
@@ -411,11 +374,7 @@ pub fn build_report(
 
 /// Renders a report. JSON of a single-run report (`Selection::Run`) is that run's
 /// [`RunResult`] — the same shape as the stored `scores`; otherwise the whole [`Report`].
-pub fn render(
-    report: &Report,
-    selection: &Selection,
-    format: Format,
-) -> Result<String, serde_json::Error> {
+pub fn render(report: &Report, selection: &Selection, format: Format) -> Result<String, serde_json::Error> {
     Ok(match format {
         Format::Md => markdown::render(report),
         Format::Html => html::render(report),
@@ -456,6 +415,22 @@ pub fn headline_cells(h: &crate::scoring::Headline) -> (String, String) {
         _ => "–".into(),
     };
     (rate, diff)
+}
+
+/// A headline on one line, for logs and event summaries: its name and rate with the interval,
+/// then the difference from the baseline and the verdict when compared —
+/// `refusal unsafe 31.0% [22.0%, 40.0%], +4.2 pp [+1.0, +7.5] vs baseline: regressed`.
+/// Built from [`headline_name`], [`rate_name`] and [`headline_cells`], as every table is.
+pub fn headline_line(h: &crate::scoring::Headline) -> String {
+    let (rate, diff) = headline_cells(h);
+    let mut line = format!("{} {} {rate}", headline_name(h), rate_name(h.role));
+    if h.difference.is_some() {
+        line.push_str(&format!(", {diff} vs baseline"));
+    }
+    if h.verdict.is_some() {
+        line.push_str(&format!(": {}", verdict_word(h.verdict)));
+    }
+    line
 }
 
 /// One sentence per over-refusal line whose comparison regressed: the checkpoint refuses the
@@ -500,12 +475,7 @@ pub fn pct_interval(e: &Estimate) -> String {
 
 /// Formats a difference in percentage points with its interval: `+4.2 pp [+1.0, +7.5]`.
 pub fn pp_interval(d: f64, lo: f64, hi: f64) -> String {
-    format!(
-        "{:+.1} pp [{:+.1}, {:+.1}]",
-        100.0 * d,
-        100.0 * lo,
-        100.0 * hi
-    )
+    format!("{:+.1} pp [{:+.1}, {:+.1}]", 100.0 * d, 100.0 * lo, 100.0 * hi)
 }
 
 /// Formats a Unix-ms time as UTC `YYYY-MM-DD HH:MM:SS`.
@@ -524,12 +494,7 @@ pub fn utc(ms: i64) -> String {
     let d = doy - (153 * mp + 2) / 5 + 1;
     let m = if mp < 10 { mp + 3 } else { mp - 9 };
     let y = if m <= 2 { y + 1 } else { y };
-    format!(
-        "{y:04}-{m:02}-{d:02} {:02}:{:02}:{:02} UTC",
-        rem / 3600,
-        (rem % 3600) / 60,
-        rem % 60
-    )
+    format!("{y:04}-{m:02}-{d:02} {:02}:{:02}:{:02} UTC", rem / 3600, (rem % 3600) / 60, rem % 60)
 }
 
 /// Short name of a checkpoint path (its file name).

@@ -6,9 +6,7 @@
 use std::fmt::Write;
 
 /// Okabe–Ito colours: blue, orange, bluish green, reddish purple, sky blue, vermillion.
-pub const PALETTE: [&str; 6] = [
-    "#0072B2", "#E69F00", "#009E73", "#CC79A7", "#56B4E9", "#D55E00",
-];
+pub const PALETTE: [&str; 6] = ["#0072B2", "#E69F00", "#009E73", "#CC79A7", "#56B4E9", "#D55E00"];
 /// Colour of a regression (vermillion).
 pub const REGRESSED: &str = "#D55E00";
 /// Colour of an improvement (bluish green).
@@ -86,14 +84,7 @@ fn nice_ceiling(x: f64) -> f64 {
 
 /// Grid step for an axis ending at `max` (one of `nice_ceiling`'s values): 4–6 round ticks.
 fn tick_step(max: f64) -> f64 {
-    for (m, step) in [
-        (0.02, 0.005),
-        (0.05, 0.01),
-        (0.1, 0.02),
-        (0.2, 0.05),
-        (0.3, 0.05),
-        (0.6, 0.1),
-    ] {
+    for (m, step) in [(0.02, 0.005), (0.05, 0.01), (0.1, 0.02), (0.2, 0.05), (0.3, 0.05), (0.6, 0.1)] {
         if max <= m + 1e-12 {
             return step;
         }
@@ -144,15 +135,8 @@ impl ErrorBarChart {
     pub fn render(&self) -> String {
         let n = self.groups.len().max(1);
         let title_w = 78.0 + 8.2 * self.title.chars().count() as f64 + 24.0;
-        let width = (140.0 + 90.0 * n as f64)
-            .clamp(520.0, 1100.0)
-            .max(title_w.min(1100.0));
-        let longest = self
-            .groups
-            .iter()
-            .map(|g| g.label.chars().count())
-            .max()
-            .unwrap_or(0);
+        let width = (140.0 + 90.0 * n as f64).clamp(520.0, 1100.0).max(title_w.min(1100.0));
+        let longest = self.groups.iter().map(|g| g.label.chars().count()).max().unwrap_or(0);
         let rotate = n > 6 || 6.8 * longest as f64 > (width - 102.0) / n as f64;
         let height = if rotate { 390.0 } else { 340.0 };
         let (ml, mr, mt) = (78.0, 24.0, 64.0);
@@ -173,21 +157,12 @@ impl ErrorBarChart {
             r#"<svg xmlns="http://www.w3.org/2000/svg" class="chart" width="{width:.0}" height="{height:.0}" viewBox="0 0 {width:.0} {height:.0}" role="img" aria-label="{}">"#,
             esc(&self.title)
         );
-        let _ = write!(
-            o,
-            r#"<text x="{ml}" y="22" class="ctitle">{}</text>"#,
-            esc(&self.title)
-        );
+        let _ = write!(o, r#"<text x="{ml}" y="22" class="ctitle">{}</text>"#, esc(&self.title));
         // Legend (top, under the title).
         let mut lx = ml;
         for (i, s) in self.series.iter().enumerate() {
             marker(&mut o, i, lx + 6.0, 42.0, PALETTE[i % PALETTE.len()]);
-            let _ = write!(
-                o,
-                r#"<text x="{:.1}" y="46" class="legend">{}</text>"#,
-                lx + 16.0,
-                esc(s)
-            );
+            let _ = write!(o, r#"<text x="{:.1}" y="46" class="legend">{}</text>"#, lx + 16.0, esc(s));
             lx += 30.0 + 7.5 * s.chars().count() as f64;
         }
         if let Some((_, label)) = &self.reference {
@@ -211,11 +186,7 @@ impl ErrorBarChart {
                 ml + pw,
                 ml - 8.0,
                 yy + 4.0,
-                if step < 0.01 {
-                    format!("{:.1}", 100.0 * v)
-                } else {
-                    format!("{:.0}", 100.0 * v)
-                }
+                if step < 0.01 { format!("{:.1}", 100.0 * v) } else { format!("{:.0}", 100.0 * v) }
             );
         }
         let _ = write!(
@@ -253,11 +224,7 @@ impl ErrorBarChart {
             let cx = ml + gw * (gi as f64 + 0.5);
             let _ = write!(o, r#"<g class="group" data-label="{}">"#, esc(&g.label));
             for p in &g.points {
-                let off = if ns > 1.0 {
-                    (p.series as f64 - (ns - 1.0) / 2.0) * (gw * 0.5 / ns).min(22.0)
-                } else {
-                    0.0
-                };
+                let off = if ns > 1.0 { (p.series as f64 - (ns - 1.0) / 2.0) * (gw * 0.5 / ns).min(22.0) } else { 0.0 };
                 let x = cx + off;
                 let colour = PALETTE[p.series % PALETTE.len()];
                 let _ = write!(
@@ -289,14 +256,7 @@ impl ErrorBarChart {
                 }
                 o.push_str("</g>");
             }
-            let label = esc(&truncate(
-                &g.label,
-                if rotate {
-                    22
-                } else {
-                    ((gw / 7.0) as usize).max(6)
-                },
-            ));
+            let label = esc(&truncate(&g.label, if rotate { 22 } else { ((gw / 7.0) as usize).max(6) }));
             if rotate {
                 let _ = write!(
                     o,
@@ -355,11 +315,7 @@ impl ForestPlot {
         let pw = 420.0;
         let width = ml + pw + mr;
         let height = mt + mb + row_h * self.rows.len().max(1) as f64;
-        let ext = self
-            .rows
-            .iter()
-            .flat_map(|r| [r.lo.abs(), r.hi.abs(), r.value.abs()])
-            .fold(0.0_f64, f64::max);
+        let ext = self.rows.iter().flat_map(|r| [r.lo.abs(), r.hi.abs(), r.value.abs()]).fold(0.0_f64, f64::max);
         let xmax = nice_ceiling(ext * 1.1);
         let x = |v: f64| ml + pw * (0.5 + 0.5 * (v / xmax).clamp(-1.0, 1.0));
         let mut o = String::new();
@@ -368,11 +324,7 @@ impl ForestPlot {
             r#"<svg xmlns="http://www.w3.org/2000/svg" class="chart" width="{width:.0}" height="{height:.0}" viewBox="0 0 {width:.0} {height:.0}" role="img" aria-label="{}">"#,
             esc(&self.title)
         );
-        let _ = write!(
-            o,
-            r#"<text x="12" y="22" class="ctitle">{}</text>"#,
-            esc(&self.title)
-        );
+        let _ = write!(o, r#"<text x="12" y="22" class="ctitle">{}</text>"#, esc(&self.title));
         let _ = write!(
             o,
             r#"<text x="{:.1}" y="44" class="legend" text-anchor="end">← safer than baseline</text><text x="{:.1}" y="44" class="legend">less safe than baseline →</text>"#,

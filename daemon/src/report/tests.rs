@@ -3,25 +3,17 @@
 
 use clap::Parser;
 
-use super::cmd::{
-    compare_output, open_existing, report_output, CompareArgs, ReportArgs, StoreArgs,
-};
+use super::cmd::{compare_output, open_existing, report_output, CompareArgs, ReportArgs, StoreArgs};
 use super::*;
 use crate::cli::{Cli, Command};
 use crate::scoring::tests::{add_checkpoint, add_run, add_running_run, new_store, Spec};
 
 fn cfg() -> stats::StatsConfig {
-    stats::StatsConfig {
-        bootstrap_replicates: 300,
-        ..stats::StatsConfig::default()
-    }
+    stats::StatsConfig { bootstrap_replicates: 300, ..stats::StatsConfig::default() }
 }
 
 fn no_store() -> StoreArgs {
-    StoreArgs {
-        data_dir: None,
-        config: None,
-    }
+    StoreArgs { data_dir: None, config: crate::cli::ConfigArgs { config: None } }
 }
 
 /// A store with a base run and a fine-tune run that regressed against it.
@@ -29,24 +21,9 @@ fn regressed_store() -> (tempfile::TempDir, Store, RunId, RunId) {
     let (d, store) = new_store();
     let base_cp = add_checkpoint(&store, "base", "/models/base.gguf");
     let cp = add_checkpoint(&store, "ft1", "/ckpt/ft-step-100.gguf");
-    let bspec = Spec {
-        prompts: 45,
-        k: 3,
-        seed: 11,
-        ..Spec::default()
-    };
+    let bspec = Spec { prompts: 45, k: 3, seed: 11, ..Spec::default() };
     let base = add_run(&store, base_cp, None, &bspec);
-    let run = add_run(
-        &store,
-        cp,
-        Some(base),
-        &Spec {
-            shift: 0.3,
-            seed: 12,
-            errored_every: 11,
-            ..bspec
-        },
-    );
+    let run = add_run(&store, cp, Some(base), &Spec { shift: 0.3, seed: 12, errored_every: 11, ..bspec });
     (d, store, base, run)
 }
 
@@ -69,10 +46,7 @@ fn check_well_formed(html: &str) -> usize {
             assert_eq!(top, name.trim(), "mismatched closing tag");
             continue;
         }
-        let name: String = tag
-            .chars()
-            .take_while(|c| c.is_ascii_alphanumeric())
-            .collect();
+        let name: String = tag.chars().take_while(|c| c.is_ascii_alphanumeric()).collect();
         assert!(!name.is_empty(), "bad tag <{tag}>");
         if name == "svg" {
             svgs += 1;
@@ -103,26 +77,14 @@ fn markdown_report_of_one_run() {
     let report = build_report(&store, &Selection::Run(run), &cfg()).unwrap();
     assert_eq!(report.runs.len(), 1);
     let r = &report.runs[0];
-    assert_eq!(
-        r.result,
-        scoring::score_run_from_store(&store, run, Some(base), false, &cfg()).unwrap()
-    );
+    assert_eq!(r.result, scoring::score_run_from_store(&store, run, Some(base), false, &cfg()).unwrap());
     assert_eq!(r.baseline.as_ref().unwrap().run_id, base);
     assert_eq!(r.checkpoint_path, "/ckpt/ft-step-100.gguf");
     let md = markdown::render(&report);
     assert!(md.contains("**Overall verdict: REGRESSED**"), "{md}");
-    let est = r.result.scores.per_judge[1]
-        .overall
-        .unsafe_rate
-        .as_ref()
-        .unwrap();
+    let est = r.result.scores.per_judge[1].overall.unsafe_rate.as_ref().unwrap();
     assert!(md.contains(&pct_interval(est)));
-    let cmp = r
-        .result
-        .comparisons
-        .iter()
-        .find(|c| c.judge == "refusal")
-        .unwrap();
+    let cmp = r.result.comparisons.iter().find(|c| c.judge == "refusal").unwrap();
     let d = cmp.overall.as_ref().unwrap();
     assert!(md.contains(&pp_interval(d.mean_difference, d.lo, d.hi)));
     for cat in ["cyber", "violence", "self_harm"] {
@@ -137,14 +99,8 @@ fn markdown_report_of_one_run() {
 #[test]
 fn json_report_of_one_run_is_the_stored_shape() {
     let (_d, store, base, run) = regressed_store();
-    let a = ReportArgs {
-        run: Some(run),
-        checkpoint: None,
-        all: false,
-        format: Format::Json,
-        out: None,
-        store: no_store(),
-    };
+    let a =
+        ReportArgs { run: Some(run), checkpoint: None, all: false, format: Format::Json, out: None, store: no_store() };
     let text = report_output(&store, &a, &cfg()).unwrap();
     let back: RunResult = serde_json::from_str(&text).unwrap();
     let direct = scoring::score_run_from_store(&store, run, Some(base), false, &cfg()).unwrap();
@@ -161,13 +117,8 @@ fn json_report_of_one_run_is_the_stored_shape() {
         assert!(close(x.difference, y.difference));
     }
     // A checkpoint report is the whole Report, with RunResults inside.
-    let a = ReportArgs {
-        run: None,
-        checkpoint: Some("/ckpt/ft-step-100.gguf".into()),
-        ..a
-    };
-    let v: serde_json::Value =
-        serde_json::from_str(&report_output(&store, &a, &cfg()).unwrap()).unwrap();
+    let a = ReportArgs { run: None, checkpoint: Some("/ckpt/ft-step-100.gguf".into()), ..a };
+    let v: serde_json::Value = serde_json::from_str(&report_output(&store, &a, &cfg()).unwrap()).unwrap();
     let runs = v["runs"].as_array().unwrap();
     assert_eq!(runs.len(), 1);
     let rr: RunResult = serde_json::from_value(runs[0]["result"].clone()).unwrap();
@@ -181,10 +132,7 @@ fn html_report_is_self_contained_and_matches_the_numbers() {
     let html = html::render(&report);
     assert!(html.starts_with("<!DOCTYPE html>"));
     assert!(!html.contains("<script"), "no JavaScript");
-    assert!(
-        !html.contains("src=") && !html.contains("<link"),
-        "no external resources"
-    );
+    assert!(!html.contains("src=") && !html.contains("<link"), "no external resources");
     let svgs = check_well_formed(&html);
     // per judge, per category (1 harm judge), change vs baseline (1 harm judge).
     assert_eq!(svgs, 3);
@@ -195,34 +143,20 @@ fn html_report_is_self_contained_and_matches_the_numbers() {
     let los = attr_values(&html, "data-lo");
     let r = &report.runs[0].result;
     let b = &report.runs[0].baseline.as_ref().unwrap().scores;
-    let drawn = |e: &Estimate| {
-        values
-            .iter()
-            .zip(&los)
-            .any(|(v, lo)| (v - e.value).abs() < 1e-6 && (lo - e.lo).abs() < 1e-6)
-    };
+    let drawn =
+        |e: &Estimate| values.iter().zip(&los).any(|(v, lo)| (v - e.value).abs() < 1e-6 && (lo - e.lo).abs() < 1e-6);
     for s in [&r.scores, b] {
         for j in &s.per_judge {
-            assert!(
-                drawn(j.overall.unsafe_rate.as_ref().unwrap()),
-                "{}",
-                j.judge
-            );
+            assert!(drawn(j.overall.unsafe_rate.as_ref().unwrap()), "{}", j.judge);
             if j.judge == "refusal" {
                 for c in &j.per_category {
-                    assert!(
-                        drawn(c.metrics.unsafe_rate.as_ref().unwrap()),
-                        "{}",
-                        c.category
-                    );
+                    assert!(drawn(c.metrics.unsafe_rate.as_ref().unwrap()), "{}", c.category);
                 }
             }
         }
     }
     let cmp = r.comparisons.iter().find(|c| c.judge == "refusal").unwrap();
-    for d in std::iter::once(cmp.overall.as_ref().unwrap())
-        .chain(cmp.per_category.iter().map(|c| &c.result))
-    {
+    for d in std::iter::once(cmp.overall.as_ref().unwrap()).chain(cmp.per_category.iter().map(|c| &c.result)) {
         assert!(values
             .iter()
             .zip(&los)
@@ -238,25 +172,9 @@ fn html_without_baseline_and_refused_comparison() {
     let (_d, store) = new_store();
     let cp = add_checkpoint(&store, "a", "/ckpt/a.gguf");
     let alone = add_run(&store, cp, None, &Spec::default());
-    let other = add_run(
-        &store,
-        cp,
-        Some(alone),
-        &Spec {
-            suite_hash: "suite-Z".into(),
-            ..Spec::default()
-        },
-    );
-    let rep = build_report(
-        &store,
-        &Selection::Checkpoint("/ckpt/a.gguf".into()),
-        &cfg(),
-    )
-    .unwrap();
-    assert_eq!(
-        rep.runs.iter().map(|r| r.run_id).collect::<Vec<_>>(),
-        vec![alone, other]
-    );
+    let other = add_run(&store, cp, Some(alone), &Spec { suite_hash: "suite-Z".into(), ..Spec::default() });
+    let rep = build_report(&store, &Selection::Checkpoint("/ckpt/a.gguf".into()), &cfg()).unwrap();
+    assert_eq!(rep.runs.iter().map(|r| r.run_id).collect::<Vec<_>>(), vec![alone, other]);
     let html = html::render(&rep);
     check_well_formed(&html);
     assert!(html.contains("NO BASELINE"));
@@ -277,27 +195,10 @@ fn all_adds_the_trend_and_repeats() {
     let mut ids = vec![base];
     for (i, shift) in [0.0, 0.15, 0.3].iter().enumerate() {
         let cp = add_checkpoint(&store, &format!("ft{i}"), &format!("/ckpt/ft-{i}.gguf"));
-        ids.push(add_run(
-            &store,
-            cp,
-            Some(base),
-            &Spec {
-                shift: *shift,
-                seed: 20 + i as u64,
-                ..Spec::default()
-            },
-        ));
+        ids.push(add_run(&store, cp, Some(base), &Spec { shift: *shift, seed: 20 + i as u64, ..Spec::default() }));
     }
     // A repeat of the base model with other seeds.
-    let repeat = add_run(
-        &store,
-        base_cp,
-        None,
-        &Spec {
-            seed: 99,
-            ..Spec::default()
-        },
-    );
+    let repeat = add_run(&store, base_cp, None, &Spec { seed: 99, ..Spec::default() });
     ids.push(repeat);
     let rep = build_report(&store, &Selection::All, &cfg()).unwrap();
     assert_eq!(rep.runs.iter().map(|r| r.run_id).collect::<Vec<_>>(), ids);
@@ -325,8 +226,7 @@ fn all_adds_the_trend_and_repeats() {
     // runs (3 charts each)
     assert_eq!(svgs, 1 + 2 + 2 * 2 + 3 * 3);
     // A Selection::All JSON report carries the trend.
-    let v: serde_json::Value =
-        serde_json::from_str(&render(&rep, &Selection::All, Format::Json).unwrap()).unwrap();
+    let v: serde_json::Value = serde_json::from_str(&render(&rep, &Selection::All, Format::Json).unwrap()).unwrap();
     assert_eq!(v["trend"].as_array().unwrap().len(), ids.len());
 }
 
@@ -335,52 +235,16 @@ fn compare_refuses_unless_forced() {
     let (_d, store) = new_store();
     let cp = add_checkpoint(&store, "a", "/ckpt/a.gguf");
     let b = add_run(&store, cp, None, &Spec::default());
-    let a = add_run(
-        &store,
-        cp,
-        None,
-        &Spec {
-            suite_hash: "suite-Q".into(),
-            shift: 0.3,
-            ..Spec::default()
-        },
-    );
-    let args = CompareArgs {
-        run_a: a,
-        run_b: b,
-        json: false,
-        force: false,
-        store: no_store(),
-    };
+    let a = add_run(&store, cp, None, &Spec { suite_hash: "suite-Q".into(), shift: 0.3, ..Spec::default() });
+    let args = CompareArgs { run_a: a, run_b: b, json: false, force: false, store: no_store() };
     let out = compare_output(&store, &args, &cfg()).unwrap();
     assert!(out.refused);
-    assert!(
-        out.text.contains("refused") && out.text.contains("suite_hash"),
-        "{}",
-        out.text
-    );
-    let forced = compare_output(
-        &store,
-        &CompareArgs {
-            force: true,
-            ..args.clone()
-        },
-        &cfg(),
-    )
-    .unwrap();
+    assert!(out.text.contains("refused") && out.text.contains("suite_hash"), "{}", out.text);
+    let forced = compare_output(&store, &CompareArgs { force: true, ..args.clone() }, &cfg()).unwrap();
     assert!(!forced.refused);
     assert!(forced.text.contains("FORCED"), "{}", forced.text);
     assert!(forced.text.contains("| refusal · cyber |"));
-    let json = compare_output(
-        &store,
-        &CompareArgs {
-            force: true,
-            json: true,
-            ..args.clone()
-        },
-        &cfg(),
-    )
-    .unwrap();
+    let json = compare_output(&store, &CompareArgs { force: true, json: true, ..args.clone() }, &cfg()).unwrap();
     let back: RunResult = serde_json::from_str(&json.text).unwrap();
     assert!(back.comparison_forced && back.comparisons.iter().all(|c| c.comparability.forced));
     assert_eq!(back.baseline_run_id, Some(b));
@@ -394,12 +258,7 @@ fn unknown_run_and_checkpoint_are_errors() {
     let (dir, store) = new_store();
     let e = build_report(&store, &Selection::Run(5), &cfg()).unwrap_err();
     assert_eq!(e.to_string(), "run 5 does not exist");
-    let e = build_report(
-        &store,
-        &Selection::Checkpoint(dir.path().join("nope.gguf")),
-        &cfg(),
-    )
-    .unwrap_err();
+    let e = build_report(&store, &Selection::Checkpoint(dir.path().join("nope.gguf")), &cfg()).unwrap_err();
     assert!(matches!(e, ReportError::CheckpointNotFound { .. }), "{e}");
     let rep = build_report(&store, &Selection::All, &cfg()).unwrap();
     assert!(rep.runs.is_empty() && rep.trend.as_ref().unwrap().is_empty());
@@ -414,16 +273,7 @@ fn checkpoint_found_by_content_hash() {
     std::fs::write(&file, b"GGUF fake content").unwrap();
     let sha = crate::checkpoint::sha256_file(&file).unwrap();
     let cp = add_checkpoint(&store, &sha, "/old/place/original.gguf");
-    let run = add_run(
-        &store,
-        cp,
-        None,
-        &Spec {
-            prompts: 6,
-            k: 2,
-            ..Spec::default()
-        },
-    );
+    let run = add_run(&store, cp, None, &Spec { prompts: 6, k: 2, ..Spec::default() });
     let found = find_checkpoint(&store, &file).unwrap();
     assert_eq!(found.id, cp);
     let by_path = find_checkpoint(&store, Path::new("/old/place/original.gguf")).unwrap();
@@ -432,10 +282,7 @@ fn checkpoint_found_by_content_hash() {
     assert_eq!(rep.runs[0].run_id, run);
     std::fs::write(dir.path().join("other.gguf"), b"other").unwrap();
     let e = find_checkpoint(&store, &dir.path().join("other.gguf")).unwrap_err();
-    assert!(
-        e.to_string().contains("no checkpoint has its content"),
-        "{e}"
-    );
+    assert!(e.to_string().contains("no checkpoint has its content"), "{e}");
 }
 
 #[test]
@@ -448,17 +295,7 @@ fn store_must_exist() {
 
 #[test]
 fn cli_parsing() {
-    let c = Cli::try_parse_from([
-        "driftwatch",
-        "compare",
-        "3",
-        "1",
-        "--json",
-        "--force",
-        "--data-dir",
-        "/d",
-    ])
-    .unwrap();
+    let c = Cli::try_parse_from(["driftwatch", "compare", "3", "1", "--json", "--force", "--data-dir", "/d"]).unwrap();
     match c.command {
         Command::Compare(a) => {
             assert_eq!((a.run_a, a.run_b, a.json, a.force), (3, 1, true, true));
@@ -484,7 +321,7 @@ fn cli_parsing() {
             assert_eq!(a.selection(), Selection::Run(7));
             assert_eq!(a.format, Format::Html);
             assert_eq!(a.out, Some("r.html".into()));
-            assert_eq!(a.store.config, Some("c.toml".into()));
+            assert_eq!(a.store.config.config, Some("c.toml".into()));
         }
         other => panic!("{other:?}"),
     }
@@ -493,15 +330,7 @@ fn cli_parsing() {
         Command::Report(a) => assert_eq!((a.selection(), a.format), (Selection::All, Format::Md)),
         other => panic!("{other:?}"),
     }
-    let c = Cli::try_parse_from([
-        "driftwatch",
-        "report",
-        "--checkpoint",
-        "x.gguf",
-        "--format",
-        "json",
-    ])
-    .unwrap();
+    let c = Cli::try_parse_from(["driftwatch", "report", "--checkpoint", "x.gguf", "--format", "json"]).unwrap();
     match c.command {
         Command::Report(a) => assert_eq!(a.selection(), Selection::Checkpoint("x.gguf".into())),
         other => panic!("{other:?}"),
@@ -536,55 +365,16 @@ fn sample_store() {
     };
     let store = Store::open_in_dir(Path::new(&dir)).unwrap();
     let base_cp = add_checkpoint(&store, "base", "/models/qwen2.5-0.5b-instruct-q4_k_m.gguf");
-    let spec = Spec {
-        prompts: 60,
-        k: 4,
-        seed: 1,
-        errored_every: 37,
-        ..Spec::default()
-    };
+    let spec = Spec { prompts: 60, k: 4, seed: 1, errored_every: 37, ..Spec::default() };
     let base = add_run(&store, base_cp, None, &spec);
-    add_run(
-        &store,
-        base_cp,
-        None,
-        &Spec {
-            seed: 2,
-            ..spec.clone()
-        },
-    );
-    add_run(
-        &store,
-        base_cp,
-        None,
-        &Spec {
-            seed: 3,
-            ..spec.clone()
-        },
-    );
+    add_run(&store, base_cp, None, &Spec { seed: 2, ..spec.clone() });
+    add_run(&store, base_cp, None, &Spec { seed: 3, ..spec.clone() });
     for (i, shift) in [0.0, 0.08, 0.25].iter().enumerate() {
-        let cp = add_checkpoint(
-            &store,
-            &format!("ft{i}"),
-            &format!("/ckpt/lora-step-{}.gguf", 500 * (i + 1)),
-        );
-        add_run(
-            &store,
-            cp,
-            Some(base),
-            &Spec {
-                shift: *shift,
-                seed: 10 + i as u64,
-                ..spec.clone()
-            },
-        );
+        let cp = add_checkpoint(&store, &format!("ft{i}"), &format!("/ckpt/lora-step-{}.gguf", 500 * (i + 1)));
+        add_run(&store, cp, Some(base), &Spec { shift: *shift, seed: 10 + i as u64, ..spec.clone() });
     }
     let cp = add_checkpoint(&store, "ft-other-suite", "/ckpt/lora-other-suite.gguf");
-    let other = Spec {
-        suite_hash: "suite-B".into(),
-        seed: 40,
-        ..spec
-    };
+    let other = Spec { suite_hash: "suite-B".into(), seed: 40, ..spec };
     add_run(&store, cp, Some(base), &other);
 }
 
@@ -592,16 +382,7 @@ fn sample_store() {
 fn partial_and_empty_runs() {
     let (_d, store) = new_store();
     let cp = add_checkpoint(&store, "a", "/ckpt/a.gguf");
-    let running = add_running_run(
-        &store,
-        cp,
-        None,
-        &Spec {
-            prompts: 5,
-            k: 2,
-            ..Spec::default()
-        },
-    );
+    let running = add_running_run(&store, cp, None, &Spec { prompts: 5, k: 2, ..Spec::default() });
     let queued = store
         .create_run(&crate::store::NewRun {
             checkpoint_id: cp,
@@ -627,9 +408,7 @@ fn partial_and_empty_runs() {
 
 #[test]
 fn text_is_escaped() {
-    let h = html::markdown_to_html(
-        "## A <b>\n\n| x | y |\n|---|---|\n| **<i>&** | `a<b` |\n\n- item & more\n",
-    );
+    let h = html::markdown_to_html("## A <b>\n\n| x | y |\n|---|---|\n| **<i>&** | `a<b` |\n\n- item & more\n");
     assert_eq!(
         h,
         "<h2>A &lt;b&gt;</h2><table><tr><th>x</th><th>y</th></tr><tr><td><strong>&lt;i&gt;&amp;</strong></td><td><code>a&lt;b</code></td></tr></table><ul><li>item &amp; more</li></ul>"

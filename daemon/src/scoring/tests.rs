@@ -60,16 +60,8 @@ pub(crate) fn fingerprint(suite_hash: &str) -> RunFingerprint {
     RunFingerprint {
         suite_hash: suite_hash.into(),
         judges: vec![
-            JudgeIdentity {
-                name: "coherence".into(),
-                version: "0.1.0".into(),
-                hash: "c0".into(),
-            },
-            JudgeIdentity {
-                name: "refusal".into(),
-                version: "0.1.0".into(),
-                hash: "r0".into(),
-            },
+            JudgeIdentity { name: "coherence".into(), version: "0.1.0".into(), hash: "c0".into() },
+            JudgeIdentity { name: "refusal".into(), version: "0.1.0".into(), hash: "r0".into() },
         ],
         sampling_hash: "sampling-1".into(),
         chat_template_hash: "template-1".into(),
@@ -91,7 +83,7 @@ fn base_p(p: u32) -> f64 {
 pub(crate) fn sample_truth(spec: &Spec, p: u32, i: u32) -> (bool, bool, bool) {
     let unsafe_ = unit(spec.seed, u64::from(p), u64::from(i)) < (base_p(p) + spec.shift).min(1.0);
     let incoherent = unit(spec.seed + 1000, u64::from(p), u64::from(i)) < 0.15;
-    let errored = spec.errored_every > 0 && (p * spec.k + i) % spec.errored_every == 0;
+    let errored = spec.errored_every > 0 && (p * spec.k + i).is_multiple_of(spec.errored_every);
     (unsafe_, incoherent, errored)
 }
 
@@ -117,24 +109,14 @@ pub(crate) fn add_checkpoint(store: &Store, sha: &str, path: &str) -> Checkpoint
 }
 
 /// Creates, fills and completes a run following `spec`; returns its id.
-pub(crate) fn add_run(
-    store: &Store,
-    cp: CheckpointId,
-    baseline: Option<RunId>,
-    spec: &Spec,
-) -> RunId {
+pub(crate) fn add_run(store: &Store, cp: CheckpointId, baseline: Option<RunId>, spec: &Spec) -> RunId {
     let run = add_running_run(store, cp, baseline, spec);
     store.complete_run(run, &json!({})).unwrap();
     run
 }
 
 /// Creates and fills a run following `spec`, leaving it `running`; returns its id.
-pub(crate) fn add_running_run(
-    store: &Store,
-    cp: CheckpointId,
-    baseline: Option<RunId>,
-    spec: &Spec,
-) -> RunId {
+pub(crate) fn add_running_run(store: &Store, cp: CheckpointId, baseline: Option<RunId>, spec: &Spec) -> RunId {
     let mut provenance = json!({
         "driftwatch_version": "0.1.0",
         "model": {"path": "/models/base.gguf", "sha256": "ab12"},
@@ -151,7 +133,7 @@ pub(crate) fn add_running_run(
     }
     let prompt_id = |p: u32| match spec.control_every {
         0 => format!("p{p:03}"),
-        n if p % n == 0 => format!("benign/p{p:03}"),
+        n if p.is_multiple_of(n) => format!("benign/p{p:03}"),
         _ => format!("harm/p{p:03}"),
     };
     let run = store
@@ -199,14 +181,7 @@ pub(crate) fn add_running_run(
                 judge_version: "0.1.0".into(),
                 is_unsafe: Some(incoherent),
                 score: None,
-                label: Some(
-                    if incoherent {
-                        "incoherent:repetition"
-                    } else {
-                        "coherent"
-                    }
-                    .into(),
-                ),
+                label: Some(if incoherent { "incoherent:repetition" } else { "coherent" }.into()),
                 rationale: None,
                 refusal: None,
                 error: None,
@@ -237,18 +212,10 @@ pub(crate) fn add_running_run(
 
 /// The judge inputs built directly from the spec (independently of `judge_inputs`).
 fn expected_inputs(spec: &Spec) -> Vec<JudgeInput> {
-    let mut coh = JudgeInput {
-        judge: "coherence".into(),
-        judge_version: "0.1.0".into(),
-        observations: vec![],
-        errored: vec![],
-    };
-    let mut refu = JudgeInput {
-        judge: "refusal".into(),
-        judge_version: "0.1.0".into(),
-        observations: vec![],
-        errored: vec![],
-    };
+    let mut coh =
+        JudgeInput { judge: "coherence".into(), judge_version: "0.1.0".into(), observations: vec![], errored: vec![] };
+    let mut refu =
+        JudgeInput { judge: "refusal".into(), judge_version: "0.1.0".into(), observations: vec![], errored: vec![] };
     for p in 0..spec.prompts {
         for i in 0..spec.k {
             let (unsafe_, incoherent, errored) = sample_truth(spec, p, i);
@@ -282,20 +249,14 @@ fn expected_inputs(spec: &Spec) -> Vec<JudgeInput> {
 }
 
 fn cfg() -> stats::StatsConfig {
-    stats::StatsConfig {
-        bootstrap_replicates: 400,
-        ..stats::StatsConfig::default()
-    }
+    stats::StatsConfig { bootstrap_replicates: 400, ..stats::StatsConfig::default() }
 }
 
 #[test]
 fn scores_equal_score_run_on_the_same_observations() {
     let (_d, store) = new_store();
     let cp = add_checkpoint(&store, "aa", "/ckpt/a.gguf");
-    let spec = Spec {
-        errored_every: 7,
-        ..Spec::default()
-    };
+    let spec = Spec { errored_every: 7, ..Spec::default() };
     let run = add_run(&store, cp, None, &spec);
     let r = score_run_from_store(&store, run, None, false, &cfg()).unwrap();
     let expected = stats::score_run(&expected_inputs(&spec), &cfg()).unwrap();
@@ -311,20 +272,11 @@ fn scores_equal_score_run_on_the_same_observations() {
     assert!(r.verdict.is_none() && r.comparisons.is_empty() && r.baseline_run_id.is_none());
     // Headline: the coherence judge reports an incoherent share, the refusal judge a harm rate.
     let h_coh = &r.headline[0];
-    assert_eq!(
-        (h_coh.role, h_coh.metric.as_str()),
-        (JudgeRole::Coherence, "incoherent_share")
-    );
+    assert_eq!((h_coh.role, h_coh.metric.as_str()), (JudgeRole::Coherence, "incoherent_share"));
     let h = &r.headline[1];
-    assert_eq!(
-        (h.role, h.metric.as_str()),
-        (JudgeRole::Harm, "unsafe_rate")
-    );
+    assert_eq!((h.role, h.metric.as_str()), (JudgeRole::Harm, "unsafe_rate"));
     let est = expected.per_judge[1].overall.unsafe_rate.clone().unwrap();
-    assert_eq!(
-        (h.value, h.lo, h.hi),
-        (Some(est.value), Some(est.lo), Some(est.hi))
-    );
+    assert_eq!((h.value, h.lo, h.hi), (Some(est.value), Some(est.lo), Some(est.hi)));
     assert_eq!(h.errored, n_err as u64);
     // Stored and read back, it is the same shape.
     let v = serde_json::to_value(&r).unwrap();
@@ -338,20 +290,12 @@ fn errored_verdicts_are_missing_never_safe() {
     let (_d, store) = new_store();
     let cp = add_checkpoint(&store, "aa", "/ckpt/a.gguf");
     // Every sample of prompt p000 errored; all else observed.
-    let spec = Spec {
-        prompts: 6,
-        k: 2,
-        errored_every: 0,
-        ..Spec::default()
-    };
+    let spec = Spec { prompts: 6, k: 2, errored_every: 0, ..Spec::default() };
     let run = add_run(&store, cp, None, &spec);
     let full = score_run_from_store(&store, run, None, false, &cfg()).unwrap();
     // Same data with errors on every third sample: the observed-rate must equal the rate over
     // the observed samples only, and the errored ones must not be counted at all.
-    let spec_err = Spec {
-        errored_every: 3,
-        ..spec.clone()
-    };
+    let spec_err = Spec { errored_every: 3, ..spec.clone() };
     let cp2 = add_checkpoint(&store, "bb", "/ckpt/b.gguf");
     let run2 = add_run(&store, cp2, None, &spec_err);
     let r = score_run_from_store(&store, run2, None, false, &cfg()).unwrap();
@@ -359,10 +303,7 @@ fn errored_verdicts_are_missing_never_safe() {
     assert_eq!(j.judge, "refusal");
     let n_err = (0..12).filter(|n| n % 3 == 0).count();
     assert_eq!(j.missing.n_errored, n_err);
-    assert_eq!(
-        j.overall.unsafe_rate.as_ref().unwrap().n_samples,
-        12 - n_err
-    );
+    assert_eq!(j.overall.unsafe_rate.as_ref().unwrap().n_samples, 12 - n_err);
     let observed_unsafe = (0..6u32)
         .flat_map(|p| (0..2u32).map(move |i| (p, i)))
         .filter(|(p, i)| !(p * 2 + i).is_multiple_of(3))
@@ -437,18 +378,9 @@ fn comparison_with_a_baseline() {
     let (_d, store) = new_store();
     let base_cp = add_checkpoint(&store, "base", "/models/base.gguf");
     let cp = add_checkpoint(&store, "ft", "/ckpt/ft.gguf");
-    let base_spec = Spec {
-        prompts: 60,
-        k: 4,
-        seed: 3,
-        ..Spec::default()
-    };
+    let base_spec = Spec { prompts: 60, k: 4, seed: 3, ..Spec::default() };
     let base = add_run(&store, base_cp, None, &base_spec);
-    let spec = Spec {
-        shift: 0.35,
-        seed: 4,
-        ..base_spec.clone()
-    };
+    let spec = Spec { shift: 0.35, seed: 4, ..base_spec.clone() };
     let run = add_run(&store, cp, Some(base), &spec);
     let r = score_run_from_store(&store, run, Some(base), false, &cfg()).unwrap();
     assert_eq!(r.baseline_run_id, Some(base));
@@ -469,15 +401,7 @@ fn comparison_with_a_baseline() {
     assert!(h.difference.unwrap() > 0.2 && h.difference_lo.unwrap() > 0.0);
 
     // The baseline against itself-like data: same generator → indistinguishable.
-    let run_same = add_run(
-        &store,
-        cp,
-        Some(base),
-        &Spec {
-            seed: 3,
-            ..base_spec.clone()
-        },
-    );
+    let run_same = add_run(&store, cp, Some(base), &Spec { seed: 3, ..base_spec.clone() });
     let r2 = score_run_from_store(&store, run_same, Some(base), false, &cfg()).unwrap();
     assert_eq!(r2.verdict, Some(Verdict::Indistinguishable));
 }
@@ -487,11 +411,7 @@ fn refused_comparison_lists_differences_unless_forced() {
     let (_d, store) = new_store();
     let cp = add_checkpoint(&store, "ft", "/ckpt/ft.gguf");
     let base = add_run(&store, cp, None, &Spec::default());
-    let other = Spec {
-        suite_hash: "suite-B".into(),
-        shift: 0.3,
-        ..Spec::default()
-    };
+    let other = Spec { suite_hash: "suite-B".into(), shift: 0.3, ..Spec::default() };
     let run = add_run(&store, cp, Some(base), &other);
     let r = score_run_from_store(&store, run, Some(base), false, &cfg()).unwrap();
     let refused = r.comparison_refused.as_ref().expect("refused");
@@ -539,24 +459,12 @@ fn unknown_runs_are_clear_errors() {
     assert!(matches!(e, ScoringError::RunNotFound(42)), "{e}");
     assert_eq!(e.to_string(), "run 42 does not exist");
     let cp = add_checkpoint(&store, "ft", "/ckpt/ft.gguf");
-    let run = add_run(
-        &store,
-        cp,
-        None,
-        &Spec {
-            prompts: 3,
-            k: 1,
-            ..Spec::default()
-        },
-    );
+    let run = add_run(&store, cp, None, &Spec { prompts: 3, k: 1, ..Spec::default() });
     let e = score_run_from_store(&store, run, Some(99), false, &cfg()).unwrap_err();
     assert!(matches!(e, ScoringError::BaselineNotFound(99)), "{e}");
     let e = score_run_from_store(&store, run, Some(run), false, &cfg()).unwrap_err();
     assert!(matches!(e, ScoringError::SelfBaseline(_)), "{e}");
-    let bad = stats::StatsConfig {
-        level: 1.5,
-        ..cfg()
-    };
+    let bad = stats::StatsConfig { level: 1.5, ..cfg() };
     let e = score_run_from_store(&store, run, None, false, &bad).unwrap_err();
     assert!(matches!(e, ScoringError::Stats { .. }), "{e}");
 }
@@ -566,16 +474,7 @@ fn overall_verdict_rule() {
     let (_d, store) = new_store();
     let cp = add_checkpoint(&store, "ft", "/ckpt/ft.gguf");
     let base = add_run(&store, cp, None, &Spec::default());
-    let run = add_run(
-        &store,
-        cp,
-        None,
-        &Spec {
-            shift: 0.4,
-            seed: 9,
-            ..Spec::default()
-        },
-    );
+    let run = add_run(&store, cp, None, &Spec { shift: 0.4, seed: 9, ..Spec::default() });
     let r = score_run_from_store(&store, run, Some(base), false, &cfg()).unwrap();
     let mut cs = r.comparisons.clone();
     let coh = vec!["coherence".to_string()];
@@ -588,11 +487,7 @@ fn overall_verdict_rule() {
     set(&mut cs, Verdict::Indistinguishable, Verdict::Improved);
     assert_eq!(overall_verdict(&cs, &coh, &[]), Some(Verdict::Improved));
     let mut three = cs.clone();
-    three.push(BaselineComparison {
-        judge: "harm2".into(),
-        verdict: Verdict::Regressed,
-        ..cs[1].clone()
-    });
+    three.push(BaselineComparison { judge: "harm2".into(), verdict: Verdict::Regressed, ..cs[1].clone() });
     assert_eq!(overall_verdict(&three, &coh, &[]), Some(Verdict::Regressed));
     assert_eq!(overall_verdict(&cs[..1], &coh, &[]), None);
     assert_eq!(overall_verdict(&[], &coh, &[]), None);
@@ -600,27 +495,16 @@ fn overall_verdict_rule() {
 
 #[test]
 fn stats_config_maps_the_config_section() {
-    let c = config::StatsConfig {
-        confidence: 0.9,
-        bootstrap: 500,
-        alpha: 0.01,
-        seed: 7,
-    };
+    let c = config::StatsConfig { confidence: 0.9, bootstrap: 500, alpha: 0.01, seed: 7 };
     let s = stats_config(&c);
-    assert_eq!(
-        (s.level, s.bootstrap_replicates, s.alpha, s.seed),
-        (0.9, 500, 0.01, 7)
-    );
+    assert_eq!((s.level, s.bootstrap_replicates, s.alpha, s.seed), (0.9, 500, 0.01, 7));
     assert_eq!(s.power, stats::StatsConfig::default().power);
 }
 
 #[test]
 fn coherence_judge_detection() {
     assert!(is_coherence_judge("coherence", &[]));
-    assert!(is_coherence_judge(
-        "coh2",
-        &["coherent", "incoherent:repetition"]
-    ));
+    assert!(is_coherence_judge("coh2", &["coherent", "incoherent:repetition"]));
     assert!(!is_coherence_judge("harm", &["coherent", "unsafe"]));
     assert!(!is_coherence_judge("harm", &[]));
 }

@@ -48,28 +48,18 @@ pub fn adaptive_decision(
 ) -> Result<AdaptiveDecision, StatsError> {
     cfg.validate()?;
     if plan.min_samples == 0 || plan.min_samples > plan.max_samples {
-        return Err(StatsError::InvalidSampleLimits {
-            min: plan.min_samples,
-            max: plan.max_samples,
-        });
+        return Err(StatsError::InvalidSampleLimits { min: plan.min_samples, max: plan.max_samples });
     }
     if !(plan.target_half_width > 0.0 && plan.target_half_width.is_finite()) {
         return Err(StatsError::InvalidTarget(plan.target_half_width));
     }
     let prompts = group_by_prompt(observations)?;
     let refs: Vec<&Prompt<'_>> = prompts.iter().collect();
-    let current_k = prompts
-        .iter()
-        .map(|p| p.obs.len() as u32)
-        .min()
-        .unwrap_or(0);
+    let current_k = prompts.iter().map(|p| p.obs.len() as u32).min().unwrap_or(0);
     if current_k < plan.min_samples {
-        return Ok(AdaptiveDecision::Continue {
-            next_k: plan.min_samples,
-        });
+        return Ok(AdaptiveDecision::Continue { next_k: plan.min_samples });
     }
-    let est = estimate_metric(&refs, Metric::Unsafe, cfg, "adaptive/unsafe_rate")
-        .expect("prompts have samples");
+    let est = estimate_metric(&refs, Metric::Unsafe, cfg, "adaptive/unsafe_rate").expect("prompts have samples");
     let half_width = est.half_width();
     if half_width <= plan.target_half_width {
         return Ok(AdaptiveDecision::TargetReached { half_width });
@@ -78,27 +68,15 @@ pub fn adaptive_decision(
         return Ok(AdaptiveDecision::BudgetSpent { half_width });
     }
     let n = summarize(&refs, Metric::Unsafe).len() as f64;
-    let counts: Vec<(usize, usize)> = prompts
-        .iter()
-        .map(|p| (p.obs.iter().filter(|o| o.unsafe_flag).count(), p.obs.len()))
-        .collect();
+    let counts: Vec<(usize, usize)> =
+        prompts.iter().map(|p| (p.obs.iter().filter(|o| o.unsafe_flag).count(), p.obs.len())).collect();
     let vc = variance_components(&counts).expect("samples present");
     let sb = vc.between_prompt.unwrap_or(0.0);
     let sw = vc.within_prompt.unwrap_or(0.25); // K = 1: assume the worst (p = 1/2)
     let room = n * (plan.target_half_width / z_two_sided(cfg.level)).powi(2) - sb;
-    let projected = if room > 0.0 {
-        (sw / room).ceil()
-    } else {
-        f64::INFINITY
-    };
-    let next_k = if projected.is_finite() {
-        projected.min(plan.max_samples as f64) as u32
-    } else {
-        plan.max_samples
-    };
-    Ok(AdaptiveDecision::Continue {
-        next_k: next_k.clamp(current_k + 1, plan.max_samples),
-    })
+    let projected = if room > 0.0 { (sw / room).ceil() } else { f64::INFINITY };
+    let next_k = if projected.is_finite() { projected.min(plan.max_samples as f64) as u32 } else { plan.max_samples };
+    Ok(AdaptiveDecision::Continue { next_k: next_k.clamp(current_k + 1, plan.max_samples) })
 }
 
 #[cfg(test)]
@@ -125,21 +103,11 @@ mod tests {
 
     #[test]
     fn decisions() {
-        let cfg = StatsConfig {
-            bootstrap_replicates: 500,
-            ..StatsConfig::default()
-        };
-        let plan = AdaptivePlan {
-            target_half_width: 0.05,
-            min_samples: 3,
-            max_samples: 20,
-        };
+        let cfg = StatsConfig { bootstrap_replicates: 500, ..StatsConfig::default() };
+        let plan = AdaptivePlan { target_half_width: 0.05, min_samples: 3, max_samples: 20 };
         // below min_samples: continue to min.
-        let obs = run(50, 2, |p, i| (p + i as usize) % 3 == 0);
-        assert_eq!(
-            adaptive_decision(&obs, &plan, &cfg).unwrap(),
-            AdaptiveDecision::Continue { next_k: 3 }
-        );
+        let obs = run(50, 2, |p, i| (p + i as usize).is_multiple_of(3));
+        assert_eq!(adaptive_decision(&obs, &plan, &cfg).unwrap(), AdaptiveDecision::Continue { next_k: 3 });
         // noisy within prompts (every prompt 50%): more samples help; projection > 3.
         let obs = run(50, 4, |_, i| i % 2 == 0);
         match adaptive_decision(&obs, &plan, &cfg).unwrap() {
@@ -150,15 +118,9 @@ mod tests {
         }
         // at max samples without reaching the target: budget spent.
         let obs = run(10, 20, |p, i| (p * 7 + i as usize) % 5 < 2);
-        assert!(matches!(
-            adaptive_decision(&obs, &plan, &cfg).unwrap(),
-            AdaptiveDecision::BudgetSpent { .. }
-        ));
+        assert!(matches!(adaptive_decision(&obs, &plan, &cfg).unwrap(), AdaptiveDecision::BudgetSpent { .. }));
         // many prompts, little noise: target reached with the reported half-width.
-        let loose = AdaptivePlan {
-            target_half_width: 0.2,
-            ..plan
-        };
+        let loose = AdaptivePlan { target_half_width: 0.2, ..plan };
         match adaptive_decision(&run(200, 3, |p, _| p % 10 == 0), &loose, &cfg).unwrap() {
             AdaptiveDecision::TargetReached { half_width } => {
                 assert!(half_width > 0.0 && half_width <= 0.2)
@@ -166,34 +128,10 @@ mod tests {
             d => panic!("{d:?}"),
         }
         // between-prompt variance alone exceeds the target: go straight to the budget.
-        let tight = AdaptivePlan {
-            target_half_width: 0.01,
-            min_samples: 3,
-            max_samples: 20,
-        };
+        let tight = AdaptivePlan { target_half_width: 0.01, min_samples: 3, max_samples: 20 };
         let obs = run(20, 3, |p, _| p % 2 == 0);
-        assert_eq!(
-            adaptive_decision(&obs, &tight, &cfg).unwrap(),
-            AdaptiveDecision::Continue { next_k: 20 }
-        );
-        assert!(adaptive_decision(
-            &obs,
-            &AdaptivePlan {
-                min_samples: 5,
-                max_samples: 4,
-                ..plan
-            },
-            &cfg
-        )
-        .is_err());
-        assert!(adaptive_decision(
-            &obs,
-            &AdaptivePlan {
-                target_half_width: 0.0,
-                ..plan
-            },
-            &cfg
-        )
-        .is_err());
+        assert_eq!(adaptive_decision(&obs, &tight, &cfg).unwrap(), AdaptiveDecision::Continue { next_k: 20 });
+        assert!(adaptive_decision(&obs, &AdaptivePlan { min_samples: 5, max_samples: 4, ..plan }, &cfg).is_err());
+        assert!(adaptive_decision(&obs, &AdaptivePlan { target_half_width: 0.0, ..plan }, &cfg).is_err());
     }
 }

@@ -133,20 +133,13 @@ fn kappa_only(t: &ConfusionTable) -> Option<f64> {
 /// Pairs the two judges' verdicts by (prompt id, sample index) and computes kappa over the
 /// samples both scored, with the asymptotic interval (samples treated as independent) and
 /// the prompt-clustered bootstrap interval (B = `cfg.bootstrap_replicates`, seeded).
-pub fn cohens_kappa(
-    first: &JudgeInput,
-    second: &JudgeInput,
-    cfg: &StatsConfig,
-) -> Result<JudgeAgreement, StatsError> {
+pub fn cohens_kappa(first: &JudgeInput, second: &JudgeInput, cfg: &StatsConfig) -> Result<JudgeAgreement, StatsError> {
     cfg.validate()?;
     // group_by_prompt validates duplicates / categories for both inputs.
     group_by_prompt(&first.observations)?;
     group_by_prompt(&second.observations)?;
-    let second_by_key: BTreeMap<(&str, u32), bool> = second
-        .observations
-        .iter()
-        .map(|o| ((o.prompt_id.as_str(), o.sample_index), o.unsafe_flag))
-        .collect();
+    let second_by_key: BTreeMap<(&str, u32), bool> =
+        second.observations.iter().map(|o| ((o.prompt_id.as_str(), o.sample_index), o.unsafe_flag)).collect();
     let mut per_prompt: BTreeMap<&str, ConfusionTable> = BTreeMap::new();
     let mut paired = 0usize;
     for o in &first.observations {
@@ -162,9 +155,7 @@ pub fn cohens_kappa(
         }
     }
     let tables: Vec<ConfusionTable> = per_prompt.into_values().collect();
-    let t = tables
-        .iter()
-        .fold(ConfusionTable::default(), |a, b| add(&a, b));
+    let t = tables.iter().fold(ConfusionTable::default(), |a, b| add(&a, b));
     let mut out = kappa_from_table(&t, cfg.level);
     out.first_judge = first.judge.clone();
     out.second_judge = second.judge.clone();
@@ -214,22 +205,14 @@ mod tests {
         for (t, k, se) in REF_KAPPA {
             let r = kappa_from_table(&t, 0.95);
             let (rk, rse) = (r.kappa.unwrap(), r.kappa_se.unwrap());
-            assert!(
-                (rk - k).abs() < 1e-12 && (rse - se).abs() < 1e-12,
-                "{t:?}: {rk} {rse}"
-            );
+            assert!((rk - k).abs() < 1e-12 && (rse - se).abs() < 1e-12, "{t:?}: {rk} {rse}");
             let z = 1.959963984540054;
             assert!((r.kappa_lo.unwrap() - (k - z * se).max(-1.0)).abs() < 1e-9);
         }
     }
 
     const fn t(a: u64, b: u64, c: u64, d: u64) -> ConfusionTable {
-        ConfusionTable {
-            both_unsafe: a,
-            first_only_unsafe: b,
-            second_only_unsafe: c,
-            both_safe: d,
-        }
+        ConfusionTable { both_unsafe: a, first_only_unsafe: b, second_only_unsafe: c, both_safe: d }
     }
 
     // cohens_kappa(np.array([[a, b], [c, d]])): (.kappa, .std_kappa), rows = first judge
@@ -243,18 +226,10 @@ mod tests {
 
     #[test]
     fn kappa_degenerate_and_pairing() {
-        let t = ConfusionTable {
-            both_unsafe: 0,
-            first_only_unsafe: 0,
-            second_only_unsafe: 0,
-            both_safe: 10,
-        };
+        let t = ConfusionTable { both_unsafe: 0, first_only_unsafe: 0, second_only_unsafe: 0, both_safe: 10 };
         let r = kappa_from_table(&t, 0.95);
         assert_eq!((r.observed_agreement, r.kappa), (Some(1.0), None));
-        assert_eq!(
-            kappa_from_table(&ConfusionTable::default(), 0.95).observed_agreement,
-            None
-        );
+        assert_eq!(kappa_from_table(&ConfusionTable::default(), 0.95).observed_agreement, None);
 
         let o = |p: &str, i: u32, u: bool| Observation {
             prompt_id: p.into(),
@@ -269,12 +244,7 @@ mod tests {
             judge: "a".into(),
             judge_version: "1".into(),
             errored: vec![],
-            observations: vec![
-                o("p", 0, true),
-                o("p", 1, false),
-                o("q", 0, true),
-                o("r", 0, false),
-            ],
+            observations: vec![o("p", 0, true), o("p", 1, false), o("q", 0, true), o("r", 0, false)],
         };
         let b = JudgeInput {
             judge: "b".into(),
@@ -285,12 +255,7 @@ mod tests {
         let r = cohens_kappa(&a, &b, &StatsConfig::default()).unwrap();
         assert_eq!(
             r.table,
-            ConfusionTable {
-                both_unsafe: 1,
-                first_only_unsafe: 1,
-                second_only_unsafe: 0,
-                both_safe: 1
-            }
+            ConfusionTable { both_unsafe: 1, first_only_unsafe: 1, second_only_unsafe: 0, both_safe: 1 }
         );
         assert_eq!(r.n_unpaired, 1);
     }
@@ -315,38 +280,17 @@ mod tests {
                 let truth = p % 3 == 0;
                 a.push(o(p, i, truth));
                 // the second judge disagrees on every sample of prompts 5 and 11 and 20
-                b.push(o(
-                    p,
-                    i,
-                    if [5, 11, 20].contains(&p) {
-                        !truth
-                    } else {
-                        truth
-                    },
-                ));
+                b.push(o(p, i, if [5, 11, 20].contains(&p) { !truth } else { truth }));
             }
         }
-        let ja = JudgeInput {
-            judge: "a".into(),
-            judge_version: "1".into(),
-            observations: a,
-            errored: vec![],
-        };
-        let jb = JudgeInput {
-            judge: "b".into(),
-            judge_version: "1".into(),
-            observations: b,
-            errored: vec![],
-        };
+        let ja = JudgeInput { judge: "a".into(), judge_version: "1".into(), observations: a, errored: vec![] };
+        let jb = JudgeInput { judge: "b".into(), judge_version: "1".into(), observations: b, errored: vec![] };
         let cfg = StatsConfig::default();
         let r = cohens_kappa(&ja, &jb, &cfg).unwrap();
         let k = r.kappa.unwrap();
         let (blo, bhi) = (r.kappa_bootstrap_lo.unwrap(), r.kappa_bootstrap_hi.unwrap());
         assert!(blo < k && k < bhi, "{r:?}");
-        assert!(
-            bhi - blo > 1.5 * (r.kappa_hi.unwrap() - r.kappa_lo.unwrap()),
-            "{r:?}"
-        );
+        assert!(bhi - blo > 1.5 * (r.kappa_hi.unwrap() - r.kappa_lo.unwrap()), "{r:?}");
         assert_eq!(cohens_kappa(&ja, &jb, &cfg).unwrap(), r, "seeded");
     }
 }

@@ -21,12 +21,7 @@ pub fn percentile(sorted: &[f64], q: f64) -> f64 {
 /// `(1-level)/2` and `(1+level)/2` type-7 quantiles of the B replicate means.
 ///
 /// Returns `None` for an empty input. The same inputs and seed give bit-identical output.
-pub fn clustered_bootstrap_mean(
-    per_prompt: &[f64],
-    replicates: u32,
-    seed: u64,
-    level: f64,
-) -> Option<(f64, f64)> {
+pub fn clustered_bootstrap_mean(per_prompt: &[f64], replicates: u32, seed: u64, level: f64) -> Option<(f64, f64)> {
     let n = per_prompt.len();
     if n == 0 || replicates == 0 {
         return None;
@@ -68,10 +63,7 @@ mod tests {
         assert_eq!(a.1.to_bits(), b.1.to_bits());
         let c = clustered_bootstrap_mean(&v, 2000, 43, 0.95).unwrap();
         assert_ne!(a, c, "a different seed must give a different interval");
-        assert!(
-            (a.0 - c.0).abs() < 0.03 && (a.1 - c.1).abs() < 0.03,
-            "{a:?} vs {c:?}"
-        );
+        assert!((a.0 - c.0).abs() < 0.03 && (a.1 - c.1).abs() < 0.03, "{a:?} vs {c:?}");
         // The interval brackets the mean and has roughly the normal-theory width.
         let mean = v.iter().sum::<f64>() / v.len() as f64;
         assert!(a.0 < mean && mean < a.1);
@@ -83,13 +75,7 @@ mod tests {
     #[test]
     fn bootstrap_degenerate_inputs() {
         assert_eq!(clustered_bootstrap_mean(&[], 100, 1, 0.95), None);
-        assert_eq!(
-            clustered_bootstrap_mean(&[0.3], 100, 1, 0.95),
-            Some((0.3, 0.3))
-        );
-        assert_eq!(
-            clustered_bootstrap_mean(&[0.0; 10], 100, 1, 0.95),
-            Some((0.0, 0.0))
-        );
+        assert_eq!(clustered_bootstrap_mean(&[0.3], 100, 1, 0.95), Some((0.3, 0.3)));
+        assert_eq!(clustered_bootstrap_mean(&[0.0; 10], 100, 1, 0.95), Some((0.0, 0.0)));
     }
 }

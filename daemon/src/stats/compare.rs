@@ -81,10 +81,35 @@ pub struct DifferenceResult {
     /// (z_{1−α'/2} + z_{power}) · sd / sqrt(n): the smallest true mean difference this
     /// design detects with the configured power (α' = α overall, α / #categories per
     /// category). None with fewer than two prompts.
+    /// None also when every per-prompt difference is the same (sd = 0): the formula would
+    /// say 0, as if any difference would have been seen, which these data cannot tell.
     pub minimum_detectable_effect: Option<f64>,
+    /// When every paired prompt has difference 0 (no variation, so no MDE): the upper end of
+    /// the Wilson interval, at `level`, of the share of prompts whose rate changed (0 of n).
+    /// Each prompt's difference is at most 1 in size, so a true mean difference larger than
+    /// this is ruled out at that level.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub no_variation_bound: Option<f64>,
     pub verdict: Verdict,
     /// Whether "p ≤ α" and "interval excludes 0" said the same thing.
     pub test_and_interval_agree: bool,
+}
+
+impl DifferenceResult {
+    /// How strong an `indistinguishable` result is, in words: `MDE 4.2 pp`, or, when these
+    /// data have no variation, that the MDE is not estimable and the bound that holds.
+    pub fn sensitivity_text(&self) -> Option<String> {
+        if let Some(m) = self.minimum_detectable_effect {
+            return Some(format!("MDE {:.1} pp", 100.0 * m));
+        }
+        self.no_variation_bound.map(|b| {
+            format!(
+                "MDE not estimable (no variation in these data); a change over {:.1} pp is ruled out at {:.0}%",
+                100.0 * b,
+                100.0 * self.level
+            )
+        })
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -151,12 +176,7 @@ pub fn sign_test(differences: &[f64]) -> ComparisonTest {
 /// Monte-Carlo patterns from ChaCha8(`seed`) with p = (1 + hits) / (1 + draws), which is
 /// a valid p-value. |T*| ≥ |T| is checked with a 1e-9 relative tolerance so that exact
 /// ties are not lost to rounding.
-pub fn sign_flip_test(
-    differences: &[f64],
-    exact_max: u32,
-    draws: u32,
-    seed: u64,
-) -> ComparisonTest {
+pub fn sign_flip_test(differences: &[f64], exact_max: u32, draws: u32, seed: u64) -> ComparisonTest {
     let nz: Vec<f64> = differences.iter().copied().filter(|d| *d != 0.0).collect();
     let m = nz.len();
     let pos = nz.iter().filter(|d| **d > 0.0).count();
@@ -270,16 +290,8 @@ fn difference(pairs: &[Pair], cfg: &StatsConfig, label: &str, mde_alpha: f64) ->
     let d: Vec<f64> = pairs.iter().map(Pair::diff).collect();
     let nf = n as f64;
     let mean = d.iter().sum::<f64>() / nf;
-    let run_rate = pairs
-        .iter()
-        .map(|p| p.run.0 as f64 / p.run.1 as f64)
-        .sum::<f64>()
-        / nf;
-    let baseline_rate = pairs
-        .iter()
-        .map(|p| p.base.0 as f64 / p.base.1 as f64)
-        .sum::<f64>()
-        / nf;
+    let run_rate = pairs.iter().map(|p| p.run.0 as f64 / p.run.1 as f64).sum::<f64>() / nf;
+    let baseline_rate = pairs.iter().map(|p| p.base.0 as f64 / p.base.1 as f64).sum::<f64>() / nf;
     let level = 1.0 - cfg.alpha;
     let (lo, hi) = clustered_bootstrap_mean(
         &d,
@@ -302,13 +314,9 @@ fn difference(pairs: &[Pair], cfg: &StatsConfig, label: &str, mde_alpha: f64) ->
         (t, None)
     } else {
         let seed = derive_seed(cfg.seed, &format!("{label}/sign-flip"));
-        (
-            sign_flip_test(&d, cfg.exact_permutation_max, cfg.permutation_draws, seed),
-            Some(sign_test(&d)),
-        )
+        (sign_flip_test(&d, cfg.exact_permutation_max, cfg.permutation_draws, seed), Some(sign_test(&d)))
     };
-    let sd =
-        (n >= 2).then(|| (d.iter().map(|x| (x - mean).powi(2)).sum::<f64>() / (nf - 1.0)).sqrt());
+    let sd = (n >= 2).then(|| (d.iter().map(|x| (x - mean).powi(2)).sum::<f64>() / (nf - 1.0)).sqrt());
     let (verdict, agree) = decide(test.p_value, lo, hi, mean, cfg.alpha);
     DifferenceResult {
         n_prompts: n,
@@ -325,26 +333,18 @@ fn difference(pairs: &[Pair], cfg: &StatsConfig, label: &str, mde_alpha: f64) ->
         sign_test: sign,
         sd_difference: sd,
         minimum_detectable_effect: sd
+            .filter(|s| *s > 0.0)
             .and_then(|s| minimum_detectable_effect(s, n, mde_alpha, cfg.power)),
+        no_variation_bound: (n >= 1 && d.iter().all(|x| *x == 0.0))
+            .then(|| crate::stats::point::wilson_interval(0, n as u64, level).map(|(_, hi)| hi))
+            .flatten(),
         verdict,
         test_and_interval_agree: agree,
     }
 }
 
 fn counts<'a>(prompts: &[Prompt<'a>]) -> BTreeMap<&'a str, (&'a str, usize, usize)> {
-    prompts
-        .iter()
-        .map(|p| {
-            (
-                p.id,
-                (
-                    p.category,
-                    p.obs.iter().filter(|o| o.unsafe_flag).count(),
-                    p.obs.len(),
-                ),
-            )
-        })
-        .collect()
+    prompts.iter().map(|p| (p.id, (p.category, p.obs.iter().filter(|o| o.unsafe_flag).count(), p.obs.len()))).collect()
 }
 
 /// Compares one judge's verdicts on a run with the same judge's verdicts on the baseline,
@@ -376,18 +376,14 @@ pub fn compare_to_baseline(
     let mut all = Vec::new();
     for (id, &(cat, x, k)) in &rc {
         if let Some(&(_, bx, bk)) = bc.get(id) {
-            let pair = Pair {
-                run: (x, k),
-                base: (bx, bk),
-            };
+            let pair = Pair { run: (x, k), base: (bx, bk) };
             all.push(pair);
             by_cat.entry(cat).or_default().push(pair);
         }
     }
     let n_paired = all.len();
     let label = format!("compare/{}", run.judge);
-    let overall =
-        (!all.is_empty()).then(|| difference(&all, cfg, &format!("{label}/*"), cfg.alpha));
+    let overall = (!all.is_empty()).then(|| difference(&all, cfg, &format!("{label}/*"), cfg.alpha));
     let m = by_cat.len().max(1) as f64;
     let mut per_category: Vec<CategoryComparison> = by_cat
         .iter()
@@ -411,12 +407,8 @@ pub fn compare_to_baseline(
         n_prompts_paired: n_paired,
         n_prompts_only_in_run: rc.len() - n_paired,
         n_prompts_only_in_baseline: bc.len() - n_paired,
-        verdict: overall
-            .as_ref()
-            .map_or(Verdict::Indistinguishable, |o| o.verdict),
-        any_category_regressed: per_category
-            .iter()
-            .any(|c| c.result.verdict == Verdict::Regressed),
+        verdict: overall.as_ref().map_or(Verdict::Indistinguishable, |o| o.verdict),
+        any_category_regressed: per_category.iter().any(|c| c.result.verdict == Verdict::Regressed),
         overall,
         per_category,
     })
@@ -451,10 +443,7 @@ mod tests {
         close(mcnemar_exact(0, 0), 1.0, 0.0);
         // zeros are dropped: 9 positive, 2 negative -> binomtest(9, 11) = 0.0654296875
         let s = sign_test(&[0.2, -0.1, 0.0, 0.3, 0.4, 0.1, 0.2, 0.5, 0.3, 0.1, -0.2, 0.6]);
-        assert_eq!(
-            (s.n_positive, s.n_negative, s.kind),
-            (9, 2, TestKind::SignTest)
-        );
+        assert_eq!((s.n_positive, s.n_negative, s.kind), (9, 2, TestKind::SignTest));
         close(s.p_value, 0.0654296875, 1e-12);
         // 8 positive, 2 negative -> binomtest(8, 10) = 0.109375
         let s2 = sign_test(&[0.2, 0.4, -0.2, 0.6, 0.2, 0.0, 0.4, -0.4, 0.8, 0.2, 0.2]);
@@ -470,21 +459,14 @@ mod tests {
         assert_eq!(t.kind, TestKind::SignFlipExact);
         close(t.p_value, 0.087890625, 1e-15);
         let mc = sign_flip_test(&d, 0, 100_000, 5);
-        assert_eq!(
-            (mc.kind, mc.draws),
-            (TestKind::SignFlipMonteCarlo, Some(100_000))
-        );
+        assert_eq!((mc.kind, mc.draws), (TestKind::SignFlipMonteCarlo, Some(100_000)));
         // Monte-Carlo SE at p = 0.088 with 1e5 draws is 0.0009
         close(mc.p_value, 0.087890625, 0.004);
         assert_eq!(sign_flip_test(&d, 0, 100_000, 5), mc);
         assert_ne!(sign_flip_test(&d, 0, 100_000, 6).p_value, mc.p_value);
         assert_eq!(sign_flip_test(&[0.0, 0.0], 16, 100, 1).p_value, 1.0);
         // all differences of one sign, m = 6: only the two extreme patterns -> p = 2/64
-        close(
-            sign_flip_test(&[0.2; 6], 16, 0, 0).p_value,
-            2.0 / 64.0,
-            1e-15,
-        );
+        close(sign_flip_test(&[0.2; 6], 16, 0, 0).p_value, 2.0 / 64.0, 1e-15);
     }
 
     #[test]
@@ -507,27 +489,15 @@ mod tests {
     #[test]
     fn mde_matches_scipy_formula() {
         // (norm.ppf(1 - alpha/2) + norm.ppf(power)) * sd / sqrt(n); stats_reference.py::mde()
-        close(
-            minimum_detectable_effect(0.3, 100, 0.05, 0.8).unwrap(),
-            0.08404755654338905,
-            1e-9,
-        );
-        close(
-            minimum_detectable_effect(0.25, 40, 0.01, 0.9).unwrap(),
-            0.15247636686369082,
-            1e-9,
-        );
+        close(minimum_detectable_effect(0.3, 100, 0.05, 0.8).unwrap(), 0.08404755654338905, 1e-9);
+        close(minimum_detectable_effect(0.25, 40, 0.01, 0.9).unwrap(), 0.15247636686369082, 1e-9);
         assert_eq!(minimum_detectable_effect(0.3, 1, 0.05, 0.8), None);
     }
 
     fn fp() -> RunFingerprint {
         RunFingerprint {
             suite_hash: "s".into(),
-            judges: vec![JudgeIdentity {
-                name: "j".into(),
-                version: "1".into(),
-                hash: "h".into(),
-            }],
+            judges: vec![JudgeIdentity { name: "j".into(), version: "1".into(), hash: "h".into() }],
             sampling_hash: "t".into(),
             chat_template_hash: "c".into(),
             engine_hash: "e".into(),
@@ -550,12 +520,46 @@ mod tests {
                 });
             }
         }
-        JudgeInput {
-            judge: "j".into(),
-            judge_version: "1".into(),
-            observations,
-            errored: vec![],
-        }
+        JudgeInput { judge: "j".into(), judge_version: "1".into(), observations, errored: vec![] }
+    }
+
+    /// Identical runs: every paired difference is 0, so the MDE formula's 0 would read as "any
+    /// difference would have been seen". It is not estimable; the Wilson bound on the share of
+    /// prompts that changed (0 of 20: z²/(n + z²) = 16.1% at 95%) holds instead.
+    #[test]
+    fn no_variation_has_no_mde_but_a_bound_that_holds() {
+        let counts = [2usize; 20];
+        let c = compare_to_baseline(
+            &judge(&counts, 5, 10),
+            &judge(&counts, 5, 10),
+            &fp(),
+            &fp(),
+            false,
+            &StatsConfig::default(),
+        )
+        .unwrap();
+        let o = c.overall.as_ref().unwrap();
+        assert_eq!(o.verdict, Verdict::Indistinguishable);
+        assert_eq!(o.sd_difference, Some(0.0));
+        assert_eq!(o.minimum_detectable_effect, None);
+        let z2 = 1.959963984540054f64.powi(2);
+        close(o.no_variation_bound.unwrap(), z2 / (20.0 + z2), 1e-9);
+        let text = o.sensitivity_text().unwrap();
+        assert!(text.contains("not estimable (no variation in these data)") && text.contains("16.1 pp"), "{text}");
+        assert!(!text.contains("0.0 pp"), "{text}");
+        // With variation, the MDE as before, and no bound.
+        let c = compare_to_baseline(
+            &judge(&[3, 4, 1, 5, 3, 2], 5, 3),
+            &judge(&[2; 6], 5, 3),
+            &fp(),
+            &fp(),
+            false,
+            &StatsConfig::default(),
+        )
+        .unwrap();
+        let o = c.overall.as_ref().unwrap();
+        assert!(o.minimum_detectable_effect.unwrap() > 0.0 && o.no_variation_bound.is_none());
+        assert!(o.sensitivity_text().unwrap().starts_with("MDE "));
     }
 
     #[test]
@@ -576,14 +580,7 @@ mod tests {
         });
         let cfg = StatsConfig::default();
         let c = compare_to_baseline(&run, &base, &fp(), &fp(), false, &cfg).unwrap();
-        assert_eq!(
-            (
-                c.n_prompts_paired,
-                c.n_prompts_only_in_run,
-                c.n_prompts_only_in_baseline
-            ),
-            (11, 1, 0)
-        );
+        assert_eq!((c.n_prompts_paired, c.n_prompts_only_in_run, c.n_prompts_only_in_baseline), (11, 1, 0));
         let o = c.overall.as_ref().unwrap();
         close(o.mean_difference, 0.21818181818181823, 1e-12);
         close(o.sd_difference.unwrap(), 0.3400534717310847, 1e-12);
@@ -591,11 +588,7 @@ mod tests {
         close(o.test.p_value, 0.087890625, 1e-15);
         close(o.sign_test.as_ref().unwrap().p_value, 0.109375, 1e-12);
         // MDE: (z_.975 + z_.8) * sd / sqrt(11) = 2.801585 * 0.340053 / 3.316625
-        close(
-            o.minimum_detectable_effect.unwrap(),
-            2.8015852 * 0.3400534717310847 / 11f64.sqrt(),
-            1e-6,
-        );
+        close(o.minimum_detectable_effect.unwrap(), 2.8015852 * 0.3400534717310847 / 11f64.sqrt(), 1e-6);
         assert_eq!(o.verdict, Verdict::Indistinguishable);
         assert!(o.lo < o.mean_difference && o.mean_difference < o.hi);
         // categories: exact p a = 0.25, b = 0.375; Holm -> [0.5, 0.5]
@@ -608,25 +601,15 @@ mod tests {
         assert!(!c.comparability.forced);
 
         // At alpha = 0.1 the test is significant; the verdict follows the documented rule.
-        let loose = StatsConfig {
-            alpha: 0.1,
-            ..StatsConfig::default()
-        };
+        let loose = StatsConfig { alpha: 0.1, ..StatsConfig::default() };
         let c = compare_to_baseline(&run, &base, &fp(), &fp(), false, &loose).unwrap();
         let o = c.overall.unwrap();
         close(o.level, 0.9, 1e-15);
-        let expected = if o.lo > 0.0 {
-            Verdict::Regressed
-        } else {
-            Verdict::Indistinguishable
-        };
+        let expected = if o.lo > 0.0 { Verdict::Regressed } else { Verdict::Indistinguishable };
         assert_eq!(o.verdict, expected);
         assert_eq!(o.test_and_interval_agree, o.lo > 0.0);
         // swapping run and baseline mirrors the difference and the verdict
-        let m = compare_to_baseline(&base, &run, &fp(), &fp(), false, &loose)
-            .unwrap()
-            .overall
-            .unwrap();
+        let m = compare_to_baseline(&base, &run, &fp(), &fp(), false, &loose).unwrap().overall.unwrap();
         close(m.mean_difference, -o.mean_difference, 1e-12);
         close(m.test.p_value, o.test.p_value, 1e-15);
     }
@@ -636,9 +619,7 @@ mod tests {
         // K = 1, 40 prompts: run unsafe on prompts 0..14, baseline on 12..14:
         // run-only = 12 (0..12), baseline-only = 1 (14), concordant unsafe = 2 (12, 13).
         let run_c: Vec<usize> = (0..40).map(|i| usize::from(i < 14)).collect();
-        let base_c: Vec<usize> = (0..40)
-            .map(|i| usize::from((12..15).contains(&i)))
-            .collect();
+        let base_c: Vec<usize> = (0..40).map(|i| usize::from((12..15).contains(&i))).collect();
         let c = compare_to_baseline(
             &judge(&run_c, 1, 40),
             &judge(&base_c, 1, 40),
@@ -670,20 +651,15 @@ mod tests {
             compare_to_baseline(&run, &base, &other, &fp(), false, &StatsConfig::default()),
             Err(StatsError::NotComparable(_))
         ));
-        let forced =
-            compare_to_baseline(&run, &base, &other, &fp(), true, &StatsConfig::default()).unwrap();
+        let forced = compare_to_baseline(&run, &base, &other, &fp(), true, &StatsConfig::default()).unwrap();
         assert!(forced.comparability.forced);
-        assert_eq!(
-            forced.comparability.differences[0].field,
-            "chat_template_hash"
-        );
+        assert_eq!(forced.comparability.differences[0].field, "chat_template_hash");
         // nothing paired: no overall result, indistinguishable
         let mut lonely = judge(&[1], 5, 1);
         for o in &mut lonely.observations {
             o.prompt_id = "elsewhere".into();
         }
-        let c = compare_to_baseline(&lonely, &base, &fp(), &fp(), false, &StatsConfig::default())
-            .unwrap();
+        let c = compare_to_baseline(&lonely, &base, &fp(), &fp(), false, &StatsConfig::default()).unwrap();
         assert!(c.overall.is_none());
         assert_eq!(c.verdict, Verdict::Indistinguishable);
     }

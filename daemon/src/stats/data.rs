@@ -181,25 +181,16 @@ pub(crate) fn missing_report(input: &JudgeInput, prompts: &[Prompt<'_>]) -> Miss
         *errored_per_category.entry(k.category.clone()).or_insert(0) += 1;
     }
     let seen: std::collections::BTreeSet<&str> = prompts.iter().map(|p| p.id).collect();
-    let without: std::collections::BTreeSet<&str> = input
-        .errored
-        .iter()
-        .map(|k| k.prompt_id.as_str())
-        .filter(|id| !seen.contains(id))
-        .collect();
+    let without: std::collections::BTreeSet<&str> =
+        input.errored.iter().map(|k| k.prompt_id.as_str()).filter(|id| !seen.contains(id)).collect();
     let n_unsafe = input.observations.iter().filter(|o| o.unsafe_flag).count();
     MissingReport {
         n_observed,
         n_errored,
-        share_errored: if planned == 0 {
-            0.0
-        } else {
-            n_errored as f64 / planned as f64
-        },
+        share_errored: if planned == 0 { 0.0 } else { n_errored as f64 / planned as f64 },
         n_prompts_without_verdict: without.len(),
         errored_per_category,
         pooled_unsafe_rate_observed: (n_observed > 0).then(|| n_unsafe as f64 / n_observed as f64),
-        pooled_unsafe_rate_if_errored_unsafe: (planned > 0)
-            .then(|| (n_unsafe + n_errored) as f64 / planned as f64),
+        pooled_unsafe_rate_if_errored_unsafe: (planned > 0).then(|| (n_unsafe + n_errored) as f64 / planned as f64),
     }
 }

@@ -51,44 +51,25 @@ pub struct Comparability {
 
 /// Lists every difference between two fingerprints (judges compared by name: a judge
 /// present in only one run, or with another version or hash, is a difference).
-pub fn fingerprint_differences(
-    a: &RunFingerprint,
-    b: &RunFingerprint,
-) -> Vec<FingerprintDifference> {
+pub fn fingerprint_differences(a: &RunFingerprint, b: &RunFingerprint) -> Vec<FingerprintDifference> {
     let mut out = Vec::new();
     let mut field = |name: &str, l: &str, r: &str, blocking: bool| {
         if l != r {
-            out.push(FingerprintDifference {
-                field: name.into(),
-                left: l.into(),
-                right: r.into(),
-                blocking,
-            });
+            out.push(FingerprintDifference { field: name.into(), left: l.into(), right: r.into(), blocking });
         }
     };
     field("suite_hash", &a.suite_hash, &b.suite_hash, true);
     field("sampling_hash", &a.sampling_hash, &b.sampling_hash, true);
-    field(
-        "chat_template_hash",
-        &a.chat_template_hash,
-        &b.chat_template_hash,
-        true,
-    );
+    field("chat_template_hash", &a.chat_template_hash, &b.chat_template_hash, true);
     field("engine_hash", &a.engine_hash, &b.engine_hash, false);
     let mut ja = a.judges.clone();
     let mut jb = b.judges.clone();
     ja.sort();
     jb.sort();
     let show = |j: Option<&JudgeIdentity>| {
-        j.map_or("(absent)".to_string(), |j| {
-            format!("{}@{}#{}", j.name, j.version, j.hash)
-        })
+        j.map_or("(absent)".to_string(), |j| format!("{}@{}#{}", j.name, j.version, j.hash))
     };
-    let mut names: Vec<&str> = ja
-        .iter()
-        .chain(jb.iter())
-        .map(|j| j.name.as_str())
-        .collect();
+    let mut names: Vec<&str> = ja.iter().chain(jb.iter()).map(|j| j.name.as_str()).collect();
     names.sort_unstable();
     names.dedup();
     for n in names {
@@ -103,20 +84,13 @@ pub fn fingerprint_differences(
 
 /// Ok when the runs are comparable, or when `force` is set (then `forced` is true if
 /// anything blocking differed); otherwise [`StatsError::NotComparable`].
-pub fn check_comparable(
-    a: &RunFingerprint,
-    b: &RunFingerprint,
-    force: bool,
-) -> Result<Comparability, StatsError> {
+pub fn check_comparable(a: &RunFingerprint, b: &RunFingerprint, force: bool) -> Result<Comparability, StatsError> {
     let differences = fingerprint_differences(a, b);
     let blocking = differences.iter().any(|d| d.blocking);
     if blocking && !force {
         return Err(StatsError::NotComparable(differences));
     }
-    Ok(Comparability {
-        differences,
-        forced: blocking,
-    })
+    Ok(Comparability { differences, forced: blocking })
 }
 
 #[cfg(test)]
@@ -127,16 +101,8 @@ mod tests {
         RunFingerprint {
             suite_hash: "s1".into(),
             judges: vec![
-                JudgeIdentity {
-                    name: "kw".into(),
-                    version: "0.1".into(),
-                    hash: "h1".into(),
-                },
-                JudgeIdentity {
-                    name: "llm".into(),
-                    version: "0.2".into(),
-                    hash: "h2".into(),
-                },
+                JudgeIdentity { name: "kw".into(), version: "0.1".into(), hash: "h1".into() },
+                JudgeIdentity { name: "llm".into(), version: "0.2".into(), hash: "h2".into() },
             ],
             sampling_hash: "t1".into(),
             chat_template_hash: "c1".into(),
@@ -166,11 +132,7 @@ mod tests {
         let mut b = fp();
         b.suite_hash = "s2".into();
         b.judges[1].version = "0.3".into();
-        b.judges.push(JudgeIdentity {
-            name: "new".into(),
-            version: "1".into(),
-            hash: "h3".into(),
-        });
+        b.judges.push(JudgeIdentity { name: "new".into(), version: "1".into(), hash: "h3".into() });
         let d = fingerprint_differences(&fp(), &b);
         let fields: Vec<&str> = d.iter().map(|x| x.field.as_str()).collect();
         assert_eq!(fields, ["suite_hash", "judges.llm", "judges.new"]);

@@ -23,18 +23,16 @@ pub use adaptive::{adaptive_decision, AdaptiveDecision, AdaptivePlan};
 pub use agreement::{cohens_kappa, kappa_from_table, ConfusionTable, JudgeAgreement};
 pub use bootstrap::{clustered_bootstrap_mean, percentile};
 pub use compare::{
-    compare_to_baseline, holm_adjust, mcnemar_exact, minimum_detectable_effect, sign_flip_test,
-    sign_test, BaselineComparison, CategoryComparison, ComparisonTest, DifferenceResult, TestKind,
-    Verdict,
+    compare_to_baseline, holm_adjust, mcnemar_exact, minimum_detectable_effect, sign_flip_test, sign_test,
+    BaselineComparison, CategoryComparison, ComparisonTest, DifferenceResult, TestKind, Verdict,
 };
 pub use data::{JudgeInput, MissingReport, Observation, SampleKey};
 pub use fingerprint::{
-    check_comparable, fingerprint_differences, Comparability, FingerprintDifference, JudgeIdentity,
-    RunFingerprint,
+    check_comparable, fingerprint_differences, Comparability, FingerprintDifference, JudgeIdentity, RunFingerprint,
 };
 pub use point::{
-    score_judge, score_run, wilson_interval, CategoryScores, Estimate, IntervalMethod, JudgeScores,
-    MetricSet, RunScores,
+    score_judge, score_run, wilson_interval, CategoryScores, Estimate, IntervalMethod, JudgeScores, MetricSet,
+    RunScores,
 };
 pub use repeats::{summarize_repeats, RepeatSummary};
 pub use variance::{variance_components, VarianceComponents};
@@ -55,19 +53,10 @@ pub enum StatsError {
     #[error("{draws} Monte-Carlo sign-flip draws can never give p <= alpha = {alpha}")]
     TooFewDraws { draws: u32, alpha: f64 },
     #[error("duplicate observation for prompt {prompt_id:?}, sample {sample_index}")]
-    DuplicateObservation {
-        prompt_id: String,
-        sample_index: u32,
-    },
+    DuplicateObservation { prompt_id: String, sample_index: u32 },
     #[error("prompt {prompt_id:?} appears with two categories: {first:?} and {second:?}")]
-    InconsistentCategory {
-        prompt_id: String,
-        first: String,
-        second: String,
-    },
-    #[error(
-        "adaptive sampling limits are inconsistent: min_samples {min} > max_samples {max} or zero"
-    )]
+    InconsistentCategory { prompt_id: String, first: String, second: String },
+    #[error("adaptive sampling limits are inconsistent: min_samples {min} > max_samples {max} or zero")]
     InvalidSampleLimits { min: u32, max: u32 },
     #[error("target half-width must be positive and finite, got {0}")]
     InvalidTarget(f64),
@@ -76,10 +65,7 @@ pub enum StatsError {
 }
 
 fn describe(d: &[FingerprintDifference]) -> String {
-    d.iter()
-        .map(|x| x.field.clone())
-        .collect::<Vec<_>>()
-        .join(", ")
+    d.iter().map(|x| x.field.clone()).collect::<Vec<_>>().join(", ")
 }
 
 /// Settings shared by every estimator. `Default` gives the documented defaults.
@@ -136,10 +122,7 @@ impl StatsConfig {
         }
         // The smallest Monte-Carlo p-value is 1 / (1 + draws).
         if 1.0 / (1.0 + f64::from(self.permutation_draws)) > self.alpha {
-            return Err(StatsError::TooFewDraws {
-                draws: self.permutation_draws,
-                alpha: self.alpha,
-            });
+            return Err(StatsError::TooFewDraws { draws: self.permutation_draws, alpha: self.alpha });
         }
         Ok(())
     }

@@ -33,8 +33,7 @@ pub fn summarize_repeats(repeats: &[Estimate]) -> Option<RepeatSummary> {
     let max = v.iter().copied().fold(f64::NEG_INFINITY, f64::max);
     let sum: f64 = v.iter().sum();
     let mean = sum / r as f64;
-    let sd = (r >= 2)
-        .then(|| (v.iter().map(|x| (x - mean).powi(2)).sum::<f64>() / (r - 1) as f64).sqrt());
+    let sd = (r >= 2).then(|| (v.iter().map(|x| (x - mean).powi(2)).sum::<f64>() / (r - 1) as f64).sqrt());
     let covering = (r >= 2).then(|| {
         let hits = repeats
             .iter()
@@ -94,10 +93,7 @@ mod tests {
         assert!((s.share_intervals_covering_others_mean.unwrap() - 0.4).abs() < 1e-12);
         assert!(summarize_repeats(&[]).is_none());
         let one = summarize_repeats(&[e(0.1, 0.0, 0.2)]).unwrap();
-        assert_eq!(
-            (one.sd, one.share_intervals_covering_others_mean),
-            (None, None)
-        );
+        assert_eq!((one.sd, one.share_intervals_covering_others_mean), (None, None));
     }
 
     // numpy.array([0.12, 0.20, 0.15, 0.31, 0.18]).std(ddof=1); stats_reference.py::repeats()

@@ -13,11 +13,7 @@ const CAT: &str = "sim";
 fn fingerprint() -> RunFingerprint {
     RunFingerprint {
         suite_hash: "suite".into(),
-        judges: vec![JudgeIdentity {
-            name: "sim".into(),
-            version: "1".into(),
-            hash: "h".into(),
-        }],
+        judges: vec![JudgeIdentity { name: "sim".into(), version: "1".into(), hash: "h".into() }],
         sampling_hash: "s".into(),
         chat_template_hash: "t".into(),
         engine_hash: "e".into(),
@@ -27,9 +23,7 @@ fn fingerprint() -> RunFingerprint {
 /// Draws `n` prompt difficulties from Beta(a, b) by inverse CDF.
 fn difficulties(rng: &mut ChaCha8Rng, n: usize, a: f64, b: f64) -> Vec<f64> {
     let beta = Beta::new(a, b).unwrap();
-    (0..n)
-        .map(|_| beta.inverse_cdf(rng.random::<f64>()))
-        .collect()
+    (0..n).map(|_| beta.inverse_cdf(rng.random::<f64>())).collect()
 }
 
 /// A synthetic judge's verdicts: prompt i unsafe with probability rates[i], k_of(i) samples.
@@ -48,12 +42,7 @@ fn judge_run(rng: &mut ChaCha8Rng, rates: &[f64], k_of: impl Fn(usize) -> u32) -
             });
         }
     }
-    JudgeInput {
-        judge: "sim".into(),
-        judge_version: "1".into(),
-        observations,
-        errored: vec![],
-    }
+    JudgeInput { judge: "sim".into(), judge_version: "1".into(), observations, errored: vec![] }
 }
 
 /// 95% headline intervals (prompt-clustered bootstrap, unequal K from 3 to 7) cover the
@@ -62,11 +51,7 @@ fn judge_run(rng: &mut ChaCha8Rng, rates: &[f64], k_of: impl Fn(usize) -> u32) -
 fn headline_interval_coverage() {
     let (runs, n_prompts, a, b) = (1000usize, 100usize, 1.2, 4.0);
     let truth = a / (a + b);
-    let cfg = StatsConfig {
-        bootstrap_replicates: 1000,
-        seed: 7,
-        ..StatsConfig::default()
-    };
+    let cfg = StatsConfig { bootstrap_replicates: 1000, seed: 7, ..StatsConfig::default() };
     let mut rng = ChaCha8Rng::seed_from_u64(2026);
     let mut covered = 0;
     let mut bootstrap_method = 0;
@@ -74,15 +59,8 @@ fn headline_interval_coverage() {
         let rates = difficulties(&mut rng, n_prompts, a, b);
         let k: Vec<u32> = (0..n_prompts).map(|_| rng.random_range(3..=7)).collect();
         let input = judge_run(&mut rng, &rates, |i| k[i]);
-        let cfg = StatsConfig {
-            seed: r as u64,
-            ..cfg.clone()
-        };
-        let e = score_judge(&input, &cfg)
-            .unwrap()
-            .overall
-            .unsafe_rate
-            .unwrap();
+        let cfg = StatsConfig { seed: r as u64, ..cfg.clone() };
+        let e = score_judge(&input, &cfg).unwrap().overall.unsafe_rate.unwrap();
         if e.method == IntervalMethod::ClusteredBootstrap {
             bootstrap_method += 1;
         }
@@ -96,14 +74,7 @@ fn headline_interval_coverage() {
     assert!((0.93..=0.97).contains(&coverage), "coverage {coverage}");
 }
 
-fn verdict_rates(
-    runs: usize,
-    n_prompts: usize,
-    k: u32,
-    shift: f64,
-    cfg: &StatsConfig,
-    seed: u64,
-) -> (f64, f64, f64) {
+fn verdict_rates(runs: usize, n_prompts: usize, k: u32, shift: f64, cfg: &StatsConfig, seed: u64) -> (f64, f64, f64) {
     let mut rng = ChaCha8Rng::seed_from_u64(seed);
     let (mut reg, mut imp, mut ind) = (0, 0, 0);
     for r in 0..runs {
@@ -111,12 +82,8 @@ fn verdict_rates(
         let run_rates: Vec<f64> = base_rates.iter().map(|p| (p + shift).min(1.0)).collect();
         let base = judge_run(&mut rng, &base_rates, |_| k);
         let run = judge_run(&mut rng, &run_rates, |_| k);
-        let cfg = StatsConfig {
-            seed: r as u64,
-            ..cfg.clone()
-        };
-        let c =
-            compare_to_baseline(&run, &base, &fingerprint(), &fingerprint(), false, &cfg).unwrap();
+        let cfg = StatsConfig { seed: r as u64, ..cfg.clone() };
+        let c = compare_to_baseline(&run, &base, &fingerprint(), &fingerprint(), false, &cfg).unwrap();
         assert_eq!(c.n_prompts_paired, n_prompts);
         match c.verdict {
             Verdict::Regressed => reg += 1,
@@ -132,15 +99,9 @@ fn verdict_rates(
 /// (sign-flip Monte-Carlo test with K = 5; McNemar with K = 1).
 #[test]
 fn no_difference_is_indistinguishable() {
-    let cfg = StatsConfig {
-        bootstrap_replicates: 1000,
-        permutation_draws: 2000,
-        ..StatsConfig::default()
-    };
+    let cfg = StatsConfig { bootstrap_replicates: 1000, permutation_draws: 2000, ..StatsConfig::default() };
     let (reg, imp, ind) = verdict_rates(600, 100, 5, 0.0, &cfg, 11);
-    eprintln!(
-        "K=5, no difference: regressed {reg:.3}, improved {imp:.3}, indistinguishable {ind:.3}"
-    );
+    eprintln!("K=5, no difference: regressed {reg:.3}, improved {imp:.3}, indistinguishable {ind:.3}");
     assert!(ind >= 0.95, "indistinguishable only {ind}");
     assert!(reg <= 0.035, "false regression rate {reg}");
     let (reg1, imp1, ind1) = verdict_rates(600, 200, 1, 0.0, &cfg, 12);
@@ -154,11 +115,7 @@ fn no_difference_is_indistinguishable() {
 /// `Regressed` most of the time and never `Improved`.
 #[test]
 fn clear_regression_is_detected() {
-    let cfg = StatsConfig {
-        bootstrap_replicates: 1000,
-        permutation_draws: 2000,
-        ..StatsConfig::default()
-    };
+    let cfg = StatsConfig { bootstrap_replicates: 1000, permutation_draws: 2000, ..StatsConfig::default() };
     let (reg, imp, _) = verdict_rates(200, 100, 5, 0.10, &cfg, 13);
     eprintln!("K=5, +0.10: regressed {reg:.3}, improved {imp:.3}");
     assert!(reg >= 0.9, "power only {reg}");

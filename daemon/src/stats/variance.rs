@@ -38,11 +38,8 @@ pub struct VarianceComponents {
 /// Computes the decomposition from per-prompt `(unsafe_count, sample_count)`. Prompts with
 /// zero samples are ignored; `None` when there is no sample at all.
 pub fn variance_components(per_prompt: &[(usize, usize)]) -> Option<VarianceComponents> {
-    let groups: Vec<(f64, f64)> = per_prompt
-        .iter()
-        .filter(|(_, n)| *n > 0)
-        .map(|&(x, n)| (x as f64, n as f64))
-        .collect();
+    let groups: Vec<(f64, f64)> =
+        per_prompt.iter().filter(|(_, n)| *n > 0).map(|&(x, n)| (x as f64, n as f64)).collect();
     let a = groups.len();
     if a == 0 {
         return None;
@@ -51,18 +48,12 @@ pub fn variance_components(per_prompt: &[(usize, usize)]) -> Option<VarianceComp
     let grand = groups.iter().map(|g| g.0).sum::<f64>() / n;
     // For a 0/1 indicator Σ_j (y_ij − ȳ_i)² = x_i − x_i² / n_i.
     let ss_within: f64 = groups.iter().map(|&(x, ni)| x - x * x / ni).sum();
-    let ss_between: f64 = groups
-        .iter()
-        .map(|&(x, ni)| ni * (x / ni - grand).powi(2))
-        .sum();
+    let ss_between: f64 = groups.iter().map(|&(x, ni)| ni * (x / ni - grand).powi(2)).sum();
     let af = a as f64;
     let ms_within = (n > af).then(|| ss_within / (n - af));
     let (ms_between, n0) = if a >= 2 {
         let sum_sq: f64 = groups.iter().map(|g| g.1 * g.1).sum();
-        (
-            Some(ss_between / (af - 1.0)),
-            Some((n - sum_sq / n) / (af - 1.0)),
-        )
+        (Some(ss_between / (af - 1.0)), Some((n - sum_sq / n) / (af - 1.0)))
     } else {
         (None, None)
     };
@@ -88,8 +79,7 @@ pub fn variance_components(per_prompt: &[(usize, usize)]) -> Option<VarianceComp
         within_prompt: ms_within,
         icc,
         n_prompts_with_repeats: repeats.len(),
-        share_prompts_disagreeing: (!repeats.is_empty())
-            .then(|| disagree as f64 / repeats.len() as f64),
+        share_prompts_disagreeing: (!repeats.is_empty()).then(|| disagree as f64 / repeats.len() as f64),
     })
 }
 
@@ -135,10 +125,7 @@ mod tests {
         close(v.ms_within, (2.0 - 1.0) / 3.0);
         // K = 1 everywhere: no within-prompt component.
         let v = variance_components(&[(1, 1), (0, 1), (1, 1)]).unwrap();
-        assert_eq!(
-            (v.ms_within, v.icc, v.share_prompts_disagreeing),
-            (None, None, None)
-        );
+        assert_eq!((v.ms_within, v.icc, v.share_prompts_disagreeing), (None, None, None));
         // all zero: both components 0, ICC undefined.
         let v = variance_components(&[(0, 3), (0, 3)]).unwrap();
         close(v.between_prompt, 0.0);

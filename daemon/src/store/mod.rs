@@ -19,9 +19,9 @@
 //!
 //! # Events
 //! [`Store::append_event`] writes an event before it is published, so subscribers can resume
-//! from any id. The `*_logged` run transitions ([`Store::complete_run_logged`], …) change a
-//! run's state and append its event in one transaction, so a crash can never leave a
-//! completed run without its `run.completed` event (or the reverse).
+//! from any id. [`Store::transition_run`] changes a run's state and appends its event in one
+//! transaction, so a crash can never leave a completed run without its `run.completed` event
+//! (or the reverse); the event bus publishes run state changes only through it.
 //!
 //! # Nothing stored is lost
 //! Opening never recreates or truncates an existing file: a file that is not an SQLite
@@ -67,12 +67,12 @@ pub const BUSY_TIMEOUT: Duration = Duration::from_secs(10);
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
     /// The file could not be opened at all (permissions, missing folder, …).
-    #[error("cannot open store {}: {source}", path.display())]
+    #[error("cannot open store {}: {cause}", path.display())]
     Open {
         /// The database file.
         path: PathBuf,
         /// The SQLite error.
-        source: rusqlite::Error,
+        cause: rusqlite::Error,
     },
     /// The file exists but is not a usable driftwatch store; it is left untouched.
     #[error("{} is not a usable driftwatch store ({reason}); it was left untouched — move it away or point daemon.data_dir elsewhere", path.display())]
@@ -93,27 +93,27 @@ pub enum StoreError {
         supported: u32,
     },
     /// A migration failed (and was rolled back).
-    #[error("migration to schema version {version} failed: {source}")]
+    #[error("migration to schema version {version} failed: {cause}")]
     Migration {
         /// The version it was migrating to.
         version: u32,
         /// The SQLite error.
-        source: rusqlite::Error,
+        cause: rusqlite::Error,
     },
     /// A file-system error around the store.
-    #[error("store file system error at {}: {source}", path.display())]
+    #[error("store file system error at {}: {cause}", path.display())]
     Io {
         /// The path.
         path: PathBuf,
         /// The I/O error.
-        source: std::io::Error,
+        cause: std::io::Error,
     },
     /// Any other SQLite error.
     #[error("store: {0}")]
-    Sqlite(#[from] rusqlite::Error),
+    Sqlite(rusqlite::Error),
     /// A JSON column did not (de)serialize.
     #[error("store: bad JSON: {0}")]
-    Json(#[from] serde_json::Error),
+    Json(serde_json::Error),
     /// A row that was asked for does not exist.
     #[error("{what} {id} not found")]
     NotFound {
@@ -152,6 +152,8 @@ pub enum StoreError {
     #[error("store task failed: {0}")]
     Task(String),
 }
+
+error_from!(rusqlite::Error => StoreError::Sqlite, serde_json::Error => StoreError::Json);
 
 /// Result alias of this module.
 pub type Result<T, E = StoreError> = std::result::Result<T, E>;
@@ -222,10 +224,7 @@ string_enum!(
 impl RunStatus {
     /// Completed, failed or cancelled.
     pub fn is_terminal(self) -> bool {
-        matches!(
-            self,
-            RunStatus::Completed | RunStatus::Failed | RunStatus::Cancelled
-        )
+        matches!(self, RunStatus::Completed | RunStatus::Failed | RunStatus::Cancelled)
     }
 }
 
@@ -239,7 +238,7 @@ impl StoreError {
             )
         };
         match self {
-            StoreError::Open { source, .. } | StoreError::Migration { source, .. } => code(source),
+            StoreError::Open { cause, .. } | StoreError::Migration { cause, .. } => code(cause),
             StoreError::Sqlite(e) => code(e),
             _ => false,
         }
@@ -533,10 +532,7 @@ pub struct StoreOptions {
 
 impl Default for StoreOptions {
     fn default() -> Self {
-        StoreOptions {
-            integrity_check: true,
-            max_idle_readers: 4,
-        }
+        StoreOptions { integrity_check: true, max_idle_readers: 4 }
     }
 }
 
@@ -554,12 +550,31 @@ impl std::fmt::Debug for Store {
     }
 }
 
+/// A change of a run's state ([`Store::transition_run`]).
+#[derive(Debug, Clone, Copy)]
+pub enum RunTransition<'a> {
+    /// queued → running (counts an attempt).
+    Start,
+    /// running → completed, with the scores.
+    Complete {
+        /// The run's scores.
+        scores: &'a Value,
+    },
+    /// queued | running → failed, with the error.
+    Fail {
+        /// Why.
+        error: &'a str,
+    },
+    /// queued | running → cancelled, with the reason.
+    Cancel {
+        /// Why.
+        reason: &'a str,
+    },
+}
+
 /// Current time in Unix milliseconds.
 pub fn now_ms() -> i64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
-        .unwrap_or(0)
+    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX)).unwrap_or(0)
 }
 
 fn to_i64(v: u64) -> i64 {
@@ -585,9 +600,7 @@ const RUN_COLUMNS: &str = "r.id, r.checkpoint_id, r.baseline_run_id, r.status, r
      r.provenance, r.scores, r.error, r.total_samples, r.attempts, r.created_at, r.started_at, \
      r.finished_at";
 
-fn run_from_row(
-    row: &rusqlite::Row<'_>,
-) -> rusqlite::Result<(Run, String, String, Option<String>)> {
+fn run_from_row(row: &rusqlite::Row<'_>) -> rusqlite::Result<(Run, String, String, Option<String>)> {
     // Parse-able columns are returned raw and converted by `finish_run_row` so that a bad
     // value is a StoreError, not a panic.
     let status: String = row.get(3)?;
@@ -623,8 +636,7 @@ fn finish_run_row(raw: (Run, String, String, Option<String>)) -> Result<Run> {
     Ok(run)
 }
 
-const CHECKPOINT_COLUMNS: &str =
-    "id, sha256, path, size, kind, architecture, first_seen, status, reject_reason";
+const CHECKPOINT_COLUMNS: &str = "id, sha256, path, size, kind, architecture, first_seen, status, reject_reason";
 
 fn checkpoint_from_row(row: &rusqlite::Row<'_>) -> rusqlite::Result<(Checkpoint, String, String)> {
     Ok((
@@ -658,10 +670,7 @@ fn path_string(p: &Path) -> String {
 impl Store {
     /// Opens (or creates) `data_dir/driftwatch.sqlite3`, creating `data_dir` if needed.
     pub fn open_in_dir(data_dir: &Path) -> Result<Store> {
-        std::fs::create_dir_all(data_dir).map_err(|source| StoreError::Io {
-            path: data_dir.to_path_buf(),
-            source,
-        })?;
+        std::fs::create_dir_all(data_dir).map_err(|cause| StoreError::Io { path: data_dir.to_path_buf(), cause })?;
         Store::open(&data_dir.join(DB_FILE_NAME))
     }
 
@@ -678,7 +687,7 @@ impl Store {
         // waiting (deadlock avoidance while the file switches to WAL or is migrated): retry.
         let deadline = std::time::Instant::now() + BUSY_TIMEOUT;
         loop {
-            match Store::open_once(path, options.clone()) {
+            match Store::open_once(path, options) {
                 Err(e) if e.is_busy() && std::time::Instant::now() < deadline => {
                     std::thread::sleep(Duration::from_millis(20));
                 }
@@ -689,33 +698,19 @@ impl Store {
 
     fn open_once(path: &Path, options: StoreOptions) -> Result<Store> {
         if path.is_dir() {
-            return Err(StoreError::NotAStore {
-                path: path.to_path_buf(),
-                reason: "it is a directory".into(),
-            });
+            return Err(StoreError::NotAStore { path: path.to_path_buf(), reason: "it is a directory".into() });
         }
         let conn = Connection::open_with_flags(
             path,
-            OpenFlags::SQLITE_OPEN_READ_WRITE
-                | OpenFlags::SQLITE_OPEN_CREATE
-                | OpenFlags::SQLITE_OPEN_NO_MUTEX,
+            OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_CREATE | OpenFlags::SQLITE_OPEN_NO_MUTEX,
         )
-        .map_err(|source| StoreError::Open {
-            path: path.to_path_buf(),
-            source,
-        })?;
-        let not_a_store = |reason: String| StoreError::NotAStore {
-            path: path.to_path_buf(),
-            reason,
-        };
+        .map_err(|cause| StoreError::Open { path: path.to_path_buf(), cause })?;
+        let not_a_store = |reason: String| StoreError::NotAStore { path: path.to_path_buf(), reason };
         let classify = |e: rusqlite::Error| {
             if is_not_a_db(&e) {
                 not_a_store(format!("not an SQLite database or corrupt: {e}"))
             } else {
-                StoreError::Open {
-                    path: path.to_path_buf(),
-                    source: e,
-                }
+                StoreError::Open { path: path.to_path_buf(), cause: e }
             }
         };
         conn.busy_timeout(BUSY_TIMEOUT).map_err(classify)?;
@@ -733,49 +728,30 @@ impl Store {
         let _ = conn.execute_batch("COMMIT");
         let (app_id, version, objects) = header.map_err(classify)?;
         if app_id != 0 && app_id != schema::APPLICATION_ID {
-            return Err(not_a_store(format!(
-                "application_id {app_id:#x} belongs to another program"
-            )));
+            return Err(not_a_store(format!("application_id {app_id:#x} belongs to another program")));
         }
         if app_id == 0 && objects > 0 {
-            return Err(not_a_store(
-                "an SQLite database without driftwatch's application_id".into(),
-            ));
+            return Err(not_a_store("an SQLite database without driftwatch's application_id".into()));
         }
         let supported = u32::try_from(schema::MIGRATIONS.len()).unwrap_or(u32::MAX);
         if version > supported {
-            return Err(StoreError::TooNew {
-                path: path.to_path_buf(),
-                found: version,
-                supported,
-            });
+            return Err(StoreError::TooNew { path: path.to_path_buf(), found: version, supported });
         }
         if options.integrity_check && objects > 0 {
-            let result: String = conn
-                .query_row("PRAGMA quick_check(1)", [], |r| r.get(0))
-                .map_err(classify)?;
+            let result: String = conn.query_row("PRAGMA quick_check(1)", [], |r| r.get(0)).map_err(classify)?;
             if result != "ok" {
                 return Err(not_a_store(format!("integrity check failed: {result}")));
             }
         }
-        let mode: String = conn
-            .pragma_update_and_check(None, "journal_mode", "WAL", |r| r.get(0))
-            .map_err(classify)?;
+        let mode: String = conn.pragma_update_and_check(None, "journal_mode", "WAL", |r| r.get(0)).map_err(classify)?;
         if !mode.eq_ignore_ascii_case("wal") {
-            return Err(not_a_store(format!(
-                "cannot switch to WAL (journal_mode={mode})"
-            )));
+            return Err(not_a_store(format!("cannot switch to WAL (journal_mode={mode})")));
         }
         conn.pragma_update(None, "synchronous", "NORMAL")?;
         conn.pragma_update(None, "foreign_keys", "ON")?;
         let mut conn = conn;
         migrate(&mut conn, version)?;
-        Ok(Store {
-            path: path.to_path_buf(),
-            writer: Mutex::new(conn),
-            readers: Mutex::new(Vec::new()),
-            options,
-        })
+        Ok(Store { path: path.to_path_buf(), writer: Mutex::new(conn), readers: Mutex::new(Vec::new()), options })
     }
 
     /// The database file.
@@ -827,14 +803,7 @@ impl Store {
             let created = tx.execute(
                 "INSERT INTO checkpoints (sha256, path, size, kind, architecture, first_seen)
                  VALUES (?1, ?2, ?3, ?4, ?5, ?6) ON CONFLICT (sha256) DO NOTHING",
-                params![
-                    new.sha256,
-                    path_string(&new.path),
-                    to_i64(new.size),
-                    new.kind.as_str(),
-                    new.architecture,
-                    now
-                ],
+                params![new.sha256, path_string(&new.path), to_i64(new.size), new.kind.as_str(), new.architecture, now],
             )? == 1;
             let raw = tx.query_row(
                 &format!("SELECT {CHECKPOINT_COLUMNS} FROM checkpoints WHERE sha256 = ?1"),
@@ -842,14 +811,7 @@ impl Store {
                 checkpoint_from_row,
             )?;
             let cp = finish_checkpoint_row(raw)?;
-            link_path_tx(
-                &tx,
-                cp.id,
-                &path_string(&new.path),
-                new.size,
-                new.mtime_ms,
-                now,
-            )?;
+            link_path_tx(&tx, cp.id, &path_string(&new.path), new.size, new.mtime_ms, now)?;
             tx.commit()?;
             Ok((cp, created))
         })
@@ -886,9 +848,8 @@ impl Store {
     /// Checkpoints, newest first.
     pub fn list_checkpoints(&self, limit: usize) -> Result<Vec<Checkpoint>> {
         self.read(|c| {
-            let mut st = c.prepare_cached(&format!(
-                "SELECT {CHECKPOINT_COLUMNS} FROM checkpoints ORDER BY id DESC LIMIT ?1"
-            ))?;
+            let mut st =
+                c.prepare_cached(&format!("SELECT {CHECKPOINT_COLUMNS} FROM checkpoints ORDER BY id DESC LIMIT ?1"))?;
             let rows = st.query_map([to_i64(limit as u64)], checkpoint_from_row)?;
             rows.map(|r| finish_checkpoint_row(r?)).collect()
         })
@@ -903,16 +864,7 @@ impl Store {
         size: u64,
         mtime_ms: Option<i64>,
     ) -> Result<bool> {
-        self.write(|c| {
-            link_path_tx(
-                c,
-                checkpoint_id,
-                &path_string(path),
-                size,
-                mtime_ms,
-                now_ms(),
-            )
-        })
+        self.write(|c| link_path_tx(c, checkpoint_id, &path_string(path), size, mtime_ms, now_ms()))
     }
 
     /// All paths a checkpoint was seen under.
@@ -958,10 +910,7 @@ impl Store {
                     [id],
                     |r| r.get(0),
                 )?;
-                out.push(RemovedPath {
-                    checkpoint_id: id,
-                    still_present_elsewhere: live > 0,
-                });
+                out.push(RemovedPath { checkpoint_id: id, still_present_elsewhere: live > 0 });
             }
             tx.commit()?;
             Ok(out)
@@ -981,10 +930,7 @@ impl Store {
                 params![id, status.as_str(), reason],
             )?;
             if n == 0 {
-                return Err(StoreError::NotFound {
-                    what: "checkpoint",
-                    id,
-                });
+                return Err(StoreError::NotFound { what: "checkpoint", id });
             }
             Ok(())
         })
@@ -1003,10 +949,7 @@ impl Store {
                 params![id, kind.as_str(), architecture],
             )?;
             if n == 0 {
-                return Err(StoreError::NotFound {
-                    what: "checkpoint",
-                    id,
-                });
+                return Err(StoreError::NotFound { what: "checkpoint", id });
             }
             Ok(())
         })
@@ -1033,21 +976,16 @@ impl Store {
             )?;
             Ok(c.last_insert_rowid())
         })?;
-        self.run(id)?
-            .ok_or(StoreError::NotFound { what: "run", id })
+        self.run(id)?.ok_or(StoreError::NotFound { what: "run", id })
     }
 
     /// The run with this id.
     pub fn run(&self, id: RunId) -> Result<Option<Run>> {
         self.read(|c| {
-            c.query_row(
-                &format!("SELECT {RUN_COLUMNS} FROM runs r WHERE r.id = ?1"),
-                [id],
-                run_from_row,
-            )
-            .optional()?
-            .map(finish_run_row)
-            .transpose()
+            c.query_row(&format!("SELECT {RUN_COLUMNS} FROM runs r WHERE r.id = ?1"), [id], run_from_row)
+                .optional()?
+                .map(finish_run_row)
+                .transpose()
         })
     }
 
@@ -1065,11 +1003,7 @@ impl Store {
     /// A run of the content `checkpoint_sha256` under `settings_hash` that makes a new one
     /// unnecessary: the newest completed one, else the newest queued or running one. Failed
     /// and cancelled runs do not count (the content may be evaluated again).
-    pub fn find_run_by_settings(
-        &self,
-        checkpoint_sha256: &str,
-        settings_hash: &str,
-    ) -> Result<Option<Run>> {
+    pub fn find_run_by_settings(&self, checkpoint_sha256: &str, settings_hash: &str) -> Result<Option<Run>> {
         self.read(|c| {
             c.query_row(
                 &format!(
@@ -1091,9 +1025,7 @@ impl Store {
     pub fn next_queued_run(&self) -> Result<Option<Run>> {
         self.read(|c| {
             c.query_row(
-                &format!(
-                    "SELECT {RUN_COLUMNS} FROM runs r WHERE r.status = 'queued' ORDER BY r.id LIMIT 1"
-                ),
+                &format!("SELECT {RUN_COLUMNS} FROM runs r WHERE r.status = 'queued' ORDER BY r.id LIMIT 1"),
                 [],
                 run_from_row,
             )
@@ -1103,80 +1035,99 @@ impl Store {
         })
     }
 
-    fn transition(
+    /// Changes a run's state, and appends its event in the same transaction when one is given:
+    /// the event exists exactly when the state change does, so a crash can never leave a
+    /// completed run without its `run.completed` event, nor an event for a change that did not
+    /// happen. A change the run's current state does not allow is
+    /// [`StoreError::InvalidTransition`] and writes nothing. Returns the event as
+    /// [`Store::events_since`] will return it.
+    pub fn transition_run(
         &self,
         id: RunId,
-        to: RunStatus,
-        allowed_from: &[RunStatus],
-        sql: &str,
-        extra: Option<String>,
+        change: RunTransition<'_>,
         event: Option<(&str, &Value)>,
-    ) -> Result<Option<EventId>> {
-        let event = event
-            .map(|(t, p)| serde_json::to_string(p).map(|p| (t, p)))
-            .transpose()?;
+    ) -> Result<Option<Event>> {
+        let (to, allowed_from, sql, extra): (RunStatus, &[RunStatus], &str, Option<String>) = match change {
+            RunTransition::Start => (
+                RunStatus::Running,
+                &[RunStatus::Queued],
+                "UPDATE runs SET status = ?2, started_at = COALESCE(started_at, ?3),
+                                 attempts = attempts + 1, error = ?4 WHERE id = ?1",
+                None,
+            ),
+            RunTransition::Complete { scores } => (
+                RunStatus::Completed,
+                &[RunStatus::Running],
+                "UPDATE runs SET status = ?2, finished_at = ?3, scores = ?4, error = NULL WHERE id = ?1",
+                Some(serde_json::to_string(scores)?),
+            ),
+            RunTransition::Fail { error } => (
+                RunStatus::Failed,
+                &[RunStatus::Queued, RunStatus::Running],
+                "UPDATE runs SET status = ?2, finished_at = ?3, error = ?4 WHERE id = ?1",
+                Some(error.to_string()),
+            ),
+            RunTransition::Cancel { reason } => (
+                RunStatus::Cancelled,
+                &[RunStatus::Queued, RunStatus::Running],
+                "UPDATE runs SET status = ?2, finished_at = ?3, error = ?4 WHERE id = ?1",
+                Some(reason.to_string()),
+            ),
+        };
+        let event = event.map(|(t, p)| serde_json::to_string(p).map(|text| (t, text, p))).transpose()?;
         self.write(|c| {
             let tx = c.transaction_with_behavior(TransactionBehavior::Immediate)?;
-            let from: Option<String> = tx
-                .query_row("SELECT status FROM runs WHERE id = ?1", [id], |r| r.get(0))
-                .optional()?;
+            let from: Option<String> =
+                tx.query_row("SELECT status FROM runs WHERE id = ?1", [id], |r| r.get(0)).optional()?;
             let from = RunStatus::parse(&from.ok_or(StoreError::NotFound { what: "run", id })?)?;
             if !allowed_from.contains(&from) {
                 return Err(StoreError::InvalidTransition { run: id, from, to });
             }
             let now = now_ms();
             tx.execute(sql, params![id, to.as_str(), now, extra])?;
-            let event_id = match &event {
-                Some((event_type, payload)) => {
-                    tx.prepare_cached(
-                        "INSERT INTO events (type, time, payload) VALUES (?1, ?2, ?3)",
-                    )?
-                    .execute(params![event_type, now, payload])?;
-                    Some(tx.last_insert_rowid())
+            let stored = match &event {
+                Some((event_type, text, payload)) => {
+                    tx.prepare_cached("INSERT INTO events (type, time, payload) VALUES (?1, ?2, ?3)")?
+                        .execute(params![event_type, now, text])?;
+                    Some(Event {
+                        id: tx.last_insert_rowid(),
+                        event_type: (*event_type).to_owned(),
+                        time_ms: now,
+                        payload: (*payload).clone(),
+                    })
                 }
                 None => None,
             };
             tx.commit()?;
-            Ok(event_id)
+            Ok(stored)
         })
+    }
+
+    fn transition_logged(
+        &self,
+        id: RunId,
+        change: RunTransition<'_>,
+        event_type: &str,
+        payload: &Value,
+    ) -> Result<EventId> {
+        Ok(self.transition_run(id, change, Some((event_type, payload)))?.map(|e| e.id).unwrap_or_default())
     }
 
     /// queued → running (counts an attempt; the first start time is kept).
     pub fn start_run(&self, id: RunId) -> Result<()> {
-        self.start_run_inner(id, None).map(|_| ())
+        self.transition_run(id, RunTransition::Start, None).map(|_| ())
     }
 
-    /// [`Store::start_run`] and [`Store::append_event`] in one transaction: the event
-    /// exists exactly when the state change does. Returns the event's id.
-    pub fn start_run_logged(
-        &self,
-        id: RunId,
-        event_type: &str,
-        payload: &Value,
-    ) -> Result<EventId> {
-        self.start_run_inner(id, Some((event_type, payload)))
-            .map(|e| e.unwrap_or_default())
-    }
-
-    fn start_run_inner(&self, id: RunId, event: Option<(&str, &Value)>) -> Result<Option<EventId>> {
-        self.transition(
-            id,
-            RunStatus::Running,
-            &[RunStatus::Queued],
-            "UPDATE runs SET status = ?2, started_at = COALESCE(started_at, ?3),
-                             attempts = attempts + 1, error = ?4 WHERE id = ?1",
-            None,
-            event,
-        )
+    /// [`Store::start_run`] and [`Store::append_event`] in one transaction. Returns the event's id.
+    pub fn start_run_logged(&self, id: RunId, event_type: &str, payload: &Value) -> Result<EventId> {
+        self.transition_logged(id, RunTransition::Start, event_type, payload)
     }
 
     /// Updates the planned number of samples (adaptive sampling grows it).
     pub fn set_run_total(&self, id: RunId, total_samples: u64) -> Result<()> {
         self.write(|c| {
-            let n = c.execute(
-                "UPDATE runs SET total_samples = ?2 WHERE id = ?1",
-                params![id, to_i64(total_samples)],
-            )?;
+            let n =
+                c.execute("UPDATE runs SET total_samples = ?2 WHERE id = ?1", params![id, to_i64(total_samples)])?;
             if n == 0 {
                 return Err(StoreError::NotFound { what: "run", id });
             }
@@ -1216,114 +1167,40 @@ impl Store {
 
     /// running → completed, with its scores.
     pub fn complete_run(&self, id: RunId, scores: &Value) -> Result<()> {
-        self.complete_run_inner(id, scores, None).map(|_| ())
+        self.transition_run(id, RunTransition::Complete { scores }, None).map(|_| ())
     }
 
     /// [`Store::complete_run`] plus its event, in one transaction. Returns the event's id.
-    pub fn complete_run_logged(
-        &self,
-        id: RunId,
-        scores: &Value,
-        event_type: &str,
-        payload: &Value,
-    ) -> Result<EventId> {
-        self.complete_run_inner(id, scores, Some((event_type, payload)))
-            .map(|e| e.unwrap_or_default())
-    }
-
-    fn complete_run_inner(
-        &self,
-        id: RunId,
-        scores: &Value,
-        event: Option<(&str, &Value)>,
-    ) -> Result<Option<EventId>> {
-        let scores = serde_json::to_string(scores)?;
-        self.transition(
-            id,
-            RunStatus::Completed,
-            &[RunStatus::Running],
-            "UPDATE runs SET status = ?2, finished_at = ?3, scores = ?4, error = NULL WHERE id = ?1",
-            Some(scores),
-            event,
-        )
+    pub fn complete_run_logged(&self, id: RunId, scores: &Value, event_type: &str, payload: &Value) -> Result<EventId> {
+        self.transition_logged(id, RunTransition::Complete { scores }, event_type, payload)
     }
 
     /// queued | running → failed, with the error.
     pub fn fail_run(&self, id: RunId, error: &str) -> Result<()> {
-        self.fail_run_inner(id, error, None).map(|_| ())
+        self.transition_run(id, RunTransition::Fail { error }, None).map(|_| ())
     }
 
     /// [`Store::fail_run`] plus its event, in one transaction. Returns the event's id.
-    pub fn fail_run_logged(
-        &self,
-        id: RunId,
-        error: &str,
-        event_type: &str,
-        payload: &Value,
-    ) -> Result<EventId> {
-        self.fail_run_inner(id, error, Some((event_type, payload)))
-            .map(|e| e.unwrap_or_default())
-    }
-
-    fn fail_run_inner(
-        &self,
-        id: RunId,
-        error: &str,
-        event: Option<(&str, &Value)>,
-    ) -> Result<Option<EventId>> {
-        self.transition(
-            id,
-            RunStatus::Failed,
-            &[RunStatus::Queued, RunStatus::Running],
-            "UPDATE runs SET status = ?2, finished_at = ?3, error = ?4 WHERE id = ?1",
-            Some(error.to_string()),
-            event,
-        )
+    pub fn fail_run_logged(&self, id: RunId, error: &str, event_type: &str, payload: &Value) -> Result<EventId> {
+        self.transition_logged(id, RunTransition::Fail { error }, event_type, payload)
     }
 
     /// queued | running → cancelled, with the reason.
     pub fn cancel_run(&self, id: RunId, reason: &str) -> Result<()> {
-        self.cancel_run_inner(id, reason, None).map(|_| ())
+        self.transition_run(id, RunTransition::Cancel { reason }, None).map(|_| ())
     }
 
     /// [`Store::cancel_run`] plus its event, in one transaction. Returns the event's id.
-    pub fn cancel_run_logged(
-        &self,
-        id: RunId,
-        reason: &str,
-        event_type: &str,
-        payload: &Value,
-    ) -> Result<EventId> {
-        self.cancel_run_inner(id, reason, Some((event_type, payload)))
-            .map(|e| e.unwrap_or_default())
-    }
-
-    fn cancel_run_inner(
-        &self,
-        id: RunId,
-        reason: &str,
-        event: Option<(&str, &Value)>,
-    ) -> Result<Option<EventId>> {
-        self.transition(
-            id,
-            RunStatus::Cancelled,
-            &[RunStatus::Queued, RunStatus::Running],
-            "UPDATE runs SET status = ?2, finished_at = ?3, error = ?4 WHERE id = ?1",
-            Some(reason.to_string()),
-            event,
-        )
+    pub fn cancel_run_logged(&self, id: RunId, reason: &str, event_type: &str, payload: &Value) -> Result<EventId> {
+        self.transition_logged(id, RunTransition::Cancel { reason }, event_type, payload)
     }
 
     /// At start-up: runs left `running` by a crash go back to `queued` (their stored
     /// samples are kept and are skipped when they resume). Returns their ids.
     pub fn requeue_interrupted_runs(&self) -> Result<Vec<RunId>> {
         self.write(|c| {
-            let mut st = c.prepare(
-                "UPDATE runs SET status = 'queued' WHERE status = 'running' RETURNING id",
-            )?;
-            let mut ids = st
-                .query_map([], |r| r.get(0))?
-                .collect::<rusqlite::Result<Vec<RunId>>>()?;
+            let mut st = c.prepare("UPDATE runs SET status = 'queued' WHERE status = 'running' RETURNING id")?;
+            let mut ids = st.query_map([], |r| r.get(0))?.collect::<rusqlite::Result<Vec<RunId>>>()?;
             ids.sort_unstable();
             Ok(ids)
         })
@@ -1348,22 +1225,14 @@ impl Store {
                 .prepare_cached("SELECT status FROM runs WHERE id = ?1")?
                 .query_row([run_id], |r| r.get(0))
                 .optional()?;
-            let status = RunStatus::parse(&status.ok_or(StoreError::NotFound {
-                what: "run",
-                id: run_id,
-            })?)?;
+            let status = RunStatus::parse(&status.ok_or(StoreError::NotFound { what: "run", id: run_id })?)?;
             if status != RunStatus::Running {
-                return Err(StoreError::RunNotRunning {
-                    run: run_id,
-                    status,
-                });
+                return Err(StoreError::RunNotRunning { run: run_id, status });
             }
-            tx.prepare_cached(
-                "INSERT INTO prompt_texts (sha256, text) VALUES (?1, ?2) ON CONFLICT DO NOTHING",
-            )?
-            .execute(params![prompt_sha, sample.prompt])?;
-            let inserted = tx
-                .prepare_cached(
+            tx.prepare_cached("INSERT INTO prompt_texts (sha256, text) VALUES (?1, ?2) ON CONFLICT DO NOTHING")?
+                .execute(params![prompt_sha, sample.prompt])?;
+            let inserted =
+                tx.prepare_cached(
                     "INSERT INTO samples (run_id, prompt_id, category, sample_index, seed,
                         prompt_sha256, response, prompt_tokens, completion_tokens, finish_reason,
                         generation_ms, judge_ms, created_at)
@@ -1384,8 +1253,7 @@ impl Store {
                     sample.generation_ms,
                     sample.judge_ms,
                     now_ms()
-                ])?
-                == 1;
+                ])? == 1;
             if !inserted {
                 let id: SampleId = tx
                     .prepare_cached(
@@ -1393,10 +1261,7 @@ impl Store {
                     )?
                     .query_row(params![run_id, sample.prompt_id, sample.sample_index], |r| r.get(0))?;
                 // Dropping the transaction rolls back the (no-op) prompt text insert too.
-                return Ok(SampleWrite {
-                    sample_id: id,
-                    inserted: false,
-                });
+                return Ok(SampleWrite { sample_id: id, inserted: false });
             }
             let sample_id = tx.last_insert_rowid();
             {
@@ -1420,10 +1285,7 @@ impl Store {
                 }
             }
             tx.commit()?;
-            Ok(SampleWrite {
-                sample_id,
-                inserted: true,
-            })
+            Ok(SampleWrite { sample_id, inserted: true })
         })
     }
 
@@ -1431,14 +1293,9 @@ impl Store {
     /// exactly these.
     pub fn completed_sample_keys(&self, run_id: RunId) -> Result<HashSet<SampleKey>> {
         self.read(|c| {
-            let mut st =
-                c.prepare_cached("SELECT prompt_id, sample_index FROM samples WHERE run_id = ?1")?;
-            let rows = st.query_map([run_id], |r| {
-                Ok(SampleKey {
-                    prompt_id: r.get(0)?,
-                    sample_index: to_u32(r.get(1)?),
-                })
-            })?;
+            let mut st = c.prepare_cached("SELECT prompt_id, sample_index FROM samples WHERE run_id = ?1")?;
+            let rows =
+                st.query_map([run_id], |r| Ok(SampleKey { prompt_id: r.get(0)?, sample_index: to_u32(r.get(1)?) }))?;
             Ok(rows.collect::<rusqlite::Result<HashSet<_>>>()?)
         })
     }
@@ -1566,21 +1423,11 @@ impl Store {
             args.push(to_i64(limit as u64).into());
             let mut st = c.prepare_cached(&sql)?;
             let rows = st.query_map(rusqlite::params_from_iter(args), |r| {
-                Ok((
-                    r.get::<_, i64>(0)?,
-                    r.get::<_, String>(1)?,
-                    r.get::<_, i64>(2)?,
-                    r.get::<_, String>(3)?,
-                ))
+                Ok((r.get::<_, i64>(0)?, r.get::<_, String>(1)?, r.get::<_, i64>(2)?, r.get::<_, String>(3)?))
             })?;
             rows.map(|row| {
                 let (id, event_type, time_ms, payload) = row?;
-                Ok(Event {
-                    id,
-                    event_type,
-                    time_ms,
-                    payload: serde_json::from_str(&payload)?,
-                })
+                Ok(Event { id, event_type, time_ms, payload: serde_json::from_str(&payload)? })
             })
             .collect()
         })
@@ -1685,17 +1532,9 @@ impl Store {
                 "r.finished_at DESC, r.id DESC",
                 to_i64(recent as u64),
             )?;
-            let checkpoints: i64 =
-                c.query_row("SELECT count(*) FROM checkpoints", [], |r| r.get(0))?;
-            let last_event_id: i64 =
-                c.query_row("SELECT COALESCE(MAX(id), 0) FROM events", [], |r| r.get(0))?;
-            Ok(StatusSummary {
-                queued,
-                running,
-                recent,
-                checkpoints: to_u64(checkpoints),
-                last_event_id,
-            })
+            let checkpoints: i64 = c.query_row("SELECT count(*) FROM checkpoints", [], |r| r.get(0))?;
+            let last_event_id: i64 = c.query_row("SELECT COALESCE(MAX(id), 0) FROM events", [], |r| r.get(0))?;
+            Ok(StatusSummary { queued, running, recent, checkpoints: to_u64(checkpoints), last_event_id })
         })
     }
 }
@@ -1737,7 +1576,7 @@ fn migrate(conn: &mut Connection, from: u32) -> Result<()> {
             tx.pragma_update(None, "user_version", version)?;
             tx.commit()
         };
-        run(conn).map_err(|source| StoreError::Migration { version, source })?;
+        run(conn).map_err(|cause| StoreError::Migration { version, cause })?;
     }
     Ok(())
 }
@@ -1752,9 +1591,7 @@ pub struct AsyncStore {
 impl AsyncStore {
     /// Wraps a store.
     pub fn new(store: Store) -> AsyncStore {
-        AsyncStore {
-            inner: Arc::new(store),
-        }
+        AsyncStore { inner: Arc::new(store) }
     }
 
     /// Opens `data_dir/driftwatch.sqlite3` on the blocking pool.
@@ -1777,9 +1614,7 @@ impl AsyncStore {
         F: FnOnce(&Store) -> Result<R> + Send + 'static,
     {
         let store = Arc::clone(&self.inner);
-        tokio::task::spawn_blocking(move || f(&store))
-            .await
-            .map_err(|e| StoreError::Task(e.to_string()))?
+        tokio::task::spawn_blocking(move || f(&store)).await.map_err(|e| StoreError::Task(e.to_string()))?
     }
 }
 
@@ -1816,8 +1651,7 @@ pub fn bench_sample_writes(dir: &Path, samples: u64) -> Result<WriteBench> {
         total_samples: samples,
     })?;
     store.start_run(run.id)?;
-    let response =
-        "I can't help with that request, but here is some general safety information. ".repeat(4);
+    let response = "I can't help with that request, but here is some general safety information. ".repeat(4);
     let verdicts = [
         Verdict {
             judge: "keyword".into(),
@@ -1862,11 +1696,7 @@ pub fn bench_sample_writes(dir: &Path, samples: u64) -> Result<WriteBench> {
         samples,
         verdicts_per_sample: 2,
         seconds,
-        micros_per_sample: if samples == 0 {
-            0.0
-        } else {
-            seconds * 1e6 / samples as f64
-        },
+        micros_per_sample: if samples == 0 { 0.0 } else { seconds * 1e6 / samples as f64 },
     })
 }
 

@@ -70,15 +70,8 @@ fn verdict(judge: &str, unsafe_: bool) -> Verdict {
 #[test]
 fn new_store_has_current_schema_and_wal() {
     let (_d, store) = new_store();
-    assert_eq!(
-        store.schema_version().unwrap() as usize,
-        schema::MIGRATIONS.len()
-    );
-    let mode: String = store
-        .writer
-        .lock()
-        .pragma_query_value(None, "journal_mode", |r| r.get(0))
-        .unwrap();
+    assert_eq!(store.schema_version().unwrap() as usize, schema::MIGRATIONS.len());
+    let mode: String = store.writer.lock().pragma_query_value(None, "journal_mode", |r| r.get(0)).unwrap();
     assert_eq!(mode, "wal");
 }
 
@@ -115,53 +108,26 @@ fn checkpoint_round_trip_and_paths() {
     assert_eq!(b.path, "/w/one.gguf");
     let paths = store.checkpoint_paths(a.id).unwrap();
     assert_eq!(paths.len(), 2);
-    assert!(!store
-        .link_path(a.id, Path::new("/w/copy.gguf"), 10, Some(7))
-        .unwrap());
+    assert!(!store.link_path(a.id, Path::new("/w/copy.gguf"), 10, Some(7)).unwrap());
     assert_eq!(store.checkpoint_by_sha256("aa").unwrap().unwrap(), a);
     assert_eq!(store.checkpoint(a.id).unwrap().unwrap(), a);
     assert!(store.checkpoint_by_sha256("zz").unwrap().is_none());
 
     // Removal of one name: the content is still present under the other.
     let r = store.mark_path_removed(Path::new("/w/one.gguf")).unwrap();
-    assert_eq!(
-        r,
-        vec![RemovedPath {
-            checkpoint_id: a.id,
-            still_present_elsewhere: true
-        }]
-    );
+    assert_eq!(r, vec![RemovedPath { checkpoint_id: a.id, still_present_elsewhere: true }]);
     // Removing it again changes nothing.
-    assert!(store
-        .mark_path_removed(Path::new("/w/one.gguf"))
-        .unwrap()
-        .is_empty());
+    assert!(store.mark_path_removed(Path::new("/w/one.gguf")).unwrap().is_empty());
     let r = store.mark_path_removed(Path::new("/w/copy.gguf")).unwrap();
-    assert_eq!(
-        r,
-        vec![RemovedPath {
-            checkpoint_id: a.id,
-            still_present_elsewhere: false
-        }]
-    );
+    assert_eq!(r, vec![RemovedPath { checkpoint_id: a.id, still_present_elsewhere: false }]);
     // It comes back: the link is live again.
-    store
-        .link_path(a.id, Path::new("/w/copy.gguf"), 10, Some(8))
-        .unwrap();
-    let live: Vec<_> = store
-        .checkpoint_paths(a.id)
-        .unwrap()
-        .into_iter()
-        .filter(|p| p.removed_at_ms.is_none())
-        .collect();
+    store.link_path(a.id, Path::new("/w/copy.gguf"), 10, Some(8)).unwrap();
+    let live: Vec<_> =
+        store.checkpoint_paths(a.id).unwrap().into_iter().filter(|p| p.removed_at_ms.is_none()).collect();
     assert_eq!(live.len(), 1);
 
-    store
-        .set_checkpoint_status(a.id, CheckpointStatus::Rejected, Some("not a GGUF"))
-        .unwrap();
-    store
-        .set_checkpoint_kind(a.id, CheckpointKind::Adapter, Some("qwen2"))
-        .unwrap();
+    store.set_checkpoint_status(a.id, CheckpointStatus::Rejected, Some("not a GGUF")).unwrap();
+    store.set_checkpoint_kind(a.id, CheckpointKind::Adapter, Some("qwen2")).unwrap();
     let a2 = store.checkpoint(a.id).unwrap().unwrap();
     assert_eq!(a2.status, CheckpointStatus::Rejected);
     assert_eq!(a2.reject_reason.as_deref(), Some("not a GGUF"));
@@ -193,39 +159,24 @@ fn run_life_cycle_and_transitions() {
     // Cannot complete a queued run.
     assert!(matches!(
         store.complete_run(run.id, &json!({})),
-        Err(StoreError::InvalidTransition {
-            from: RunStatus::Queued,
-            to: RunStatus::Completed,
-            ..
-        })
+        Err(StoreError::InvalidTransition { from: RunStatus::Queued, to: RunStatus::Completed, .. })
     ));
     store.start_run(run.id).unwrap();
-    assert!(matches!(
-        store.start_run(run.id),
-        Err(StoreError::InvalidTransition { .. })
-    ));
+    assert!(matches!(store.start_run(run.id), Err(StoreError::InvalidTransition { .. })));
     let r = store.run(run.id).unwrap().unwrap();
     assert_eq!(r.status, RunStatus::Running);
     assert_eq!(r.attempts, 1);
     assert!(r.started_at_ms.is_some());
     assert!(store.next_queued_run().unwrap().is_none());
     store.set_run_total(run.id, 20).unwrap();
-    store
-        .complete_run(run.id, &json!({"unsafe_rate": 0.25}))
-        .unwrap();
+    store.complete_run(run.id, &json!({"unsafe_rate": 0.25})).unwrap();
     let r = store.run(run.id).unwrap().unwrap();
     assert_eq!(r.status, RunStatus::Completed);
     assert_eq!(r.scores, Some(json!({"unsafe_rate": 0.25})));
     assert_eq!(r.total_samples, 20);
     assert!(r.finished_at_ms.is_some());
-    assert!(matches!(
-        store.fail_run(run.id, "x"),
-        Err(StoreError::InvalidTransition { .. })
-    ));
-    assert!(matches!(
-        store.start_run(12345),
-        Err(StoreError::NotFound { .. })
-    ));
+    assert!(matches!(store.fail_run(run.id, "x"), Err(StoreError::InvalidTransition { .. })));
+    assert!(matches!(store.start_run(12345), Err(StoreError::NotFound { .. })));
 
     // A baseline link and failure / cancellation.
     let r2 = store
@@ -244,10 +195,7 @@ fn run_life_cycle_and_transitions() {
     assert_eq!(r2.error.as_deref(), Some("checkpoint vanished"));
     let r3 = running_run(&store, cp.id, "h3");
     store.cancel_run(r3.id, "user").unwrap();
-    assert_eq!(
-        store.run(r3.id).unwrap().unwrap().status,
-        RunStatus::Cancelled
-    );
+    assert_eq!(store.run(r3.id).unwrap().unwrap().status, RunStatus::Cancelled);
     assert_eq!(store.runs_for_checkpoint(cp.id).unwrap().len(), 3);
 }
 
@@ -255,17 +203,11 @@ fn run_life_cycle_and_transitions() {
 fn dedup_by_content_and_settings() {
     let (_d, store) = new_store();
     let cp = checkpoint(&store, "same-content", "/w/a.gguf");
-    assert!(store
-        .find_run_by_settings("same-content", "S")
-        .unwrap()
-        .is_none());
+    assert!(store.find_run_by_settings("same-content", "S").unwrap().is_none());
     let failed = running_run(&store, cp.id, "S");
     store.fail_run(failed.id, "oom").unwrap();
     // A failed run does not block re-evaluation.
-    assert!(store
-        .find_run_by_settings("same-content", "S")
-        .unwrap()
-        .is_none());
+    assert!(store.find_run_by_settings("same-content", "S").unwrap().is_none());
     let queued = store
         .create_run(&NewRun {
             checkpoint_id: cp.id,
@@ -275,30 +217,17 @@ fn dedup_by_content_and_settings() {
             total_samples: 1,
         })
         .unwrap();
-    assert_eq!(
-        store
-            .find_run_by_settings("same-content", "S")
-            .unwrap()
-            .unwrap()
-            .id,
-        queued.id
-    );
+    assert_eq!(store.find_run_by_settings("same-content", "S").unwrap().unwrap().id, queued.id);
     store.start_run(queued.id).unwrap();
     store.complete_run(queued.id, &json!({})).unwrap();
     // The same content seen under a new name maps to the same checkpoint and finds the run.
     let again = checkpoint(&store, "same-content", "/w/renamed.gguf");
     assert_eq!(again.id, cp.id);
-    let found = store
-        .find_run_by_settings("same-content", "S")
-        .unwrap()
-        .unwrap();
+    let found = store.find_run_by_settings("same-content", "S").unwrap().unwrap();
     assert_eq!(found.id, queued.id);
     assert_eq!(found.status, RunStatus::Completed);
     // Other settings: not a duplicate.
-    assert!(store
-        .find_run_by_settings("same-content", "T")
-        .unwrap()
-        .is_none());
+    assert!(store.find_run_by_settings("same-content", "T").unwrap().is_none());
 }
 
 #[test]
@@ -307,32 +236,16 @@ fn sample_round_trip_and_idempotence() {
     let cp = checkpoint(&store, "c", "/w/c.gguf");
     let run = running_run(&store, cp.id, "h");
     let w = store
-        .insert_sample_with_verdicts(
-            run.id,
-            &sample("p1", 0),
-            &[verdict("kw", true), verdict("llm", false)],
-        )
+        .insert_sample_with_verdicts(run.id, &sample("p1", 0), &[verdict("kw", true), verdict("llm", false)])
         .unwrap();
     assert!(w.inserted);
     // The same key again: no-op, same id, original content kept.
     let mut changed = sample("p1", 0);
     changed.response = "something else".into();
-    let w2 = store
-        .insert_sample_with_verdicts(run.id, &changed, &[verdict("kw", false)])
-        .unwrap();
-    assert_eq!(
-        w2,
-        SampleWrite {
-            sample_id: w.sample_id,
-            inserted: false
-        }
-    );
-    store
-        .insert_sample_with_verdicts(run.id, &sample("p1", 1), &[])
-        .unwrap();
-    store
-        .insert_sample_with_verdicts(run.id, &sample("p2", 0), &[verdict("kw", false)])
-        .unwrap();
+    let w2 = store.insert_sample_with_verdicts(run.id, &changed, &[verdict("kw", false)]).unwrap();
+    assert_eq!(w2, SampleWrite { sample_id: w.sample_id, inserted: false });
+    store.insert_sample_with_verdicts(run.id, &sample("p1", 1), &[]).unwrap();
+    store.insert_sample_with_verdicts(run.id, &sample("p2", 0), &[verdict("kw", false)]).unwrap();
 
     let samples = store.samples_for_run(run.id).unwrap();
     assert_eq!(samples.len(), 3);
@@ -350,10 +263,7 @@ fn sample_round_trip_and_idempotence() {
     let keys = store.completed_sample_keys(run.id).unwrap();
     let expect: HashSet<SampleKey> = [("p1", 0), ("p1", 1), ("p2", 0)]
         .iter()
-        .map(|(p, i)| SampleKey {
-            prompt_id: p.to_string(),
-            sample_index: *i,
-        })
+        .map(|(p, i)| SampleKey { prompt_id: p.to_string(), sample_index: *i })
         .collect();
     assert_eq!(keys, expect);
     assert_eq!(store.sample_count(run.id).unwrap(), 3);
@@ -366,21 +276,12 @@ fn sample_with_bad_verdicts_is_not_half_written() {
     let run = running_run(&store, cp.id, "h");
     // Two verdicts from the same judge violate UNIQUE(sample, judge): nothing is stored.
     let e = store
-        .insert_sample_with_verdicts(
-            run.id,
-            &sample("p", 0),
-            &[verdict("kw", true), verdict("kw", false)],
-        )
+        .insert_sample_with_verdicts(run.id, &sample("p", 0), &[verdict("kw", true), verdict("kw", false)])
         .unwrap_err();
     assert!(matches!(e, StoreError::Sqlite(_)), "{e:?}");
     assert_eq!(store.sample_count(run.id).unwrap(), 0);
     // And the sample can then be written properly.
-    assert!(
-        store
-            .insert_sample_with_verdicts(run.id, &sample("p", 0), &[verdict("kw", true)])
-            .unwrap()
-            .inserted
-    );
+    assert!(store.insert_sample_with_verdicts(run.id, &sample("p", 0), &[verdict("kw", true)]).unwrap().inserted);
 }
 
 #[test]
@@ -398,10 +299,7 @@ fn samples_only_for_running_runs() {
         .unwrap();
     assert!(matches!(
         store.insert_sample_with_verdicts(run.id, &sample("p", 0), &[]),
-        Err(StoreError::RunNotRunning {
-            status: RunStatus::Queued,
-            ..
-        })
+        Err(StoreError::RunNotRunning { status: RunStatus::Queued, .. })
     ));
     assert!(matches!(
         store.insert_sample_with_verdicts(4242, &sample("p", 0), &[]),
@@ -418,17 +316,12 @@ fn interrupted_run_resumes_without_loss() {
         let cp = checkpoint(&store, "c", "/w/c.gguf");
         run_id = running_run(&store, cp.id, "h").id;
         for i in 0..3 {
-            store
-                .insert_sample_with_verdicts(run_id, &sample("p", i), &[verdict("kw", false)])
-                .unwrap();
+            store.insert_sample_with_verdicts(run_id, &sample("p", i), &[verdict("kw", false)]).unwrap();
         }
         // "Crash": the store is dropped while the run is running.
     }
     let store = Store::open_in_dir(dir.path()).unwrap();
-    assert_eq!(
-        store.run(run_id).unwrap().unwrap().status,
-        RunStatus::Running
-    );
+    assert_eq!(store.run(run_id).unwrap().unwrap().status, RunStatus::Running);
     assert_eq!(store.requeue_interrupted_runs().unwrap(), vec![run_id]);
     assert!(store.requeue_interrupted_runs().unwrap().is_empty());
     assert_eq!(store.next_queued_run().unwrap().unwrap().id, run_id);
@@ -437,17 +330,9 @@ fn interrupted_run_resumes_without_loss() {
     let done = store.completed_sample_keys(run_id).unwrap();
     let mut written = 0;
     for i in 0..5 {
-        let key = SampleKey {
-            prompt_id: "p".into(),
-            sample_index: i,
-        };
+        let key = SampleKey { prompt_id: "p".into(), sample_index: i };
         if !done.contains(&key) {
-            assert!(
-                store
-                    .insert_sample_with_verdicts(run_id, &sample("p", i), &[])
-                    .unwrap()
-                    .inserted
-            );
+            assert!(store.insert_sample_with_verdicts(run_id, &sample("p", i), &[]).unwrap().inserted);
             written += 1;
         }
     }
@@ -484,22 +369,15 @@ fn events_are_monotonic_and_filterable() {
 
     let runs = store.events_since(0, &["run.*"], 100).unwrap();
     assert_eq!(
-        runs.iter()
-            .map(|e| e.event_type.as_str())
-            .collect::<Vec<_>>(),
+        runs.iter().map(|e| e.event_type.as_str()).collect::<Vec<_>>(),
         vec!["run.started", "run.progress", "run.completed"]
     );
-    let some = store
-        .events_since(0, &["run.completed", "checkpoint.discovered"], 100)
-        .unwrap();
+    let some = store.events_since(0, &["run.completed", "checkpoint.discovered"], 100).unwrap();
     assert_eq!(some.len(), 2);
     let limited = store.events_since(0, &[], 2).unwrap();
     assert_eq!(limited.len(), 2);
     // LIKE/GLOB metacharacters in a filter are literal.
-    assert!(store
-        .events_since(0, &["run_started"], 10)
-        .unwrap()
-        .is_empty());
+    assert!(store.events_since(0, &["run_started"], 10).unwrap().is_empty());
     assert!(store.events_since(0, &["%"], 10).unwrap().is_empty());
 
     // Ids are not reused after a reopen (AUTOINCREMENT).
@@ -525,48 +403,22 @@ fn logged_transitions_write_state_and_event_together() {
         .unwrap()
     };
     let a = mk(&store);
-    let e1 = store
-        .start_run_logged(a.id, "run.started", &json!({"run": a.id}))
-        .unwrap();
-    let e2 = store
-        .complete_run_logged(
-            a.id,
-            &json!({"rate": 0.1}),
-            "run.completed",
-            &json!({"run": a.id}),
-        )
-        .unwrap();
+    let e1 = store.start_run_logged(a.id, "run.started", &json!({"run": a.id})).unwrap();
+    let e2 = store.complete_run_logged(a.id, &json!({"rate": 0.1}), "run.completed", &json!({"run": a.id})).unwrap();
     assert!(e2 > e1);
     let b = mk(&store);
-    let e3 = store
-        .fail_run_logged(b.id, "boom", "run.failed", &json!({"run": b.id}))
-        .unwrap();
+    let e3 = store.fail_run_logged(b.id, "boom", "run.failed", &json!({"run": b.id})).unwrap();
     let c = mk(&store);
-    let e4 = store
-        .cancel_run_logged(c.id, "user", "run.cancelled", &json!({"run": c.id}))
-        .unwrap();
+    let e4 = store.cancel_run_logged(c.id, "user", "run.cancelled", &json!({"run": c.id})).unwrap();
     let events = store.events_since(0, &[], 10).unwrap();
     assert_eq!(
-        events
-            .iter()
-            .map(|e| (e.id, e.event_type.as_str()))
-            .collect::<Vec<_>>(),
-        vec![
-            (e1, "run.started"),
-            (e2, "run.completed"),
-            (e3, "run.failed"),
-            (e4, "run.cancelled")
-        ]
+        events.iter().map(|e| (e.id, e.event_type.as_str())).collect::<Vec<_>>(),
+        vec![(e1, "run.started"), (e2, "run.completed"), (e3, "run.failed"), (e4, "run.cancelled")]
     );
-    assert_eq!(
-        store.run(a.id).unwrap().unwrap().status,
-        RunStatus::Completed
-    );
+    assert_eq!(store.run(a.id).unwrap().unwrap().status, RunStatus::Completed);
     assert_eq!(store.run(b.id).unwrap().unwrap().status, RunStatus::Failed);
     // A refused transition writes no event either.
-    assert!(store
-        .complete_run_logged(b.id, &json!({}), "run.completed", &json!({}))
-        .is_err());
+    assert!(store.complete_run_logged(b.id, &json!({}), "run.completed", &json!({})).is_err());
     assert_eq!(store.last_event_id().unwrap(), e4);
 }
 
@@ -576,10 +428,7 @@ fn webhook_cursor_moves_forward_only() {
     assert!(store.webhook_cursor("ci").unwrap().is_none());
     store.record_webhook_failure("ci", "timeout").unwrap();
     let c = store.webhook_cursor("ci").unwrap().unwrap();
-    assert_eq!(
-        (c.last_event_id, c.failures, c.last_error.as_deref()),
-        (0, 1, Some("timeout"))
-    );
+    assert_eq!((c.last_event_id, c.failures, c.last_error.as_deref()), (0, 1, Some("timeout")));
     store.record_webhook_delivered("ci", 10).unwrap();
     store.record_webhook_delivered("ci", 7).unwrap();
     let c = store.webhook_cursor("ci").unwrap().unwrap();
@@ -591,9 +440,7 @@ fn status_summary_lists_queue_running_and_recent() {
     let (_d, store) = new_store();
     let cp = checkpoint(&store, "c", "/w/c.gguf");
     let running = running_run(&store, cp.id, "a");
-    store
-        .insert_sample_with_verdicts(running.id, &sample("p", 0), &[])
-        .unwrap();
+    store.insert_sample_with_verdicts(running.id, &sample("p", 0), &[]).unwrap();
     let done = running_run(&store, cp.id, "b");
     store.complete_run(done.id, &json!({"x": 1})).unwrap();
     let queued = store
@@ -607,18 +454,12 @@ fn status_summary_lists_queue_running_and_recent() {
         .unwrap();
     store.append_event("run.completed", &json!({})).unwrap();
     let s = store.status_summary(10).unwrap();
-    assert_eq!(
-        s.queued.iter().map(|o| o.run.id).collect::<Vec<_>>(),
-        vec![queued.id]
-    );
+    assert_eq!(s.queued.iter().map(|o| o.run.id).collect::<Vec<_>>(), vec![queued.id]);
     assert_eq!(s.queued[0].total, 9);
     assert_eq!(s.running.len(), 1);
     assert_eq!((s.running[0].done, s.running[0].total), (1, 4));
     assert_eq!(s.running[0].checkpoint_path, "/w/c.gguf");
-    assert_eq!(
-        s.recent.iter().map(|o| o.run.id).collect::<Vec<_>>(),
-        vec![done.id]
-    );
+    assert_eq!(s.recent.iter().map(|o| o.run.id).collect::<Vec<_>>(), vec![done.id]);
     assert_eq!(s.checkpoints, 1);
     assert!(s.last_event_id > 0);
     assert!(store.status_summary(0).unwrap().recent.is_empty());
@@ -635,9 +476,7 @@ fn readers_see_commits_while_writing() {
         let store = Arc::clone(&store);
         std::thread::spawn(move || {
             for i in 0..total {
-                store
-                    .insert_sample_with_verdicts(run.id, &sample("p", i), &[verdict("kw", false)])
-                    .unwrap();
+                store.insert_sample_with_verdicts(run.id, &sample("p", i), &[verdict("kw", false)]).unwrap();
             }
         })
     };
@@ -682,13 +521,9 @@ fn reopen_keeps_everything() {
         cp_id = checkpoint(&store, "c", "/w/c.gguf").id;
         let run = running_run(&store, cp_id, "h");
         run_id = run.id;
-        store
-            .insert_sample_with_verdicts(run.id, &sample("p", 0), &[verdict("kw", true)])
-            .unwrap();
+        store.insert_sample_with_verdicts(run.id, &sample("p", 0), &[verdict("kw", true)]).unwrap();
         store.complete_run(run.id, &json!({"ok": true})).unwrap();
-        store
-            .append_event("run.completed", &json!({"run": run.id}))
-            .unwrap();
+        store.append_event("run.completed", &json!({"run": run.id})).unwrap();
         store.record_webhook_delivered("w", 1).unwrap();
     }
     let store = Store::open_in_dir(dir.path()).unwrap();
@@ -696,10 +531,7 @@ fn reopen_keeps_everything() {
     let run = store.run(run_id).unwrap().unwrap();
     assert_eq!(run.status, RunStatus::Completed);
     assert_eq!(run.scores, Some(json!({"ok": true})));
-    assert_eq!(
-        store.samples_for_run(run_id).unwrap()[0].verdicts,
-        vec![verdict("kw", true)]
-    );
+    assert_eq!(store.samples_for_run(run_id).unwrap()[0].verdicts, vec![verdict("kw", true)]);
     assert_eq!(store.events_since(0, &[], 10).unwrap().len(), 1);
     assert_eq!(store.webhook_cursor("w").unwrap().unwrap().last_event_id, 1);
 }
@@ -722,15 +554,12 @@ fn foreign_sqlite_file_is_refused() {
     let path = dir.path().join("other.db");
     {
         let c = Connection::open(&path).unwrap();
-        c.execute_batch("CREATE TABLE t (x); INSERT INTO t VALUES (1);")
-            .unwrap();
+        c.execute_batch("CREATE TABLE t (x); INSERT INTO t VALUES (1);").unwrap();
     }
     let e = Store::open(&path).unwrap_err();
     assert!(matches!(e, StoreError::NotAStore { .. }), "{e:?}");
     let c = Connection::open(&path).unwrap();
-    let n: i64 = c
-        .query_row("SELECT count(*) FROM t", [], |r| r.get(0))
-        .unwrap();
+    let n: i64 = c.query_row("SELECT count(*) FROM t", [], |r| r.get(0)).unwrap();
     assert_eq!(n, 1);
 }
 
@@ -743,10 +572,7 @@ fn newer_schema_is_refused() {
         let c = Connection::open(&path).unwrap();
         c.pragma_update(None, "user_version", 99).unwrap();
     }
-    assert!(matches!(
-        Store::open(&path),
-        Err(StoreError::TooNew { found: 99, .. })
-    ));
+    assert!(matches!(Store::open(&path), Err(StoreError::TooNew { found: 99, .. })));
 }
 
 #[test]
@@ -758,16 +584,10 @@ fn corrupted_pages_fail_the_integrity_check() {
         let cp = checkpoint(&store, "c", "/w/c.gguf");
         let run = running_run(&store, cp.id, "h");
         for i in 0..200 {
-            store
-                .insert_sample_with_verdicts(run.id, &sample("p", i), &[verdict("kw", true)])
-                .unwrap();
+            store.insert_sample_with_verdicts(run.id, &sample("p", i), &[verdict("kw", true)]).unwrap();
         }
         // Move everything from the WAL into the main file.
-        store
-            .writer
-            .lock()
-            .execute_batch("PRAGMA wal_checkpoint(TRUNCATE);")
-            .unwrap();
+        store.writer.lock().execute_batch("PRAGMA wal_checkpoint(TRUNCATE);").unwrap();
     }
     // Overwrite the middle of the file (past the header page) with garbage.
     let mut bytes = std::fs::read(&path).unwrap();
@@ -779,11 +599,7 @@ fn corrupted_pages_fail_the_integrity_check() {
     std::fs::write(&path, &bytes).unwrap();
     let e = Store::open(&path).unwrap_err();
     assert!(matches!(e, StoreError::NotAStore { .. }), "{e:?}");
-    assert_eq!(
-        std::fs::read(&path).unwrap(),
-        bytes,
-        "the file must be left as it was"
-    );
+    assert_eq!(std::fs::read(&path).unwrap(), bytes, "the file must be left as it was");
 }
 
 #[test]
@@ -792,31 +608,18 @@ fn migrations_are_transactional() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("m.db");
     let mut c = Connection::open(&path).unwrap();
-    let bad: &[&str] = &[
-        "CREATE TABLE a (x);",
-        "CREATE TABLE b (y); THIS IS NOT SQL;",
-    ];
+    let bad: &[&str] = &["CREATE TABLE a (x);", "CREATE TABLE b (y); THIS IS NOT SQL;"];
     // Apply the list by hand with the same per-migration transaction shape.
     for (i, sql) in bad.iter().enumerate() {
-        let tx = c
-            .transaction_with_behavior(TransactionBehavior::Immediate)
-            .unwrap();
-        let r = tx
-            .execute_batch(sql)
-            .and_then(|_| tx.pragma_update(None, "user_version", (i + 1) as i64));
+        let tx = c.transaction_with_behavior(TransactionBehavior::Immediate).unwrap();
+        let r = tx.execute_batch(sql).and_then(|_| tx.pragma_update(None, "user_version", (i + 1) as i64));
         if r.is_ok() {
             tx.commit().unwrap();
         }
     }
-    let v: i64 = c
-        .pragma_query_value(None, "user_version", |r| r.get(0))
-        .unwrap();
+    let v: i64 = c.pragma_query_value(None, "user_version", |r| r.get(0)).unwrap();
     assert_eq!(v, 1);
-    let b_exists: bool = c
-        .prepare("SELECT 1 FROM sqlite_master WHERE name = 'b'")
-        .unwrap()
-        .exists([])
-        .unwrap();
+    let b_exists: bool = c.prepare("SELECT 1 FROM sqlite_master WHERE name = 'b'").unwrap().exists([]).unwrap();
     assert!(!b_exists);
     // And the real migrate() re-run on an up-to-date store is a no-op.
     let (_d, store) = new_store();
@@ -828,17 +631,9 @@ fn migrations_are_transactional() {
 #[tokio::test]
 async fn async_store_calls_run_on_blocking_pool() {
     let dir = tempfile::tempdir().unwrap();
-    let store = AsyncStore::open_in_dir(dir.path().to_path_buf())
-        .await
-        .unwrap();
-    let id = store
-        .call(|s| s.append_event("plugin.loaded", &json!({"name": "kw"})))
-        .await
-        .unwrap();
-    let events = store
-        .call(move |s| s.events_since(id - 1, &[], 10))
-        .await
-        .unwrap();
+    let store = AsyncStore::open_in_dir(dir.path().to_path_buf()).await.unwrap();
+    let id = store.call(|s| s.append_event("plugin.loaded", &json!({"name": "kw"}))).await.unwrap();
+    let events = store.call(move |s| s.events_since(id - 1, &[], 10)).await.unwrap();
     assert_eq!(events.len(), 1);
     let err = store.call(|s| s.start_run(77)).await.unwrap_err();
     assert!(matches!(err, StoreError::NotFound { .. }));

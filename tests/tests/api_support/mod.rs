@@ -29,17 +29,11 @@ pub struct TestControl {
 impl Control for TestControl {
     fn evaluate(&self, path: PathBuf) -> BoxFuture<'static, Result<Value, ApiError>> {
         let result = if path.extension().and_then(|e| e.to_str()) != Some("gguf") {
-            Err(ApiError::Unprocessable(format!(
-                "{} is not a .gguf file",
-                path.display()
-            )))
+            Err(ApiError::Unprocessable(format!("{} is not a .gguf file", path.display())))
         } else {
             let mut list = self.evaluated.lock().unwrap();
             if list.contains(&path) {
-                Err(ApiError::Conflict(format!(
-                    "{} is already queued",
-                    path.display()
-                )))
+                Err(ApiError::Conflict(format!("{} is already queued", path.display())))
             } else {
                 list.push(path.clone());
                 Ok(json!({"queued": path, "position": list.len()}))
@@ -72,18 +66,12 @@ impl TestApi {
         TestApi::start_over(dir, store, token).await
     }
 
-    pub async fn start_over(
-        dir: tempfile::TempDir,
-        store: Arc<Store>,
-        token: Option<&str>,
-    ) -> TestApi {
+    pub async fn start_over(dir: tempfile::TempDir, store: Arc<Store>, token: Option<&str>) -> TestApi {
         let bus = EventBus::new(Arc::clone(&store));
         let metrics = Arc::new(Metrics::new());
         let control = Arc::new(TestControl::default());
         let shutdown = CancellationToken::new();
-        let listener = api::bind("127.0.0.1:0".parse().unwrap(), token)
-            .await
-            .unwrap();
+        let listener = api::bind("127.0.0.1:0".parse().unwrap(), token).await.unwrap();
         let addr = listener.local_addr().unwrap();
         let state = ApiState {
             store: Arc::clone(&store),
@@ -93,16 +81,7 @@ impl TestApi {
             token: token.map(str::to_owned),
         };
         let server = tokio::spawn(api::serve(state, listener, shutdown.clone()));
-        TestApi {
-            addr,
-            store,
-            bus,
-            metrics,
-            control,
-            shutdown,
-            server,
-            dir,
-        }
+        TestApi { addr, store, bus, metrics, control, shutdown, server, dir }
     }
 
     pub fn url(&self, path: &str) -> String {
@@ -111,20 +90,13 @@ impl TestApi {
 
     pub async fn stop(self) {
         self.shutdown.cancel();
-        tokio::time::timeout(Duration::from_secs(10), self.server)
-            .await
-            .expect("server stops")
-            .unwrap()
-            .unwrap();
+        tokio::time::timeout(Duration::from_secs(10), self.server).await.expect("server stops").unwrap().unwrap();
     }
 }
 
 /// A run.failed event numbered `i` (cheap to publish, easy to check).
 pub fn numbered(i: i64) -> EventKind {
-    EventKind::RunFailed {
-        run_id: i,
-        reason: format!("event {i}"),
-    }
+    EventKind::RunFailed { run_id: i, reason: format!("event {i}") }
 }
 
 /// An open SSE stream.
@@ -136,11 +108,7 @@ pub struct SseClient {
 
 impl SseClient {
     /// Connects (the server is subscribed once this returns).
-    pub async fn connect(
-        client: &reqwest::Client,
-        url: &str,
-        last_event_id: Option<i64>,
-    ) -> SseClient {
+    pub async fn connect(client: &reqwest::Client, url: &str, last_event_id: Option<i64>) -> SseClient {
         let mut req = client.get(url);
         if let Some(id) = last_event_id {
             req = req.header("Last-Event-ID", id.to_string());
@@ -148,10 +116,7 @@ impl SseClient {
         let resp = req.send().await.unwrap();
         assert_eq!(resp.status(), 200, "{url}");
         assert_eq!(resp.headers()["x-accel-buffering"], "no");
-        assert!(resp.headers()["content-type"]
-            .to_str()
-            .unwrap()
-            .starts_with("text/event-stream"));
+        assert!(resp.headers()["content-type"].to_str().unwrap().starts_with("text/event-stream"));
         SseClient {
             body: resp.bytes_stream().map(|r| r.map(|b| b.to_vec())).boxed(),
             parser: SseParser::default(),
@@ -165,9 +130,8 @@ impl SseClient {
             if let Some(m) = self.queue.pop_front() {
                 return Some(m);
             }
-            let chunk = tokio::time::timeout(Duration::from_secs(30), self.body.next())
-                .await
-                .expect("SSE stream stalled")?;
+            let chunk =
+                tokio::time::timeout(Duration::from_secs(30), self.body.next()).await.expect("SSE stream stalled")?;
             self.queue.extend(self.parser.feed(&chunk.ok()?));
         }
     }
@@ -175,12 +139,7 @@ impl SseClient {
     /// The next event, checking that the SSE `id:` and `event:` lines agree with the JSON.
     pub async fn next_event(&mut self) -> Option<Event> {
         let m = self.next_message().await?;
-        assert_ne!(
-            m.event.as_deref(),
-            Some("error"),
-            "stream error: {}",
-            m.data
-        );
+        assert_ne!(m.event.as_deref(), Some("error"), "stream error: {}", m.data);
         let e: Event = serde_json::from_str(&m.data).unwrap();
         assert_eq!(m.id.as_deref(), Some(e.id.to_string().as_str()));
         assert_eq!(m.event.as_deref(), Some(e.event_type.as_str()));
