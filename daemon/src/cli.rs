@@ -400,17 +400,25 @@ async fn serve(a: ServeArgs, log_json: bool) -> Result<()> {
     let json = log_json || config.daemon.log_format == crate::config::LogFormat::Json;
     init_logging(json, &config.daemon.log_level);
     tracing::info!("configuration: {source}");
+    let shutdown = shutdown_on_signals(|| tracing::info!("stop requested: finishing safely"));
+    Ok(crate::daemon::run(config, shutdown).await?)
+}
+
+/// The one shutdown future of the long-running commands (`serve`, `eval`): a token cancelled
+/// at the first SIGTERM or SIGINT (Ctrl-C), after `on_first` has said so; a second signal
+/// exits at once with status 130. What is stored stays either way, and an interrupted run
+/// resumes at the next start.
+pub fn shutdown_on_signals(on_first: impl FnOnce() + Send + 'static) -> tokio_util::sync::CancellationToken {
     let shutdown = tokio_util::sync::CancellationToken::new();
-    let signals = shutdown.clone();
+    let token = shutdown.clone();
     tokio::spawn(async move {
         wait_for_signal().await;
-        tracing::info!("stop requested: finishing safely");
-        signals.cancel();
-        // A second signal stops at once.
+        on_first();
+        token.cancel();
         wait_for_signal().await;
         std::process::exit(130);
     });
-    Ok(crate::daemon::run(config, shutdown).await?)
+    shutdown
 }
 
 async fn wait_for_signal() {

@@ -338,20 +338,10 @@ pub async fn eval(a: EvalArgs) -> Result<()> {
         labels: Default::default(),
     }));
     let started = Instant::now();
-    let stop = tokio_util::sync::CancellationToken::new();
-    {
-        let stop = stop.clone();
-        tokio::spawn(async move {
-            if tokio::signal::ctrl_c().await.is_ok() {
-                eprintln!("\nstopping: what is stored stays; run the same command again to resume");
-                stop.cancel();
-                // A second Ctrl-C stops at once.
-                if tokio::signal::ctrl_c().await.is_ok() {
-                    std::process::exit(i32::from(EXIT_INTERRUPTED));
-                }
-            }
-        });
-    }
+    // SIGTERM (a CI runner stopping the job) as well as Ctrl-C stops safely.
+    let stop = crate::cli::shutdown_on_signals(|| {
+        eprintln!("\nstopping: what is stored stays; run the same command again to resume")
+    });
     let sink = Arc::clone(&progress);
     let notify: crate::daemon::NoticeSink = Arc::new(move |n| {
         let mut p = sink.lock();

@@ -170,3 +170,69 @@ fn synth_adapter_writes_a_seeded_adapter_that_fits_and_changes_the_output() {
     assert!(!o.status.success());
     assert!(String::from_utf8_lossy(&o.stderr).contains("--rank"));
 }
+
+/// `driftwatch eval` stops safely on SIGTERM — what a CI runner sends to cancel a job — as on
+/// Ctrl-C: exit 130, what is stored stays, and the same command resumes to the end. (It
+/// handled Ctrl-C only, so SIGTERM killed it outright.)
+#[cfg(unix)]
+#[test]
+fn eval_stops_safely_on_sigterm_and_resumes() {
+    use std::time::{Duration, Instant};
+    let f = Fixture::new();
+    let dir = f.dir.path();
+    let suite = dir.join("suite.txt");
+    let prompts: Vec<String> = (0..48).map(|i| format!("Tell me about the number {i}.")).collect();
+    std::fs::write(&suite, prompts.join("\n")).unwrap();
+    let cfg = dir.join("driftwatch.toml");
+    std::fs::write(
+        &cfg,
+        format!(
+            "[daemon]\ndata_dir = \"{}\"\n[model]\nbase = \"{}\"\n[engine]\nthreads = 2\nparallel = 4\nbatch_size = 64\n\
+             [sampling]\nsamples = 4\nmax_tokens = 400\ntemperature = 1.0\ntop_k = 0\ntop_p = 1.0\nmin_p = 0.0\n\
+             [[suites]]\nname = \"mini\"\npath = \"{}\"\n[[judges]]\nname = \"refusal\"\nplugin = \"refusal\"\n[api]\nenabled = false\n\
+             [stats]\nbootstrap = 100\n",
+            dir.join("data").display(),
+            f.base.display(),
+            suite.display()
+        ),
+    )
+    .unwrap();
+    let eval = || {
+        let mut c = driftwatch();
+        c.args(["eval"]).arg(&f.base).arg("--config").arg(&cfg).args(["--no-baseline", "--progress", "none", "--json"]);
+        c
+    };
+    let mut child = eval().stdout(std::process::Stdio::null()).stderr(std::process::Stdio::piped()).spawn().unwrap();
+    let store_file = dir.join("data").join(driftwatch::store::DB_FILE_NAME);
+    let deadline = Instant::now() + Duration::from_secs(300);
+    loop {
+        let stored = Some(&store_file)
+            .filter(|f| f.is_file())
+            .and_then(|f| driftwatch::store::Store::open(f).ok())
+            .and_then(|s| s.list_checkpoints(10).ok().map(|c| (s, c)))
+            .and_then(|(s, c)| c.first().and_then(|c| s.runs_for_checkpoint(c.id).ok()).map(|r| (s, r)))
+            .and_then(|(s, r)| r.first().map(|r| s.sample_count(r.id).unwrap_or(0)))
+            .unwrap_or(0);
+        if stored > 0 {
+            assert!(stored < 192, "the run finished before it could be stopped");
+            break;
+        }
+        assert!(child.try_wait().unwrap().is_none(), "eval ended before storing a sample");
+        assert!(Instant::now() < deadline, "no sample stored in time");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    driftwatch_tests::sigterm(&child);
+    let out = child.wait_with_output().unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(130), "SIGTERM must stop eval safely: {:?}\n{err}", out.status);
+    assert!(err.contains("run the same command again to resume"), "{err}");
+    // The same command resumes and finishes with every sample once.
+    let done = eval().output().unwrap();
+    assert!(done.status.success(), "{}", String::from_utf8_lossy(&done.stderr));
+    let store = driftwatch::store::Store::open(&store_file).unwrap();
+    let ckpt = store.list_checkpoints(10).unwrap();
+    let runs = store.runs_for_checkpoint(ckpt[0].id).unwrap();
+    assert_eq!(runs.len(), 1);
+    assert_eq!(runs[0].status, driftwatch::store::RunStatus::Completed);
+    assert_eq!(store.sample_count(runs[0].id).unwrap(), 192);
+}

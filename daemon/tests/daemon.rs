@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 
 use driftwatch::config::Config;
 use driftwatch::store::{RunStatus, Store, StoredSample};
-use driftwatch_tests::{Fixture, TinyAdapter};
+use driftwatch_tests::{sigterm, Fixture, TinyAdapter};
 use tokio_util::sync::CancellationToken;
 
 /// The daemon tests each run llama.cpp with 2 threads on a 2-core machine; two at once starve
@@ -312,18 +312,6 @@ fn comparable(samples: &[StoredSample]) -> Vec<serde_json::Value> {
 }
 
 #[cfg(unix)]
-fn sigterm(child: &Child) {
-    // SAFETY: kill(2) on our own child's pid.
-    let rc = unsafe { libc_kill(child.id() as i32, 15) };
-    assert_eq!(rc, 0);
-}
-
-#[cfg(unix)]
-extern "C" {
-    #[link_name = "kill"]
-    fn libc_kill(pid: i32, sig: i32) -> i32;
-}
-
 fn wait_exit(child: &mut Child, secs: u64) -> std::process::ExitStatus {
     let deadline = Instant::now() + Duration::from_secs(secs);
     loop {

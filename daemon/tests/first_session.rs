@@ -13,6 +13,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
+use driftwatch_tests::sigterm;
 use serde_json::Value;
 
 const BIN: &str = env!("CARGO_BIN_EXE_driftwatch");
@@ -108,14 +109,6 @@ fn wait_until(secs: u64, what: &str, daemon: &mut Child, s: &Session, mut f: imp
         assert!(Instant::now() < deadline, "timed out waiting for {what}; the daemon's log:\n{}", s.read("serve.log"));
         std::thread::sleep(Duration::from_millis(200));
     }
-}
-
-fn sigterm(child: &Child) {
-    extern "C" {
-        fn kill(pid: i32, sig: i32) -> i32;
-    }
-    // SAFETY: kill(2) on our own child's pid.
-    assert_eq!(unsafe { kill(child.id() as i32, 15) }, 0);
 }
 
 /// The exit status `eval --fail-on-regression` must have for this verdict.

@@ -265,3 +265,15 @@ pub fn rss_bytes() -> Option<u64> {
     let pages: u64 = statm.split_whitespace().nth(1)?.parse().ok()?;
     Some(pages * 4096)
 }
+
+/// Sends SIGTERM to a child process (the daemon or `eval` under test): what `systemd`, a CI
+/// runner or `kill` sends to stop it.
+#[cfg(unix)]
+pub fn sigterm(child: &std::process::Child) {
+    extern "C" {
+        fn kill(pid: i32, sig: i32) -> i32;
+    }
+    let pid = i32::try_from(child.id()).expect("a pid fits in an i32");
+    // SAFETY: kill(2) on our own child's pid, which has not been waited for (so not reused).
+    assert_eq!(unsafe { kill(pid, 15) }, 0, "kill({pid}, SIGTERM) failed");
+}

@@ -458,3 +458,25 @@ fn the_build_leaves_out_llama_cpp_amx_kernels() {
         info.system_info
     );
 }
+
+/// llama.cpp's llamafile kernels make a text depend on how many sequences share its batches
+/// (with an adapter: 72.5% of texts differed between parallel 1 and 16); `.cargo/config.toml`
+/// builds without them, and provenance says whether the engine is batch-invariant.
+#[test]
+fn the_build_leaves_out_llamafile_kernels_and_says_it_is_batch_invariant() {
+    let info = driftwatch::engine::build_info();
+    assert!(
+        !info.system_info.contains("LLAMAFILE = 1"),
+        "llama.cpp was built with its llamafile kernels (GGML_LLAMAFILE=OFF from .cargo/config.toml not applied? a target folder configured before it was set needs `cargo clean -p llama-cpp-sys-2`): {}",
+        info.system_info
+    );
+    let cpu = EngineConfig::default();
+    assert!(driftwatch::engine::batch_invariant(&info, &cpu));
+    assert!(!driftwatch::engine::batch_invariant(&info, &EngineConfig { kv_unified: true, ..EngineConfig::default() }));
+    let with_llamafile =
+        driftwatch::engine::BuildInfo { system_info: format!("{} LLAMAFILE = 1 |", info.system_info), ..info };
+    assert!(
+        !driftwatch::engine::batch_invariant(&with_llamafile, &cpu),
+        "never claimed for a build with those kernels"
+    );
+}

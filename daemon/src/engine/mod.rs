@@ -8,11 +8,12 @@
 //!
 //! What makes a generated text reproducible: the model and adapter bytes, the adapter scale,
 //! the prompt and chat template, the sampling settings and seed. Each sequence has its own KV
-//! stream (`kv_unified = false`), so a sample does not depend on the *other* jobs in the request:
-//! a run resumed with only its remaining jobs generates the same texts as the uninterrupted run
-//! (tested). `parallel` itself can still matter for some weight types, because llama.cpp picks
-//! different matrix kernels for a batch of one and for larger batches (seen with F32 weights,
-//! not with the default Q4_1 model); `threads` and the llama.cpp build can matter too.
+//! stream (`kv_unified = false`), and llama.cpp is built without its llamafile kernels (which
+//! take products of two or more columns in another order of accumulation than one column), so
+//! a sample depends neither on the *other* jobs in the request nor on `parallel`: a run resumed
+//! with only its remaining jobs generates the same texts as the uninterrupted run (tested, with
+//! an adapter too, on the default model). `threads` and the llama.cpp build can still matter;
+//! [`batch_invariant`] says when the property is claimed.
 
 mod batch;
 pub mod sampling;
@@ -28,7 +29,7 @@ use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
 pub use sampling::SamplingParams;
-pub use worker::{build_info, BuildInfo};
+pub use worker::{batch_invariant, build_info, BuildInfo};
 
 /// Settings of the engine itself (not of a request).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

@@ -332,6 +332,18 @@ pub struct BuildInfo {
     pub gpu_offload: bool,
 }
 
+/// Whether a sample's text depends only on its model, adapter, prompt, settings and seed with
+/// this build and engine, not on which other jobs share its batches: claimed only where it
+/// was measured (`tests/tests/default_model.rs`), i.e. on the CPU, with llama.cpp built without
+/// its llamafile kernels (which take products of two or more columns with another order of
+/// accumulation than one column) and one KV stream per sequence. A GPU offload or a build
+/// with those kernels is recorded as not batch-invariant.
+pub fn batch_invariant(build: &BuildInfo, config: &super::EngineConfig) -> bool {
+    let llamafile = build.system_info.contains("LLAMAFILE = 1");
+    let gpu = build.gpu_offload && config.gpu_layers > 0;
+    !llamafile && !gpu && !config.kv_unified
+}
+
 /// Facts about the llama.cpp build in this binary.
 pub fn build_info() -> BuildInfo {
     let cstr = |p: *const std::os::raw::c_char| {
