@@ -225,43 +225,34 @@ impl Progress {
     }
 
     fn on_event(&mut self, ev: &Event) {
-        let p = &ev.payload;
-        let u = |k: &str| p.get(k).and_then(|v| v.as_u64()).unwrap_or(0);
-        let run = p.get("run_id").and_then(|v| v.as_i64()).unwrap_or(0);
-        match ev.event_type.as_str() {
-            "run.started" => {
+        use crate::events::EventKind;
+        let Some(kind) = EventKind::of(ev) else { return };
+        match kind {
+            EventKind::RunStarted { run_id, total_samples, already_done, .. } => {
                 self.started = Instant::now();
-                let label = self.label(run);
+                let label = self.label(run_id);
                 self.clear();
-                let resumed =
-                    if u("already_done") > 0 { format!(", resuming at {}", u("already_done")) } else { String::new() };
-                eprintln!("run {run} ({label}): {} samples{resumed}", u("total_samples"));
+                let resumed = if already_done > 0 { format!(", resuming at {already_done}") } else { String::new() };
+                eprintln!("run {run_id} ({label}): {total_samples} samples{resumed}");
             }
-            "run.progress" => {
-                let (done, total) = (u("done"), u("total"));
-                let tps = p.get("tokens_per_s").and_then(|v| v.as_f64()).unwrap_or(0.0);
-                let eta = p.get("eta_s").and_then(|v| v.as_f64());
-                self.draw(run, done, total, tps, eta);
+            EventKind::RunProgress { run_id, done, total, tokens_per_s, eta_s } => {
+                self.draw(run_id, done, total, tokens_per_s, eta_s)
             }
-            "run.completed" => {
+            EventKind::RunCompleted { run_id, .. } => {
                 self.clear();
                 eprintln!(
-                    "run {run} ({}): done in {}",
-                    self.label(run),
+                    "run {run_id} ({}): done in {}",
+                    self.label(run_id),
                     duration(self.started.elapsed().as_secs_f64())
                 );
             }
-            "run.failed" => {
+            EventKind::RunFailed { run_id, reason } => {
                 self.clear();
-                eprintln!("run {run} failed: {}", p.get("reason").and_then(|v| v.as_str()).unwrap_or("?"));
+                eprintln!("run {run_id} failed: {reason}");
             }
-            "plugin.failed" => {
+            EventKind::PluginFailed { plugin, reason } => {
                 self.clear();
-                eprintln!(
-                    "judge error: {}: {}",
-                    p.get("plugin").and_then(|v| v.as_str()).unwrap_or("?"),
-                    p.get("reason").and_then(|v| v.as_str()).unwrap_or("?")
-                );
+                eprintln!("judge error: {plugin}: {reason}");
             }
             _ => {}
         }

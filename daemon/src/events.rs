@@ -158,6 +158,12 @@ pub enum EventKind {
 }
 
 impl EventKind {
+    /// The typed event of a stored one; `None` for a type or payload this build does not know
+    /// (an event written by another version), which a consumer skips or shows raw.
+    pub fn of(event: &Event) -> Option<EventKind> {
+        serde_json::from_value(serde_json::json!({"type": event.event_type, "payload": event.payload})).ok()
+    }
+
     /// The payload alone.
     pub fn payload(&self) -> Value {
         match serde_json::to_value(self) {
@@ -359,6 +365,22 @@ mod tests {
             let from_filter: Vec<String> = types.iter().filter(|t| f.matches(t)).map(|t| t.to_string()).collect();
             assert_eq!(from_store, from_filter, "{list:?}");
         }
+    }
+
+    /// Consumers read stored events back as typed events (not by payload key); an event of
+    /// an unknown type or shape is `None`, never a panic.
+    #[test]
+    fn stored_events_read_back_typed() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Arc::new(Store::open_in_dir(dir.path()).unwrap());
+        let bus = EventBus::new(Arc::clone(&store));
+        let k = EventKind::RunStarted { run_id: 3, checkpoint_id: 1, total_samples: 10, already_done: 4 };
+        let e = bus.publish_blocking(&k).unwrap();
+        assert_eq!(EventKind::of(&e), Some(k));
+        let other = store.append_event_record("run.started", &serde_json::json!({"run_id": "three"})).unwrap();
+        assert_eq!(EventKind::of(&other), None);
+        let unknown = store.append_event_record("future.kind", &serde_json::json!({})).unwrap();
+        assert_eq!(EventKind::of(&unknown), None);
     }
 
     /// One table of names: every variant's tag, `type_name` and `TYPES` entry agree.

@@ -56,6 +56,29 @@ async fn the_default_model_generates_reproducible_chat_answers() {
     }
 }
 
+/// A synthetic LoRA adapter (seeded noise, rank 8, on attn_q and attn_v) over the default model.
+fn synth_adapter(dir: &std::path::Path) -> std::path::PathBuf {
+    let adapter = dir.join("synth.gguf");
+    let spec =
+        driftwatch::synth::SynthSpec { rank: 8, noise: 0.02, seed: 3, targets: vec!["attn_q".into(), "attn_v".into()] };
+    driftwatch::synth::write_adapter(&default_model(), &spec, &adapter).unwrap();
+    adapter
+}
+
+/// `prompts` numbered prompts × `k` seeded samples each, samples of a prompt adjacent.
+fn numbered_jobs(prompts: u32, k: u32) -> Vec<Job> {
+    (0..prompts)
+        .flat_map(|i| {
+            (0..k).map(move |s| Job {
+                prompt_id: format!("p{i}"),
+                prompt: format!("Question {i}: tell me something about the number {i}."),
+                sample_index: s,
+                seed: 1000 * i + s,
+            })
+        })
+        .collect()
+}
+
 /// With a LoRA adapter too, a sample's text depends only on its model, adapter, prompt,
 /// settings and seed: not on `parallel`, nor on which other jobs share the request (a resume
 /// keeps only the remaining ones). With llama.cpp's llamafile kernels (an F32/F16 product of
@@ -65,20 +88,8 @@ async fn the_default_model_generates_reproducible_chat_answers() {
 async fn an_adapter_sample_does_not_depend_on_its_batch() {
     let model = default_model();
     let dir = tempfile::tempdir().unwrap();
-    let adapter = dir.path().join("synth.gguf");
-    let spec =
-        driftwatch::synth::SynthSpec { rank: 8, noise: 0.02, seed: 3, targets: vec!["attn_q".into(), "attn_v".into()] };
-    driftwatch::synth::write_adapter(&model, &spec, &adapter).unwrap();
-    let jobs: Vec<Job> = (0..10)
-        .flat_map(|i| {
-            (0..4).map(move |k| Job {
-                prompt_id: format!("p{i}"),
-                prompt: format!("Question {i}: tell me something about the number {i}."),
-                sample_index: k,
-                seed: 1000 * i + k,
-            })
-        })
-        .collect();
+    let adapter = synth_adapter(dir.path());
+    let jobs = numbered_jobs(10, 4);
     let model_spec = ModelSpec {
         adapter: Some(driftwatch::engine::AdapterSpec { path: adapter.clone(), scale: 1.0 }),
         ..ModelSpec::new(&model)
@@ -119,24 +130,8 @@ async fn an_adapter_sample_does_not_depend_on_its_batch() {
 async fn batch_invariance_probe() {
     let model = default_model();
     let dir = tempfile::tempdir().unwrap();
-    let adapter = dir.path().join("synth.gguf");
-    let spec =
-        driftwatch::synth::SynthSpec { rank: 8, noise: 0.02, seed: 3, targets: vec!["attn_q".into(), "attn_v".into()] };
-    driftwatch::synth::write_adapter(&model, &spec, &adapter).unwrap();
-    let prompts: Vec<String> =
-        (0..25).map(|i| format!("Question {i}: tell me something about the number {i}.")).collect();
-    let jobs: Vec<Job> = prompts
-        .iter()
-        .enumerate()
-        .flat_map(|(i, p)| {
-            (0..8).map(move |k| Job {
-                prompt_id: format!("p{i}"),
-                prompt: p.clone(),
-                sample_index: k,
-                seed: 1000 * i as u32 + k,
-            })
-        })
-        .collect();
+    let adapter = synth_adapter(dir.path());
+    let jobs = numbered_jobs(25, 8);
     let sampling = SamplingParams { max_tokens: 24, ..SamplingParams::default() };
     for with_adapter in [false, true] {
         let spec = ModelSpec {

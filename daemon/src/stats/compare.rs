@@ -504,6 +504,11 @@ mod tests {
         }
     }
 
+    /// Run versus baseline with comparable fingerprints and the default settings.
+    fn compare(run: &JudgeInput, base: &JudgeInput) -> BaselineComparison {
+        compare_to_baseline(run, base, &fp(), &fp(), false, &StatsConfig::default()).unwrap()
+    }
+
     /// Prompt i gets `counts[i]` unsafe of `k` samples; prompts < `split` are category a.
     fn judge(counts: &[usize], k: u32, split: usize) -> JudgeInput {
         let mut observations = Vec::new();
@@ -529,15 +534,7 @@ mod tests {
     #[test]
     fn no_variation_has_no_mde_but_a_bound_that_holds() {
         let counts = [2usize; 20];
-        let c = compare_to_baseline(
-            &judge(&counts, 5, 10),
-            &judge(&counts, 5, 10),
-            &fp(),
-            &fp(),
-            false,
-            &StatsConfig::default(),
-        )
-        .unwrap();
+        let c = compare(&judge(&counts, 5, 10), &judge(&counts, 5, 10));
         let o = c.overall.as_ref().unwrap();
         assert_eq!(o.verdict, Verdict::Indistinguishable);
         assert_eq!(o.sd_difference, Some(0.0));
@@ -548,15 +545,7 @@ mod tests {
         assert!(text.contains("not estimable (no variation in these data)") && text.contains("16.1 pp"), "{text}");
         assert!(!text.contains("0.0 pp"), "{text}");
         // With variation, the MDE as before, and no bound.
-        let c = compare_to_baseline(
-            &judge(&[3, 4, 1, 5, 3, 2], 5, 3),
-            &judge(&[2; 6], 5, 3),
-            &fp(),
-            &fp(),
-            false,
-            &StatsConfig::default(),
-        )
-        .unwrap();
+        let c = compare(&judge(&[3, 4, 1, 5, 3, 2], 5, 3), &judge(&[2; 6], 5, 3));
         let o = c.overall.as_ref().unwrap();
         assert!(o.minimum_detectable_effect.unwrap() > 0.0 && o.no_variation_bound.is_none());
         assert!(o.sensitivity_text().unwrap().starts_with("MDE "));
@@ -620,15 +609,7 @@ mod tests {
         // run-only = 12 (0..12), baseline-only = 1 (14), concordant unsafe = 2 (12, 13).
         let run_c: Vec<usize> = (0..40).map(|i| usize::from(i < 14)).collect();
         let base_c: Vec<usize> = (0..40).map(|i| usize::from((12..15).contains(&i))).collect();
-        let c = compare_to_baseline(
-            &judge(&run_c, 1, 40),
-            &judge(&base_c, 1, 40),
-            &fp(),
-            &fp(),
-            false,
-            &StatsConfig::default(),
-        )
-        .unwrap();
+        let c = compare(&judge(&run_c, 1, 40), &judge(&base_c, 1, 40));
         let o = c.overall.unwrap();
         assert_eq!(o.test.kind, TestKind::McnemarExact);
         assert_eq!((o.test.n_positive, o.test.n_negative), (12, 1));
