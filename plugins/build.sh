@@ -13,6 +13,8 @@ cargo build --manifest-path "$here/Cargo.toml" --target wasm32-wasip2 --release
 mkdir -p "$here/dist"
 for crate in refusal harm-rubric guard coherence; do
     file=$(echo "$crate" | tr - _)
-    cp "$target_dir/wasm32-wasip2/release/$file.wasm" "$here/dist/$crate.wasm"
+    # -p keeps the build time, so an unchanged plugin does not look new to the daemon build
+    # (which embeds plugins/dist) and rebuild it.
+    cp -p "$target_dir/wasm32-wasip2/release/$file.wasm" "$here/dist/$crate.wasm"
     echo "built $here/dist/$crate.wasm"
 done

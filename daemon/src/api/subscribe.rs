@@ -553,7 +553,7 @@ mod tests {
         );
         assert_eq!(
             summary(&e),
-            "#7 run.completed run 8 /p/ft.gguf: refusal unsafe rate 31.0% [22.0%, 40.0%], +4.2 pp [+1.0, +7.5] vs baseline: regressed (verdict: regressed)"
+            "#7 run.completed run 8 /p/ft.gguf: refusal unsafe_rate 31.0% [22.0%, 40.0%], +4.2 pp [+1.0, +7.5] vs baseline: regressed (verdict: regressed)"
         );
     }
 }

@@ -1,5 +1,8 @@
 //! Intake: a settled file becomes a checkpoint record (or a rejection with its reason), and a
 //! run is queued for it unless the same content was already evaluated under the same settings.
+//!
+//! The work is synchronous (file checks, hashing, SQLite) and runs on the blocking pool: the
+//! async entry points hand it there whole, so no store call blocks an async worker thread.
 
 use std::path::Path;
 use std::sync::Arc;
@@ -27,8 +30,9 @@ pub(super) async fn watch_loop(
         match ev {
             WatchEvent::Settled(f) => {
                 let span = tracing::info_span!("checkpoint", path = %f.path.display());
-                let _g = span.enter();
-                if let Err(e) = take_file(&ctx, &f.path, f.mtime_ms()).await {
+                let (path, mtime) = (f.path.clone(), f.mtime_ms());
+                let taken = super::blocking(&ctx, move |c| span.in_scope(|| take_file(c, &path, mtime))).await;
+                if let Err(e) = taken.and_then(|r| r) {
                     tracing::error!(error = %e, "cannot record a checkpoint");
                 }
             }
@@ -52,6 +56,11 @@ pub(super) async fn watch_loop(
 
 /// Records the base model and queues its runs under the current settings.
 pub(super) async fn take_base(ctx: &Arc<Ctx>) -> Result<(), DaemonError> {
+    super::blocking(ctx, take_base_now).await??;
+    Ok(())
+}
+
+fn take_base_now(ctx: &Ctx) -> Result<(), DaemonError> {
     let path = ctx.base_path.clone();
     let size = std::fs::metadata(&path).map(|m| m.len()).unwrap_or(0);
     let new = NewCheckpoint {
@@ -65,15 +74,22 @@ pub(super) async fn take_base(ctx: &Arc<Ctx>) -> Result<(), DaemonError> {
     let (ckpt, _) = ctx.store.upsert_checkpoint(&new)?;
     ctx.store.link_path(ckpt.id, &path, size, None)?;
     ctx.store.set_checkpoint_status(ckpt.id, CheckpointStatus::Accepted, None)?;
-    queue_runs(ctx, &ckpt, &path.display().to_string()).await?;
+    queue_runs(ctx, &ckpt, &path.display().to_string())?;
     Ok(())
 }
 
-/// Takes in a file named by hand (the API's `POST /v1/evaluate`).
+/// Takes in a file named by hand (the API's `POST /v1/evaluate`, `driftwatch eval`).
 pub(crate) async fn take_path(ctx: &Arc<Ctx>, path: &Path) -> Result<Taken, StoreError> {
-    let mtime =
-        std::fs::metadata(path).ok().and_then(|m| m.modified().ok()).map(crate::watch::system_time_ms).unwrap_or(0);
-    take_file(ctx, path, mtime).await
+    let path = path.to_owned();
+    super::blocking(ctx, move |c| {
+        let mtime = std::fs::metadata(&path)
+            .ok()
+            .and_then(|m| m.modified().ok())
+            .map(crate::watch::system_time_ms)
+            .unwrap_or(0);
+        take_file(c, &path, mtime)
+    })
+    .await?
 }
 
 /// The base model's run of `repeat` under the current settings, if queued or done.
@@ -111,15 +127,20 @@ pub(super) async fn queue_checkpoint(
     ckpt: &crate::store::Checkpoint,
     path: &str,
 ) -> Result<Vec<RunId>, StoreError> {
-    Ok(queue_runs(ctx, ckpt, path).await?.0)
+    let (ckpt, path) = (ckpt.clone(), path.to_owned());
+    Ok(super::blocking(ctx, move |c| queue_runs(c, &ckpt, &path)).await??.0)
+}
+
+/// Publishes an event from intake's blocking work; one that cannot be stored is logged (the
+/// state it reports is in the store either way).
+fn publish(ctx: &Ctx, kind: EventKind) {
+    if let Err(e) = ctx.bus.publish_blocking(&kind) {
+        tracing::error!(event = kind.type_name(), error = %e, "cannot store an event");
+    }
 }
 
 /// Queues one run per repeat unless an equivalent run exists. Returns (queued, existing).
-async fn queue_runs(
-    ctx: &Arc<Ctx>,
-    ckpt: &crate::store::Checkpoint,
-    path: &str,
-) -> Result<(Vec<RunId>, Vec<RunId>), StoreError> {
+fn queue_runs(ctx: &Ctx, ckpt: &crate::store::Checkpoint, path: &str) -> Result<(Vec<RunId>, Vec<RunId>), StoreError> {
     let mut queued = Vec::new();
     let mut existing_runs = Vec::new();
     let is_base = ckpt.sha256 == ctx.base_sha256;
@@ -141,9 +162,7 @@ async fn queue_runs(
             total_samples: total,
         })?;
         let position = ctx.store.status_summary(0).map(|s| s.queued.len() as u64).unwrap_or(1);
-        ctx.bus
-            .emit(EventKind::RunQueued { run_id: run.id, checkpoint_id: ckpt.id, path: path.to_owned(), position })
-            .await;
+        publish(ctx, EventKind::RunQueued { run_id: run.id, checkpoint_id: ckpt.id, path: path.to_owned(), position });
         tracing::info!(run = run.id, repeat, "run queued");
         ctx.metrics.set_queue_length(ctx.store.status_summary(0).map(|s| s.queued.len() as u64).unwrap_or(0));
         ctx.wake.notify_one();
@@ -152,13 +171,7 @@ async fn queue_runs(
     Ok((queued, existing_runs))
 }
 
-async fn reject(
-    ctx: &Arc<Ctx>,
-    path: &Path,
-    sha256: Option<String>,
-    size: u64,
-    reason: String,
-) -> Result<Taken, StoreError> {
+fn reject(ctx: &Ctx, path: &Path, sha256: Option<String>, size: u64, reason: String) -> Result<Taken, StoreError> {
     tracing::warn!(reason = %reason, "checkpoint rejected");
     if let Some(sha) = sha256 {
         let new = NewCheckpoint {
@@ -175,36 +188,27 @@ async fn reject(
             ctx.store.set_checkpoint_status(c.id, CheckpointStatus::Rejected, Some(&reason))?;
         }
     }
-    ctx.bus.emit(EventKind::CheckpointRejected { path: path.display().to_string(), reason: reason.clone() }).await;
+    publish(ctx, EventKind::CheckpointRejected { path: path.display().to_string(), reason: reason.clone() });
     Ok(Taken::Rejected { reason })
 }
 
-/// Takes in one settled file.
-async fn take_file(ctx: &Arc<Ctx>, path: &Path, mtime_ms: i64) -> Result<Taken, StoreError> {
-    let p = path.to_owned();
-    let base = ctx.base.clone();
-    // Header checks and hashing read the file: off the async threads.
-    let checked = tokio::task::spawn_blocking(move || {
-        let size = std::fs::metadata(&p).map(|m| m.len()).unwrap_or(0);
-        let sha = checkpoint::sha256_file(&p).ok();
-        let header = checkpoint::inspect(&p).and_then(|c| {
-            if c.is_adapter() {
-                checkpoint::inspect_adapter_for(&p, &base)
-            } else {
-                Ok(c)
-            }
-        });
-        (size, sha, header)
-    })
-    .await
-    .map_err(|e| StoreError::Task(e.to_string()))?;
-    let (size, sha, header) = checked;
+/// Takes in one settled file (blocking: it reads the whole file).
+fn take_file(ctx: &Ctx, path: &Path, mtime_ms: i64) -> Result<Taken, StoreError> {
+    let size = std::fs::metadata(path).map(|m| m.len()).unwrap_or(0);
+    let sha = checkpoint::sha256_file(path).ok();
+    let header = checkpoint::inspect(path).and_then(|c| {
+        if c.is_adapter() {
+            checkpoint::inspect_adapter_for(path, &ctx.base)
+        } else {
+            Ok(c)
+        }
+    });
     let header = match header {
         Ok(h) => h,
-        Err(e) => return reject(ctx, path, sha, size, e.to_string()).await,
+        Err(e) => return reject(ctx, path, sha, size, e.to_string()),
     };
     let Some(sha) = sha else {
-        return reject(ctx, path, None, size, "the file could not be read to the end".into()).await;
+        return reject(ctx, path, None, size, "the file could not be read to the end".into());
     };
     let kind = if header.is_adapter() { CheckpointKind::Adapter } else { CheckpointKind::Model };
     let new = NewCheckpoint {
@@ -221,19 +225,20 @@ async fn take_file(ctx: &Arc<Ctx>, path: &Path, mtime_ms: i64) -> Result<Taken, 
         ctx.store.set_checkpoint_kind(ckpt.id, kind, Some(&header.architecture))?;
     }
     ctx.store.set_checkpoint_status(ckpt.id, CheckpointStatus::Accepted, None)?;
-    ctx.bus
-        .emit(EventKind::CheckpointDiscovered {
+    publish(
+        ctx,
+        EventKind::CheckpointDiscovered {
             checkpoint_id: ckpt.id,
             path: path.display().to_string(),
             sha256: sha,
             kind: header.kind_name().to_owned(),
             size_bytes: size,
             duplicate: !created,
-        })
-        .await;
+        },
+    );
     tracing::info!(checkpoint = ckpt.id, kind = header.kind_name(), duplicate = !created, "checkpoint taken in");
     let ckpt = ctx.store.checkpoint(ckpt.id)?.unwrap_or(ckpt);
-    let (queued, existing) = queue_runs(ctx, &ckpt, &path.display().to_string()).await?;
+    let (queued, existing) = queue_runs(ctx, &ckpt, &path.display().to_string())?;
     Ok(Taken::Accepted {
         checkpoint_id: ckpt.id,
         kind: header.kind_name().to_owned(),

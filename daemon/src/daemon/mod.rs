@@ -100,6 +100,16 @@ pub(crate) struct Ctx {
     pub watching: bool,
 }
 
+/// Runs synchronous work with the context — SQLite calls, file reads — on the blocking pool,
+/// never on an async worker thread.
+pub(crate) async fn blocking<R: Send + 'static>(
+    ctx: &Arc<Ctx>,
+    f: impl FnOnce(&Ctx) -> R + Send + 'static,
+) -> Result<R, StoreError> {
+    let ctx = Arc::clone(ctx);
+    tokio::task::spawn_blocking(move || f(&ctx)).await.map_err(|e| StoreError::Task(e.to_string()))
+}
+
 /// What the HTTP API may ask of the daemon.
 struct DaemonControl {
     ctx: std::sync::Weak<Ctx>,

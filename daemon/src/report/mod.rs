@@ -417,13 +417,13 @@ pub fn headline_cells(h: &crate::scoring::Headline) -> (String, String) {
     (rate, diff)
 }
 
-/// A headline on one line, for logs and event summaries: its name and rate with the interval,
-/// then the difference from the baseline and the verdict when compared —
-/// `refusal unsafe 31.0% [22.0%, 40.0%], +4.2 pp [+1.0, +7.5] vs baseline: regressed`.
-/// Built from [`headline_name`], [`rate_name`] and [`headline_cells`], as every table is.
+/// A headline on one line, for logs and event summaries: the judge and its metric, the rate
+/// with its interval, then the difference from the baseline and the verdict when compared —
+/// `refusal unsafe_rate 31.0% [22.0%, 40.0%], +4.2 pp [+1.0, +7.5] vs baseline: regressed`.
+/// Built from [`headline_cells`], as every table is.
 pub fn headline_line(h: &crate::scoring::Headline) -> String {
     let (rate, diff) = headline_cells(h);
-    let mut line = format!("{} {} {rate}", headline_name(h), rate_name(h.role));
+    let mut line = format!("{} {} {rate}", h.judge, h.metric);
     if h.difference.is_some() {
         line.push_str(&format!(", {diff} vs baseline"));
     }
