@@ -450,17 +450,18 @@ impl Ctx {
     /// engine and the judges. The caller holds the data folder's [`DataDirLock`].
     pub(crate) async fn build(config: Config, watching: bool) -> Result<Arc<Ctx>, DaemonError> {
         let data_dir = config.daemon.data_dir.clone();
-        let store = {
+        let (store, requeued) = {
             let d = data_dir.clone();
-            Arc::new(
-                tokio::task::spawn_blocking(move || Store::open_in_dir(&d))
-                    .await
-                    .map_err(|e| DaemonError::Other(e.to_string()))??,
-            )
+            tokio::task::spawn_blocking(move || -> Result<_, StoreError> {
+                let store = Store::open_in_dir(&d)?;
+                let requeued = store.requeue_interrupted_runs()?;
+                Ok((Arc::new(store), requeued))
+            })
+            .await
+            .map_err(|e| DaemonError::Other(e.to_string()))??
         };
         let metrics = Arc::new(crate::metrics::Metrics::new());
         let bus = EventBus::new(Arc::clone(&store)).with_metrics(Arc::clone(&metrics));
-        let requeued = store.requeue_interrupted_runs()?;
         if !requeued.is_empty() {
             tracing::info!(runs = ?requeued, "resuming runs interrupted by a stop or a crash");
         }

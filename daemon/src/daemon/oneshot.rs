@@ -193,40 +193,16 @@ fn stored_totals(ctx: &Ctx, run: RunId) -> Result<(u64, u64), crate::store::Stor
     Ok((samples.len() as u64, samples.iter().map(|s| u64::from(s.completion_tokens)).sum()))
 }
 
-async fn drive(
-    ctx: &Arc<Ctx>,
-    checkpoint: &std::path::Path,
+/// The runs an evaluation executes or reuses, from the store: whether the checkpoint is the
+/// base model, the baseline run of each repeat, and the checkpoint's run of each repeat
+/// (repeat, run, already completed). A queued run is set to compare with its baseline.
+#[allow(clippy::type_complexity)]
+fn plan_runs(
+    ctx: &Ctx,
+    checkpoint_id: i64,
     baseline: Baseline,
-    stop: &CancellationToken,
-    notify: &NoticeSink,
-) -> Result<EvalOutcome, EvalError> {
-    let repeats = ctx.config.sampling.repeats.max(1);
-    // The base model's runs are queued first (when the checkpoint is the base model itself,
-    // they are its own runs): intake then links the checkpoint to them or queues its own.
-    match baseline {
-        Baseline::BaseModel => intake::take_base(ctx).await?,
-        // A named baseline must be usable before anything is queued.
-        Baseline::Run(id) => {
-            let run = ctx.store.run(id)?.ok_or_else(|| {
-                EvalError::Baseline(format!("baseline run {id} does not exist in {}", ctx.store.path().display()))
-            })?;
-            if run.status != RunStatus::Completed {
-                return Err(EvalError::Baseline(format!(
-                    "baseline run {id} is {}, not completed",
-                    run.status.as_str()
-                )));
-            }
-        }
-        Baseline::None => {}
-    }
-    // Intake hashes and checks the file once; a refused file costs no generation at all.
-    let taken = intake::take_path(ctx, checkpoint).await?;
-    let (checkpoint_id, kind) = match taken {
-        intake::Taken::Rejected { reason } => {
-            return Err(EvalError::Rejected { path: checkpoint.display().to_string(), reason })
-        }
-        intake::Taken::Accepted { checkpoint_id, kind, .. } => (checkpoint_id, kind),
-    };
+    repeats: u32,
+) -> Result<(bool, Vec<Option<RunId>>, Vec<(u32, RunId, bool)>), EvalError> {
     let ckpt_sha = ctx
         .store
         .checkpoint(checkpoint_id)?
@@ -259,6 +235,45 @@ async fn drive(
         }
         targets.push((repeat, run.id, run.status == RunStatus::Completed));
     }
+    Ok((is_base, baseline_runs, targets))
+}
+
+async fn drive(
+    ctx: &Arc<Ctx>,
+    checkpoint: &std::path::Path,
+    baseline: Baseline,
+    stop: &CancellationToken,
+    notify: &NoticeSink,
+) -> Result<EvalOutcome, EvalError> {
+    let repeats = ctx.config.sampling.repeats.max(1);
+    // The base model's runs are queued first (when the checkpoint is the base model itself,
+    // they are its own runs): intake then links the checkpoint to them or queues its own.
+    match baseline {
+        Baseline::BaseModel => intake::take_base(ctx).await?,
+        // A named baseline must be usable before anything is queued.
+        Baseline::Run(id) => {
+            let run = super::blocking(ctx, move |c| c.store.run(id)).await??.ok_or_else(|| {
+                EvalError::Baseline(format!("baseline run {id} does not exist in {}", ctx.store.path().display()))
+            })?;
+            if run.status != RunStatus::Completed {
+                return Err(EvalError::Baseline(format!(
+                    "baseline run {id} is {}, not completed",
+                    run.status.as_str()
+                )));
+            }
+        }
+        Baseline::None => {}
+    }
+    // Intake hashes and checks the file once; a refused file costs no generation at all.
+    let taken = intake::take_path(ctx, checkpoint).await?;
+    let (checkpoint_id, kind) = match taken {
+        intake::Taken::Rejected { reason } => {
+            return Err(EvalError::Rejected { path: checkpoint.display().to_string(), reason })
+        }
+        intake::Taken::Accepted { checkpoint_id, kind, .. } => (checkpoint_id, kind),
+    };
+    let (is_base, baseline_runs, targets) =
+        super::blocking(ctx, move |c| plan_runs(c, checkpoint_id, baseline, repeats)).await??;
 
     // Baselines first (each is needed by its repeat's comparison), then the checkpoint.
     let mut interrupted = false;
@@ -269,7 +284,7 @@ async fn drive(
         if interrupted {
             break;
         }
-        let Some(run) = ctx.store.run(id)? else { continue };
+        let Some(run) = super::blocking(ctx, move |c| c.store.run(id)).await?? else { continue };
         match run.status {
             RunStatus::Completed => continue,
             RunStatus::Queued | RunStatus::Running => {}
@@ -278,10 +293,10 @@ async fn drive(
         let file = if is_baseline { ctx.base_path.clone() } else { checkpoint.to_owned() };
         let name = file.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
         notify(EvalNotice::Run { run_id: id, checkpoint: &name, baseline: is_baseline });
-        let before = stored_totals(ctx, id)?;
+        let before = super::blocking(ctx, move |c| stored_totals(c, id)).await??;
         let started = std::time::Instant::now();
         let outcome = runner::run_one(ctx, run, stop).await;
-        let after = stored_totals(ctx, id)?;
+        let after = super::blocking(ctx, move |c| stored_totals(c, id)).await??;
         executed.push(ExecutedRun {
             run_id: id,
             baseline: is_baseline,

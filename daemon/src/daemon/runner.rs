@@ -72,7 +72,8 @@ pub(crate) async fn run_one(ctx: &Arc<Ctx>, run: Run, stop: &CancellationToken) 
         Ok(false) => ctx.metrics.run_finished("interrupted"),
         Err(_) => ctx.metrics.run_finished("failed"),
     }
-    ctx.metrics.set_queue_length(ctx.store.status_summary(0).map(|s| s.queued.len() as u64).unwrap_or(0));
+    let queued = super::blocking(ctx, |c| c.store.status_summary(0).map(|s| s.queued.len() as u64)).await;
+    ctx.metrics.set_queue_length(queued.ok().and_then(Result::ok).unwrap_or(0));
     match outcome {
         Ok(true) => RunOutcome::Completed,
         Ok(false) => RunOutcome::Interrupted,
@@ -89,6 +90,14 @@ pub(crate) async fn run_one(ctx: &Arc<Ctx>, run: Run, stop: &CancellationToken) 
             RunOutcome::Failed(reason)
         }
     }
+}
+
+/// A store call on the blocking pool (never on an async worker thread).
+async fn db<R: Send + 'static>(
+    ctx: &Arc<Ctx>,
+    f: impl FnOnce(&crate::store::Store) -> Result<R, StoreError> + Send + 'static,
+) -> Result<R, RunError> {
+    Ok(super::blocking(ctx, move |c| f(&c.store)).await??)
 }
 
 /// A run state change, owned (see [`crate::store::RunTransition`]).
@@ -170,32 +179,40 @@ fn plan(ctx: &Ctx, repeat: u32, done: &HashSet<SampleKey>, k: u32) -> Vec<Planne
 
 /// Runs one run to its end (true), or to a stop (false).
 async fn execute(ctx: &Arc<Ctx>, run: Run, stop: &CancellationToken) -> Result<bool, RunError> {
-    let store = Arc::clone(&ctx.store);
-    let ckpt = store
-        .checkpoint(run.checkpoint_id)?
-        .ok_or_else(|| RunError::Other(format!("checkpoint {} is not in the store", run.checkpoint_id)))?;
-    let path = store
-        .checkpoint_paths(ckpt.id)?
+    let checkpoint_id = run.checkpoint_id;
+    let (ckpt, paths) = db(ctx, move |s| {
+        let ckpt = s.checkpoint(checkpoint_id)?;
+        let paths = match &ckpt {
+            Some(c) => s.checkpoint_paths(c.id)?,
+            None => Vec::new(),
+        };
+        Ok((ckpt, paths))
+    })
+    .await?;
+    let ckpt = ckpt.ok_or_else(|| RunError::Other(format!("checkpoint {checkpoint_id} is not in the store")))?;
+    let path = paths
         .into_iter()
         .filter(|p| p.removed_at_ms.is_none())
         .map(|p| PathBuf::from(p.path))
         .find(|p| p.is_file())
         .ok_or_else(|| RunError::Gone(ckpt.path.clone()))?;
+    let id = run.id;
     let repeat = run.provenance.get("repeat").and_then(|v| v.as_u64()).unwrap_or(0) as u32;
     // Hot-reloaded plugins serve from here on; a run whose judges changed records them.
     super::reload_judges(ctx).await;
     let mut run = run;
     let hash = ctx.settings_hash(repeat);
     if hash != run.settings_hash {
-        let stored = store.sample_count(run.id)?;
+        let stored = db(ctx, move |s| s.sample_count(id)).await?;
         if stored > 0 {
             // Never mix two settings in one run: this one ends, a new one is queued.
-            store.start_run(run.id)?;
+            db(ctx, move |s| s.start_run(id)).await?;
             intake::queue_checkpoint(ctx, &ckpt, &path.display().to_string()).await?;
             return Err(RunError::SettingsChanged(stored));
         }
         let provenance = ctx.provenance(&ckpt, &path.display().to_string(), repeat);
-        store.update_run_settings(run.id, &hash, &provenance)?;
+        let (h, p) = (hash.clone(), provenance.clone());
+        db(ctx, move |s| s.update_run_settings(id, &h, &p)).await?;
         tracing::info!("the run's judges or settings changed since it was queued; provenance updated");
         run.settings_hash = hash;
         run.provenance = provenance;
@@ -203,7 +220,7 @@ async fn execute(ctx: &Arc<Ctx>, run: Run, stop: &CancellationToken) -> Result<b
     let adaptive = ctx.config.sampling.adaptive();
     let mut k = adaptive.as_ref().map(|a| a.min_samples).unwrap_or(ctx.config.sampling.samples);
     let n_prompts = ctx.prompts.len() as u64;
-    let already = store.sample_count(run.id)?;
+    let already = db(ctx, move |s| s.sample_count(id)).await?;
     let started = EventKind::RunStarted {
         run_id: run.id,
         checkpoint_id: ckpt.id,
@@ -216,17 +233,17 @@ async fn execute(ctx: &Arc<Ctx>, run: Run, stop: &CancellationToken) -> Result<b
     loop {
         let total = n_prompts * u64::from(k);
         if total != run.total_samples {
-            store.set_run_total(run.id, total)?;
+            db(ctx, move |s| s.set_run_total(id, total)).await?;
             run.total_samples = total;
         }
-        let done = store.completed_sample_keys(run.id)?;
+        let done = db(ctx, move |s| s.completed_sample_keys(id)).await?;
         let jobs = plan(ctx, repeat, &done, k);
         match generate_round(ctx, &run, ckpt.kind, &path, jobs, done.len() as u64, total, stop).await? {
             Round::Done => {}
             Round::Interrupted => return Ok(false), // left `running`: resumed at the next start
             Round::Deleted => return Err(RunError::DeletedDuringRun(path.display().to_string())),
         }
-        let count = store.sample_count(run.id)?;
+        let count = db(ctx, move |s| s.sample_count(id)).await?;
         if count < total {
             return Err(RunError::Other(format!("only {count} of {total} samples were stored")));
         }
@@ -383,23 +400,25 @@ async fn adaptive_step(
 /// Scores a completed run and publishes it; `adaptive` records how adaptive sampling ended.
 async fn finish(ctx: &Arc<Ctx>, run: &Run, path: &str, adaptive: Option<serde_json::Value>) -> Result<(), RunError> {
     let repeat = run.provenance.get("repeat").and_then(|v| v.as_u64()).unwrap_or(0) as u32;
-    let is_base = run.checkpoint_id == base_checkpoint_id(ctx)?;
-    // The baseline may have been queued after this run was (e.g. settings changed): look again.
-    let baseline = match run.baseline_run_id {
-        Some(b) => Some(b),
-        None if !is_base => intake::baseline_run(ctx, repeat)?,
-        None => None,
-    };
-    let baseline = match baseline {
-        Some(b) => match ctx.store.run(b)? {
-            Some(r) if r.status == crate::store::RunStatus::Completed => Some(b),
-            _ => {
-                tracing::warn!(baseline = b, "the baseline run has not completed; scoring without a comparison");
-                None
-            }
-        },
-        None => None,
-    };
+    let (checkpoint_id, asked) = (run.checkpoint_id, run.baseline_run_id);
+    let (is_base, baseline) = super::blocking(ctx, move |c| -> Result<_, StoreError> {
+        let is_base = checkpoint_id == base_checkpoint_id(c)?;
+        // The baseline may have been queued after this run was (e.g. settings changed): look again.
+        let baseline = match asked {
+            Some(b) => Some(b),
+            None if !is_base => intake::baseline_run(c, repeat)?,
+            None => None,
+        };
+        let completed = match baseline {
+            Some(b) => c.store.run(b)?.filter(|r| r.status == crate::store::RunStatus::Completed).map(|_| b),
+            None => None,
+        };
+        if let (Some(b), None) = (baseline, completed) {
+            tracing::warn!(baseline = b, "the baseline run has not completed; scoring without a comparison");
+        }
+        Ok((is_base, completed))
+    })
+    .await??;
     let stats_cfg = crate::scoring::stats_config(&ctx.config.stats);
     let store = Arc::clone(&ctx.store);
     let id = run.id;
