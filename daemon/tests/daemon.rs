@@ -705,3 +705,125 @@ async fn a_failure_that_cannot_be_stored_publishes_no_run_failed() {
     assert!(runs_with_status(&store, RunStatus::Completed).is_empty());
     assert_eq!(runs_with_status(&store, RunStatus::Running).len(), 1, "left for the next start to resume");
 }
+
+/// Load: 100 files dropped at once — 40 adapters renamed in, 30 copies of them (the same
+/// content under other names, written in place), 20 more written slowly in two halves, and 10
+/// left truncated. Every distinct adapter is taken in once and gets exactly one run, in the
+/// order its content was discovered; the copies link to the checkpoints already known; the
+/// truncated files are rejected with their reason; every run completes with all its samples.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_hundred_checkpoints_dropped_at_once_are_all_taken_in_deduplicated_and_queued_in_order() {
+    let _turn = HEAVY.lock().await;
+    logs();
+    let s = Setup::new();
+    let config = Config::load(&s.config("load", 1, 1, 2)).unwrap();
+    let stop = CancellationToken::new();
+    let daemon = tokio::spawn(driftwatch::daemon::run(config, stop.clone()));
+    let store = open_store(&s.root.join("load"));
+    wait_for(120, "the baseline run", || runs_with_status(&store, RunStatus::Completed).into_iter().next()).await;
+
+    let ck = s.root.join("checkpoints");
+    let staging = s.root.join("staging");
+    std::fs::create_dir_all(&staging).unwrap();
+    let write = |seed: u64, path: &Path| {
+        TinyAdapter { seed, rank: 2, ..TinyAdapter::default() }.write(&s.fx.model, path).unwrap()
+    };
+    for i in 0..40u64 {
+        write(100 + i, &staging.join(format!("a{i}.gguf")));
+    }
+    for i in 0..20u64 {
+        write(200 + i, &staging.join(format!("slow{i}.gguf")));
+    }
+    // Renamed in, copied in, written slowly, and truncated — all at once.
+    for i in 0..40 {
+        std::fs::rename(staging.join(format!("a{i}.gguf")), ck.join(format!("a{i}.gguf"))).unwrap();
+    }
+    for i in 0..30 {
+        std::fs::copy(ck.join(format!("a{i}.gguf")), ck.join(format!("copy{i}.gguf"))).unwrap();
+    }
+    let slow: Vec<Vec<u8>> = (0..20).map(|i| std::fs::read(staging.join(format!("slow{i}.gguf"))).unwrap()).collect();
+    let mut files: Vec<std::fs::File> =
+        (0..20).map(|i| std::fs::File::create(ck.join(format!("slow{i}.gguf"))).unwrap()).collect();
+    for i in 0..10 {
+        let b = &slow[i];
+        std::fs::write(ck.join(format!("cut{i}.gguf")), &b[..b.len() / 2]).unwrap();
+    }
+    {
+        use std::io::Write;
+        for (f, b) in files.iter_mut().zip(&slow) {
+            f.write_all(&b[..b.len() / 2]).unwrap();
+        }
+        tokio::time::sleep(Duration::from_millis(150)).await;
+        for (f, b) in files.iter_mut().zip(&slow) {
+            f.write_all(&b[b.len() / 2..]).unwrap();
+        }
+    }
+    drop(files);
+
+    // 1 base + 40 + 20 distinct checkpoints, each with one completed run.
+    let runs = wait_for(600, "61 completed runs", || {
+        let done = runs_with_status(&store, RunStatus::Completed);
+        (done.len() >= 61).then_some(done)
+    })
+    .await;
+    no_failed_runs(&store);
+    let rejected = wait_for(60, "ten rejections", || {
+        let r: Vec<_> = events(&store).into_iter().filter(|e| e.event_type == "checkpoint.rejected").collect();
+        (r.len() >= 10).then_some(r)
+    })
+    .await;
+    tokio::time::sleep(Duration::from_millis(1500)).await; // anything late would show now
+    assert_eq!(runs_with_status(&store, RunStatus::Completed).len(), 61, "one run per distinct content, no more");
+    assert!(
+        runs_with_status(&store, RunStatus::Queued).is_empty()
+            && runs_with_status(&store, RunStatus::Running).is_empty()
+    );
+    let checkpoints = store.list_checkpoints(1000).unwrap();
+    let accepted: Vec<_> =
+        checkpoints.iter().filter(|c| c.status == driftwatch::store::CheckpointStatus::Accepted).collect();
+    assert_eq!(accepted.len(), 61, "distinct contents accepted: base + 40 + 20");
+    let mut per_checkpoint = std::collections::HashMap::new();
+    for r in &runs {
+        *per_checkpoint.entry(r.checkpoint_id).or_insert(0) += 1;
+        assert_eq!(store.sample_count(r.id).unwrap(), 1);
+    }
+    assert!(per_checkpoint.values().all(|n| *n == 1), "a checkpoint evaluated twice: {per_checkpoint:?}");
+    // The copies are linked to the originals' checkpoints.
+    for i in 0..30 {
+        let original = checkpoints
+            .iter()
+            .find(|c| {
+                c.path.ends_with(&format!("/a{i}.gguf"))
+                    || store.checkpoint_paths(c.id).unwrap().iter().any(|p| p.path.ends_with(&format!("/a{i}.gguf")))
+            })
+            .unwrap();
+        let paths: Vec<String> = store.checkpoint_paths(original.id).unwrap().into_iter().map(|p| p.path).collect();
+        assert!(paths.iter().any(|p| p.ends_with(&format!("/copy{i}.gguf"))), "copy{i} not linked: {paths:?}");
+    }
+    // The truncated files are rejected with their reason, and only they are.
+    assert_eq!(rejected.len(), 10, "{rejected:?}");
+    for e in &rejected {
+        assert!(e.payload["path"].as_str().unwrap().contains("/cut"), "{e:?}");
+        assert!(
+            e.payload["reason"].as_str().unwrap().contains("truncated")
+                || e.payload["reason"].as_str().unwrap().contains("extends"),
+            "{e:?}"
+        );
+    }
+    // Runs were queued in the order their contents were discovered.
+    let evs = events(&store);
+    let discovered: Vec<i64> = evs
+        .iter()
+        .filter(|e| e.event_type == "checkpoint.discovered" && e.payload["duplicate"] == false)
+        .map(|e| e.payload["checkpoint_id"].as_i64().unwrap())
+        .collect();
+    let queued: Vec<i64> = evs
+        .iter()
+        .filter(|e| e.event_type == "run.queued")
+        .map(|e| e.payload["checkpoint_id"].as_i64().unwrap())
+        .collect();
+    assert_eq!(discovered.len(), 60, "each distinct adapter discovered as new once");
+    assert_eq!(&queued[1..], &discovered[..], "queued in discovery order (after the base)");
+    stop.cancel();
+    daemon.await.unwrap().unwrap();
+}
