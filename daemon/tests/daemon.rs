@@ -744,8 +744,7 @@ async fn a_hundred_checkpoints_dropped_at_once_are_all_taken_in_deduplicated_and
     let slow: Vec<Vec<u8>> = (0..20).map(|i| std::fs::read(staging.join(format!("slow{i}.gguf"))).unwrap()).collect();
     let mut files: Vec<std::fs::File> =
         (0..20).map(|i| std::fs::File::create(ck.join(format!("slow{i}.gguf"))).unwrap()).collect();
-    for i in 0..10 {
-        let b = &slow[i];
+    for (i, b) in slow.iter().take(10).enumerate() {
         std::fs::write(ck.join(format!("cut{i}.gguf")), &b[..b.len() / 2]).unwrap();
     }
     {
