@@ -16,6 +16,10 @@ fn engine(parallel: usize) -> Engine {
         .expect("engine starts")
 }
 
+/// Taken by the tests that measure the process's memory or allocate a large context, so that
+/// neither runs while the other measures.
+static LARGE_MEMORY: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
 fn fixture() -> &'static Fixture {
     static F: OnceLock<Fixture> = OnceLock::new();
     F.get_or_init(Fixture::new)
@@ -176,6 +180,8 @@ async fn an_adapter_changes_the_output_and_scale_zero_does_not() {
 
 #[test]
 fn many_adapters_do_not_grow_memory() {
+    // The process's RSS is measured: no test that allocates a large context runs meanwhile.
+    let _alone = LARGE_MEMORY.blocking_lock();
     let f = fixture();
     // A large adapter (rank 256 on every matrix, about 2.6 MB) makes a leak easy to see.
     let big = TinyAdapter {
@@ -333,6 +339,8 @@ async fn a_configured_n_ctx_sizes_the_context_and_limits_each_sequence() {
 /// which needs 257 of llama.cpp's 256 sequences), and runs the largest value it accepts.
 #[tokio::test]
 async fn the_parallel_limit_is_the_one_the_engine_can_run() {
+    // 255 KV streams: not while `many_adapters_do_not_grow_memory` measures the process's RSS.
+    let _alone = LARGE_MEMORY.lock().await;
     use driftwatch::engine::MAX_PARALLEL;
     let too_many =
         Engine::start(EngineConfig { parallel: MAX_PARALLEL + 1, batch_size: 512, ..EngineConfig::default() });
