@@ -578,10 +578,12 @@ fn doctor(a: DoctorArgs) -> Result<()> {
     let model = setup::default_model_path();
     let cached = model.is_file();
     let wasm = setup::wasm_target_installed();
+    let embedded = crate::daemon::judges::embedded_plugins();
+    let invariant = crate::engine::batch_invariant(&info, &EngineConfig::default());
     if a.json {
         let v = json!({
             "build": info, "default_model": {"path": model, "cached": cached, "sha256": setup::DEFAULT_MODEL_SHA256},
-            "wasm32_wasip2_target": wasm,
+            "wasm32_wasip2_target": wasm, "embedded_plugins": embedded, "batch_invariant": invariant,
         });
         println!("{}", serde_json::to_string_pretty(&v)?);
         return Ok(());
@@ -602,7 +604,23 @@ fn doctor(a: DoctorArgs) -> Result<()> {
         "GPU offload: {}",
         if info.gpu_offload { "yes (cuda build)" } else { "no (CPU build; `--features cuda` for GPU)" }
     );
+    println!(
+        "batch-invariant: {}",
+        if invariant {
+            "yes (a sample's text does not depend on the other jobs in its batches)"
+        } else {
+            "no (llamafile kernels or a GPU offload: recorded in each run's provenance)"
+        }
+    );
     println!("default model: {} ({})", model.display(), if cached { "cached" } else { "missing: run `make setup`" });
+    println!(
+        "bundled judges embedded in this binary: {}",
+        if embedded.is_empty() {
+            "none (found in plugins/dist at run time; `make plugins`)".into()
+        } else {
+            embedded.join(", ")
+        }
+    );
     println!(
         "wasm32-wasip2 target: {}",
         match wasm {

@@ -90,6 +90,18 @@ fn doctor_reports_the_build() {
     assert!(!v["build"]["ggml_version"].as_str().unwrap().is_empty());
     assert!(v["build"]["system_info"].as_str().unwrap().contains("CPU"));
     assert!(v["default_model"]["cached"].is_boolean());
+    // `make test` builds the plugins first, so the binary carries all four, byte for byte.
+    let embedded: Vec<&str> = v["embedded_plugins"].as_array().unwrap().iter().map(|p| p.as_str().unwrap()).collect();
+    assert_eq!(embedded, ["refusal", "coherence", "harm-rubric", "guard"], "{v}");
+    for name in embedded {
+        let dist = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join(format!("../plugins/dist/{name}.wasm"));
+        assert_eq!(
+            driftwatch::daemon::judges::embedded_plugin(name),
+            Some(std::fs::read(&dist).unwrap().as_slice()),
+            "{name}: the embedded component is not plugins/dist's"
+        );
+    }
+    assert_eq!(v["batch_invariant"], true, "{v}");
     #[cfg(target_arch = "x86_64")]
     assert!(
         v["build"]["compiled_cpu_features"].as_array().unwrap().iter().any(|f| f == "avx2" || f == "avx"),
