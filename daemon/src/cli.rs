@@ -147,13 +147,7 @@ pub struct StatusArgs {
 /// `driftwatch config show`: the effective configuration, each key with its origin.
 fn config_show(a: ConfigShowArgs) -> Result<()> {
     let (config, source) = a.config.load()?;
-    let (text, name) = match &source {
-        crate::config::ConfigSource::Given(p) | crate::config::ConfigSource::Found(p) => (
-            std::fs::read_to_string(p).with_context(|| format!("cannot read {}", p.display()))?,
-            p.display().to_string(),
-        ),
-        crate::config::ConfigSource::BuiltIn(_) => (crate::config::BUILTIN_TOML.to_owned(), "<built-in>".to_owned()),
-    };
+    let (text, name) = source.document().with_context(|| format!("cannot read {source}"))?;
     let settings = config.explain(&text, &name, &setup::process_env);
     let mut out = std::io::stdout().lock();
     if a.json {

@@ -767,6 +767,9 @@ name = "coherence"
 plugin = "coherence"
 "#;
 
+/// The name the built-in configuration goes by in errors and origins.
+pub const BUILTIN_SOURCE: &str = "<built-in>";
+
 /// Where a configuration came from.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum ConfigSource {
@@ -776,6 +779,19 @@ pub enum ConfigSource {
     Found(PathBuf),
     /// No file: the built-in configuration ([`BUILTIN_TOML`]); the files looked for.
     BuiltIn(Vec<PathBuf>),
+}
+
+impl ConfigSource {
+    /// The text the configuration was read from, and its name in origins (`FILE`, or
+    /// [`BUILTIN_SOURCE`]).
+    pub fn document(&self) -> std::io::Result<(String, String)> {
+        match self {
+            ConfigSource::Given(p) | ConfigSource::Found(p) => {
+                Ok((std::fs::read_to_string(p)?, p.display().to_string()))
+            }
+            ConfigSource::BuiltIn(_) => Ok((BUILTIN_TOML.to_owned(), BUILTIN_SOURCE.to_owned())),
+        }
+    }
 }
 
 impl fmt::Display for ConfigSource {
@@ -798,11 +814,7 @@ impl fmt::Display for ConfigSource {
 /// (`~/.config/driftwatch/config.toml` when `XDG_CONFIG_HOME` is not set).
 pub fn config_search_path(env: &dyn Fn(&str) -> Option<String>) -> Vec<PathBuf> {
     let mut paths = vec![PathBuf::from("driftwatch.toml"), PathBuf::from("config").join("driftwatch.toml")];
-    let xdg = env("XDG_CONFIG_HOME")
-        .filter(|v| !v.is_empty())
-        .map(PathBuf::from)
-        .or_else(|| env("HOME").filter(|v| !v.is_empty()).map(|h| PathBuf::from(h).join(".config")));
-    if let Some(dir) = xdg {
+    if let Some(dir) = crate::setup::xdg_dir_with(env, "XDG_CONFIG_HOME", ".config") {
         paths.push(dir.join("driftwatch").join("config.toml"));
     }
     paths
@@ -852,7 +864,7 @@ impl Config {
     /// control suite into the cache when it is not there yet.
     pub fn builtin_with_env(env: &dyn Fn(&str) -> Option<String>) -> Result<Config, ConfigError> {
         let cwd = std::env::current_dir().unwrap_or_else(|_| PathBuf::from("."));
-        let config = Config::from_toml_str(BUILTIN_TOML, "<built-in>", &cwd, env)?;
+        let config = Config::from_toml_str(BUILTIN_TOML, BUILTIN_SOURCE, &cwd, env)?;
         if let Some(benign) = config.suites.iter().find(|s| s.control) {
             crate::setup::ensure_bundled_file(&benign.path, crate::setup::BENIGN_CONTROL_CSV);
         }
@@ -865,13 +877,9 @@ impl Config {
     pub fn explain(&self, text: &str, source_name: &str, env: &dyn Fn(&str) -> Option<String>) -> Vec<Setting> {
         let doc = DeTable::parse(text).unwrap_or_else(|_| DeTable::parse("").expect("the empty document parses"));
         let loc = Locator { text, doc: &doc, source_name, env_keys: BTreeMap::new() };
-        let env_var = |key: &str| {
-            ENV_VARS
-                .iter()
-                .find(|(var, k)| (*k == key || key.starts_with(&format!("{k}["))) && env(var).is_some())
-                .map(|(var, _)| *var)
-        };
-        let builtin = source_name == "<built-in>";
+        let env_var =
+            |key: &str| ENV_VARS.iter().find(|(var, k)| overrides(k, key) && env(var).is_some()).map(|(var, _)| *var);
+        let builtin = source_name == BUILTIN_SOURCE;
         let origin = |key: &str| -> String {
             if let Some(var) = env_var(key) {
                 return format!("env {var}");
@@ -902,8 +910,8 @@ impl Config {
         }
         let mut flat = Vec::new();
         walk("", &value, &mut flat);
+        // `api.token` is never serialized, so it is not among them.
         for (key, value) in flat {
-            let value = if key == "api.token" { "\"(hidden)\"".to_owned() } else { value };
             out.push(Setting { origin: origin(&key), key, value });
         }
         out
@@ -1406,6 +1414,12 @@ pub fn resolve_path(p: &Path, base: &Path, env: &dyn Fn(&str) -> Option<String>)
     Ok(if expanded.is_absolute() { expanded } else { base.join(expanded) })
 }
 
+/// Whether an environment override of `env_key` sets `key`: the key itself, or an entry of
+/// the list it replaces wholly (`daemon.watch[1]` for `daemon.watch`).
+fn overrides(env_key: &str, key: &str) -> bool {
+    key == env_key || key.strip_prefix(env_key).is_some_and(|rest| rest.starts_with('['))
+}
+
 /// Finds keys in the parsed document to attach line numbers to errors.
 struct Locator<'a> {
     text: &'a str,
@@ -1443,7 +1457,7 @@ fn parse_key_path(key: &str) -> Vec<Seg> {
 impl Locator<'_> {
     fn invalid(&self, key: &str, message: String) -> ConfigError {
         // A key set (or, for lists, wholly replaced) from the environment.
-        let env_hit = self.env_keys.iter().find(|(k, _)| key == k.as_str() || key.starts_with(&format!("{k}[")));
+        let env_hit = self.env_keys.iter().find(|(k, _)| overrides(k, key));
         if let Some((k, (var, value))) = env_hit {
             return ConfigError::Env { var: var.clone(), value: value.clone(), key: k.clone(), message };
         }

@@ -255,9 +255,19 @@ impl EventBus {
 
     /// Stores and broadcasts an event (blocking: a single small insert). Returns it.
     pub fn publish_blocking(&self, kind: &EventKind) -> Result<Arc<Event>, StoreError> {
+        self.store_then_broadcast(kind, |store, event_type, payload| store.append_event_record(event_type, payload))
+    }
+
+    /// Stores `kind` with `write` (which returns the stored event), then broadcasts it, under
+    /// the order lock so that ids reach subscribers in order.
+    fn store_then_broadcast(
+        &self,
+        kind: &EventKind,
+        write: impl FnOnce(&Store, &str, &Value) -> Result<Event, StoreError>,
+    ) -> Result<Arc<Event>, StoreError> {
         let payload = kind.payload();
         let _order = self.order.lock();
-        let event = Arc::new(self.store.append_event_record(kind.type_name(), &payload)?);
+        let event = Arc::new(write(&self.store, kind.type_name(), &payload)?);
         // No receivers is fine: the event is in the store.
         let _ = self.tx.send(Arc::clone(&event));
         if let Some(m) = &self.metrics {
@@ -272,21 +282,14 @@ impl EventBus {
     pub fn transition_blocking(
         &self,
         run_id: crate::store::RunId,
-        change: crate::store::RunTransition<'_>,
+        change: crate::store::RunTransition,
         kind: &EventKind,
     ) -> Result<Arc<Event>, StoreError> {
-        let payload = kind.payload();
-        let _order = self.order.lock();
-        let event = self
-            .store
-            .transition_run(run_id, change, Some((kind.type_name(), &payload)))?
-            .ok_or_else(|| StoreError::Task("the run transition stored no event".into()))?;
-        let event = Arc::new(event);
-        let _ = self.tx.send(Arc::clone(&event));
-        if let Some(m) = &self.metrics {
-            m.events_published();
-        }
-        Ok(event)
+        self.store_then_broadcast(kind, |store, event_type, payload| {
+            store
+                .transition_run(run_id, change, Some((event_type, payload)))?
+                .ok_or_else(|| StoreError::Task("the run transition stored no event".into()))
+        })
     }
 
     /// Stores and broadcasts an event from async code (on the blocking pool).

@@ -22,14 +22,17 @@ pub fn process_env(var: &str) -> Option<String> {
 /// driftwatch's cache folder, as `scripts/setup.sh` chooses it: `$DRIFTWATCH_CACHE`, else
 /// `$XDG_CACHE_HOME/driftwatch`, else `$HOME/.cache/driftwatch`; `None` when none is set.
 pub fn cache_dir_with(env: EnvLookup<'_>) -> Option<PathBuf> {
-    let var = |v: &str| env(v).filter(|s| !s.is_empty());
-    if let Some(p) = var("DRIFTWATCH_CACHE") {
+    if let Some(p) = env("DRIFTWATCH_CACHE").filter(|s| !s.is_empty()) {
         return Some(PathBuf::from(p));
     }
-    if let Some(p) = var("XDG_CACHE_HOME") {
-        return Some(PathBuf::from(p).join("driftwatch"));
-    }
-    var("HOME").map(|h| PathBuf::from(h).join(".cache").join("driftwatch"))
+    xdg_dir_with(env, "XDG_CACHE_HOME", ".cache").map(|d| d.join("driftwatch"))
+}
+
+/// An XDG base directory: `$var` (e.g. `XDG_CACHE_HOME`), else `$HOME/<home_relative>` (e.g.
+/// `.cache`); `None` when neither is set.
+pub fn xdg_dir_with(env: EnvLookup<'_>, var: &str, home_relative: &str) -> Option<PathBuf> {
+    let set = |v: &str| env(v).filter(|s| !s.is_empty());
+    set(var).map(PathBuf::from).or_else(|| set("HOME").map(|h| PathBuf::from(h).join(home_relative)))
 }
 
 /// driftwatch's cache folder in this process's environment ([`cache_dir_with`]; the current

@@ -92,6 +92,18 @@ bootstrap = 200
     }
 }
 
+/// Starts the daemon in-process with the configuration file `config`, and opens its store in
+/// `data` (waiting for the daemon to create it). Cancel the token to stop it.
+fn start_daemon(
+    config: &Path,
+    data: &Path,
+) -> (CancellationToken, tokio::task::JoinHandle<Result<(), driftwatch::daemon::DaemonError>>, Store) {
+    let config = Config::load(config).unwrap();
+    let stop = CancellationToken::new();
+    let daemon = tokio::spawn(driftwatch::daemon::run(config, stop.clone()));
+    (stop, daemon, open_store(data))
+}
+
 fn open_store(dir: &Path) -> Store {
     let deadline = Instant::now() + Duration::from_secs(60);
     loop {
@@ -149,10 +161,7 @@ async fn checkpoints_are_taken_in_checked_deduplicated_and_evaluated() {
     let _turn = HEAVY.lock().await;
     logs();
     let s = Setup::new();
-    let config = Config::load(&s.config("data", 4, 3, 12)).unwrap();
-    let stop = CancellationToken::new();
-    let daemon = tokio::spawn(driftwatch::daemon::run(config, stop.clone()));
-    let store = open_store(&s.root.join("data"));
+    let (stop, daemon, store) = start_daemon(&s.config("data", 4, 3, 12), &s.root.join("data"));
 
     // The base model is evaluated first.
     let base_run =
@@ -256,10 +265,7 @@ async fn a_checkpoint_deleted_during_its_run_fails_that_run_with_a_reason() {
     let _turn = HEAVY.lock().await;
     logs();
     let s = Setup::new();
-    let config = Config::load(&s.config("data", 24, 4, 200)).unwrap();
-    let stop = CancellationToken::new();
-    let daemon = tokio::spawn(driftwatch::daemon::run(config, stop.clone()));
-    let store = open_store(&s.root.join("data"));
+    let (stop, daemon, store) = start_daemon(&s.config("data", 24, 4, 200), &s.root.join("data"));
     wait_for(300, "the baseline run", || runs_with_status(&store, RunStatus::Completed).into_iter().next()).await;
     let path = s.root.join("checkpoints/doomed.gguf");
     std::fs::copy(&s.fx.adapter, &path).unwrap();
@@ -337,10 +343,8 @@ async fn kill_dash_nine_and_sigterm_mid_run_then_resume_to_the_uninterrupted_res
 
     // The reference: one uninterrupted run.
     let reference = {
-        let config = Config::load(&s.config("reference", prompts, k, max_tokens)).unwrap();
-        let stop = CancellationToken::new();
-        let daemon = tokio::spawn(driftwatch::daemon::run(config, stop.clone()));
-        let store = open_store(&s.root.join("reference"));
+        let (stop, daemon, store) =
+            start_daemon(&s.config("reference", prompts, k, max_tokens), &s.root.join("reference"));
         let run = wait_for(600, "the reference run", || {
             no_failed_runs(&store);
             assert!(!daemon.is_finished(), "the reference daemon stopped early");
@@ -461,10 +465,7 @@ async fn plugins_in_the_plugin_folder_are_hot_reloaded_and_a_broken_update_keeps
         .replace("[api]", &format!("[plugins]\ndir = \"{}\"\n\n[api]", plugins.display()));
     let text = text.replace(&format!("plugin = \"{}\"", common::bundled("refusal").display()), "plugin = \"myjudge\"");
     std::fs::write(&cfg, text).unwrap();
-    let config = Config::load(&cfg).unwrap();
-    let stop = CancellationToken::new();
-    let daemon = tokio::spawn(driftwatch::daemon::run(config, stop.clone()));
-    let store = open_store(&s.root.join("hot"));
+    let (stop, daemon, store) = start_daemon(&cfg, &s.root.join("hot"));
     let loaded = |store: &Store| -> Vec<driftwatch::store::Event> {
         events(store)
             .into_iter()
@@ -512,10 +513,7 @@ async fn adaptive_sampling_adds_rounds_until_the_interval_is_narrow_or_the_budge
         .unwrap()
         .replace("samples = 2\n", "samples = 2\nmin_samples = 2\nmax_samples = 7\ntarget_half_width = 0.01\n");
     std::fs::write(&cfg, text).unwrap();
-    let config = Config::load(&cfg).unwrap();
-    let stop = CancellationToken::new();
-    let daemon = tokio::spawn(driftwatch::daemon::run(config, stop.clone()));
-    let store = open_store(&s.root.join("adaptive"));
+    let (stop, daemon, store) = start_daemon(&cfg, &s.root.join("adaptive"));
     let run =
         wait_for(300, "the adaptive run", || runs_with_status(&store, RunStatus::Completed).into_iter().next()).await;
     let scores = run.scores.clone().unwrap();
@@ -716,10 +714,7 @@ async fn a_hundred_checkpoints_dropped_at_once_are_all_taken_in_deduplicated_and
     let _turn = HEAVY.lock().await;
     logs();
     let s = Setup::new();
-    let config = Config::load(&s.config("load", 1, 1, 2)).unwrap();
-    let stop = CancellationToken::new();
-    let daemon = tokio::spawn(driftwatch::daemon::run(config, stop.clone()));
-    let store = open_store(&s.root.join("load"));
+    let (stop, daemon, store) = start_daemon(&s.config("load", 1, 1, 2), &s.root.join("load"));
     wait_for(120, "the baseline run", || runs_with_status(&store, RunStatus::Completed).into_iter().next()).await;
 
     let ck = s.root.join("checkpoints");

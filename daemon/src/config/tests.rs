@@ -518,7 +518,7 @@ fn the_builtin_defaults_are_the_documented_default_file() {
     let env = home_env();
     let file =
         Config::load_with_env(&Path::new(env!("CARGO_MANIFEST_DIR")).join("../config/driftwatch.toml"), &env).unwrap();
-    let builtin = Config::from_toml_str(BUILTIN_TOML, "<built-in>", Path::new("/work"), &env).unwrap();
+    let builtin = Config::from_toml_str(BUILTIN_TOML, BUILTIN_SOURCE, Path::new("/work"), &env).unwrap();
     let suite = |s: &SuiteConfig| {
         (
             s.name.clone(),

@@ -53,7 +53,8 @@ pub fn embedded_plugins() -> Vec<&'static str> {
 /// Where a judge's component comes from.
 enum Component {
     File(PathBuf),
-    Embedded(&'static [u8]),
+    /// A bundled plugin's name and bytes.
+    Embedded(String, &'static [u8]),
 }
 
 /// Why the judges cannot be set up.
@@ -181,7 +182,7 @@ impl JudgeSet {
                     match from_dir.or_else(|| bundled_plugin(name)) {
                         Some(p) => Component::File(p),
                         None => match embedded_plugin(name) {
-                            Some(bytes) => Component::Embedded(bytes),
+                            Some(bytes) => Component::Embedded(name.clone(), bytes),
                             None => {
                                 return Err(JudgeSetError::NotBuilt {
                                     judge: jc.name.clone(),
@@ -220,16 +221,12 @@ impl JudgeSet {
             };
             let loaded = match &component {
                 Component::File(path) => runtime.load_file(&jc.name, path, settings, model),
-                Component::Embedded(bytes) => runtime.load(&jc.name, bytes, settings, model),
+                Component::Embedded(_, bytes) => runtime.load(&jc.name, bytes, settings, model),
             };
             let plugin = loaded.map_err(|cause| JudgeSetError::Load { judge: jc.name.clone(), cause })?;
             let path = match component {
                 Component::File(p) => p,
-                Component::Embedded(_) => {
-                    let name = match &jc.plugin {
-                        PluginSource::Bundled(n) => n.as_str(),
-                        PluginSource::Path(_) => jc.name.as_str(),
-                    };
+                Component::Embedded(name, _) => {
                     PathBuf::from(format!("(embedded in the driftwatch binary)/{name}.wasm"))
                 }
             };

@@ -16,7 +16,7 @@ use super::{intake, sample_seed, Ctx};
 use crate::engine::{AdapterSpec, EngineEvent, FinishReason, GenerationRequest, Job, ModelSpec, SampleOutput};
 use crate::events::EventKind;
 use crate::judge::{FinishReason as JudgeFinish, Sample};
-use crate::store::{CheckpointKind, NewSample, Run, RunId, SampleKey, StoreError};
+use crate::store::{CheckpointKind, NewSample, Run, RunId, RunTransition, SampleKey, StoreError};
 use crate::suite::Prompt;
 
 /// Takes queued runs one at a time until shutdown.
@@ -84,7 +84,7 @@ pub(crate) async fn run_one(ctx: &Arc<Ctx>, run: Run, stop: &CancellationToken) 
             // failure that cannot be recorded publishes nothing (the run is taken up again at
             // the next start).
             let kind = EventKind::RunFailed { run_id: id, reason: reason.clone() };
-            if let Err(store_error) = transition(ctx, id, Change::Fail(reason.clone()), kind).await {
+            if let Err(store_error) = transition(ctx, id, RunTransition::Fail { error: reason.clone() }, kind).await {
                 tracing::error!(run = id, error = %store_error, "cannot record the run's failure; nothing is published, and the run is retried at the next start");
             }
             RunOutcome::Failed(reason)
@@ -100,33 +100,15 @@ async fn db<R: Send + 'static>(
     Ok(super::blocking(ctx, move |c| f(&c.store)).await??)
 }
 
-/// A run state change, owned (see [`crate::store::RunTransition`]).
-pub(super) enum Change {
-    Start,
-    Complete(serde_json::Value),
-    Fail(String),
-}
-
 /// Changes a run's state and publishes its event, stored in one transaction (on the blocking
 /// pool): the state and its event are never one without the other.
 pub(super) async fn transition(
     ctx: &Arc<Ctx>,
     run_id: RunId,
-    change: Change,
+    change: RunTransition,
     kind: EventKind,
 ) -> Result<(), StoreError> {
-    let bus = ctx.bus.clone();
-    tokio::task::spawn_blocking(move || {
-        use crate::store::RunTransition;
-        let t = match &change {
-            Change::Start => RunTransition::Start,
-            Change::Complete(scores) => RunTransition::Complete { scores },
-            Change::Fail(error) => RunTransition::Fail { error },
-        };
-        bus.transition_blocking(run_id, t, &kind).map(|_| ())
-    })
-    .await
-    .map_err(|e| StoreError::Task(e.to_string()))?
+    super::blocking(ctx, move |c| c.bus.transition_blocking(run_id, change, &kind).map(|_| ())).await?
 }
 
 /// Why a run could not finish.
@@ -227,7 +209,7 @@ async fn execute(ctx: &Arc<Ctx>, run: Run, stop: &CancellationToken) -> Result<b
         total_samples: n_prompts * u64::from(k),
         already_done: already,
     };
-    transition(ctx, run.id, Change::Start, started).await?;
+    transition(ctx, run.id, RunTransition::Start, started).await?;
     tracing::info!(total = n_prompts * u64::from(k), already_done = already, path = %path.display(), "run started");
     let mut decision = None;
     loop {
@@ -446,7 +428,7 @@ async fn finish(ctx: &Arc<Ctx>, run: &Run, path: &str, adaptive: Option<serde_js
         verdict,
         provenance_digest: digest,
     };
-    transition(ctx, run.id, Change::Complete(scores), completed).await?;
+    transition(ctx, run.id, RunTransition::Complete { scores }, completed).await?;
     for h in &result.headline {
         tracing::info!(run = run.id, "result: {}", crate::report::headline_line(h));
     }
@@ -513,6 +495,17 @@ impl ProgressMeter {
         }
     }
 
+    /// The `run.progress` event of this state, with `eta_s` as given.
+    pub fn event(&self, run_id: RunId, eta_s: Option<f64>) -> EventKind {
+        EventKind::RunProgress {
+            run_id,
+            done: self.done(),
+            total: self.total,
+            tokens_per_s: self.tokens_per_s(),
+            eta_s,
+        }
+    }
+
     /// Seconds left: the tokens the remaining samples are expected to take (the mean of the
     /// stored ones so far, else the budget), less those already generated for samples in
     /// flight, at the engine's rate.
@@ -557,13 +550,7 @@ fn judge_and_store(
             eta_s = eta.map(|e| e.round()),
             "progress"
         );
-        let _ = ctx.bus.publish_blocking(&EventKind::RunProgress {
-            run_id,
-            done: meter.done(),
-            total: meter.total,
-            tokens_per_s: tps,
-            eta_s: eta,
-        });
+        let _ = ctx.bus.publish_blocking(&meter.event(run_id, eta));
     };
     loop {
         let first = match rx.recv_timeout(Duration::from_secs(1)) {
@@ -590,13 +577,7 @@ fn judge_and_store(
         }
     }
     meter.engine = engine_progress.lock().clone();
-    let _ = ctx.bus.publish_blocking(&EventKind::RunProgress {
-        run_id,
-        done: meter.done(),
-        total: meter.total,
-        tokens_per_s: meter.tokens_per_s(),
-        eta_s: Some(0.0),
-    });
+    let _ = ctx.bus.publish_blocking(&meter.event(run_id, Some(0.0)));
     Ok(meter.stored)
 }
 

@@ -551,24 +551,24 @@ impl std::fmt::Debug for Store {
 }
 
 /// A change of a run's state ([`Store::transition_run`]).
-#[derive(Debug, Clone, Copy)]
-pub enum RunTransition<'a> {
+#[derive(Debug, Clone)]
+pub enum RunTransition {
     /// queued → running (counts an attempt).
     Start,
     /// running → completed, with the scores.
     Complete {
         /// The run's scores.
-        scores: &'a Value,
+        scores: Value,
     },
     /// queued | running → failed, with the error.
     Fail {
         /// Why.
-        error: &'a str,
+        error: String,
     },
     /// queued | running → cancelled, with the reason.
     Cancel {
         /// Why.
-        reason: &'a str,
+        reason: String,
     },
 }
 
@@ -1044,7 +1044,7 @@ impl Store {
     pub fn transition_run(
         &self,
         id: RunId,
-        change: RunTransition<'_>,
+        change: RunTransition,
         event: Option<(&str, &Value)>,
     ) -> Result<Option<Event>> {
         let (to, allowed_from, sql, extra): (RunStatus, &[RunStatus], &str, Option<String>) = match change {
@@ -1059,19 +1059,19 @@ impl Store {
                 RunStatus::Completed,
                 &[RunStatus::Running],
                 "UPDATE runs SET status = ?2, finished_at = ?3, scores = ?4, error = NULL WHERE id = ?1",
-                Some(serde_json::to_string(scores)?),
+                Some(serde_json::to_string(&scores)?),
             ),
             RunTransition::Fail { error } => (
                 RunStatus::Failed,
                 &[RunStatus::Queued, RunStatus::Running],
                 "UPDATE runs SET status = ?2, finished_at = ?3, error = ?4 WHERE id = ?1",
-                Some(error.to_string()),
+                Some(error),
             ),
             RunTransition::Cancel { reason } => (
                 RunStatus::Cancelled,
                 &[RunStatus::Queued, RunStatus::Running],
                 "UPDATE runs SET status = ?2, finished_at = ?3, error = ?4 WHERE id = ?1",
-                Some(reason.to_string()),
+                Some(reason),
             ),
         };
         let event = event.map(|(t, p)| serde_json::to_string(p).map(|text| (t, text, p))).transpose()?;
@@ -1106,7 +1106,7 @@ impl Store {
     fn transition_logged(
         &self,
         id: RunId,
-        change: RunTransition<'_>,
+        change: RunTransition,
         event_type: &str,
         payload: &Value,
     ) -> Result<EventId> {
@@ -1167,32 +1167,32 @@ impl Store {
 
     /// running → completed, with its scores.
     pub fn complete_run(&self, id: RunId, scores: &Value) -> Result<()> {
-        self.transition_run(id, RunTransition::Complete { scores }, None).map(|_| ())
+        self.transition_run(id, RunTransition::Complete { scores: scores.clone() }, None).map(|_| ())
     }
 
     /// [`Store::complete_run`] plus its event, in one transaction. Returns the event's id.
     pub fn complete_run_logged(&self, id: RunId, scores: &Value, event_type: &str, payload: &Value) -> Result<EventId> {
-        self.transition_logged(id, RunTransition::Complete { scores }, event_type, payload)
+        self.transition_logged(id, RunTransition::Complete { scores: scores.clone() }, event_type, payload)
     }
 
     /// queued | running → failed, with the error.
     pub fn fail_run(&self, id: RunId, error: &str) -> Result<()> {
-        self.transition_run(id, RunTransition::Fail { error }, None).map(|_| ())
+        self.transition_run(id, RunTransition::Fail { error: error.to_owned() }, None).map(|_| ())
     }
 
     /// [`Store::fail_run`] plus its event, in one transaction. Returns the event's id.
     pub fn fail_run_logged(&self, id: RunId, error: &str, event_type: &str, payload: &Value) -> Result<EventId> {
-        self.transition_logged(id, RunTransition::Fail { error }, event_type, payload)
+        self.transition_logged(id, RunTransition::Fail { error: error.to_owned() }, event_type, payload)
     }
 
     /// queued | running → cancelled, with the reason.
     pub fn cancel_run(&self, id: RunId, reason: &str) -> Result<()> {
-        self.transition_run(id, RunTransition::Cancel { reason }, None).map(|_| ())
+        self.transition_run(id, RunTransition::Cancel { reason: reason.to_owned() }, None).map(|_| ())
     }
 
     /// [`Store::cancel_run`] plus its event, in one transaction. Returns the event's id.
     pub fn cancel_run_logged(&self, id: RunId, reason: &str, event_type: &str, payload: &Value) -> Result<EventId> {
-        self.transition_logged(id, RunTransition::Cancel { reason }, event_type, payload)
+        self.transition_logged(id, RunTransition::Cancel { reason: reason.to_owned() }, event_type, payload)
     }
 
     /// At start-up: runs left `running` by a crash go back to `queued` (their stored
