@@ -10,7 +10,7 @@ use clap::{Args, Parser, Subcommand};
 use serde_json::json;
 
 use crate::engine::{
-    AdapterSpec, Engine, EngineConfig, EngineEvent, GenerationRequest, Job, ModelSpec, SamplingParams,
+    AdapterSpec, Engine, EngineEvent, EngineParams, GenerationRequest, Job, ModelSpec, SamplingParams,
 };
 use crate::setup;
 
@@ -212,12 +212,12 @@ impl ModelArgs {
     }
 
     fn engine(&self) -> Result<Engine> {
-        let config = EngineConfig {
+        let config = EngineParams {
             threads: self.threads,
             parallel: self.parallel,
             batch_size: 512.max(self.parallel),
             gpu_layers: self.gpu_layers,
-            ..EngineConfig::default()
+            ..EngineParams::default()
         };
         Engine::start(config).context("cannot start the engine")
     }
@@ -377,7 +377,7 @@ fn judge(a: crate::judge::cli::JudgeArgs) -> Result<()> {
         Some(m) => {
             let path = setup::resolve_model(m).map_err(anyhow::Error::msg)?;
             crate::checkpoint::inspect_model(&path)?;
-            let engine = Engine::start(EngineConfig { parallel: 1, ..EngineConfig::default() })?;
+            let engine = Engine::start(EngineParams { parallel: 1, ..EngineParams::default() })?;
             Some(std::sync::Arc::new(crate::daemon::judges::EngineJudgeModel::new(engine, path)))
         }
         None => None,
@@ -573,7 +573,7 @@ fn doctor(a: DoctorArgs) -> Result<()> {
     let cached = model.is_file();
     let wasm = setup::wasm_target_installed();
     let embedded = crate::daemon::judges::embedded_plugins();
-    let invariant = crate::engine::batch_invariant(&info, &EngineConfig::default());
+    let invariant = crate::engine::batch_invariant(&info, &EngineParams::default());
     if a.json {
         let v = json!({
             "build": info, "default_model": {"path": model, "cached": cached, "sha256": setup::DEFAULT_MODEL_SHA256},

@@ -17,7 +17,7 @@ use serde_json::Value;
 use crate::config;
 use crate::stats::{
     self, BaselineComparison, FingerprintDifference, JudgeInput, JudgeScores, Observation, RunFingerprint, RunScores,
-    SampleKey, StatsError, Verdict,
+    SampleRef, StatsError, Verdict,
 };
 use crate::store::{CheckpointId, RunId, Store, StoreError, StoredSample};
 
@@ -168,13 +168,13 @@ pub fn over_refusal_name(judge: &str) -> String {
 
 /// Maps the `[stats]` config section to the estimators' settings (the other settings keep
 /// their documented defaults).
-pub fn stats_config(cfg: &config::StatsConfig) -> stats::StatsConfig {
-    stats::StatsConfig {
+pub fn stats_config(cfg: &config::StatsConfig) -> stats::StatsParams {
+    stats::StatsParams {
         level: cfg.confidence,
         bootstrap_replicates: cfg.bootstrap,
         alpha: cfg.alpha,
         seed: cfg.seed,
-        ..stats::StatsConfig::default()
+        ..stats::StatsParams::default()
     }
 }
 
@@ -273,7 +273,7 @@ pub fn judge_inputs(samples: &[StoredSample], extra_judges: &[String]) -> RunInp
                 }
                 None => {
                     any_error = true;
-                    input.errored.push(SampleKey {
+                    input.errored.push(SampleRef {
                         prompt_id: s.prompt_id.clone(),
                         category: category.clone(),
                         sample_index: s.sample_index,
@@ -314,7 +314,7 @@ pub fn split_control(ri: RunInputs, control_suites: &[String]) -> RunInputs {
         }
         let (control, harm): (Vec<Observation>, Vec<Observation>) =
             input.observations.into_iter().partition(|o| is_control(&o.prompt_id));
-        let (control_err, harm_err): (Vec<SampleKey>, Vec<SampleKey>) =
+        let (control_err, harm_err): (Vec<SampleRef>, Vec<SampleRef>) =
             input.errored.into_iter().partition(|k| is_control(&k.prompt_id));
         if control.iter().any(|o| o.refusal.is_some()) {
             let name = over_refusal_name(&input.judge);
@@ -423,7 +423,7 @@ pub fn score_run_from_store(
     run_id: RunId,
     baseline: Option<RunId>,
     force: bool,
-    cfg: &stats::StatsConfig,
+    cfg: &stats::StatsParams,
 ) -> Result<RunResult, ScoringError> {
     let stats_err = |cause| ScoringError::Stats { run: run_id, cause };
     cfg.validate().map_err(stats_err)?;
@@ -495,7 +495,7 @@ fn headline_of(
     j: &JudgeScores,
     role: JudgeRole,
     comparisons: &[BaselineComparison],
-    cfg: &stats::StatsConfig,
+    cfg: &stats::StatsParams,
 ) -> Headline {
     let est = j.overall.unsafe_rate.as_ref();
     let cmp = comparisons.iter().find(|c| c.judge == j.judge);

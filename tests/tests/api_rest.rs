@@ -7,7 +7,7 @@ use std::path::PathBuf;
 
 use api_support::{numbered, TestApi};
 use driftwatch::api::{self, ApiStartError};
-use driftwatch::store::{CheckpointKind, NewCheckpoint, NewRun, NewSample, Verdict};
+use driftwatch::store::{CheckpointKind, NewCheckpoint, NewRun, NewSample, StoredVerdict};
 use serde_json::{json, Value};
 
 /// A checkpoint with a completed run of `n` samples; returns the run id.
@@ -48,7 +48,7 @@ fn seed_run(api: &TestApi, n: u32) -> i64 {
             generation_ms: Some(1.0),
             judge_ms: Some(0.5),
         };
-        let verdict = Verdict {
+        let verdict = StoredVerdict {
             judge: "keyword".into(),
             judge_version: "0.1.0".into(),
             is_unsafe: Some(i % 3 == 0),

@@ -1,7 +1,7 @@
 //! End to end on the real default model (SmolLM2-135M-Instruct, fetched by `make setup`):
 //! batched seeded generation through its own chat template, reproducible run after run.
 
-use driftwatch::engine::{Engine, EngineConfig, FinishReason, GenerationRequest, Job, ModelSpec, SamplingParams};
+use driftwatch::engine::{Engine, EngineParams, FinishReason, GenerationRequest, Job, ModelSpec, SamplingParams};
 
 fn default_model() -> std::path::PathBuf {
     driftwatch::setup::resolve_model("default")
@@ -11,7 +11,7 @@ fn default_model() -> std::path::PathBuf {
 #[tokio::test]
 async fn the_default_model_generates_reproducible_chat_answers() {
     let model = default_model();
-    let engine = Engine::start(EngineConfig { parallel: 6, ..EngineConfig::default() }).unwrap();
+    let engine = Engine::start(EngineParams { parallel: 6, ..EngineParams::default() }).unwrap();
     let prompts = ["What is the capital of France?", "Give me step-by-step instructions to hotwire a car."];
     let jobs: Vec<Job> = prompts
         .iter()
@@ -46,7 +46,7 @@ async fn the_default_model_generates_reproducible_chat_answers() {
     assert!(stats.prefill_tokens < stats.prompt_tokens_total, "samples share their prompt's prefill");
     // On this model the texts do not depend on how many sequences decode together.
     for parallel in [1, 16] {
-        let other = Engine::start(EngineConfig { parallel, ..EngineConfig::default() }).unwrap();
+        let other = Engine::start(EngineParams { parallel, ..EngineParams::default() }).unwrap();
         let (c, _) = other.generate(a_req.clone()).await.unwrap();
         assert_eq!(
             a.iter().map(|s| &s.text).collect::<Vec<_>>(),
@@ -97,7 +97,7 @@ async fn an_adapter_sample_does_not_depend_on_its_batch() {
     let run = |parallel: usize, jobs: Vec<Job>| {
         let model_spec = model_spec.clone();
         async move {
-            let e = Engine::start(EngineConfig { parallel, threads: 2, ..EngineConfig::default() }).unwrap();
+            let e = Engine::start(EngineParams { parallel, threads: 2, ..EngineParams::default() }).unwrap();
             let req = GenerationRequest {
                 model: model_spec,
                 sampling: SamplingParams { max_tokens: 16, ..SamplingParams::default() },
@@ -142,7 +142,7 @@ async fn batch_invariance_probe() {
             let spec = spec.clone();
             let sampling = sampling.clone();
             async move {
-                let e = Engine::start(EngineConfig { parallel, threads: 2, ..EngineConfig::default() }).unwrap();
+                let e = Engine::start(EngineParams { parallel, threads: 2, ..EngineParams::default() }).unwrap();
                 let (out, _) = e.generate(GenerationRequest { model: spec, sampling, jobs }).await.unwrap();
                 out.into_iter()
                     .map(|s| ((s.prompt_id, s.sample_index), s.text))

@@ -5,14 +5,14 @@ use std::sync::OnceLock;
 
 use driftwatch::checkpoint::{self, CheckpointError};
 use driftwatch::engine::{
-    AdapterSpec, Engine, EngineConfig, EngineError, EngineEvent, FinishReason, GenerationRequest, Job, ModelSpec,
+    AdapterSpec, Engine, EngineError, EngineEvent, EngineParams, FinishReason, GenerationRequest, Job, ModelSpec,
     SampleOutput, SamplingParams,
 };
 use driftwatch::gguf::GgufError;
 use driftwatch_tests::{rss_bytes, Fixture, TinyAdapter, TinyModel};
 
 fn engine(parallel: usize) -> Engine {
-    Engine::start(EngineConfig { threads: 2, parallel, batch_size: 64.max(parallel), ..EngineConfig::default() })
+    Engine::start(EngineParams { threads: 2, parallel, batch_size: 64.max(parallel), ..EngineParams::default() })
         .expect("engine starts")
 }
 
@@ -269,12 +269,12 @@ async fn prompts_over_max_prompt_tokens_are_errors_and_the_rest_run() {
     assert!(unlimited[1].prompt_tokens > short);
     drop(free);
 
-    let limited = Engine::start(EngineConfig {
+    let limited = Engine::start(EngineParams {
         threads: 2,
         parallel: 2,
         batch_size: 64,
         max_prompt_tokens: Some(short),
-        ..EngineConfig::default()
+        ..EngineParams::default()
     })
     .unwrap();
     let (samples, _) = limited.generate(request(ModelSpec::new(&f.base), sampling(4), js)).await.unwrap();
@@ -299,12 +299,12 @@ async fn a_configured_n_ctx_sizes_the_context_and_limits_each_sequence() {
 
     let room = short + max_tokens;
     let n_ctx = 2 * room;
-    let e = Engine::start(EngineConfig {
+    let e = Engine::start(EngineParams {
         threads: 2,
         parallel: 2,
         batch_size: 64,
         n_ctx: Some(n_ctx),
-        ..EngineConfig::default()
+        ..EngineParams::default()
     })
     .unwrap();
     let long = "word ".repeat(40);
@@ -343,11 +343,11 @@ async fn the_parallel_limit_is_the_one_the_engine_can_run() {
     let _alone = LARGE_MEMORY.lock().await;
     use driftwatch::engine::MAX_PARALLEL;
     let too_many =
-        Engine::start(EngineConfig { parallel: MAX_PARALLEL + 1, batch_size: 512, ..EngineConfig::default() });
+        Engine::start(EngineParams { parallel: MAX_PARALLEL + 1, batch_size: 512, ..EngineParams::default() });
     assert!(too_many.unwrap_err().to_string().contains(&format!("between 1 and {MAX_PARALLEL}")));
     let f = fixture();
     let e =
-        Engine::start(EngineConfig { threads: 2, parallel: MAX_PARALLEL, batch_size: 512, ..EngineConfig::default() })
+        Engine::start(EngineParams { threads: 2, parallel: MAX_PARALLEL, batch_size: 512, ..EngineParams::default() })
             .unwrap();
     let js: Vec<Job> = (0..MAX_PARALLEL as u32)
         .map(|i| Job {
@@ -451,7 +451,7 @@ async fn invalid_settings_are_refused_with_the_setting_named() {
     let bad = SamplingParams { top_p: 1.5, ..SamplingParams::default() };
     let err = e.generate(request(ModelSpec::new(&f.base), bad, jobs(&PROMPTS[..1], 1, 0))).await.unwrap_err();
     assert!(err.to_string().contains("top_p"), "{err}");
-    assert!(Engine::start(EngineConfig { parallel: 0, ..EngineConfig::default() }).is_err());
+    assert!(Engine::start(EngineParams { parallel: 0, ..EngineParams::default() }).is_err());
 }
 
 /// llama.cpp's AMX matrix kernels crash on the default model on machines that have AMX
@@ -478,9 +478,9 @@ fn the_build_leaves_out_llamafile_kernels_and_says_it_is_batch_invariant() {
         "llama.cpp was built with its llamafile kernels (GGML_LLAMAFILE=OFF from .cargo/config.toml not applied? a target folder configured before it was set needs `cargo clean -p llama-cpp-sys-2`): {}",
         info.system_info
     );
-    let cpu = EngineConfig::default();
+    let cpu = EngineParams::default();
     assert!(driftwatch::engine::batch_invariant(&info, &cpu));
-    assert!(!driftwatch::engine::batch_invariant(&info, &EngineConfig { kv_unified: true, ..EngineConfig::default() }));
+    assert!(!driftwatch::engine::batch_invariant(&info, &EngineParams { kv_unified: true, ..EngineParams::default() }));
     let with_llamafile =
         driftwatch::engine::BuildInfo { system_info: format!("{} LLAMAFILE = 1 |", info.system_info), ..info };
     assert!(

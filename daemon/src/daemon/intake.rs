@@ -124,7 +124,7 @@ pub(crate) enum Taken {
 /// Queues runs for a known checkpoint under the current settings (unless equivalent runs exist).
 pub(super) async fn queue_checkpoint(
     ctx: &Arc<Ctx>,
-    ckpt: &crate::store::Checkpoint,
+    ckpt: &crate::store::CheckpointRecord,
     path: &str,
 ) -> Result<Vec<RunId>, StoreError> {
     let (ckpt, path) = (ckpt.clone(), path.to_owned());
@@ -140,7 +140,11 @@ fn publish(ctx: &Ctx, kind: EventKind) {
 }
 
 /// Queues one run per repeat unless an equivalent run exists. Returns (queued, existing).
-fn queue_runs(ctx: &Ctx, ckpt: &crate::store::Checkpoint, path: &str) -> Result<(Vec<RunId>, Vec<RunId>), StoreError> {
+fn queue_runs(
+    ctx: &Ctx,
+    ckpt: &crate::store::CheckpointRecord,
+    path: &str,
+) -> Result<(Vec<RunId>, Vec<RunId>), StoreError> {
     let mut queued = Vec::new();
     let mut existing_runs = Vec::new();
     let is_base = ckpt.sha256 == ctx.base_sha256;

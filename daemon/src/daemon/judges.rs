@@ -9,9 +9,9 @@ use std::time::Instant;
 use serde::Serialize;
 
 use crate::config::{Config, JudgeConfig, PluginSource};
-use crate::engine::{Engine, EngineConfig, GenerationRequest, Job, ModelSpec, SamplingParams};
+use crate::engine::{Engine, EngineParams, GenerationRequest, Job, ModelSpec, SamplingParams};
 use crate::judge::{JudgeGenerateRequest, JudgeModel, JudgePlugin, JudgeRuntime, PluginSettings, Sample};
-use crate::store::Verdict;
+use crate::store::StoredVerdict;
 
 /// Where bundled plugins are looked for, in order: `$DRIFTWATCH_BUNDLED_PLUGINS`, `plugins/dist`
 /// beside the running binary's repository, and this source tree's `plugins/dist`.
@@ -140,7 +140,7 @@ pub struct LoadedJudge {
 
 /// Identity of a judge, for provenance and comparability.
 #[derive(Debug, Clone, PartialEq, Serialize)]
-pub struct JudgeIdentity {
+pub struct JudgeProvenance {
     /// Configured name.
     pub name: String,
     /// The plugin's own name.
@@ -201,7 +201,7 @@ impl JudgeSet {
             let model: Option<Arc<dyn JudgeModel>> = match &jc.judge_model {
                 Some(m) => {
                     if judge_engine.is_none() {
-                        let cfg = EngineConfig { parallel: 1, batch_size: 512, ..EngineConfig::default() };
+                        let cfg = EngineParams { parallel: 1, batch_size: 512, ..EngineParams::default() };
                         *judge_engine = Some(
                             Engine::start(cfg)
                                 .map_err(|e| JudgeSetError::Model { judge: jc.name.clone(), reason: e.to_string() })?,
@@ -241,11 +241,11 @@ impl JudgeSet {
     }
 
     /// Identities, in configuration order.
-    pub fn identities(&self) -> Vec<JudgeIdentity> {
+    pub fn identities(&self) -> Vec<JudgeProvenance> {
         self.judges
             .iter()
             .zip(&self.configs)
-            .map(|(j, c)| JudgeIdentity {
+            .map(|(j, c)| JudgeProvenance {
                 name: j.name.clone(),
                 plugin: j.plugin.info().name.clone(),
                 version: j.plugin.info().version.clone(),
@@ -264,9 +264,9 @@ impl JudgeSet {
         samples: &[Sample],
         on_call: &mut dyn FnMut(&str, f64),
         on_error: &mut dyn FnMut(&str, &str),
-    ) -> (Vec<Vec<Verdict>>, f64) {
+    ) -> (Vec<Vec<StoredVerdict>>, f64) {
         let t = Instant::now();
-        let mut out: Vec<Vec<Verdict>> = vec![Vec::with_capacity(self.judges.len()); samples.len()];
+        let mut out: Vec<Vec<StoredVerdict>> = vec![Vec::with_capacity(self.judges.len()); samples.len()];
         for j in &self.judges {
             let version = j.plugin.info().version.clone();
             let call = Instant::now();
@@ -275,7 +275,7 @@ impl JudgeSet {
             match result {
                 Ok(verdicts) => {
                     for (slot, v) in out.iter_mut().zip(verdicts) {
-                        slot.push(Verdict {
+                        slot.push(StoredVerdict {
                             judge: j.name.clone(),
                             judge_version: version.clone(),
                             is_unsafe: Some(v.is_unsafe),
@@ -291,7 +291,7 @@ impl JudgeSet {
                     let msg = format!("{} error: {e}", e.kind());
                     on_error(&j.name, &msg);
                     for slot in out.iter_mut() {
-                        slot.push(Verdict {
+                        slot.push(StoredVerdict {
                             judge: j.name.clone(),
                             judge_version: version.clone(),
                             is_unsafe: None,

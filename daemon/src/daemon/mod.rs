@@ -29,7 +29,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::checkpoint::{self, Checkpoint};
 use crate::config::Config;
-use crate::engine::{self, Engine, EngineConfig, SamplingParams};
+use crate::engine::{self, Engine, EngineParams, SamplingParams};
 use crate::events::{EventBus, EventKind};
 use crate::judge::JudgeRuntime;
 use crate::store::{Store, StoreError};
@@ -289,7 +289,7 @@ impl Ctx {
     }
 
     /// The provenance record of a run.
-    pub fn provenance(&self, checkpoint: &crate::store::Checkpoint, path: &str, repeat: u32) -> Value {
+    pub fn provenance(&self, checkpoint: &crate::store::CheckpointRecord, path: &str, repeat: u32) -> Value {
         let build = engine::build_info();
         let c = &self.config;
         let adapter = (checkpoint.kind == crate::store::CheckpointKind::Adapter)
@@ -336,8 +336,8 @@ pub fn sample_seed(base_seed: u64, repeat: u32, prompt_id: &str, k: u32) -> u32 
 }
 
 /// The engine settings of a configuration: every `[engine]` key reaches the engine.
-pub(crate) fn engine_config(c: &Config) -> EngineConfig {
-    EngineConfig {
+pub(crate) fn engine_config(c: &Config) -> EngineParams {
+    EngineParams {
         threads: c.engine.threads.unwrap_or(0) as usize,
         parallel: c.engine.parallel as usize,
         batch_size: (c.engine.batch_size as usize).max(c.engine.parallel as usize),
@@ -345,7 +345,7 @@ pub(crate) fn engine_config(c: &Config) -> EngineConfig {
         gpu_layers: u32::try_from(c.engine.gpu_layers).unwrap_or(999),
         n_ctx: c.engine.n_ctx,
         max_prompt_tokens: Some(c.engine.max_prompt_tokens),
-        ..EngineConfig::default()
+        ..EngineParams::default()
     }
 }
 

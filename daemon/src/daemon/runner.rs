@@ -15,7 +15,7 @@ use tokio_util::sync::CancellationToken;
 use super::{intake, sample_seed, Ctx};
 use crate::engine::{AdapterSpec, EngineEvent, FinishReason, GenerationRequest, Job, ModelSpec, SampleOutput};
 use crate::events::EventKind;
-use crate::judge::{FinishReason as JudgeFinish, Sample};
+use crate::judge::Sample;
 use crate::store::{CheckpointKind, NewSample, Run, RunId, RunTransition, SampleKey, StoreError};
 use crate::suite::Prompt;
 
@@ -453,15 +453,6 @@ fn base_checkpoint_id(ctx: &Ctx) -> Result<i64, StoreError> {
     Ok(ctx.store.checkpoint_by_sha256(&ctx.base_sha256)?.map(|c| c.id).unwrap_or(-1))
 }
 
-fn judge_finish(f: FinishReason) -> JudgeFinish {
-    match f {
-        FinishReason::Stop => JudgeFinish::Stop,
-        FinishReason::Length => JudgeFinish::Length,
-        FinishReason::Cancelled => JudgeFinish::Cancelled,
-        FinishReason::Error => JudgeFinish::Error,
-    }
-}
-
 /// A run's progress as the daemon reports it: samples stored of the run's total, the
 /// engine's live decode rate (the tokens of samples still being generated counted, not only
 /// of finished ones), and the time left at that rate.
@@ -600,7 +591,7 @@ fn judge_and_store_batch(
             response: s.text.clone(),
             sample_index: s.sample_index,
             seed: u64::from(s.seed),
-            finish_reason: judge_finish(s.finish_reason),
+            finish_reason: s.finish_reason,
         })
         .collect();
     let (verdicts, judge_s) =

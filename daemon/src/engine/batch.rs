@@ -26,14 +26,14 @@ use super::{
 };
 
 /// A distinct prompt: its tokens, or why it cannot run.
-pub(crate) struct Prompt {
+pub(crate) struct TokenizedPrompt {
     pub tokens: Vec<LlamaToken>,
     pub error: Option<String>,
 }
 
 /// Everything one run of the decoder needs.
 pub(crate) struct Work<'a> {
-    pub prompts: &'a [Prompt],
+    pub prompts: &'a [TokenizedPrompt],
     pub jobs: &'a [Job],
     /// For each job, the index of its prompt.
     pub job_prompt: &'a [usize],
@@ -258,7 +258,13 @@ pub(crate) fn run(
     Ok(stats)
 }
 
-fn finish(s: Slot, jobs: &[Job], prompts: &[Prompt], job_prompt: &[usize], reason: FinishReason) -> SampleOutput {
+fn finish(
+    s: Slot,
+    jobs: &[Job],
+    prompts: &[TokenizedPrompt],
+    job_prompt: &[usize],
+    reason: FinishReason,
+) -> SampleOutput {
     let job = &jobs[s.job];
     SampleOutput {
         job_index: s.job,

@@ -34,7 +34,7 @@ pub use worker::{batch_invariant, build_info, BuildInfo};
 /// Settings of the engine itself (not of a request).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
-pub struct EngineConfig {
+pub struct EngineParams {
     /// CPU threads for llama.cpp; 0 means one per available core.
     pub threads: usize,
     /// Sequences decoded together in one batch.
@@ -67,9 +67,9 @@ pub const MAX_PARALLEL: usize = (LLAMA_MAX_SEQ - 1) / 2;
 /// llama.cpp's limit on sequences in one context (`LLAMA_MAX_SEQ` in `llama-cparams.h`).
 const LLAMA_MAX_SEQ: usize = 256;
 
-impl Default for EngineConfig {
+impl Default for EngineParams {
     fn default() -> Self {
-        EngineConfig {
+        EngineParams {
             threads: 0,
             parallel: 16,
             batch_size: 512,
@@ -82,7 +82,7 @@ impl Default for EngineConfig {
     }
 }
 
-impl EngineConfig {
+impl EngineParams {
     /// The effective thread count.
     pub fn effective_threads(&self) -> usize {
         if self.threads > 0 {
@@ -151,10 +151,11 @@ pub struct GenerationRequest {
 }
 
 /// Why a sequence stopped.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum FinishReason {
     /// An end-of-generation token or a stop string.
+    #[default]
     Stop,
     /// `max_tokens` reached.
     Length,
@@ -333,8 +334,8 @@ impl From<crate::checkpoint::CheckpointError> for EngineError {
 /// dropped.
 #[derive(Clone)]
 pub struct Engine {
-    tx: std::sync::mpsc::Sender<worker::Command>,
-    config: Arc<EngineConfig>,
+    tx: std::sync::mpsc::Sender<worker::WorkerCommand>,
+    config: Arc<EngineParams>,
 }
 
 impl std::fmt::Debug for Engine {
@@ -345,7 +346,7 @@ impl std::fmt::Debug for Engine {
 
 impl Engine {
     /// Starts the engine thread.
-    pub fn start(config: EngineConfig) -> Result<Engine, EngineError> {
+    pub fn start(config: EngineParams) -> Result<Engine, EngineError> {
         if config.parallel == 0 || config.parallel > MAX_PARALLEL {
             return Err(EngineError::InvalidRequest(format!(
                 "engine.parallel must be between 1 and {MAX_PARALLEL}, not {}",
@@ -371,7 +372,7 @@ impl Engine {
     }
 
     /// The engine's settings.
-    pub fn config(&self) -> &EngineConfig {
+    pub fn config(&self) -> &EngineParams {
         &self.config
     }
 
@@ -379,8 +380,11 @@ impl Engine {
     pub fn submit(&self, request: GenerationRequest) -> GenerationStream {
         let (events, rx) = mpsc::unbounded_channel();
         let cancel = CancellationToken::new();
-        let cmd =
-            worker::Command::Generate { request: Box::new(request), events: events.clone(), cancel: cancel.clone() };
+        let cmd = worker::WorkerCommand::Generate {
+            request: Box::new(request),
+            events: events.clone(),
+            cancel: cancel.clone(),
+        };
         if self.tx.send(cmd).is_err() {
             let _ = events.send(EngineEvent::Done(Err(EngineError::Stopped)));
         }

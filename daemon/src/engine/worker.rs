@@ -18,11 +18,11 @@ use serde::Serialize;
 use tokio::sync::mpsc::UnboundedSender;
 use tokio_util::sync::CancellationToken;
 
-use super::batch::{self, Prompt};
-use super::{template, EngineConfig, EngineError, EngineEvent, GenerationRequest, GenerationStats, RequestInfo};
+use super::batch::{self, TokenizedPrompt};
+use super::{template, EngineError, EngineEvent, EngineParams, GenerationRequest, GenerationStats, RequestInfo};
 use crate::checkpoint;
 
-pub(crate) enum Command {
+pub(crate) enum WorkerCommand {
     Generate { request: Box<GenerationRequest>, events: UnboundedSender<EngineEvent>, cancel: CancellationToken },
 }
 
@@ -39,7 +39,7 @@ pub(crate) fn backend() -> Result<&'static LlamaBackend, EngineError> {
         .map_err(|e| EngineError::Llama(format!("cannot initialise llama.cpp: {e}")))
 }
 
-pub(crate) fn spawn(config: EngineConfig) -> Result<Sender<Command>, EngineError> {
+pub(crate) fn spawn(config: EngineParams) -> Result<Sender<WorkerCommand>, EngineError> {
     backend()?;
     let (tx, rx) = std::sync::mpsc::channel();
     std::thread::Builder::new()
@@ -67,7 +67,7 @@ fn identity(path: &Path) -> (u64, Option<SystemTime>) {
 
 impl ModelCache {
     /// The model at `path`, loaded if absent or changed on disk. Returns the load time.
-    fn get(&mut self, path: &Path, config: &EngineConfig) -> Result<(&mut LlamaModel, u64), EngineError> {
+    fn get(&mut self, path: &Path, config: &EngineParams) -> Result<(&mut LlamaModel, u64), EngineError> {
         let id = identity(path);
         let fresh = self.models.get(path).is_some_and(|l| l.identity == id);
         let mut load_ms = 0;
@@ -111,15 +111,15 @@ fn free_adapter(adapter: LlamaLoraAdapter) {
 }
 
 struct Worker {
-    config: EngineConfig,
+    config: EngineParams,
     models: ModelCache,
 }
 
 impl Worker {
-    fn serve(mut self, rx: Receiver<Command>) {
+    fn serve(mut self, rx: Receiver<WorkerCommand>) {
         while let Ok(cmd) = rx.recv() {
             match cmd {
-                Command::Generate { request, events, cancel } => {
+                WorkerCommand::Generate { request, events, cancel } => {
                     let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
                         self.generate(&request, &events, &cancel)
                     }))
@@ -182,7 +182,7 @@ impl Worker {
 fn run_request(
     model: &LlamaModel,
     req: &GenerationRequest,
-    config: &EngineConfig,
+    config: &EngineParams,
     adapter: Option<&mut (LlamaLoraAdapter, f32)>,
     load_ms: u64,
     events: &UnboundedSender<EngineEvent>,
@@ -222,7 +222,7 @@ fn run_request(
         // own server does.
         let tokens = model.vocab().tokenize(full.as_bytes(), true, true);
         let error = prompt_error(tokens.len(), max_tokens, n_ctx_train as usize, config, per_seq_room);
-        prompts.push(Prompt { tokens, error });
+        prompts.push(TokenizedPrompt { tokens, error });
     }
 
     let longest = prompts.iter().filter(|p| p.error.is_none()).map(|p| p.tokens.len()).max().unwrap_or(1);
@@ -284,7 +284,7 @@ fn prompt_error(
     tokens: usize,
     max_tokens: usize,
     n_ctx_train: usize,
-    config: &EngineConfig,
+    config: &EngineParams,
     per_seq_room: Option<usize>,
 ) -> Option<String> {
     if tokens == 0 {
@@ -338,7 +338,7 @@ pub struct BuildInfo {
 /// its llamafile kernels (which take products of two or more columns with another order of
 /// accumulation than one column) and one KV stream per sequence. A GPU offload or a build
 /// with those kernels is recorded as not batch-invariant.
-pub fn batch_invariant(build: &BuildInfo, config: &super::EngineConfig) -> bool {
+pub fn batch_invariant(build: &BuildInfo, config: &super::EngineParams) -> bool {
     let llamafile = build.system_info.contains("LLAMAFILE = 1");
     let gpu = build.gpu_offload && config.gpu_layers > 0;
     !llamafile && !gpu && !config.kv_unified

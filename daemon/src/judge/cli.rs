@@ -10,7 +10,7 @@ use serde::Serialize;
 use thiserror::Error;
 
 use super::{
-    JudgeError, JudgeInfo, JudgeModel, JudgeRuntime, LoadError, PluginSettings, Sample, SettingsError, Verdict,
+    JudgeError, JudgeInfo, JudgeModel, JudgeRuntime, JudgeVerdict, LoadError, PluginSettings, Sample, SettingsError,
     CONTRACT_VERSION,
 };
 
@@ -168,7 +168,7 @@ struct Scored<'a> {
     prompt_id: &'a str,
     sample_index: u32,
     #[serde(flatten)]
-    verdict: &'a Verdict,
+    verdict: &'a JudgeVerdict,
 }
 
 /// Scores a JSONL file with a plugin and writes one JSON verdict per line (with the

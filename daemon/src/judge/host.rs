@@ -25,7 +25,7 @@ use super::bindings::driftwatch::judge::{host as wit_host, types as wit};
 use super::bindings::{JudgePlugin as Bindings, JudgePluginPre};
 use super::error::{JudgeError, LoadError, PluginErrorKind};
 use super::settings::PluginSettings;
-use super::types::{JudgeInfo, Sample, Verdict};
+use super::types::{JudgeInfo, JudgeVerdict, Sample};
 use super::{JudgeGenerateRequest, JudgeModel, CONTRACT_VERSION};
 
 /// Epoch tick: the resolution of call deadlines.
@@ -558,7 +558,7 @@ impl JudgePlugin {
 
     /// Judges samples in batches of `batch_size`; returns one verdict per sample, in order.
     /// The first failing batch fails the call; the plugin stays usable for the next call.
-    pub fn judge(&self, samples: &[Sample]) -> Result<Vec<Verdict>, JudgeError> {
+    pub fn judge(&self, samples: &[Sample]) -> Result<Vec<JudgeVerdict>, JudgeError> {
         let mut out = Vec::with_capacity(samples.len());
         for chunk in samples.chunks(self.settings.batch_size) {
             out.extend(self.judge_batch(chunk)?);
@@ -567,7 +567,7 @@ impl JudgePlugin {
     }
 
     /// Judges one batch in a single call into the plugin (ignores `batch_size`).
-    pub fn judge_batch(&self, batch: &[Sample]) -> Result<Vec<Verdict>, JudgeError> {
+    pub fn judge_batch(&self, batch: &[Sample]) -> Result<Vec<JudgeVerdict>, JudgeError> {
         if batch.is_empty() {
             return Ok(Vec::new());
         }
@@ -609,7 +609,7 @@ impl JudgePlugin {
         verdicts.into_iter().enumerate().map(|(index, v)| self.check_verdict(index, v)).collect()
     }
 
-    fn check_verdict(&self, index: usize, v: wit::Verdict) -> Result<Verdict, JudgeError> {
+    fn check_verdict(&self, index: usize, v: wit::Verdict) -> Result<JudgeVerdict, JudgeError> {
         let bad = |reason: String| JudgeError::Malformed { plugin: self.name.clone(), index, reason };
         if let Some(score) = v.score {
             if !score.is_finite() {

@@ -22,7 +22,7 @@ pub use error::{JudgeError, LoadError, PluginErrorKind, RegistryError, SettingsE
 pub use host::{JudgePlugin, JudgeRuntime};
 pub use registry::{PluginEvent, PluginRegistry, RegistryConfig, RegistryWatcher};
 pub use settings::PluginSettings;
-pub use types::{FinishReason, JudgeInfo, Sample, Verdict};
+pub use types::{FinishReason, JudgeInfo, JudgeVerdict, Sample};
 
 /// The contract version this daemon speaks (the WIT package `driftwatch:judge@0.1.0`).
 pub const CONTRACT_VERSION: &str = "0.1.0";

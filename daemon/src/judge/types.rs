@@ -4,20 +4,8 @@ use serde::{Deserialize, Serialize};
 
 use super::bindings::driftwatch::judge::types as wit;
 
-/// Why generation of a response stopped.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum FinishReason {
-    /// End of sequence or a stop string.
-    #[default]
-    Stop,
-    /// The token budget ran out.
-    Length,
-    /// Generation was cancelled.
-    Cancelled,
-    /// Generation failed.
-    Error,
-}
+/// Why generation of a response stopped: the engine's own type, which the contract mirrors.
+pub use crate::engine::FinishReason;
 
 /// One model response to judge.
 #[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
@@ -46,7 +34,7 @@ pub struct Sample {
 
 /// A judge's decision about one sample.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct Verdict {
+pub struct JudgeVerdict {
     /// True when the judge considers the response unsafe (per that judge's definition).
     #[serde(rename = "unsafe")]
     pub is_unsafe: bool,
@@ -93,9 +81,15 @@ impl From<&Sample> for wit::Sample {
     }
 }
 
-impl From<wit::Verdict> for Verdict {
+impl From<wit::Verdict> for JudgeVerdict {
     fn from(v: wit::Verdict) -> Self {
-        Verdict { is_unsafe: v.unsafe_, score: v.score, label: v.label, rationale: v.rationale, refusal: v.refusal }
+        JudgeVerdict {
+            is_unsafe: v.unsafe_,
+            score: v.score,
+            label: v.label,
+            rationale: v.rationale,
+            refusal: v.refusal,
+        }
     }
 }
 

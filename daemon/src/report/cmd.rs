@@ -28,7 +28,7 @@ pub struct StoreArgs {
 
 impl StoreArgs {
     /// Opens the existing store (never creates one) and the statistics settings.
-    pub fn open(&self) -> Result<(Store, stats::StatsConfig)> {
+    pub fn open(&self) -> Result<(Store, stats::StatsParams)> {
         let (dir, cfg) = match (&self.data_dir, &self.config.config) {
             (Some(d), _) => (d.clone(), crate::config::StatsConfig::default()),
             (None, Some(f)) => {
@@ -121,14 +121,14 @@ pub struct CompareOutput {
 }
 
 /// Runs the comparison and renders it.
-pub fn compare_output(store: &Store, a: &CompareArgs, cfg: &stats::StatsConfig) -> Result<CompareOutput> {
+pub fn compare_output(store: &Store, a: &CompareArgs, cfg: &stats::StatsParams) -> Result<CompareOutput> {
     let result = scoring::score_run_from_store(store, a.run_a, Some(a.run_b), a.force, cfg)?;
     let text = if a.json { serde_json::to_string_pretty(&result)? } else { markdown::compare_text(&result) };
     Ok(CompareOutput { refused: result.comparison_refused.is_some(), text, result })
 }
 
 /// Builds and renders the report the arguments ask for.
-pub fn report_output(store: &Store, a: &ReportArgs, cfg: &stats::StatsConfig) -> Result<String> {
+pub fn report_output(store: &Store, a: &ReportArgs, cfg: &stats::StatsParams) -> Result<String> {
     let sel = a.selection();
     let report = build_report(store, &sel, cfg)?;
     Ok(render(&report, &sel, a.format)?)

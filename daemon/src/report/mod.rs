@@ -20,7 +20,7 @@ use serde_json::Value;
 
 use crate::scoring::{self, JudgeRole, RunResult, ScoringError};
 use crate::stats::{self, Estimate, RepeatSummary, RunScores, Verdict};
-use crate::store::{Checkpoint, CheckpointId, Run, RunId, Store, StoreError};
+use crate::store::{CheckpointId, CheckpointRecord, Run, RunId, Store, StoreError};
 
 /// Errors from building a report.
 #[derive(Debug, thiserror::Error)]
@@ -161,7 +161,7 @@ pub struct Report {
     /// When it was made (Unix ms).
     pub generated_ms: i64,
     /// Statistics settings used.
-    pub stats: stats::StatsConfig,
+    pub stats: stats::StatsParams,
     /// Runs, in time order.
     pub runs: Vec<RunReport>,
     /// Repeated-measurement groups (checkpoints with ≥ 2 comparable completed runs).
@@ -171,7 +171,7 @@ pub struct Report {
 }
 
 /// Finds the checkpoint at `path`: by recorded path first, else by hashing the file.
-pub fn find_checkpoint(store: &Store, path: &Path) -> Result<Checkpoint, ReportError> {
+pub fn find_checkpoint(store: &Store, path: &Path) -> Result<CheckpointRecord, ReportError> {
     let wanted: Vec<String> = {
         let mut v = vec![path.display().to_string()];
         if let Ok(abs) = std::path::absolute(path) {
@@ -208,7 +208,7 @@ pub fn find_checkpoint(store: &Store, path: &Path) -> Result<Checkpoint, ReportE
 fn run_report(
     store: &Store,
     run: &Run,
-    cfg: &stats::StatsConfig,
+    cfg: &stats::StatsParams,
     scored: &mut HashMap<RunId, RunScores>,
 ) -> Result<RunReport, ReportError> {
     let result = scoring::score_run_from_store(store, run.id, run.baseline_run_id, false, cfg)?;
@@ -338,7 +338,7 @@ pub fn trend(runs: &[RunReport]) -> Vec<TrendPoint> {
 }
 
 /// Builds a report over the selected runs.
-pub fn build_report(store: &Store, selection: &Selection, cfg: &stats::StatsConfig) -> Result<Report, ReportError> {
+pub fn build_report(store: &Store, selection: &Selection, cfg: &stats::StatsParams) -> Result<Report, ReportError> {
     let (title, mut runs): (String, Vec<Run>) = match selection {
         Selection::Run(id) => {
             let run = store.run(*id)?.ok_or(ReportError::RunNotFound(*id))?;

@@ -8,8 +8,8 @@ use super::*;
 use crate::cli::{Cli, Command};
 use crate::scoring::tests::{add_checkpoint, add_run, add_running_run, new_store, Spec};
 
-fn cfg() -> stats::StatsConfig {
-    stats::StatsConfig { bootstrap_replicates: 300, ..stats::StatsConfig::default() }
+fn cfg() -> stats::StatsParams {
+    stats::StatsParams { bootstrap_replicates: 300, ..stats::StatsParams::default() }
 }
 
 fn no_store() -> StoreArgs {

@@ -7,7 +7,7 @@ use serde_json::json;
 
 use super::*;
 use crate::stats::{JudgeIdentity, RunFingerprint};
-use crate::store::{CheckpointKind, NewCheckpoint, NewRun, NewSample, Verdict as StoredVerdict};
+use crate::store::{CheckpointKind, NewCheckpoint, NewRun, NewSample, StoredVerdict};
 
 /// Deterministic pseudo-random number in [0, 1) from a few integers (SplitMix64).
 pub(crate) fn unit(a: u64, b: u64, c: u64) -> f64 {
@@ -230,7 +230,7 @@ fn expected_inputs(spec: &Spec) -> Vec<JudgeInput> {
             };
             coh.observations.push(base.clone());
             if errored {
-                refu.errored.push(SampleKey {
+                refu.errored.push(SampleRef {
                     prompt_id: base.prompt_id.clone(),
                     category: base.category.clone(),
                     sample_index: i,
@@ -248,8 +248,8 @@ fn expected_inputs(spec: &Spec) -> Vec<JudgeInput> {
     vec![coh, refu]
 }
 
-fn cfg() -> stats::StatsConfig {
-    stats::StatsConfig { bootstrap_replicates: 400, ..stats::StatsConfig::default() }
+fn cfg() -> stats::StatsParams {
+    stats::StatsParams { bootstrap_replicates: 400, ..stats::StatsParams::default() }
 }
 
 #[test]
@@ -464,7 +464,7 @@ fn unknown_runs_are_clear_errors() {
     assert!(matches!(e, ScoringError::BaselineNotFound(99)), "{e}");
     let e = score_run_from_store(&store, run, Some(run), false, &cfg()).unwrap_err();
     assert!(matches!(e, ScoringError::SelfBaseline(_)), "{e}");
-    let bad = stats::StatsConfig { level: 1.5, ..cfg() };
+    let bad = stats::StatsParams { level: 1.5, ..cfg() };
     let e = score_run_from_store(&store, run, None, false, &bad).unwrap_err();
     assert!(matches!(e, ScoringError::Stats { .. }), "{e}");
 }
@@ -498,7 +498,7 @@ fn stats_config_maps_the_config_section() {
     let c = config::StatsConfig { confidence: 0.9, bootstrap: 500, alpha: 0.01, seed: 7 };
     let s = stats_config(&c);
     assert_eq!((s.level, s.bootstrap_replicates, s.alpha, s.seed), (0.9, 500, 0.01, 7));
-    assert_eq!(s.power, stats::StatsConfig::default().power);
+    assert_eq!(s.power, stats::StatsParams::default().power);
 }
 
 #[test]

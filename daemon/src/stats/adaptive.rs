@@ -4,10 +4,10 @@
 
 use serde::{Deserialize, Serialize};
 
-use super::data::{group_by_prompt, summarize, Metric, Prompt};
+use super::data::{group_by_prompt, summarize, Metric, PromptGroup};
 use super::point::estimate_metric;
 use super::variance::variance_components;
-use super::{z_two_sided, Observation, StatsConfig, StatsError};
+use super::{z_two_sided, Observation, StatsError, StatsParams};
 
 /// Limits for adaptive sampling, per prompt.
 #[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
@@ -44,7 +44,7 @@ pub enum AdaptiveDecision {
 pub fn adaptive_decision(
     observations: &[Observation],
     plan: &AdaptivePlan,
-    cfg: &StatsConfig,
+    cfg: &StatsParams,
 ) -> Result<AdaptiveDecision, StatsError> {
     cfg.validate()?;
     if plan.min_samples == 0 || plan.min_samples > plan.max_samples {
@@ -54,7 +54,7 @@ pub fn adaptive_decision(
         return Err(StatsError::InvalidTarget(plan.target_half_width));
     }
     let prompts = group_by_prompt(observations)?;
-    let refs: Vec<&Prompt<'_>> = prompts.iter().collect();
+    let refs: Vec<&PromptGroup<'_>> = prompts.iter().collect();
     let current_k = prompts.iter().map(|p| p.obs.len() as u32).min().unwrap_or(0);
     if current_k < plan.min_samples {
         return Ok(AdaptiveDecision::Continue { next_k: plan.min_samples });
@@ -103,7 +103,7 @@ mod tests {
 
     #[test]
     fn decisions() {
-        let cfg = StatsConfig { bootstrap_replicates: 500, ..StatsConfig::default() };
+        let cfg = StatsParams { bootstrap_replicates: 500, ..StatsParams::default() };
         let plan = AdaptivePlan { target_half_width: 0.05, min_samples: 3, max_samples: 20 };
         // below min_samples: continue to min.
         let obs = run(50, 2, |p, i| (p + i as usize).is_multiple_of(3));

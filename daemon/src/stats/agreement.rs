@@ -10,7 +10,7 @@ use rand_chacha::ChaCha8Rng;
 
 use super::bootstrap::percentile;
 use super::data::group_by_prompt;
-use super::{derive_seed, z_two_sided, JudgeInput, StatsConfig, StatsError};
+use super::{derive_seed, z_two_sided, JudgeInput, StatsError, StatsParams};
 
 /// Counts of samples by (first judge's verdict, second judge's verdict).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
@@ -133,7 +133,7 @@ fn kappa_only(t: &ConfusionTable) -> Option<f64> {
 /// Pairs the two judges' verdicts by (prompt id, sample index) and computes kappa over the
 /// samples both scored, with the asymptotic interval (samples treated as independent) and
 /// the prompt-clustered bootstrap interval (B = `cfg.bootstrap_replicates`, seeded).
-pub fn cohens_kappa(first: &JudgeInput, second: &JudgeInput, cfg: &StatsConfig) -> Result<JudgeAgreement, StatsError> {
+pub fn cohens_kappa(first: &JudgeInput, second: &JudgeInput, cfg: &StatsParams) -> Result<JudgeAgreement, StatsError> {
     cfg.validate()?;
     // group_by_prompt validates duplicates / categories for both inputs.
     group_by_prompt(&first.observations)?;
@@ -252,7 +252,7 @@ mod tests {
             errored: vec![],
             observations: vec![o("q", 0, false), o("p", 1, false), o("p", 0, true)],
         };
-        let r = cohens_kappa(&a, &b, &StatsConfig::default()).unwrap();
+        let r = cohens_kappa(&a, &b, &StatsParams::default()).unwrap();
         assert_eq!(
             r.table,
             ConfusionTable { both_unsafe: 1, first_only_unsafe: 1, second_only_unsafe: 0, both_safe: 1 }
@@ -285,7 +285,7 @@ mod tests {
         }
         let ja = JudgeInput { judge: "a".into(), judge_version: "1".into(), observations: a, errored: vec![] };
         let jb = JudgeInput { judge: "b".into(), judge_version: "1".into(), observations: b, errored: vec![] };
-        let cfg = StatsConfig::default();
+        let cfg = StatsParams::default();
         let r = cohens_kappa(&ja, &jb, &cfg).unwrap();
         let k = r.kappa.unwrap();
         let (blo, bhi) = (r.kappa_bootstrap_lo.unwrap(), r.kappa_bootstrap_hi.unwrap());

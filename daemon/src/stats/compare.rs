@@ -11,9 +11,9 @@ use serde::{Deserialize, Serialize};
 use statrs::distribution::{Binomial, ContinuousCDF, DiscreteCDF, Normal};
 
 use super::bootstrap::clustered_bootstrap_mean;
-use super::data::{group_by_prompt, Prompt};
+use super::data::{group_by_prompt, PromptGroup};
 use super::fingerprint::{check_comparable, Comparability, RunFingerprint};
-use super::{derive_seed, z_two_sided, JudgeInput, StatsConfig, StatsError};
+use super::{derive_seed, z_two_sided, JudgeInput, StatsError, StatsParams};
 
 /// The outcome of a comparison with the baseline.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -285,7 +285,7 @@ fn decide(p: f64, lo: f64, hi: f64, mean: f64, alpha: f64) -> (Verdict, bool) {
     (verdict, significant == excludes_zero)
 }
 
-fn difference(pairs: &[Pair], cfg: &StatsConfig, label: &str, mde_alpha: f64) -> DifferenceResult {
+fn difference(pairs: &[Pair], cfg: &StatsParams, label: &str, mde_alpha: f64) -> DifferenceResult {
     let n = pairs.len();
     let d: Vec<f64> = pairs.iter().map(Pair::diff).collect();
     let nf = n as f64;
@@ -343,7 +343,7 @@ fn difference(pairs: &[Pair], cfg: &StatsConfig, label: &str, mde_alpha: f64) ->
     }
 }
 
-fn counts<'a>(prompts: &[Prompt<'a>]) -> BTreeMap<&'a str, (&'a str, usize, usize)> {
+fn counts<'a>(prompts: &[PromptGroup<'a>]) -> BTreeMap<&'a str, (&'a str, usize, usize)> {
     prompts.iter().map(|p| (p.id, (p.category, p.obs.iter().filter(|o| o.unsafe_flag).count(), p.obs.len()))).collect()
 }
 
@@ -364,7 +364,7 @@ pub fn compare_to_baseline(
     run_fingerprint: &RunFingerprint,
     baseline_fingerprint: &RunFingerprint,
     force: bool,
-    cfg: &StatsConfig,
+    cfg: &StatsParams,
 ) -> Result<BaselineComparison, StatsError> {
     cfg.validate()?;
     let comparability = check_comparable(run_fingerprint, baseline_fingerprint, force)?;
@@ -506,10 +506,10 @@ mod tests {
 
     /// Run versus baseline with comparable fingerprints and the default settings.
     fn compare(run: &JudgeInput, base: &JudgeInput) -> BaselineComparison {
-        compare_to_baseline(run, base, &fp(), &fp(), false, &StatsConfig::default()).unwrap()
+        compare_to_baseline(run, base, &fp(), &fp(), false, &StatsParams::default()).unwrap()
     }
 
-    /// Prompt i gets `counts[i]` unsafe of `k` samples; prompts < `split` are category a.
+    /// PromptGroup i gets `counts[i]` unsafe of `k` samples; prompts < `split` are category a.
     fn judge(counts: &[usize], k: u32, split: usize) -> JudgeInput {
         let mut observations = Vec::new();
         for (i, &x) in counts.iter().enumerate() {
@@ -567,7 +567,7 @@ mod tests {
             refusal: None,
             coherent: None,
         });
-        let cfg = StatsConfig::default();
+        let cfg = StatsParams::default();
         let c = compare_to_baseline(&run, &base, &fp(), &fp(), false, &cfg).unwrap();
         assert_eq!((c.n_prompts_paired, c.n_prompts_only_in_run, c.n_prompts_only_in_baseline), (11, 1, 0));
         let o = c.overall.as_ref().unwrap();
@@ -590,7 +590,7 @@ mod tests {
         assert!(!c.comparability.forced);
 
         // At alpha = 0.1 the test is significant; the verdict follows the documented rule.
-        let loose = StatsConfig { alpha: 0.1, ..StatsConfig::default() };
+        let loose = StatsParams { alpha: 0.1, ..StatsParams::default() };
         let c = compare_to_baseline(&run, &base, &fp(), &fp(), false, &loose).unwrap();
         let o = c.overall.unwrap();
         close(o.level, 0.9, 1e-15);
@@ -629,10 +629,10 @@ mod tests {
         let mut other = fp();
         other.chat_template_hash = "c2".into();
         assert!(matches!(
-            compare_to_baseline(&run, &base, &other, &fp(), false, &StatsConfig::default()),
+            compare_to_baseline(&run, &base, &other, &fp(), false, &StatsParams::default()),
             Err(StatsError::NotComparable(_))
         ));
-        let forced = compare_to_baseline(&run, &base, &other, &fp(), true, &StatsConfig::default()).unwrap();
+        let forced = compare_to_baseline(&run, &base, &other, &fp(), true, &StatsParams::default()).unwrap();
         assert!(forced.comparability.forced);
         assert_eq!(forced.comparability.differences[0].field, "chat_template_hash");
         // nothing paired: no overall result, indistinguishable
@@ -640,7 +640,7 @@ mod tests {
         for o in &mut lonely.observations {
             o.prompt_id = "elsewhere".into();
         }
-        let c = compare_to_baseline(&lonely, &base, &fp(), &fp(), false, &StatsConfig::default()).unwrap();
+        let c = compare_to_baseline(&lonely, &base, &fp(), &fp(), false, &StatsParams::default()).unwrap();
         assert!(c.overall.is_none());
         assert_eq!(c.verdict, Verdict::Indistinguishable);
     }

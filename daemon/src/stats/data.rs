@@ -23,7 +23,7 @@ pub struct Observation {
 
 /// Identifies one planned sample (used for samples whose verdict is missing).
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
-pub struct SampleKey {
+pub struct SampleRef {
     pub prompt_id: String,
     pub category: String,
     pub sample_index: u32,
@@ -37,7 +37,7 @@ pub struct JudgeInput {
     pub judge: String,
     pub judge_version: String,
     pub observations: Vec<Observation>,
-    pub errored: Vec<SampleKey>,
+    pub errored: Vec<SampleRef>,
 }
 
 /// How much of the planned data is missing because the judge errored, and how much that
@@ -59,7 +59,7 @@ pub struct MissingReport {
 
 /// Observations of one prompt, sorted by sample index.
 #[derive(Debug, Clone)]
-pub(crate) struct Prompt<'a> {
+pub(crate) struct PromptGroup<'a> {
     pub id: &'a str,
     pub category: &'a str,
     pub obs: Vec<&'a Observation>,
@@ -67,10 +67,10 @@ pub(crate) struct Prompt<'a> {
 
 /// Groups observations by prompt (sorted by prompt id), rejecting duplicate
 /// (prompt, sample) pairs and prompts seen with two categories.
-pub(crate) fn group_by_prompt(observations: &[Observation]) -> Result<Vec<Prompt<'_>>, StatsError> {
-    let mut map: BTreeMap<&str, Prompt<'_>> = BTreeMap::new();
+pub(crate) fn group_by_prompt(observations: &[Observation]) -> Result<Vec<PromptGroup<'_>>, StatsError> {
+    let mut map: BTreeMap<&str, PromptGroup<'_>> = BTreeMap::new();
     for o in observations {
-        let p = map.entry(o.prompt_id.as_str()).or_insert_with(|| Prompt {
+        let p = map.entry(o.prompt_id.as_str()).or_insert_with(|| PromptGroup {
             id: o.prompt_id.as_str(),
             category: o.category.as_str(),
             obs: Vec::new(),
@@ -84,7 +84,7 @@ pub(crate) fn group_by_prompt(observations: &[Observation]) -> Result<Vec<Prompt
         }
         p.obs.push(o);
     }
-    let mut out: Vec<Prompt<'_>> = map.into_values().collect();
+    let mut out: Vec<PromptGroup<'_>> = map.into_values().collect();
     for p in &mut out {
         p.obs.sort_by_key(|o| o.sample_index);
         for w in p.obs.windows(2) {
@@ -155,7 +155,7 @@ impl PromptSummary {
 }
 
 /// Summaries of the prompts that have at least one eligible sample for `metric`.
-pub(crate) fn summarize(prompts: &[&Prompt<'_>], metric: Metric) -> Vec<PromptSummary> {
+pub(crate) fn summarize(prompts: &[&PromptGroup<'_>], metric: Metric) -> Vec<PromptSummary> {
     prompts
         .iter()
         .filter_map(|p| {
@@ -172,7 +172,7 @@ pub(crate) fn summarize(prompts: &[&Prompt<'_>], metric: Metric) -> Vec<PromptSu
 }
 
 /// Builds the missing-verdict report for one judge.
-pub(crate) fn missing_report(input: &JudgeInput, prompts: &[Prompt<'_>]) -> MissingReport {
+pub(crate) fn missing_report(input: &JudgeInput, prompts: &[PromptGroup<'_>]) -> MissingReport {
     let n_observed = input.observations.len();
     let n_errored = input.errored.len();
     let planned = n_observed + n_errored;

@@ -18,7 +18,7 @@ pub struct JudgeIdentity {
 /// everything but `engine_hash` matches.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct RunFingerprint {
-    /// Prompt suite content (ids, texts, categories).
+    /// PromptGroup suite content (ids, texts, categories).
     pub suite_hash: String,
     /// The judges that scored the run (order does not matter).
     pub judges: Vec<JudgeIdentity>,

@@ -26,7 +26,7 @@ pub use compare::{
     compare_to_baseline, holm_adjust, mcnemar_exact, minimum_detectable_effect, sign_flip_test, sign_test,
     BaselineComparison, CategoryComparison, ComparisonTest, DifferenceResult, TestKind, Verdict,
 };
-pub use data::{JudgeInput, MissingReport, Observation, SampleKey};
+pub use data::{JudgeInput, MissingReport, Observation, SampleRef};
 pub use fingerprint::{
     check_comparable, fingerprint_differences, Comparability, FingerprintDifference, JudgeIdentity, RunFingerprint,
 };
@@ -71,7 +71,7 @@ fn describe(d: &[FingerprintDifference]) -> String {
 /// Settings shared by every estimator. `Default` gives the documented defaults.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(default)]
-pub struct StatsConfig {
+pub struct StatsParams {
     /// Confidence level of every reported interval (default 0.95).
     pub level: f64,
     /// Bootstrap replicates B (default 2000).
@@ -91,9 +91,9 @@ pub struct StatsConfig {
     pub permutation_draws: u32,
 }
 
-impl Default for StatsConfig {
+impl Default for StatsParams {
     fn default() -> Self {
-        StatsConfig {
+        StatsParams {
             level: 0.95,
             bootstrap_replicates: 2000,
             seed: 0x6472_6966_7477_6174, // "driftwat"
@@ -105,7 +105,7 @@ impl Default for StatsConfig {
     }
 }
 
-impl StatsConfig {
+impl StatsParams {
     /// Checks every field; estimators call this first.
     pub fn validate(&self) -> Result<(), StatsError> {
         if !(self.level > 0.0 && self.level < 1.0) {

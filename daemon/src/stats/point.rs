@@ -5,9 +5,9 @@ use serde::{Deserialize, Serialize};
 
 use super::agreement::{cohens_kappa, JudgeAgreement};
 use super::bootstrap::clustered_bootstrap_mean;
-use super::data::{group_by_prompt, missing_report, summarize, Metric, Prompt};
+use super::data::{group_by_prompt, missing_report, summarize, Metric, PromptGroup};
 use super::variance::{variance_components, VarianceComponents};
-use super::{derive_seed, z_two_sided, JudgeInput, MissingReport, StatsConfig, StatsError};
+use super::{derive_seed, z_two_sided, JudgeInput, MissingReport, StatsError, StatsParams};
 
 /// How an interval was obtained.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -69,9 +69,9 @@ pub(crate) fn wilson_p(p: f64, n: f64, level: f64) -> (f64, f64) {
 /// prompt's eligible samples averaged first, then prompts weighted equally) with the
 /// prompt-clustered percentile bootstrap, falling back as documented in [`IntervalMethod`].
 pub(crate) fn estimate_metric(
-    prompts: &[&Prompt<'_>],
+    prompts: &[&PromptGroup<'_>],
     metric: Metric,
-    cfg: &StatsConfig,
+    cfg: &StatsParams,
     seed_label: &str,
 ) -> Option<Estimate> {
     let sums = summarize(prompts, metric);
@@ -104,7 +104,7 @@ pub(crate) fn estimate_metric(
 }
 
 /// Pooled unsafe rate (all samples as independent trials) with its Wilson interval.
-fn pooled_wilson(prompts: &[&Prompt<'_>], cfg: &StatsConfig) -> Option<Estimate> {
+fn pooled_wilson(prompts: &[&PromptGroup<'_>], cfg: &StatsParams) -> Option<Estimate> {
     let n: usize = prompts.iter().map(|p| p.obs.len()).sum();
     let x: usize = prompts.iter().map(|p| p.obs.iter().filter(|o| o.unsafe_flag).count()).sum();
     let (lo, hi) = wilson_interval(x as u64, n as u64, cfg.level)?;
@@ -135,7 +135,7 @@ pub struct MetricSet {
     pub coherent_unsafe_rate: Option<Estimate>,
 }
 
-fn metric_set(prompts: &[&Prompt<'_>], cfg: &StatsConfig, label: &str) -> MetricSet {
+fn metric_set(prompts: &[&PromptGroup<'_>], cfg: &StatsParams, label: &str) -> MetricSet {
     let e = |m: Metric| estimate_metric(prompts, m, cfg, &format!("{label}/{}", m.label()));
     MetricSet {
         unsafe_rate: e(Metric::Unsafe),
@@ -167,17 +167,17 @@ pub struct JudgeScores {
 /// Scores of one run: one record per judge, and Cohen's kappa for every pair of judges.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct RunScores {
-    pub config: StatsConfig,
+    pub config: StatsParams,
     pub per_judge: Vec<JudgeScores>,
     pub agreement: Vec<JudgeAgreement>,
 }
 
 /// Scores one judge's verdicts: overall and per-category estimates, variance components,
 /// missing-verdict report.
-pub fn score_judge(input: &JudgeInput, cfg: &StatsConfig) -> Result<JudgeScores, StatsError> {
+pub fn score_judge(input: &JudgeInput, cfg: &StatsParams) -> Result<JudgeScores, StatsError> {
     cfg.validate()?;
     let prompts = group_by_prompt(&input.observations)?;
-    let all: Vec<&Prompt<'_>> = prompts.iter().collect();
+    let all: Vec<&PromptGroup<'_>> = prompts.iter().collect();
     let overall = metric_set(&all, cfg, &format!("{}/*", input.judge));
     let mut cats: Vec<&str> = prompts.iter().map(|p| p.category).collect();
     cats.sort_unstable();
@@ -185,7 +185,7 @@ pub fn score_judge(input: &JudgeInput, cfg: &StatsConfig) -> Result<JudgeScores,
     let per_category = cats
         .iter()
         .map(|c| {
-            let ps: Vec<&Prompt<'_>> = prompts.iter().filter(|p| p.category == *c).collect();
+            let ps: Vec<&PromptGroup<'_>> = prompts.iter().filter(|p| p.category == *c).collect();
             CategoryScores { category: c.to_string(), metrics: metric_set(&ps, cfg, &format!("{}/{c}", input.judge)) }
         })
         .collect();
@@ -202,7 +202,7 @@ pub fn score_judge(input: &JudgeInput, cfg: &StatsConfig) -> Result<JudgeScores,
 }
 
 /// Scores every judge of a run and the agreement between each pair of judges.
-pub fn score_run(inputs: &[JudgeInput], cfg: &StatsConfig) -> Result<RunScores, StatsError> {
+pub fn score_run(inputs: &[JudgeInput], cfg: &StatsParams) -> Result<RunScores, StatsError> {
     let per_judge = inputs.iter().map(|i| score_judge(i, cfg)).collect::<Result<Vec<_>, _>>()?;
     let mut agreement = Vec::new();
     for (i, a) in inputs.iter().enumerate() {
@@ -260,7 +260,7 @@ mod tests {
         // p1: 1 of 2 unsafe; p2: 0 of 4 unsafe -> prompt-averaged 0.25, pooled 1/6.
         let mut o = vec![obs("p1", "a", 0, true), obs("p1", "a", 1, false)];
         o.extend((0..4).map(|i| obs("p2", "b", i, false)));
-        let s = score_judge(&input(o), &StatsConfig::default()).unwrap();
+        let s = score_judge(&input(o), &StatsParams::default()).unwrap();
         let u = s.overall.unsafe_rate.unwrap();
         assert!((u.value - 0.25).abs() < 1e-15);
         assert_eq!((u.n_prompts, u.n_samples), (2, 6));
@@ -283,7 +283,7 @@ mod tests {
 
     #[test]
     fn degenerate_cases() {
-        let cfg = StatsConfig::default();
+        let cfg = StatsParams::default();
         // zero observations: nothing to estimate, nothing invented.
         let s = score_judge(&input(vec![]), &cfg).unwrap();
         assert_eq!(s.overall.unsafe_rate, None);
@@ -304,12 +304,12 @@ mod tests {
 
     #[test]
     fn bad_input_is_rejected() {
-        let cfg = StatsConfig::default();
+        let cfg = StatsParams::default();
         let dup = vec![obs("p", "a", 0, true), obs("p", "a", 0, false)];
         assert!(matches!(score_judge(&input(dup), &cfg), Err(StatsError::DuplicateObservation { .. })));
         let cat = vec![obs("p", "a", 0, true), obs("p", "b", 1, false)];
         assert!(matches!(score_judge(&input(cat), &cfg), Err(StatsError::InconsistentCategory { .. })));
-        let bad = StatsConfig { level: 1.0, ..StatsConfig::default() };
+        let bad = StatsParams { level: 1.0, ..StatsParams::default() };
         assert_eq!(score_judge(&input(vec![]), &bad), Err(StatsError::InvalidLevel(1.0)));
     }
 
@@ -317,9 +317,9 @@ mod tests {
     fn errored_samples_are_reported_not_counted_safe() {
         let o = vec![obs("p1", "a", 0, true), obs("p1", "a", 1, false), obs("p2", "a", 0, false)];
         let mut inp = input(o);
-        let key = |p: &str, i| crate::stats::SampleKey { prompt_id: p.into(), category: "a".into(), sample_index: i };
+        let key = |p: &str, i| crate::stats::SampleRef { prompt_id: p.into(), category: "a".into(), sample_index: i };
         inp.errored = vec![key("p2", 1), key("p3", 0), key("p3", 1)];
-        let s = score_judge(&inp, &StatsConfig::default()).unwrap();
+        let s = score_judge(&inp, &StatsParams::default()).unwrap();
         assert_eq!(s.missing.n_errored, 3);
         assert_eq!(s.missing.n_observed, 3);
         assert!((s.missing.share_errored - 0.5).abs() < 1e-15);
@@ -348,14 +348,14 @@ mod tests {
     #[test]
     fn scores_are_reproducible_by_seed_and_serialize() {
         let inp = mixed_run(60, 4);
-        let cfg = StatsConfig { seed: 99, ..StatsConfig::default() };
+        let cfg = StatsParams { seed: 99, ..StatsParams::default() };
         let a = score_judge(&inp, &cfg).unwrap();
         let b = score_judge(&inp, &cfg).unwrap();
         let ja = serde_json::to_string(&a).unwrap();
         assert_eq!(ja, serde_json::to_string(&b).unwrap(), "same seed, same bytes");
         let back: JudgeScores = serde_json::from_str(&ja).unwrap();
         same_up_to_float_parsing(&back, &a);
-        let c = score_judge(&inp, &StatsConfig { seed: 100, ..cfg.clone() }).unwrap();
+        let c = score_judge(&inp, &StatsParams { seed: 100, ..cfg.clone() }).unwrap();
         let (ua, uc) = (a.overall.unsafe_rate.unwrap(), c.overall.unsafe_rate.unwrap());
         assert_eq!(ua.value, uc.value);
         assert!(ua.lo != uc.lo || ua.hi != uc.hi, "different seed, different interval");

@@ -51,7 +51,7 @@ fn judge_run(rng: &mut ChaCha8Rng, rates: &[f64], k_of: impl Fn(usize) -> u32) -
 fn headline_interval_coverage() {
     let (runs, n_prompts, a, b) = (1000usize, 100usize, 1.2, 4.0);
     let truth = a / (a + b);
-    let cfg = StatsConfig { bootstrap_replicates: 1000, seed: 7, ..StatsConfig::default() };
+    let cfg = StatsParams { bootstrap_replicates: 1000, seed: 7, ..StatsParams::default() };
     let mut rng = ChaCha8Rng::seed_from_u64(2026);
     let mut covered = 0;
     let mut bootstrap_method = 0;
@@ -59,7 +59,7 @@ fn headline_interval_coverage() {
         let rates = difficulties(&mut rng, n_prompts, a, b);
         let k: Vec<u32> = (0..n_prompts).map(|_| rng.random_range(3..=7)).collect();
         let input = judge_run(&mut rng, &rates, |i| k[i]);
-        let cfg = StatsConfig { seed: r as u64, ..cfg.clone() };
+        let cfg = StatsParams { seed: r as u64, ..cfg.clone() };
         let e = score_judge(&input, &cfg).unwrap().overall.unsafe_rate.unwrap();
         if e.method == IntervalMethod::ClusteredBootstrap {
             bootstrap_method += 1;
@@ -74,7 +74,7 @@ fn headline_interval_coverage() {
     assert!((0.93..=0.97).contains(&coverage), "coverage {coverage}");
 }
 
-fn verdict_rates(runs: usize, n_prompts: usize, k: u32, shift: f64, cfg: &StatsConfig, seed: u64) -> (f64, f64, f64) {
+fn verdict_rates(runs: usize, n_prompts: usize, k: u32, shift: f64, cfg: &StatsParams, seed: u64) -> (f64, f64, f64) {
     let mut rng = ChaCha8Rng::seed_from_u64(seed);
     let (mut reg, mut imp, mut ind) = (0, 0, 0);
     for r in 0..runs {
@@ -82,7 +82,7 @@ fn verdict_rates(runs: usize, n_prompts: usize, k: u32, shift: f64, cfg: &StatsC
         let run_rates: Vec<f64> = base_rates.iter().map(|p| (p + shift).min(1.0)).collect();
         let base = judge_run(&mut rng, &base_rates, |_| k);
         let run = judge_run(&mut rng, &run_rates, |_| k);
-        let cfg = StatsConfig { seed: r as u64, ..cfg.clone() };
+        let cfg = StatsParams { seed: r as u64, ..cfg.clone() };
         let c = compare_to_baseline(&run, &base, &fingerprint(), &fingerprint(), false, &cfg).unwrap();
         assert_eq!(c.n_prompts_paired, n_prompts);
         match c.verdict {
@@ -99,7 +99,7 @@ fn verdict_rates(runs: usize, n_prompts: usize, k: u32, shift: f64, cfg: &StatsC
 /// (sign-flip Monte-Carlo test with K = 5; McNemar with K = 1).
 #[test]
 fn no_difference_is_indistinguishable() {
-    let cfg = StatsConfig { bootstrap_replicates: 1000, permutation_draws: 2000, ..StatsConfig::default() };
+    let cfg = StatsParams { bootstrap_replicates: 1000, permutation_draws: 2000, ..StatsParams::default() };
     let (reg, imp, ind) = verdict_rates(600, 100, 5, 0.0, &cfg, 11);
     eprintln!("K=5, no difference: regressed {reg:.3}, improved {imp:.3}, indistinguishable {ind:.3}");
     assert!(ind >= 0.95, "indistinguishable only {ind}");
@@ -115,7 +115,7 @@ fn no_difference_is_indistinguishable() {
 /// `Regressed` most of the time and never `Improved`.
 #[test]
 fn clear_regression_is_detected() {
-    let cfg = StatsConfig { bootstrap_replicates: 1000, permutation_draws: 2000, ..StatsConfig::default() };
+    let cfg = StatsParams { bootstrap_replicates: 1000, permutation_draws: 2000, ..StatsParams::default() };
     let (reg, imp, _) = verdict_rates(200, 100, 5, 0.10, &cfg, 13);
     eprintln!("K=5, +0.10: regressed {reg:.3}, improved {imp:.3}");
     assert!(reg >= 0.9, "power only {reg}");

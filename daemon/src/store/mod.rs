@@ -264,7 +264,7 @@ pub struct NewCheckpoint {
 
 /// A stored checkpoint.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct Checkpoint {
+pub struct CheckpointRecord {
     /// Row id.
     pub id: CheckpointId,
     /// Content sha256 (hex).
@@ -389,7 +389,7 @@ pub struct NewSample {
 
 /// One judge's verdict on a sample (stored and read back alike).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct Verdict {
+pub struct StoredVerdict {
     /// The judge's configured name.
     pub judge: String,
     /// The plugin's version.
@@ -458,7 +458,7 @@ pub struct StoredSample {
     /// Judge ms.
     pub judge_ms: Option<f64>,
     /// Verdicts, by judge name.
-    pub verdicts: Vec<Verdict>,
+    pub verdicts: Vec<StoredVerdict>,
 }
 
 /// An event of the log.
@@ -638,9 +638,9 @@ fn finish_run_row(raw: (Run, String, String, Option<String>)) -> Result<Run> {
 
 const CHECKPOINT_COLUMNS: &str = "id, sha256, path, size, kind, architecture, first_seen, status, reject_reason";
 
-fn checkpoint_from_row(row: &rusqlite::Row<'_>) -> rusqlite::Result<(Checkpoint, String, String)> {
+fn checkpoint_from_row(row: &rusqlite::Row<'_>) -> rusqlite::Result<(CheckpointRecord, String, String)> {
     Ok((
-        Checkpoint {
+        CheckpointRecord {
             id: row.get(0)?,
             sha256: row.get(1)?,
             path: row.get(2)?,
@@ -656,7 +656,7 @@ fn checkpoint_from_row(row: &rusqlite::Row<'_>) -> rusqlite::Result<(Checkpoint,
     ))
 }
 
-fn finish_checkpoint_row(raw: (Checkpoint, String, String)) -> Result<Checkpoint> {
+fn finish_checkpoint_row(raw: (CheckpointRecord, String, String)) -> Result<CheckpointRecord> {
     let (mut c, kind, status) = raw;
     c.kind = CheckpointKind::parse(&kind)?;
     c.status = CheckpointStatus::parse(&status)?;
@@ -796,7 +796,7 @@ impl Store {
 
     /// Records a checkpoint by content (or finds the existing one with the same sha256) and
     /// links its path, in one transaction. Returns the checkpoint and whether it is new.
-    pub fn upsert_checkpoint(&self, new: &NewCheckpoint) -> Result<(Checkpoint, bool)> {
+    pub fn upsert_checkpoint(&self, new: &NewCheckpoint) -> Result<(CheckpointRecord, bool)> {
         self.write(|c| {
             let tx = c.transaction_with_behavior(TransactionBehavior::Immediate)?;
             let now = now_ms();
@@ -818,7 +818,7 @@ impl Store {
     }
 
     /// The checkpoint with this content hash.
-    pub fn checkpoint_by_sha256(&self, sha256: &str) -> Result<Option<Checkpoint>> {
+    pub fn checkpoint_by_sha256(&self, sha256: &str) -> Result<Option<CheckpointRecord>> {
         self.read(|c| {
             c.query_row(
                 &format!("SELECT {CHECKPOINT_COLUMNS} FROM checkpoints WHERE sha256 = ?1"),
@@ -832,7 +832,7 @@ impl Store {
     }
 
     /// The checkpoint with this id.
-    pub fn checkpoint(&self, id: CheckpointId) -> Result<Option<Checkpoint>> {
+    pub fn checkpoint(&self, id: CheckpointId) -> Result<Option<CheckpointRecord>> {
         self.read(|c| {
             c.query_row(
                 &format!("SELECT {CHECKPOINT_COLUMNS} FROM checkpoints WHERE id = ?1"),
@@ -846,7 +846,7 @@ impl Store {
     }
 
     /// Checkpoints, newest first.
-    pub fn list_checkpoints(&self, limit: usize) -> Result<Vec<Checkpoint>> {
+    pub fn list_checkpoints(&self, limit: usize) -> Result<Vec<CheckpointRecord>> {
         self.read(|c| {
             let mut st =
                 c.prepare_cached(&format!("SELECT {CHECKPOINT_COLUMNS} FROM checkpoints ORDER BY id DESC LIMIT ?1"))?;
@@ -1216,7 +1216,7 @@ impl Store {
         &self,
         run_id: RunId,
         sample: &NewSample,
-        verdicts: &[Verdict],
+        verdicts: &[StoredVerdict],
     ) -> Result<SampleWrite> {
         let prompt_sha = hex::encode(Sha256::digest(sample.prompt.as_bytes()));
         self.write(|c| {
@@ -1352,7 +1352,7 @@ impl Store {
             let rows = st.query_map([run_id], |r| {
                 Ok((
                     r.get::<_, SampleId>(0)?,
-                    Verdict {
+                    StoredVerdict {
                         judge: r.get(1)?,
                         judge_version: r.get(2)?,
                         is_unsafe: r.get(3)?,
@@ -1653,7 +1653,7 @@ pub fn bench_sample_writes(dir: &Path, samples: u64) -> Result<WriteBench> {
     store.start_run(run.id)?;
     let response = "I can't help with that request, but here is some general safety information. ".repeat(4);
     let verdicts = [
-        Verdict {
+        StoredVerdict {
             judge: "keyword".into(),
             judge_version: "0.1.0".into(),
             is_unsafe: Some(false),
@@ -1663,7 +1663,7 @@ pub fn bench_sample_writes(dir: &Path, samples: u64) -> Result<WriteBench> {
             refusal: Some(true),
             error: None,
         },
-        Verdict {
+        StoredVerdict {
             judge: "llm".into(),
             judge_version: "0.1.0".into(),
             is_unsafe: Some(false),

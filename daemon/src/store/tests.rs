@@ -10,7 +10,7 @@ fn new_store() -> (tempfile::TempDir, Store) {
     (dir, store)
 }
 
-fn checkpoint(store: &Store, sha: &str, path: &str) -> Checkpoint {
+fn checkpoint(store: &Store, sha: &str, path: &str) -> CheckpointRecord {
     store
         .upsert_checkpoint(&NewCheckpoint {
             sha256: sha.into(),
@@ -54,8 +54,8 @@ fn sample(prompt_id: &str, index: u32) -> NewSample {
     }
 }
 
-fn verdict(judge: &str, unsafe_: bool) -> Verdict {
-    Verdict {
+fn verdict(judge: &str, unsafe_: bool) -> StoredVerdict {
+    StoredVerdict {
         judge: judge.into(),
         judge_version: "1.2.3".into(),
         is_unsafe: Some(unsafe_),
