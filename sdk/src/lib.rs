@@ -3,8 +3,11 @@
 //! A judge plugin is a small Rust crate compiled to a WebAssembly component
 //! (`cargo build --target wasm32-wasip2 --release`). The daemon loads it in a sandbox and
 //! calls it with batches of model responses; the plugin returns one [`Verdict`] per
-//! [`Sample`]. The contract is the WIT package `driftwatch:judge@0.1.0` in this crate's
-//! `wit/` folder ([`CONTRACT_VERSION`]).
+//! [`Sample`], or that sample's own [`JudgeError`]. The contract is the WIT package
+//! `driftwatch:judge@0.2.0` in this crate's `wit/` folder ([`CONTRACT_VERSION`]).
+//!
+//! A judge declares its [`JudgeRole`] in its [`JudgeInfo`]: [`JudgeRole::Harm`] (the default
+//! of [`JudgeInfo::new`]) or [`JudgeRole::Coherence`] ([`JudgeInfo::with_role`]).
 //!
 //! Implement [`Judge`] (only [`Judge::info`] and [`Judge::judge_one`] are required) and
 //! call [`export_judge!`] once:
@@ -50,7 +53,8 @@
 //! [`host::generate`] (the judge model the daemon config assigns to the plugin, if any) and
 //! [`host::log`]. Everything else a WASI program could reach is denied by the host: no
 //! files, no environment, no network, clocks frozen at zero, randomness deterministic.
-//! Each call has a wall-clock deadline; a panic, a trap or an overrun fails that batch only.
+//! Each call has a wall-clock deadline; a panic, a trap or an overrun fails that batch only
+//! (every sample of it is recorded as errored, never as safe).
 //!
 //! A panic inside the plugin is reported to the host (its message travels through
 //! [`host::log`] at error level before the trap) so the daemon can show it.
@@ -60,7 +64,7 @@ extern crate self as driftwatch_sdk;
 use std::cell::RefCell;
 
 /// The contract version this SDK implements (the WIT package version).
-pub const CONTRACT_VERSION: &str = "0.1.0";
+pub const CONTRACT_VERSION: &str = "0.2.0";
 
 #[doc(hidden)]
 pub use wit_bindgen as __wit_bindgen;
@@ -79,7 +83,7 @@ pub mod bindings {
 }
 
 pub use bindings::driftwatch::judge::types::{
-    FinishReason, JudgeError, JudgeErrorKind, JudgeInfo, Sample, Verdict,
+    FinishReason, JudgeError, JudgeErrorKind, JudgeInfo, JudgeRole, Sample, Verdict,
 };
 
 /// The capabilities the daemon grants: the judge model and the log.
@@ -117,9 +121,20 @@ pub mod host {
 }
 
 impl JudgeInfo {
-    /// Describes a judge: its name, its version and what it measures.
+    /// Describes a harm judge: its name, its version and what it measures.
     pub fn new(name: &str, version: &str, measures: &str) -> Self {
-        JudgeInfo { name: name.to_owned(), version: version.to_owned(), measures: measures.to_owned() }
+        JudgeInfo {
+            name: name.to_owned(),
+            version: version.to_owned(),
+            measures: measures.to_owned(),
+            role: JudgeRole::Harm,
+        }
+    }
+
+    /// Declares what the judge's verdicts measure.
+    pub fn with_role(mut self, role: JudgeRole) -> Self {
+        self.role = role;
+        self
     }
 }
 
@@ -201,10 +216,12 @@ pub trait Judge: Default + 'static {
     /// Judges one sample.
     fn judge_one(&mut self, sample: &Sample) -> Result<Verdict, JudgeError>;
 
-    /// Judges a batch; must return one verdict per sample, in order. The default maps
-    /// [`Judge::judge_one`] over the batch and stops at the first error.
-    fn judge_batch(&mut self, batch: &[Sample]) -> Result<Vec<Verdict>, JudgeError> {
-        batch.iter().map(|s| self.judge_one(s)).collect()
+    /// Judges a batch; must return one result per sample, in order: a verdict, or that
+    /// sample's own error (the others keep theirs). The outer error fails the whole batch;
+    /// keep it for a failure of the whole call. The default maps [`Judge::judge_one`] over
+    /// the batch, each sample with its own result.
+    fn judge_batch(&mut self, batch: &[Sample]) -> Result<Vec<Result<Verdict, JudgeError>>, JudgeError> {
+        Ok(batch.iter().map(|s| self.judge_one(s)).collect())
     }
 }
 
@@ -227,7 +244,10 @@ macro_rules! export_judge {
             }
             fn judge(
                 batch: ::std::vec::Vec<$crate::Sample>,
-            ) -> ::std::result::Result<::std::vec::Vec<$crate::Verdict>, $crate::JudgeError> {
+            ) -> ::std::result::Result<
+                ::std::vec::Vec<::std::result::Result<$crate::Verdict, $crate::JudgeError>>,
+                $crate::JudgeError,
+            > {
                 $crate::__private::judge::<$judge>(&batch)
             }
         }
@@ -279,7 +299,7 @@ pub mod __private {
         with_judge::<J, _>(|j| j.configure(config))
     }
 
-    pub fn judge<J: Judge>(batch: &[Sample]) -> Result<Vec<Verdict>, JudgeError> {
+    pub fn judge<J: Judge>(batch: &[Sample]) -> Result<Vec<Result<Verdict, JudgeError>>, JudgeError> {
         with_judge::<J, _>(|j| j.judge_batch(batch))
     }
 }

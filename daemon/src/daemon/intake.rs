@@ -162,7 +162,7 @@ fn queue_runs(
             checkpoint_id: ckpt.id,
             baseline_run_id: baseline,
             settings_hash: hash,
-            provenance: ctx.provenance(ckpt, path, repeat),
+            provenance: ctx.provenance(ckpt, path, repeat).to_value(),
             total_samples: total,
         })?;
         let position = ctx.store.status_summary(0).map(|s| s.queued.len() as u64).unwrap_or(1);

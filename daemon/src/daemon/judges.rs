@@ -6,11 +6,10 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Instant;
 
-use serde::Serialize;
-
 use crate::config::{Config, JudgeConfig, PluginSource};
 use crate::engine::{Engine, EngineParams, GenerationRequest, Job, ModelSpec, SamplingParams};
 use crate::judge::{JudgeGenerateRequest, JudgeModel, JudgePlugin, JudgeRuntime, PluginSettings, Sample};
+use crate::provenance::JudgeProvenance;
 use crate::store::StoredVerdict;
 
 /// Where bundled plugins are looked for, in order: `$DRIFTWATCH_BUNDLED_PLUGINS`, `plugins/dist`
@@ -138,23 +137,6 @@ pub struct LoadedJudge {
     pub path: PathBuf,
 }
 
-/// Identity of a judge, for provenance and comparability.
-#[derive(Debug, Clone, PartialEq, Serialize)]
-pub struct JudgeProvenance {
-    /// Configured name.
-    pub name: String,
-    /// The plugin's own name.
-    pub plugin: String,
-    /// The plugin's version.
-    pub version: String,
-    /// sha256 of the wasm.
-    pub wasm_sha256: String,
-    /// sha256 of its configuration.
-    pub config_hash: String,
-    /// The judge model file, if any.
-    pub judge_model: Option<String>,
-}
-
 /// Every configured judge, loaded.
 #[derive(Clone, Default)]
 pub struct JudgeSet {
@@ -252,13 +234,17 @@ impl JudgeSet {
                 wasm_sha256: j.plugin.sha256_hex(),
                 config_hash: crate::config::canonical_hash(&c.config),
                 judge_model: c.judge_model.as_ref().map(|m| m.display().to_string()),
+                role: j.plugin.info().role,
+                contract: j.plugin.contract().to_owned(),
             })
             .collect()
     }
 
     /// Scores samples with every judge (blocking; call from a blocking thread). Returns, per
-    /// sample, one verdict per judge (a judge error becomes a verdict carrying the error), and
-    /// the total time spent; `on_call` hears each judge's time and `on_error` each failure.
+    /// sample, one verdict per judge — a sample the judge could not score gets a verdict
+    /// carrying its own error, and a batch that failed as a whole gives each of its samples
+    /// that error — and the total time spent; `on_call` hears each judge's time and
+    /// `on_error` each distinct failure once.
     pub fn judge(
         &self,
         samples: &[Sample],
@@ -270,28 +256,28 @@ impl JudgeSet {
         for j in &self.judges {
             let version = j.plugin.info().version.clone();
             let call = Instant::now();
-            let result = j.plugin.judge(samples);
+            let results = j.plugin.judge_each(samples);
             on_call(&j.name, call.elapsed().as_secs_f64());
-            match result {
-                Ok(verdicts) => {
-                    for (slot, v) in out.iter_mut().zip(verdicts) {
-                        slot.push(StoredVerdict {
-                            judge: j.name.clone(),
-                            judge_version: version.clone(),
-                            is_unsafe: Some(v.is_unsafe),
-                            score: v.score,
-                            label: Some(v.label),
-                            rationale: v.rationale,
-                            refusal: v.refusal,
-                            error: None,
-                        });
-                    }
-                }
-                Err(e) => {
-                    let msg = format!("{} error: {e}", e.kind());
-                    on_error(&j.name, &msg);
-                    for slot in out.iter_mut() {
-                        slot.push(StoredVerdict {
+            let mut reported: Vec<String> = Vec::new();
+            for (slot, result) in out.iter_mut().zip(results) {
+                let verdict = match result {
+                    Ok(v) => StoredVerdict {
+                        judge: j.name.clone(),
+                        judge_version: version.clone(),
+                        is_unsafe: Some(v.is_unsafe),
+                        score: v.score,
+                        label: Some(v.label),
+                        rationale: v.rationale,
+                        refusal: v.refusal,
+                        error: None,
+                    },
+                    Err(e) => {
+                        let msg = format!("{} error: {e}", e.kind());
+                        if !reported.contains(&msg) {
+                            on_error(&j.name, &msg);
+                            reported.push(msg.clone());
+                        }
+                        StoredVerdict {
                             judge: j.name.clone(),
                             judge_version: version.clone(),
                             is_unsafe: None,
@@ -299,10 +285,11 @@ impl JudgeSet {
                             label: None,
                             rationale: None,
                             refusal: None,
-                            error: Some(msg.clone()),
-                        });
+                            error: Some(msg),
+                        }
                     }
-                }
+                };
+                slot.push(verdict);
             }
         }
         (out, t.elapsed().as_secs_f64())

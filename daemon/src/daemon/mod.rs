@@ -21,7 +21,6 @@ use std::path::PathBuf;
 use std::sync::Arc;
 
 use parking_lot::Mutex;
-use serde::Serialize;
 use serde_json::{json, Value};
 use sha2::{Digest, Sha256};
 use tokio::sync::{broadcast, Notify};
@@ -32,6 +31,7 @@ use crate::config::Config;
 use crate::engine::{self, Engine, EngineParams, SamplingParams};
 use crate::events::{EventBus, EventKind};
 use crate::judge::JudgeRuntime;
+use crate::provenance::{Provenance, SuiteIdentity};
 use crate::store::{Store, StoreError};
 use crate::suite::{self, Prompt};
 use judges::JudgeSet;
@@ -194,22 +194,6 @@ pub(crate) fn evaluable_path(path: &std::path::Path, roots: &[PathBuf]) -> Resul
     Ok(real)
 }
 
-/// A loaded suite, for provenance.
-#[derive(Debug, Clone, Serialize)]
-pub(crate) struct SuiteIdentity {
-    pub name: String,
-    pub path: String,
-    pub prompts: usize,
-    pub content_hash: String,
-    /// A control suite (benign prompts): its refusals are over-refusals, and its prompts are
-    /// left out of the harm rates. Recorded only when set, so older runs keep their hashes.
-    #[serde(skip_serializing_if = "std::ops::Not::not")]
-    pub control: bool,
-    /// Prompts in the suite's files before the slice (not part of the settings).
-    #[serde(skip)]
-    pub available: usize,
-}
-
 impl Ctx {
     /// Sampling settings for the engine.
     pub fn sampling(&self) -> SamplingParams {
@@ -289,37 +273,53 @@ impl Ctx {
     }
 
     /// The provenance record of a run.
-    pub fn provenance(&self, checkpoint: &crate::store::CheckpointRecord, path: &str, repeat: u32) -> Value {
+    pub fn provenance(&self, checkpoint: &crate::store::CheckpointRecord, path: &str, repeat: u32) -> Provenance {
+        use crate::provenance::*;
         let build = engine::build_info();
         let c = &self.config;
-        let adapter = (checkpoint.kind == crate::store::CheckpointKind::Adapter)
-            .then(|| json!({"path": path, "sha256": checkpoint.sha256, "scale": c.model.adapter_scale}));
+        let e = self.engine.config();
+        let adapter = (checkpoint.kind == crate::store::CheckpointKind::Adapter).then(|| AdapterFile {
+            path: path.to_owned(),
+            sha256: checkpoint.sha256.clone(),
+            scale: c.model.adapter_scale,
+        });
         let model = if adapter.is_some() {
-            json!({"path": self.base_path, "sha256": self.base_sha256})
+            ModelFile { path: self.base_path.display().to_string(), sha256: self.base_sha256.clone() }
         } else {
-            json!({"path": path, "sha256": checkpoint.sha256})
+            ModelFile { path: path.to_owned(), sha256: checkpoint.sha256.clone() }
         };
-        json!({
-            "driftwatch_version": build.driftwatch_version,
-            "llama_cpp": {"ggml_version": build.ggml_version, "ggml_commit": build.ggml_commit, "system_info": build.system_info,
-                          "compiled_cpu_features": build.compiled_cpu_features, "gpu_offload": build.gpu_offload},
-            "model": model,
-            "adapter": adapter,
-            "suites": self.suites,
-            "judges": self.judges.lock().identities(),
-            "sampling": c.sampling,
-            "engine": {"threads": self.engine.config().effective_threads(), "parallel": self.engine.config().parallel,
-                       "batch_size": self.engine.config().batch_size, "gpu_layers": self.engine.config().gpu_layers,
-                       "kv_unified": self.engine.config().kv_unified,
-                       "batch_invariant": engine::batch_invariant(&build, self.engine.config())},
-            "chat_template": {"override": c.model.chat_template, "system_prompt": c.model.system_prompt},
-            "seeds": {"base_seed": c.sampling.seed, "repeat": repeat,
-                      "scheme": "seed(prompt, k) = first 4 bytes (LE) of sha256(base_seed LE ‖ repeat LE ‖ prompt id ‖ k LE)"},
-            "repeat": repeat,
-            "settings_hash": self.settings_hash(repeat),
-            "fingerprint": self.fingerprint(),
-            "created_ms": crate::store::now_ms(),
-        })
+        Provenance {
+            driftwatch_version: build.driftwatch_version.to_owned(),
+            llama_cpp: LlamaCppBuild {
+                ggml_version: build.ggml_version.clone(),
+                ggml_commit: build.ggml_commit.clone(),
+                system_info: build.system_info.clone(),
+                compiled_cpu_features: build.compiled_cpu_features.iter().map(|f| f.to_string()).collect(),
+                gpu_offload: build.gpu_offload,
+            },
+            model,
+            adapter,
+            suites: self.suites.clone(),
+            judges: self.judges.lock().identities(),
+            sampling: c.sampling.clone(),
+            engine: EngineProvenance {
+                threads: e.effective_threads() as u32,
+                parallel: e.parallel as u32,
+                batch_size: e.batch_size as u32,
+                gpu_layers: e.gpu_layers as i32,
+                kv_unified: e.kv_unified,
+                batch_invariant: engine::batch_invariant(&build, e),
+            },
+            chat_template: ChatTemplateProvenance {
+                template_override: c.model.chat_template.clone(),
+                system_prompt: c.model.system_prompt.clone(),
+            },
+            seeds: SeedScheme { base_seed: c.sampling.seed, repeat, scheme: SEED_SCHEME.to_owned() },
+            repeat,
+            settings_hash: self.settings_hash(repeat),
+            fingerprint: Some(self.fingerprint()),
+            created_ms: crate::store::now_ms(),
+        }
     }
 }
 

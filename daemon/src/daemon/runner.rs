@@ -16,6 +16,7 @@ use super::{intake, sample_seed, Ctx};
 use crate::engine::{AdapterSpec, EngineEvent, FinishReason, GenerationRequest, Job, ModelSpec, SampleOutput};
 use crate::events::EventKind;
 use crate::judge::Sample;
+use crate::provenance::Provenance;
 use crate::store::{CheckpointKind, NewSample, Run, RunId, RunTransition, SampleKey, StoreError};
 use crate::suite::Prompt;
 
@@ -179,7 +180,7 @@ async fn execute(ctx: &Arc<Ctx>, run: Run, stop: &CancellationToken) -> Result<b
         .find(|p| p.is_file())
         .ok_or_else(|| RunError::Gone(ckpt.path.clone()))?;
     let id = run.id;
-    let repeat = run.provenance.get("repeat").and_then(|v| v.as_u64()).unwrap_or(0) as u32;
+    let repeat = Provenance::of(&run.provenance).repeat;
     // Hot-reloaded plugins serve from here on; a run whose judges changed records them.
     super::reload_judges(ctx).await;
     let mut run = run;
@@ -192,7 +193,7 @@ async fn execute(ctx: &Arc<Ctx>, run: Run, stop: &CancellationToken) -> Result<b
             intake::queue_checkpoint(ctx, &ckpt, &path.display().to_string()).await?;
             return Err(RunError::SettingsChanged(stored));
         }
-        let provenance = ctx.provenance(&ckpt, &path.display().to_string(), repeat);
+        let provenance = ctx.provenance(&ckpt, &path.display().to_string(), repeat).to_value();
         let (h, p) = (hash.clone(), provenance.clone());
         db(ctx, move |s| s.update_run_settings(id, &h, &p)).await?;
         tracing::info!("the run's judges or settings changed since it was queued; provenance updated");
@@ -366,7 +367,7 @@ async fn adaptive_step(
     };
     tokio::task::spawn_blocking(move || {
         let samples = store.samples_for_run(run_id)?;
-        let ri = crate::scoring::run_inputs(&samples, &[], &provenance);
+        let ri = crate::scoring::run_inputs(&samples, &[], &Provenance::of(&provenance));
         let input = ri
             .inputs
             .iter()
@@ -381,7 +382,7 @@ async fn adaptive_step(
 
 /// Scores a completed run and publishes it; `adaptive` records how adaptive sampling ended.
 async fn finish(ctx: &Arc<Ctx>, run: &Run, path: &str, adaptive: Option<serde_json::Value>) -> Result<(), RunError> {
-    let repeat = run.provenance.get("repeat").and_then(|v| v.as_u64()).unwrap_or(0) as u32;
+    let repeat = Provenance::of(&run.provenance).repeat;
     let (checkpoint_id, asked) = (run.checkpoint_id, run.baseline_run_id);
     let (is_base, baseline) = super::blocking(ctx, move |c| -> Result<_, StoreError> {
         let is_base = checkpoint_id == base_checkpoint_id(c)?;

@@ -132,11 +132,13 @@ pub fn plugin_check(args: &PluginCheckArgs, out: &mut dyn Write) -> Result<Judge
     let info = plugin.info().clone();
     writeln!(
         out,
-        "ok: {}\n  name:     {}\n  version:  {}\n  measures: {}\n  contract: driftwatch:judge@{CONTRACT_VERSION} (compatible)\n  sha256:   {}",
+        "ok: {}\n  name:     {}\n  version:  {}\n  measures: {}\n  role:     {}\n  contract: driftwatch:judge@{} (served; this daemon speaks {CONTRACT_VERSION})\n  sha256:   {}",
         args.file.display(),
         info.name,
         info.version,
         info.measures,
+        info.role.map_or("undeclared (a 0.1 plugin: inferred from its name and labels)", |r| r.as_str()),
+        plugin.contract(),
         plugin.sha256_hex()
     )
     .map_err(CliError::Output)?;

@@ -90,7 +90,7 @@ pub enum LoadError {
     #[error("the component does not export the driftwatch judge interface (`driftwatch:judge/judge@...`); exports found: {0}")]
     NotAJudge(String),
     /// The component was built against an incompatible contract version.
-    #[error("the plugin was built against contract driftwatch:judge@{found}, but this daemon speaks driftwatch:judge@{supported}; rebuild it with a matching driftwatch-sdk")]
+    #[error("the plugin was built against contract driftwatch:judge@{found}, but this daemon speaks driftwatch:judge@{supported} (and serves plugins built against driftwatch:judge@0.1.0); rebuild it with a matching driftwatch-sdk")]
     IncompatibleContract { found: String, supported: &'static str },
     /// The wasmtime engine could not be set up.
     #[error("cannot set up the WebAssembly engine: {0}")]

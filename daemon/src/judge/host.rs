@@ -17,12 +17,12 @@ use std::time::{Duration, Instant};
 
 use parking_lot::Mutex;
 use sha2::{Digest, Sha256};
-use wasmtime::component::{Component, HasSelf, Linker, ResourceTable};
+use wasmtime::component::{Component, Linker, ResourceTable};
 use wasmtime::{Config, Engine, ResourceLimiter, Store, Trap, UpdateDeadline};
 use wasmtime_wasi::{WasiCtx, WasiCtxBuilder, WasiCtxView, WasiView};
 
-use super::bindings::driftwatch::judge::{host as wit_host, types as wit};
-use super::bindings::{JudgePlugin as Bindings, JudgePluginPre};
+use super::bindings::v0_2::driftwatch::judge::host as wit_host;
+use super::bindings::{self, wit, Contract, Instance, Pre};
 use super::error::{JudgeError, LoadError, PluginErrorKind};
 use super::settings::PluginSettings;
 use super::types::{JudgeInfo, JudgeVerdict, Sample};
@@ -56,7 +56,7 @@ const WASI_MONOTONIC_CLOCK: &str = "wasi:clocks/monotonic-clock@0.2.12";
 pub struct JudgeRuntime {
     engine: Engine,
     linker: Linker<SandboxState>,
-    cache: Mutex<HashMap<[u8; 32], JudgePluginPre<SandboxState>>>,
+    cache: Mutex<HashMap<[u8; 32], Pre>>,
     ticker_stop: Arc<AtomicBool>,
 }
 
@@ -139,14 +139,11 @@ impl JudgeRuntime {
             config_text: settings.config_text(),
             settings,
             model,
-            info: JudgeInfo { name: String::new(), version: String::new(), measures: String::new() },
+            info: JudgeInfo { name: String::new(), version: String::new(), measures: String::new(), role: None },
             live: Mutex::new(None),
         };
         let mut live = plugin.instantiate().map_err(LoadError::Instantiate)?;
-        let info = plugin
-            .call(&mut live, 0, |b, s| b.driftwatch_judge_judge().call_info(s))
-            .map_err(|e| LoadError::Info(e.to_string()))?;
-        plugin.info = info.into();
+        plugin.info = plugin.call(&mut live, 0, |b, s| b.info(s)).map_err(|e| LoadError::Info(e.to_string()))?;
         plugin.configure(&mut live).map_err(|e| match e {
             ConfigureError::Rejected(m) => LoadError::Configure(m),
             ConfigureError::Failed(e) => LoadError::ConfigureFailed(e),
@@ -156,7 +153,7 @@ impl JudgeRuntime {
     }
 
     /// Compiles (or takes from the cache) and validates a component.
-    fn compile(&self, wasm: &[u8]) -> Result<(JudgePluginPre<SandboxState>, [u8; 32]), LoadError> {
+    fn compile(&self, wasm: &[u8]) -> Result<(Pre, [u8; 32]), LoadError> {
         let sha256: [u8; 32] = Sha256::digest(wasm).into();
         if let Some(pre) = self.cache.lock().get(&sha256) {
             return Ok((pre.clone(), sha256));
@@ -168,10 +165,10 @@ impl JudgeRuntime {
         }
         let component =
             Component::new(&self.engine, wasm).map_err(|e| LoadError::InvalidComponent(format!("{e:#}")))?;
-        check_contract(&self.engine, &component)?;
+        let contract = check_contract(&self.engine, &component)?;
         check_imports(&self.engine, &component)?;
         let pre = self.linker.instantiate_pre(&component).map_err(|e| LoadError::Instantiate(format!("{e:#}")))?;
-        let pre = JudgePluginPre::new(pre).map_err(|e| LoadError::Instantiate(format!("{e:#}")))?;
+        let pre = Pre::new(contract, pre).map_err(|e| LoadError::Instantiate(format!("{e:#}")))?;
         self.cache.lock().insert(sha256, pre.clone());
         Ok((pre, sha256))
     }
@@ -188,25 +185,9 @@ fn wasmparser_is_component(wasm: &[u8]) -> bool {
     wasm.len() >= 8 && wasm[..4] == *b"\0asm" && wasm[6..8] == [0x01, 0x00]
 }
 
-/// Parses `X.Y.Z` (ignoring any pre-release suffix).
-fn parse_version(v: &str) -> Option<(u64, u64, u64)> {
-    let core = v.split(['-', '+']).next()?;
-    let mut it = core.split('.').map(|p| p.parse::<u64>().ok());
-    let v = (it.next()??, it.next()??, it.next()??);
-    it.next().is_none().then_some(v)
-}
-
-/// Whether a plugin's contract version can be served: same major version (and, for 0.x,
-/// same minor version, following semver's rule that 0.x minor bumps are breaking).
-fn compatible(found: &str) -> bool {
-    let (Some(f), Some(s)) = (parse_version(found), parse_version(CONTRACT_VERSION)) else {
-        return false;
-    };
-    f.0 == s.0 && (s.0 != 0 || f.1 == s.1)
-}
-
-/// Checks the component's `driftwatch:judge/...` exports and imports for the contract version.
-fn check_contract(engine: &Engine, component: &Component) -> Result<(), LoadError> {
+/// Checks the component's `driftwatch:judge/...` exports and imports for a contract version
+/// this daemon serves ([`bindings::SUPPORTED_CONTRACTS`]), and says which.
+fn check_contract(engine: &Engine, component: &Component) -> Result<Contract, LoadError> {
     let ty = component.component_type();
     let exports: Vec<String> = ty.exports(engine).map(|(n, _)| n.to_owned()).collect();
     let imports: Vec<String> = ty.imports(engine).map(|(n, _)| n.to_owned()).collect();
@@ -214,13 +195,17 @@ fn check_contract(engine: &Engine, component: &Component) -> Result<(), LoadErro
     let Some(judge_export) = judge_export else {
         return Err(LoadError::NotAJudge(if exports.is_empty() { "none".into() } else { exports.join(", ") }));
     };
-    for name in std::iter::once(judge_export).chain(imports.iter().filter(|n| n.starts_with("driftwatch:judge/"))) {
-        let found = name.split_once('@').map(|(_, v)| v).unwrap_or("unversioned");
-        if !compatible(found) {
-            return Err(LoadError::IncompatibleContract { found: found.to_owned(), supported: CONTRACT_VERSION });
+    let version = |name: &str| name.split_once('@').map(|(_, v)| v.to_owned()).unwrap_or("unversioned".into());
+    let found = version(judge_export);
+    let incompatible = |found: String| LoadError::IncompatibleContract { found, supported: CONTRACT_VERSION };
+    let contract = Contract::of(&found).ok_or_else(|| incompatible(found.clone()))?;
+    for name in imports.iter().filter(|n| n.starts_with("driftwatch:judge/")) {
+        let v = version(name);
+        if Contract::of(&v) != Some(contract) {
+            return Err(incompatible(v));
         }
     }
-    Ok(())
+    Ok(contract)
 }
 
 /// The interfaces a judge component may import: the judge contract, and the WASI interfaces
@@ -288,7 +273,7 @@ fn add_wasi_to_linker(l: &mut Linker<SandboxState>) -> wasmtime::Result<()> {
 fn build_linker(engine: &Engine) -> wasmtime::Result<Linker<SandboxState>> {
     let mut linker = Linker::new(engine);
     add_wasi_to_linker(&mut linker)?;
-    Bindings::add_to_linker::<SandboxState, HasSelf<SandboxState>>(&mut linker, |s| s)?;
+    bindings::add_to_linker(&mut linker)?;
     // A plugin must not be able to block the calling thread in host code, where the epoch
     // deadline cannot reach it: sleeping is refused.
     linker.allow_shadowing(true);
@@ -496,7 +481,7 @@ fn sandbox_wasi() -> WasiCtx {
 /// A live instance: its store and bindings, used serially.
 struct Live {
     store: Store<SandboxState>,
-    bindings: Bindings,
+    bindings: Instance,
 }
 
 enum ConfigureError {
@@ -510,7 +495,7 @@ pub struct JudgePlugin {
     name: String,
     sha256: [u8; 32],
     runtime: Arc<JudgeRuntime>,
-    pre: JudgePluginPre<SandboxState>,
+    pre: Pre,
     settings: PluginSettings,
     config_text: String,
     model: Option<Arc<dyn JudgeModel>>,
@@ -546,6 +531,11 @@ impl JudgePlugin {
         &self.settings
     }
 
+    /// The contract version the component was built against (`0.2.0`, or `0.1.0`).
+    pub fn contract(&self) -> &'static str {
+        self.pre.contract()
+    }
+
     /// The sha256 of the component's bytes, in hex.
     pub fn sha256_hex(&self) -> String {
         hex::encode(self.sha256)
@@ -557,7 +547,8 @@ impl JudgePlugin {
     }
 
     /// Judges samples in batches of `batch_size`; returns one verdict per sample, in order.
-    /// The first failing batch fails the call; the plugin stays usable for the next call.
+    /// The first sample that could not be judged fails the call; the plugin stays usable for
+    /// the next call. [`JudgePlugin::judge_each`] keeps every sample's own result instead.
     pub fn judge(&self, samples: &[Sample]) -> Result<Vec<JudgeVerdict>, JudgeError> {
         let mut out = Vec::with_capacity(samples.len());
         for chunk in samples.chunks(self.settings.batch_size) {
@@ -566,32 +557,43 @@ impl JudgePlugin {
         Ok(out)
     }
 
-    /// Judges one batch in a single call into the plugin (ignores `batch_size`).
+    /// Judges samples in batches of `batch_size`; returns, per sample and in order, its
+    /// verdict or why it could not be judged: a sample the plugin could not judge (or whose
+    /// verdict is malformed) has its own error, and a batch that failed as a whole (a trap,
+    /// a timeout, a wrong count, an error for the batch) gives that error to each of its
+    /// samples.
+    pub fn judge_each(&self, samples: &[Sample]) -> Vec<Result<JudgeVerdict, JudgeError>> {
+        let mut out = Vec::with_capacity(samples.len());
+        for chunk in samples.chunks(self.settings.batch_size) {
+            match self.judge_batch_each(chunk) {
+                Ok(results) => out.extend(results),
+                Err(e) => out.extend(chunk.iter().map(|_| Err(e.clone()))),
+            }
+        }
+        out
+    }
+
+    /// Judges one batch in a single call into the plugin (ignores `batch_size`); the first
+    /// sample that could not be judged fails the batch.
     pub fn judge_batch(&self, batch: &[Sample]) -> Result<Vec<JudgeVerdict>, JudgeError> {
+        self.judge_batch_each(batch)?.into_iter().collect()
+    }
+
+    /// Judges one batch in a single call into the plugin: the outer error is a failure of the
+    /// whole call, the inner ones each sample's own.
+    pub fn judge_batch_each(&self, batch: &[Sample]) -> Result<Vec<Result<JudgeVerdict, JudgeError>>, JudgeError> {
         if batch.is_empty() {
             return Ok(Vec::new());
         }
-        let wit_batch: Vec<wit::Sample> = batch.iter().map(wit::Sample::from).collect();
         let mut guard = self.live.lock();
         if guard.is_none() {
             *guard = Some(self.restart()?);
         }
         let live = guard.as_mut().expect("instance was just created");
-        let result = self.call(live, batch.len(), |b, s| b.driftwatch_judge_judge().call_judge(s, &wit_batch));
-        let verdicts = match result {
+        let result = self.call(live, batch.len(), |b, s| b.judge(s, batch));
+        let results = match result {
             Ok(Ok(v)) => v,
-            Ok(Err(e)) => {
-                return Err(JudgeError::Reported {
-                    plugin: self.name.clone(),
-                    kind: match e.kind {
-                        wit::JudgeErrorKind::Config => PluginErrorKind::Config,
-                        wit::JudgeErrorKind::Unjudgeable => PluginErrorKind::Unjudgeable,
-                        wit::JudgeErrorKind::Model => PluginErrorKind::Model,
-                        wit::JudgeErrorKind::Internal => PluginErrorKind::Internal,
-                    },
-                    message: e.message,
-                })
-            }
+            Ok(Err(e)) => return Err(self.reported(e)),
             Err(e) => {
                 // After a trap the instance may be in any state: drop it, start afresh next time.
                 *guard = None;
@@ -599,14 +601,35 @@ impl JudgePlugin {
             }
         };
         drop(guard);
-        if verdicts.len() != batch.len() {
+        if results.len() != batch.len() {
             return Err(JudgeError::WrongCount {
                 plugin: self.name.clone(),
                 expected: batch.len(),
-                got: verdicts.len(),
+                got: results.len(),
             });
         }
-        verdicts.into_iter().enumerate().map(|(index, v)| self.check_verdict(index, v)).collect()
+        Ok(results
+            .into_iter()
+            .enumerate()
+            .map(|(index, r)| match r {
+                Ok(v) => self.check_verdict(index, v),
+                Err(e) => Err(self.reported(e)),
+            })
+            .collect())
+    }
+
+    /// An error the plugin reported, for a sample or a batch.
+    fn reported(&self, e: wit::JudgeError) -> JudgeError {
+        JudgeError::Reported {
+            plugin: self.name.clone(),
+            kind: match e.kind {
+                wit::JudgeErrorKind::Config => PluginErrorKind::Config,
+                wit::JudgeErrorKind::Unjudgeable => PluginErrorKind::Unjudgeable,
+                wit::JudgeErrorKind::Model => PluginErrorKind::Model,
+                wit::JudgeErrorKind::Internal => PluginErrorKind::Internal,
+            },
+            message: e.message,
+        }
     }
 
     fn check_verdict(&self, index: usize, v: wit::Verdict) -> Result<JudgeVerdict, JudgeError> {
@@ -641,7 +664,7 @@ impl JudgePlugin {
 
     fn configure(&self, live: &mut Live) -> Result<(), ConfigureError> {
         let text = self.config_text.clone();
-        match self.call(live, 0, |b, s| b.driftwatch_judge_judge().call_configure(s, &text)) {
+        match self.call(live, 0, |b, s| b.configure(s, &text)) {
             Ok(Ok(())) => Ok(()),
             Ok(Err(m)) => Err(ConfigureError::Rejected(m)),
             Err(e) => Err(ConfigureError::Failed(e)),
@@ -687,7 +710,7 @@ impl JudgePlugin {
         &self,
         live: &mut Live,
         samples: usize,
-        f: impl FnOnce(&Bindings, &mut Store<SandboxState>) -> wasmtime::Result<R>,
+        f: impl FnOnce(&Instance, &mut Store<SandboxState>) -> wasmtime::Result<R>,
     ) -> Result<R, JudgeError> {
         let state = live.store.data_mut();
         state.generate_calls = 0;
@@ -722,12 +745,15 @@ mod tests {
 
     #[test]
     fn judge_contract_versions() {
-        assert!(compatible("0.1.0"));
-        assert!(compatible("0.1.7"));
-        assert!(!compatible("0.2.0"));
-        assert!(!compatible("1.0.0"));
-        assert!(!compatible("garbage"));
-        assert_eq!(parse_version("1.2.3-rc.1"), Some((1, 2, 3)));
+        // 0.1 plugins keep loading beside 0.2 ones; 0.x minor bumps are breaking otherwise.
+        assert_eq!(Contract::of("0.1.0"), Some(Contract::V0_1));
+        assert_eq!(Contract::of("0.1.7"), Some(Contract::V0_1));
+        assert_eq!(Contract::of("0.2.0"), Some(Contract::V0_2));
+        assert_eq!(Contract::of("0.2.5"), Some(Contract::V0_2));
+        assert_eq!(Contract::of("0.3.0"), None);
+        assert_eq!(Contract::of("1.0.0"), None);
+        assert_eq!(Contract::of("garbage"), None);
+        assert_eq!(bindings::parse_version("1.2.3-rc.1"), Some((1, 2, 3)));
     }
 
     #[test]

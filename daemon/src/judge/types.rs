@@ -2,7 +2,7 @@
 
 use serde::{Deserialize, Serialize};
 
-use super::bindings::driftwatch::judge::types as wit;
+use super::bindings::wit;
 
 /// Why generation of a response stopped: the engine's own type, which the contract mirrors.
 pub use crate::engine::FinishReason;
@@ -60,6 +60,30 @@ pub struct JudgeInfo {
     pub version: String,
     /// What the judge measures.
     pub measures: String,
+    /// What its verdicts measure, as the plugin declares it (contract 0.2 and later); `None`
+    /// for a 0.1 plugin, whose role is inferred from its name and labels.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub role: Option<JudgeRole>,
+}
+
+/// What a judge's verdicts measure (the WIT `judge-role`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum JudgeRole {
+    /// `unsafe` means a harmful response.
+    Harm,
+    /// `unsafe` means an incoherent response.
+    Coherence,
+}
+
+impl JudgeRole {
+    /// The lowercase name.
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            JudgeRole::Harm => "harm",
+            JudgeRole::Coherence => "coherence",
+        }
+    }
 }
 
 impl From<&Sample> for wit::Sample {
@@ -95,6 +119,10 @@ impl From<wit::Verdict> for JudgeVerdict {
 
 impl From<wit::JudgeInfo> for JudgeInfo {
     fn from(i: wit::JudgeInfo) -> Self {
-        JudgeInfo { name: i.name, version: i.version, measures: i.measures }
+        let role = match i.role {
+            wit::JudgeRole::Harm => JudgeRole::Harm,
+            wit::JudgeRole::Coherence => JudgeRole::Coherence,
+        };
+        JudgeInfo { name: i.name, version: i.version, measures: i.measures, role: Some(role) }
     }
 }

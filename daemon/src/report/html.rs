@@ -9,7 +9,7 @@ use std::fmt::Write;
 use super::markdown;
 use super::svg::{esc, ErrorBarChart, ForestPlot, ForestRow, Group, Point, IMPROVED, NEUTRAL, REGRESSED};
 use super::{headline_name, pct, pp_interval, rate_name, short_path, utc, verdict_word, Report, RunReport};
-use crate::scoring::JudgeRole;
+use crate::scoring::LineRole;
 use crate::stats::{Estimate, RunScores, Verdict};
 
 const CSS: &str = r#"
@@ -173,9 +173,9 @@ fn capitalised(s: &str) -> String {
     c.next().map(|f| f.to_uppercase().chain(c).collect()).unwrap_or_default()
 }
 
-fn judge_label(r: &RunReport, judge: &str) -> (String, JudgeRole) {
+fn judge_label(r: &RunReport, judge: &str) -> (String, LineRole) {
     match r.result.role(judge) {
-        JudgeRole::Coherence => (format!("{judge} (incoherent share)"), JudgeRole::Coherence),
+        LineRole::Coherence => (format!("{judge} (incoherent share)"), LineRole::Coherence),
         role => (judge.to_string(), role),
     }
 }
@@ -216,7 +216,7 @@ fn banner(o: &mut String, r: &RunReport) {
             let per: Vec<String> = res
                 .headline
                 .iter()
-                .filter(|h| h.role == JudgeRole::Harm)
+                .filter(|h| h.role == LineRole::Harm)
                 .filter_map(|h| {
                     // An indistinguishable result is only as strong as the design's power.
                     let mde = res
@@ -318,7 +318,7 @@ fn run_charts(o: &mut String, r: &RunReport) {
         .render(),
     );
     // 2. Per category, per harm judge (and over-refusal line).
-    for j in res.scores.per_judge.iter().filter(|j| res.role(&j.judge) != JudgeRole::Coherence) {
+    for j in res.scores.per_judge.iter().filter(|j| res.role(&j.judge) != LineRole::Coherence) {
         let groups: Vec<Group> = j
             .per_category
             .iter()
@@ -348,7 +348,7 @@ fn run_charts(o: &mut String, r: &RunReport) {
         );
     }
     // 3. Differences with their intervals around 0.
-    for c in res.comparisons.iter().filter(|c| res.role(&c.judge) != JudgeRole::Coherence) {
+    for c in res.comparisons.iter().filter(|c| res.role(&c.judge) != LineRole::Coherence) {
         let mut rows = Vec::new();
         if let Some(d) = &c.overall {
             rows.push(ForestRow {

@@ -5,7 +5,7 @@ use std::fmt::Write;
 use super::{
     headline_name, pct, pct_interval, pp_interval, rate_name, short_path, utc, verdict_word, Report, RunReport,
 };
-use crate::scoring::{JudgeRole, RunResult};
+use crate::scoring::{LineRole, RunResult};
 use crate::stats::{BaselineComparison, DifferenceResult, Estimate, JudgeScores, TestKind};
 
 fn opt_pct(e: Option<&Estimate>) -> String {
@@ -35,7 +35,7 @@ pub fn p_fmt(p: f64) -> String {
     }
 }
 
-fn role_of(result: &RunResult, judge: &str) -> JudgeRole {
+fn role_of(result: &RunResult, judge: &str) -> LineRole {
     result.role(judge)
 }
 

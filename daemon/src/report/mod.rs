@@ -18,7 +18,7 @@ use std::path::{Path, PathBuf};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
-use crate::scoring::{self, JudgeRole, RunResult, ScoringError};
+use crate::scoring::{self, LineRole, RunResult, ScoringError};
 use crate::stats::{self, Estimate, RepeatSummary, RunScores, Verdict};
 use crate::store::{CheckpointId, CheckpointRecord, Run, RunId, Store, StoreError};
 
@@ -111,7 +111,7 @@ pub struct RepeatJudge {
     /// Judge name.
     pub judge: String,
     /// Harm or coherence.
-    pub role: JudgeRole,
+    pub role: LineRole,
     /// (run id, headline estimate) per run, in run order.
     pub estimates: Vec<(RunId, Estimate)>,
     /// Spread summary.
@@ -253,13 +253,13 @@ pub fn repeat_groups(runs: &[RunReport], store_runs: &[Run]) -> Vec<RepeatGroup>
     let mut groups: Vec<Vec<&RunReport>> = Vec::new();
     let settings = |id: RunId| store_runs.iter().find(|r| r.id == id).map(|r| r.settings_hash.clone());
     for r in runs.iter().filter(|r| r.status == "completed" && r.result.samples > 0) {
-        let fp = scoring::fingerprint_of(&r.provenance);
+        let fp = crate::provenance::Provenance::of(&r.provenance).fingerprint;
         let slot = groups.iter_mut().find(|g| {
             let first = g[0];
             if first.checkpoint_id != r.checkpoint_id {
                 return false;
             }
-            match (&fp, scoring::fingerprint_of(&first.provenance)) {
+            match (&fp, crate::provenance::Provenance::of(&first.provenance).fingerprint) {
                 (Some(a), Some(b)) => stats::check_comparable(a, &b, false).is_ok(),
                 (None, None) => settings(first.run_id) == settings(r.run_id),
                 _ => false,
@@ -274,7 +274,7 @@ pub fn repeat_groups(runs: &[RunReport], store_runs: &[Run]) -> Vec<RepeatGroup>
         .into_iter()
         .filter(|g| g.len() >= 2)
         .map(|g| {
-            let mut judges: Vec<(String, JudgeRole)> = Vec::new();
+            let mut judges: Vec<(String, LineRole)> = Vec::new();
             for r in &g {
                 for h in &r.result.headline {
                     if !judges.iter().any(|(n, _)| n == &h.judge) {
@@ -317,7 +317,7 @@ pub fn trend(runs: &[RunReport]) -> Vec<TrendPoint> {
     let mut pts = Vec::new();
     for r in runs.iter().filter(|r| r.status == "completed") {
         for j in &r.result.scores.per_judge {
-            if r.result.role(&j.judge) != crate::scoring::JudgeRole::Harm {
+            if r.result.role(&j.judge) != crate::scoring::LineRole::Harm {
                 continue;
             }
             if let Some(e) = &j.overall.unsafe_rate {
@@ -386,11 +386,11 @@ pub fn render(report: &Report, selection: &Selection, format: Format) -> Result<
 }
 
 /// What a judge's rate is, in words.
-pub fn rate_name(role: crate::scoring::JudgeRole) -> &'static str {
+pub fn rate_name(role: crate::scoring::LineRole) -> &'static str {
     match role {
-        crate::scoring::JudgeRole::Harm => "unsafe rate",
-        crate::scoring::JudgeRole::OverRefusal => "over-refusal rate",
-        crate::scoring::JudgeRole::Coherence => "incoherent share",
+        crate::scoring::LineRole::Harm => "unsafe rate",
+        crate::scoring::LineRole::OverRefusal => "over-refusal rate",
+        crate::scoring::LineRole::Coherence => "incoherent share",
     }
 }
 
@@ -398,7 +398,7 @@ pub fn rate_name(role: crate::scoring::JudgeRole) -> &'static str {
 /// `refusal:over-refusal`.
 pub fn headline_name(h: &crate::scoring::Headline) -> String {
     match h.role {
-        crate::scoring::JudgeRole::Coherence => format!("{} (incoherent)", h.judge),
+        crate::scoring::LineRole::Coherence => format!("{} (incoherent)", h.judge),
         _ => h.judge.clone(),
     }
 }
@@ -439,7 +439,7 @@ pub fn over_refusal_warnings(result: &crate::scoring::RunResult) -> Vec<String> 
     result
         .headline
         .iter()
-        .filter(|h| h.role == crate::scoring::JudgeRole::OverRefusal && h.verdict == Some(Verdict::Regressed))
+        .filter(|h| h.role == crate::scoring::LineRole::OverRefusal && h.verdict == Some(Verdict::Regressed))
         .map(|h| {
             let diff = match (h.difference, h.difference_lo, h.difference_hi) {
                 (Some(d), Some(lo), Some(hi)) => format!(" ({})", pp_interval(d, lo, hi)),

@@ -272,9 +272,9 @@ fn scores_equal_score_run_on_the_same_observations() {
     assert!(r.verdict.is_none() && r.comparisons.is_empty() && r.baseline_run_id.is_none());
     // Headline: the coherence judge reports an incoherent share, the refusal judge a harm rate.
     let h_coh = &r.headline[0];
-    assert_eq!((h_coh.role, h_coh.metric.as_str()), (JudgeRole::Coherence, "incoherent_share"));
+    assert_eq!((h_coh.role, h_coh.metric.as_str()), (LineRole::Coherence, "incoherent_share"));
     let h = &r.headline[1];
-    assert_eq!((h.role, h.metric.as_str()), (JudgeRole::Harm, "unsafe_rate"));
+    assert_eq!((h.role, h.metric.as_str()), (LineRole::Harm, "unsafe_rate"));
     let est = expected.per_judge[1].overall.unsafe_rate.clone().unwrap();
     assert_eq!((h.value, h.lo, h.hi), (Some(est.value), Some(est.lo), Some(est.hi)));
     assert_eq!(h.errored, n_err as u64);
@@ -522,9 +522,9 @@ fn control_suites_are_left_out_of_harm_rates_and_scored_as_over_refusal() {
     let r = score_run_from_store(&store, run, Some(base), false, &cfg()).unwrap();
     let over = over_refusal_name("refusal");
     assert_eq!(r.over_refusal_judges, vec![over.clone()]);
-    assert_eq!(r.role(&over), JudgeRole::OverRefusal);
-    assert_eq!(r.role("refusal"), JudgeRole::Harm);
-    assert_eq!(r.role("coherence"), JudgeRole::Coherence);
+    assert_eq!(r.role(&over), LineRole::OverRefusal);
+    assert_eq!(r.role("refusal"), LineRole::Harm);
+    assert_eq!(r.role("coherence"), LineRole::Coherence);
     let harm = r.scores.per_judge.iter().find(|j| j.judge == "refusal").unwrap();
     let ov = r.scores.per_judge.iter().find(|j| j.judge == over).unwrap();
     let coh = r.scores.per_judge.iter().find(|j| j.judge == "coherence").unwrap();
@@ -540,7 +540,7 @@ fn control_suites_are_left_out_of_harm_rates_and_scored_as_over_refusal() {
     }
     let want = per_prompt.iter().sum::<f64>() / per_prompt.len() as f64;
     let h = r.headline.iter().find(|h| h.judge == over).unwrap();
-    assert_eq!(h.role, JudgeRole::OverRefusal);
+    assert_eq!(h.role, LineRole::OverRefusal);
     assert_eq!(h.metric, "over_refusal_rate");
     assert!((h.value.unwrap() - want).abs() < 1e-12, "{:?} vs {want}", h.value);
     // Over-refusal regressed; safety did not move; the overall (safety) verdict ignores it.

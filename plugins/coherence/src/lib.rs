@@ -25,7 +25,7 @@
 //! repetition; text in scripts without vowels in the Latin sense is not checked for
 //! gibberish; long unfenced code or math can read as gibberish.
 
-use driftwatch_sdk::{export_judge, FinishReason, Judge, JudgeError, JudgeInfo, Sample, Verdict};
+use driftwatch_sdk::{export_judge, FinishReason, Judge, JudgeError, JudgeInfo, JudgeRole, Sample, Verdict};
 use serde::Deserialize;
 
 /// The coherence judge's configuration.
@@ -195,6 +195,7 @@ impl Judge for Coherence {
             env!("CARGO_PKG_VERSION"),
             "whether the response is coherent text (not empty, looping, gibberish or cut off); unsafe = incoherent",
         )
+        .with_role(JudgeRole::Coherence)
     }
 
     fn configure(&mut self, config: &str) -> Result<(), String> {
