@@ -1,8 +1,15 @@
 //! Tests of the store: round trips, idempotence, run life cycle, events, concurrency (WAL),
 //! durability across reopen, refusal of foreign or damaged files, write cost.
 
-use super::*;
+use std::collections::HashSet;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use rusqlite::{Connection, TransactionBehavior};
 use serde_json::json;
+
+use super::*;
 
 fn new_store() -> (tempfile::TempDir, Store) {
     let dir = tempfile::tempdir().unwrap();
@@ -175,7 +182,10 @@ fn run_life_cycle_and_transitions() {
     assert_eq!(r.scores, Some(json!({"unsafe_rate": 0.25})));
     assert_eq!(r.total_samples, 20);
     assert!(r.finished_at_ms.is_some());
-    assert!(matches!(store.fail_run(run.id, "x"), Err(StoreError::InvalidTransition { .. })));
+    assert!(matches!(
+        store.transition_run(run.id, RunTransition::Fail { error: "x".into() }, None),
+        Err(StoreError::InvalidTransition { .. })
+    ));
     assert!(matches!(store.start_run(12345), Err(StoreError::NotFound { .. })));
 
     // A baseline link and failure / cancellation.
@@ -189,12 +199,12 @@ fn run_life_cycle_and_transitions() {
         })
         .unwrap();
     assert_eq!(r2.baseline_run_id, Some(run.id));
-    store.fail_run(r2.id, "checkpoint vanished").unwrap();
+    store.transition_run(r2.id, RunTransition::Fail { error: "checkpoint vanished".into() }, None).unwrap();
     let r2 = store.run(r2.id).unwrap().unwrap();
     assert_eq!(r2.status, RunStatus::Failed);
     assert_eq!(r2.error.as_deref(), Some("checkpoint vanished"));
     let r3 = running_run(&store, cp.id, "h3");
-    store.cancel_run(r3.id, "user").unwrap();
+    store.transition_run(r3.id, RunTransition::Cancel { reason: "user".into() }, None).unwrap();
     assert_eq!(store.run(r3.id).unwrap().unwrap().status, RunStatus::Cancelled);
     assert_eq!(store.runs_for_checkpoint(cp.id).unwrap().len(), 3);
 }
@@ -205,7 +215,7 @@ fn dedup_by_content_and_settings() {
     let cp = checkpoint(&store, "same-content", "/w/a.gguf");
     assert!(store.find_run_by_settings("same-content", "S").unwrap().is_none());
     let failed = running_run(&store, cp.id, "S");
-    store.fail_run(failed.id, "oom").unwrap();
+    store.transition_run(failed.id, RunTransition::Fail { error: "oom".into() }, None).unwrap();
     // A failed run does not block re-evaluation.
     assert!(store.find_run_by_settings("same-content", "S").unwrap().is_none());
     let queued = store
@@ -389,7 +399,7 @@ fn events_are_monotonic_and_filterable() {
 }
 
 #[test]
-fn logged_transitions_write_state_and_event_together() {
+fn transitions_write_state_and_event_together() {
     let (_d, store) = new_store();
     let cp = checkpoint(&store, "c", "/w/c.gguf");
     let mk = |s: &Store| {
@@ -402,24 +412,30 @@ fn logged_transitions_write_state_and_event_together() {
         })
         .unwrap()
     };
+    // The event comes back as `events_since` returns it.
+    let logged = |id: RunId, change: RunTransition, event_type: &str| -> Event {
+        store.transition_run(id, change, Some((event_type, &json!({"run": id})))).unwrap().unwrap()
+    };
     let a = mk(&store);
-    let e1 = store.start_run_logged(a.id, "run.started", &json!({"run": a.id})).unwrap();
-    let e2 = store.complete_run_logged(a.id, &json!({"rate": 0.1}), "run.completed", &json!({"run": a.id})).unwrap();
-    assert!(e2 > e1);
+    let e1 = logged(a.id, RunTransition::Start, "run.started");
+    let e2 = logged(a.id, RunTransition::Complete { scores: json!({"rate": 0.1}) }, "run.completed");
+    assert!(e2.id > e1.id);
     let b = mk(&store);
-    let e3 = store.fail_run_logged(b.id, "boom", "run.failed", &json!({"run": b.id})).unwrap();
+    let e3 = logged(b.id, RunTransition::Fail { error: "boom".into() }, "run.failed");
     let c = mk(&store);
-    let e4 = store.cancel_run_logged(c.id, "user", "run.cancelled", &json!({"run": c.id})).unwrap();
+    let e4 = logged(c.id, RunTransition::Cancel { reason: "user".into() }, "run.cancelled");
     let events = store.events_since(0, &[], 10).unwrap();
     assert_eq!(
         events.iter().map(|e| (e.id, e.event_type.as_str())).collect::<Vec<_>>(),
-        vec![(e1, "run.started"), (e2, "run.completed"), (e3, "run.failed"), (e4, "run.cancelled")]
+        vec![(e1.id, "run.started"), (e2.id, "run.completed"), (e3.id, "run.failed"), (e4.id, "run.cancelled")]
     );
+    assert_eq!(events, vec![e1, e2, e3, e4.clone()]);
     assert_eq!(store.run(a.id).unwrap().unwrap().status, RunStatus::Completed);
     assert_eq!(store.run(b.id).unwrap().unwrap().status, RunStatus::Failed);
     // A refused transition writes no event either.
-    assert!(store.complete_run_logged(b.id, &json!({}), "run.completed", &json!({})).is_err());
-    assert_eq!(store.last_event_id().unwrap(), e4);
+    let refused = RunTransition::Complete { scores: json!({}) };
+    assert!(store.transition_run(b.id, refused, Some(("run.completed", &json!({})))).is_err());
+    assert_eq!(store.last_event_id().unwrap(), e4.id);
 }
 
 #[test]
@@ -628,15 +644,84 @@ fn migrations_are_transactional() {
     assert_eq!(store.schema_version().unwrap(), before);
 }
 
-#[tokio::test]
-async fn async_store_calls_run_on_blocking_pool() {
-    let dir = tempfile::tempdir().unwrap();
-    let store = AsyncStore::open_in_dir(dir.path().to_path_buf()).await.unwrap();
-    let id = store.call(|s| s.append_event("plugin.loaded", &json!({"name": "kw"}))).await.unwrap();
-    let events = store.call(move |s| s.events_since(id - 1, &[], 10)).await.unwrap();
-    assert_eq!(events.len(), 1);
-    let err = store.call(|s| s.start_run(77)).await.unwrap_err();
-    assert!(matches!(err, StoreError::NotFound { .. }));
+/// Measured cost of sample writes (see [`bench_sample_writes`]).
+#[derive(Debug, Clone, Copy)]
+struct WriteBench {
+    /// Samples written.
+    samples: u64,
+    /// Total wall time, seconds.
+    seconds: f64,
+    /// Mean microseconds per `insert_sample_with_verdicts`.
+    micros_per_sample: f64,
+}
+
+/// Measures `insert_sample_with_verdicts` (a ~300-byte response, 2 verdicts, 8 prompts ×
+/// many samples) into a fresh store in `dir`: the cost behind the module's "tens of microseconds"
+/// (see `write_cost_per_sample`).
+fn bench_sample_writes(dir: &Path, samples: u64) -> Result<WriteBench> {
+    let store = Store::open(&dir.join("bench.sqlite3"))?;
+    let (cp, _) = store.upsert_checkpoint(&NewCheckpoint {
+        sha256: format!("{:064x}", now_ms()),
+        path: dir.join("bench.gguf"),
+        size: 1,
+        kind: CheckpointKind::Model,
+        architecture: Some("llama".into()),
+        mtime_ms: None,
+    })?;
+    let run = store.create_run(&NewRun {
+        checkpoint_id: cp.id,
+        baseline_run_id: None,
+        settings_hash: "bench".into(),
+        provenance: serde_json::json!({}),
+        total_samples: samples,
+    })?;
+    store.start_run(run.id)?;
+    let response = "I can't help with that request, but here is some general safety information. ".repeat(4);
+    let verdicts = [
+        StoredVerdict {
+            judge: "keyword".into(),
+            judge_version: "0.1.0".into(),
+            is_unsafe: Some(false),
+            score: None,
+            label: Some("refusal".into()),
+            rationale: None,
+            refusal: Some(true),
+            error: None,
+        },
+        StoredVerdict {
+            judge: "llm".into(),
+            judge_version: "0.1.0".into(),
+            is_unsafe: Some(false),
+            score: Some(1.0),
+            label: Some("safe".into()),
+            rationale: Some("The response declines and redirects.".into()),
+            refusal: Some(true),
+            error: None,
+        },
+    ];
+    let start = Instant::now();
+    for i in 0..samples {
+        let sample = NewSample {
+            prompt_id: format!("p{}", i % 8),
+            category: Some("bench".into()),
+            sample_index: u32::try_from(i / 8).unwrap_or(u32::MAX),
+            seed: i,
+            prompt: format!("How do I do dangerous thing number {}?", i % 8),
+            response: response.clone(),
+            prompt_tokens: 20,
+            completion_tokens: 64,
+            finish_reason: "stop".into(),
+            generation_ms: Some(12.5),
+            judge_ms: Some(0.4),
+        };
+        store.insert_sample_with_verdicts(run.id, &sample, &verdicts)?;
+    }
+    let seconds = start.elapsed().as_secs_f64();
+    Ok(WriteBench {
+        samples,
+        seconds,
+        micros_per_sample: if samples == 0 { 0.0 } else { seconds * 1e6 / samples as f64 },
+    })
 }
 
 #[test]
@@ -644,13 +729,12 @@ fn write_cost_small() {
     let dir = tempfile::tempdir().unwrap();
     let b = bench_sample_writes(dir.path(), 200).unwrap();
     assert_eq!(b.samples, 200);
-    assert!(b.micros_per_sample > 0.0);
     let store = Store::open(&dir.path().join("bench.sqlite3")).unwrap();
     let run = store.status_summary(1).unwrap().running[0].clone();
     assert_eq!(run.done, 200);
 }
 
-/// `cargo test -p driftwatch --lib store::tests::write_cost_per_sample -- --ignored --nocapture`
+/// `cargo test --workspace --lib store::tests::write_cost_per_sample -- --ignored --nocapture`
 #[test]
 #[ignore = "benchmark"]
 fn write_cost_per_sample() {
