@@ -7,7 +7,7 @@
 //! [`suite`] loads prompt suites, [`stats`] turns verdicts into scores with honest intervals and
 //! [`scoring`] applies it to stored runs, [`report`] renders them, [`provenance`] is a run's typed provenance record, [`config`] is the typed
 //! configuration, [`store`] the durable SQLite store, [`events`] the score events, [`watch`]
-//! turns watched folders into settled files, [`daemon`] runs it all (and [`eval`] runs one evaluation without it), [`api`] serves the HTTP API
+//! turns watched folders into settled files, [`daemon`] runs it all (and [`cli::eval`] runs one evaluation without it), [`api`] serves the HTTP API
 //! and event streams (with [`webhooks`] and [`metrics`] beside it), [`setup`] knows where the
 //! default model lives, and [`cli`] is the command line.
 
@@ -31,7 +31,6 @@ pub mod cli;
 pub mod config;
 pub mod daemon;
 pub mod engine;
-pub mod eval;
 pub mod events;
 pub mod gguf;
 pub mod judge;

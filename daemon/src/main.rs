@@ -14,7 +14,7 @@ fn main() -> std::process::ExitCode {
     };
     match rt.block_on(cli::run(cli)) {
         Ok(()) => std::process::ExitCode::SUCCESS,
-        Err(e) => match e.downcast_ref::<driftwatch::eval::Exit>() {
+        Err(e) => match e.downcast_ref::<cli::Exit>() {
             Some(exit) => {
                 eprintln!("{}", exit.message);
                 std::process::ExitCode::from(exit.code)

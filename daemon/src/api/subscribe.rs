@@ -1,39 +1,18 @@
-//! `driftwatch subscribe`: follows a daemon's event stream (SSE) and prints each event as a
-//! readable line or as raw JSON, reconnecting with backoff and resuming after the last id
-//! printed, so nothing is missed or printed twice across reconnects.
+//! The client behind `driftwatch subscribe` ([`crate::cli::subscribe`]): follows a daemon's
+//! event stream (SSE) and prints each event as a readable line or as raw JSON, reconnecting
+//! with backoff and resuming after the last id printed, so nothing is missed or printed twice
+//! across reconnects.
 
 use std::io::Write;
 use std::time::Duration;
 
-use clap::Args;
 use futures::StreamExt;
 use serde_json::Value;
 use tokio_util::sync::CancellationToken;
 
 use crate::store::{Event, EventId};
 
-/// `driftwatch subscribe`.
-#[derive(Debug, Clone, Args)]
-pub struct SubscribeArgs {
-    /// Base URL of the daemon's API.
-    #[arg(long, default_value = "http://127.0.0.1:7878", env = "DRIFTWATCH_URL")]
-    pub url: String,
-    /// Start after this event id (replays stored events first); default: only new events.
-    #[arg(long)]
-    pub since: Option<EventId>,
-    /// Only these event types (comma-separated; `run.*` matches a prefix).
-    #[arg(long)]
-    pub types: Option<String>,
-    /// Print each event as one JSON line.
-    #[arg(long)]
-    pub json: bool,
-    /// Bearer token (the daemon's `api.token`).
-    #[arg(long, env = "DRIFTWATCH_API_TOKEN", hide_env_values = true)]
-    pub token: Option<String>,
-    /// Exit after printing this many events.
-    #[arg(long)]
-    pub count: Option<u64>,
-}
+pub use crate::cli::subscribe::SubscribeArgs;
 
 /// Why `subscribe` stopped.
 #[derive(Debug, thiserror::Error)]
@@ -61,19 +40,6 @@ pub const MAX_BACKOFF: Duration = Duration::from_secs(30);
 const FIRST_BACKOFF: Duration = Duration::from_millis(250);
 /// A stream silent this long (the daemon sends keep-alives every 15 s) is reconnected.
 pub const IDLE_TIMEOUT: Duration = Duration::from_secs(60);
-
-/// Runs `driftwatch subscribe` until Ctrl-C (or `--count` events).
-pub async fn run_subscribe(args: SubscribeArgs) -> Result<(), SubscribeError> {
-    let shutdown = CancellationToken::new();
-    let s = shutdown.clone();
-    tokio::spawn(async move {
-        if tokio::signal::ctrl_c().await.is_ok() {
-            s.cancel();
-        }
-    });
-    let mut out = std::io::stdout();
-    subscribe_to(&args, &mut out, shutdown).await
-}
 
 /// Follows the stream, writing one line per event to `out`, until `shutdown` or `--count`.
 pub async fn subscribe_to<W: Write>(

@@ -1,70 +1,22 @@
-//! The `driftwatch plugin new|check` and `driftwatch judge` command pieces: clap argument
-//! structs for the top-level CLI to embed, and the library functions behind them.
+//! The library functions behind `driftwatch plugin new|check` and `driftwatch judge`:
+//! scaffolding a plugin crate, checking a component, reading samples and judging a file. The
+//! commands themselves (their arguments and entry points) are [`crate::cli::plugin`] and
+//! [`crate::cli::judge`].
 
 use std::io::{BufRead, Write};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use clap::{Args, Subcommand};
 use serde::Serialize;
 use thiserror::Error;
+
+pub use crate::cli::judge::JudgeArgs;
+pub use crate::cli::plugin::{PluginCheckArgs, PluginNewArgs};
 
 use super::{
     JudgeError, JudgeInfo, JudgeModel, JudgeRuntime, JudgeVerdict, LoadError, PluginSettings, Sample, SettingsError,
     CONTRACT_VERSION,
 };
-
-/// `driftwatch plugin ...`
-#[derive(Debug, Subcommand)]
-pub enum PluginCommand {
-    /// Create a new judge plugin crate that builds to a component as is.
-    New(PluginNewArgs),
-    /// Validate a plugin component (contract version, exports, sandbox) and print its info.
-    Check(PluginCheckArgs),
-}
-
-/// `driftwatch plugin new NAME [--dir D] [--sdk-path P]`
-#[derive(Debug, Clone, Args)]
-pub struct PluginNewArgs {
-    /// Crate name: lower-case letters, digits and '-', starting with a letter.
-    pub name: String,
-    /// Folder in which the crate folder `NAME` is created.
-    #[arg(long, default_value = ".")]
-    pub dir: PathBuf,
-    /// Path of the driftwatch-sdk crate to depend on (default: the SDK this driftwatch was
-    /// built from when it still exists, else the published version).
-    #[arg(long)]
-    pub sdk_path: Option<PathBuf>,
-}
-
-/// `driftwatch plugin check FILE.wasm [--config SETTINGS.toml]`
-#[derive(Debug, Clone, Args)]
-pub struct PluginCheckArgs {
-    /// The plugin component.
-    pub file: PathBuf,
-    /// Plugin settings (timeout_ms, memory_mb, ..., and a `[config]` table for the plugin).
-    #[arg(long)]
-    pub config: Option<PathBuf>,
-}
-
-/// `driftwatch judge --plugin FILE.wasm --input SAMPLES.jsonl [--config SETTINGS.toml]`
-#[derive(Debug, Clone, Args)]
-pub struct JudgeArgs {
-    /// The plugin component.
-    #[arg(long)]
-    pub plugin: PathBuf,
-    /// JSON Lines file of samples: prompt, response (required), category, prompt_id,
-    /// sample_index, seed, finish_reason (stop|length|cancelled|error) (optional).
-    #[arg(long)]
-    pub input: PathBuf,
-    /// Plugin settings (timeout_ms, memory_mb, ..., and a `[config]` table for the plugin).
-    #[arg(long)]
-    pub config: Option<PathBuf>,
-    /// A GGUF judge model for plugins that ask for text (harm-rubric, guard); `default` is the
-    /// cached default model (a 135M model is no reliable judge: use a capable one).
-    #[arg(long)]
-    pub judge_model: Option<String>,
-}
 
 /// Errors of the plugin and judge commands.
 #[derive(Debug, Error)]
@@ -93,24 +45,6 @@ pub enum CliError {
     /// Writing the output failed.
     #[error("cannot write output: {0}")]
     Output(std::io::Error),
-}
-
-/// Runs a `plugin` subcommand, writing human-readable output.
-pub fn run_plugin_command(cmd: &PluginCommand, out: &mut dyn Write) -> Result<(), CliError> {
-    match cmd {
-        PluginCommand::New(args) => {
-            let dir = plugin_new(args)?;
-            writeln!(
-                out,
-                "created {}\nbuild it with:  cd {} && cargo build --target wasm32-wasip2 --release\nthen check it:  driftwatch plugin check target/wasm32-wasip2/release/{}.wasm",
-                dir.display(),
-                dir.display(),
-                args.name.replace('-', "_")
-            )
-            .map_err(CliError::Output)
-        }
-        PluginCommand::Check(args) => plugin_check(args, out).map(|_| ()),
-    }
 }
 
 fn read_settings(path: Option<&Path>) -> Result<PluginSettings, CliError> {

@@ -1,6 +1,6 @@
-//! The `driftwatch eval` command: one evaluation of one checkpoint without the daemon (same
-//! store, same runs, same results), the command-line overrides of the configuration, the
-//! progress bar, the summary table, and the exit status that makes it a CI gate.
+//! `driftwatch eval`: one evaluation of one checkpoint without the daemon (same store, same
+//! runs, same results), the command-line overrides of the configuration, the progress bar,
+//! the summary table, and the exit status that makes it a CI gate.
 //!
 //! Exit status: 0 when the evaluation finished (whatever its verdict, unless
 //! `--fail-on-regression`); 1 on an error (the checkpoint was refused, a run failed, bad
@@ -20,6 +20,7 @@ use clap::Args;
 use parking_lot::Mutex;
 use serde_json::json;
 
+use super::{print_stdout, shutdown_on_signals, ConfigArgs, Exit, EXIT_INTERRUPTED};
 use crate::config::{Config, JudgeConfig, PluginSource, SuiteConfig};
 use crate::daemon::{Baseline, EvalNotice, EvalOutcome, EvalRequest};
 use crate::report::{headline_cells, rate_name, verdict_word};
@@ -31,18 +32,6 @@ use crate::store::{Event, RunId};
 pub const EXIT_REGRESSED: u8 = 3;
 /// Exit status when `--fail-on-regression` gets no verdict.
 pub const EXIT_NO_VERDICT: u8 = 4;
-/// Exit status when the evaluation was interrupted.
-pub const EXIT_INTERRUPTED: u8 = 130;
-
-/// An exit with a given status and a message (the binary prints the message and exits so).
-#[derive(Debug, thiserror::Error)]
-#[error("{message}")]
-pub struct Exit {
-    /// The process exit status.
-    pub code: u8,
-    /// What to say on standard error.
-    pub message: String,
-}
 
 /// `driftwatch eval`.
 #[derive(Debug, Clone, Args)]
@@ -52,7 +41,7 @@ pub struct EvalArgs {
     pub checkpoint: String,
     /// The configuration (store, suites, judges, sampling); the flags below override it.
     #[command(flatten)]
-    pub config: crate::cli::ConfigArgs,
+    pub config: ConfigArgs,
     /// The data folder holding the store (default: the config's `daemon.data_dir`).
     #[arg(long, value_name = "DIR")]
     pub data_dir: Option<PathBuf>,
@@ -306,7 +295,7 @@ fn duration(s: f64) -> String {
 }
 
 /// `driftwatch eval`.
-pub async fn eval(a: EvalArgs) -> Result<()> {
+pub async fn run(a: EvalArgs) -> Result<()> {
     let config = config_for(&a)?;
     let checkpoint = crate::setup::resolve_model(&a.checkpoint).map_err(anyhow::Error::msg)?;
     let baseline = match (a.baseline, a.no_baseline) {
@@ -330,9 +319,8 @@ pub async fn eval(a: EvalArgs) -> Result<()> {
     }));
     let started = Instant::now();
     // SIGTERM (a CI runner stopping the job) as well as Ctrl-C stops safely.
-    let stop = crate::cli::shutdown_on_signals(|| {
-        eprintln!("\nstopping: what is stored stays; run the same command again to resume")
-    });
+    let stop =
+        shutdown_on_signals(|| eprintln!("\nstopping: what is stored stays; run the same command again to resume"));
     let sink = Arc::clone(&progress);
     let notify: crate::daemon::NoticeSink = Arc::new(move |n| {
         let mut p = sink.lock();
@@ -357,13 +345,7 @@ pub async fn eval(a: EvalArgs) -> Result<()> {
     } else {
         summary_text(&outcome, &a, elapsed)
     };
-    {
-        let mut out = std::io::stdout().lock();
-        match writeln!(out, "{text}").and_then(|()| out.flush()) {
-            Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => {}
-            r => r.context("cannot write to standard output")?,
-        }
-    }
+    print_stdout(&text)?;
     if a.fail_on_regression {
         gate(&outcome)?;
     }

@@ -1,0 +1,76 @@
+//! `driftwatch doctor`: the build (llama.cpp, CPU features, GPU), what set-up has fetched, and
+//! what is embedded in the binary.
+
+use anyhow::Result;
+use clap::Args;
+use serde_json::json;
+
+use crate::engine::EngineParams;
+use crate::setup;
+
+/// `driftwatch doctor`.
+#[derive(Debug, Args)]
+pub struct DoctorArgs {
+    /// Print one JSON object.
+    #[arg(long)]
+    json: bool,
+}
+
+/// `driftwatch doctor`.
+pub fn run(a: DoctorArgs) -> Result<()> {
+    let info = crate::engine::build_info();
+    let model = setup::default_model_path();
+    let cached = model.is_file();
+    let wasm = setup::wasm_target_installed();
+    let embedded = crate::daemon::judges::embedded_plugins();
+    let invariant = crate::engine::batch_invariant(&info, &EngineParams::default());
+    if a.json {
+        let v = json!({
+            "build": info, "default_model": {"path": model, "cached": cached, "sha256": setup::DEFAULT_MODEL_SHA256},
+            "wasm32_wasip2_target": wasm, "embedded_plugins": embedded, "batch_invariant": invariant,
+        });
+        println!("{}", serde_json::to_string_pretty(&v)?);
+        return Ok(());
+    }
+    let yes = |b: bool| if b { "yes" } else { "no" };
+    println!("driftwatch {}", info.driftwatch_version);
+    println!("llama.cpp (ggml) {} commit {}", info.ggml_version, info.ggml_commit);
+    println!(
+        "compiled CPU features: {}",
+        if info.compiled_cpu_features.is_empty() {
+            "none (portable build: slow)".to_string()
+        } else {
+            info.compiled_cpu_features.join(" ")
+        }
+    );
+    println!("llama.cpp system info: {}", info.system_info);
+    println!(
+        "GPU offload: {}",
+        if info.gpu_offload { "yes (cuda build)" } else { "no (CPU build; `--features cuda` for GPU)" }
+    );
+    println!(
+        "batch-invariant: {}",
+        if invariant {
+            "yes (a sample's text does not depend on the other jobs in its batches)"
+        } else {
+            "no (llamafile kernels or a GPU offload: recorded in each run's provenance)"
+        }
+    );
+    println!("default model: {} ({})", model.display(), if cached { "cached" } else { "missing: run `make setup`" });
+    println!(
+        "bundled judges embedded in this binary: {}",
+        if embedded.is_empty() {
+            "none (found in plugins/dist at run time; `make plugins`)".into()
+        } else {
+            embedded.join(", ")
+        }
+    );
+    println!(
+        "wasm32-wasip2 target: {}",
+        match wasm {
+            Some(b) => yes(b).to_string(),
+            None => "unknown (rustup not found)".into(),
+        }
+    );
+    Ok(())
+}
