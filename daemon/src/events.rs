@@ -267,13 +267,8 @@ impl EventBus {
     ) -> Result<Arc<Event>, StoreError> {
         let payload = kind.payload();
         let _order = self.order.lock();
-        let event = Arc::new(write(&self.store, kind.type_name(), &payload)?);
-        // No receivers is fine: the event is in the store.
-        let _ = self.tx.send(Arc::clone(&event));
-        if let Some(m) = &self.metrics {
-            m.events_published();
-        }
-        Ok(event)
+        let event = write(&self.store, kind.type_name(), &payload)?;
+        Ok(self.broadcast(event))
     }
 
     /// Changes a run's state and stores its event in one transaction
@@ -290,6 +285,32 @@ impl EventBus {
                 .transition_run(run_id, change, Some((event_type, payload)))?
                 .ok_or_else(|| StoreError::Task("the run transition stored no event".into()))
         })
+    }
+
+    /// Queues a run and stores its `run.queued` event in one transaction
+    /// ([`Store::queue_run`]), then broadcasts the event.
+    pub fn queue_blocking(
+        &self,
+        new: &crate::store::NewRun,
+        path: &str,
+    ) -> Result<(crate::store::Run, Arc<Event>), StoreError> {
+        let _order = self.order.lock();
+        let (run, event) = self.store.queue_run(new, |run_id, position| {
+            let kind =
+                EventKind::RunQueued { run_id, checkpoint_id: new.checkpoint_id, path: path.to_owned(), position };
+            (kind.type_name().to_owned(), kind.payload())
+        })?;
+        Ok((run, self.broadcast(event)))
+    }
+
+    /// Hands a stored event to the subscribers (none is fine: the event is in the store).
+    fn broadcast(&self, event: Event) -> Arc<Event> {
+        let event = Arc::new(event);
+        let _ = self.tx.send(Arc::clone(&event));
+        if let Some(m) = &self.metrics {
+            m.events_published();
+        }
+        event
     }
 
     /// Stores and broadcasts an event from async code (on the blocking pool).

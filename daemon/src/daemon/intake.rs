@@ -12,7 +12,7 @@ use tokio_util::sync::CancellationToken;
 use super::{Ctx, DaemonError};
 use crate::checkpoint;
 use crate::events::EventKind;
-use crate::store::{CheckpointKind, CheckpointStatus, NewCheckpoint, NewRun, RunId, StoreError};
+use crate::store::{CheckpointKind, CheckpointStatus, NewCheckpoint, RunId, StoreError};
 use crate::watch::{WatchEvent, Watcher};
 
 /// Follows the watcher until shutdown.
@@ -74,7 +74,7 @@ fn take_base_now(ctx: &Ctx) -> Result<(), DaemonError> {
     let (ckpt, _) = ctx.store.upsert_checkpoint(&new)?;
     ctx.store.link_path(ckpt.id, &path, size, None)?;
     ctx.store.set_checkpoint_status(ckpt.id, CheckpointStatus::Accepted, None)?;
-    queue_runs(ctx, &ckpt, &path.display().to_string())?;
+    super::queue::queue_checkpoint(ctx, &ckpt, &path.display().to_string())?;
     Ok(())
 }
 
@@ -90,11 +90,6 @@ pub(crate) async fn take_path(ctx: &Arc<Ctx>, path: &Path) -> Result<Taken, Stor
         take_file(c, &path, mtime)
     })
     .await?
-}
-
-/// The base model's run of `repeat` under the current settings, if queued or done.
-pub(super) fn baseline_run(ctx: &Ctx, repeat: u32) -> Result<Option<RunId>, StoreError> {
-    Ok(ctx.store.find_run_by_settings(&ctx.base_sha256, &ctx.settings_hash(repeat))?.map(|r| r.id))
 }
 
 /// What became of a file handed to intake.
@@ -121,58 +116,12 @@ pub(crate) enum Taken {
     },
 }
 
-/// Queues runs for a known checkpoint under the current settings (unless equivalent runs exist).
-pub(super) async fn queue_checkpoint(
-    ctx: &Arc<Ctx>,
-    ckpt: &crate::store::CheckpointRecord,
-    path: &str,
-) -> Result<Vec<RunId>, StoreError> {
-    let (ckpt, path) = (ckpt.clone(), path.to_owned());
-    Ok(super::blocking(ctx, move |c| queue_runs(c, &ckpt, &path)).await??.0)
-}
-
 /// Publishes an event from intake's blocking work; one that cannot be stored is logged (the
 /// state it reports is in the store either way).
 fn publish(ctx: &Ctx, kind: EventKind) {
     if let Err(e) = ctx.bus.publish_blocking(&kind) {
         tracing::error!(event = kind.type_name(), error = %e, "cannot store an event");
     }
-}
-
-/// Queues one run per repeat unless an equivalent run exists. Returns (queued, existing).
-fn queue_runs(
-    ctx: &Ctx,
-    ckpt: &crate::store::CheckpointRecord,
-    path: &str,
-) -> Result<(Vec<RunId>, Vec<RunId>), StoreError> {
-    let mut queued = Vec::new();
-    let mut existing_runs = Vec::new();
-    let is_base = ckpt.sha256 == ctx.base_sha256;
-    for repeat in 0..ctx.config.sampling.repeats.max(1) {
-        let hash = ctx.settings_hash(repeat);
-        if let Some(existing) = ctx.store.find_run_by_settings(&ckpt.sha256, &hash)? {
-            tracing::info!(run = existing.id, status = ?existing.status, "already evaluated under these settings; linked to the existing run");
-            existing_runs.push(existing.id);
-            continue;
-        }
-        let baseline = if is_base { None } else { baseline_run(ctx, repeat)? };
-        let k = ctx.config.sampling.adaptive().map(|a| a.min_samples).unwrap_or(ctx.config.sampling.samples);
-        let total = (ctx.prompts.len() as u64) * u64::from(k);
-        let run = ctx.store.create_run(&NewRun {
-            checkpoint_id: ckpt.id,
-            baseline_run_id: baseline,
-            settings_hash: hash,
-            provenance: ctx.provenance(ckpt, path, repeat).to_value(),
-            total_samples: total,
-        })?;
-        let position = ctx.store.status_summary(0).map(|s| s.queued.len() as u64).unwrap_or(1);
-        publish(ctx, EventKind::RunQueued { run_id: run.id, checkpoint_id: ckpt.id, path: path.to_owned(), position });
-        tracing::info!(run = run.id, repeat, "run queued");
-        ctx.metrics.set_queue_length(ctx.store.status_summary(0).map(|s| s.queued.len() as u64).unwrap_or(0));
-        ctx.wake.notify_one();
-        queued.push(run.id);
-    }
-    Ok((queued, existing_runs))
 }
 
 fn reject(ctx: &Ctx, path: &Path, sha256: Option<String>, size: u64, reason: String) -> Result<Taken, StoreError> {
@@ -242,7 +191,7 @@ fn take_file(ctx: &Ctx, path: &Path, mtime_ms: i64) -> Result<Taken, StoreError>
     );
     tracing::info!(checkpoint = ckpt.id, kind = header.kind_name(), duplicate = !created, "checkpoint taken in");
     let ckpt = ctx.store.checkpoint(ckpt.id)?.unwrap_or(ckpt);
-    let (queued, existing) = queue_runs(ctx, &ckpt, &path.display().to_string())?;
+    let (queued, existing) = super::queue::queue_checkpoint(ctx, &ckpt, &path.display().to_string())?;
     Ok(Taken::Accepted {
         checkpoint_id: ckpt.id,
         kind: header.kind_name().to_owned(),

@@ -11,6 +11,7 @@
 mod intake;
 pub mod judges;
 mod oneshot;
+mod queue;
 mod runner;
 
 pub use oneshot::{
@@ -23,7 +24,7 @@ use std::sync::Arc;
 use parking_lot::Mutex;
 use serde_json::{json, Value};
 use sha2::{Digest, Sha256};
-use tokio::sync::{broadcast, Notify};
+use tokio::sync::broadcast;
 use tokio_util::sync::CancellationToken;
 
 use crate::checkpoint::{self, Checkpoint};
@@ -90,8 +91,8 @@ pub(crate) struct Ctx {
     pub base: Checkpoint,
     pub base_path: PathBuf,
     pub base_sha256: String,
-    /// Wakes the runner when a run is queued.
-    pub wake: Notify,
+    /// The queued runs.
+    pub queue: queue::RunQueue,
     /// Paths of checkpoint files that disappeared.
     pub removed: broadcast::Sender<PathBuf>,
     /// Prometheus metrics.
@@ -520,6 +521,7 @@ impl Ctx {
 
         let (removed, _) = broadcast::channel(64);
         Ok(Arc::new(Ctx {
+            queue: queue::RunQueue::new(Arc::clone(&store), bus.clone(), Arc::clone(&metrics)),
             config,
             store,
             bus,
@@ -532,7 +534,6 @@ impl Ctx {
             base,
             base_path,
             base_sha256,
-            wake: Notify::new(),
             removed,
             metrics,
             watching,

@@ -216,7 +216,7 @@ fn plan_runs(
         _ if is_base => {}
         Baseline::BaseModel => {
             for (repeat, slot) in baseline_runs.iter_mut().enumerate() {
-                *slot = intake::baseline_run(ctx, repeat as u32)?;
+                *slot = super::queue::baseline_run(ctx, repeat as u32)?;
             }
         }
         Baseline::Run(id) => baseline_runs = vec![Some(id); repeats as usize],
@@ -308,6 +308,10 @@ async fn drive(
             RunOutcome::Completed => {}
             RunOutcome::Interrupted => interrupted = true,
             RunOutcome::Failed(reason) => return Err(EvalError::RunFailed { run: id, reason }),
+            RunOutcome::Requeue { checkpoint_id, reason } => {
+                runner::requeue(ctx, checkpoint_id).await;
+                return Err(EvalError::RunFailed { run: id, reason });
+            }
         }
     }
 

@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 use serde_json::json;
 use tokio_util::sync::CancellationToken;
 
-use super::{intake, sample_seed, Ctx};
+use super::{sample_seed, Ctx};
 use crate::engine::{AdapterSpec, EngineEvent, FinishReason, GenerationRequest, Job, ModelSpec, SampleOutput};
 use crate::events::EventKind;
 use crate::judge::Sample;
@@ -22,33 +22,29 @@ use crate::suite::Prompt;
 
 /// Takes queued runs one at a time until shutdown.
 pub(super) async fn run_loop(ctx: Arc<Ctx>, stop: CancellationToken) {
-    loop {
-        if stop.is_cancelled() {
-            break;
+    while let Some(run) = ctx.queue.claim(&stop).await {
+        match run_one(&ctx, run, &stop).await {
+            // Settings changed under the run: the checkpoint goes back in line under the new
+            // ones (the run that ended keeps its samples).
+            RunOutcome::Requeue { checkpoint_id, .. } => requeue(&ctx, checkpoint_id).await,
+            RunOutcome::Completed | RunOutcome::Interrupted | RunOutcome::Failed(_) => {}
         }
-        let store = Arc::clone(&ctx.store);
-        let next = tokio::task::spawn_blocking(move || store.next_queued_run()).await;
-        match next {
-            Ok(Ok(Some(run))) => {
-                run_one(&ctx, run, &stop).await;
-            }
-            Ok(Ok(None)) => {
-                tokio::select! {
-                    _ = stop.cancelled() => break,
-                    _ = ctx.wake.notified() => {}
-                    // Belt and braces: look at the queue now and then.
-                    _ = tokio::time::sleep(Duration::from_secs(5)) => {}
-                }
-            }
-            Ok(Err(e)) => {
-                tracing::error!(error = %e, "cannot read the run queue");
-                tokio::select! { _ = stop.cancelled() => break, _ = tokio::time::sleep(Duration::from_secs(2)) => {} }
-            }
-            Err(e) => {
-                tracing::error!(error = %e, "run queue task failed");
-                break;
-            }
-        }
+    }
+}
+
+/// Queues a checkpoint's runs again under the current settings.
+pub(super) async fn requeue(ctx: &Arc<Ctx>, checkpoint_id: i64) {
+    let queued = super::blocking(ctx, move |c| -> Result<Vec<RunId>, StoreError> {
+        let Some(ckpt) = c.store.checkpoint(checkpoint_id)? else { return Ok(Vec::new()) };
+        let path = c.store.checkpoint_paths(ckpt.id)?.into_iter().find(|p| p.removed_at_ms.is_none());
+        let path = path.map(|p| p.path).unwrap_or_else(|| ckpt.path.clone());
+        Ok(super::queue::queue_checkpoint(c, &ckpt, &path)?.0)
+    })
+    .await;
+    match queued {
+        Ok(Ok(runs)) => tracing::info!(checkpoint = checkpoint_id, ?runs, "queued again under the new settings"),
+        Ok(Err(e)) => tracing::error!(checkpoint = checkpoint_id, error = %e, "cannot queue the checkpoint again"),
+        Err(e) => tracing::error!(checkpoint = checkpoint_id, error = %e, "cannot queue the checkpoint again"),
     }
 }
 
@@ -61,20 +57,22 @@ pub(crate) enum RunOutcome {
     Interrupted,
     /// Failed with this reason (stored and published as `run.failed`).
     Failed(String),
+    /// Failed because the settings changed since it started (stored and published as
+    /// `run.failed`): the checkpoint is to be queued again under the new settings.
+    Requeue { checkpoint_id: i64, reason: String },
 }
 
 /// Executes one run to its end, a stop or a failure; a failure is stored and published.
 pub(crate) async fn run_one(ctx: &Arc<Ctx>, run: Run, stop: &CancellationToken) -> RunOutcome {
     let span = tracing::info_span!("run", run = run.id, checkpoint = run.checkpoint_id);
-    let id = run.id;
+    let (id, checkpoint_id) = (run.id, run.checkpoint_id);
     let outcome = tracing::Instrument::instrument(execute(ctx, run, stop), span).await;
     match &outcome {
         Ok(true) => ctx.metrics.run_finished("completed"),
         Ok(false) => ctx.metrics.run_finished("interrupted"),
         Err(_) => ctx.metrics.run_finished("failed"),
     }
-    let queued = super::blocking(ctx, |c| c.store.status_summary(0).map(|s| s.queued.len() as u64)).await;
-    ctx.metrics.set_queue_length(queued.ok().and_then(Result::ok).unwrap_or(0));
+    let _ = super::blocking(ctx, |c| c.queue.update_length()).await;
     match outcome {
         Ok(true) => RunOutcome::Completed,
         Ok(false) => RunOutcome::Interrupted,
@@ -88,7 +86,10 @@ pub(crate) async fn run_one(ctx: &Arc<Ctx>, run: Run, stop: &CancellationToken) 
             if let Err(store_error) = transition(ctx, id, RunTransition::Fail { error: reason.clone() }, kind).await {
                 tracing::error!(run = id, error = %store_error, "cannot record the run's failure; nothing is published, and the run is retried at the next start");
             }
-            RunOutcome::Failed(reason)
+            match e {
+                RunError::SettingsChanged(_) => RunOutcome::Requeue { checkpoint_id, reason },
+                _ => RunOutcome::Failed(reason),
+            }
         }
     }
 }
@@ -188,9 +189,8 @@ async fn execute(ctx: &Arc<Ctx>, run: Run, stop: &CancellationToken) -> Result<b
     if hash != run.settings_hash {
         let stored = db(ctx, move |s| s.sample_count(id)).await?;
         if stored > 0 {
-            // Never mix two settings in one run: this one ends, a new one is queued.
-            db(ctx, move |s| s.start_run(id)).await?;
-            intake::queue_checkpoint(ctx, &ckpt, &path.display().to_string()).await?;
+            // Never mix two settings in one run: this one ends (and the checkpoint is queued
+            // again by whoever runs the queue).
             return Err(RunError::SettingsChanged(stored));
         }
         let provenance = ctx.provenance(&ckpt, &path.display().to_string(), repeat).to_value();
@@ -389,7 +389,7 @@ async fn finish(ctx: &Arc<Ctx>, run: &Run, path: &str, adaptive: Option<serde_js
         // The baseline may have been queued after this run was (e.g. settings changed): look again.
         let baseline = match asked {
             Some(b) => Some(b),
-            None if !is_base => intake::baseline_run(c, repeat)?,
+            None if !is_base => super::queue::baseline_run(c, repeat)?,
             None => None,
         };
         let completed = match baseline {

@@ -161,6 +161,43 @@ impl Store {
         self.run(id)?.ok_or(StoreError::NotFound { what: "run", id })
     }
 
+    /// Queues a run and stores its event in one transaction, so that a queued run and its
+    /// `run.queued` event are never one without the other: `event` makes the event (type and
+    /// payload) from the new run's id and its position in the queue (1 = next).
+    pub fn queue_run(&self, new: &NewRun, event: impl FnOnce(RunId, u64) -> (String, Value)) -> Result<(Run, Event)> {
+        let provenance = serde_json::to_string(&new.provenance)?;
+        let event = self.write(|c| {
+            let tx = c.transaction_with_behavior(TransactionBehavior::Immediate)?;
+            let now = now_ms();
+            tx.execute(
+                "INSERT INTO runs (checkpoint_id, baseline_run_id, status, settings_hash,
+                                   provenance, total_samples, created_at)
+                 VALUES (?1, ?2, 'queued', ?3, ?4, ?5, ?6)",
+                params![
+                    new.checkpoint_id,
+                    new.baseline_run_id,
+                    new.settings_hash,
+                    provenance,
+                    to_i64(new.total_samples),
+                    now
+                ],
+            )?;
+            let id = tx.last_insert_rowid();
+            let position: i64 = tx.query_row("SELECT COUNT(*) FROM runs WHERE status = 'queued'", [], |r| r.get(0))?;
+            let (event_type, payload) = event(id, position.max(0) as u64);
+            tx.prepare_cached("INSERT INTO events (type, time, payload) VALUES (?1, ?2, ?3)")?.execute(params![
+                event_type,
+                now,
+                serde_json::to_string(&payload)?
+            ])?;
+            let event = Event { id: tx.last_insert_rowid(), event_type, time_ms: now, payload };
+            tx.commit()?;
+            Ok((id, event))
+        })?;
+        let (id, event) = event;
+        Ok((self.run(id)?.ok_or(StoreError::NotFound { what: "run", id })?, event))
+    }
+
     /// The run with this id.
     pub fn run(&self, id: RunId) -> Result<Option<Run>> {
         self.read(|c| {

@@ -769,3 +769,31 @@ fn many_processes_opening_a_new_store_at_once_all_succeed() {
         }
     }
 }
+
+/// A queued run and its `run.queued` event are one write: the event names the run and its
+/// place in line, and a run that cannot be stored leaves no event behind (queueing was two
+/// writes, so a crash between them lost the event).
+#[test]
+fn a_queued_run_and_its_event_are_stored_together() {
+    let (_d, store) = new_store();
+    let cp = checkpoint(&store, "aa", "/m/a.gguf");
+    let new = |checkpoint_id| NewRun {
+        checkpoint_id,
+        baseline_run_id: None,
+        settings_hash: "s".into(),
+        provenance: json!({"repeat": 0}),
+        total_samples: 4,
+    };
+    let event = |id: RunId, position: u64| ("run.queued".to_string(), json!({"run_id": id, "position": position}));
+    let (first, e1) = store.queue_run(&new(cp.id), event).unwrap();
+    let (second, e2) = store.queue_run(&new(cp.id), event).unwrap();
+    assert_eq!(first.status, RunStatus::Queued);
+    assert_eq!((e1.payload["run_id"].as_i64(), e1.payload["position"].as_u64()), (Some(first.id), Some(1)));
+    assert_eq!((e2.payload["run_id"].as_i64(), e2.payload["position"].as_u64()), (Some(second.id), Some(2)));
+    let stored = store.events_since(0, &[], 100).unwrap();
+    assert_eq!(stored.iter().map(|e| e.id).collect::<Vec<_>>(), vec![e1.id, e2.id]);
+    // A run of a checkpoint that does not exist is refused, and its event with it.
+    assert!(store.queue_run(&new(cp.id + 100), event).is_err());
+    assert_eq!(store.events_since(0, &[], 100).unwrap().len(), 2);
+    assert_eq!(store.status_summary(0).unwrap().queued.len(), 2);
+}
