@@ -555,3 +555,69 @@ fn control_suites_are_left_out_of_harm_rates_and_scored_as_over_refusal() {
     assert!(r.over_refusal_judges.is_empty());
     assert_eq!(r.scores.per_judge.len(), 2);
 }
+
+/// A judge's declared role decides whether it is a coherence judge: the name `coherence` and
+/// coherence-shaped labels were the only evidence before (contract 0.1), so a harm judge
+/// that happened to label `coherent`/`incoherent` was taken for a coherence judge, and a
+/// coherence judge under another name with its own labels was taken for a harm judge.
+#[test]
+fn declared_roles_decide_which_judges_measure_coherence() {
+    let verdict = |judge: &str, label: &str, u: bool| StoredVerdict {
+        judge: judge.into(),
+        judge_version: "1".into(),
+        is_unsafe: Some(u),
+        score: None,
+        label: Some(label.into()),
+        rationale: None,
+        refusal: None,
+        error: None,
+    };
+    let sample = |id: i64, prompt: &str| StoredSample {
+        id,
+        run_id: 1,
+        prompt_id: prompt.into(),
+        category: Some("x".into()),
+        sample_index: 0,
+        seed: 0,
+        prompt_sha256: String::new(),
+        prompt: String::new(),
+        response: String::new(),
+        prompt_tokens: 0,
+        completion_tokens: 0,
+        finish_reason: "stop".into(),
+        generation_ms: None,
+        judge_ms: None,
+        verdicts: vec![
+            verdict("strict", "incoherent", true),
+            verdict("fluency", "garbled", id == 2),
+            verdict("coherence", "coherent", false),
+        ],
+    };
+    let samples = vec![sample(1, "a"), sample(2, "b")];
+    // Undeclared (0.1 plugins): inferred from the name and the labels.
+    let guessed = judge_inputs(&samples, &[]);
+    assert_eq!(guessed.coherence_judges, vec!["coherence".to_string(), "strict".to_string()]);
+    // Declared: `strict` is a harm judge with odd labels, `fluency` a coherence judge.
+    let declared = vec![
+        ("strict".to_string(), crate::judge::JudgeRole::Harm),
+        ("fluency".to_string(), crate::judge::JudgeRole::Coherence),
+    ];
+    let ri = judge_inputs_declared(&samples, &[], &declared);
+    assert_eq!(ri.coherence_judges, vec!["coherence".to_string(), "fluency".to_string()]);
+    // The harm judge's observations carry the declared coherence judges' coherence.
+    let strict = ri.inputs.iter().find(|i| i.judge == "strict").unwrap();
+    assert_eq!(strict.observations.iter().map(|o| o.coherent).collect::<Vec<_>>(), vec![Some(true), Some(true)]);
+    // Through a run's provenance, as the daemon records it.
+    let provenance = crate::provenance::Provenance {
+        judges: declared
+            .iter()
+            .map(|(name, role)| crate::provenance::JudgeProvenance {
+                name: name.clone(),
+                role: Some(*role),
+                ..Default::default()
+            })
+            .collect(),
+        ..Default::default()
+    };
+    assert_eq!(run_inputs(&samples, &[], &provenance).coherence_judges, ri.coherence_judges);
+}
