@@ -72,25 +72,10 @@ pub fn run(a: StatusArgs) -> Result<()> {
     }
     for r in &s.recent {
         let mut line = format!("  run {} · {} · {}", r.run.id, name(&r.checkpoint_path), r.run.status.as_str());
-        if let Some(scores) = &r.run.scores {
-            if let Some(heads) = scores.get("headline").and_then(|h| h.as_array()) {
-                for h in heads {
-                    let f = |k: &str| h.get(k).and_then(|v| v.as_f64());
-                    if let (Some(v), Some(lo), Some(hi)) = (f("value"), f("lo"), f("hi")) {
-                        line.push_str(&format!(
-                            " · {} {} {:.3} [{:.3}, {:.3}]",
-                            h.get("judge").and_then(|v| v.as_str()).unwrap_or("?"),
-                            h.get("metric").and_then(|v| v.as_str()).unwrap_or(""),
-                            v,
-                            lo,
-                            hi
-                        ));
-                    }
-                    if let Some(v) = h.get("verdict").and_then(|v| v.as_str()) {
-                        line.push_str(&format!(" ({v})"));
-                    }
-                }
-            }
+        // The stored scores, typed; scores of a version this one cannot read are left out.
+        let result = r.run.scores.clone().and_then(|v| serde_json::from_value::<crate::scoring::RunResult>(v).ok());
+        for h in result.iter().flat_map(|r| &r.headline) {
+            line.push_str(&format!(" · {}", crate::report::headline_line(h)));
         }
         if let Some(e) = &r.run.error {
             line.push_str(&format!(" · {e}"));

@@ -8,7 +8,9 @@ use std::time::Instant;
 
 use crate::config::{Config, JudgeConfig, PluginSource};
 use crate::engine::{Engine, EngineParams, GenerationRequest, Job, ModelSpec, SamplingParams};
-use crate::judge::{JudgeGenerateRequest, JudgeModel, JudgePlugin, JudgeRuntime, PluginSettings, Sample};
+use crate::judge::{
+    JudgeGenerateRequest, JudgeModel, JudgePlugin, JudgeRuntime, PluginRegistry, PluginSettings, Sample,
+};
 use crate::provenance::JudgeProvenance;
 use crate::store::StoredVerdict;
 
@@ -54,6 +56,8 @@ enum Component {
     File(PathBuf),
     /// A bundled plugin's name and bytes.
     Embedded(String, &'static [u8]),
+    /// A component the plugins folder's registry compiled, and its file.
+    Registry(Arc<JudgePlugin>, PathBuf),
 }
 
 /// Why the judges cannot be set up.
@@ -145,11 +149,14 @@ pub struct JudgeSet {
 }
 
 impl JudgeSet {
-    /// Loads the configured judges. Plugins named in the config are looked up in the
-    /// hot-reloaded plugins folder (`plugins.dir`) first, then among the bundled plugins.
+    /// Loads the configured judges. Plugins named in the config are taken from the
+    /// hot-reloaded plugins folder's registry (`plugins.dir`: compiled once, re-instantiated
+    /// with each judge's settings) first, then from a file there the registry could not
+    /// load with default settings, then among the bundled plugins.
     pub fn load(
         config: &Config,
         runtime: &Arc<JudgeRuntime>,
+        registry: Option<&PluginRegistry>,
         judge_engine: &mut Option<Engine>,
     ) -> Result<JudgeSet, JudgeSetError> {
         let mut judges = Vec::new();
@@ -158,6 +165,10 @@ impl JudgeSet {
             // plugins folder, then among built plugins on disk, then in the binary itself.
             let component = match &jc.plugin {
                 PluginSource::Path(p) => Component::File(p.clone()),
+                PluginSource::Bundled(name) if registry.and_then(|r| r.get(name)).is_some() => {
+                    let r = registry.expect("checked above");
+                    Component::Registry(r.get(name).expect("checked above"), r.path_of(name))
+                }
                 PluginSource::Bundled(name) => {
                     let from_dir =
                         config.plugins.dir.as_ref().map(|d| d.join(format!("{name}.wasm"))).filter(|p| p.is_file());
@@ -204,10 +215,11 @@ impl JudgeSet {
             let loaded = match &component {
                 Component::File(path) => runtime.load_file(&jc.name, path, settings, model),
                 Component::Embedded(_, bytes) => runtime.load(&jc.name, bytes, settings, model),
+                Component::Registry(plugin, _) => plugin.reconfigured(&jc.name, settings, model),
             };
             let plugin = loaded.map_err(|cause| JudgeSetError::Load { judge: jc.name.clone(), cause })?;
             let path = match component {
-                Component::File(p) => p,
+                Component::File(p) | Component::Registry(_, p) => p,
                 Component::Embedded(name, _) => {
                     PathBuf::from(format!("(embedded in the driftwatch binary)/{name}.wasm"))
                 }

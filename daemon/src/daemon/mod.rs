@@ -93,6 +93,9 @@ pub(crate) struct Ctx {
     pub base_sha256: String,
     /// The queued runs.
     pub queue: queue::RunQueue,
+    /// The plugins folder's compiled components (`plugins.dir`), hot-reloaded by the daemon;
+    /// the judges serve from it.
+    pub plugins: Option<crate::judge::PluginRegistry>,
     /// Paths of checkpoint files that disappeared.
     pub removed: broadcast::Sender<PathBuf>,
     /// Prometheus metrics.
@@ -353,19 +356,32 @@ pub(crate) fn engine_config(c: &Config) -> EngineParams {
 /// Watches `plugins.dir`: every new or changed `.wasm` there is validated and loaded, and
 /// reported as `plugin.loaded` or `plugin.failed` (a broken update keeps the previous version).
 /// Judges that name a plugin of this folder use its newest good version from their next run.
-async fn spawn_plugin_registry(
-    ctx: &Arc<Ctx>,
+async fn scan_plugins_dir(
+    runtime: &Arc<JudgeRuntime>,
     dir: PathBuf,
-    shutdown: &CancellationToken,
-    tasks: &mut tokio::task::JoinSet<()>,
-) -> Result<(), DaemonError> {
-    use crate::judge::{PluginEvent, PluginRegistry, RegistryConfig};
-    std::fs::create_dir_all(&dir).map_err(|e| DaemonError::Other(format!("plugins.dir {}: {e}", dir.display())))?;
-    let registry = PluginRegistry::new(Arc::clone(&ctx.runtime), RegistryConfig::new(&dir));
-    let mut rx = registry.subscribe();
-    let initial = registry.scan().map_err(|e| DaemonError::Other(format!("plugins.dir: {e}")))?;
-    let watcher = registry.watch().map_err(|e| DaemonError::Other(format!("plugins.dir: {e}")))?;
-    let to_event = |ev: PluginEvent| match ev {
+    bus: &EventBus,
+) -> Result<crate::judge::PluginRegistry, DaemonError> {
+    use crate::judge::{PluginRegistry, RegistryConfig};
+    let registry = PluginRegistry::new(Arc::clone(runtime), RegistryConfig::new(&dir));
+    let scan = registry.clone();
+    let initial = tokio::task::spawn_blocking(move || {
+        std::fs::create_dir_all(&dir).map_err(|e| DaemonError::Other(format!("plugins.dir {}: {e}", dir.display())))?;
+        scan.scan().map_err(|e| DaemonError::Other(format!("plugins.dir: {e}")))
+    })
+    .await
+    .map_err(|e| DaemonError::Other(e.to_string()))??;
+    for ev in initial {
+        if let Some(k) = plugin_event(ev) {
+            bus.emit(k).await;
+        }
+    }
+    Ok(registry)
+}
+
+/// The event a change in the plugins folder publishes (a removal is only logged).
+fn plugin_event(ev: crate::judge::PluginEvent) -> Option<EventKind> {
+    use crate::judge::PluginEvent;
+    match ev {
         PluginEvent::Loaded { name, path, sha256, info_version, .. } => {
             Some(EventKind::PluginLoaded { name, version: info_version, path: path.display().to_string(), sha256 })
         }
@@ -381,23 +397,29 @@ async fn spawn_plugin_registry(
             tracing::info!(plugin = %name, "plugin removed from the plugins folder");
             None
         }
-    };
-    for ev in initial {
-        if let Some(k) = to_event(ev) {
-            ctx.bus.emit(k).await;
-        }
     }
+}
+
+/// Watches the plugins folder (scanned when the context was built): a new or changed
+/// component is compiled as it settles, and serves from the next run on.
+fn spawn_plugin_watch(
+    ctx: &Arc<Ctx>,
+    registry: &crate::judge::PluginRegistry,
+    shutdown: &CancellationToken,
+    tasks: &mut tokio::task::JoinSet<()>,
+) -> Result<(), DaemonError> {
+    let mut rx = registry.subscribe();
+    let watcher = registry.watch().map_err(|e| DaemonError::Other(format!("plugins.dir: {e}")))?;
     let bus = ctx.bus.clone();
     let stop = shutdown.clone();
     tasks.spawn(async move {
         let _watcher = watcher;
-        let _registry = registry;
         loop {
             tokio::select! {
                 _ = stop.cancelled() => break,
                 ev = rx.recv() => match ev {
                     Ok(ev) => {
-                        if let Some(k) = to_event(ev) {
+                        if let Some(k) = plugin_event(ev) {
                             tracing::info!(event = k.type_name(), "plugins folder");
                             bus.emit(k).await;
                         }
@@ -417,7 +439,7 @@ pub(crate) async fn reload_judges(ctx: &Arc<Ctx>) {
     let c = Arc::clone(ctx);
     let result = tokio::task::spawn_blocking(move || {
         let mut engine = c.judge_engine.lock().clone();
-        let set = JudgeSet::load(&c.config, &c.runtime, &mut engine);
+        let set = JudgeSet::load(&c.config, &c.runtime, c.plugins.as_ref(), &mut engine);
         if engine.is_some() {
             *c.judge_engine.lock() = engine;
         }
@@ -507,8 +529,12 @@ impl Ctx {
 
         let engine = Engine::start(engine_config(&config))?;
         let runtime = JudgeRuntime::shared()?;
+        let plugins = match config.plugins.dir.clone() {
+            Some(dir) => Some(scan_plugins_dir(&runtime, dir, &bus).await?),
+            None => None,
+        };
         let mut judge_engine = None;
-        let judge_set = JudgeSet::load(&config, &runtime, &mut judge_engine)?;
+        let judge_set = JudgeSet::load(&config, &runtime, plugins.as_ref(), &mut judge_engine)?;
         for id in judge_set.identities() {
             bus.emit(EventKind::PluginLoaded {
                 name: id.name,
@@ -522,6 +548,7 @@ impl Ctx {
         let (removed, _) = broadcast::channel(64);
         Ok(Arc::new(Ctx {
             queue: queue::RunQueue::new(Arc::clone(&store), bus.clone(), Arc::clone(&metrics)),
+            plugins,
             config,
             store,
             bus,
@@ -642,8 +669,8 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Daem
     intake::take_base(&ctx).await?;
 
     let mut tasks = tokio::task::JoinSet::new();
-    if let Some(dir) = ctx.config.plugins.dir.clone() {
-        spawn_plugin_registry(&ctx, dir, &shutdown, &mut tasks).await?;
+    if let Some(registry) = &ctx.plugins {
+        spawn_plugin_watch(&ctx, registry, &shutdown, &mut tasks)?;
     }
     if ctx.config.api.enabled {
         let listener = crate::api::bind(ctx.config.api.listen, ctx.config.api.token.as_deref())

@@ -131,6 +131,19 @@ impl JudgeRuntime {
     ) -> Result<JudgePlugin, LoadError> {
         settings.validate()?;
         let (pre, sha256) = self.compile(wasm)?;
+        self.instantiate_configured(name, pre, sha256, settings, model)
+    }
+
+    /// A plugin from a compiled component: instantiated in the sandbox, its `info` read, and
+    /// configured.
+    fn instantiate_configured(
+        self: &Arc<Self>,
+        name: &str,
+        pre: Pre,
+        sha256: [u8; 32],
+        settings: PluginSettings,
+        model: Option<Arc<dyn JudgeModel>>,
+    ) -> Result<JudgePlugin, LoadError> {
         let mut plugin = JudgePlugin {
             name: name.to_owned(),
             sha256,
@@ -529,6 +542,18 @@ impl JudgePlugin {
     /// The plugin's settings.
     pub fn settings(&self) -> &PluginSettings {
         &self.settings
+    }
+
+    /// The same component as another plugin `name`, with its own settings and judge model:
+    /// a new instance, configured, from the compiled component (no file read, no compile).
+    pub fn reconfigured(
+        &self,
+        name: &str,
+        settings: PluginSettings,
+        model: Option<Arc<dyn JudgeModel>>,
+    ) -> Result<JudgePlugin, LoadError> {
+        settings.validate()?;
+        self.runtime.instantiate_configured(name, self.pre.clone(), self.sha256, settings, model)
     }
 
     /// The contract version the component was built against (`0.2.0`, or `0.1.0`).

@@ -135,6 +135,11 @@ impl PluginRegistry {
         self.inner.plugins.read().get(name).cloned()
     }
 
+    /// The file a plugin of this name is (or would be) loaded from.
+    pub fn path_of(&self, name: &str) -> PathBuf {
+        self.inner.config.dir.join(format!("{name}.wasm"))
+    }
+
     /// Names of the loaded plugins, sorted.
     pub fn names(&self) -> Vec<String> {
         self.inner.plugins.read().keys().cloned().collect()
