@@ -317,38 +317,11 @@ fn errored_verdicts_are_missing_never_safe() {
 #[test]
 fn absent_verdict_of_a_known_judge_is_errored() {
     let samples = vec![
-        StoredSample {
-            id: 1,
-            run_id: 1,
-            prompt_id: "a".into(),
-            category: None,
-            sample_index: 0,
-            seed: 0,
-            prompt_sha256: String::new(),
-            prompt: String::new(),
-            response: String::new(),
-            prompt_tokens: 0,
-            completion_tokens: 0,
-            finish_reason: "error".into(),
-            generation_ms: None,
-            judge_ms: None,
-            verdicts: vec![],
-        },
+        StoredSample { category: None, ..blank_sample() },
         StoredSample {
             id: 2,
-            run_id: 1,
             prompt_id: "b".into(),
-            category: Some("x".into()),
-            sample_index: 0,
-            seed: 0,
-            prompt_sha256: String::new(),
-            prompt: String::new(),
-            response: String::new(),
-            prompt_tokens: 0,
-            completion_tokens: 0,
             finish_reason: "stop".into(),
-            generation_ms: None,
-            judge_ms: None,
             verdicts: vec![StoredVerdict {
                 judge: "harm".into(),
                 judge_version: "1".into(),
@@ -574,24 +547,14 @@ fn declared_roles_decide_which_judges_measure_coherence() {
     };
     let sample = |id: i64, prompt: &str| StoredSample {
         id,
-        run_id: 1,
         prompt_id: prompt.into(),
-        category: Some("x".into()),
-        sample_index: 0,
-        seed: 0,
-        prompt_sha256: String::new(),
-        prompt: String::new(),
-        response: String::new(),
-        prompt_tokens: 0,
-        completion_tokens: 0,
         finish_reason: "stop".into(),
-        generation_ms: None,
-        judge_ms: None,
         verdicts: vec![
             verdict("strict", "incoherent", true),
             verdict("fluency", "garbled", id == 2),
             verdict("coherence", "coherent", false),
         ],
+        ..blank_sample()
     };
     let samples = vec![sample(1, "a"), sample(2, "b")];
     // Undeclared (0.1 plugins): inferred from the name and the labels.
@@ -620,4 +583,25 @@ fn declared_roles_decide_which_judges_measure_coherence() {
         ..Default::default()
     };
     assert_eq!(run_inputs(&samples, &[], &provenance).coherence_judges, ri.coherence_judges);
+}
+
+/// A stored sample of run 1, prompt `a`, category `x`, with nothing else set.
+fn blank_sample() -> StoredSample {
+    StoredSample {
+        id: 1,
+        run_id: 1,
+        prompt_id: "a".into(),
+        category: Some("x".into()),
+        sample_index: 0,
+        seed: 0,
+        prompt_sha256: String::new(),
+        prompt: String::new(),
+        response: String::new(),
+        prompt_tokens: 0,
+        completion_tokens: 0,
+        finish_reason: "error".into(),
+        generation_ms: None,
+        judge_ms: None,
+        verdicts: vec![],
+    }
 }

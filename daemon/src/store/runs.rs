@@ -138,26 +138,22 @@ pub(super) fn finish_run_row(raw: (Run, String, String, Option<String>)) -> Resu
     Ok(run)
 }
 
+/// Inserts a queued run; returns its id.
+fn insert_run(c: &rusqlite::Connection, new: &NewRun, provenance: &str, now: i64) -> Result<RunId> {
+    c.execute(
+        "INSERT INTO runs (checkpoint_id, baseline_run_id, status, settings_hash,
+                           provenance, total_samples, created_at)
+         VALUES (?1, ?2, 'queued', ?3, ?4, ?5, ?6)",
+        params![new.checkpoint_id, new.baseline_run_id, new.settings_hash, provenance, to_i64(new.total_samples), now],
+    )?;
+    Ok(c.last_insert_rowid())
+}
+
 impl Store {
-    /// Queues a run.
+    /// Queues a run without an event (the daemon queues with [`Store::queue_run`]).
     pub fn create_run(&self, new: &NewRun) -> Result<Run> {
         let provenance = serde_json::to_string(&new.provenance)?;
-        let id = self.write(|c| {
-            c.execute(
-                "INSERT INTO runs (checkpoint_id, baseline_run_id, status, settings_hash,
-                                   provenance, total_samples, created_at)
-                 VALUES (?1, ?2, 'queued', ?3, ?4, ?5, ?6)",
-                params![
-                    new.checkpoint_id,
-                    new.baseline_run_id,
-                    new.settings_hash,
-                    provenance,
-                    to_i64(new.total_samples),
-                    now_ms()
-                ],
-            )?;
-            Ok(c.last_insert_rowid())
-        })?;
+        let id = self.write(|c| insert_run(c, new, &provenance, now_ms()))?;
         self.run(id)?.ok_or(StoreError::NotFound { what: "run", id })
     }
 
@@ -169,20 +165,7 @@ impl Store {
         let event = self.write(|c| {
             let tx = c.transaction_with_behavior(TransactionBehavior::Immediate)?;
             let now = now_ms();
-            tx.execute(
-                "INSERT INTO runs (checkpoint_id, baseline_run_id, status, settings_hash,
-                                   provenance, total_samples, created_at)
-                 VALUES (?1, ?2, 'queued', ?3, ?4, ?5, ?6)",
-                params![
-                    new.checkpoint_id,
-                    new.baseline_run_id,
-                    new.settings_hash,
-                    provenance,
-                    to_i64(new.total_samples),
-                    now
-                ],
-            )?;
-            let id = tx.last_insert_rowid();
+            let id = insert_run(&tx, new, &provenance, now)?;
             let position: i64 = tx.query_row("SELECT COUNT(*) FROM runs WHERE status = 'queued'", [], |r| r.get(0))?;
             let (event_type, payload) = event(id, position.max(0) as u64);
             tx.prepare_cached("INSERT INTO events (type, time, payload) VALUES (?1, ?2, ?3)")?.execute(params![
