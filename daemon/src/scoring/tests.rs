@@ -332,6 +332,7 @@ fn absent_verdict_of_a_known_judge_is_errored() {
                 refusal: None,
                 error: None,
             }],
+            ..blank_sample()
         },
     ];
     let ri = judge_inputs(&samples, &["other".to_string()]);
