@@ -1,5 +1,6 @@
-//! Folder watching: notify events and a start-up scan → settled `*.gguf` files → a channel
-//! of [`WatchEvent`]s; plus the streamed content hash of a file ([`hash_file`]).
+//! Folder watching: notify events and a start-up scan → settled `*.gguf` files (or files of
+//! another extension, [`WatchOptions::extension`]: the plugin registry watches `*.wasm`) → a
+//! channel of [`WatchEvent`]s; plus the streamed content hash of a file ([`hash_file`]).
 //!
 //! # How a file is taken
 //! - notify's callback (on notify's own thread) only forwards the event's paths with
@@ -154,12 +155,14 @@ pub struct WatchOptions {
     pub raw_capacity: usize,
     /// Capacity of the [`WatchEvent`] channel. Default 1024.
     pub channel_capacity: usize,
+    /// The extension (any case) of the files taken. Default `gguf`.
+    pub extension: &'static str,
 }
 
 impl WatchOptions {
     /// Defaults with the given settle time.
     pub fn new(settle: Duration) -> WatchOptions {
-        WatchOptions { settle, poll: None, raw_capacity: 4096, channel_capacity: 1024 }
+        WatchOptions { settle, poll: None, raw_capacity: 4096, channel_capacity: 1024, extension: "gguf" }
     }
 
     fn poll_interval(&self) -> Duration {
@@ -206,9 +209,18 @@ impl Watcher {
         cancel: CancellationToken,
     ) -> Result<(Watcher, mpsc::Receiver<WatchEvent>), WatchStartError> {
         let folders = folders.to_vec();
-        tokio::task::spawn_blocking(move || start_blocking(folders, options, cancel))
+        tokio::task::spawn_blocking(move || Watcher::start_blocking(&folders, options, cancel))
             .await
             .map_err(|e| WatchStartError::Task(e.to_string()))?
+    }
+
+    /// [`Watcher::start_with`] from synchronous code (it blocks for the start-up).
+    pub fn start_blocking(
+        folders: &[PathBuf],
+        options: WatchOptions,
+        cancel: CancellationToken,
+    ) -> Result<(Watcher, mpsc::Receiver<WatchEvent>), WatchStartError> {
+        start_blocking(folders.to_vec(), options, cancel)
     }
 
     /// The watched folders (canonical paths).
@@ -311,6 +323,7 @@ fn start_blocking(
         roots: roots.clone(),
         settle: options.settle,
         poll: options.poll_interval(),
+        extension: options.extension,
         pending: BTreeMap::new(),
         emitted: HashMap::new(),
         tx,
@@ -342,6 +355,8 @@ struct Settler {
     roots: Vec<PathBuf>,
     settle: Duration,
     poll: Duration,
+    /// The extension of the files taken.
+    extension: &'static str,
     pending: BTreeMap<PathBuf, Pending>,
     /// (size, mtime) each path was last emitted with.
     emitted: HashMap<PathBuf, (u64, SystemTime)>,
@@ -467,7 +482,7 @@ impl Settler {
                 }
             }
             Ok(m) => {
-                if is_candidate(path) && !self.ignored(path) {
+                if is_candidate_with(path, self.extension) && !self.ignored(path) {
                     self.add_pending(path, &m, renamed_into_place);
                 }
                 Ok(())
@@ -538,7 +553,7 @@ impl Settler {
                 let Ok(ft) = entry.file_type() else { continue };
                 if ft.is_dir() {
                     stack.push(path);
-                } else if is_candidate(&path) {
+                } else if is_candidate_with(&path, self.extension) {
                     match std::fs::metadata(&path) {
                         Ok(m) if m.is_file() => self.add_pending(&path, &m, false),
                         Ok(_) => {}
@@ -610,10 +625,15 @@ pub fn is_ignored_name(name: &str) -> bool {
 /// Whether a path names a checkpoint candidate: a `*.gguf` (any case) file name that is
 /// neither hidden nor temporary.
 pub fn is_candidate(path: &Path) -> bool {
+    is_candidate_with(path, "gguf")
+}
+
+/// Whether a path names a `*.<extension>` (any case) file that is neither hidden nor temporary.
+pub fn is_candidate_with(path: &Path, extension: &str) -> bool {
     let Some(name) = path.file_name().and_then(|n| n.to_str()) else {
         return false;
     };
-    !is_ignored_name(name) && path.extension().is_some_and(|e| e.eq_ignore_ascii_case("gguf"))
+    !is_ignored_name(name) && path.extension().is_some_and(|e| e.eq_ignore_ascii_case(extension))
 }
 
 /// Buffer size of [`hash_file`].

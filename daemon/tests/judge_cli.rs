@@ -26,7 +26,7 @@ fn judge_cli_scaffold_builds_and_passes_check() {
     let info = plugin_check(&PluginCheckArgs { file: wasm.clone(), config: None }, &mut out).unwrap();
     assert_eq!(info.name, "word-judge");
     let text = String::from_utf8(out).unwrap();
-    assert!(text.contains("contract: driftwatch:judge@0.1.0") && text.contains("sha256:"), "{text}");
+    assert!(text.contains("contract: driftwatch:judge@0.2.0") && text.contains("sha256:"), "{text}");
 
     // And it judges.
     let input = dir.path().join("in.jsonl");

@@ -158,7 +158,7 @@ fn judge_refuses_a_plugin_of_another_major_contract_version() {
         .unwrap()
         .load_file("future", &hostile("future"), PluginSettings::default(), None)
         .unwrap_err();
-    assert!(matches!(&e, LoadError::IncompatibleContract { found, supported: "0.1.0" } if found == "1.0.0"), "{e:?}");
+    assert!(matches!(&e, LoadError::IncompatibleContract { found, supported: "0.2.0" } if found == "1.0.0"), "{e:?}");
     let msg = e.to_string();
     assert!(msg.contains("driftwatch:judge@1.0.0") && msg.contains("driftwatch:judge@0.1.0"), "{msg}");
 }

@@ -4,9 +4,8 @@
 
 use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
-use std::sync::mpsc;
 use std::sync::Arc;
-use std::time::{Duration, Instant, SystemTime};
+use std::time::Duration;
 
 use parking_lot::RwLock;
 use tokio::sync::broadcast;
@@ -97,6 +96,8 @@ struct Inner {
     runtime: Arc<JudgeRuntime>,
     config: RegistryConfig,
     plugins: RwLock<BTreeMap<String, Arc<JudgePlugin>>>,
+    /// The content of each file that failed to load, so the same broken file is reported once.
+    failed: RwLock<HashMap<String, [u8; 32]>>,
     events: broadcast::Sender<PluginEvent>,
 }
 
@@ -122,7 +123,15 @@ impl PluginRegistry {
     /// [`PluginRegistry::watch`] to follow changes.
     pub fn new(runtime: Arc<JudgeRuntime>, config: RegistryConfig) -> Self {
         let (events, _) = broadcast::channel(256);
-        PluginRegistry { inner: Arc::new(Inner { runtime, config, plugins: RwLock::new(BTreeMap::new()), events }) }
+        PluginRegistry {
+            inner: Arc::new(Inner {
+                runtime,
+                config,
+                plugins: RwLock::new(BTreeMap::new()),
+                failed: RwLock::new(HashMap::new()),
+                events,
+            }),
+        }
     }
 
     /// Receives every later [`PluginEvent`].
@@ -163,6 +172,7 @@ impl PluginRegistry {
     pub fn reload_path(&self, path: &Path) -> Option<PluginEvent> {
         let name = plugin_name(path)?;
         let event = if !path.exists() {
+            self.inner.failed.write().remove(&name);
             self.inner.plugins.write().remove(&name)?;
             PluginEvent::Removed { name, path: path.to_owned() }
         } else {
@@ -193,7 +203,7 @@ impl PluginRegistry {
             Err(e) => return Some(fail(format!("cannot read {}: {e}", path.display()))),
         };
         let sha: [u8; 32] = sha2::Digest::finalize(<sha2::Sha256 as sha2::Digest>::new_with_prefix(&bytes)).into();
-        if previous.as_ref().is_some_and(|p| p.sha256() == sha) {
+        if previous.as_ref().is_some_and(|p| p.sha256() == sha) || self.inner.failed.read().get(&name) == Some(&sha) {
             return None;
         }
         let settings = cfg.settings.get(&name).cloned().unwrap_or_else(|| cfg.default_settings.clone());
@@ -208,81 +218,55 @@ impl PluginRegistry {
                     info_version: plugin.info().version.clone(),
                     replaced: previous.is_some(),
                 };
+                self.inner.failed.write().remove(&name);
                 self.inner.plugins.write().insert(name, Arc::new(plugin));
                 Some(event)
             }
-            Err(e) => Some(fail(e.to_string())),
+            Err(e) => {
+                self.inner.failed.write().insert(name.clone(), sha);
+                Some(fail(e.to_string()))
+            }
         }
     }
 
     /// Watches the folder and (re)loads plugin files once they settle. Dropping the
     /// returned watcher stops watching.
     pub fn watch(&self) -> Result<RegistryWatcher, RegistryError> {
-        use notify::Watcher as _;
+        use crate::watch::{WatchEvent, WatchOptions, Watcher};
         let dir = self.inner.config.dir.clone();
-        let watch_err = |e: notify::Error| RegistryError::Watch { path: dir.clone(), message: e.to_string() };
-        let (tx, rx) = mpsc::channel::<PathBuf>();
-        let mut watcher = notify::recommended_watcher(move |res: notify::Result<notify::Event>| {
-            if let Ok(event) = res {
-                for p in event.paths {
-                    if plugin_name(&p).is_some() {
-                        let _ = tx.send(p);
-                    }
-                }
-            }
-        })
-        .map_err(watch_err)?;
-        watcher.watch(&dir, notify::RecursiveMode::NonRecursive).map_err(watch_err)?;
+        let watch_err = |message: String| RegistryError::Watch { path: dir.clone(), message };
+        let mut options = WatchOptions::new(self.inner.config.settle);
+        options.extension = "wasm";
+        let (watcher, mut rx) =
+            Watcher::start_blocking(std::slice::from_ref(&dir), options, tokio_util::sync::CancellationToken::new())
+                .map_err(|e| watch_err(e.to_string()))?;
+        // The watcher takes subfolders too; a plugin is a file directly in the folder.
+        let folder = watcher.folders().first().cloned().unwrap_or_else(|| dir.clone());
         let registry = self.clone();
-        let settle = self.inner.config.settle;
         let worker = std::thread::Builder::new()
             .name("judge-plugin-watch".into())
-            .spawn(move || settle_loop(registry, rx, settle))
-            .map_err(|e| RegistryError::Watch { path: self.inner.config.dir.clone(), message: e.to_string() })?;
+            .spawn(move || {
+                while let Some(event) = rx.blocking_recv() {
+                    match event {
+                        WatchEvent::Settled(f) if f.path.parent() == Some(folder.as_path()) => {
+                            registry.reload_path(&f.path);
+                        }
+                        WatchEvent::Removed(path) if path.parent() == Some(folder.as_path()) => {
+                            registry.reload_path(&path);
+                        }
+                        WatchEvent::Error(e) => tracing::warn!(error = %e, "plugins folder"),
+                        _ => {}
+                    }
+                }
+            })
+            .map_err(|e| watch_err(e.to_string()))?;
         Ok(RegistryWatcher { _watcher: watcher, _worker: worker })
-    }
-}
-
-/// A file's observable state, to tell when it stopped changing.
-fn fingerprint(path: &Path) -> Option<(u64, SystemTime)> {
-    let m = std::fs::metadata(path).ok()?;
-    Some((m.len(), m.modified().ok()?))
-}
-
-/// Collects changed paths and reloads each once it has not changed for `settle`.
-fn settle_loop(registry: PluginRegistry, rx: mpsc::Receiver<PathBuf>, settle: Duration) {
-    let mut pending: HashMap<PathBuf, (Instant, Option<(u64, SystemTime)>)> = HashMap::new();
-    let poll = (settle / 4).max(Duration::from_millis(10));
-    loop {
-        match rx.recv_timeout(poll) {
-            Ok(p) => {
-                let fp = fingerprint(&p);
-                pending.insert(p, (Instant::now(), fp));
-            }
-            Err(mpsc::RecvTimeoutError::Timeout) => {}
-            Err(mpsc::RecvTimeoutError::Disconnected) => return,
-        }
-        let now = Instant::now();
-        let mut ready = Vec::new();
-        for (path, (since, fp)) in pending.iter_mut() {
-            let current = fingerprint(path);
-            if current != *fp {
-                *fp = current;
-                *since = now;
-            } else if now.duration_since(*since) >= settle {
-                ready.push(path.clone());
-            }
-        }
-        for path in ready {
-            pending.remove(&path);
-            registry.reload_path(&path);
-        }
     }
 }
 
 /// Keeps the registry's folder watched while alive.
 pub struct RegistryWatcher {
-    _watcher: notify::RecommendedWatcher,
+    _watcher: crate::watch::Watcher,
     _worker: std::thread::JoinHandle<()>,
 }
 
