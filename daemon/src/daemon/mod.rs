@@ -143,17 +143,21 @@ impl crate::api::Control for DaemonControl {
 
     fn plugins(&self) -> Value {
         match self.ctx.upgrade() {
-            Some(ctx) => json!(ctx
-                .judges
-                .lock()
-                .judges()
-                .iter()
-                .zip(ctx.judges.lock().identities())
-                .map(|(j, id)| json!({
-                    "name": id.name, "plugin": id.plugin, "version": id.version, "wasm_sha256": id.wasm_sha256,
-                    "measures": j.plugin.info().measures, "path": j.path, "judge_model": id.judge_model,
-                }))
-                .collect::<Vec<_>>()),
+            Some(ctx) => {
+                // One lock for both: the judges' lock is not reentrant (taking it twice in one
+                // expression hung the request, and with it the next run's judge reload).
+                let set = ctx.judges.lock();
+                json!(set
+                    .judges()
+                    .iter()
+                    .zip(set.identities())
+                    .map(|(j, id)| json!({
+                        "name": id.name, "plugin": id.plugin, "version": id.version, "wasm_sha256": id.wasm_sha256,
+                        "measures": j.plugin.info().measures, "path": j.path, "judge_model": id.judge_model,
+                        "role": id.role, "contract": id.contract,
+                    }))
+                    .collect::<Vec<_>>())
+            }
             None => json!([]),
         }
     }
@@ -292,6 +296,8 @@ impl Ctx {
         } else {
             ModelFile { path: path.to_owned(), sha256: checkpoint.sha256.clone() }
         };
+        // Taken first: the judges' lock must not be held while the settings hash takes it again.
+        let judges = self.judges.lock().identities();
         Provenance {
             driftwatch_version: build.driftwatch_version.to_owned(),
             llama_cpp: LlamaCppBuild {
@@ -304,7 +310,7 @@ impl Ctx {
             model,
             adapter,
             suites: self.suites.clone(),
-            judges: self.judges.lock().identities(),
+            judges,
             sampling: c.sampling.clone(),
             engine: EngineProvenance {
                 threads: e.effective_threads() as u32,
