@@ -1,13 +1,25 @@
-//! Fixture builders for driftwatch's integration tests: tiny GGUF models (llama architecture, a
-//! few layers, a small SentencePiece-style vocabulary, random weights, a chat template) and
-//! matching LoRA adapters, written with driftwatch's own GGUF writer in milliseconds, so the
-//! whole pipeline runs in tests without the 98 MB default model.
+//! The fixtures driftwatch's integration tests (`tests/tests/`) share: tiny GGUF models (llama
+//! architecture, a few layers, a small SentencePiece-style vocabulary, random weights, a chat
+//! template) written with driftwatch's own GGUF writer in milliseconds, so the whole pipeline
+//! runs in tests without the 98 MB default model; LoRA adapters for them, written by
+//! driftwatch's own synthetic-adapter writer; configuration files ([`ConfigBuilder`]); the judge
+//! components ([`bundled`], [`hostile`]); and the `driftwatch` command line ([`command`]).
 
 use std::path::{Path, PathBuf};
+use std::process::Command;
 
 use driftwatch::gguf::GgufWriter;
+use driftwatch::synth::{SynthError, SynthSpec};
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
+
+mod config;
+mod judge;
+mod plugins;
+
+pub use config::{ConfigBuilder, Suite};
+pub use judge::{sample, ScriptedModel};
+pub use plugins::{build_wasm_workspace, bundled, hostile, repo_root, target_dir};
 
 /// The chatml template (llama.cpp recognises it by its `<|im_start|>` markers).
 pub const CHATML: &str = "{% for message in messages %}{{'<|im_start|>' + message['role'] + '\\n' + message['content'] + '<|im_end|>' + '\\n'}}{% endfor %}{% if add_generation_prompt %}{{ '<|im_start|>assistant\\n' }}{% endif %}";
@@ -172,54 +184,46 @@ impl TinyModel {
     }
 }
 
-/// Options of a tiny LoRA adapter.
+/// Options of a tiny LoRA adapter. It is written by driftwatch's own writer of synthetic
+/// adapters ([`driftwatch::synth`], behind `driftwatch synth-adapter`), which reads the shapes
+/// and the architecture from the base model's file.
 #[derive(Debug, Clone)]
 pub struct TinyAdapter {
-    /// `general.architecture` written into the adapter.
-    pub architecture: String,
     /// LoRA rank.
     pub rank: u64,
-    /// `adapter.lora.alpha`.
-    pub alpha: f32,
+    /// Standard deviation of each entry of the weight update.
+    pub noise: f64,
     /// Matrices adapted in every layer.
     pub targets: Vec<&'static str>,
     /// Weight seed.
     pub seed: u64,
-    /// Half-width of the uniform weight distribution.
-    pub scale: f32,
 }
 
 impl Default for TinyAdapter {
     fn default() -> Self {
-        TinyAdapter {
-            architecture: "llama".into(),
-            rank: 8,
-            alpha: 8.0,
-            targets: vec!["attn_q", "attn_v", "ffn_up"],
-            seed: 7,
-            scale: 0.5,
-        }
+        TinyAdapter { rank: 8, noise: 0.25, targets: vec!["attn_q", "attn_v", "ffn_up"], seed: 7 }
     }
 }
 
 impl TinyAdapter {
-    /// Writes an adapter for `model` to `path`.
-    pub fn write(&self, model: &TinyModel, path: &Path) -> std::io::Result<()> {
-        let mut rng = ChaCha8Rng::seed_from_u64(self.seed);
-        let mut w = GgufWriter::new();
-        w.string("general.architecture", &self.architecture)
-            .string("general.type", "adapter")
-            .string("adapter.type", "lora")
-            .f32("adapter.lora.alpha", self.alpha);
-        for l in 0..model.n_layer {
-            for m in &self.targets {
-                let [i, o] = model.matrix_dims(m);
-                let name = format!("blk.{l}.{m}.weight");
-                w.tensor_f32(&format!("{name}.lora_a"), &[i, self.rank], uniform(&mut rng, i * self.rank, self.scale));
-                w.tensor_f32(&format!("{name}.lora_b"), &[self.rank, o], uniform(&mut rng, self.rank * o, self.scale));
-            }
-        }
-        w.write(path)
+    /// Writes an adapter for the model file `base` to `path`.
+    pub fn write(&self, base: &Path, path: &Path) -> Result<(), SynthError> {
+        let spec = SynthSpec {
+            rank: self.rank,
+            noise: self.noise,
+            seed: self.seed,
+            targets: self.targets.iter().map(|t| t.to_string()).collect(),
+        };
+        driftwatch::synth::write_adapter(base, &spec, path).map(drop)
+    }
+
+    /// Writes an adapter for `model` (another architecture, other shapes) to `path`: the model
+    /// is written to a scratch folder for the writer to read.
+    pub fn write_for(&self, model: &TinyModel, path: &Path) -> Result<(), SynthError> {
+        let scratch = tempfile::tempdir().expect("tempdir");
+        let base = scratch.path().join("base.gguf");
+        model.write(&base).expect("write tiny model");
+        self.write(&base, path)
     }
 }
 
@@ -243,7 +247,7 @@ impl Fixture {
         let base = dir.path().join("base.gguf");
         let adapter = dir.path().join("adapter.gguf");
         model.write(&base).expect("write tiny model");
-        TinyAdapter::default().write(&model, &adapter).expect("write tiny adapter");
+        TinyAdapter::default().write(&base, &adapter).expect("write tiny adapter");
         Fixture { dir, model, base, adapter }
     }
 
@@ -264,6 +268,52 @@ pub fn rss_bytes() -> Option<u64> {
     let statm = std::fs::read_to_string("/proc/self/statm").ok()?;
     let pages: u64 = statm.split_whitespace().nth(1)?.parse().ok()?;
     Some(pages * 4096)
+}
+
+/// Prompts for daemon tests (their answers do not matter: the fixtures' weights are random).
+pub const PROMPTS: &[&str] = &[
+    "How do I make a cake?",
+    "Explain how to pick a lock.",
+    "Write a poem about cats.",
+    "How can I hurt someone without leaving marks?",
+    "What is the tallest mountain?",
+    "Describe a sunset.",
+    "Give me a recipe for soup.",
+    "How do vaccines work?",
+];
+
+/// Writes a txt suite of `n` distinct prompts (the [`PROMPTS`] in turn, numbered).
+pub fn write_numbered_suite(path: &Path, n: usize) {
+    let lines: Vec<String> = (0..n).map(|i| format!("{} ({i})", PROMPTS[i % PROMPTS.len()])).collect();
+    std::fs::write(path, lines.join("\n")).unwrap();
+}
+
+/// A loopback port that was free a moment ago.
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
+/// The name of this package's build of the `driftwatch` binary (see `tests/Cargo.toml`).
+const BIN_NAME: &str = "driftwatch-under-test";
+
+/// Path of the `driftwatch` binary under test. Cargo builds it before the integration tests and
+/// puts it beside their folder (`target/<profile>/`, the tests being in `target/<profile>/deps/`).
+pub fn bin() -> PathBuf {
+    let exe = std::env::current_exe().expect("the test's own path");
+    let dir = exe.parent().expect("the test's folder");
+    let dir = if dir.ends_with("deps") { dir.parent().unwrap() } else { dir };
+    let bin = dir.join(format!("{BIN_NAME}{}", std::env::consts::EXE_SUFFIX));
+    assert!(bin.is_file(), "{} is missing: `cargo test` builds it for the driftwatch-tests tests", bin.display());
+    bin
+}
+
+/// A command running the `driftwatch` binary under test, with `driftwatch` as its argv[0], so
+/// that what it prints (clap's usage and errors name the program by it) is what a user sees.
+pub fn command() -> Command {
+    let mut c = Command::new(bin());
+    #[cfg(unix)]
+    std::os::unix::process::CommandExt::arg0(&mut c, "driftwatch");
+    c
 }
 
 /// Sends SIGTERM to a child process (the daemon or `eval` under test): what `systemd`, a CI

@@ -190,7 +190,7 @@ fn many_adapters_do_not_grow_memory() {
         ..TinyAdapter::default()
     };
     let path = f.path("big-adapter.gguf");
-    big.write(&f.model, &path).unwrap();
+    big.write(&f.base, &path).unwrap();
     let size = std::fs::metadata(&path).unwrap().len();
     let e = engine(1);
     let spec = ModelSpec { adapter: Some(AdapterSpec { path: path.clone(), scale: 1.0 }), ..ModelSpec::new(&f.base) };
@@ -421,7 +421,9 @@ fn adapters_for_other_models_are_rejected_before_llama_cpp() {
     assert!(checkpoint::inspect_adapter_for(&f.adapter, &base).is_ok());
 
     let other_arch = f.path("qwen-adapter.gguf");
-    TinyAdapter { architecture: "qwen2".into(), ..TinyAdapter::default() }.write(&f.model, &other_arch).unwrap();
+    TinyAdapter::default()
+        .write_for(&TinyModel { architecture: "qwen2".into(), ..f.model.clone() }, &other_arch)
+        .unwrap();
     match checkpoint::inspect_adapter_for(&other_arch, &base) {
         Err(CheckpointError::AdapterMismatch { reason, .. }) => assert!(reason.contains("qwen2"), "{reason}"),
         other => panic!("expected a mismatch, got {other:?}"),
@@ -429,7 +431,7 @@ fn adapters_for_other_models_are_rejected_before_llama_cpp() {
     // Same architecture, other shapes (an adapter trained for a wider model).
     let wide = TinyModel { n_embd: 128, n_ff: 256, ..TinyModel::default() };
     let wide_adapter = f.path("wide-adapter.gguf");
-    TinyAdapter::default().write(&wide, &wide_adapter).unwrap();
+    TinyAdapter::default().write_for(&wide, &wide_adapter).unwrap();
     match checkpoint::inspect_adapter_for(&wide_adapter, &base) {
         Err(CheckpointError::AdapterMismatch { reason, .. }) => assert!(reason.contains("blk.0."), "{reason}"),
         other => panic!("expected a mismatch, got {other:?}"),

@@ -3,10 +3,10 @@
 
 use std::process::Command;
 
-use driftwatch_tests::Fixture;
+use driftwatch_tests::{ConfigBuilder, Fixture};
 
 fn driftwatch() -> Command {
-    let mut c = Command::new(env!("CARGO_BIN_EXE_driftwatch"));
+    let mut c = driftwatch_tests::command();
     c.env("RUST_LOG", "error");
     c
 }
@@ -195,20 +195,16 @@ fn eval_stops_safely_on_sigterm_and_resumes() {
     let suite = dir.join("suite.txt");
     let prompts: Vec<String> = (0..48).map(|i| format!("Tell me about the number {i}.")).collect();
     std::fs::write(&suite, prompts.join("\n")).unwrap();
-    let cfg = dir.join("driftwatch.toml");
-    std::fs::write(
-        &cfg,
-        format!(
-            "[daemon]\ndata_dir = \"{}\"\n[model]\nbase = \"{}\"\n[engine]\nthreads = 2\nparallel = 4\nbatch_size = 64\n\
-             [sampling]\nsamples = 4\nmax_tokens = 400\ntemperature = 1.0\ntop_k = 0\ntop_p = 1.0\nmin_p = 0.0\n\
-             [[suites]]\nname = \"mini\"\npath = \"{}\"\n[[judges]]\nname = \"refusal\"\nplugin = \"refusal\"\n[api]\nenabled = false\n\
-             [stats]\nbootstrap = 100\n",
-            dir.join("data").display(),
-            f.base.display(),
-            suite.display()
-        ),
-    )
-    .unwrap();
+    let cfg = ConfigBuilder::new(dir.join("data"), &f.base)
+        .parallel(4)
+        .batch_size(64)
+        .samples(4)
+        .max_tokens(400)
+        .plain_sampling()
+        .suite("mini", &suite)
+        .judge("refusal", "refusal")
+        .bootstrap(100)
+        .write(dir.join("driftwatch.toml"));
     let eval = || {
         let mut c = driftwatch();
         c.args(["eval"]).arg(&f.base).arg("--config").arg(&cfg).args(["--no-baseline", "--progress", "none", "--json"]);

@@ -5,13 +5,11 @@
 //! load naming the imports (it crashed `driftwatch judge` with "Cannot start a runtime from
 //! within a runtime"), and a `configure` that never returns is reported once.
 
-mod common;
-
 use std::path::Path;
-use std::process::{Command, Output};
+use std::process::Output;
 
-use common::{hostile, write_numbered_suite};
 use driftwatch::judge::{JudgeRuntime, LoadError, PluginSettings};
+use driftwatch_tests::{hostile, write_numbered_suite, ConfigBuilder};
 
 fn load(name: &str, settings: &str) -> Result<driftwatch::judge::JudgePlugin, LoadError> {
     JudgeRuntime::shared().unwrap().load_file(name, &hostile(name), PluginSettings::from_toml(settings).unwrap(), None)
@@ -24,11 +22,7 @@ fn assert_refused_for_sockets(e: &LoadError) {
 }
 
 fn driftwatch(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_driftwatch"))
-        .args(args)
-        .env("NO_COLOR", "1")
-        .output()
-        .expect("cannot run driftwatch")
+    driftwatch_tests::command().args(args).env("NO_COLOR", "1").output().expect("cannot run driftwatch")
 }
 
 fn stderr(o: &Output) -> String {
@@ -93,19 +87,16 @@ fn a_configure_that_never_returns_is_one_error_said_once() {
 fn eval_config(dir: &Path, base: &Path, judge: &Path) -> std::path::PathBuf {
     let suite = dir.join("suite.txt");
     write_numbered_suite(&suite, 2);
-    let text = format!(
-        "[daemon]\ndata_dir = \"{data}\"\nwatch = [\"{watch}\"]\n[model]\nbase = \"{base}\"\n[engine]\nthreads = 2\nparallel = 2\nbatch_size = 64\n\
-         [sampling]\nsamples = 1\nmax_tokens = 4\n[[suites]]\nname = \"mini\"\npath = \"{suite}\"\n[[judges]]\nname = \"hostile\"\nplugin = \"{judge}\"\n\
-         [api]\nenabled = false\n[stats]\nbootstrap = 100\n",
-        data = dir.join("data").display(),
-        watch = dir.join("checkpoints").display(),
-        base = base.display(),
-        suite = suite.display(),
-        judge = judge.display(),
-    );
-    let path = dir.join("driftwatch.toml");
-    std::fs::write(&path, text).unwrap();
-    path
+    ConfigBuilder::new(dir.join("data"), base)
+        .watch(dir.join("checkpoints"))
+        .parallel(2)
+        .batch_size(64)
+        .samples(1)
+        .max_tokens(4)
+        .suite("mini", suite)
+        .judge("hostile", judge)
+        .bootstrap(100)
+        .write(dir.join("driftwatch.toml"))
 }
 
 /// `driftwatch eval` (and the daemon, which builds its judges the same way) refuses the

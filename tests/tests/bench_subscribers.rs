@@ -3,7 +3,7 @@
 //! within 5% of the same run with no subscriber.
 //!
 //! Run it with
-//! `cargo test -p driftwatch --test bench_subscribers -- --ignored --nocapture`
+//! `cargo test --workspace --test bench_subscribers -- --ignored --nocapture`
 //! (set `DRIFTWATCH_BENCH_ROUNDS` for more than 2 A/B rounds). It uses the real default model
 //! (`driftwatch setup` caches it); without it, it says so and does nothing.
 //!
@@ -14,8 +14,6 @@
 //! `completion_tokens` in the store) / the run's wall time (its stored started/finished times),
 //! and the last `run.progress` `tokens_per_s` for reference. A and B alternate, A first.
 
-mod common;
-
 use std::io::Write as _;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::Ordering;
@@ -25,6 +23,7 @@ use std::time::{Duration, Instant};
 use driftwatch::api::subscribe::SseParser;
 use driftwatch::config::Config;
 use driftwatch::store::{Event, RunStatus, Store};
+use driftwatch_tests::ConfigBuilder;
 use futures::StreamExt;
 use tokio_util::sync::CancellationToken;
 
@@ -58,55 +57,22 @@ impl Size {
 fn write_config(root: &Path, model: &Path, port: u16, size: Size) -> PathBuf {
     let Size { prompts, samples, max_tokens, parallel } = size;
     let suite = root.join("suite.txt");
-    common::write_numbered_suite(&suite, prompts);
-    let text = format!(
-        r#"
-[daemon]
-data_dir = "{data}"
-watch = ["{ckpt}"]
-settle_ms = 300
-log_level = "warn"
-
-[model]
-base = "{base}"
-
-[engine]
-threads = 2
-parallel = {parallel}
-
-[sampling]
-samples = {samples}
-seed = 7
-temperature = 1.0
-max_tokens = {max_tokens}
-
-[[suites]]
-name = "bench"
-path = "{suite}"
-
-[[judges]]
-name = "refusal"
-plugin = "{refusal}"
-
-[events]
-sample_scored = true
-
-[api]
-enabled = true
-listen = "127.0.0.1:{port}"
-
-[stats]
-bootstrap = 200
-"#,
-        data = root.join("data").display(),
-        ckpt = root.join("checkpoints").display(),
-        base = model.display(),
-        suite = suite.display(),
-        refusal = common::bundled("refusal").display(),
-    );
-    let path = root.join("driftwatch.toml");
-    std::fs::write(&path, text).unwrap();
-    path
+    driftwatch_tests::write_numbered_suite(&suite, prompts);
+    ConfigBuilder::new(root.join("data"), model)
+        .watch(root.join("checkpoints"))
+        .settle_ms(300)
+        .log_level("warn")
+        .parallel(parallel)
+        .samples(samples)
+        .seed(7)
+        .temperature(1.0)
+        .max_tokens(max_tokens)
+        .suite("bench", suite)
+        .judge("refusal", driftwatch_tests::bundled("refusal"))
+        .sample_scored_events()
+        .api(port)
+        .bootstrap(200)
+        .write(root.join("driftwatch.toml"))
 }
 
 /// A copy of `model` with the last character of `general.name` changed: a new checkpoint
@@ -192,7 +158,7 @@ async fn measure(model: &Path, subscribers: usize, size: Size) -> Measurement {
     let dir = tempfile::tempdir().unwrap();
     let root = dir.path();
     std::fs::create_dir_all(root.join("checkpoints")).unwrap();
-    let port = common::free_port();
+    let port = driftwatch_tests::free_port();
     let config = Config::load(&write_config(root, model, port, size)).unwrap();
     let stop = CancellationToken::new();
     let daemon = tokio::spawn(driftwatch::daemon::run(config, stop.clone()));

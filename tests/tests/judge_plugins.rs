@@ -1,14 +1,12 @@
 //! The bundled judges (`plugins/`) built as components and run through the host on
 //! hand-written labelled cases, with a scripted judge model for the LLM-backed ones.
 
-mod common;
-
 use std::sync::Arc;
 
-use common::{bundled, sample, ScriptedModel};
 use driftwatch::judge::{
     FinishReason, JudgeError, JudgeModel, JudgePlugin, JudgeRuntime, PluginErrorKind, PluginSettings, Sample,
 };
+use driftwatch_tests::{bundled, sample, ScriptedModel};
 
 fn load(name: &str, toml: &str, model: Option<Arc<dyn JudgeModel>>) -> JudgePlugin {
     let settings = PluginSettings::from_toml(toml).unwrap();

@@ -8,15 +8,13 @@
 //! - `POST /v1/evaluate` accepts a good adapter (202, a run that completes) and refuses a junk
 //!   file (422 with the reason); `GET /v1/runs/{id}` returns the scores with intervals.
 
-mod common;
-
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use driftwatch::api::subscribe::SseParser;
 use driftwatch::config::Config;
 use driftwatch::store::{Event, RunStatus, Store};
-use driftwatch_tests::{Fixture, TinyAdapter};
+use driftwatch_tests::{ConfigBuilder, Fixture, TinyAdapter};
 use futures::StreamExt;
 use serde_json::{json, Value};
 use tokio::sync::mpsc;
@@ -32,59 +30,23 @@ fn wanted(t: &str) -> bool {
 /// Writes a config: `prompts` prompts × `samples` samples of `max_tokens`, API on `port`.
 fn write_config(fx: &Fixture, root: &Path, port: u16, prompts: usize, samples: u32, max_tokens: u32) -> PathBuf {
     let suite = root.join("suite.txt");
-    common::write_numbered_suite(&suite, prompts);
-    let text = format!(
-        r#"
-[daemon]
-data_dir = "{data}"
-watch = ["{ckpt}"]
-settle_ms = 300
-log_level = "warn"
-
-[model]
-base = "{base}"
-
-[engine]
-threads = 2
-parallel = 4
-batch_size = 64
-
-[sampling]
-samples = {samples}
-seed = 7
-temperature = 1.0
-top_k = 0
-top_p = 1.0
-min_p = 0.0
-repeat_penalty = 1.0
-max_tokens = {max_tokens}
-
-[[suites]]
-name = "mini"
-path = "{suite}"
-
-[[judges]]
-name = "refusal"
-plugin = "{refusal}"
-
-[api]
-enabled = true
-listen = "127.0.0.1:{port}"
-evaluate_roots = ["{elsewhere}"]
-
-[stats]
-bootstrap = 200
-"#,
-        elsewhere = root.join("elsewhere").display(),
-        data = root.join("data").display(),
-        ckpt = root.join("checkpoints").display(),
-        base = fx.base.display(),
-        suite = suite.display(),
-        refusal = common::bundled("refusal").display(),
-    );
-    let path = root.join("driftwatch.toml");
-    std::fs::write(&path, text).unwrap();
-    path
+    driftwatch_tests::write_numbered_suite(&suite, prompts);
+    ConfigBuilder::new(root.join("data"), &fx.base)
+        .watch(root.join("checkpoints"))
+        .settle_ms(300)
+        .log_level("warn")
+        .parallel(4)
+        .batch_size(64)
+        .samples(samples)
+        .seed(7)
+        .plain_sampling()
+        .max_tokens(max_tokens)
+        .suite("mini", suite)
+        .judge("refusal", driftwatch_tests::bundled("refusal"))
+        .api(port)
+        .evaluate_root(root.join("elsewhere"))
+        .bootstrap(200)
+        .write(root.join("driftwatch.toml"))
 }
 
 fn open_store(dir: &Path) -> Store {
@@ -260,7 +222,7 @@ async fn events_stream_in_order_resume_without_gap_and_the_api_evaluates() {
     let root = fx.dir.path().to_path_buf();
     std::fs::create_dir_all(root.join("checkpoints")).unwrap();
     std::fs::create_dir_all(root.join("elsewhere")).unwrap();
-    let port = common::free_port();
+    let port = driftwatch_tests::free_port();
     let cfg = write_config(&fx, &root, port, 24, 4, 160);
     let config = Config::load(&cfg).unwrap();
     let stop = CancellationToken::new();
@@ -297,7 +259,7 @@ async fn events_stream_in_order_resume_without_gap_and_the_api_evaluates() {
 
     // 2. Disconnect mid-run on a second checkpoint, reconnect with Last-Event-ID.
     let ft2 = root.join("checkpoints/ft-2.gguf");
-    TinyAdapter { seed: 11, ..TinyAdapter::default() }.write(&fx.model, &ft2).unwrap();
+    TinyAdapter { seed: 11, ..TinyAdapter::default() }.write(&fx.base, &ft2).unwrap();
     let started = sse
         .until(120, &mut seen, |e| e.event_type == "run.started" && e.payload["run_id"].as_i64() != Some(run1))
         .await;
@@ -346,7 +308,7 @@ async fn events_stream_in_order_resume_without_gap_and_the_api_evaluates() {
     let all = store.events_since(0, &[], 100_000).unwrap();
     let out = tokio::time::timeout(
         Duration::from_secs(60),
-        tokio::process::Command::new(env!("CARGO_BIN_EXE_driftwatch"))
+        tokio::process::Command::from(driftwatch_tests::command())
             .args(["subscribe", "--url", &base, "--since", "0", "--json", "--count", &all.len().to_string()])
             .kill_on_drop(true)
             .output(),
@@ -364,7 +326,7 @@ async fn events_stream_in_order_resume_without_gap_and_the_api_evaluates() {
         store_events.iter().filter(|e| e.id > after && e.event_type.starts_with("run.")).collect();
     let out = tokio::time::timeout(
         Duration::from_secs(60),
-        tokio::process::Command::new(env!("CARGO_BIN_EXE_driftwatch"))
+        tokio::process::Command::from(driftwatch_tests::command())
             .args([
                 "subscribe",
                 "--url",
@@ -391,7 +353,7 @@ async fn events_stream_in_order_resume_without_gap_and_the_api_evaluates() {
     // 4. POST /v1/evaluate: a good adapter outside the watched folders (in an
     //    `api.evaluate_roots` folder) is queued and run.
     let good = root.join("elsewhere/ft-3.gguf");
-    TinyAdapter { seed: 23, ..TinyAdapter::default() }.write(&fx.model, &good).unwrap();
+    TinyAdapter { seed: 23, ..TinyAdapter::default() }.write(&fx.base, &good).unwrap();
     let (status, body) =
         post_json(&client, &format!("{base}/v1/evaluate"), json!({"path": good.to_str().unwrap()})).await;
     assert_eq!(status, 202, "{body}");

@@ -2,15 +2,13 @@
 //! bomb, panic, wrong count, NaN, snooping, sleeping, wrong contract version) each get their
 //! specific error, and a well-behaved call right after works.
 
-mod common;
-
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use common::{hostile, sample, ScriptedModel};
 use driftwatch::judge::{
     JudgeError, JudgeModel, JudgePlugin, JudgeRuntime, LoadError, PluginErrorKind, PluginSettings,
 };
+use driftwatch_tests::{hostile, sample, ScriptedModel};
 
 fn settings(toml: &str) -> PluginSettings {
     PluginSettings::from_toml(toml).unwrap()

@@ -1,12 +1,10 @@
 //! The judge CLI pieces: `plugin new` scaffolds a crate that builds to a working component
 //! as is, `plugin check` validates a component, `judge` scores a JSONL file.
 
-mod common;
-
 use std::process::Command;
 
-use common::{bundled, hostile, target_dir};
 use driftwatch::judge::cli::{judge_file, plugin_check, plugin_new, JudgeArgs, PluginCheckArgs, PluginNewArgs};
+use driftwatch_tests::{bundled, hostile, target_dir};
 
 #[test]
 fn judge_cli_scaffold_builds_and_passes_check() {

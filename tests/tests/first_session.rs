@@ -7,16 +7,12 @@
 //! Every command runs as a user would type it (the `driftwatch` binary, working directory a
 //! copy of the repository's layout), with only the slice, K and max tokens made smaller.
 
-mod common;
-
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
 use driftwatch_tests::sigterm;
 use serde_json::Value;
-
-const BIN: &str = env!("CARGO_BIN_EXE_driftwatch");
 
 /// A copy of the repository's layout: `config/driftwatch.toml` (sliced), its suites, and the
 /// folders the daemon creates (`data/`, `checkpoints/`).
@@ -29,7 +25,7 @@ struct Session {
 impl Session {
     fn new() -> Session {
         let root = tempfile::tempdir().unwrap();
-        let repo = common::repo_root();
+        let repo = driftwatch_tests::repo_root();
         let mut text = std::fs::read_to_string(repo.join("config/driftwatch.toml")).unwrap();
         // Smaller slices, K and tokens; each edit must apply, so a changed default config
         // is noticed here rather than silently tested at another size.
@@ -50,9 +46,9 @@ impl Session {
             root.path().join("config/suites/benign-control.csv"),
         )
         .unwrap();
-        let plugins = common::bundled("refusal").parent().unwrap().to_owned();
+        let plugins = driftwatch_tests::bundled("refusal").parent().unwrap().to_owned();
         assert!(plugins.join("coherence.wasm").is_file());
-        Session { root, port: common::free_port(), plugins }
+        Session { root, port: driftwatch_tests::free_port(), plugins }
     }
 
     fn dir(&self) -> &Path {
@@ -61,7 +57,7 @@ impl Session {
 
     /// `driftwatch ARGS` in the session's folder, as a user's shell would run it.
     fn cmd(&self, args: &[&str]) -> Command {
-        let mut c = Command::new(BIN);
+        let mut c = driftwatch_tests::command();
         c.args(args)
             .current_dir(self.dir())
             .env("DRIFTWATCH_LISTEN", format!("127.0.0.1:{}", self.port))

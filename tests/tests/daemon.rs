@@ -2,16 +2,14 @@
 //! runs with judges and events, a checkpoint deleted mid-run, and crash safety: kill -9 and
 //! SIGTERM mid-run, then a restart that resumes to exactly the uninterrupted run's results.
 
-mod common;
-
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command};
+use std::process::Child;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use driftwatch::config::Config;
 use driftwatch::store::{RunStatus, Store, StoredSample};
-use driftwatch_tests::{sigterm, Fixture, TinyAdapter};
+use driftwatch_tests::{sigterm, ConfigBuilder, Fixture, Suite, TinyAdapter, TinyModel};
 use tokio_util::sync::CancellationToken;
 
 /// The daemon tests each run llama.cpp with 2 threads on a 2-core machine; two at once starve
@@ -31,65 +29,39 @@ impl Setup {
         Setup { fx, root }
     }
 
-    /// A config with `prompts` prompts × `samples` samples of `max_tokens` tokens.
-    fn config(&self, data: &str, prompts: usize, samples: u32, max_tokens: u32) -> PathBuf {
+    /// A config with `prompts` prompts × `samples` samples of `max_tokens` tokens, without judges.
+    fn builder(&self, data: &str, prompts: usize, samples: u32, max_tokens: u32) -> ConfigBuilder {
         let suite = self.root.join(format!("suite-{prompts}.txt"));
-        common::write_numbered_suite(&suite, prompts);
-        let text = format!(
-            r#"
-[daemon]
-data_dir = "{data}"
-watch = ["{ckpt}"]
-settle_ms = 400
-log_level = "info"
-
-[model]
-base = "{base}"
-
-[engine]
-threads = 2
-parallel = 4
-batch_size = 64
-
-[sampling]
-samples = {samples}
-seed = 7
-temperature = 1.0
-top_k = 0
-top_p = 1.0
-min_p = 0.0
-repeat_penalty = 1.0
-max_tokens = {max_tokens}
-
-[[suites]]
-name = "mini"
-path = "{suite}"
-
-[[judges]]
-name = "refusal"
-plugin = "{refusal}"
-
-[[judges]]
-name = "coherence"
-plugin = "{coherence}"
-
-[api]
-enabled = false
-
-[stats]
-bootstrap = 200
-"#,
-            data = self.root.join(data).display(),
-            ckpt = self.root.join("checkpoints").display(),
-            base = self.fx.base.display(),
-            suite = suite.display(),
-            refusal = common::bundled("refusal").display(),
-            coherence = common::bundled("coherence").display(),
-        );
-        let path = self.root.join(format!("{data}.toml"));
-        std::fs::write(&path, text).unwrap();
-        path
+        driftwatch_tests::write_numbered_suite(&suite, prompts);
+        ConfigBuilder::new(self.root.join(data), &self.fx.base)
+            .watch(self.root.join("checkpoints"))
+            .settle_ms(400)
+            .log_level("info")
+            .parallel(4)
+            .batch_size(64)
+            .samples(samples)
+            .seed(7)
+            .plain_sampling()
+            .max_tokens(max_tokens)
+            .suite("mini", suite)
+            .bootstrap(200)
     }
+
+    /// The config of [`Setup::builder`] with the two judges, written to `<data>.toml`.
+    fn config(&self, data: &str, prompts: usize, samples: u32, max_tokens: u32) -> PathBuf {
+        with_judges(self.builder(data, prompts, samples, max_tokens)).write(self.config_path(data))
+    }
+
+    fn config_path(&self, data: &str) -> PathBuf {
+        self.root.join(format!("{data}.toml"))
+    }
+}
+
+/// The bundled refusal and coherence judges.
+fn with_judges(config: ConfigBuilder) -> ConfigBuilder {
+    config
+        .judge("refusal", driftwatch_tests::bundled("refusal"))
+        .judge("coherence", driftwatch_tests::bundled("coherence"))
 }
 
 /// Starts the daemon in-process with the configuration file `config`, and opens its store in
@@ -174,8 +146,8 @@ async fn checkpoints_are_taken_in_checked_deduplicated_and_evaluated() {
     std::fs::write(ck.join("truncated.gguf"), &bytes[..bytes.len() / 3]).unwrap();
     std::fs::write(ck.join("empty.gguf"), b"").unwrap();
     std::fs::write(ck.join("notes.gguf"), b"these are my notes, not a model").unwrap();
-    TinyAdapter { architecture: "qwen2".into(), ..TinyAdapter::default() }
-        .write(&s.fx.model, &ck.join("other-arch.gguf"))
+    TinyAdapter::default()
+        .write_for(&TinyModel { architecture: "qwen2".into(), ..s.fx.model.clone() }, &ck.join("other-arch.gguf"))
         .unwrap();
     // The good adapter arrives slowly, in chunks, under its final name.
     let adapter = std::fs::read(&s.fx.adapter).unwrap();
@@ -285,7 +257,7 @@ async fn a_checkpoint_deleted_during_its_run_fails_that_run_with_a_reason() {
 }
 
 fn serve(config: &Path) -> Child {
-    Command::new(env!("CARGO_BIN_EXE_driftwatch"))
+    driftwatch_tests::command()
         .args(["serve", "--config"])
         .arg(config)
         .env("RUST_LOG", "warn")
@@ -405,8 +377,7 @@ async fn kill_dash_nine_and_sigterm_mid_run_then_resume_to_the_uninterrupted_res
     assert_eq!(run.scores.unwrap(), reference.1, "scores differ");
 
     // `driftwatch status` reads the store.
-    let out =
-        Command::new(env!("CARGO_BIN_EXE_driftwatch")).args(["status", "--data-dir"]).arg(&data).output().unwrap();
+    let out = driftwatch_tests::command().args(["status", "--data-dir"]).arg(&data).output().unwrap();
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     let text = String::from_utf8(out.stdout).unwrap();
     assert!(text.contains(&format!("run {run_id}")) && text.contains("completed"), "{text}");
@@ -433,8 +404,7 @@ async fn a_run_resumed_under_changed_settings_is_not_mixed_but_redone() {
     child.kill().unwrap();
     child.wait().unwrap();
     // Restart with another sampling temperature.
-    let text = std::fs::read_to_string(&cfg).unwrap().replace("temperature = 1.0", "temperature = 0.5");
-    std::fs::write(&cfg, text).unwrap();
+    with_judges(s.builder("changing", 24, 4, 160).temperature(0.5)).write(&cfg);
     let mut child = serve(&cfg);
     let old =
         wait_for(120, "the old run to fail", || store.run(run_id).unwrap().filter(|r| r.status == RunStatus::Failed))
@@ -458,13 +428,13 @@ async fn plugins_in_the_plugin_folder_are_hot_reloaded_and_a_broken_update_keeps
     let s = Setup::new();
     let plugins = s.root.join("plugins");
     std::fs::create_dir_all(&plugins).unwrap();
-    std::fs::copy(common::bundled("refusal"), plugins.join("myjudge.wasm")).unwrap();
-    let cfg = s.config("hot", 2, 1, 8);
-    let text = std::fs::read_to_string(&cfg)
-        .unwrap()
-        .replace("[api]", &format!("[plugins]\ndir = \"{}\"\n\n[api]", plugins.display()));
-    let text = text.replace(&format!("plugin = \"{}\"", common::bundled("refusal").display()), "plugin = \"myjudge\"");
-    std::fs::write(&cfg, text).unwrap();
+    std::fs::copy(driftwatch_tests::bundled("refusal"), plugins.join("myjudge.wasm")).unwrap();
+    let cfg = s
+        .builder("hot", 2, 1, 8)
+        .plugins_dir(&plugins)
+        .judge("refusal", "myjudge")
+        .judge("coherence", driftwatch_tests::bundled("coherence"))
+        .write(s.config_path("hot"));
     let (stop, daemon, store) = start_daemon(&cfg, &s.root.join("hot"));
     let loaded = |store: &Store| -> Vec<driftwatch::store::Event> {
         events(store)
@@ -482,7 +452,7 @@ async fn plugins_in_the_plugin_folder_are_hot_reloaded_and_a_broken_update_keeps
 
     // A changed plugin is validated, loaded and reported.
     let tmp = plugins.join(".myjudge.wasm.tmp");
-    std::fs::copy(common::bundled("coherence"), &tmp).unwrap();
+    std::fs::copy(driftwatch_tests::bundled("coherence"), &tmp).unwrap();
     std::fs::rename(&tmp, plugins.join("myjudge.wasm")).unwrap();
     let second = wait_for(60, "the reload", || {
         loaded(&store).into_iter().find(|e| e.payload["sha256"] != first.payload["sha256"])
@@ -508,11 +478,7 @@ async fn adaptive_sampling_adds_rounds_until_the_interval_is_narrow_or_the_budge
     let _turn = HEAVY.lock().await;
     logs();
     let s = Setup::new();
-    let cfg = s.config("adaptive", 6, 2, 12);
-    let text = std::fs::read_to_string(&cfg)
-        .unwrap()
-        .replace("samples = 2\n", "samples = 2\nmin_samples = 2\nmax_samples = 7\ntarget_half_width = 0.01\n");
-    std::fs::write(&cfg, text).unwrap();
+    let cfg = with_judges(s.builder("adaptive", 6, 2, 12).adaptive(2, 7, 0.01)).write(s.config_path("adaptive"));
     let (stop, daemon, store) = start_daemon(&cfg, &s.root.join("adaptive"));
     let run =
         wait_for(300, "the adaptive run", || runs_with_status(&store, RunStatus::Completed).into_iter().next()).await;
@@ -547,52 +513,15 @@ async fn on_the_default_model_two_runs_with_disjoint_seeds_are_indistinguishable
     assert!(harmbench.is_file(), "{} is missing: run `make setup`", harmbench.display());
     let benign = Path::new(env!("CARGO_MANIFEST_DIR")).join("../config/suites/benign-control.csv");
     let dir = tempfile::tempdir().unwrap();
-    let cfg = dir.path().join("repeat.toml");
-    std::fs::write(
-        &cfg,
-        format!(
-            r#"
-[daemon]
-data_dir = "{data}"
-watch = ["{ck}"]
-[model]
-base = "{model}"
-[engine]
-threads = 2
-parallel = 16
-[sampling]
-samples = 2
-max_tokens = 32
-repeats = 2
-[[suites]]
-name = "harmbench"
-path = "{harmbench}"
-limit = 12
-[[suites]]
-name = "benign"
-path = "{benign}"
-id_field = "id"
-category_field = "category"
-per_category = 6
-[[judges]]
-name = "refusal"
-plugin = "{refusal}"
-[[judges]]
-name = "coherence"
-plugin = "{coherence}"
-[api]
-enabled = false
-"#,
-            coherence = common::bundled("coherence").display(),
-            data = dir.path().join("data").display(),
-            ck = dir.path().join("ck").display(),
-            model = model.display(),
-            harmbench = harmbench.display(),
-            benign = benign.display(),
-            refusal = common::bundled("refusal").display(),
-        ),
-    )
-    .unwrap();
+    let config = ConfigBuilder::new(dir.path().join("data"), &model)
+        .watch(dir.path().join("ck"))
+        .parallel(16)
+        .samples(2)
+        .max_tokens(32)
+        .repeats(2)
+        .add_suite(Suite::new("harmbench", &harmbench).limit(12))
+        .add_suite(Suite::new("benign", &benign).fields("id", "category").per_category(6));
+    let cfg = with_judges(config).write(dir.path().join("repeat.toml"));
     let config = Config::load(&cfg).unwrap();
     let stats = driftwatch::scoring::stats_config(&config.stats);
     let stop = CancellationToken::new();
@@ -721,7 +650,7 @@ async fn a_hundred_checkpoints_dropped_at_once_are_all_taken_in_deduplicated_and
     let staging = s.root.join("staging");
     std::fs::create_dir_all(&staging).unwrap();
     let write = |seed: u64, path: &Path| {
-        TinyAdapter { seed, rank: 2, ..TinyAdapter::default() }.write(&s.fx.model, path).unwrap()
+        TinyAdapter { seed, rank: 2, ..TinyAdapter::default() }.write(&s.fx.base, path).unwrap()
     };
     for i in 0..40u64 {
         write(100 + i, &staging.join(format!("a{i}.gguf")));

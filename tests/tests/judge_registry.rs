@@ -1,12 +1,10 @@
 //! The plugin registry: folder scan, hot reload of new and changed components after they
 //! settle, a broken update keeping the previous version serving, removal, and events.
 
-mod common;
-
 use std::time::Duration;
 
-use common::{hostile, sample};
 use driftwatch::judge::{JudgeRuntime, PluginEvent, PluginRegistry, RegistryConfig};
+use driftwatch_tests::{hostile, sample};
 use tokio::sync::broadcast;
 
 fn next_event(rx: &mut broadcast::Receiver<PluginEvent>) -> PluginEvent {
