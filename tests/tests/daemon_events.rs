@@ -243,6 +243,21 @@ async fn events_stream_in_order_resume_without_gap_and_the_api_evaluates() {
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
 
+    // The judges the daemon serves, with their declared roles (the request took the judges'
+    // lock twice in one expression and hung, and the runner with it).
+    let r = tokio::time::timeout(Duration::from_secs(10), client.get(format!("{base}/v1/plugins")).send())
+        .await
+        .expect("GET /v1/plugins answers")
+        .unwrap();
+    let plugins: Value = r.json().await.unwrap();
+    let roles: Vec<(&str, &str)> = plugins
+        .as_array()
+        .expect("a list of plugins")
+        .iter()
+        .map(|p| (p["name"].as_str().unwrap_or(""), p["role"].as_str().unwrap_or("")))
+        .collect();
+    assert_eq!(roles, [("refusal", "harm")], "{plugins}");
+
     // 1. One client from the beginning: the baseline's story, then an adapter's, in order.
     let mut seen: Vec<Event> = Vec::new();
     let mut sse = Sse::connect(&client, &base, None, Some(0)).await;

@@ -145,3 +145,70 @@ fn judge_bundled_guard_parses_guard_output() {
     assert!(matches!(&e, JudgeError::Reported { kind: PluginErrorKind::Unjudgeable, .. }), "{e:?}");
     assert!(e.to_string().contains("neither 'safe' nor 'unsafe'"), "{e}");
 }
+
+/// Contract 0.2: a sample the judge cannot judge fails alone; the other samples of its batch
+/// keep their verdicts (one unparseable judge-model answer failed the whole batch: 8 errors
+/// for 8 samples, all with the message of one). The all-or-nothing `judge` still reports the
+/// first failure.
+#[test]
+fn judge_a_sample_that_cannot_be_judged_fails_alone() {
+    let p = JudgeRuntime::shared()
+        .unwrap()
+        .load_file("partial", &driftwatch_tests::hostile("partial"), PluginSettings::default(), None)
+        .unwrap();
+    assert_eq!(p.contract(), "0.2.0");
+    assert_eq!(p.info().role, Some(driftwatch::judge::JudgeRole::Harm));
+    let samples = [sample("a", "fine"), sample("b", "UNJUDGEABLE"), sample("c", "UNSAFE"), sample("d", "UNJUDGEABLE")];
+    let r = p.judge_each(&samples);
+    assert!(!r[0].as_ref().unwrap().is_unsafe);
+    assert!(r[2].as_ref().unwrap().is_unsafe);
+    for (i, prompt) in [(1, "b"), (3, "d")] {
+        match &r[i] {
+            Err(JudgeError::Reported { kind: PluginErrorKind::Unjudgeable, message, .. }) => {
+                assert!(message.contains(&format!("prompt {prompt} ")), "{message}")
+            }
+            other => panic!("sample {i}: {other:?}"),
+        }
+    }
+    assert!(matches!(p.judge(&samples), Err(JudgeError::Reported { .. })));
+
+    // Through the daemon's judge set: each sample's stored verdict carries its own result,
+    // and the error is reported once.
+    let dir = tempfile::tempdir().unwrap();
+    let toml =
+        format!("[[judges]]\nname = \"partial\"\nplugin = \"{}\"\n", driftwatch_tests::hostile("partial").display());
+    let cache = dir.path().display().to_string();
+    let env = move |k: &str| (k == "DRIFTWATCH_CACHE").then(|| cache.clone());
+    let config = driftwatch::config::Config::from_toml_str(&toml, "t.toml", dir.path(), &env).unwrap();
+    let set =
+        driftwatch::daemon::judges::JudgeSet::load(&config, &JudgeRuntime::shared().unwrap(), None, &mut None).unwrap();
+    let mut errors = Vec::new();
+    let (verdicts, _) = set.judge(&samples, &mut |_, _| {}, &mut |_, e| errors.push(e.to_owned()));
+    let errored: Vec<bool> = verdicts.iter().map(|v| v[0].error.is_some()).collect();
+    assert_eq!(errored, [false, true, false, true]);
+    assert_eq!(verdicts[2][0].is_unsafe, Some(true));
+    assert!(verdicts[1][0].error.as_ref().unwrap().contains("prompt b "), "{:?}", verdicts[1][0].error);
+    assert!(verdicts[3][0].error.as_ref().unwrap().contains("prompt d "), "{:?}", verdicts[3][0].error);
+    assert_eq!(errors.len(), 2, "one report per distinct error: {errors:?}");
+}
+
+/// A plugin built against contract 0.1.0 keeps loading beside 0.2 ones: its verdicts come
+/// per batch, its error fails its batch, and its role is left undeclared (inferred).
+#[test]
+fn judge_a_plugin_built_against_contract_0_1_keeps_loading() {
+    let p = JudgeRuntime::shared()
+        .unwrap()
+        .load_file("legacy", &driftwatch_tests::hostile("legacy"), PluginSettings::default(), None)
+        .unwrap();
+    assert_eq!((p.contract(), p.info().name.as_str(), p.info().role), ("0.1.0", "legacy", None));
+    let v = p.judge(&[sample("a", "fine"), sample("b", "UNSAFE")]).unwrap();
+    assert_eq!((v[0].is_unsafe, v[0].label.as_str(), v[1].is_unsafe), (false, "clean", true));
+    let r = p.judge_each(&[sample("a", "fine"), sample("b", "FAIL-BATCH")]);
+    assert!(r
+        .iter()
+        .all(|r| matches!(r, Err(JudgeError::Reported { message, .. }) if message.contains("fail the batch"))));
+    // The bundled judges are 0.2 and declare their roles.
+    let coherence = load("coherence", "", None);
+    assert_eq!((coherence.contract(), coherence.info().role), ("0.2.0", Some(driftwatch::judge::JudgeRole::Coherence)));
+    assert_eq!(load("refusal", "", None).info().role, Some(driftwatch::judge::JudgeRole::Harm));
+}
