@@ -327,3 +327,15 @@ pub fn sigterm(child: &std::process::Child) {
     // SAFETY: kill(2) on our own child's pid, which has not been waited for (so not reused).
     assert_eq!(unsafe { kill(pid, 15) }, 0, "kill({pid}, SIGTERM) failed");
 }
+
+/// Polls `f` every 50 ms until it returns `Some`, or panics after `secs` naming `what`.
+pub async fn wait_for<T>(secs: u64, what: &str, mut f: impl FnMut() -> Option<T>) -> T {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(secs);
+    loop {
+        if let Some(v) = f() {
+            return v;
+        }
+        assert!(std::time::Instant::now() < deadline, "timed out waiting for {what}");
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+}

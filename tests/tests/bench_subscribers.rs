@@ -23,6 +23,7 @@ use std::time::{Duration, Instant};
 use driftwatch::api::subscribe::SseParser;
 use driftwatch::config::Config;
 use driftwatch::store::{Event, RunStatus, Store};
+use driftwatch_tests::wait_for;
 use driftwatch_tests::ConfigBuilder;
 use futures::StreamExt;
 use tokio_util::sync::CancellationToken;
@@ -92,17 +93,6 @@ fn write_variant(model: &Path, to: &Path) {
     f.write_all(&bytes).unwrap();
     f.sync_all().unwrap();
     std::fs::rename(&tmp, to).unwrap();
-}
-
-async fn wait_for<T>(secs: u64, what: &str, mut f: impl FnMut() -> Option<T>) -> T {
-    let deadline = Instant::now() + Duration::from_secs(secs);
-    loop {
-        if let Some(v) = f() {
-            return v;
-        }
-        assert!(Instant::now() < deadline, "timed out waiting for {what}");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
 }
 
 fn completed_runs(store: &Store) -> Vec<driftwatch::store::Run> {

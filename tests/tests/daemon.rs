@@ -9,6 +9,7 @@ use std::time::{Duration, Instant};
 
 use driftwatch::config::Config;
 use driftwatch::store::{RunStatus, Store, StoredSample};
+use driftwatch_tests::wait_for;
 use driftwatch_tests::{sigterm, ConfigBuilder, Fixture, Suite, TinyAdapter, TinyModel};
 use tokio_util::sync::CancellationToken;
 
@@ -102,18 +103,6 @@ fn logs() {
 fn no_failed_runs(store: &Store) {
     let failed = runs_with_status(store, RunStatus::Failed);
     assert!(failed.is_empty(), "runs failed: {:?}", failed.iter().map(|r| (r.id, r.error.clone())).collect::<Vec<_>>());
-}
-
-/// Polls `f` until it returns Some, or panics after `secs`.
-async fn wait_for<T>(secs: u64, what: &str, mut f: impl FnMut() -> Option<T>) -> T {
-    let deadline = Instant::now() + Duration::from_secs(secs);
-    loop {
-        if let Some(v) = f() {
-            return v;
-        }
-        assert!(Instant::now() < deadline, "timed out waiting for {what}");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
 }
 
 fn runs_with_status(store: &Store, status: RunStatus) -> Vec<driftwatch::store::Run> {

@@ -14,6 +14,7 @@ use std::time::{Duration, Instant};
 use driftwatch::api::subscribe::SseParser;
 use driftwatch::config::Config;
 use driftwatch::store::{Event, RunStatus, Store};
+use driftwatch_tests::wait_for;
 use driftwatch_tests::{ConfigBuilder, Fixture, TinyAdapter};
 use futures::StreamExt;
 use serde_json::{json, Value};
@@ -59,18 +60,6 @@ fn open_store(dir: &Path) -> Store {
                 std::thread::sleep(Duration::from_millis(100));
             }
         }
-    }
-}
-
-/// Polls `f` until it returns Some, or panics after `secs`.
-async fn wait_for<T>(secs: u64, what: &str, mut f: impl FnMut() -> Option<T>) -> T {
-    let deadline = Instant::now() + Duration::from_secs(secs);
-    loop {
-        if let Some(v) = f() {
-            return v;
-        }
-        assert!(Instant::now() < deadline, "timed out waiting for {what}");
-        tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }
 
