@@ -209,7 +209,7 @@ impl Watcher {
         cancel: CancellationToken,
     ) -> Result<(Watcher, mpsc::Receiver<WatchEvent>), WatchStartError> {
         let folders = folders.to_vec();
-        tokio::task::spawn_blocking(move || Watcher::start_blocking(&folders, options, cancel))
+        tokio::task::spawn_blocking(move || start_blocking(folders, options, cancel))
             .await
             .map_err(|e| WatchStartError::Task(e.to_string()))?
     }

@@ -60,6 +60,19 @@ enum Component {
     Registry(Arc<JudgePlugin>, PathBuf),
 }
 
+/// Where a plugin named by its name is served from, first found: the plugins folder's
+/// registry (compiled there), a file in that folder (one the registry could not load with
+/// default settings), a built bundled plugin on disk, or the component in the binary itself.
+fn find_bundled(name: &str, config: &Config, registry: Option<&PluginRegistry>) -> Option<Component> {
+    let compiled = registry.and_then(|r| Some(Component::Registry(r.get(name)?, r.path_of(name))));
+    compiled
+        .or_else(|| {
+            let in_dir = config.plugins.dir.as_ref().map(|d| d.join(format!("{name}.wasm"))).filter(|p| p.is_file());
+            in_dir.or_else(|| bundled_plugin(name)).map(Component::File)
+        })
+        .or_else(|| embedded_plugin(name).map(|bytes| Component::Embedded(name.to_owned(), bytes)))
+}
+
 /// Why the judges cannot be set up.
 #[derive(Debug, thiserror::Error)]
 pub enum JudgeSetError {
@@ -165,30 +178,16 @@ impl JudgeSet {
             // plugins folder, then among built plugins on disk, then in the binary itself.
             let component = match &jc.plugin {
                 PluginSource::Path(p) => Component::File(p.clone()),
-                PluginSource::Bundled(name) if registry.and_then(|r| r.get(name)).is_some() => {
-                    let r = registry.expect("checked above");
-                    Component::Registry(r.get(name).expect("checked above"), r.path_of(name))
-                }
                 PluginSource::Bundled(name) => {
-                    let from_dir =
-                        config.plugins.dir.as_ref().map(|d| d.join(format!("{name}.wasm"))).filter(|p| p.is_file());
-                    match from_dir.or_else(|| bundled_plugin(name)) {
-                        Some(p) => Component::File(p),
-                        None => match embedded_plugin(name) {
-                            Some(bytes) => Component::Embedded(name.clone(), bytes),
-                            None => {
-                                return Err(JudgeSetError::NotBuilt {
-                                    judge: jc.name.clone(),
-                                    plugin: name.clone(),
-                                    searched: bundled_plugin_dirs()
-                                        .iter()
-                                        .map(|d| d.display().to_string())
-                                        .collect::<Vec<_>>()
-                                        .join(", "),
-                                })
-                            }
-                        },
-                    }
+                    find_bundled(name, config, registry).ok_or_else(|| JudgeSetError::NotBuilt {
+                        judge: jc.name.clone(),
+                        plugin: name.clone(),
+                        searched: bundled_plugin_dirs()
+                            .iter()
+                            .map(|d| d.display().to_string())
+                            .collect::<Vec<_>>()
+                            .join(", "),
+                    })?
                 }
             };
             let model: Option<Arc<dyn JudgeModel>> = match &jc.judge_model {

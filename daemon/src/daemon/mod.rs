@@ -94,7 +94,7 @@ pub(crate) struct Ctx {
     /// The queued runs.
     pub queue: queue::RunQueue,
     /// The plugins folder's compiled components (`plugins.dir`), hot-reloaded by the daemon;
-    /// the judges serve from it.
+    /// the judges serve from it. `None` for a one-shot evaluation.
     pub plugins: Option<crate::judge::PluginRegistry>,
     /// Paths of checkpoint files that disappeared.
     pub removed: broadcast::Sender<PathBuf>,
@@ -535,9 +535,11 @@ impl Ctx {
 
         let engine = Engine::start(engine_config(&config))?;
         let runtime = JudgeRuntime::shared()?;
+        // The daemon keeps the plugins folder compiled and watched; a one-shot evaluation
+        // loads only the plugins its judges name (from the folder's files).
         let plugins = match config.plugins.dir.clone() {
-            Some(dir) => Some(scan_plugins_dir(&runtime, dir, &bus).await?),
-            None => None,
+            Some(dir) if watching => Some(scan_plugins_dir(&runtime, dir, &bus).await?),
+            _ => None,
         };
         let mut judge_engine = None;
         let judge_set = JudgeSet::load(&config, &runtime, plugins.as_ref(), &mut judge_engine)?;

@@ -308,8 +308,8 @@ async fn drive(
             RunOutcome::Completed => {}
             RunOutcome::Interrupted => interrupted = true,
             RunOutcome::Failed(reason) => return Err(EvalError::RunFailed { run: id, reason }),
-            RunOutcome::Requeue { checkpoint_id, reason } => {
-                runner::requeue(ctx, checkpoint_id).await;
+            RunOutcome::Requeue { checkpoint_id, path, reason } => {
+                runner::requeue(ctx, checkpoint_id, path).await;
                 return Err(EvalError::RunFailed { run: id, reason });
             }
         }

@@ -17,7 +17,7 @@ use crate::engine::{AdapterSpec, EngineEvent, FinishReason, GenerationRequest, J
 use crate::events::EventKind;
 use crate::judge::Sample;
 use crate::provenance::Provenance;
-use crate::store::{CheckpointKind, NewSample, Run, RunId, RunTransition, SampleKey, StoreError};
+use crate::store::{CheckpointId, CheckpointKind, NewSample, Run, RunId, RunTransition, SampleKey, StoreError};
 use crate::suite::Prompt;
 
 /// Takes queued runs one at a time until shutdown.
@@ -26,24 +26,21 @@ pub(super) async fn run_loop(ctx: Arc<Ctx>, stop: CancellationToken) {
         match run_one(&ctx, run, &stop).await {
             // Settings changed under the run: the checkpoint goes back in line under the new
             // ones (the run that ended keeps its samples).
-            RunOutcome::Requeue { checkpoint_id, .. } => requeue(&ctx, checkpoint_id).await,
+            RunOutcome::Requeue { checkpoint_id, path, .. } => requeue(&ctx, checkpoint_id, path).await,
             RunOutcome::Completed | RunOutcome::Interrupted | RunOutcome::Failed(_) => {}
         }
     }
 }
 
-/// Queues a checkpoint's runs again under the current settings.
-pub(super) async fn requeue(ctx: &Arc<Ctx>, checkpoint_id: i64) {
+/// Queues a checkpoint's runs again under the current settings, from the file its run found.
+pub(super) async fn requeue(ctx: &Arc<Ctx>, checkpoint_id: CheckpointId, path: String) {
     let queued = super::blocking(ctx, move |c| -> Result<Vec<RunId>, StoreError> {
         let Some(ckpt) = c.store.checkpoint(checkpoint_id)? else { return Ok(Vec::new()) };
-        let path = c.store.checkpoint_paths(ckpt.id)?.into_iter().find(|p| p.removed_at_ms.is_none());
-        let path = path.map(|p| p.path).unwrap_or_else(|| ckpt.path.clone());
         Ok(super::queue::queue_checkpoint(c, &ckpt, &path)?.0)
     })
     .await;
-    match queued {
-        Ok(Ok(runs)) => tracing::info!(checkpoint = checkpoint_id, ?runs, "queued again under the new settings"),
-        Ok(Err(e)) => tracing::error!(checkpoint = checkpoint_id, error = %e, "cannot queue the checkpoint again"),
+    match queued.and_then(|r| r) {
+        Ok(runs) => tracing::info!(checkpoint = checkpoint_id, ?runs, "queued again under the new settings"),
         Err(e) => tracing::error!(checkpoint = checkpoint_id, error = %e, "cannot queue the checkpoint again"),
     }
 }
@@ -59,7 +56,7 @@ pub(crate) enum RunOutcome {
     Failed(String),
     /// Failed because the settings changed since it started (stored and published as
     /// `run.failed`): the checkpoint is to be queued again under the new settings.
-    Requeue { checkpoint_id: i64, reason: String },
+    Requeue { checkpoint_id: CheckpointId, path: String, reason: String },
 }
 
 /// Executes one run to its end, a stop or a failure; a failure is stored and published.
@@ -87,7 +84,7 @@ pub(crate) async fn run_one(ctx: &Arc<Ctx>, run: Run, stop: &CancellationToken) 
                 tracing::error!(run = id, error = %store_error, "cannot record the run's failure; nothing is published, and the run is retried at the next start");
             }
             match e {
-                RunError::SettingsChanged(_) => RunOutcome::Requeue { checkpoint_id, reason },
+                RunError::SettingsChanged { path, .. } => RunOutcome::Requeue { checkpoint_id, path, reason },
                 _ => RunOutcome::Failed(reason),
             }
         }
@@ -126,8 +123,8 @@ pub(super) enum RunError {
     Engine(String),
     #[error("scoring failed: {0}")]
     Scoring(String),
-    #[error("the evaluation settings (configuration or judge versions) changed since this run started; its {0} samples stay stored and the checkpoint is queued again under the new settings")]
-    SettingsChanged(u64),
+    #[error("the evaluation settings (configuration or judge versions) changed since this run started; its {stored} samples stay stored and the checkpoint is queued again under the new settings")]
+    SettingsChanged { stored: u64, path: String },
     #[error("{0}")]
     Other(String),
 }
@@ -191,7 +188,7 @@ async fn execute(ctx: &Arc<Ctx>, run: Run, stop: &CancellationToken) -> Result<b
         if stored > 0 {
             // Never mix two settings in one run: this one ends (and the checkpoint is queued
             // again by whoever runs the queue).
-            return Err(RunError::SettingsChanged(stored));
+            return Err(RunError::SettingsChanged { stored, path: path.display().to_string() });
         }
         let provenance = ctx.provenance(&ckpt, &path.display().to_string(), repeat).to_value();
         let (h, p) = (hash.clone(), provenance.clone());

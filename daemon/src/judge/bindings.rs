@@ -29,9 +29,6 @@ pub(crate) mod v0_1 {
 /// The current contract's types, as the host uses them.
 pub(crate) use v0_2::driftwatch::judge::types as wit;
 
-/// The contract versions this daemon serves, newest first.
-pub const SUPPORTED_CONTRACTS: &[&str] = &["0.2.0", "0.1.0"];
-
 /// Which contract a component was built against.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum Contract {
@@ -39,17 +36,28 @@ pub(crate) enum Contract {
     V0_2,
 }
 
+/// The contract versions this daemon serves, newest (the current one) first.
+pub const SUPPORTED_CONTRACTS: [&str; 2] = [Contract::V0_2.version(), Contract::V0_1.version()];
+
 impl Contract {
+    /// Every served contract, newest first.
+    const SERVED: [Contract; 2] = [Contract::V0_2, Contract::V0_1];
+
+    /// The WIT package version.
+    pub const fn version(self) -> &'static str {
+        match self {
+            Contract::V0_1 => "0.1.0",
+            Contract::V0_2 => "0.2.0",
+        }
+    }
+
     /// The contract a component's `driftwatch:judge/...` version string names, if served:
     /// for 0.x, the same minor version (semver: 0.x minor bumps are breaking), else the same
     /// major version.
     pub fn of(found: &str) -> Option<Contract> {
         let (major, minor, _) = parse_version(found)?;
         let same = |v: &str| parse_version(v).is_some_and(|(a, b, _)| a == major && (a != 0 || b == minor));
-        match SUPPORTED_CONTRACTS.iter().find(|v| same(v))? {
-            &"0.2.0" => Some(Contract::V0_2),
-            _ => Some(Contract::V0_1),
-        }
+        Contract::SERVED.into_iter().find(|c| same(c.version()))
     }
 }
 
@@ -84,11 +92,11 @@ impl Pre {
         })
     }
 
-    /// The contract version the component was built against.
-    pub fn contract(&self) -> &'static str {
+    /// The contract the component was built against.
+    pub fn contract(&self) -> Contract {
         match self {
-            Pre::V0_1(_) => "0.1.0",
-            Pre::V0_2(_) => "0.2.0",
+            Pre::V0_1(_) => Contract::V0_1,
+            Pre::V0_2(_) => Contract::V0_2,
         }
     }
 

@@ -558,7 +558,7 @@ impl JudgePlugin {
 
     /// The contract version the component was built against (`0.2.0`, or `0.1.0`).
     pub fn contract(&self) -> &'static str {
-        self.pre.contract()
+        self.pre.contract().version()
     }
 
     /// The sha256 of the component's bytes, in hex.

@@ -27,7 +27,7 @@ pub use types::{FinishReason, JudgeInfo, JudgeRole, JudgeVerdict, Sample};
 
 /// The contract version this daemon speaks (the WIT package `driftwatch:judge@0.2.0`); it
 /// serves 0.1.0 plugins too ([`SUPPORTED_CONTRACTS`]).
-pub const CONTRACT_VERSION: &str = "0.2.0";
+pub const CONTRACT_VERSION: &str = bindings::SUPPORTED_CONTRACTS[0];
 
 /// A text-generation request from a plugin to its judge model (mirrors the WIT
 /// `generate-request`; `max_tokens` is already capped at the plugin's host limit).
