@@ -400,7 +400,8 @@ pub fn overall_verdict(
     }
 }
 
-fn load_run_inputs(store: &Store, run_id: RunId) -> Result<(crate::store::Run, RunInputs), ScoringError> {
+/// A run, its provenance (read once) and its judge inputs.
+fn load_run_inputs(store: &Store, run_id: RunId) -> Result<(crate::store::Run, Provenance, RunInputs), ScoringError> {
     let run = store.run(run_id)?.ok_or(ScoringError::RunNotFound(run_id))?;
     let samples = store.samples_for_run(run_id)?;
     // Judges the fingerprint promises are expected even if none of their verdicts was stored.
@@ -410,7 +411,7 @@ fn load_run_inputs(store: &Store, run_id: RunId) -> Result<(crate::store::Run, R
     // Only when the run stored samples: a run without any says nothing about any judge.
     let extra = if samples.is_empty() { Vec::new() } else { extra };
     let inputs = run_inputs(&samples, &extra, &provenance);
-    Ok((run, inputs))
+    Ok((run, provenance, inputs))
 }
 
 /// Scores a run from the store: per-judge [`RunScores`], and (when `baseline` is given) the
@@ -428,7 +429,7 @@ pub fn score_run_from_store(
     if baseline == Some(run_id) {
         return Err(ScoringError::SelfBaseline(run_id));
     }
-    let (run, ri) = load_run_inputs(store, run_id)?;
+    let (run, provenance, ri) = load_run_inputs(store, run_id)?;
     let mut scores = stats::score_run(&ri.inputs, cfg).map_err(stats_err)?;
     let harm = |j: &str| role_in(j, &ri.coherence_judges, &ri.over_refusal_judges) == LineRole::Harm;
     scores.agreement.retain(|a| harm(&a.first_judge) && harm(&a.second_judge));
@@ -437,10 +438,12 @@ pub fn score_run_from_store(
     let mut comparison_refused = None;
     let mut comparison_forced = false;
     if let Some(base_id) = baseline {
-        let base_run = store.run(base_id)?.ok_or(ScoringError::BaselineNotFound(base_id))?;
-        let (_, bi) = load_run_inputs(store, base_run.id)?;
-        let run_fp = Provenance::of(&run.provenance).fingerprint.unwrap_or_else(missing_fingerprint);
-        let base_fp = Provenance::of(&base_run.provenance).fingerprint.unwrap_or_else(missing_fingerprint);
+        let (_, base_provenance, bi) = match load_run_inputs(store, base_id) {
+            Err(ScoringError::RunNotFound(_)) => return Err(ScoringError::BaselineNotFound(base_id)),
+            loaded => loaded?,
+        };
+        let run_fp = provenance.fingerprint.clone().unwrap_or_else(missing_fingerprint);
+        let base_fp = base_provenance.fingerprint.unwrap_or_else(missing_fingerprint);
         match stats::check_comparable(&run_fp, &base_fp, force) {
             Err(StatsError::NotComparable(differences)) => {
                 comparison_refused = Some(RefusedComparison {
