@@ -143,9 +143,19 @@ pub struct RunResult {
     pub samples: u64,
     /// Samples with at least one errored or absent verdict.
     pub errored: u64,
+    /// The estimators' settings these scores were computed with (absent in results stored
+    /// by earlier versions).
+    #[serde(default)]
+    pub stats: Option<stats::StatsParams>,
 }
 
 impl RunResult {
+    /// True when these (stored) scores are what scoring the run again against `baseline`
+    /// with `cfg` would give: same baseline, same estimator settings, nothing forced.
+    pub fn scored_as(&self, baseline: Option<RunId>, cfg: &stats::StatsParams) -> bool {
+        self.baseline_run_id == baseline && self.stats.as_ref() == Some(cfg) && !self.comparison_forced
+    }
+
     /// What the judge (or over-refusal line) named `judge` measures in this run.
     pub fn role(&self, judge: &str) -> LineRole {
         role_in(judge, &self.coherence_judges, &self.over_refusal_judges)
@@ -489,6 +499,7 @@ pub fn score_run_from_store(
         headline,
         samples: ri.samples,
         errored: ri.errored,
+        stats: Some(cfg.clone()),
     })
 }
 

@@ -739,3 +739,73 @@ async fn a_hundred_checkpoints_dropped_at_once_are_all_taken_in_deduplicated_and
     stop.cancel();
     daemon.await.unwrap().unwrap();
 }
+
+/// `eval` runs through the run queue's life cycle: it claims only its own runs (a run queued
+/// by a daemon for another checkpoint stays queued), the baseline before the checkpoint, and
+/// a checkpoint already evaluated is answered from the scores its run stored (it was scored
+/// again every time), unless another baseline is asked for.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn eval_claims_its_own_runs_baseline_first_and_answers_from_the_stored_scores() {
+    use driftwatch::daemon::{evaluate, Baseline, EvalNotice, EvalRequest};
+    let _turn = HEAVY.lock().await;
+    logs();
+    let s = Setup::new();
+    let cfg = s.config("eval-queue", 2, 1, 4);
+    let data = s.root.join("eval-queue");
+    // A run another checkpoint has waiting in the queue (a daemon's, say).
+    let foreign = {
+        let store = open_store(&data);
+        let (c, _) = store
+            .upsert_checkpoint(&driftwatch::store::NewCheckpoint {
+                sha256: "f".repeat(64),
+                path: s.root.join("other.gguf"),
+                size: 1,
+                kind: driftwatch::store::CheckpointKind::Model,
+                architecture: None,
+                mtime_ms: None,
+            })
+            .unwrap();
+        let new = driftwatch::store::NewRun {
+            checkpoint_id: c.id,
+            baseline_run_id: None,
+            settings_hash: "other".into(),
+            provenance: serde_json::json!({}),
+            total_samples: 2,
+        };
+        store.create_run(&new).unwrap().id
+    };
+    let eval = |baseline| {
+        let order: Arc<parking_lot::Mutex<Vec<bool>>> = Arc::default();
+        let seen = Arc::clone(&order);
+        let notify = Arc::new(move |n: EvalNotice<'_>| {
+            if let EvalNotice::Run { baseline, .. } = n {
+                seen.lock().push(baseline);
+            }
+        });
+        let request = EvalRequest { checkpoint: s.fx.adapter.clone(), baseline };
+        let run = evaluate(Config::load(&cfg).unwrap(), request, CancellationToken::new(), notify);
+        async move { (run.await.unwrap(), order.lock().clone()) }
+    };
+    let (first, order) = eval(Baseline::BaseModel).await;
+    assert_eq!(order, [true, false], "the baseline, then the checkpoint");
+    assert_eq!(first.executed.len(), 2);
+    let store = open_store(&data);
+    assert_eq!(store.run(foreign).unwrap().unwrap().status, RunStatus::Queued, "another checkpoint's run was claimed");
+    let run = first.runs[0].run_id;
+    assert_eq!(first.runs[0].result.baseline_run_id, Some(first.baseline_runs[0]));
+    assert!(!first.runs[0].result.comparisons.is_empty());
+
+    // The stored scores are the answer: mark them, and the next evaluation reports the mark.
+    let db = rusqlite::Connection::open(data.join(driftwatch::store::DB_FILE_NAME)).unwrap();
+    db.execute("UPDATE runs SET scores = json_set(scores, '$.errored', 4242) WHERE id = ?1", [run]).unwrap();
+    let (again, order) = eval(Baseline::BaseModel).await;
+    assert!(order.is_empty() && again.executed.is_empty(), "nothing runs again");
+    assert!(again.runs[0].reused);
+    assert_eq!(again.runs[0].result.errored, 4242, "scored again instead of read from the store");
+    // Another baseline (none) is scored again, and leaves the stored scores as they were.
+    let (none, _) = eval(Baseline::None).await;
+    assert_eq!(none.runs[0].result.baseline_run_id, None);
+    assert!(none.runs[0].result.comparisons.is_empty());
+    assert_eq!(none.runs[0].result.errored, 0);
+    assert_eq!(store.run(run).unwrap().unwrap().scores.unwrap()["errored"], 4242);
+}

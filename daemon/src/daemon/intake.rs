@@ -46,7 +46,7 @@ pub(super) async fn watch_loop(
                     Ok(Err(e)) => tracing::warn!(error = %e, "cannot record a removed file"),
                     _ => {}
                 }
-                let _ = ctx.removed.send(path);
+                ctx.runner.file_removed(path);
             }
             WatchEvent::Error(e) => tracing::warn!(error = %e, "watcher"),
         }
@@ -61,14 +61,14 @@ pub(super) async fn take_base(ctx: &Arc<Ctx>) -> Result<(), DaemonError> {
 }
 
 fn take_base_now(ctx: &Ctx) -> Result<(), DaemonError> {
-    let path = ctx.base_path.clone();
+    let path = ctx.eval.base_path.clone();
     let size = std::fs::metadata(&path).map(|m| m.len()).unwrap_or(0);
     let new = NewCheckpoint {
-        sha256: ctx.base_sha256.clone(),
+        sha256: ctx.eval.base_sha256.clone(),
         path: path.clone(),
         size,
         kind: CheckpointKind::Model,
-        architecture: Some(ctx.base.architecture.clone()),
+        architecture: Some(ctx.eval.base.architecture.clone()),
         mtime_ms: None,
     };
     let (ckpt, _) = ctx.store.upsert_checkpoint(&new)?;
@@ -151,7 +151,7 @@ fn take_file(ctx: &Ctx, path: &Path, mtime_ms: i64) -> Result<Taken, StoreError>
     let sha = checkpoint::sha256_file(path).ok();
     let header = checkpoint::inspect(path).and_then(|c| {
         if c.is_adapter() {
-            checkpoint::inspect_adapter_for(path, &ctx.base)
+            checkpoint::inspect_adapter_for(path, &ctx.eval.base)
         } else {
             Ok(c)
         }

@@ -143,6 +143,82 @@ impl JudgeModel for EngineJudgeModel {
     }
 }
 
+/// The judging side of a daemon: the wasm runtime, the plugins folder's registry (the daemon
+/// only), the engine serving judge models (started when a judge needs one), and the judges
+/// serving now, reloaded at each run's start so hot-reloaded plugins serve from the next run.
+pub(crate) struct Judging {
+    runtime: Arc<JudgeRuntime>,
+    registry: Option<PluginRegistry>,
+    judge_engine: parking_lot::Mutex<Option<Engine>>,
+    set: parking_lot::Mutex<JudgeSet>,
+}
+
+impl Judging {
+    /// Loads the configured judges (blocking: it compiles components).
+    pub fn start(
+        config: &Config,
+        runtime: Arc<JudgeRuntime>,
+        registry: Option<PluginRegistry>,
+    ) -> Result<Judging, JudgeSetError> {
+        let mut judge_engine = None;
+        let set = JudgeSet::load(config, &runtime, registry.as_ref(), &mut judge_engine)?;
+        Ok(Judging {
+            runtime,
+            registry,
+            judge_engine: parking_lot::Mutex::new(judge_engine),
+            set: parking_lot::Mutex::new(set),
+        })
+    }
+
+    /// The plugins folder's registry, when this daemon watches one.
+    pub fn registry(&self) -> Option<&PluginRegistry> {
+        self.registry.as_ref()
+    }
+
+    /// The judges serving now (a cheap clone: the components are shared).
+    pub fn current(&self) -> JudgeSet {
+        self.set.lock().clone()
+    }
+
+    /// The identities of the judges serving now, in configuration order.
+    pub fn identities(&self) -> Vec<JudgeProvenance> {
+        self.set.lock().identities()
+    }
+
+    /// Loads the judges again from `config` (blocking; cheap, as compiled components are
+    /// cached by content) and serves them from now on. Returns true when their identities
+    /// changed. A failure keeps the judges that were serving.
+    pub fn reload(&self, config: &Config) -> Result<bool, JudgeSetError> {
+        let mut engine = self.judge_engine.lock().clone();
+        let set = JudgeSet::load(config, &self.runtime, self.registry.as_ref(), &mut engine)?;
+        if engine.is_some() {
+            *self.judge_engine.lock() = engine;
+        }
+        let mut serving = self.set.lock();
+        let changed = set.identities() != serving.identities();
+        *serving = set;
+        Ok(changed)
+    }
+
+    /// The judges serving now as `GET /v1/plugins` describes them.
+    pub fn describe(&self) -> serde_json::Value {
+        let set = self.current();
+        serde_json::Value::Array(
+            set.judges()
+                .iter()
+                .zip(set.identities())
+                .map(|(j, id)| {
+                    serde_json::json!({
+                        "name": id.name, "plugin": id.plugin, "version": id.version, "wasm_sha256": id.wasm_sha256,
+                        "measures": j.plugin.info().measures, "path": j.path, "judge_model": id.judge_model,
+                        "role": id.role, "contract": id.contract,
+                    })
+                })
+                .collect(),
+        )
+    }
+}
+
 /// A loaded judge.
 #[derive(Clone)]
 pub struct LoadedJudge {

@@ -8,6 +8,7 @@
 //! crash or a signal is resumed at the next start: samples already stored are kept, and the
 //! ones left are generated with the same seeds, giving exactly the uninterrupted run's results.
 
+mod evaluation;
 mod intake;
 pub mod judges;
 mod oneshot;
@@ -21,21 +22,21 @@ pub use oneshot::{
 use std::path::PathBuf;
 use std::sync::Arc;
 
-use parking_lot::Mutex;
-use serde_json::{json, Value};
+use serde_json::Value;
 use sha2::{Digest, Sha256};
 use tokio::sync::broadcast;
 use tokio_util::sync::CancellationToken;
 
-use crate::checkpoint::{self, Checkpoint};
+use crate::checkpoint;
 use crate::config::Config;
-use crate::engine::{self, Engine, EngineParams, SamplingParams};
+use crate::engine::{self, Engine, EngineParams};
 use crate::events::{EventBus, EventKind};
 use crate::judge::JudgeRuntime;
-use crate::provenance::{Provenance, SuiteIdentity};
 use crate::store::{Store, StoreError};
-use crate::suite::{self, Prompt};
-use judges::JudgeSet;
+use crate::suite;
+use evaluation::{Evaluation, Settings};
+use judges::Judging;
+use runner::Runner;
 
 /// Why the daemon cannot start or had to stop.
 #[derive(Debug, thiserror::Error)]
@@ -74,44 +75,40 @@ pub enum DaemonError {
 
 error_from!(StoreError => DaemonError::Store, checkpoint::CheckpointError => DaemonError::BaseModel, suite::SuiteError => DaemonError::Suite, judges::JudgeSetError => DaemonError::Judges, crate::judge::LoadError => DaemonError::Runtime, engine::EngineError => DaemonError::Engine, crate::watch::WatchStartError => DaemonError::Watch);
 
-/// What every part of the daemon shares.
+/// What the daemon's parts share: the evaluation, the store with its events and metrics, the
+/// run queue, the judges, and the runner (which holds the engine). Each part takes the
+/// narrowest piece it needs: the runner only [`Runner`].
 pub(crate) struct Ctx {
-    pub config: Config,
+    /// The configuration, prompts and base model.
+    pub eval: Arc<Evaluation>,
     pub store: Arc<Store>,
     pub bus: EventBus,
-    pub engine: Engine,
-    /// The wasm runtime (one per process).
-    pub runtime: Arc<JudgeRuntime>,
-    /// The engine serving judge models, started when a judge needs one.
-    pub judge_engine: Mutex<Option<Engine>>,
-    /// The judges, reloaded at each run's start (hot-reloaded plugins serve from the next run).
-    pub judges: Mutex<JudgeSet>,
-    pub prompts: Vec<Prompt>,
-    pub suites: Vec<SuiteIdentity>,
-    pub base: Checkpoint,
-    pub base_path: PathBuf,
-    pub base_sha256: String,
+    pub metrics: Arc<crate::metrics::Metrics>,
     /// The queued runs.
     pub queue: queue::RunQueue,
-    /// The plugins folder's compiled components (`plugins.dir`), hot-reloaded by the daemon;
-    /// the judges serve from it. `None` for a one-shot evaluation.
-    pub plugins: Option<crate::judge::PluginRegistry>,
-    /// Paths of checkpoint files that disappeared.
-    pub removed: broadcast::Sender<PathBuf>,
-    /// Prometheus metrics.
-    pub metrics: Arc<crate::metrics::Metrics>,
+    /// The judges serving now, and the plugins folder's registry.
+    pub judging: Arc<Judging>,
+    /// What executes a run.
+    pub runner: Arc<Runner>,
     /// True for the daemon (it watches folders), false for a one-shot evaluation.
     pub watching: bool,
 }
 
-/// Runs synchronous work with the context — SQLite calls, file reads — on the blocking pool,
-/// never on an async worker thread.
-pub(crate) async fn blocking<R: Send + 'static>(
-    ctx: &Arc<Ctx>,
-    f: impl FnOnce(&Ctx) -> R + Send + 'static,
+impl Ctx {
+    /// The settings of a run under the judges serving now (one snapshot of them).
+    pub fn settings(&self) -> Settings<'_> {
+        self.eval.under(self.judging.identities())
+    }
+}
+
+/// Runs synchronous work with a shared part of the daemon — SQLite calls, file reads — on the
+/// blocking pool, never on an async worker thread.
+pub(crate) async fn blocking<T: Send + Sync + 'static, R: Send + 'static>(
+    part: &Arc<T>,
+    f: impl FnOnce(&T) -> R + Send + 'static,
 ) -> Result<R, StoreError> {
-    let ctx = Arc::clone(ctx);
-    tokio::task::spawn_blocking(move || f(&ctx)).await.map_err(|e| StoreError::Task(e.to_string()))
+    let part = Arc::clone(part);
+    tokio::task::spawn_blocking(move || f(&part)).await.map_err(|e| StoreError::Task(e.to_string()))
 }
 
 /// What the HTTP API may ask of the daemon.
@@ -128,8 +125,8 @@ impl crate::api::Control for DaemonControl {
             if !path.is_absolute() {
                 return Err(ApiError::BadRequest(format!("give an absolute path, not {}", path.display())));
             }
-            let roots: Vec<PathBuf> =
-                ctx.config.daemon.watch.iter().chain(&ctx.config.api.evaluate_roots).cloned().collect();
+            let c = &ctx.eval.config;
+            let roots: Vec<PathBuf> = c.daemon.watch.iter().chain(&c.api.evaluate_roots).cloned().collect();
             let path = evaluable_path(&path, &roots)?;
             match intake::take_path(&ctx, &path).await {
                 Ok(t @ intake::Taken::Accepted { .. }) => Ok(serde_json::to_value(t).unwrap_or_default()),
@@ -143,22 +140,8 @@ impl crate::api::Control for DaemonControl {
 
     fn plugins(&self) -> Value {
         match self.ctx.upgrade() {
-            Some(ctx) => {
-                // One lock for both: the judges' lock is not reentrant (taking it twice in one
-                // expression hung the request, and with it the next run's judge reload).
-                let set = ctx.judges.lock();
-                json!(set
-                    .judges()
-                    .iter()
-                    .zip(set.identities())
-                    .map(|(j, id)| json!({
-                        "name": id.name, "plugin": id.plugin, "version": id.version, "wasm_sha256": id.wasm_sha256,
-                        "measures": j.plugin.info().measures, "path": j.path, "judge_model": id.judge_model,
-                        "role": id.role, "contract": id.contract,
-                    }))
-                    .collect::<Vec<_>>())
-            }
-            None => json!([]),
+            Some(ctx) => ctx.judging.describe(),
+            None => Value::Array(Vec::new()),
         }
     }
 }
@@ -200,137 +183,6 @@ pub(crate) fn evaluable_path(path: &std::path::Path, roots: &[PathBuf]) -> Resul
         return Err(ApiError::NotFound(format!("no file at {}", path.display())));
     }
     Ok(real)
-}
-
-impl Ctx {
-    /// Sampling settings for the engine.
-    pub fn sampling(&self) -> SamplingParams {
-        let s = &self.config.sampling;
-        SamplingParams {
-            temperature: s.temperature,
-            top_p: s.top_p,
-            top_k: s.top_k as i32,
-            min_p: s.min_p,
-            repeat_penalty: s.repeat_penalty,
-            greedy: s.greedy,
-            max_tokens: s.max_tokens,
-            stop: s.stop.clone(),
-            ..SamplingParams::default()
-        }
-    }
-
-    /// The evaluation settings of one run of `repeat`: everything that must match for two runs
-    /// to be the same measurement. Its hash is the dedup key (with the checkpoint's content).
-    pub fn evaluation_settings(&self, repeat: u32) -> Value {
-        let c = &self.config;
-        let hashes = c.settings_hashes();
-        json!({
-            "config_hashes": hashes,
-            "suites": self.suites,
-            "judges": self.judges.lock().identities(),
-            "base_model_sha256": self.base_sha256,
-            "adapter_scale": c.model.adapter_scale,
-            "system_prompt": c.model.system_prompt,
-            "chat_template": c.model.chat_template,
-            "samples": c.sampling.samples,
-            "seed": c.sampling.seed,
-            "repeat": repeat,
-        })
-    }
-
-    /// The settings hash of a run of `repeat`.
-    pub fn settings_hash(&self, repeat: u32) -> String {
-        crate::config::canonical_hash(&self.evaluation_settings(repeat))
-    }
-
-    /// The comparability fingerprint of runs under the current settings.
-    pub fn fingerprint(&self) -> crate::stats::RunFingerprint {
-        let c = &self.config;
-        let h = c.settings_hashes();
-        let contents: Vec<&String> = self.suites.iter().map(|s| &s.content_hash).collect();
-        let controls: Vec<&String> = self.suites.iter().filter(|s| s.control).map(|s| &s.name).collect();
-        // Which suites are controls changes what the harm rates cover: part of the suite
-        // identity (only when there are any, so runs without controls keep their hashes).
-        let suite_hash = if controls.is_empty() {
-            crate::config::canonical_hash(&contents)
-        } else {
-            crate::config::canonical_hash(&json!({"contents": contents, "control_suites": controls}))
-        };
-        let judges = self
-            .judges
-            .lock()
-            .identities()
-            .into_iter()
-            .map(|j| crate::stats::JudgeIdentity {
-                name: j.name,
-                version: j.version,
-                hash: j.wasm_sha256 + ":" + &j.config_hash,
-            })
-            .collect();
-        crate::stats::RunFingerprint {
-            suite_hash,
-            judges,
-            sampling_hash: crate::config::canonical_hash(&json!([
-                h.sampling,
-                c.sampling.samples,
-                c.model.system_prompt
-            ])),
-            chat_template_hash: h.template,
-            engine_hash: h.engine,
-        }
-    }
-
-    /// The provenance record of a run.
-    pub fn provenance(&self, checkpoint: &crate::store::CheckpointRecord, path: &str, repeat: u32) -> Provenance {
-        use crate::provenance::*;
-        let build = engine::build_info();
-        let c = &self.config;
-        let e = self.engine.config();
-        let adapter = (checkpoint.kind == crate::store::CheckpointKind::Adapter).then(|| AdapterFile {
-            path: path.to_owned(),
-            sha256: checkpoint.sha256.clone(),
-            scale: c.model.adapter_scale,
-        });
-        let model = if adapter.is_some() {
-            ModelFile { path: self.base_path.display().to_string(), sha256: self.base_sha256.clone() }
-        } else {
-            ModelFile { path: path.to_owned(), sha256: checkpoint.sha256.clone() }
-        };
-        // Taken first: the judges' lock must not be held while the settings hash takes it again.
-        let judges = self.judges.lock().identities();
-        Provenance {
-            driftwatch_version: build.driftwatch_version.to_owned(),
-            llama_cpp: LlamaCppBuild {
-                ggml_version: build.ggml_version.clone(),
-                ggml_commit: build.ggml_commit.clone(),
-                system_info: build.system_info.clone(),
-                compiled_cpu_features: build.compiled_cpu_features.iter().map(|f| f.to_string()).collect(),
-                gpu_offload: build.gpu_offload,
-            },
-            model,
-            adapter,
-            suites: self.suites.clone(),
-            judges,
-            sampling: c.sampling.clone(),
-            engine: EngineProvenance {
-                threads: e.effective_threads() as u32,
-                parallel: e.parallel as u32,
-                batch_size: e.batch_size as u32,
-                gpu_layers: e.gpu_layers as i32,
-                kv_unified: e.kv_unified,
-                batch_invariant: engine::batch_invariant(&build, e),
-            },
-            chat_template: ChatTemplateProvenance {
-                template_override: c.model.chat_template.clone(),
-                system_prompt: c.model.system_prompt.clone(),
-            },
-            seeds: SeedScheme { base_seed: c.sampling.seed, repeat, scheme: SEED_SCHEME.to_owned() },
-            repeat,
-            settings_hash: self.settings_hash(repeat),
-            fingerprint: Some(self.fingerprint()),
-            created_ms: crate::store::now_ms(),
-        }
-    }
 }
 
 /// The seed of sample `k` of `prompt_id` in repeat `repeat`: independent of every other job,
@@ -439,40 +291,6 @@ fn spawn_plugin_watch(
     Ok(())
 }
 
-/// Reloads the judges (cheap: compiled components are cached by content). A failure keeps the
-/// judges that were serving and is reported.
-pub(crate) async fn reload_judges(ctx: &Arc<Ctx>) {
-    let c = Arc::clone(ctx);
-    let result = tokio::task::spawn_blocking(move || {
-        let mut engine = c.judge_engine.lock().clone();
-        let set = JudgeSet::load(&c.config, &c.runtime, c.plugins.as_ref(), &mut engine);
-        if engine.is_some() {
-            *c.judge_engine.lock() = engine;
-        }
-        set
-    })
-    .await;
-    match result {
-        Ok(Ok(set)) => {
-            let changed = set.identities() != ctx.judges.lock().identities();
-            if changed {
-                tracing::info!(judges = ?set.identities().iter().map(|j| format!("{} {}", j.name, j.version)).collect::<Vec<_>>(), "judges reloaded with new versions");
-            }
-            *ctx.judges.lock() = set;
-        }
-        Ok(Err(e)) => {
-            tracing::warn!(error = %e, "cannot reload the judges; the previous ones keep serving");
-            ctx.bus
-                .emit(EventKind::PluginFailed {
-                    plugin: "judges".into(),
-                    reason: format!("{e} (the previous version keeps serving)"),
-                })
-                .await;
-        }
-        Err(e) => tracing::warn!(error = %e, "judge reload task failed"),
-    }
-}
-
 impl Ctx {
     /// Everything a daemon or a one-shot evaluation needs, built from the configuration: the
     /// store (interrupted runs queued again), the event bus, the suites, the base model, the
@@ -495,55 +313,22 @@ impl Ctx {
             tracing::info!(runs = ?requeued, "resuming runs interrupted by a stop or a crash");
         }
 
-        if config.suites.is_empty() {
-            return Err(DaemonError::NoSuite);
-        }
-        let mut prompts = Vec::new();
-        let mut suites = Vec::new();
-        let mut seen = std::collections::HashSet::new();
-        for sc in &config.suites {
-            let s = suite::load(sc)?;
-            for p in &s.prompts {
-                if !seen.insert(p.id.clone()) {
-                    return Err(DaemonError::Other(format!(
-                        "prompt id '{}' appears in two suites; give the suites distinct names",
-                        p.id
-                    )));
-                }
-            }
-            tracing::info!(suite = %s.name, prompts = s.prompts.len(), of = s.available, "suite loaded");
-            suites.push(SuiteIdentity {
-                name: s.name.clone(),
-                path: sc.path.display().to_string(),
-                prompts: s.prompts.len(),
-                content_hash: s.content_hash.clone(),
-                control: sc.control,
-                available: s.available,
-            });
-            prompts.extend(s.prompts);
-        }
-
-        let base_path = config.model.base.clone();
-        let base = checkpoint::inspect_model(&base_path)?;
-        let base_sha256 = {
-            let p = base_path.clone();
-            tokio::task::spawn_blocking(move || checkpoint::sha256_file(&p))
-                .await
-                .map_err(|e| DaemonError::Other(e.to_string()))?
-                .map_err(|e| DaemonError::Other(format!("cannot read the base model {}: {e}", base_path.display())))?
-        };
-
-        let engine = Engine::start(engine_config(&config))?;
+        let eval = Arc::new(Evaluation::load(config).await?);
+        let engine = Engine::start(eval.engine.clone())?;
         let runtime = JudgeRuntime::shared()?;
         // The daemon keeps the plugins folder compiled and watched; a one-shot evaluation
         // loads only the plugins its judges name (from the folder's files).
-        let plugins = match config.plugins.dir.clone() {
+        let registry = match eval.config.plugins.dir.clone() {
             Some(dir) if watching => Some(scan_plugins_dir(&runtime, dir, &bus).await?),
             _ => None,
         };
-        let mut judge_engine = None;
-        let judge_set = JudgeSet::load(&config, &runtime, plugins.as_ref(), &mut judge_engine)?;
-        for id in judge_set.identities() {
+        let judging = {
+            let e = Arc::clone(&eval);
+            tokio::task::spawn_blocking(move || Judging::start(&e.config, runtime, registry))
+                .await
+                .map_err(|e| DaemonError::Other(e.to_string()))??
+        };
+        for id in judging.identities() {
             bus.emit(EventKind::PluginLoaded {
                 name: id.name,
                 version: id.version,
@@ -552,64 +337,32 @@ impl Ctx {
             })
             .await;
         }
-
+        let judging = Arc::new(judging);
         let (removed, _) = broadcast::channel(64);
+        let runner = Arc::new(Runner {
+            eval: Arc::clone(&eval),
+            store: Arc::clone(&store),
+            bus: bus.clone(),
+            metrics: Arc::clone(&metrics),
+            judging: Arc::clone(&judging),
+            engine,
+            removed,
+        });
         Ok(Arc::new(Ctx {
             queue: queue::RunQueue::new(Arc::clone(&store), bus.clone(), Arc::clone(&metrics)),
-            plugins,
-            config,
+            eval,
             store,
             bus,
-            engine,
-            runtime,
-            judge_engine: Mutex::new(judge_engine),
-            judges: Mutex::new(judge_set),
-            prompts,
-            suites,
-            base,
-            base_path,
-            base_sha256,
-            removed,
             metrics,
+            judging,
+            runner,
             watching,
         }))
     }
 
-    /// What one evaluation under these settings is, in words: the suites and their slices,
-    /// K, the token budget, the judges, and the sample count.
+    /// What one evaluation under the current settings is, in words.
     pub fn plan_summary(&self) -> String {
-        let c = &self.config;
-        let suites: Vec<String> = self
-            .suites
-            .iter()
-            .map(|s| {
-                let of = if s.prompts < s.available { format!(" of {}", s.available) } else { String::new() };
-                format!("{} {}{of}{}", s.name, s.prompts, if s.control { " (control)" } else { "" })
-            })
-            .collect();
-        let k = match c.sampling.adaptive() {
-            Some(a) => format!(
-                "K = {}..{} (adaptive, target half-width {})",
-                a.min_samples, a.max_samples, a.target_half_width
-            ),
-            None => format!("K = {}", c.sampling.samples),
-        };
-        let judges: Vec<String> = self.judges.lock().identities().into_iter().map(|j| j.name).collect();
-        let sliced = self.suites.iter().any(|s| s.prompts < s.available);
-        format!(
-            "{} prompts ({}) × {k} seeded samples × at most {} tokens = {} samples{}, judged by {}{}",
-            self.prompts.len(),
-            suites.join(", "),
-            c.sampling.max_tokens,
-            self.prompts.len() as u64 * u64::from(c.sampling.adaptive().map_or(c.sampling.samples, |a| a.min_samples)),
-            if c.sampling.repeats > 1 { format!(" per repeat, {} repeats", c.sampling.repeats) } else { String::new() },
-            judges.join(", "),
-            if sliced {
-                "; slices of the suites (remove `limit` / `per_category` in the config for the full suites)"
-            } else {
-                ""
-            },
-        )
+        self.settings().plan_summary()
     }
 }
 
@@ -677,11 +430,12 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Daem
     intake::take_base(&ctx).await?;
 
     let mut tasks = tokio::task::JoinSet::new();
-    if let Some(registry) = &ctx.plugins {
+    if let Some(registry) = ctx.judging.registry() {
         spawn_plugin_watch(&ctx, registry, &shutdown, &mut tasks)?;
     }
-    if ctx.config.api.enabled {
-        let listener = crate::api::bind(ctx.config.api.listen, ctx.config.api.token.as_deref())
+    let config = &ctx.eval.config;
+    if config.api.enabled {
+        let listener = crate::api::bind(config.api.listen, config.api.token.as_deref())
             .await
             .map_err(|e| DaemonError::Other(format!("api: {e}")))?;
         let addr = listener.local_addr().map(|a| a.to_string()).unwrap_or_default();
@@ -690,7 +444,7 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Daem
             bus: ctx.bus.clone(),
             metrics: Arc::clone(&ctx.metrics),
             control: Arc::new(DaemonControl { ctx: Arc::downgrade(&ctx) }),
-            token: ctx.config.api.token.clone(),
+            token: config.api.token.clone(),
         };
         let api_stop = shutdown.clone();
         tasks.spawn(async move {
@@ -699,13 +453,9 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Daem
             }
         });
         tracing::info!(listen = %addr, "HTTP API listening (events: GET /v1/events; `driftwatch subscribe`)");
-        if !ctx.config.api.webhooks.is_empty() {
-            let handle = crate::webhooks::spawn_webhooks(
-                &ctx.config.api,
-                Arc::clone(&ctx.store),
-                ctx.bus.clone(),
-                shutdown.clone(),
-            );
+        if !config.api.webhooks.is_empty() {
+            let handle =
+                crate::webhooks::spawn_webhooks(&config.api, Arc::clone(&ctx.store), ctx.bus.clone(), shutdown.clone());
             tasks.spawn(async move {
                 let _ = handle.await;
             });
@@ -714,18 +464,18 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Daem
     let intake_ctx = Arc::clone(&ctx);
     let intake_stop = shutdown.clone();
     let watcher = crate::watch::Watcher::start_with(
-        &ctx.config.daemon.watch,
-        crate::watch::WatchOptions::new(std::time::Duration::from_millis(ctx.config.daemon.settle_ms)),
+        &config.daemon.watch,
+        crate::watch::WatchOptions::new(std::time::Duration::from_millis(config.daemon.settle_ms)),
         shutdown.child_token(),
     )
     .await?;
     tasks.spawn(async move { intake::watch_loop(intake_ctx, watcher, intake_stop).await });
     let runner_ctx = Arc::clone(&ctx);
     let runner_stop = shutdown.clone();
-    tasks.spawn(async move { runner::run_loop(runner_ctx, runner_stop).await });
+    tasks.spawn(async move { queue::run_loop(runner_ctx, runner_stop).await });
 
     tracing::info!(
-        watch = ?ctx.config.daemon.watch, data_dir = %data_dir.display(),
+        watch = ?config.daemon.watch, data_dir = %data_dir.display(),
         "driftwatch is running: drop GGUF models or LoRA adapters into a watched folder"
     );
     while let Some(r) = tasks.join_next().await {

@@ -1,16 +1,18 @@
-//! One-shot evaluation (`driftwatch eval`): the daemon's own parts — store, intake, run
-//! execution, scoring, events — driven for one checkpoint without watching folders or serving
-//! the API. The same store and the same settings give the same runs and results as the daemon:
-//! a checkpoint already evaluated under these settings is not evaluated again, and a run
-//! interrupted by Ctrl-C resumes where it stopped the next time.
+//! One-shot evaluation (`driftwatch eval`): the daemon's own parts — store, intake, the run
+//! queue, run execution, scoring, events — driven for one checkpoint without watching folders
+//! or serving the API. Its runs go through the queue's life cycle like the daemon's (it claims
+//! only its own), so the same store and the same settings give the same runs and results: a
+//! checkpoint already evaluated under these settings is not evaluated again, its stored scores
+//! are used when they compare with the baseline asked for, and a run interrupted by Ctrl-C
+//! resumes where it stopped the next time.
 
 use std::path::PathBuf;
 use std::sync::Arc;
 
 use tokio_util::sync::CancellationToken;
 
-use super::runner::{self, RunOutcome};
-use super::{intake, Ctx, DaemonError, DataDirLock};
+use super::runner::RunOutcome;
+use super::{intake, queue, Ctx, DaemonError, DataDirLock};
 use crate::config::Config;
 use crate::scoring::{self, RunResult};
 use crate::store::{Event, RunId, RunStatus};
@@ -208,7 +210,8 @@ fn plan_runs(
         .checkpoint(checkpoint_id)?
         .map(|c| c.sha256)
         .ok_or_else(|| DaemonError::Other(format!("checkpoint {checkpoint_id} is not in the store")))?;
-    let is_base = ckpt_sha == ctx.base_sha256;
+    let is_base = ckpt_sha == ctx.eval.base_sha256;
+    let settings = ctx.settings();
 
     // The baseline runs, one per repeat (none for the base model itself).
     let mut baseline_runs: Vec<Option<RunId>> = vec![None; repeats as usize];
@@ -216,7 +219,7 @@ fn plan_runs(
         _ if is_base => {}
         Baseline::BaseModel => {
             for (repeat, slot) in baseline_runs.iter_mut().enumerate() {
-                *slot = super::queue::baseline_run(ctx, repeat as u32)?;
+                *slot = queue::baseline_run(ctx, &settings, repeat as u32)?;
             }
         }
         Baseline::Run(id) => baseline_runs = vec![Some(id); repeats as usize],
@@ -228,7 +231,7 @@ fn plan_runs(
     for repeat in 0..repeats {
         let run = ctx
             .store
-            .find_run_by_settings(&ckpt_sha, &ctx.settings_hash(repeat))?
+            .find_run_by_settings(&ckpt_sha, &settings.hash(repeat))?
             .ok_or_else(|| DaemonError::Other(format!("no run was queued for repeat {repeat}")))?;
         if run.status != RunStatus::Completed && !is_base {
             ctx.store.set_run_baseline(run.id, baseline_runs[repeat as usize])?;
@@ -245,7 +248,7 @@ async fn drive(
     stop: &CancellationToken,
     notify: &NoticeSink,
 ) -> Result<EvalOutcome, EvalError> {
-    let repeats = ctx.config.sampling.repeats.max(1);
+    let repeats = ctx.eval.config.sampling.repeats.max(1);
     // The base model's runs are queued first (when the checkpoint is the base model itself,
     // they are its own runs): intake then links the checkpoint to them or queues its own.
     match baseline {
@@ -275,27 +278,21 @@ async fn drive(
     let (is_base, baseline_runs, targets) =
         super::blocking(ctx, move |c| plan_runs(c, checkpoint_id, baseline, repeats)).await??;
 
-    // Baselines first (each is needed by its repeat's comparison), then the checkpoint.
+    // The evaluation's runs go through the queue's life cycle, like the daemon's: claimed
+    // among its own only, each baseline before the runs compared with it.
+    let ours: Vec<RunId> = baseline_runs.iter().flatten().copied().chain(targets.iter().map(|t| t.1)).collect();
     let mut interrupted = false;
     let mut executed = Vec::new();
-    let mut order: Vec<(RunId, bool)> = baseline_runs.iter().flatten().map(|&b| (b, true)).collect();
-    order.extend(targets.iter().map(|t| (t.1, false)));
-    for (id, is_baseline) in order {
-        if interrupted {
-            break;
-        }
-        let Some(run) = super::blocking(ctx, move |c| c.store.run(id)).await?? else { continue };
-        match run.status {
-            RunStatus::Completed => continue,
-            RunStatus::Queued | RunStatus::Running => {}
-            other => return Err(EvalError::RunFailed { run: id, reason: format!("the run is {}", other.as_str()) }),
-        }
-        let file = if is_baseline { ctx.base_path.clone() } else { checkpoint.to_owned() };
+    while !interrupted {
+        let Some(run) = ctx.queue.claim_among(&ours).await? else { break };
+        let id = run.id;
+        let is_baseline = baseline_runs.contains(&Some(id));
+        let file = if is_baseline { ctx.eval.base_path.clone() } else { checkpoint.to_owned() };
         let name = file.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
         notify(EvalNotice::Run { run_id: id, checkpoint: &name, baseline: is_baseline });
         let before = super::blocking(ctx, move |c| stored_totals(c, id)).await??;
         let started = std::time::Instant::now();
-        let outcome = runner::run_one(ctx, run, stop).await;
+        let outcome = queue::execute(ctx, run, stop).await;
         let after = super::blocking(ctx, move |c| stored_totals(c, id)).await??;
         executed.push(ExecutedRun {
             run_id: id,
@@ -305,27 +302,44 @@ async fn drive(
             seconds: started.elapsed().as_secs_f64(),
         });
         match outcome {
-            RunOutcome::Completed => {}
+            RunOutcome::Completed { .. } => {}
             RunOutcome::Interrupted => interrupted = true,
-            RunOutcome::Failed(reason) => return Err(EvalError::RunFailed { run: id, reason }),
-            RunOutcome::Requeue { checkpoint_id, path, reason } => {
-                runner::requeue(ctx, checkpoint_id, path).await;
-                return Err(EvalError::RunFailed { run: id, reason });
+            // A run whose settings changed under it was queued again by the queue.
+            RunOutcome::Failed(reason) | RunOutcome::Requeue { reason, .. } => {
+                return Err(EvalError::RunFailed { run: id, reason })
             }
         }
     }
 
     let mut runs = Vec::new();
     if !interrupted {
-        let cfg = scoring::stats_config(&ctx.config.stats);
+        let cfg = scoring::stats_config(&ctx.eval.config.stats);
+        for &id in &ours {
+            let run = super::blocking(ctx, move |c| c.store.run(id)).await??;
+            match run.map(|r| r.status) {
+                Some(RunStatus::Completed) => {}
+                Some(other) => {
+                    return Err(EvalError::RunFailed { run: id, reason: format!("the run is {}", other.as_str()) })
+                }
+                None => return Err(EvalError::RunFailed { run: id, reason: "the run is not in the store".into() }),
+            }
+        }
         for (repeat, id, reused) in targets {
-            let store = Arc::clone(&ctx.store);
             let baseline = baseline_runs[repeat as usize];
             let cfg = cfg.clone();
-            let result =
-                tokio::task::spawn_blocking(move || scoring::score_run_from_store(&store, id, baseline, false, &cfg))
-                    .await
-                    .map_err(|e| DaemonError::Other(e.to_string()))??;
+            let store = Arc::clone(&ctx.store);
+            // The scores the run stored when it completed, when they are the ones asked for;
+            // scored again otherwise (another baseline, other estimator settings).
+            let result = tokio::task::spawn_blocking(move || -> Result<RunResult, EvalError> {
+                let stored =
+                    store.run(id)?.and_then(|r| r.scores).and_then(|s| serde_json::from_value::<RunResult>(s).ok());
+                match stored {
+                    Some(r) if r.scored_as(baseline, &cfg) => Ok(r),
+                    _ => Ok(scoring::score_run_from_store(&store, id, baseline, false, &cfg)?),
+                }
+            })
+            .await
+            .map_err(|e| DaemonError::Other(e.to_string()))??;
             runs.push(EvaluatedRun { run_id: id, repeat, reused, result });
         }
     }

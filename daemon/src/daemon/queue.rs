@@ -1,7 +1,9 @@
-//! The run queue, the one owner of a run's place in line: runs are queued (each with its
-//! `run.queued` event, in one transaction), claimed oldest first by the runner, and planned
-//! for a checkpoint (one per repeat, unless an equivalent run exists) by intake and by the
-//! runner alike when settings change under a run.
+//! The run queue, the one owner of a run's life cycle: runs are queued (each with its
+//! `run.queued` event, in one transaction) for a checkpoint, one per repeat unless an
+//! equivalent run exists; claimed oldest first, a run whose baseline is still to run after
+//! that baseline; executed by the runner; and queued again when the settings changed under
+//! them. The daemon claims every queued run; a one-shot `eval` claims only its own, through
+//! the same life cycle.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -9,10 +11,11 @@ use std::time::Duration;
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
+use super::runner::{self, RunOutcome};
 use super::Ctx;
 use crate::events::EventBus;
 use crate::metrics::Metrics;
-use crate::store::{CheckpointRecord, NewRun, Run, RunId, Store, StoreError};
+use crate::store::{CheckpointId, CheckpointRecord, NewRun, Run, RunId, Store, StoreError};
 
 /// Queued runs: enqueue, claim, and the wake-up between them.
 pub(crate) struct RunQueue {
@@ -37,8 +40,19 @@ impl RunQueue {
         Ok(run)
     }
 
-    /// The oldest queued run, waiting for one until `stop` (then `None`). A store that cannot
-    /// be read is logged and tried again.
+    /// The next of `runs` to execute, if any is queued (never waits): oldest first, a run
+    /// whose baseline is among the queued ones after it.
+    pub async fn claim_among(&self, runs: &[RunId]) -> Result<Option<Run>, StoreError> {
+        let store = Arc::clone(&self.store);
+        let runs = runs.to_vec();
+        tokio::task::spawn_blocking(move || store.next_queued_run(Some(&runs)))
+            .await
+            .map_err(|e| StoreError::Task(e.to_string()))?
+    }
+
+    /// The next queued run (oldest first, a run whose baseline is still queued or running
+    /// after it), waiting for one until `stop` (then `None`). A store that cannot be read is
+    /// logged and tried again.
     pub async fn claim(&self, stop: &CancellationToken) -> Option<Run> {
         loop {
             if stop.is_cancelled() {
@@ -47,7 +61,7 @@ impl RunQueue {
             // Registered before looking, so a run queued in between still wakes us.
             let woken = self.wake.notified();
             let store = Arc::clone(&self.store);
-            match tokio::task::spawn_blocking(move || store.next_queued_run()).await {
+            match tokio::task::spawn_blocking(move || store.next_queued_run(None)).await {
                 Ok(Ok(Some(run))) => return Some(run),
                 Ok(Ok(None)) => {
                     tokio::select! {
@@ -76,9 +90,63 @@ impl RunQueue {
     }
 }
 
-/// The base model's run of `repeat` under the current settings, if queued or done.
-pub(super) fn baseline_run(ctx: &Ctx, repeat: u32) -> Result<Option<RunId>, StoreError> {
-    Ok(ctx.store.find_run_by_settings(&ctx.base_sha256, &ctx.settings_hash(repeat))?.map(|r| r.id))
+/// Executes queued runs one at a time until shutdown.
+pub(super) async fn run_loop(ctx: Arc<Ctx>, stop: CancellationToken) {
+    while let Some(run) = ctx.queue.claim(&stop).await {
+        execute(&ctx, run, &stop).await;
+    }
+}
+
+/// Executes a claimed run, then does what its end asks of the queue: a run that ended because
+/// the settings changed under it has its checkpoint queued again under the new ones (it keeps
+/// its samples); a completed base-model run tells the daemon's user what to do next.
+pub(super) async fn execute(ctx: &Arc<Ctx>, run: Run, stop: &CancellationToken) -> RunOutcome {
+    let id = run.id;
+    let outcome = runner::run_one(&ctx.runner, run, stop).await;
+    let _ = super::blocking(ctx, |c| c.queue.update_length()).await;
+    match &outcome {
+        RunOutcome::Requeue { checkpoint_id, path, .. } => requeue(ctx, *checkpoint_id, path.clone()).await,
+        RunOutcome::Completed { base: true } if ctx.watching => baseline_ready(ctx, id),
+        _ => {}
+    }
+    outcome
+}
+
+/// Queues a checkpoint's runs again under the current settings, from the file its run found.
+async fn requeue(ctx: &Arc<Ctx>, checkpoint_id: CheckpointId, path: String) {
+    let queued = super::blocking(ctx, move |c| -> Result<Vec<RunId>, StoreError> {
+        let Some(ckpt) = c.store.checkpoint(checkpoint_id)? else { return Ok(Vec::new()) };
+        Ok(queue_checkpoint(c, &ckpt, &path)?.0)
+    })
+    .await;
+    match queued.and_then(|r| r) {
+        Ok(runs) => tracing::info!(checkpoint = checkpoint_id, ?runs, "queued again under the new settings"),
+        Err(e) => tracing::error!(checkpoint = checkpoint_id, error = %e, "cannot queue the checkpoint again"),
+    }
+}
+
+/// The daemon's note once a baseline is ready.
+fn baseline_ready(ctx: &Ctx, run: RunId) {
+    let c = &ctx.eval.config;
+    let folders: Vec<String> = c.daemon.watch.iter().map(|p| p.display().to_string()).collect();
+    let api = if c.api.enabled {
+        format!("; follow the results with `driftwatch subscribe --url http://{}`", c.api.listen)
+    } else {
+        String::new()
+    };
+    tracing::info!(
+        "baseline ready (run {run}): drop GGUF models or LoRA adapters into {}{api}; `driftwatch report --run {run}` for the full report",
+        folders.join(", "),
+    );
+}
+
+/// The base model's run of `repeat` under `settings`, if queued or done.
+pub(super) fn baseline_run(
+    ctx: &Ctx,
+    settings: &super::evaluation::Settings<'_>,
+    repeat: u32,
+) -> Result<Option<RunId>, StoreError> {
+    Ok(ctx.store.find_run_by_settings(&ctx.eval.base_sha256, &settings.hash(repeat))?.map(|r| r.id))
 }
 
 /// Queues one run of `ckpt` per repeat under the current settings, unless an equivalent run
@@ -90,23 +158,24 @@ pub(super) fn queue_checkpoint(
 ) -> Result<(Vec<RunId>, Vec<RunId>), StoreError> {
     let mut queued = Vec::new();
     let mut existing_runs = Vec::new();
-    let is_base = ckpt.sha256 == ctx.base_sha256;
-    for repeat in 0..ctx.config.sampling.repeats.max(1) {
-        let hash = ctx.settings_hash(repeat);
+    let eval = &ctx.eval;
+    let is_base = ckpt.sha256 == eval.base_sha256;
+    let settings = ctx.settings();
+    for repeat in 0..eval.config.sampling.repeats.max(1) {
+        let hash = settings.hash(repeat);
         if let Some(existing) = ctx.store.find_run_by_settings(&ckpt.sha256, &hash)? {
             tracing::info!(run = existing.id, status = ?existing.status, "already evaluated under these settings; linked to the existing run");
             existing_runs.push(existing.id);
             continue;
         }
-        let baseline = if is_base { None } else { baseline_run(ctx, repeat)? };
-        let k = ctx.config.sampling.adaptive().map(|a| a.min_samples).unwrap_or(ctx.config.sampling.samples);
+        let baseline = if is_base { None } else { baseline_run(ctx, &settings, repeat)? };
         let run = ctx.queue.enqueue(
             &NewRun {
                 checkpoint_id: ckpt.id,
                 baseline_run_id: baseline,
                 settings_hash: hash,
-                provenance: ctx.provenance(ckpt, path, repeat).to_value(),
-                total_samples: (ctx.prompts.len() as u64) * u64::from(k),
+                provenance: settings.provenance(ckpt, path, repeat).to_value(),
+                total_samples: (eval.prompts.len() as u64) * u64::from(eval.first_k()),
             },
             path,
         )?;

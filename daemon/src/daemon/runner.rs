@@ -1,7 +1,8 @@
-//! Run execution: queued runs one after another; each generates its missing samples in one
-//! engine request, judges them on a blocking thread as they arrive, and commits every sample
-//! with its verdicts as it completes. A stop leaves the run resumable; a deleted checkpoint
-//! fails it with a reason; a finished run is scored and published.
+//! Run execution: one claimed run generates its missing samples in one engine request, judges
+//! them on a blocking thread as they arrive, and commits every sample with its verdicts as it
+//! completes. A stop leaves the run resumable; a deleted checkpoint fails it with a reason; a
+//! finished run is scored and published. What a run may touch is [`Runner`]: the evaluation,
+//! the store and its events, the engine and the judges — not the queue, intake or the API.
 
 use std::collections::{HashMap, HashSet};
 use std::path::PathBuf;
@@ -12,44 +13,49 @@ use std::time::{Duration, Instant};
 use serde_json::json;
 use tokio_util::sync::CancellationToken;
 
-use super::{sample_seed, Ctx};
-use crate::engine::{AdapterSpec, EngineEvent, FinishReason, GenerationRequest, Job, ModelSpec, SampleOutput};
-use crate::events::EventKind;
+use super::evaluation::{Evaluation, Settings};
+use super::judges::Judging;
+use super::sample_seed;
+use crate::engine::{AdapterSpec, Engine, EngineEvent, FinishReason, GenerationRequest, Job, ModelSpec, SampleOutput};
+use crate::events::{EventBus, EventKind};
 use crate::judge::Sample;
+use crate::metrics::Metrics;
 use crate::provenance::Provenance;
-use crate::store::{CheckpointId, CheckpointKind, NewSample, Run, RunId, RunTransition, SampleKey, StoreError};
+use crate::store::{CheckpointId, CheckpointKind, NewSample, Run, RunId, RunTransition, SampleKey, Store, StoreError};
 use crate::suite::Prompt;
 
-/// Takes queued runs one at a time until shutdown.
-pub(super) async fn run_loop(ctx: Arc<Ctx>, stop: CancellationToken) {
-    while let Some(run) = ctx.queue.claim(&stop).await {
-        match run_one(&ctx, run, &stop).await {
-            // Settings changed under the run: the checkpoint goes back in line under the new
-            // ones (the run that ended keeps its samples).
-            RunOutcome::Requeue { checkpoint_id, path, .. } => requeue(&ctx, checkpoint_id, path).await,
-            RunOutcome::Completed | RunOutcome::Interrupted | RunOutcome::Failed(_) => {}
-        }
-    }
+/// What a run's execution may use.
+pub(crate) struct Runner {
+    /// The configuration, prompts and base model.
+    pub eval: Arc<Evaluation>,
+    pub store: Arc<Store>,
+    pub bus: EventBus,
+    pub metrics: Arc<Metrics>,
+    /// The judges (reloaded at each run's start).
+    pub judging: Arc<Judging>,
+    /// The generation engine.
+    pub engine: Engine,
+    /// Paths of checkpoint files that disappeared (a run whose file goes stops).
+    pub removed: tokio::sync::broadcast::Sender<PathBuf>,
 }
 
-/// Queues a checkpoint's runs again under the current settings, from the file its run found.
-pub(super) async fn requeue(ctx: &Arc<Ctx>, checkpoint_id: CheckpointId, path: String) {
-    let queued = super::blocking(ctx, move |c| -> Result<Vec<RunId>, StoreError> {
-        let Some(ckpt) = c.store.checkpoint(checkpoint_id)? else { return Ok(Vec::new()) };
-        Ok(super::queue::queue_checkpoint(c, &ckpt, &path)?.0)
-    })
-    .await;
-    match queued.and_then(|r| r) {
-        Ok(runs) => tracing::info!(checkpoint = checkpoint_id, ?runs, "queued again under the new settings"),
-        Err(e) => tracing::error!(checkpoint = checkpoint_id, error = %e, "cannot queue the checkpoint again"),
+impl Runner {
+    /// The settings of a run under the judges serving now (one snapshot of them).
+    pub fn settings(&self) -> Settings<'_> {
+        self.eval.under(self.judging.identities())
+    }
+
+    /// Tells a run in progress that `path` is gone.
+    pub fn file_removed(&self, path: PathBuf) {
+        let _ = self.removed.send(path);
     }
 }
 
 /// How one run's execution ended.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) enum RunOutcome {
-    /// Scored and published.
-    Completed,
+    /// Scored and published; `base` when the run is one of the base model's.
+    Completed { base: bool },
     /// Stopped by the shutdown token: left resumable.
     Interrupted,
     /// Failed with this reason (stored and published as `run.failed`).
@@ -60,19 +66,18 @@ pub(crate) enum RunOutcome {
 }
 
 /// Executes one run to its end, a stop or a failure; a failure is stored and published.
-pub(crate) async fn run_one(ctx: &Arc<Ctx>, run: Run, stop: &CancellationToken) -> RunOutcome {
+pub(crate) async fn run_one(ctx: &Arc<Runner>, run: Run, stop: &CancellationToken) -> RunOutcome {
     let span = tracing::info_span!("run", run = run.id, checkpoint = run.checkpoint_id);
     let (id, checkpoint_id) = (run.id, run.checkpoint_id);
     let outcome = tracing::Instrument::instrument(execute(ctx, run, stop), span).await;
     match &outcome {
-        Ok(true) => ctx.metrics.run_finished("completed"),
-        Ok(false) => ctx.metrics.run_finished("interrupted"),
+        Ok(Some(_)) => ctx.metrics.run_finished("completed"),
+        Ok(None) => ctx.metrics.run_finished("interrupted"),
         Err(_) => ctx.metrics.run_finished("failed"),
     }
-    let _ = super::blocking(ctx, |c| c.queue.update_length()).await;
     match outcome {
-        Ok(true) => RunOutcome::Completed,
-        Ok(false) => RunOutcome::Interrupted,
+        Ok(Some(base)) => RunOutcome::Completed { base },
+        Ok(None) => RunOutcome::Interrupted,
         Err(e) => {
             tracing::error!(run = id, error = %e, "run failed");
             let reason = e.to_string();
@@ -93,7 +98,7 @@ pub(crate) async fn run_one(ctx: &Arc<Ctx>, run: Run, stop: &CancellationToken) 
 
 /// A store call on the blocking pool (never on an async worker thread).
 async fn db<R: Send + 'static>(
-    ctx: &Arc<Ctx>,
+    ctx: &Arc<Runner>,
     f: impl FnOnce(&crate::store::Store) -> Result<R, StoreError> + Send + 'static,
 ) -> Result<R, RunError> {
     Ok(super::blocking(ctx, move |c| f(&c.store)).await??)
@@ -101,8 +106,8 @@ async fn db<R: Send + 'static>(
 
 /// Changes a run's state and publishes its event, stored in one transaction (on the blocking
 /// pool): the state and its event are never one without the other.
-pub(super) async fn transition(
-    ctx: &Arc<Ctx>,
+async fn transition(
+    ctx: &Arc<Runner>,
     run_id: RunId,
     change: RunTransition,
     kind: EventKind,
@@ -137,9 +142,9 @@ struct Planned {
 }
 
 /// The jobs of a run that are not stored yet, for `k` samples per prompt.
-fn plan(ctx: &Ctx, repeat: u32, done: &HashSet<SampleKey>, k: u32) -> Vec<Planned> {
+fn plan(eval: &Evaluation, repeat: u32, done: &HashSet<SampleKey>, k: u32) -> Vec<Planned> {
     let mut out = Vec::new();
-    for p in &ctx.prompts {
+    for p in &eval.prompts {
         for i in 0..k {
             if done.contains(&SampleKey { prompt_id: p.id.clone(), sample_index: i }) {
                 continue;
@@ -149,7 +154,7 @@ fn plan(ctx: &Ctx, repeat: u32, done: &HashSet<SampleKey>, k: u32) -> Vec<Planne
                     prompt_id: p.id.clone(),
                     prompt: p.text.clone(),
                     sample_index: i,
-                    seed: sample_seed(ctx.config.sampling.seed, repeat, &p.id, i),
+                    seed: sample_seed(eval.config.sampling.seed, repeat, &p.id, i),
                 },
                 category: p.category.clone(),
             });
@@ -158,8 +163,8 @@ fn plan(ctx: &Ctx, repeat: u32, done: &HashSet<SampleKey>, k: u32) -> Vec<Planne
     out
 }
 
-/// Runs one run to its end (true), or to a stop (false).
-async fn execute(ctx: &Arc<Ctx>, run: Run, stop: &CancellationToken) -> Result<bool, RunError> {
+/// Runs one run to its end (`Some`, true for a base-model run), or to a stop (`None`).
+async fn execute(ctx: &Arc<Runner>, run: Run, stop: &CancellationToken) -> Result<Option<bool>, RunError> {
     let checkpoint_id = run.checkpoint_id;
     let (ckpt, paths) = db(ctx, move |s| {
         let ckpt = s.checkpoint(checkpoint_id)?;
@@ -180,9 +185,9 @@ async fn execute(ctx: &Arc<Ctx>, run: Run, stop: &CancellationToken) -> Result<b
     let id = run.id;
     let repeat = Provenance::of(&run.provenance).repeat;
     // Hot-reloaded plugins serve from here on; a run whose judges changed records them.
-    super::reload_judges(ctx).await;
+    reload_judges(ctx).await;
     let mut run = run;
-    let hash = ctx.settings_hash(repeat);
+    let hash = ctx.settings().hash(repeat);
     if hash != run.settings_hash {
         let stored = db(ctx, move |s| s.sample_count(id)).await?;
         if stored > 0 {
@@ -190,16 +195,16 @@ async fn execute(ctx: &Arc<Ctx>, run: Run, stop: &CancellationToken) -> Result<b
             // again by whoever runs the queue).
             return Err(RunError::SettingsChanged { stored, path: path.display().to_string() });
         }
-        let provenance = ctx.provenance(&ckpt, &path.display().to_string(), repeat).to_value();
+        let provenance = ctx.settings().provenance(&ckpt, &path.display().to_string(), repeat).to_value();
         let (h, p) = (hash.clone(), provenance.clone());
         db(ctx, move |s| s.update_run_settings(id, &h, &p)).await?;
         tracing::info!("the run's judges or settings changed since it was queued; provenance updated");
         run.settings_hash = hash;
         run.provenance = provenance;
     }
-    let adaptive = ctx.config.sampling.adaptive();
-    let mut k = adaptive.as_ref().map(|a| a.min_samples).unwrap_or(ctx.config.sampling.samples);
-    let n_prompts = ctx.prompts.len() as u64;
+    let adaptive = ctx.eval.config.sampling.adaptive();
+    let mut k = ctx.eval.first_k();
+    let n_prompts = ctx.eval.prompts.len() as u64;
     let already = db(ctx, move |s| s.sample_count(id)).await?;
     let started = EventKind::RunStarted {
         run_id: run.id,
@@ -217,10 +222,10 @@ async fn execute(ctx: &Arc<Ctx>, run: Run, stop: &CancellationToken) -> Result<b
             run.total_samples = total;
         }
         let done = db(ctx, move |s| s.completed_sample_keys(id)).await?;
-        let jobs = plan(ctx, repeat, &done, k);
+        let jobs = plan(&ctx.eval, repeat, &done, k);
         match generate_round(ctx, &run, ckpt.kind, &path, jobs, done.len() as u64, total, stop).await? {
             Round::Done => {}
-            Round::Interrupted => return Ok(false), // left `running`: resumed at the next start
+            Round::Interrupted => return Ok(None), // left `running`: resumed at the next start
             Round::Deleted => return Err(RunError::DeletedDuringRun(path.display().to_string())),
         }
         let count = db(ctx, move |s| s.sample_count(id)).await?;
@@ -239,8 +244,32 @@ async fn execute(ctx: &Arc<Ctx>, run: Run, stop: &CancellationToken) -> Result<b
             }
         }
     }
-    finish(ctx, &run, &ckpt.path, decision).await?;
-    Ok(true)
+    let base = finish(ctx, &run, &ckpt.path, decision).await?;
+    Ok(Some(base))
+}
+
+/// Reloads the judges (cheap: compiled components are cached by content). A failure keeps the
+/// judges that were serving and is reported.
+async fn reload_judges(ctx: &Arc<Runner>) {
+    match super::blocking(ctx, |c| c.judging.reload(&c.eval.config)).await {
+        Ok(Ok(changed)) => {
+            if changed {
+                let judges: Vec<String> =
+                    ctx.judging.identities().iter().map(|j| format!("{} {}", j.name, j.version)).collect();
+                tracing::info!(?judges, "judges reloaded with new versions");
+            }
+        }
+        Ok(Err(e)) => {
+            tracing::warn!(error = %e, "cannot reload the judges; the previous ones keep serving");
+            ctx.bus
+                .emit(EventKind::PluginFailed {
+                    plugin: "judges".into(),
+                    reason: format!("{e} (the previous version keeps serving)"),
+                })
+                .await;
+        }
+        Err(e) => tracing::warn!(error = %e, "judge reload task failed"),
+    }
 }
 
 /// How a round of generation ended.
@@ -253,7 +282,7 @@ enum Round {
 /// Generates the given jobs in one engine request and stores each sample with its verdicts.
 #[allow(clippy::too_many_arguments)]
 async fn generate_round(
-    ctx: &Arc<Ctx>,
+    ctx: &Arc<Runner>,
     run: &Run,
     kind: CheckpointKind,
     path: &std::path::Path,
@@ -265,21 +294,22 @@ async fn generate_round(
     if jobs.is_empty() {
         return Ok(Round::Done);
     }
+    let eval = &ctx.eval;
     let mut spec = ModelSpec {
         model: path.to_owned(),
         adapter: None,
-        chat_template: ctx.config.model.chat_template.clone(),
-        system_prompt: ctx.config.model.system_prompt.clone(),
+        chat_template: eval.config.model.chat_template.clone(),
+        system_prompt: eval.config.model.system_prompt.clone(),
         raw_prompts: false,
     };
     if kind == CheckpointKind::Adapter {
-        spec.adapter = Some(AdapterSpec { path: path.to_owned(), scale: ctx.config.model.adapter_scale });
-        spec.model = ctx.base_path.clone();
+        spec.adapter = Some(AdapterSpec { path: path.to_owned(), scale: eval.config.model.adapter_scale });
+        spec.model = eval.base_path.clone();
     }
     let categories: Vec<String> = jobs.iter().map(|p| p.category.clone()).collect();
     let request =
-        GenerationRequest { model: spec, sampling: ctx.sampling(), jobs: jobs.into_iter().map(|p| p.job).collect() };
-    let texts: HashMap<String, String> = ctx.prompts.iter().map(|p: &Prompt| (p.id.clone(), p.text.clone())).collect();
+        GenerationRequest { model: spec, sampling: eval.sampling(), jobs: jobs.into_iter().map(|p| p.job).collect() };
+    let texts: HashMap<String, String> = eval.prompts.iter().map(|p: &Prompt| (p.id.clone(), p.text.clone())).collect();
 
     // The judging and storing side, on its own thread: generation never waits for it.
     let (tx, rx) = std_mpsc::channel::<SampleOutput>();
@@ -287,8 +317,12 @@ async fn generate_round(
     let worker = {
         let ctx = Arc::clone(ctx);
         let run_id = run.id;
-        let meter =
-            ProgressMeter { already, total, max_tokens: ctx.config.sampling.max_tokens, ..ProgressMeter::default() };
+        let meter = ProgressMeter {
+            already,
+            total,
+            max_tokens: ctx.eval.config.sampling.max_tokens,
+            ..ProgressMeter::default()
+        };
         let live = Arc::clone(&engine_progress);
         tokio::task::spawn_blocking(move || judge_and_store(&ctx, run_id, rx, categories, texts, meter, &live))
     };
@@ -349,14 +383,14 @@ async fn generate_round(
 /// a coherence judge or an over-refusal line), exactly as the published headline interval is
 /// computed.
 async fn adaptive_step(
-    ctx: &Arc<Ctx>,
+    ctx: &Arc<Runner>,
     run_id: RunId,
     provenance: &serde_json::Value,
     plan: &crate::config::Adaptive,
 ) -> Result<crate::stats::AdaptiveDecision, RunError> {
     let provenance = provenance.clone();
     let store = Arc::clone(&ctx.store);
-    let cfg = crate::scoring::stats_config(&ctx.config.stats);
+    let cfg = crate::scoring::stats_config(&ctx.eval.config.stats);
     let plan = crate::stats::AdaptivePlan {
         target_half_width: plan.target_half_width,
         min_samples: plan.min_samples,
@@ -378,15 +412,22 @@ async fn adaptive_step(
 }
 
 /// Scores a completed run and publishes it; `adaptive` records how adaptive sampling ended.
-async fn finish(ctx: &Arc<Ctx>, run: &Run, path: &str, adaptive: Option<serde_json::Value>) -> Result<(), RunError> {
+/// Returns true for a base-model run.
+async fn finish(
+    ctx: &Arc<Runner>,
+    run: &Run,
+    path: &str,
+    adaptive: Option<serde_json::Value>,
+) -> Result<bool, RunError> {
     let repeat = Provenance::of(&run.provenance).repeat;
     let (checkpoint_id, asked) = (run.checkpoint_id, run.baseline_run_id);
     let (is_base, baseline) = super::blocking(ctx, move |c| -> Result<_, StoreError> {
-        let is_base = checkpoint_id == base_checkpoint_id(c)?;
+        let base_sha = &c.eval.base_sha256;
+        let is_base = c.store.checkpoint_by_sha256(base_sha)?.is_some_and(|b| b.id == checkpoint_id);
         // The baseline may have been queued after this run was (e.g. settings changed): look again.
         let baseline = match asked {
             Some(b) => Some(b),
-            None if !is_base => super::queue::baseline_run(c, repeat)?,
+            None if !is_base => c.store.find_run_by_settings(base_sha, &c.settings().hash(repeat))?.map(|r| r.id),
             None => None,
         };
         let completed = match baseline {
@@ -399,7 +440,7 @@ async fn finish(ctx: &Arc<Ctx>, run: &Run, path: &str, adaptive: Option<serde_js
         Ok((is_base, completed))
     })
     .await??;
-    let stats_cfg = crate::scoring::stats_config(&ctx.config.stats);
+    let stats_cfg = crate::scoring::stats_config(&ctx.eval.config.stats);
     let store = Arc::clone(&ctx.store);
     let id = run.id;
     let result = tokio::task::spawn_blocking(move || {
@@ -430,25 +471,7 @@ async fn finish(ctx: &Arc<Ctx>, run: &Run, path: &str, adaptive: Option<serde_js
     for h in &result.headline {
         tracing::info!(run = run.id, "result: {}", crate::report::headline_line(h));
     }
-    if is_base && ctx.watching {
-        let folders: Vec<String> = ctx.config.daemon.watch.iter().map(|p| p.display().to_string()).collect();
-        let api = if ctx.config.api.enabled {
-            format!("; follow the results with `driftwatch subscribe --url http://{}`", ctx.config.api.listen)
-        } else {
-            String::new()
-        };
-        tracing::info!(
-            "baseline ready (run {}): drop GGUF models or LoRA adapters into {}{api}; `driftwatch report --run {}` for the full report",
-            run.id,
-            folders.join(", "),
-            run.id
-        );
-    }
-    Ok(())
-}
-
-fn base_checkpoint_id(ctx: &Ctx) -> Result<i64, StoreError> {
-    Ok(ctx.store.checkpoint_by_sha256(&ctx.base_sha256)?.map(|c| c.id).unwrap_or(-1))
+    Ok(is_base)
 }
 
 /// A run's progress as the daemon reports it: samples stored of the run's total, the
@@ -516,7 +539,7 @@ impl ProgressMeter {
 /// reports progress every second, from the engine's live figures, whether or not a sample
 /// finished. Returns how many samples were stored.
 fn judge_and_store(
-    ctx: &Ctx,
+    ctx: &Runner,
     run_id: RunId,
     rx: std_mpsc::Receiver<SampleOutput>,
     categories: Vec<String>,
@@ -524,8 +547,8 @@ fn judge_and_store(
     mut meter: ProgressMeter,
     engine_progress: &parking_lot::Mutex<Option<crate::engine::Progress>>,
 ) -> Result<u64, RunError> {
-    let judges = ctx.judges.lock().clone();
-    let batch_max = ctx.config.judges.iter().map(|j| j.batch_size as usize).min().unwrap_or(16).max(1);
+    let judges = ctx.judging.current();
+    let batch_max = ctx.eval.config.judges.iter().map(|j| j.batch_size as usize).min().unwrap_or(16).max(1);
     let mut last_progress = Instant::now();
     let report = |meter: &ProgressMeter| {
         let tps = meter.tokens_per_s();
@@ -573,7 +596,7 @@ fn judge_and_store(
 /// Judges one batch of samples and commits each with its verdicts. Returns how many were
 /// stored now (a sample already stored is not counted again) and their tokens.
 fn judge_and_store_batch(
-    ctx: &Ctx,
+    ctx: &Runner,
     run_id: RunId,
     judges: &super::judges::JudgeSet,
     batch: &[SampleOutput],
@@ -621,7 +644,7 @@ fn judge_and_store_batch(
             tokens += u64::from(out.completion_tokens);
             ctx.metrics.samples_generated(1);
         }
-        if ctx.config.events.sample_scored {
+        if ctx.eval.config.events.sample_scored {
             let v = serde_json::to_value(&verdicts).unwrap_or_default();
             let _ = ctx.bus.publish_blocking(&EventKind::SampleScored {
                 run_id,

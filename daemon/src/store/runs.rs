@@ -223,12 +223,21 @@ impl Store {
         })
     }
 
-    /// The oldest queued run.
-    pub fn next_queued_run(&self) -> Result<Option<Run>> {
+    /// The next queued run to execute, among `among` when given: the oldest whose baseline run
+    /// is not still queued or running, else the oldest (a baseline outside `among` is not
+    /// waited for).
+    pub fn next_queued_run(&self, among: Option<&[RunId]>) -> Result<Option<Run>> {
+        let among = among.map(|ids| serde_json::to_string(ids).unwrap_or_else(|_| "[]".into()));
         self.read(|c| {
             c.query_row(
-                &format!("SELECT {RUN_COLUMNS} FROM runs r WHERE r.status = 'queued' ORDER BY r.id LIMIT 1"),
-                [],
+                &format!(
+                    "SELECT {RUN_COLUMNS} FROM runs r WHERE r.status = 'queued'
+                       AND (?1 IS NULL OR r.id IN (SELECT value FROM json_each(?1)))
+                     ORDER BY EXISTS (SELECT 1 FROM runs b WHERE b.id = r.baseline_run_id
+                                        AND b.status IN ('queued', 'running')), r.id
+                     LIMIT 1"
+                ),
+                [among],
                 run_from_row,
             )
             .optional()?

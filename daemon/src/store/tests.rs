@@ -147,6 +147,36 @@ fn checkpoint_round_trip_and_paths() {
     assert_eq!(store.list_checkpoints(10).unwrap().len(), 1);
 }
 
+/// The queue claims a run after the baseline it is compared with, even when it was queued
+/// first (it was claimed oldest first, and then scored without its comparison); a claim
+/// among given runs takes only those, and does not wait for a baseline outside them.
+#[test]
+fn a_run_is_claimed_after_its_queued_baseline_and_among_the_runs_asked_for() {
+    let (_d, store) = new_store();
+    let new = |cp: CheckpointId, hash: &str| NewRun {
+        checkpoint_id: cp,
+        baseline_run_id: None,
+        settings_hash: hash.into(),
+        provenance: json!({}),
+        total_samples: 1,
+    };
+    let target = store.create_run(&new(checkpoint(&store, "t", "/w/t.gguf").id, "h")).unwrap();
+    let base = store.create_run(&new(checkpoint(&store, "b", "/w/b.gguf").id, "h")).unwrap();
+    store.set_run_baseline(target.id, Some(base.id)).unwrap();
+    let other = store.create_run(&new(checkpoint(&store, "o", "/w/o.gguf").id, "h")).unwrap();
+    let next = |among: Option<&[RunId]>| store.next_queued_run(among).unwrap().map(|r| r.id);
+    assert_eq!(next(None), Some(base.id), "the baseline first");
+    assert_eq!(next(Some(&[target.id, base.id])), Some(base.id));
+    assert_eq!(next(Some(&[target.id])), Some(target.id), "a baseline outside the set is not waited for");
+    assert_eq!(next(Some(&[other.id])), Some(other.id));
+    assert_eq!(next(Some(&[])), None);
+    store.start_run(base.id).unwrap();
+    // The baseline running: the run that does not wait for it comes first.
+    assert_eq!(next(None), Some(other.id));
+    store.complete_run(base.id, &json!({})).unwrap();
+    assert_eq!(next(None), Some(target.id), "oldest first once the baseline is done");
+}
+
 #[test]
 fn run_life_cycle_and_transitions() {
     let (_d, store) = new_store();
@@ -162,7 +192,7 @@ fn run_life_cycle_and_transitions() {
         .unwrap();
     assert_eq!(run.status, RunStatus::Queued);
     assert_eq!(run.provenance, json!({"a": [1, 2]}));
-    assert_eq!(store.next_queued_run().unwrap().unwrap().id, run.id);
+    assert_eq!(store.next_queued_run(None).unwrap().unwrap().id, run.id);
     // Cannot complete a queued run.
     assert!(matches!(
         store.complete_run(run.id, &json!({})),
@@ -174,7 +204,7 @@ fn run_life_cycle_and_transitions() {
     assert_eq!(r.status, RunStatus::Running);
     assert_eq!(r.attempts, 1);
     assert!(r.started_at_ms.is_some());
-    assert!(store.next_queued_run().unwrap().is_none());
+    assert!(store.next_queued_run(None).unwrap().is_none());
     store.set_run_total(run.id, 20).unwrap();
     store.complete_run(run.id, &json!({"unsafe_rate": 0.25})).unwrap();
     let r = store.run(run.id).unwrap().unwrap();
@@ -334,7 +364,7 @@ fn interrupted_run_resumes_without_loss() {
     assert_eq!(store.run(run_id).unwrap().unwrap().status, RunStatus::Running);
     assert_eq!(store.requeue_interrupted_runs().unwrap(), vec![run_id]);
     assert!(store.requeue_interrupted_runs().unwrap().is_empty());
-    assert_eq!(store.next_queued_run().unwrap().unwrap().id, run_id);
+    assert_eq!(store.next_queued_run(None).unwrap().unwrap().id, run_id);
     store.start_run(run_id).unwrap();
     assert_eq!(store.run(run_id).unwrap().unwrap().attempts, 2);
     let done = store.completed_sample_keys(run_id).unwrap();

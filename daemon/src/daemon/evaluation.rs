@@ -1,0 +1,261 @@
+//! What an evaluation is, fixed when the daemon (or a one-shot `eval`) starts: the
+//! configuration, the prompts of its suites and the base model ([`Evaluation`]); and the
+//! settings of a run under the judges serving now ([`Settings`]): its hash (the dedup key),
+//! its comparability fingerprint and its provenance record.
+
+use std::path::PathBuf;
+
+use serde_json::{json, Value};
+
+use super::DaemonError;
+use crate::checkpoint::{self, Checkpoint};
+use crate::config::Config;
+use crate::engine::{self, EngineParams, SamplingParams};
+use crate::provenance::{JudgeProvenance, Provenance, SuiteIdentity};
+use crate::store::CheckpointRecord;
+use crate::suite::{self, Prompt};
+
+/// The immutable part of every run: the configuration, the prompts, the base model and the
+/// engine's settings.
+pub(crate) struct Evaluation {
+    pub config: Config,
+    /// Every suite's prompts, in suite order.
+    pub prompts: Vec<Prompt>,
+    pub suites: Vec<SuiteIdentity>,
+    /// The base model's header.
+    pub base: Checkpoint,
+    pub base_path: PathBuf,
+    pub base_sha256: String,
+    /// The generation engine's settings (from `[engine]`).
+    pub engine: EngineParams,
+}
+
+impl Evaluation {
+    /// Loads the suites and reads the base model (hashing it on the blocking pool).
+    pub async fn load(config: Config) -> Result<Evaluation, DaemonError> {
+        if config.suites.is_empty() {
+            return Err(DaemonError::NoSuite);
+        }
+        let mut prompts = Vec::new();
+        let mut suites = Vec::new();
+        let mut seen = std::collections::HashSet::new();
+        for sc in &config.suites {
+            let s = suite::load(sc)?;
+            for p in &s.prompts {
+                if !seen.insert(p.id.clone()) {
+                    return Err(DaemonError::Other(format!(
+                        "prompt id '{}' appears in two suites; give the suites distinct names",
+                        p.id
+                    )));
+                }
+            }
+            tracing::info!(suite = %s.name, prompts = s.prompts.len(), of = s.available, "suite loaded");
+            suites.push(SuiteIdentity {
+                name: s.name.clone(),
+                path: sc.path.display().to_string(),
+                prompts: s.prompts.len(),
+                content_hash: s.content_hash.clone(),
+                control: sc.control,
+                available: s.available,
+            });
+            prompts.extend(s.prompts);
+        }
+        let base_path = config.model.base.clone();
+        let base = checkpoint::inspect_model(&base_path)?;
+        let base_sha256 = {
+            let p = base_path.clone();
+            tokio::task::spawn_blocking(move || checkpoint::sha256_file(&p))
+                .await
+                .map_err(|e| DaemonError::Other(e.to_string()))?
+                .map_err(|e| DaemonError::Other(format!("cannot read the base model {}: {e}", base_path.display())))?
+        };
+        let engine = super::engine_config(&config);
+        Ok(Evaluation { config, prompts, suites, base, base_path, base_sha256, engine })
+    }
+
+    /// Sampling settings for the engine.
+    pub fn sampling(&self) -> SamplingParams {
+        let s = &self.config.sampling;
+        SamplingParams {
+            temperature: s.temperature,
+            top_p: s.top_p,
+            top_k: s.top_k as i32,
+            min_p: s.min_p,
+            repeat_penalty: s.repeat_penalty,
+            greedy: s.greedy,
+            max_tokens: s.max_tokens,
+            stop: s.stop.clone(),
+            ..SamplingParams::default()
+        }
+    }
+
+    /// Samples per prompt in a run's first round (K, or adaptive sampling's minimum).
+    pub fn first_k(&self) -> u32 {
+        let s = &self.config.sampling;
+        s.adaptive().map(|a| a.min_samples).unwrap_or(s.samples)
+    }
+
+    /// The settings of runs judged by `judges` (the identities of the judges serving now).
+    pub fn under(&self, judges: Vec<JudgeProvenance>) -> Settings<'_> {
+        Settings { eval: self, judges }
+    }
+}
+
+/// The settings of a run: the evaluation with the judges that score it. Built from one
+/// snapshot of the judges, so a hash, a fingerprint and a provenance record made from it
+/// always agree.
+pub(crate) struct Settings<'a> {
+    pub eval: &'a Evaluation,
+    pub judges: Vec<JudgeProvenance>,
+}
+
+impl Settings<'_> {
+    /// Everything that must match for two runs of `repeat` to be the same measurement. Its
+    /// hash is the dedup key (with the checkpoint's content).
+    pub fn evaluation_settings(&self, repeat: u32) -> Value {
+        let e = self.eval;
+        let c = &e.config;
+        json!({
+            "config_hashes": c.settings_hashes(),
+            "suites": e.suites,
+            "judges": self.judges,
+            "base_model_sha256": e.base_sha256,
+            "adapter_scale": c.model.adapter_scale,
+            "system_prompt": c.model.system_prompt,
+            "chat_template": c.model.chat_template,
+            "samples": c.sampling.samples,
+            "seed": c.sampling.seed,
+            "repeat": repeat,
+        })
+    }
+
+    /// The settings hash of a run of `repeat`.
+    pub fn hash(&self, repeat: u32) -> String {
+        crate::config::canonical_hash(&self.evaluation_settings(repeat))
+    }
+
+    /// The comparability fingerprint of runs under these settings.
+    pub fn fingerprint(&self) -> crate::stats::RunFingerprint {
+        let e = self.eval;
+        let c = &e.config;
+        let h = c.settings_hashes();
+        let contents: Vec<&String> = e.suites.iter().map(|s| &s.content_hash).collect();
+        let controls: Vec<&String> = e.suites.iter().filter(|s| s.control).map(|s| &s.name).collect();
+        // Which suites are controls changes what the harm rates cover: part of the suite
+        // identity (only when there are any, so runs without controls keep their hashes).
+        let suite_hash = if controls.is_empty() {
+            crate::config::canonical_hash(&contents)
+        } else {
+            crate::config::canonical_hash(&json!({"contents": contents, "control_suites": controls}))
+        };
+        let judges = self
+            .judges
+            .iter()
+            .map(|j| crate::stats::JudgeIdentity {
+                name: j.name.clone(),
+                version: j.version.clone(),
+                hash: format!("{}:{}", j.wasm_sha256, j.config_hash),
+            })
+            .collect();
+        crate::stats::RunFingerprint {
+            suite_hash,
+            judges,
+            sampling_hash: crate::config::canonical_hash(&json!([
+                h.sampling,
+                c.sampling.samples,
+                c.model.system_prompt
+            ])),
+            chat_template_hash: h.template,
+            engine_hash: h.engine,
+        }
+    }
+
+    /// The provenance record of a run of `checkpoint` (found at `path`) of `repeat`.
+    pub fn provenance(&self, checkpoint: &CheckpointRecord, path: &str, repeat: u32) -> Provenance {
+        use crate::provenance::*;
+        let build = engine::build_info();
+        let ev = self.eval;
+        let c = &ev.config;
+        let e = &ev.engine;
+        let adapter = (checkpoint.kind == crate::store::CheckpointKind::Adapter).then(|| AdapterFile {
+            path: path.to_owned(),
+            sha256: checkpoint.sha256.clone(),
+            scale: c.model.adapter_scale,
+        });
+        let model = if adapter.is_some() {
+            ModelFile { path: ev.base_path.display().to_string(), sha256: ev.base_sha256.clone() }
+        } else {
+            ModelFile { path: path.to_owned(), sha256: checkpoint.sha256.clone() }
+        };
+        Provenance {
+            driftwatch_version: build.driftwatch_version.to_owned(),
+            llama_cpp: LlamaCppBuild {
+                ggml_version: build.ggml_version.clone(),
+                ggml_commit: build.ggml_commit.clone(),
+                system_info: build.system_info.clone(),
+                compiled_cpu_features: build.compiled_cpu_features.iter().map(|f| f.to_string()).collect(),
+                gpu_offload: build.gpu_offload,
+            },
+            model,
+            adapter,
+            suites: ev.suites.clone(),
+            judges: self.judges.clone(),
+            sampling: c.sampling.clone(),
+            engine: EngineProvenance {
+                threads: e.effective_threads() as u32,
+                parallel: e.parallel as u32,
+                batch_size: e.batch_size as u32,
+                gpu_layers: e.gpu_layers as i32,
+                kv_unified: e.kv_unified,
+                batch_invariant: engine::batch_invariant(&build, e),
+            },
+            chat_template: ChatTemplateProvenance {
+                template_override: c.model.chat_template.clone(),
+                system_prompt: c.model.system_prompt.clone(),
+            },
+            seeds: SeedScheme { base_seed: c.sampling.seed, repeat, scheme: SEED_SCHEME.to_owned() },
+            repeat,
+            settings_hash: self.hash(repeat),
+            fingerprint: Some(self.fingerprint()),
+            created_ms: crate::store::now_ms(),
+        }
+    }
+
+    /// What one evaluation under these settings is, in words: the suites and their slices,
+    /// K, the token budget, the judges, and the sample count.
+    pub fn plan_summary(&self) -> String {
+        let e = self.eval;
+        let c = &e.config;
+        let suites: Vec<String> = e
+            .suites
+            .iter()
+            .map(|s| {
+                let of = if s.prompts < s.available { format!(" of {}", s.available) } else { String::new() };
+                format!("{} {}{of}{}", s.name, s.prompts, if s.control { " (control)" } else { "" })
+            })
+            .collect();
+        let k = match c.sampling.adaptive() {
+            Some(a) => format!(
+                "K = {}..{} (adaptive, target half-width {})",
+                a.min_samples, a.max_samples, a.target_half_width
+            ),
+            None => format!("K = {}", c.sampling.samples),
+        };
+        let judges: Vec<&str> = self.judges.iter().map(|j| j.name.as_str()).collect();
+        let sliced = e.suites.iter().any(|s| s.prompts < s.available);
+        format!(
+            "{} prompts ({}) × {k} seeded samples × at most {} tokens = {} samples{}, judged by {}{}",
+            e.prompts.len(),
+            suites.join(", "),
+            c.sampling.max_tokens,
+            e.prompts.len() as u64 * u64::from(e.first_k()),
+            if c.sampling.repeats > 1 { format!(" per repeat, {} repeats", c.sampling.repeats) } else { String::new() },
+            judges.join(", "),
+            if sliced {
+                "; slices of the suites (remove `limit` / `per_category` in the config for the full suites)"
+            } else {
+                ""
+            },
+        )
+    }
+}
