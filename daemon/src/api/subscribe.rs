@@ -265,18 +265,6 @@ impl SseParser {
     }
 }
 
-fn s<'a>(p: &'a Value, k: &str) -> &'a str {
-    p[k].as_str().unwrap_or("?")
-}
-
-fn n(p: &Value, k: &str) -> String {
-    match &p[k] {
-        Value::Number(x) => x.to_string(),
-        Value::Null => "?".into(),
-        v => v.to_string(),
-    }
-}
-
 fn f3(x: f64) -> String {
     format!("{x:.2}")
 }
@@ -339,87 +327,86 @@ fn size(bytes: &Value) -> String {
     }
 }
 
-/// A one-line, human-readable summary of an event, e.g.
-/// `#42 run.completed run 7 /path/ckpt.gguf unsafe 0.31 [0.22, 0.40] regressed`.
-pub fn summary(e: &Event) -> String {
-    let p = &e.payload;
-    let detail = match e.event_type.as_str() {
-        "checkpoint.discovered" => format!(
-            "checkpoint {} {} {} {} sha256 {}{}",
-            n(p, "checkpoint_id"),
-            s(p, "path"),
-            s(p, "kind"),
-            size(&p["size_bytes"]),
-            s(p, "sha256").chars().take(12).collect::<String>(),
-            if p["duplicate"].as_bool() == Some(true) { " (duplicate)" } else { "" }
-        ),
-        "checkpoint.rejected" => format!("{}: {}", s(p, "path"), s(p, "reason")),
-        "run.queued" => format!("run {} {} position {}", n(p, "run_id"), s(p, "path"), n(p, "position")),
-        "run.started" => {
-            let resumed = p["already_done"].as_u64().unwrap_or(0);
-            format!(
-                "run {} checkpoint {} {} samples{}",
-                n(p, "run_id"),
-                n(p, "checkpoint_id"),
-                n(p, "total_samples"),
-                if resumed > 0 { format!(" (resuming, {resumed} done)") } else { String::new() }
-            )
-        }
-        "run.progress" => {
-            let (done, total) = (p["done"].as_u64().unwrap_or(0), p["total"].as_u64().unwrap_or(0));
-            let pct = if total > 0 { 100.0 * done as f64 / total as f64 } else { 0.0 };
-            let eta = p["eta_s"].as_f64().map(|s| format!(" eta {s:.0}s")).unwrap_or_default();
-            let tps = p["tokens_per_s"].as_f64().map(|t| format!(" {t:.1} tok/s")).unwrap_or_default();
-            format!("run {} {done}/{total} ({pct:.0}%){tps}{eta}", n(p, "run_id"))
-        }
-        "sample.scored" => {
-            let verdicts = match &p["verdicts"] {
-                Value::Object(m) => m
-                    .iter()
-                    .map(|(judge, v)| {
-                        let label = v["label"].as_str().map(str::to_owned).or_else(|| {
-                            v.get("unsafe").or_else(|| v.get("is_unsafe")).and_then(Value::as_bool).map(|u| {
-                                if u {
-                                    "unsafe".into()
-                                } else {
-                                    "safe".into()
-                                }
-                            })
-                        });
-                        format!("{judge}={}", label.unwrap_or_else(|| "?".into()))
+/// `unsafe=…` labels of a `sample.scored` event's verdicts, by judge.
+fn verdict_labels(verdicts: &Value) -> String {
+    match verdicts {
+        Value::Object(m) => m
+            .iter()
+            .map(|(judge, v)| {
+                let label = v["label"].as_str().map(str::to_owned).or_else(|| {
+                    v.get("unsafe").or_else(|| v.get("is_unsafe")).and_then(Value::as_bool).map(|u| {
+                        if u {
+                            "unsafe".into()
+                        } else {
+                            "safe".into()
+                        }
                     })
-                    .collect::<Vec<_>>()
-                    .join(" "),
-                v => v.to_string(),
-            };
-            format!("run {} prompt {} sample {} {verdicts}", n(p, "run_id"), s(p, "prompt_id"), n(p, "sample_index"))
+                });
+                format!("{judge}={}", label.unwrap_or_else(|| "?".into()))
+            })
+            .collect::<Vec<_>>()
+            .join(" "),
+        v => v.to_string(),
+    }
+}
+
+/// A one-line, human-readable summary of an event, e.g.
+/// `#42 run.completed run 7 /path/ckpt.gguf unsafe 0.31 [0.22, 0.40] regressed`. The event
+/// is read as its typed [`EventKind`]; one this build cannot read (a newer type, or a payload
+/// of another shape) is shown with its raw payload.
+pub fn summary(e: &Event) -> String {
+    use crate::events::EventKind as K;
+    let Some(kind) = K::of(e) else {
+        let known = K::TYPES.contains(&e.event_type.as_str());
+        let note = if known { " (a payload this version cannot read)" } else { "" };
+        return format!("#{} {} {}{note}", e.id, e.event_type, e.payload);
+    };
+    let detail = match kind {
+        K::CheckpointDiscovered { checkpoint_id, path, sha256, kind, size_bytes, duplicate } => format!(
+            "checkpoint {checkpoint_id} {path} {kind} {} sha256 {}{}",
+            size(&Value::from(size_bytes)),
+            sha256.chars().take(12).collect::<String>(),
+            if duplicate { " (duplicate)" } else { "" }
+        ),
+        K::CheckpointRejected { path, reason } => format!("{path}: {reason}"),
+        K::RunQueued { run_id, path, position, .. } => format!("run {run_id} {path} position {position}"),
+        K::RunStarted { run_id, checkpoint_id, total_samples, already_done } => format!(
+            "run {run_id} checkpoint {checkpoint_id} {total_samples} samples{}",
+            if already_done > 0 { format!(" (resuming, {already_done} done)") } else { String::new() }
+        ),
+        K::RunProgress { run_id, done, total, tokens_per_s, eta_s } => {
+            let pct = if total > 0 { 100.0 * done as f64 / total as f64 } else { 0.0 };
+            let eta = eta_s.map(|s| format!(" eta {s:.0}s")).unwrap_or_default();
+            format!("run {run_id} {done}/{total} ({pct:.0}%) {tokens_per_s:.1} tok/s{eta}")
         }
-        "run.completed" => {
-            let mut line = format!("run {} {}", n(p, "run_id"), s(p, "path"));
+        K::SampleScored { run_id, prompt_id, sample_index, verdicts } => {
+            format!("run {run_id} prompt {prompt_id} sample {sample_index} {}", verdict_labels(&verdicts))
+        }
+        K::RunCompleted { run_id, path, scores, verdict, .. } => {
+            let mut line = format!("run {run_id} {path}");
             // The daemon's scores are typed headlines; other shapes are read as best we can.
-            let typed: Option<Vec<crate::scoring::Headline>> = serde_json::from_value(p["scores"].clone()).ok();
+            let typed: Option<Vec<crate::scoring::Headline>> = serde_json::from_value(scores.clone()).ok();
             if let Some(h) = typed.filter(|h| !h.is_empty()) {
                 line.push_str(": ");
                 line.push_str(&h.iter().map(crate::report::headline_line).collect::<Vec<_>>().join("; "));
-                if let Some(v) = p["verdict"].as_str() {
+                if let Some(v) = &verdict {
                     line.push_str(&format!(" (verdict: {v})"));
                 }
                 return format!("#{} {} {}", e.id, e.event_type, line);
             }
-            if let Some(h) = headline(&p["scores"]) {
+            if let Some(h) = headline(&scores) {
                 line.push(' ');
                 line.push_str(&h);
             }
-            if let Some(v) = p["verdict"].as_str() {
+            if let Some(v) = verdict {
                 line.push(' ');
-                line.push_str(v);
+                line.push_str(&v);
             }
             line
         }
-        "run.failed" => format!("run {}: {}", n(p, "run_id"), s(p, "reason")),
-        "plugin.loaded" => format!("{} {} {}", s(p, "name"), s(p, "version"), s(p, "path")),
-        "plugin.failed" => format!("{}: {}", s(p, "plugin"), s(p, "reason")),
-        _ => p.to_string(),
+        K::RunFailed { run_id, reason } => format!("run {run_id}: {reason}"),
+        K::PluginLoaded { name, version, path, .. } => format!("{name} {version} {path}"),
+        K::PluginFailed { plugin, reason } => format!("{plugin}: {reason}"),
     };
     format!("#{} {} {}", e.id, e.event_type, detail)
 }
@@ -507,7 +494,7 @@ mod tests {
         let e = ev(5, "new.kind", json!({"x": 1}));
         assert_eq!(summary(&e), "#5 new.kind {\"x\":1}");
         let e = ev(6, "run.completed", json!("garbage"));
-        assert_eq!(summary(&e), "#6 run.completed run ? ?");
+        assert_eq!(summary(&e), "#6 run.completed \"garbage\" (a payload this version cannot read)");
         // The daemon's own shape: typed headlines, each as every report writes it.
         let e = ev(
             7,
