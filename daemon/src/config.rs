@@ -538,6 +538,12 @@ pub struct JudgeConfig {
     /// (calls to `generate` fail).
     #[serde(default)]
     pub judge_model: Option<PathBuf>,
+    /// A labelled calibration set (JSON Lines of `response` and `label`): the judge is
+    /// measured on it at load, and the rates it reports are shown beside their correction for
+    /// its error (Rogan–Gladen, with the calibration's uncertainty in the interval). It does
+    /// not change what is measured, so it is not part of the settings hash. Default: none.
+    #[serde(default)]
+    pub calibration: Option<PathBuf>,
     /// Free table handed to the plugin's `configure` (as JSON).
     #[serde(default)]
     pub config: toml::Table,
@@ -553,6 +559,7 @@ impl JudgeConfig {
             memory_mb: default_judge_memory(),
             batch_size: default_judge_batch(),
             judge_model: None,
+            calibration: None,
             config: toml::Table::new(),
         }
     }
@@ -1134,6 +1141,11 @@ impl Config {
             if let Some(m) = &j.judge_model {
                 j.judge_model = Some(
                     resolve_path(m, base_dir, env).map_err(|m| loc.invalid(&format!("judges[{i}].judge_model"), m))?,
+                );
+            }
+            if let Some(c) = &j.calibration {
+                j.calibration = Some(
+                    resolve_path(c, base_dir, env).map_err(|m| loc.invalid(&format!("judges[{i}].calibration"), m))?,
                 );
             }
         }

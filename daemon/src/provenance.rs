@@ -166,6 +166,14 @@ pub struct JudgeProvenance {
     pub contract: String,
 }
 
+impl JudgeProvenance {
+    /// The key of this judge's calibration in the store: its component, settings and judge
+    /// model (the judge that scored, whatever it is named).
+    pub fn calibration_key(&self) -> String {
+        crate::config::canonical_hash(&serde_json::json!([self.wasm_sha256, self.config_hash, self.judge_model]))
+    }
+}
+
 /// The engine as it ran.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 #[serde(default)]

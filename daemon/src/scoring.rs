@@ -95,6 +95,38 @@ pub struct Headline {
     pub verdict: Option<Verdict>,
     /// Verdicts of this judge that errored (left out of the estimates).
     pub errored: u64,
+    /// The rate (and difference) corrected for the judge's error, when the judge has a
+    /// calibration set ([`RunResult::corrections`] has the details).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub corrected: Option<CorrectedCell>,
+}
+
+/// A headline's rate corrected for its judge's error, beside the raw one.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct CorrectedCell {
+    pub value: f64,
+    pub lo: f64,
+    pub hi: f64,
+    /// The corrected run − baseline difference, when compared.
+    pub difference: Option<f64>,
+    pub difference_lo: Option<f64>,
+    pub difference_hi: Option<f64>,
+}
+
+/// A harm judge's rates corrected for its error, measured on its calibration set.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct JudgeCorrection {
+    pub judge: String,
+    /// The judge's verdicts on the calibration set.
+    pub calibration: crate::judge::calibration::JudgeCalibration,
+    /// Its sensitivity, specificity and κ against the labels.
+    pub accuracy: stats::JudgeAccuracy,
+    /// The corrected unsafe rate (absent with `error` when it cannot be corrected).
+    pub rate: Option<stats::CorrectedRate>,
+    /// The corrected paired difference with the baseline, when compared.
+    pub difference: Option<stats::CorrectedDifference>,
+    /// Why no correction could be made.
+    pub error: Option<String>,
 }
 
 /// A baseline comparison that was refused because the runs are not comparable.
@@ -143,19 +175,12 @@ pub struct RunResult {
     pub samples: u64,
     /// Samples with at least one errored or absent verdict.
     pub errored: u64,
-    /// The estimators' settings these scores were computed with (absent in results stored
-    /// by earlier versions).
-    #[serde(default)]
-    pub stats: Option<stats::StatsParams>,
+    /// Harm judges with a calibration set: their rates corrected for their error.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub corrections: Vec<JudgeCorrection>,
 }
 
 impl RunResult {
-    /// True when these (stored) scores are what scoring the run again against `baseline`
-    /// with `cfg` would give: same baseline, same estimator settings, nothing forced.
-    pub fn scored_as(&self, baseline: Option<RunId>, cfg: &stats::StatsParams) -> bool {
-        self.baseline_run_id == baseline && self.stats.as_ref() == Some(cfg) && !self.comparison_forced
-    }
-
     /// What the judge (or over-refusal line) named `judge` measures in this run.
     pub fn role(&self, judge: &str) -> LineRole {
         role_in(judge, &self.coherence_judges, &self.over_refusal_judges)
@@ -447,6 +472,7 @@ pub fn score_run_from_store(
     let mut comparisons = Vec::new();
     let mut comparison_refused = None;
     let mut comparison_forced = false;
+    let mut baseline_inputs = None;
     if let Some(base_id) = baseline {
         let (_, base_provenance, bi) = match load_run_inputs(store, base_id) {
             Err(ScoringError::RunNotFound(_)) => return Err(ScoringError::BaselineNotFound(base_id)),
@@ -473,16 +499,24 @@ pub fn score_run_from_store(
                         );
                     }
                 }
+                baseline_inputs = Some(bi);
             }
         }
     }
+    let calibrations = calibrations_of(store, &provenance)?;
+    let corrections = corrections(&calibrations, &ri, baseline_inputs.as_ref(), &comparisons, cfg);
 
     let verdict = overall_verdict(&comparisons, &ri.coherence_judges, &ri.over_refusal_judges);
     let any_category_regressed = comparisons.iter().any(|c| harm(&c.judge) && c.any_category_regressed);
     let headline = scores
         .per_judge
         .iter()
-        .map(|j| headline_of(j, role_in(&j.judge, &ri.coherence_judges, &ri.over_refusal_judges), &comparisons, cfg))
+        .map(|j| {
+            let role = role_in(&j.judge, &ri.coherence_judges, &ri.over_refusal_judges);
+            let mut h = headline_of(j, role, &comparisons, cfg);
+            h.corrected = corrections.iter().find(|c| c.judge == j.judge && role == LineRole::Harm).and_then(cell_of);
+            h
+        })
         .collect();
     Ok(RunResult {
         run_id,
@@ -499,7 +533,89 @@ pub fn score_run_from_store(
         headline,
         samples: ri.samples,
         errored: ri.errored,
-        stats: Some(cfg.clone()),
+        corrections,
+    })
+}
+
+/// The calibrations the store holds for the judges of a run (by judge name).
+fn calibrations_of(
+    store: &Store,
+    provenance: &Provenance,
+) -> Result<Vec<(String, crate::judge::calibration::JudgeCalibration)>, ScoringError> {
+    let mut out = Vec::new();
+    for j in &provenance.judges {
+        if let Some(c) = store.calibration(&j.calibration_key())? {
+            out.push((j.name.clone(), c));
+        }
+    }
+    Ok(out)
+}
+
+/// The scores a completed run stored, when they are what scoring it again against `baseline`
+/// with `cfg` would give: the same baseline and estimator settings, nothing forced, and the
+/// same judge calibrations as the store holds now. `None` when it must be scored again.
+pub fn stored_result_if_current(
+    store: &Store,
+    run_id: RunId,
+    baseline: Option<RunId>,
+    cfg: &stats::StatsParams,
+) -> Result<Option<RunResult>, ScoringError> {
+    let Some(run) = store.run(run_id)? else { return Ok(None) };
+    let Some(stored) = run.scores.and_then(|s| serde_json::from_value::<RunResult>(s).ok()) else { return Ok(None) };
+    if stored.baseline_run_id != baseline || stored.scores.config != *cfg || stored.comparison_forced {
+        return Ok(None);
+    }
+    let now = calibrations_of(store, &Provenance::of(&run.provenance))?;
+    let harm_now: Vec<_> = now.iter().filter(|(j, _)| stored.role(j) == LineRole::Harm).cloned().collect();
+    let used: Vec<_> = stored.corrections.iter().map(|c| (c.judge.clone(), c.calibration.clone())).collect();
+    Ok((harm_now == used).then_some(stored))
+}
+
+/// The corrections of every harm judge with a calibration: its rate on this run, and the
+/// paired difference when it was compared with the baseline.
+fn corrections(
+    calibrations: &[(String, crate::judge::calibration::JudgeCalibration)],
+    ri: &RunInputs,
+    baseline: Option<&RunInputs>,
+    comparisons: &[BaselineComparison],
+    cfg: &stats::StatsParams,
+) -> Vec<JudgeCorrection> {
+    let mut out = Vec::new();
+    for (name, calibration) in calibrations {
+        if role_in(name, &ri.coherence_judges, &ri.over_refusal_judges) != LineRole::Harm {
+            continue;
+        }
+        let Some(input) = ri.inputs.iter().find(|i| &i.judge == name) else { continue };
+        let counts = &calibration.counts;
+        let rate = stats::corrected_rate(input, counts, cfg);
+        let compared = comparisons.iter().any(|c| &c.judge == name);
+        let base = baseline.filter(|_| compared).and_then(|b| b.inputs.iter().find(|i| &i.judge == name));
+        let difference = base.map(|b| stats::corrected_difference(input, b, counts, cfg));
+        let error = match (&rate, &difference) {
+            (Err(e), _) | (_, Some(Err(e))) => Some(e.to_string()),
+            _ => None,
+        };
+        out.push(JudgeCorrection {
+            judge: name.clone(),
+            calibration: calibration.clone(),
+            accuracy: stats::judge_accuracy(counts, cfg.level),
+            rate: rate.ok(),
+            difference: difference.and_then(Result::ok),
+            error,
+        });
+    }
+    out
+}
+
+fn cell_of(c: &JudgeCorrection) -> Option<CorrectedCell> {
+    let r = c.rate.as_ref()?;
+    Some(CorrectedCell {
+        value: r.value,
+        lo: r.lo,
+        hi: r.hi,
+        difference: c.difference.as_ref().map(|d| d.value),
+        difference_lo: c.difference.as_ref().map(|d| d.lo),
+        difference_hi: c.difference.as_ref().map(|d| d.hi),
     })
 }
 
@@ -530,6 +646,7 @@ fn headline_of(
         difference_hi: diff.map(|d| d.hi),
         verdict: cmp.map(|c| c.verdict),
         errored: j.missing.n_errored as u64,
+        corrected: None,
     }
 }
 

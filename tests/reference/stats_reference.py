@@ -104,6 +104,40 @@ def repeats():
     print(f"mean={v.mean()!r} sd={v.std(ddof=1)!r}")
 
 
+def calibration():
+    print("# calibration: judge accuracy, Rogan-Gladen correction and its two-source bootstrap")
+    tp, fn, tn, fp = 85, 15, 180, 20
+    n1, n0 = tp + fn, tn + fp
+    for name, x, n in [("Se", tp, n1), ("Sp", tn, n0)]:
+        lo, hi = proportion_confint(x, n, alpha=0.05, method="wilson")
+        print(f"{name} {x}/{n}: {lo!r}, {hi!r}")
+    r = cohens_kappa(np.array([[tp, fp], [fn, tn]]))
+    print(f"kappa={r.kappa!r} std={r.std_kappa!r}")
+    se, sp = tp / n1, tn / n0
+    j = se + sp - 1
+    run = np.array([min((i * 7) % 6, 5) / 5 for i in range(200)])
+    base = np.array([min((i * 3) % 4, 5) / 5 for i in range(200)])
+    p = run.mean()
+    pi = (p + sp - 1) / j
+    # Delta method: Var(pi) = [Var(p) + pi^2 Var(Se) + (1 - pi)^2 Var(Sp)] / J^2.
+    var_p = run.var() / len(run)
+    var = (var_p + pi ** 2 * se * (1 - se) / n1 + (1 - pi) ** 2 * sp * (1 - sp) / n0) / j ** 2
+    print(f"p={p!r} corrected={pi!r} delta_se={np.sqrt(var)!r} "
+          f"delta_interval=({pi - 1.959964 * np.sqrt(var)!r}, {pi + 1.959964 * np.sqrt(var)!r})")
+    # The same two-source bootstrap, with numpy's generator (an independent implementation).
+    rng = np.random.default_rng(20261202)
+    b = 200_000
+    idx = rng.integers(0, len(run), size=(b, len(run)))
+    se_b = rng.binomial(n1, se, size=b) / n1
+    sp_b = rng.binomial(n0, sp, size=b) / n0
+    j_b = se_b + sp_b - 1
+    rate_b = np.clip((run[idx].mean(axis=1) + sp_b - 1) / j_b, 0, 1)
+    print(f"bootstrap rate: {np.percentile(rate_b, [2.5, 97.5])!r}")
+    d = run - base
+    diff_b = np.clip(d[idx].mean(axis=1) / j_b, -1, 1)
+    print(f"difference={d.mean()!r} corrected={d.mean() / j!r} bootstrap: {np.percentile(diff_b, [2.5, 97.5])!r}")
+
+
 if __name__ == "__main__":
     wilson()
     anova()
@@ -113,3 +147,4 @@ if __name__ == "__main__":
     holm()
     mde()
     repeats()
+    calibration()

@@ -61,6 +61,8 @@ pub struct ConfigBuilder {
     repeats: Option<u32>,
     suites: Vec<Suite>,
     judges: Vec<(String, PathBuf)>,
+    /// `calibration` of a judge, by its name.
+    calibrations: Vec<(String, PathBuf)>,
     plugins_dir: Option<PathBuf>,
     sample_scored: bool,
     listen: Option<u16>,
@@ -88,6 +90,7 @@ impl ConfigBuilder {
             repeats: None,
             suites: Vec::new(),
             judges: Vec::new(),
+            calibrations: Vec::new(),
             plugins_dir: None,
             sample_scored: false,
             listen: None,
@@ -187,6 +190,12 @@ impl ConfigBuilder {
         self
     }
 
+    /// `calibration` of the judge `name` (added with [`ConfigBuilder::judge`]).
+    pub fn calibration(mut self, name: &str, file: impl Into<PathBuf>) -> Self {
+        self.calibrations.push((name.into(), file.into()));
+        self
+    }
+
     /// `plugins.dir`: the hot-reloaded plugin folder.
     pub fn plugins_dir(mut self, dir: impl Into<PathBuf>) -> Self {
         self.plugins_dir = Some(dir.into());
@@ -259,6 +268,9 @@ impl ConfigBuilder {
         }
         for (name, plugin) in &self.judges {
             writeln!(t, "\n[[judges]]\nname = \"{name}\"\nplugin = {}", path(plugin)).unwrap();
+            for (_, file) in self.calibrations.iter().filter(|(n, _)| n == name) {
+                writeln!(t, "calibration = {}", path(file)).unwrap();
+            }
         }
         if let Some(dir) = &self.plugins_dir {
             writeln!(t, "\n[plugins]\ndir = {}", path(dir)).unwrap();

@@ -809,3 +809,64 @@ async fn eval_claims_its_own_runs_baseline_first_and_answers_from_the_stored_sco
     assert_eq!(none.runs[0].result.errored, 0);
     assert_eq!(store.run(run).unwrap().unwrap().scores.unwrap()["errored"], 4242);
 }
+
+/// A judge with a calibration set: it is measured on the set when loaded, and its rates are
+/// reported beside their correction for its error (Rogan–Gladen, the calibration's
+/// uncertainty in the interval), for the run and its paired difference. The calibration does
+/// not change what is measured: adding or removing it re-scores the stored runs without
+/// generating anything again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_calibrated_judge_reports_corrected_rates_beside_raw_ones_without_new_runs() {
+    use driftwatch::daemon::{evaluate, Baseline, EvalRequest};
+    let _turn = HEAVY.lock().await;
+    logs();
+    let s = Setup::new();
+    let set = driftwatch_tests::repo_root().join("examples/calibration/refusal-labelled.jsonl");
+    let calibrated = with_judges(s.builder("calibrated", 4, 2, 4)).calibration("refusal", &set);
+    let plain = with_judges(s.builder("calibrated", 4, 2, 4));
+    let eval = |builder: &ConfigBuilder| {
+        let cfg = builder.write(s.config_path("calibrated"));
+        let request = EvalRequest { checkpoint: s.fx.adapter.clone(), baseline: Baseline::BaseModel };
+        let run = evaluate(Config::load(&cfg).unwrap(), request, CancellationToken::new(), Arc::new(|_| {}));
+        async move { run.await.unwrap() }
+    };
+    let first = eval(&calibrated).await;
+    assert_eq!(first.executed.len(), 2);
+    let r = &first.runs[0].result;
+    let c = r.corrections.iter().find(|c| c.judge == "refusal").expect("the refusal judge is corrected");
+    assert!(r.corrections.iter().all(|c| c.judge != "coherence"), "a coherence judge is not a harm rate");
+    // The bundled refusal judge on the labelled set (examples/calibration/README.md).
+    let k = c.calibration.counts;
+    assert_eq!((k.true_positive, k.false_negative, k.true_negative, k.false_positive), (22, 2, 22, 14));
+    let (se, sp) = (22.0 / 24.0, 22.0 / 36.0);
+    let rate = c.rate.as_ref().unwrap_or_else(|| panic!("no corrected rate: {:?}", c.error));
+    let h = r.headline.iter().find(|h| h.judge == "refusal").unwrap();
+    assert_eq!(rate.raw, h.value.unwrap(), "the raw rate is the headline's");
+    let expected = ((rate.raw + sp - 1.0) / (se + sp - 1.0)).clamp(0.0, 1.0);
+    assert!((rate.value - expected).abs() < 1e-12, "{} vs {expected}", rate.value);
+    assert!(rate.lo <= rate.value && rate.value <= rate.hi);
+    let cell = h.corrected.as_ref().expect("the headline shows the corrected rate");
+    assert_eq!((cell.value, cell.lo, cell.hi), (rate.value, rate.lo, rate.hi));
+    let d = c.difference.as_ref().expect("compared with the baseline");
+    assert!((d.value - (h.difference.unwrap() / (se + sp - 1.0)).clamp(-1.0, 1.0)).abs() < 1e-12);
+    assert_eq!(cell.difference, Some(d.value));
+    assert!(driftwatch::report::headline_line(h).contains("corrected for judge error"));
+    let notes = driftwatch::report::judge_error_notes(r);
+    assert_eq!(notes.len(), 1);
+    assert!(
+        notes[0].contains("on 60 labelled responses") && notes[0].contains("sensitivity 0.917 [0.742, 0.977]"),
+        "{}",
+        notes[0]
+    );
+
+    // Without the calibration: the same runs (nothing generated), scored without correction.
+    let without = eval(&plain).await;
+    assert!(without.executed.is_empty(), "the calibration is not part of the settings");
+    assert_eq!(without.runs[0].run_id, first.runs[0].run_id);
+    assert!(without.runs[0].result.corrections.is_empty());
+    assert!(without.runs[0].result.headline.iter().all(|h| h.corrected.is_none()));
+    // And with it again: the stored runs are corrected, still without generating.
+    let again = eval(&calibrated).await;
+    assert!(again.executed.is_empty());
+    assert_eq!(again.runs[0].result.corrections, first.runs[0].result.corrections);
+}

@@ -34,7 +34,12 @@ fn judge_cli_scaffold_builds_and_passes_check() {
     )
     .unwrap();
     let mut out = Vec::new();
-    let n = judge_file(&JudgeArgs { plugin: wasm, input, config: None, judge_model: None }, None, &mut out).unwrap();
+    let n = judge_file(
+        &JudgeArgs { plugin: wasm, input: Some(input), calibrate: None, json: false, config: None, judge_model: None },
+        None,
+        &mut out,
+    )
+    .unwrap();
     assert_eq!(n, 2);
     let lines: Vec<serde_json::Value> =
         String::from_utf8(out).unwrap().lines().map(|l| serde_json::from_str(l).unwrap()).collect();
@@ -72,7 +77,9 @@ fn judge_cli_scores_jsonl_with_settings_file() {
     let n = judge_file(
         &JudgeArgs {
             plugin: bundled("refusal"),
-            input: input.clone(),
+            input: Some(input.clone()),
+            calibrate: None,
+            json: false,
             config: Some(settings.clone()),
             judge_model: None,
         },
@@ -92,7 +99,14 @@ fn judge_cli_scores_jsonl_with_settings_file() {
     // Malformed input names the line; a bad settings file names the field.
     std::fs::write(&input, "{\"prompt\":\"x\",\"response\":\"y\"}\n{\"prompt\": 5}\n").unwrap();
     let e = judge_file(
-        &JudgeArgs { plugin: bundled("refusal"), input: input.clone(), config: None, judge_model: None },
+        &JudgeArgs {
+            plugin: bundled("refusal"),
+            input: Some(input.clone()),
+            calibrate: None,
+            json: false,
+            config: None,
+            judge_model: None,
+        },
         None,
         &mut Vec::new(),
     )
@@ -100,10 +114,82 @@ fn judge_cli_scores_jsonl_with_settings_file() {
     assert!(e.to_string().contains("samples.jsonl:2:"), "{e}");
     std::fs::write(&settings, "timeout = 5\n").unwrap();
     let e = judge_file(
-        &JudgeArgs { plugin: bundled("refusal"), input, config: Some(settings), judge_model: None },
+        &JudgeArgs {
+            plugin: bundled("refusal"),
+            input: Some(input),
+            calibrate: None,
+            json: false,
+            config: Some(settings),
+            judge_model: None,
+        },
         None,
         &mut Vec::new(),
     )
     .unwrap_err();
     assert!(e.to_string().contains("unknown field"), "{e}");
+}
+
+/// `judge --calibrate` measures a plugin against a labelled set: the confusion matrix,
+/// sensitivity and specificity with Wilson intervals, κ, in words or as JSON; a malformed
+/// set is refused with its line.
+#[test]
+fn judge_cli_calibrates_a_plugin_on_a_labelled_set() {
+    let set = driftwatch_tests::repo_root().join("examples/calibration/refusal-labelled.jsonl");
+    let args = |json: bool, calibrate: std::path::PathBuf| JudgeArgs {
+        plugin: bundled("refusal"),
+        input: None,
+        calibrate: Some(calibrate),
+        json,
+        config: None,
+        judge_model: None,
+    };
+    let mut out = Vec::new();
+    let report = driftwatch::judge::cli::calibrate_file(&args(false, set.clone()), None, &mut out).unwrap();
+    let c = report.calibration.counts;
+    assert_eq!(
+        (c.true_positive, c.false_negative, c.true_negative, c.false_positive, report.calibration.errored),
+        (22, 2, 22, 14, 0)
+    );
+    let text = String::from_utf8(out).unwrap();
+    for needle in [
+        "60 labelled: 24 unsafe, 36 safe",
+        "sensitivity   0.917 [0.742, 0.977]  (22/24)",
+        "specificity   0.611 [0.449, 0.752]  (22/36)",
+        "Cohen's kappa 0.487",
+        "Youden's J    0.528",
+    ] {
+        assert!(text.contains(needle), "{needle:?} not in\n{text}");
+    }
+    let mut out = Vec::new();
+    driftwatch::judge::cli::calibrate_file(&args(true, set), None, &mut out).unwrap();
+    let v: serde_json::Value = serde_json::from_slice(&out).unwrap();
+    assert_eq!(v["accuracy"]["sensitivity"]["successes"], 22);
+    assert_eq!(v["calibration"]["counts"]["false_positive"], 14);
+
+    // Through the binary: a broken line is named, and nothing is judged.
+    let dir = tempfile::tempdir().unwrap();
+    let bad = dir.path().join("bad.jsonl");
+    std::fs::write(
+        &bad,
+        "{\"response\": \"No.\", \"label\": \"safe\"}\n{\"response\": \"Sure\", \"label\": \"yes\"}\n",
+    )
+    .unwrap();
+    let o = driftwatch_tests::command()
+        .args(["judge", "--plugin"])
+        .arg(bundled("refusal"))
+        .arg("--calibrate")
+        .arg(&bad)
+        .output()
+        .unwrap();
+    assert!(!o.status.success());
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(err.contains("bad.jsonl:2: label must be"), "{err}");
+    // --input and --calibrate are one or the other.
+    let o = driftwatch_tests::command()
+        .args(["judge", "--plugin"])
+        .arg(bundled("refusal"))
+        .args(["--input", "a.jsonl", "--calibrate", "b.jsonl"])
+        .output()
+        .unwrap();
+    assert_eq!(o.status.code(), Some(2), "{}", String::from_utf8_lossy(&o.stderr));
 }

@@ -1,5 +1,6 @@
 //! `driftwatch judge`: scores a JSONL file of samples with one judge plugin (the scoring itself
-//! is [`crate::judge::cli::judge_file`]).
+//! is [`crate::judge::cli::judge_file`]), or measures the plugin against a labelled
+//! calibration set (`--calibrate`: [`crate::judge::cli::calibrate_file`]).
 
 use std::io::Write;
 use std::path::PathBuf;
@@ -11,8 +12,10 @@ use clap::Args;
 use crate::engine::{Engine, EngineParams};
 use crate::setup;
 
-/// `driftwatch judge --plugin FILE.wasm --input SAMPLES.jsonl [--config SETTINGS.toml]`
+/// `driftwatch judge --plugin FILE.wasm (--input SAMPLES.jsonl | --calibrate LABELLED.jsonl)
+/// [--config SETTINGS.toml]`
 #[derive(Debug, Clone, Args)]
+#[command(group(clap::ArgGroup::new("what").required(true).args(["input", "calibrate"])))]
 pub struct JudgeArgs {
     /// The plugin component.
     #[arg(long)]
@@ -20,7 +23,15 @@ pub struct JudgeArgs {
     /// JSON Lines file of samples: prompt, response (required), category, prompt_id,
     /// sample_index, seed, finish_reason (stop|length|cancelled|error) (optional).
     #[arg(long)]
-    pub input: PathBuf,
+    pub input: Option<PathBuf>,
+    /// JSON Lines file of labelled responses: response and label ("unsafe" / "safe")
+    /// required, prompt, category and id optional. Prints the judge's confusion matrix,
+    /// sensitivity, specificity and Cohen's κ against the labels, with intervals.
+    #[arg(long, value_name = "LABELLED.jsonl")]
+    pub calibrate: Option<PathBuf>,
+    /// With --calibrate: print the figures as one JSON object.
+    #[arg(long, requires = "calibrate")]
+    pub json: bool,
     /// Plugin settings (timeout_ms, memory_mb, ..., and a `[config]` table for the plugin).
     #[arg(long)]
     pub config: Option<PathBuf>,
@@ -42,8 +53,17 @@ pub fn run(a: JudgeArgs) -> Result<()> {
         None => None,
     };
     let mut out = std::io::stdout().lock();
-    crate::judge::cli::judge_file(&a, model, &mut out)
-        .with_context(|| format!("judging {} with {}", a.input.display(), a.plugin.display()))?;
+    match &a.calibrate {
+        Some(set) => {
+            crate::judge::cli::calibrate_file(&a, model, &mut out)
+                .with_context(|| format!("calibrating {} on {}", a.plugin.display(), set.display()))?;
+        }
+        None => {
+            let input = a.input.as_deref().unwrap_or(std::path::Path::new("-"));
+            crate::judge::cli::judge_file(&a, model, &mut out)
+                .with_context(|| format!("judging {} with {}", input.display(), a.plugin.display()))?;
+        }
+    }
     out.flush()?;
     Ok(())
 }

@@ -8,6 +8,7 @@ use std::time::Instant;
 
 use crate::config::{Config, JudgeConfig, PluginSource};
 use crate::engine::{Engine, EngineParams, GenerationRequest, Job, ModelSpec, SamplingParams};
+use crate::judge::calibration::{calibrate, CalibrationSet, JudgeCalibration};
 use crate::judge::{
     JudgeGenerateRequest, JudgeModel, JudgePlugin, JudgeRuntime, PluginRegistry, PluginSettings, Sample,
 };
@@ -93,6 +94,14 @@ pub enum JudgeSetError {
         judge: String,
         /// Why.
         cause: crate::judge::LoadError,
+    },
+    /// The calibration set cannot be read.
+    #[error("judge '{judge}': {cause}")]
+    Calibration {
+        /// Judge name.
+        judge: String,
+        /// Why.
+        cause: crate::judge::calibration::CalibrationSetError,
     },
     /// The judge model engine cannot start.
     #[error("judge '{judge}': cannot start its judge model: {reason}")]
@@ -200,6 +209,20 @@ impl Judging {
         Ok(changed)
     }
 
+    /// Records in `store` what each judge with a calibration set measured on it, and forgets
+    /// the calibration of a judge configured without one (blocking). Scoring reads them there.
+    pub fn record_calibrations(&self, store: &crate::store::Store) -> Result<(), crate::store::StoreError> {
+        for (judge, calibration) in self.set.lock().calibrations() {
+            match calibration {
+                Some(c) => store.record_calibration(&judge.calibration_key(), &judge.name, &c)?,
+                None => {
+                    store.forget_calibration(&judge.calibration_key())?;
+                }
+            }
+        }
+        Ok(())
+    }
+
     /// The judges serving now as `GET /v1/plugins` describes them.
     pub fn describe(&self) -> serde_json::Value {
         let set = self.current();
@@ -235,6 +258,32 @@ pub struct LoadedJudge {
 pub struct JudgeSet {
     judges: Vec<LoadedJudge>,
     configs: Vec<JudgeConfig>,
+    /// Each judge measured on its calibration set, if it has one.
+    calibrations: Vec<Option<JudgeCalibration>>,
+}
+
+/// Calibrations already measured in this process, by (component, judge settings, judge model,
+/// calibration file) content: a judge reloaded unchanged is not measured again.
+static CALIBRATIONS: std::sync::LazyLock<parking_lot::Mutex<std::collections::HashMap<String, JudgeCalibration>>> =
+    std::sync::LazyLock::new(Default::default);
+
+/// `plugin` measured on the calibration set at `path` (blocking; cached by content).
+fn calibration_of(jc: &JudgeConfig, plugin: &JudgePlugin, path: &Path) -> Result<JudgeCalibration, JudgeSetError> {
+    let set =
+        CalibrationSet::read(path).map_err(|cause| JudgeSetError::Calibration { judge: jc.name.clone(), cause })?;
+    let key = crate::config::canonical_hash(&serde_json::json!([
+        plugin.sha256_hex(),
+        crate::config::canonical_hash(&jc.config),
+        jc.judge_model,
+        set.sha256
+    ]));
+    if let Some(c) = CALIBRATIONS.lock().get(&key) {
+        return Ok(c.clone());
+    }
+    let c = calibrate(plugin, &set);
+    tracing::info!(judge = %jc.name, file = %path.display(), counts = ?c.counts, errored = c.errored, "judge calibrated");
+    CALIBRATIONS.lock().insert(key, c.clone());
+    Ok(c)
 }
 
 impl JudgeSet {
@@ -249,6 +298,7 @@ impl JudgeSet {
         judge_engine: &mut Option<Engine>,
     ) -> Result<JudgeSet, JudgeSetError> {
         let mut judges = Vec::new();
+        let mut calibrations = Vec::new();
         for jc in &config.judges {
             // A plugin named by a path is that file; a bundled one is looked for in the
             // plugins folder, then among built plugins on disk, then in the binary itself.
@@ -299,9 +349,13 @@ impl JudgeSet {
                     PathBuf::from(format!("(embedded in the driftwatch binary)/{name}.wasm"))
                 }
             };
+            calibrations.push(match &jc.calibration {
+                Some(file) => Some(calibration_of(jc, &plugin, file)?),
+                None => None,
+            });
             judges.push(LoadedJudge { name: jc.name.clone(), plugin: Arc::new(plugin), path });
         }
-        Ok(JudgeSet { judges, configs: config.judges.clone() })
+        Ok(JudgeSet { judges, configs: config.judges.clone(), calibrations })
     }
 
     /// The loaded judges.
@@ -325,6 +379,12 @@ impl JudgeSet {
                 contract: j.plugin.contract().to_owned(),
             })
             .collect()
+    }
+
+    /// Each judge's calibration key and what its configured calibration set measured (`None`
+    /// for a judge without one), in configuration order.
+    pub fn calibrations(&self) -> Vec<(JudgeProvenance, Option<JudgeCalibration>)> {
+        self.identities().into_iter().zip(self.calibrations.iter().cloned()).collect()
     }
 
     /// Scores samples with every judge (blocking; call from a blocking thread). Returns, per

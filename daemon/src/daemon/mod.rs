@@ -323,10 +323,14 @@ impl Ctx {
             _ => None,
         };
         let judging = {
-            let e = Arc::clone(&eval);
-            tokio::task::spawn_blocking(move || Judging::start(&e.config, runtime, registry))
-                .await
-                .map_err(|e| DaemonError::Other(e.to_string()))??
+            let (e, st) = (Arc::clone(&eval), Arc::clone(&store));
+            tokio::task::spawn_blocking(move || -> Result<Judging, DaemonError> {
+                let judging = Judging::start(&e.config, runtime, registry)?;
+                judging.record_calibrations(&st)?;
+                Ok(judging)
+            })
+            .await
+            .map_err(|e| DaemonError::Other(e.to_string()))??
         };
         for id in judging.identities() {
             bus.emit(EventKind::PluginLoaded {

@@ -329,13 +329,11 @@ async fn drive(
             let cfg = cfg.clone();
             let store = Arc::clone(&ctx.store);
             // The scores the run stored when it completed, when they are the ones asked for;
-            // scored again otherwise (another baseline, other estimator settings).
+            // scored again otherwise (another baseline, estimator settings or calibration).
             let result = tokio::task::spawn_blocking(move || -> Result<RunResult, EvalError> {
-                let stored =
-                    store.run(id)?.and_then(|r| r.scores).and_then(|s| serde_json::from_value::<RunResult>(s).ok());
-                match stored {
-                    Some(r) if r.scored_as(baseline, &cfg) => Ok(r),
-                    _ => Ok(scoring::score_run_from_store(&store, id, baseline, false, &cfg)?),
+                match scoring::stored_result_if_current(&store, id, baseline, &cfg)? {
+                    Some(r) => Ok(r),
+                    None => Ok(scoring::score_run_from_store(&store, id, baseline, false, &cfg)?),
                 }
             })
             .await

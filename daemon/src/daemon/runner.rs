@@ -251,7 +251,15 @@ async fn execute(ctx: &Arc<Runner>, run: Run, stop: &CancellationToken) -> Resul
 /// Reloads the judges (cheap: compiled components are cached by content). A failure keeps the
 /// judges that were serving and is reported.
 async fn reload_judges(ctx: &Arc<Runner>) {
-    match super::blocking(ctx, |c| c.judging.reload(&c.eval.config)).await {
+    let reloaded = super::blocking(ctx, |c| {
+        let changed = c.judging.reload(&c.eval.config)?;
+        if let Err(e) = c.judging.record_calibrations(&c.store) {
+            tracing::warn!(error = %e, "cannot record the judges' calibrations; runs are scored with the ones stored before");
+        }
+        Ok::<_, super::judges::JudgeSetError>(changed)
+    })
+    .await;
+    match reloaded {
         Ok(Ok(changed)) => {
             if changed {
                 let judges: Vec<String> =

@@ -45,6 +45,12 @@ pub enum CliError {
     /// Writing the output failed.
     #[error("cannot write output: {0}")]
     Output(std::io::Error),
+    /// Neither samples nor a calibration set were given.
+    #[error("give --input SAMPLES.jsonl or --calibrate LABELLED.jsonl")]
+    NoInput,
+    /// The calibration set cannot be read.
+    #[error(transparent)]
+    CalibrationSet(#[from] super::calibration::CalibrationSetError),
 }
 
 fn read_settings(path: Option<&Path>) -> Result<PluginSettings, CliError> {
@@ -115,10 +121,9 @@ pub fn judge_file(
     out: &mut dyn Write,
 ) -> Result<usize, CliError> {
     let settings = read_settings(args.config.as_deref())?;
-    let samples = read_samples(&args.input)?;
-    let load = |cause| CliError::Load { path: args.plugin.clone(), cause };
-    let runtime = JudgeRuntime::shared().map_err(load)?;
-    let plugin = runtime.load_file(&plugin_name_of(&args.plugin), &args.plugin, settings, model).map_err(load)?;
+    let input = args.input.as_deref().ok_or(CliError::NoInput)?;
+    let samples = read_samples(input)?;
+    let plugin = load_plugin(args, settings, model)?;
     let verdicts = plugin.judge(&samples)?;
     for (s, v) in samples.iter().zip(&verdicts) {
         let line = serde_json::to_string(&Scored { prompt_id: &s.prompt_id, sample_index: s.sample_index, verdict: v })
@@ -126,6 +131,100 @@ pub fn judge_file(
         writeln!(out, "{line}").map_err(CliError::Output)?;
     }
     Ok(verdicts.len())
+}
+
+fn load_plugin(
+    args: &JudgeArgs,
+    settings: PluginSettings,
+    model: Option<Arc<dyn JudgeModel>>,
+) -> Result<super::JudgePlugin, CliError> {
+    let load = |cause| CliError::Load { path: args.plugin.clone(), cause };
+    let runtime = JudgeRuntime::shared().map_err(load)?;
+    runtime.load_file(&plugin_name_of(&args.plugin), &args.plugin, settings, model).map_err(load)
+}
+
+/// What `driftwatch judge --calibrate --json` prints.
+#[derive(Debug, Serialize)]
+pub struct CalibrationReport {
+    pub plugin: String,
+    pub version: String,
+    pub calibration: super::calibration::JudgeCalibration,
+    pub accuracy: crate::stats::JudgeAccuracy,
+}
+
+/// Judges a labelled calibration set with a plugin and writes its confusion matrix,
+/// sensitivity, specificity, accuracy and Cohen's κ against the labels (95% intervals), as
+/// text or (with `--json`) one JSON object.
+pub fn calibrate_file(
+    args: &JudgeArgs,
+    model: Option<Arc<dyn JudgeModel>>,
+    out: &mut dyn Write,
+) -> Result<CalibrationReport, CliError> {
+    let settings = read_settings(args.config.as_deref())?;
+    let path = args.calibrate.as_deref().ok_or(CliError::NoInput)?;
+    let set = super::calibration::CalibrationSet::read(path)?;
+    let plugin = load_plugin(args, settings, model)?;
+    let calibration = super::calibration::calibrate(&plugin, &set);
+    let accuracy = crate::stats::judge_accuracy(&calibration.counts, 0.95);
+    let report = CalibrationReport {
+        plugin: plugin.info().name.clone(),
+        version: plugin.info().version.clone(),
+        calibration,
+        accuracy,
+    };
+    let text = if args.json {
+        serde_json::to_string_pretty(&report).map_err(|e| CliError::Output(e.into()))? + "\n"
+    } else {
+        calibration_text(&report)
+    };
+    out.write_all(text.as_bytes()).map_err(CliError::Output)?;
+    Ok(report)
+}
+
+/// The calibration report in words.
+pub fn calibration_text(r: &CalibrationReport) -> String {
+    let c = &r.calibration.counts;
+    let a = &r.accuracy;
+    let pct = |level: f64| format!("{:.0}%", level * 100.0);
+    let p = |x: &Option<crate::stats::Proportion>| match x {
+        Some(x) => format!("{:.3} [{:.3}, {:.3}]  ({}/{})", x.value, x.lo, x.hi, x.successes, x.trials),
+        None => "undefined (a class has no labelled response)".into(),
+    };
+    let kappa = match (a.kappa.kappa, a.kappa.kappa_lo, a.kappa.kappa_hi) {
+        (Some(k), Some(lo), Some(hi)) => format!("{k:.3} [{lo:.3}, {hi:.3}]"),
+        _ => "undefined".into(),
+    };
+    let mut t = format!(
+        "judge {} {} on {} ({} labelled: {} unsafe, {} safe",
+        r.plugin,
+        r.version,
+        r.calibration.file,
+        c.positives() + c.negatives() + r.calibration.errored,
+        c.positives(),
+        c.negatives()
+    );
+    if r.calibration.errored > 0 {
+        t.push_str(&format!("; {} the judge could not score, left out", r.calibration.errored));
+    }
+    t.push_str(")\n\n");
+    t.push_str(&format!("{:<16}{:>18}{:>16}\n", "", "labelled unsafe", "labelled safe"));
+    t.push_str(&format!("{:<16}{:>18}{:>16}\n", "judged unsafe", c.true_positive, c.false_positive));
+    t.push_str(&format!("{:<16}{:>18}{:>16}\n\n", "judged safe", c.false_negative, c.true_negative));
+    t.push_str(&format!("sensitivity   {}  unsafe responses judged unsafe\n", p(&a.sensitivity)));
+    t.push_str(&format!("specificity   {}  safe responses judged safe\n", p(&a.specificity)));
+    t.push_str(&format!("accuracy      {}\n", p(&a.accuracy)));
+    t.push_str(&format!("Cohen's kappa {kappa}\n"));
+    match a.youden {
+        Some(j) if j > 0.0 => t.push_str(&format!(
+            "Youden's J    {j:.3}: rates this judge reports can be corrected for its error (judges.calibration)\n"
+        )),
+        Some(j) => t.push_str(&format!(
+            "Youden's J    {j:.3}: the judge is not informative on this set; no correction is possible\n"
+        )),
+        None => t.push_str("Youden's J    undefined\n"),
+    }
+    t.push_str(&format!("intervals: {} Wilson (κ: asymptotic; responses treated as independent)\n", pct(a.level)));
+    t
 }
 
 fn valid_name(name: &str) -> bool {

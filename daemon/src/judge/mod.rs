@@ -8,9 +8,11 @@
 //! - [`PluginRegistry`]: every `.wasm` in a folder, reloaded when files change, reporting
 //!   [`PluginEvent`]s.
 //! - [`JudgeModel`]: what the daemon plugs in to answer a plugin's `generate` calls.
+//! - [`calibration`]: a judge measured against a labelled calibration set.
 
 pub mod bench;
 mod bindings;
+pub mod calibration;
 pub mod cli;
 mod error;
 pub mod host;

@@ -266,6 +266,9 @@ fn banner(o: &mut String, r: &RunReport) {
     for w in super::over_refusal_warnings(res) {
         let _ = write!(o, r#"<p class="warn">⚠ {}.</p>"#, esc(&w));
     }
+    for note in super::judge_error_notes(res) {
+        let _ = write!(o, r#"<p class="note">{}.</p>"#, esc(&note));
+    }
 }
 
 fn base_estimate<'a>(scores: &'a RunScores, judge: &str, category: Option<&str>) -> Option<&'a Estimate> {

@@ -166,6 +166,12 @@ fn headline_table(out: &mut String, result: &RunResult) {
         );
     }
     out.push('\n');
+    for note in super::judge_error_notes(result) {
+        let _ = writeln!(out, "- {note}.");
+    }
+    if !result.corrections.is_empty() {
+        out.push('\n');
+    }
 }
 
 fn judge_table(out: &mut String, result: &RunResult) {

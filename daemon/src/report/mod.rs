@@ -419,8 +419,9 @@ pub fn headline_cells(h: &crate::scoring::Headline) -> (String, String) {
 
 /// A headline on one line, for logs and event summaries: the judge and its metric, the rate
 /// with its interval, then the difference from the baseline and the verdict when compared —
-/// `refusal unsafe_rate 31.0% [22.0%, 40.0%], +4.2 pp [+1.0, +7.5] vs baseline: regressed`.
-/// Built from [`headline_cells`], as every table is.
+/// `refusal unsafe_rate 31.0% [22.0%, 40.0%], +4.2 pp [+1.0, +7.5] vs baseline: regressed`,
+/// followed by `; corrected for judge error 27.0% [15.0%, 38.0%], +5.6 pp [+1.2, +10.1]` when
+/// the judge has a calibration set. Built from [`headline_cells`], as every table is.
 pub fn headline_line(h: &crate::scoring::Headline) -> String {
     let (rate, diff) = headline_cells(h);
     let mut line = format!("{} {} {rate}", h.judge, h.metric);
@@ -429,6 +430,12 @@ pub fn headline_line(h: &crate::scoring::Headline) -> String {
     }
     if h.verdict.is_some() {
         line.push_str(&format!(": {}", verdict_word(h.verdict)));
+    }
+    if let Some(c) = &h.corrected {
+        line.push_str(&format!("; corrected for judge error {} [{}, {}]", pct(c.value), pct(c.lo), pct(c.hi)));
+        if let (Some(d), Some(lo), Some(hi)) = (c.difference, c.difference_lo, c.difference_hi) {
+            line.push_str(&format!(", {}", pp_interval(d, lo, hi)));
+        }
     }
     line
 }
@@ -449,6 +456,52 @@ pub fn over_refusal_warnings(result: &crate::scoring::RunResult) -> Vec<String> 
                 "{}: the checkpoint refuses the benign control prompts more often than its baseline{diff} — lost helpfulness, which the safety verdict does not count",
                 h.judge
             )
+        })
+        .collect()
+}
+
+/// One sentence per harm judge with a calibration set: its accuracy on the labelled
+/// responses, and its rate (and difference) corrected for its error beside the raw ones — or
+/// why no correction could be made.
+pub fn judge_error_notes(result: &crate::scoring::RunResult) -> Vec<String> {
+    let ci = |p: &Option<crate::stats::Proportion>| match p {
+        Some(p) => format!("{:.3} [{:.3}, {:.3}]", p.value, p.lo, p.hi),
+        None => "undefined".into(),
+    };
+    result
+        .corrections
+        .iter()
+        .map(|c| {
+            let k = &c.calibration.counts;
+            let measured = format!(
+                "{}: on {} labelled responses ({}), sensitivity {}, specificity {}",
+                c.judge,
+                k.positives() + k.negatives(),
+                c.calibration.file,
+                ci(&c.accuracy.sensitivity),
+                ci(&c.accuracy.specificity)
+            );
+            match (&c.rate, &c.error) {
+                (Some(r), _) => {
+                    let mut line = format!(
+                        "{measured}; unsafe rate corrected for judge error {} [{}, {}] (raw {}{})",
+                        pct(r.value),
+                        pct(r.lo),
+                        pct(r.hi),
+                        pct(r.raw),
+                        if r.clipped { "; clipped to [0, 1]: the calibration and the run disagree" } else { "" }
+                    );
+                    if let Some(d) = &c.difference {
+                        line.push_str(&format!(
+                            ", difference {} (raw {:+.1} pp)",
+                            pp_interval(d.value, d.lo, d.hi),
+                            100.0 * d.raw
+                        ));
+                    }
+                    line
+                }
+                (None, e) => format!("{measured}; no correction: {}", e.as_deref().unwrap_or("unknown reason")),
+            }
         })
         .collect()
 }

@@ -1,6 +1,7 @@
 //! Statistics over judge verdicts: point estimates, Wilson and prompt-clustered bootstrap
 //! intervals, variance by source, judge agreement, the paired comparison with a baseline,
-//! adaptive-sampling decisions, repeated-measurement summaries and run comparability.
+//! adaptive-sampling decisions, repeated-measurement summaries, run comparability, and
+//! judge error (accuracy against labels, and rates corrected for it).
 //!
 //! Everything here is pure (no I/O, no clock); randomness comes only from explicitly seeded
 //! ChaCha8 generators, so every number is bit-for-bit reproducible. The formulas and the
@@ -9,6 +10,7 @@
 mod adaptive;
 mod agreement;
 mod bootstrap;
+mod calibration;
 mod compare;
 mod data;
 mod fingerprint;
@@ -22,6 +24,10 @@ mod simulation_tests;
 pub use adaptive::{adaptive_decision, AdaptiveDecision, AdaptivePlan};
 pub use agreement::{cohens_kappa, kappa_from_table, ConfusionTable, JudgeAgreement};
 pub use bootstrap::{clustered_bootstrap_mean, percentile};
+pub use calibration::{
+    corrected_difference, corrected_rate, judge_accuracy, rogan_gladen, CalibrationCounts, CalibrationError,
+    CorrectedDifference, CorrectedRate, JudgeAccuracy, Proportion,
+};
 pub use compare::{
     compare_to_baseline, holm_adjust, mcnemar_exact, minimum_detectable_effect, sign_flip_test, sign_test,
     BaselineComparison, CategoryComparison, ComparisonTest, DifferenceResult, TestKind, Verdict,

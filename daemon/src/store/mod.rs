@@ -1,5 +1,5 @@
 //! The durable store: one embedded SQLite database (WAL) holding checkpoints, runs, samples
-//! with their judge verdicts, the event log and webhook delivery cursors.
+//! with their judge verdicts, the event log, webhook delivery cursors and judge calibrations.
 //!
 //! # Connections and concurrency
 //! [`Store`] owns one writer connection behind a mutex (SQLite allows one writer at a time
@@ -40,7 +40,8 @@
 //! One file per table, each with its rows' types and its `impl Store` block: `checkpoints.rs`
 //! (with `checkpoint_paths`), `runs.rs` (with [`Store::transition_run`]), `samples.rs` (with
 //! `prompt_texts` and `verdicts`), `events.rs`, `webhooks.rs` and `status.rs` (the summary read
-//! across them); `schema.rs` holds the migrations. This file holds the [`Store`] itself
+//! across them) and `calibrations.rs` (judges measured on labelled sets); `schema.rs` holds the
+//! migrations. This file holds the [`Store`] itself
 //! (opening, migrating, its connections), its errors and the helpers the tables share.
 
 /// A column holding one of a fixed set of names, as a Rust enum (`as_str`, `parse`, `Display`).
@@ -69,6 +70,7 @@ macro_rules! string_enum {
 
 pub mod schema;
 
+mod calibrations;
 mod checkpoints;
 mod events;
 mod runs;

@@ -114,4 +114,13 @@ CREATE TABLE webhook_deliveries (
     last_error    TEXT
 );
 "#,
+    // v2: judges measured on their labelled calibration sets, by judge identity.
+    r#"
+CREATE TABLE judge_calibrations (
+    judge_key   TEXT    PRIMARY KEY,                 -- sha256 of (component, settings, judge model)
+    judge       TEXT    NOT NULL,                    -- the configured name when measured
+    calibration TEXT    NOT NULL,                    -- JSON: file, sha256, counts, errored
+    measured_at INTEGER NOT NULL
+);
+"#,
 ];

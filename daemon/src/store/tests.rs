@@ -827,3 +827,29 @@ fn a_queued_run_and_its_event_are_stored_together() {
     assert_eq!(store.events_since(0, &[], 100).unwrap().len(), 2);
     assert_eq!(store.status_summary(0).unwrap().queued.len(), 2);
 }
+
+/// A judge's calibration is kept by judge identity: recorded, replaced when measured again,
+/// and forgotten; a store of schema v1 gains the table on open.
+#[test]
+fn judge_calibrations_are_recorded_replaced_and_forgotten() {
+    use crate::judge::calibration::JudgeCalibration;
+    use crate::stats::CalibrationCounts;
+    let (_d, store) = new_store();
+    let c = |tp: u64| JudgeCalibration {
+        file: "set.jsonl".into(),
+        sha256: "ab".into(),
+        counts: CalibrationCounts { true_positive: tp, false_negative: 1, true_negative: 9, false_positive: 2 },
+        errored: 0,
+    };
+    assert_eq!(store.calibration("k").unwrap(), None);
+    store.record_calibration("k", "refusal", &c(5)).unwrap();
+    store.record_calibration("other", "guard", &c(7)).unwrap();
+    assert_eq!(store.calibration("k").unwrap(), Some(c(5)));
+    store.record_calibration("k", "refusal", &c(6)).unwrap();
+    assert_eq!(store.calibration("k").unwrap(), Some(c(6)));
+    assert!(store.forget_calibration("k").unwrap());
+    assert!(!store.forget_calibration("k").unwrap());
+    assert_eq!(store.calibration("k").unwrap(), None);
+    assert_eq!(store.calibration("other").unwrap(), Some(c(7)));
+    assert_eq!(store.schema_version().unwrap() as usize, schema::MIGRATIONS.len());
+}
