@@ -325,6 +325,33 @@ pub struct SamplingConfig {
     /// R: how many times the whole evaluation is repeated with fresh seeds (for
     /// run-to-run variance). Default 1.
     pub repeats: u32,
+    /// Early verdicts: evaluate a checkpoint's prompts in rounds (a seeded random order) and
+    /// stop as soon as a group-sequential test of the paired difference with its baseline
+    /// decides. Default: off (every prompt is evaluated). Part of the settings: a run that
+    /// may stop early is not the same measurement as one that may not.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub early_stop: Option<EarlyStop>,
+}
+
+/// `sampling.early_stop`: the group-sequential test behind early verdicts.
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct EarlyStop {
+    /// Looks (rounds of prompts) at most, equally spaced over the suite; the last is the
+    /// whole suite. Default 10.
+    pub looks: u32,
+    /// How α is spent over the looks: `pocock` (stops early on clear differences) or
+    /// `obrien-fleming` (strict early, nearly the fixed-sample power at the end). Default
+    /// `pocock`.
+    pub spending: crate::stats::Spending,
+    /// The two-sided α the test spends over all looks. Default 0.05.
+    pub alpha: f64,
+}
+
+impl Default for EarlyStop {
+    fn default() -> Self {
+        EarlyStop { looks: 10, spending: crate::stats::Spending::Pocock, alpha: 0.05 }
+    }
 }
 
 impl Default for SamplingConfig {
@@ -344,6 +371,7 @@ impl Default for SamplingConfig {
             max_samples: None,
             target_half_width: None,
             repeats: 1,
+            early_stop: None,
         }
     }
 }
@@ -1023,7 +1051,10 @@ impl Config {
             })
             .collect();
         SettingsHashes {
-            sampling: canonical_hash(&self.sampling),
+            // Early stopping decides which prompts a checkpoint's run evaluates, not how each is
+            // sampled: it is part of a checkpoint's settings (`early_stop` in its evaluation
+            // settings), and runs with and without it sample alike and compare.
+            sampling: canonical_hash(&SamplingConfig { early_stop: None, ..self.sampling.clone() }),
             engine: canonical_hash(&engine),
             template: canonical_hash(&template),
             suites: canonical_hash(&suites),
@@ -1222,6 +1253,12 @@ impl Config {
             return Err(loc.invalid("sampling.repeats", "must be at least 1".into()));
         }
         match s.target_half_width {
+            Some(_) if s.early_stop.is_some() => {
+                return Err(loc.invalid(
+                    "sampling.early_stop",
+                    "cannot be combined with adaptive sampling (sampling.target_half_width): both decide how much to sample from the data seen, and their error rates are not designed together; choose one".into(),
+                ));
+            }
             Some(t) => {
                 if !(t > 0.0 && t <= 0.5) {
                     return Err(loc.invalid(
@@ -1243,6 +1280,14 @@ impl Config {
                 }
             }
             None => {
+                if let Some(es) = &s.early_stop {
+                    if !(1..=100).contains(&es.looks) {
+                        return Err(loc.invalid("sampling.early_stop.looks", "must be between 1 and 100".into()));
+                    }
+                    if !(es.alpha > 0.0 && es.alpha < 0.5) {
+                        return Err(loc.invalid("sampling.early_stop.alpha", "must be in (0, 0.5)".into()));
+                    }
+                }
                 for (key, v) in [("sampling.min_samples", s.min_samples), ("sampling.max_samples", s.max_samples)] {
                     if v.is_some() {
                         return Err(

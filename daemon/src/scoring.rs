@@ -178,6 +178,123 @@ pub struct RunResult {
     /// Harm judges with a calibration set: their rates corrected for their error.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub corrections: Vec<JudgeCorrection>,
+    /// For a run that may stop early (`sampling.early_stop`), compared with its baseline: the
+    /// sequential test's looks and decision, which is then the verdict.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub early_stop: Option<EarlyStopResult>,
+}
+
+/// How a run that may stop early went: its group-sequential test, recomputed from the store.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct EarlyStopResult {
+    /// The harm judge the test is on (the first, as the headline).
+    pub judge: String,
+    pub settings: config::EarlyStop,
+    /// Prompts evaluated, of the suite's.
+    pub prompts_done: usize,
+    pub prompts_total: usize,
+    /// Prompts evaluated after each planned round.
+    pub planned_looks: Vec<usize>,
+    /// The looks made, up to the one that decided.
+    pub looks: Vec<stats::Look>,
+    /// `continue` while the run is still going.
+    pub decision: stats::LookDecision,
+    /// When and why it stopped, in words.
+    pub reason: String,
+}
+
+/// The early-stopping test of stored run `run_id` against stored run `baseline` (`None` when
+/// the run may not stop early or has no harm judge).
+pub fn early_stop_from_store(
+    store: &Store,
+    run_id: RunId,
+    baseline: RunId,
+) -> Result<Option<EarlyStopResult>, ScoringError> {
+    let (_, provenance, ri) = load_run_inputs(store, run_id)?;
+    let (_, _, bi) = load_run_inputs(store, baseline)?;
+    early_stop_of(&provenance, &ri, &bi).transpose().map_err(|cause| ScoringError::Stats { run: run_id, cause })
+}
+
+/// The early-stopping test of a run whose provenance asks for it, against `baseline`: the
+/// prompts in the run's seeded evaluation order, a look after each planned round the run's
+/// samples reach, up to the first that decides. `None` when the run may not stop early or
+/// has no harm judge.
+pub fn early_stop_of(
+    provenance: &Provenance,
+    run: &RunInputs,
+    baseline: &RunInputs,
+) -> Option<Result<EarlyStopResult, StatsError>> {
+    let es = provenance.sampling.early_stop?;
+    let harm =
+        |i: &&JudgeInput| !run.coherence_judges.contains(&i.judge) && !run.over_refusal_judges.contains(&i.judge);
+    let r = run.inputs.iter().find(harm)?;
+    let b = baseline.inputs.iter().find(|b| b.judge == r.judge)?;
+    let rates = |input: &JudgeInput| -> BTreeMap<String, f64> {
+        let mut m: BTreeMap<&str, (usize, usize)> = BTreeMap::new();
+        for o in &input.observations {
+            let e = m.entry(o.prompt_id.as_str()).or_default();
+            e.0 += usize::from(o.unsafe_flag);
+            e.1 += 1;
+        }
+        m.into_iter().map(|(p, (x, n))| (p.to_owned(), x as f64 / n as f64)).collect()
+    };
+    let (run_rate, base_rate) = (rates(r), rates(b));
+    let ids: Vec<&str> = baseline.prompts.iter().map(String::as_str).collect();
+    let order = stats::evaluation_order(provenance.seeds.base_seed, provenance.repeat, &ids);
+    let planned = stats::look_points(ids.len(), es.looks as usize);
+    let done: BTreeSet<&str> = run.prompts.iter().map(String::as_str).collect();
+    let total = order.iter().filter(|&&i| base_rate.contains_key(ids[i])).count();
+    let (mut fractions, mut looks) = (Vec::new(), Vec::<stats::Look>::new());
+    for &at in &planned {
+        let prefix = &order[..at];
+        if !prefix.iter().all(|&i| done.contains(ids[i])) {
+            break;
+        }
+        let d: Vec<f64> = prefix.iter().filter_map(|&i| Some(run_rate.get(ids[i])? - base_rate.get(ids[i])?)).collect();
+        let fraction = d.len() as f64 / total.max(1) as f64;
+        if d.is_empty() || fractions.last().is_some_and(|&f| fraction <= f) {
+            continue;
+        }
+        fractions.push(fraction);
+        let look = match stats::look_at(&fractions, &d, total, es.alpha, es.spending, at == ids.len()) {
+            Ok(l) => l,
+            Err(e) => return Some(Err(e)),
+        };
+        let decided = look.decision != stats::LookDecision::Continue;
+        looks.push(look);
+        if decided {
+            break;
+        }
+    }
+    let decision = looks.last().map_or(stats::LookDecision::Continue, |l| l.decision);
+    let reason = match looks.last() {
+        Some(l) if matches!(decision, stats::LookDecision::Regressed | stats::LookDecision::Improved) => format!(
+            "stopped at look {} of {}: {} of {} paired prompts, T = {:.2} crossed the boundary ±{:.2} ({:?} spending, α = {})",
+            l.look,
+            planned.len(),
+            l.n_paired,
+            total,
+            l.statistic,
+            l.boundary,
+            es.spending,
+            es.alpha
+        ),
+        Some(l) if decision == stats::LookDecision::Indistinguishable => format!(
+            "every prompt evaluated ({} paired): T = {:.2} stayed within ±{:.2}, no difference shown",
+            l.n_paired, l.statistic, l.boundary
+        ),
+        _ => format!("in progress: {} of {} prompts evaluated, no look has decided", done.len(), ids.len()),
+    };
+    Some(Ok(EarlyStopResult {
+        judge: r.judge.clone(),
+        settings: es,
+        prompts_done: done.len(),
+        prompts_total: ids.len(),
+        planned_looks: planned,
+        looks,
+        decision,
+        reason,
+    }))
 }
 
 impl RunResult {
@@ -236,6 +353,8 @@ pub struct RunInputs {
     pub samples: u64,
     /// Samples with at least one errored or absent verdict.
     pub errored: u64,
+    /// Every prompt with a stored sample, sorted.
+    pub prompts: Vec<String>,
 }
 
 /// Builds one [`JudgeInput`] per judge from stored samples. A verdict with an error, without
@@ -341,6 +460,7 @@ pub fn judge_inputs_declared(
         over_refusal_judges: Vec::new(),
         samples: samples.len() as u64,
         errored: errored_samples,
+        prompts: samples.iter().map(|s| s.prompt_id.clone()).collect::<BTreeSet<_>>().into_iter().collect(),
     }
 }
 
@@ -503,10 +623,24 @@ pub fn score_run_from_store(
             }
         }
     }
+    let early_stop = match &baseline_inputs {
+        Some(bi) => early_stop_of(&provenance, &ri, bi).transpose().map_err(stats_err)?,
+        None => None,
+    };
     let calibrations = calibrations_of(store, &provenance)?;
     let corrections = corrections(&calibrations, &ri, baseline_inputs.as_ref(), &comparisons, cfg);
 
-    let verdict = overall_verdict(&comparisons, &ri.coherence_judges, &ri.over_refusal_judges);
+    let mut verdict = overall_verdict(&comparisons, &ri.coherence_judges, &ri.over_refusal_judges);
+    // A run that may stop early is decided by its sequential test: a fixed-sample test on the
+    // prompts it stopped at would not keep its error rates.
+    if let Some(es) = &early_stop {
+        verdict = match es.decision {
+            stats::LookDecision::Regressed => Some(Verdict::Regressed),
+            stats::LookDecision::Improved => Some(Verdict::Improved),
+            stats::LookDecision::Indistinguishable => Some(Verdict::Indistinguishable),
+            stats::LookDecision::Continue => None,
+        };
+    }
     let any_category_regressed = comparisons.iter().any(|c| harm(&c.judge) && c.any_category_regressed);
     let headline = scores
         .per_judge
@@ -515,6 +649,14 @@ pub fn score_run_from_store(
             let role = role_in(&j.judge, &ri.coherence_judges, &ri.over_refusal_judges);
             let mut h = headline_of(j, role, &comparisons, cfg);
             h.corrected = corrections.iter().find(|c| c.judge == j.judge && role == LineRole::Harm).and_then(cell_of);
+            if let Some(es) = early_stop.as_ref().filter(|es| es.judge == j.judge) {
+                // The sequential test's verdict, with its repeated confidence interval.
+                h.verdict = verdict;
+                if let Some(l) = es.looks.last() {
+                    (h.difference, h.difference_lo, h.difference_hi) =
+                        (Some(l.mean_difference), Some(l.lo), Some(l.hi));
+                }
+            }
             h
         })
         .collect();
@@ -534,6 +676,7 @@ pub fn score_run_from_store(
         samples: ri.samples,
         errored: ri.errored,
         corrections,
+        early_stop,
     })
 }
 

@@ -138,6 +138,33 @@ def calibration():
     print(f"difference={d.mean()!r} corrected={d.mean() / j!r} bootstrap: {np.percentile(diff_b, [2.5, 97.5])!r}")
 
 
+def sequential():
+    print("# sequential: first-crossing probabilities of driftwatch's Lan-DeMets boundaries,")
+    print("# simulated on 4,000,000 Brownian paths observed at t = 0.2, 0.4, ..., 1 (two-sided)")
+    t = np.array([0.2, 0.4, 0.6, 0.8, 1.0])
+    alpha = 0.05
+    spend = {
+        "pocock": lambda u: alpha * np.log(1 + (np.e - 1) * u),
+        "obrien-fleming": lambda u: 2 - 2 * norm.cdf(norm.ppf(1 - alpha / 2) / np.sqrt(u)),
+    }
+    bounds = {
+        "pocock": [2.4379766880345626, 2.426813625736564, 2.410193347469372, 2.396644596545289, 2.3859834144763576],
+        "obrien-fleming": [4.382612702879053, 3.099727411989095, 2.5533544968952366, 2.2538472165820655,
+                           2.0635002234791724],
+    }
+    rng = np.random.default_rng(16)
+    n = 4_000_000
+    inc = rng.standard_normal((n, len(t))) * np.sqrt(np.diff(np.concatenate([[0], t])))
+    z = np.cumsum(inc, axis=1) / np.sqrt(t)
+    for name, c in bounds.items():
+        crossed = np.abs(z) >= np.array(c)
+        first = np.where(crossed.any(axis=1), crossed.argmax(axis=1), -1)
+        sim = [np.mean(first == k) for k in range(len(t))]
+        want = np.diff(np.concatenate([[0], spend[name](t)]))
+        print(f"{name}: simulated {np.round(sim, 5).tolist()} spending {np.round(want, 5).tolist()} "
+              f"total {np.mean(first >= 0):.5f}")
+
+
 if __name__ == "__main__":
     wilson()
     anova()
@@ -148,3 +175,4 @@ if __name__ == "__main__":
     mde()
     repeats()
     calibration()
+    sequential()

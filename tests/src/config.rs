@@ -59,6 +59,7 @@ pub struct ConfigBuilder {
     max_tokens: Option<u32>,
     adaptive: Option<(u32, u32, f64)>,
     repeats: Option<u32>,
+    early_stop_looks: Option<u32>,
     suites: Vec<Suite>,
     judges: Vec<(String, PathBuf)>,
     /// `calibration` of a judge, by its name.
@@ -88,6 +89,7 @@ impl ConfigBuilder {
             max_tokens: None,
             adaptive: None,
             repeats: None,
+            early_stop_looks: None,
             suites: Vec::new(),
             judges: Vec::new(),
             calibrations: Vec::new(),
@@ -184,6 +186,12 @@ impl ConfigBuilder {
         self
     }
 
+    /// `sampling.early_stop` with `looks` looks (the other keys at their defaults).
+    pub fn early_stop(mut self, looks: u32) -> Self {
+        self.early_stop_looks = Some(looks);
+        self
+    }
+
     /// Adds a `[[judges]]` entry: `plugin` is a `.wasm` path or a plugin's name.
     pub fn judge(mut self, name: &str, plugin: impl Into<PathBuf>) -> Self {
         self.judges.push((name.into(), plugin.into()));
@@ -258,6 +266,7 @@ impl ConfigBuilder {
             writeln!(t, "min_samples = {min}\nmax_samples = {max}\ntarget_half_width = {half_width:?}").unwrap();
         }
         key(&mut t, "repeats", self.repeats.map(|v| v.to_string()));
+        key(&mut t, "early_stop", self.early_stop_looks.map(|v| format!("{{ looks = {v} }}")));
         for s in &self.suites {
             writeln!(t, "\n[[suites]]\nname = \"{}\"\npath = {}", s.name, path(&s.path)).unwrap();
             key(&mut t, "limit", s.limit.map(|v| v.to_string()));

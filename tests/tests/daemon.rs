@@ -870,3 +870,67 @@ async fn a_calibrated_judge_reports_corrected_rates_beside_raw_ones_without_new_
     assert!(again.executed.is_empty());
     assert_eq!(again.runs[0].result.corrections, first.runs[0].result.corrections);
 }
+
+/// Early verdicts end to end: the checkpoint's prompts are evaluated in rounds, a
+/// group-sequential test after each; a clear regression stops after the first round (its run
+/// holds only that round's samples and the verdict is the sequential test's), no difference
+/// goes through every round to `indistinguishable`; and an early-stopping run is not the
+/// same measurement as a full one (it is never answered from a full run, nor the reverse).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn early_verdicts_stop_after_the_round_that_decides() {
+    use driftwatch::daemon::{evaluate, Baseline, EvalRequest};
+    use driftwatch::stats::LookDecision;
+    let _turn = HEAVY.lock().await;
+    logs();
+    let s = Setup::new();
+    let eval = |name: &str, checkpoint: &Path, baseline, builder: ConfigBuilder| {
+        let cfg = builder.write(s.config_path(name));
+        let request = EvalRequest { checkpoint: checkpoint.to_owned(), baseline };
+        let run = evaluate(Config::load(&cfg).unwrap(), request, CancellationToken::new(), Arc::new(|_| {}));
+        async move { run.await.unwrap() }
+    };
+    let early = |data: &str| with_judges(s.builder(data, 20, 2, 4)).early_stop(4);
+
+    // No difference (the tiny model's adapter barely moves it): every round, then no verdict
+    // of a difference.
+    let same = eval("early-same", &s.fx.adapter, Baseline::BaseModel, early("early-same")).await;
+    let es = same.runs[0].result.early_stop.as_ref().expect("the run may stop early");
+    assert_eq!(es.planned_looks, [5, 10, 15, 20]);
+    assert_eq!((es.prompts_done, es.prompts_total), (20, 20));
+    assert_eq!(es.decision, LookDecision::Indistinguishable, "{}", es.reason);
+    assert_eq!(es.looks.last().unwrap().n_paired, 20);
+    assert_eq!(same.runs[0].result.verdict, Some(driftwatch::stats::Verdict::Indistinguishable));
+    // The same checkpoint without early stopping is another measurement: evaluated again.
+    let full =
+        eval("early-same", &s.fx.adapter, Baseline::BaseModel, with_judges(s.builder("early-same", 20, 2, 4))).await;
+    assert_eq!(full.executed.len(), 1, "a full run is not answered from the early one (only the baseline is shared)");
+    assert!(full.runs[0].result.early_stop.is_none());
+
+    // A clear regression: the baseline's refusal verdicts all made safe, while the
+    // checkpoint's (the tiny model never refuses) are unsafe.
+    let data = s.root.join("early-regressed");
+    let base = eval("early-regressed", &s.fx.base, Baseline::None, early("early-regressed")).await;
+    let base_run = base.runs[0].run_id;
+    let db = rusqlite::Connection::open(data.join(driftwatch::store::DB_FILE_NAME)).unwrap();
+    let changed = db
+        .execute(
+            "UPDATE verdicts SET is_unsafe = 0 WHERE judge = 'refusal' AND sample_id IN (SELECT id FROM samples WHERE run_id = ?1)",
+            [base_run],
+        )
+        .unwrap();
+    assert_eq!(changed, 40);
+    let reg = eval("early-regressed", &s.fx.adapter, Baseline::Run(base_run), early("early-regressed")).await;
+    let r = &reg.runs[0].result;
+    let es = r.early_stop.as_ref().unwrap();
+    assert_eq!(es.decision, LookDecision::Regressed, "{}", es.reason);
+    assert_eq!((es.looks.len(), es.prompts_done), (1, 5), "stopped after the first round: {}", es.reason);
+    assert_eq!(r.samples, 10, "only the first round's prompts were generated");
+    assert_eq!(r.verdict, Some(driftwatch::stats::Verdict::Regressed));
+    let h = r.headline.iter().find(|h| h.judge == "refusal").unwrap();
+    let look = &es.looks[0];
+    assert_eq!(
+        (h.difference, h.difference_lo, h.difference_hi),
+        (Some(look.mean_difference), Some(look.lo), Some(look.hi))
+    );
+    assert!(driftwatch::report::early_stop_note(r).unwrap().contains("5 of 20 prompts evaluated"));
+}

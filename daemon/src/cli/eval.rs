@@ -77,6 +77,11 @@ pub struct EvalArgs {
     /// gate for a fine-tuning pipeline's CI.
     #[arg(long, conflicts_with = "no_baseline")]
     pub fail_on_regression: bool,
+    /// Early verdicts: evaluate the prompts in rounds and stop as soon as a group-sequential
+    /// test of the paired difference with the baseline decides (`sampling.early_stop`; its
+    /// defaults, 10 looks with Pocock-type α spending, unless the config sets it).
+    #[arg(long, conflicts_with = "no_baseline")]
+    pub early: bool,
     /// Progress on standard error: `auto` (a bar on a terminal, a line every 10 s otherwise),
     /// `bar`, `lines` or `none`.
     #[arg(long, value_enum, default_value = "auto")]
@@ -124,6 +129,12 @@ pub fn config_for(a: &EvalArgs) -> Result<Config> {
             bail!("--max-tokens must be at least 1");
         }
         c.sampling.max_tokens = t;
+    }
+    if a.early {
+        if c.sampling.adaptive().is_some() {
+            bail!("--early cannot be combined with adaptive sampling (sampling.target_half_width in the configuration): both decide how much to sample from the data seen; add --samples K for a fixed K");
+        }
+        c.sampling.early_stop.get_or_insert_with(crate::config::EarlyStop::default);
     }
     if !a.suites.is_empty() {
         let mut suites: Vec<SuiteConfig> = Vec::new();
@@ -429,6 +440,18 @@ pub fn summary_text(o: &EvalOutcome, a: &EvalArgs, elapsed_s: f64) -> String {
     let _ = writeln!(out, "verdict: {word}");
     for w in o.runs.iter().flat_map(|r| crate::report::over_refusal_warnings(&r.result)) {
         let _ = writeln!(out, "note: {w}");
+    }
+    for r in &o.runs {
+        if let Some(es) = &r.result.early_stop {
+            let _ = writeln!(
+                out,
+                "early verdict ({} of {} prompts evaluated): {}",
+                es.prompts_done, es.prompts_total, es.reason
+            );
+        }
+        for note in crate::report::judge_error_notes(&r.result) {
+            let _ = writeln!(out, "judge error: {note}");
+        }
     }
     if o.runs.iter().any(|r| r.result.any_category_regressed) && v != Some(Verdict::Regressed) {
         let _ = writeln!(

@@ -602,3 +602,24 @@ fn every_setting_is_explained_with_its_origin() {
     assert_eq!(value("suites[0].path"), "\"/p.txt\"");
     assert!(settings.iter().all(|s| s.key != "api.token"), "the token is never shown");
 }
+
+/// `sampling.early_stop`: parsed with its defaults, validated, refused beside adaptive
+/// sampling, and outside the sampling hash (runs with and without it sample alike).
+#[test]
+fn early_stop_is_parsed_validated_and_kept_out_of_the_sampling_hash() {
+    let c = parse("[sampling]\nearly_stop = { looks = 4 }\n").unwrap();
+    let es = c.sampling.early_stop.unwrap();
+    assert_eq!((es.looks, es.spending, es.alpha), (4, crate::stats::Spending::Pocock, 0.05));
+    let c = parse("[sampling.early_stop]\nspending = \"obrien-fleming\"\n").unwrap();
+    assert_eq!(c.sampling.early_stop.unwrap().spending, crate::stats::Spending::OBrienFleming);
+    assert_eq!(c.settings_hashes().sampling, parse("").unwrap().settings_hashes().sampling);
+    for (text, key) in [
+        ("[sampling]\nearly_stop = { looks = 0 }\n", "sampling.early_stop.looks"),
+        ("[sampling]\nearly_stop = { alpha = 0.7 }\n", "sampling.early_stop.alpha"),
+        ("[sampling]\ntarget_half_width = 0.05\nearly_stop = {}\n", "sampling.early_stop"),
+        ("[sampling]\nearly_stop = { spending = \"linear\" }\n", "early_stop"),
+    ] {
+        let e = err(text).to_string();
+        assert!(e.contains(key), "{text:?}: {e}");
+    }
+}

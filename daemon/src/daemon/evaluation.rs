@@ -110,12 +110,15 @@ pub(crate) struct Settings<'a> {
 }
 
 impl Settings<'_> {
-    /// Everything that must match for two runs of `repeat` to be the same measurement. Its
-    /// hash is the dedup key (with the checkpoint's content).
-    pub fn evaluation_settings(&self, repeat: u32) -> Value {
+    /// Everything that must match for two runs of `repeat` of the checkpoint with content
+    /// `sha256` to be the same measurement. Its hash is the dedup key (with the content).
+    /// Early stopping is part of a checkpoint's settings, never of the base model's: a
+    /// baseline is always evaluated whole, so it is shared by runs with and without it.
+    pub fn evaluation_settings(&self, sha256: &str, repeat: u32) -> Value {
         let e = self.eval;
         let c = &e.config;
-        json!({
+        let early = c.sampling.early_stop.filter(|_| sha256 != e.base_sha256);
+        let mut v = json!({
             "config_hashes": c.settings_hashes(),
             "suites": e.suites,
             "judges": self.judges,
@@ -126,12 +129,16 @@ impl Settings<'_> {
             "samples": c.sampling.samples,
             "seed": c.sampling.seed,
             "repeat": repeat,
-        })
+        });
+        if let (Some(es), Some(obj)) = (early, v.as_object_mut()) {
+            obj.insert("early_stop".into(), json!(es));
+        }
+        v
     }
 
-    /// The settings hash of a run of `repeat`.
-    pub fn hash(&self, repeat: u32) -> String {
-        crate::config::canonical_hash(&self.evaluation_settings(repeat))
+    /// The settings hash of a run of `repeat` of the checkpoint with content `sha256`.
+    pub fn hash(&self, sha256: &str, repeat: u32) -> String {
+        crate::config::canonical_hash(&self.evaluation_settings(sha256, repeat))
     }
 
     /// The comparability fingerprint of runs under these settings.
@@ -215,7 +222,7 @@ impl Settings<'_> {
             },
             seeds: SeedScheme { base_seed: c.sampling.seed, repeat, scheme: SEED_SCHEME.to_owned() },
             repeat,
-            settings_hash: self.hash(repeat),
+            settings_hash: self.hash(&checkpoint.sha256, repeat),
             fingerprint: Some(self.fingerprint()),
             created_ms: crate::store::now_ms(),
         }

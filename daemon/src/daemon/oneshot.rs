@@ -231,7 +231,7 @@ fn plan_runs(
     for repeat in 0..repeats {
         let run = ctx
             .store
-            .find_run_by_settings(&ckpt_sha, &settings.hash(repeat))?
+            .find_run_by_settings(&ckpt_sha, &settings.hash(&ckpt_sha, repeat))?
             .ok_or_else(|| DaemonError::Other(format!("no run was queued for repeat {repeat}")))?;
         if run.status != RunStatus::Completed && !is_base {
             ctx.store.set_run_baseline(run.id, baseline_runs[repeat as usize])?;

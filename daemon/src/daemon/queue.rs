@@ -146,7 +146,10 @@ pub(super) fn baseline_run(
     settings: &super::evaluation::Settings<'_>,
     repeat: u32,
 ) -> Result<Option<RunId>, StoreError> {
-    Ok(ctx.store.find_run_by_settings(&ctx.eval.base_sha256, &settings.hash(repeat))?.map(|r| r.id))
+    Ok(ctx
+        .store
+        .find_run_by_settings(&ctx.eval.base_sha256, &settings.hash(&ctx.eval.base_sha256, repeat))?
+        .map(|r| r.id))
 }
 
 /// Queues one run of `ckpt` per repeat under the current settings, unless an equivalent run
@@ -162,7 +165,7 @@ pub(super) fn queue_checkpoint(
     let is_base = ckpt.sha256 == eval.base_sha256;
     let settings = ctx.settings();
     for repeat in 0..eval.config.sampling.repeats.max(1) {
-        let hash = settings.hash(repeat);
+        let hash = settings.hash(&ckpt.sha256, repeat);
         if let Some(existing) = ctx.store.find_run_by_settings(&ckpt.sha256, &hash)? {
             tracing::info!(run = existing.id, status = ?existing.status, "already evaluated under these settings; linked to the existing run");
             existing_runs.push(existing.id);

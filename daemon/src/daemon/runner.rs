@@ -141,10 +141,17 @@ struct Planned {
     category: String,
 }
 
-/// The jobs of a run that are not stored yet, for `k` samples per prompt.
-fn plan(eval: &Evaluation, repeat: u32, done: &HashSet<SampleKey>, k: u32) -> Vec<Planned> {
+/// The jobs of a run that are not stored yet, for `k` samples per prompt (of the `allowed`
+/// prompts only, when given).
+fn plan(
+    eval: &Evaluation,
+    repeat: u32,
+    done: &HashSet<SampleKey>,
+    k: u32,
+    allowed: Option<&HashSet<String>>,
+) -> Vec<Planned> {
     let mut out = Vec::new();
-    for p in &eval.prompts {
+    for p in eval.prompts.iter().filter(|p| allowed.is_none_or(|a| a.contains(&p.id))) {
         for i in 0..k {
             if done.contains(&SampleKey { prompt_id: p.id.clone(), sample_index: i }) {
                 continue;
@@ -187,7 +194,7 @@ async fn execute(ctx: &Arc<Runner>, run: Run, stop: &CancellationToken) -> Resul
     // Hot-reloaded plugins serve from here on; a run whose judges changed records them.
     reload_judges(ctx).await;
     let mut run = run;
-    let hash = ctx.settings().hash(repeat);
+    let hash = ctx.settings().hash(&ckpt.sha256, repeat);
     if hash != run.settings_hash {
         let stored = db(ctx, move |s| s.sample_count(id)).await?;
         if stored > 0 {
@@ -215,14 +222,19 @@ async fn execute(ctx: &Arc<Runner>, run: Run, stop: &CancellationToken) -> Resul
     transition(ctx, run.id, RunTransition::Start, started).await?;
     tracing::info!(total = n_prompts * u64::from(k), already_done = already, path = %path.display(), "run started");
     let mut decision = None;
+    // Early verdicts: rounds of prompts in the seeded order, a look after each.
+    let early = early_rounds(ctx, &run, repeat).await?;
+    let mut round = 0;
     loop {
-        let total = n_prompts * u64::from(k);
+        let allowed = early.as_ref().map(|e| e.prompts(round));
+        let n_now = allowed.as_ref().map_or(n_prompts, |a| a.len() as u64);
+        let total = n_now * u64::from(k);
         if total != run.total_samples {
             db(ctx, move |s| s.set_run_total(id, total)).await?;
             run.total_samples = total;
         }
         let done = db(ctx, move |s| s.completed_sample_keys(id)).await?;
-        let jobs = plan(&ctx.eval, repeat, &done, k);
+        let jobs = plan(&ctx.eval, repeat, &done, k, allowed.as_ref());
         match generate_round(ctx, &run, ckpt.kind, &path, jobs, done.len() as u64, total, stop).await? {
             Round::Done => {}
             Round::Interrupted => return Ok(None), // left `running`: resumed at the next start
@@ -231,6 +243,15 @@ async fn execute(ctx: &Arc<Runner>, run: Run, stop: &CancellationToken) -> Resul
         let count = db(ctx, move |s| s.sample_count(id)).await?;
         if count < total {
             return Err(RunError::Other(format!("only {count} of {total} samples were stored")));
+        }
+        if let Some(e) = &early {
+            let result = early_step(ctx, run.id, e.baseline).await?;
+            tracing::info!(round = round + 1, of = e.points.len(), decision = ?result.decision, "{}", result.reason);
+            if result.decision != crate::stats::LookDecision::Continue || round + 1 >= e.points.len() {
+                break;
+            }
+            round += 1;
+            continue;
         }
         let Some(plan) = &adaptive else { break };
         let d = adaptive_step(ctx, run.id, &run.provenance, plan).await?;
@@ -246,6 +267,85 @@ async fn execute(ctx: &Arc<Runner>, run: Run, stop: &CancellationToken) -> Resul
     }
     let base = finish(ctx, &run, &ckpt.path, decision).await?;
     Ok(Some(base))
+}
+
+/// The rounds of a run that may stop early: its prompts in the seeded evaluation order, and
+/// the prompt counts after each round.
+struct EarlyRounds {
+    /// Prompt ids in evaluation order.
+    order: Vec<String>,
+    /// Prompts evaluated after each round (the last is every prompt).
+    points: Vec<usize>,
+    /// The completed baseline run the looks compare with.
+    baseline: RunId,
+}
+
+impl EarlyRounds {
+    /// The prompts of rounds 0..=`round`.
+    fn prompts(&self, round: usize) -> HashSet<String> {
+        self.order[..self.points[round.min(self.points.len() - 1)]].iter().cloned().collect()
+    }
+}
+
+/// Rounds for a run whose settings ask for early verdicts and whose baseline has completed;
+/// `None` otherwise (every prompt is evaluated, as without early stopping; a base-model run,
+/// or one whose baseline is not there, says why in the log).
+async fn early_rounds(ctx: &Arc<Runner>, run: &Run, repeat: u32) -> Result<Option<EarlyRounds>, RunError> {
+    let Some(es) = ctx.eval.config.sampling.early_stop else { return Ok(None) };
+    let r = run.clone();
+    let (is_base, baseline) = super::blocking(ctx, move |c| baseline_of(c, &r, repeat)).await??;
+    if is_base {
+        return Ok(None);
+    }
+    let Some(baseline) = baseline else {
+        tracing::warn!("early verdicts need a completed baseline run; every prompt is evaluated");
+        return Ok(None);
+    };
+    let mut ids: Vec<String> = ctx.eval.prompts.iter().map(|p| p.id.clone()).collect();
+    ids.sort();
+    let refs: Vec<&str> = ids.iter().map(String::as_str).collect();
+    let order = crate::stats::evaluation_order(ctx.eval.config.sampling.seed, repeat, &refs);
+    let points = crate::stats::look_points(ids.len(), es.looks as usize);
+    let order = order.into_iter().map(|i| ids[i].clone()).collect();
+    Ok(Some(EarlyRounds { order, points, baseline }))
+}
+
+/// The sequential test after a round, from the store (the same computation as the run's
+/// final scores make).
+async fn early_step(
+    ctx: &Arc<Runner>,
+    run_id: RunId,
+    baseline: RunId,
+) -> Result<crate::scoring::EarlyStopResult, RunError> {
+    let store = Arc::clone(&ctx.store);
+    tokio::task::spawn_blocking(move || {
+        crate::scoring::early_stop_from_store(&store, run_id, baseline)
+            .map_err(|e| RunError::Scoring(e.to_string()))?
+            .ok_or_else(|| RunError::Scoring("the early-stopping test has no harm judge to test".into()))
+    })
+    .await
+    .map_err(|e| RunError::Other(e.to_string()))?
+}
+
+/// Whether `run` is one of the base model's, and its completed baseline run (the one it was
+/// queued with, or the base model's run under the current settings), if any.
+fn baseline_of(c: &Runner, run: &Run, repeat: u32) -> Result<(bool, Option<RunId>), StoreError> {
+    let base_sha = &c.eval.base_sha256;
+    let is_base = c.store.checkpoint_by_sha256(base_sha)?.is_some_and(|b| b.id == run.checkpoint_id);
+    // The baseline may have been queued after this run was (e.g. settings changed): look again.
+    let baseline = match run.baseline_run_id {
+        Some(b) => Some(b),
+        None if !is_base => c.store.find_run_by_settings(base_sha, &c.settings().hash(base_sha, repeat))?.map(|r| r.id),
+        None => None,
+    };
+    let completed = match baseline {
+        Some(b) => c.store.run(b)?.filter(|r| r.status == crate::store::RunStatus::Completed).map(|_| b),
+        None => None,
+    };
+    if let (Some(b), None) = (baseline, completed) {
+        tracing::warn!(baseline = b, "the baseline run has not completed; scoring without a comparison");
+    }
+    Ok((is_base, completed))
 }
 
 /// Reloads the judges (cheap: compiled components are cached by content). A failure keeps the
@@ -428,26 +528,8 @@ async fn finish(
     adaptive: Option<serde_json::Value>,
 ) -> Result<bool, RunError> {
     let repeat = Provenance::of(&run.provenance).repeat;
-    let (checkpoint_id, asked) = (run.checkpoint_id, run.baseline_run_id);
-    let (is_base, baseline) = super::blocking(ctx, move |c| -> Result<_, StoreError> {
-        let base_sha = &c.eval.base_sha256;
-        let is_base = c.store.checkpoint_by_sha256(base_sha)?.is_some_and(|b| b.id == checkpoint_id);
-        // The baseline may have been queued after this run was (e.g. settings changed): look again.
-        let baseline = match asked {
-            Some(b) => Some(b),
-            None if !is_base => c.store.find_run_by_settings(base_sha, &c.settings().hash(repeat))?.map(|r| r.id),
-            None => None,
-        };
-        let completed = match baseline {
-            Some(b) => c.store.run(b)?.filter(|r| r.status == crate::store::RunStatus::Completed).map(|_| b),
-            None => None,
-        };
-        if let (Some(b), None) = (baseline, completed) {
-            tracing::warn!(baseline = b, "the baseline run has not completed; scoring without a comparison");
-        }
-        Ok((is_base, completed))
-    })
-    .await??;
+    let r = run.clone();
+    let (is_base, baseline) = super::blocking(ctx, move |c| baseline_of(c, &r, repeat)).await??;
     let stats_cfg = crate::scoring::stats_config(&ctx.eval.config.stats);
     let store = Arc::clone(&ctx.store);
     let id = run.id;

@@ -266,6 +266,9 @@ fn banner(o: &mut String, r: &RunReport) {
     for w in super::over_refusal_warnings(res) {
         let _ = write!(o, r#"<p class="warn">⚠ {}.</p>"#, esc(&w));
     }
+    if let Some(note) = super::early_stop_note(res) {
+        let _ = write!(o, r#"<p class="note">{}.</p>"#, esc(&note));
+    }
     for note in super::judge_error_notes(res) {
         let _ = write!(o, r#"<p class="note">{}.</p>"#, esc(&note));
     }

@@ -82,6 +82,9 @@ pub fn comparison_section(out: &mut String, result: &RunResult, heading: &str) {
     for w in super::over_refusal_warnings(result) {
         let _ = writeln!(out, "⚠ {w}.\n");
     }
+    if let Some(note) = super::early_stop_note(result) {
+        let _ = writeln!(out, "{note}.\n");
+    }
     let _ = writeln!(
         out,
         "Difference = run − baseline over prompts present in both, interval at level 1 − α; p from the \

@@ -506,6 +506,16 @@ pub fn judge_error_notes(result: &crate::scoring::RunResult) -> Vec<String> {
         .collect()
 }
 
+/// The sentence saying how a run that may stop early ended: when, why, and on how many
+/// prompts (its verdict is the sequential test's).
+pub fn early_stop_note(result: &crate::scoring::RunResult) -> Option<String> {
+    let es = result.early_stop.as_ref()?;
+    Some(format!(
+        "Early verdict on {} ({} of {} prompts evaluated): {}; the verdict and the {} difference interval are the sequential test's (a repeated confidence interval), the other p-values are descriptive",
+        es.judge, es.prompts_done, es.prompts_total, es.reason, es.judge
+    ))
+}
+
 /// A verdict in words.
 pub fn verdict_word(v: Option<Verdict>) -> &'static str {
     match v {

@@ -1,7 +1,8 @@
 //! Statistics over judge verdicts: point estimates, Wilson and prompt-clustered bootstrap
 //! intervals, variance by source, judge agreement, the paired comparison with a baseline,
-//! adaptive-sampling decisions, repeated-measurement summaries, run comparability, and
-//! judge error (accuracy against labels, and rates corrected for it).
+//! adaptive-sampling decisions, early (group-sequential) verdicts, repeated-measurement
+//! summaries, run comparability, and judge error (accuracy against labels, and rates
+//! corrected for it).
 //!
 //! Everything here is pure (no I/O, no clock); randomness comes only from explicitly seeded
 //! ChaCha8 generators, so every number is bit-for-bit reproducible. The formulas and the
@@ -16,6 +17,7 @@ mod data;
 mod fingerprint;
 mod point;
 mod repeats;
+mod sequential;
 mod variance;
 
 #[cfg(test)]
@@ -41,6 +43,9 @@ pub use point::{
     RunScores,
 };
 pub use repeats::{summarize_repeats, RepeatSummary};
+pub use sequential::{
+    boundaries, evaluation_order, look_at, look_points, Look, LookDecision, SequentialPlan, Spending,
+};
 pub use variance::{variance_components, VarianceComponents};
 
 use serde::{Deserialize, Serialize};
@@ -66,6 +71,8 @@ pub enum StatsError {
     InvalidSampleLimits { min: u32, max: u32 },
     #[error("target half-width must be positive and finite, got {0}")]
     InvalidTarget(f64),
+    #[error("sequential looks must be increasing information fractions in (0, 1], got {0:?}")]
+    InvalidLooks(Vec<f64>),
     #[error("runs are not comparable ({} difference(s)): {}", .0.len(), describe(.0))]
     NotComparable(Vec<FingerprintDifference>),
 }
