@@ -154,6 +154,88 @@ pub struct Config {
     pub stats: StatsConfig,
     /// `[events]`: which optional events are published.
     pub events: EventsConfig,
+    /// `[[variations]]`: setup changes `driftwatch sensitivity` evaluates under, besides the
+    /// default setup. Not part of any run's settings (each variation is a setup of its own).
+    pub variations: Vec<Variation>,
+}
+
+/// `[[variations]]`: one change of the evaluation setup, against the default (the rest of
+/// the configuration). Every key but `name` is optional; at least one must be set.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Default)]
+#[serde(deny_unknown_fields)]
+pub struct Variation {
+    /// Unique name, shown in the report.
+    pub name: String,
+    /// A system prompt instead of `model.system_prompt`; `""` for none.
+    #[serde(default)]
+    pub system_prompt: Option<String>,
+    /// A chat template instead of `model.chat_template` (a llama.cpp built-in name such as
+    /// `chatml`; `""` for the GGUF's own).
+    #[serde(default)]
+    pub chat_template: Option<String>,
+    #[serde(default)]
+    pub temperature: Option<f32>,
+    #[serde(default)]
+    pub top_p: Option<f32>,
+    #[serde(default)]
+    pub max_tokens: Option<u32>,
+    /// Reworded prompts (`model.rewording`): JSON Lines of `id` and `prompt`.
+    #[serde(default)]
+    pub rewording: Option<PathBuf>,
+}
+
+impl Variation {
+    /// What this variation changes, in words.
+    pub fn describe(&self) -> String {
+        let mut parts = Vec::new();
+        let text = |s: &str| if s.is_empty() { "none".to_string() } else { format!("{s:?}") };
+        if let Some(p) = &self.system_prompt {
+            parts.push(format!("system prompt {}", text(p)));
+        }
+        if let Some(t) = &self.chat_template {
+            parts.push(format!("chat template {}", if t.is_empty() { "the GGUF's own".into() } else { t.clone() }));
+        }
+        if let Some(t) = self.temperature {
+            parts.push(format!("temperature {t}"));
+        }
+        if let Some(p) = self.top_p {
+            parts.push(format!("top_p {p}"));
+        }
+        if let Some(m) = self.max_tokens {
+            parts.push(format!("max_tokens {m}"));
+        }
+        if let Some(r) = &self.rewording {
+            parts.push(format!("prompts reworded by {}", r.display()));
+        }
+        parts.join(", ")
+    }
+}
+
+impl Config {
+    /// This configuration under `variation`: its changes applied, everything else kept.
+    pub fn varied(&self, variation: &Variation) -> Config {
+        let mut c = self.clone();
+        let v = variation;
+        if let Some(p) = &v.system_prompt {
+            c.model.system_prompt = (!p.is_empty()).then(|| p.clone());
+        }
+        if let Some(t) = &v.chat_template {
+            c.model.chat_template = (!t.is_empty()).then(|| t.clone());
+        }
+        if let Some(t) = v.temperature {
+            c.sampling.temperature = t;
+        }
+        if let Some(p) = v.top_p {
+            c.sampling.top_p = p;
+        }
+        if let Some(m) = v.max_tokens {
+            c.sampling.max_tokens = m;
+        }
+        if let Some(r) = &v.rewording {
+            c.model.rewording = Some(r.clone());
+        }
+        c
+    }
 }
 
 /// `[events]`.
@@ -224,6 +306,10 @@ pub struct ModelConfig {
     pub system_prompt: Option<String>,
     /// Scale of LoRA adapters (llama.cpp's `--lora-scaled`). Default 1.0.
     pub adapter_scale: f32,
+    /// Reworded prompts: JSON Lines of `id` and `prompt`; each suite prompt with an id there
+    /// is asked in these words instead (a setup variation). Default: none.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub rewording: Option<PathBuf>,
 }
 
 impl Default for ModelConfig {
@@ -234,6 +320,7 @@ impl Default for ModelConfig {
             chat_template: None,
             system_prompt: None,
             adapter_scale: 1.0,
+            rewording: None,
         }
     }
 }
@@ -1180,10 +1267,43 @@ impl Config {
                 );
             }
         }
+        if let Some(r) = &self.model.rewording {
+            self.model.rewording = Some(resolve(r, "model.rewording")?);
+        }
+        for (i, v) in self.variations.iter_mut().enumerate() {
+            if let Some(r) = &v.rewording {
+                v.rewording = Some(
+                    resolve_path(r, base_dir, env)
+                        .map_err(|m| loc.invalid(&format!("variations[{i}].rewording"), m))?,
+                );
+            }
+        }
         Ok(())
     }
 
     fn validate(&mut self, loc: &Locator<'_>) -> Result<(), ConfigError> {
+        let mut names = std::collections::HashSet::new();
+        for (i, v) in self.variations.iter().enumerate() {
+            let key = |k: &str| format!("variations[{i}].{k}");
+            if v.name.trim().is_empty() || v.name == "default" {
+                return Err(loc.invalid(&key("name"), "give each variation a name other than \"default\"".into()));
+            }
+            if !names.insert(v.name.as_str()) {
+                return Err(loc.invalid(&key("name"), format!("two variations are named {:?}", v.name)));
+            }
+            if v.describe().is_empty() {
+                return Err(loc.invalid(&key("name"), format!("variation {:?} changes nothing: set one of system_prompt, chat_template, temperature, top_p, max_tokens, rewording", v.name)));
+            }
+            if v.temperature.is_some_and(|t| !(t >= 0.0 && t.is_finite())) {
+                return Err(loc.invalid(&key("temperature"), "must be >= 0".into()));
+            }
+            if v.top_p.is_some_and(|p| !(p > 0.0 && p <= 1.0)) {
+                return Err(loc.invalid(&key("top_p"), "must be in (0, 1]".into()));
+            }
+            if v.max_tokens == Some(0) {
+                return Err(loc.invalid(&key("max_tokens"), "must be at least 1".into()));
+            }
+        }
         let d = &self.daemon;
         if d.settle_ms > 86_400_000 {
             return Err(loc.invalid("daemon.settle_ms", "must be at most 86400000 (one day)".into()));

@@ -5,7 +5,7 @@
 //! part directly: [`gguf`] and [`checkpoint`] read and check files before llama.cpp sees them,
 //! [`engine`] generates seeded samples in batches, [`judge`] runs sandboxed wasm judge plugins,
 //! [`suite`] loads prompt suites, [`stats`] turns verdicts into scores with honest intervals and
-//! [`scoring`] applies it to stored runs, [`report`] renders them, [`provenance`] is a run's typed provenance record, [`config`] is the typed
+//! [`scoring`] applies it to stored runs, [`sensitivity`] compares evaluation setups, [`report`] renders them, [`provenance`] is a run's typed provenance record, [`config`] is the typed
 //! configuration, [`store`] the durable SQLite store, [`events`] the score events, [`watch`]
 //! turns watched folders into settled files, [`daemon`] runs it all (and [`cli::eval`] runs one evaluation without it), [`api`] serves the HTTP API
 //! and event streams (with [`webhooks`] and [`metrics`] beside it), [`setup`] knows where the
@@ -38,6 +38,7 @@ pub mod metrics;
 pub mod provenance;
 pub mod report;
 pub mod scoring;
+pub mod sensitivity;
 pub mod setup;
 pub mod stats;
 pub mod store;

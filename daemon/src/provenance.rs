@@ -68,6 +68,20 @@ pub struct Provenance {
     /// When the record was made (ms since the Unix epoch).
     #[serde(deserialize_with = "lenient")]
     pub created_ms: i64,
+    /// The reworded prompts the run asked, when `model.rewording` was set.
+    #[serde(deserialize_with = "lenient", skip_serializing_if = "Option::is_none")]
+    pub rewording: Option<RewordingIdentity>,
+}
+
+/// A rewording file as a run used it.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct RewordingIdentity {
+    pub path: String,
+    /// sha256 of the file's bytes.
+    pub sha256: String,
+    /// Prompts asked in the file's words.
+    pub reworded: usize,
 }
 
 impl Provenance {

@@ -165,6 +165,28 @@ def sequential():
               f"total {np.mean(first >= 0):.5f}")
 
 
+def sensitivity():
+    print("# sensitivity: balanced prompt x setup x seed(prompt) ANOVA by statsmodels (type I)")
+    import pandas as pd
+    import statsmodels.formula.api as smf
+    from statsmodels.stats.anova import anova_lm
+    rows = []
+    for p in range(6):
+        for v in range(3):
+            for s in range(4):
+                t = (p * p + 5 * v + 2 * s * (p % 3) + p * v) % 5
+                rows.append({"p": p, "v": v, "s": s, "y": float(t < 2 + (p % 2) - (v == 1))})
+    df = pd.DataFrame(rows)
+    fit = smf.ols("y ~ C(v) + C(p) + C(p):C(v) + C(p):C(s)", data=df).fit()
+    a = anova_lm(fit, typ=1)
+    ms = {k: a.loc[k, "sum_sq"] / a.loc[k, "df"] for k in a.index}
+    msv, msp, mspv, mss, mse = ms["C(v)"], ms["C(p)"], ms["C(p):C(v)"], ms["C(p):C(s)"], ms["Residual"]
+    P, V, S = 6, 3, 4
+    comps = [(msv - mspv) / (P * S), (msp - mss - mspv + mse) / (S * V), (mspv - mse) / S, (mss - mse) / V, mse]
+    print(f"MS v={msv!r} p={msp!r} pv={mspv!r} s={mss!r} e={mse!r}")
+    print(f"components setup, prompt, prompt x setup, seed, residual = {comps!r}")
+
+
 if __name__ == "__main__":
     wilson()
     anova()
@@ -176,3 +198,4 @@ if __name__ == "__main__":
     repeats()
     calibration()
     sequential()
+    sensitivity()

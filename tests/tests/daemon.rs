@@ -934,3 +934,72 @@ async fn early_verdicts_stop_after_the_round_that_decides() {
     );
     assert!(driftwatch::report::early_stop_note(r).unwrap().contains("5 of 20 prompts evaluated"));
 }
+
+/// `driftwatch sensitivity`: the checkpoint and its baseline evaluated under the default
+/// setup and each variation (a system prompt, a temperature, reworded prompts), the seeds
+/// shared; every setup's line, the verdict count, the ranges and the variance by source.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sensitivity_evaluates_every_setup_and_splits_the_variance() {
+    let _turn = HEAVY.lock().await;
+    logs();
+    let s = Setup::new();
+    let words = s.root.join("reworded.jsonl");
+    std::fs::write(&words, "{\"id\": \"mini/1\", \"prompt\": \"Tell me, in the past tense, about prompt one.\"}\n")
+        .unwrap();
+    let mut toml = with_judges(s.builder("sensitivity", 6, 2, 4)).toml();
+    toml.push_str(&format!(
+        "\n[[variations]]\nname = \"careful\"\nsystem_prompt = \"Be careful.\"\n\n[[variations]]\nname = \"cool\"\ntemperature = 0.3\n\n[[variations]]\nname = \"reworded\"\nrewording = \"{}\"\n",
+        words.display()
+    ));
+    let cfg = s.config_path("sensitivity");
+    std::fs::write(&cfg, &toml).unwrap();
+    let config = Config::load(&cfg).unwrap();
+    let r = driftwatch::sensitivity::analyse(
+        config.clone(),
+        s.fx.adapter.clone(),
+        CancellationToken::new(),
+        Arc::new(|_| {}),
+    )
+    .await
+    .unwrap();
+    assert_eq!(
+        r.setups.iter().map(|l| l.setup.as_str()).collect::<Vec<_>>(),
+        ["default", "careful", "cool", "reworded"]
+    );
+    assert_eq!(r.judge, "refusal");
+    assert_eq!(r.regressed + r.improved + r.indistinguishable + r.no_verdict, 4);
+    let runs: std::collections::BTreeSet<_> = r.setups.iter().flat_map(|l| l.runs.clone()).collect();
+    assert_eq!(runs.len(), 4, "one run of the checkpoint per setup");
+    let baselines: std::collections::BTreeSet<_> = r.setups.iter().flat_map(|l| l.baseline_runs.clone()).collect();
+    assert_eq!(baselines.len(), 4, "and one baseline per setup");
+    assert!(r.setups.iter().all(|l| l.rate.is_some() && l.verdict.is_some()), "{r:?}");
+    let v = r.variance.as_ref().expect("a balanced design: 6 prompts × 2 samples × 4 setups");
+    assert_eq!((v.n_prompts, v.n_seeds, v.n_setups), (6, 2, 4));
+    let text = driftwatch::sensitivity::text(&r);
+    assert!(
+        text.contains("| careful | system prompt \"Be careful.\" |")
+            && text.contains("variance of the unsafe indicator"),
+        "{text}"
+    );
+    assert!(text.contains("under 4 of 4 setups") || text.contains("depends on the setup"), "{text}");
+    // The reworded setup asked prompt 1 in the file's words, and the others as written; the
+    // seeds are the default setup's.
+    let store = open_store(&s.root.join("sensitivity"));
+    let reworded = store.samples_for_run(r.setups[3].runs[0]).unwrap();
+    let default = store.samples_for_run(r.setups[0].runs[0]).unwrap();
+    let one = reworded.iter().find(|x| x.prompt_id == "mini/1").unwrap();
+    assert_eq!(one.prompt, "Tell me, in the past tense, about prompt one.");
+    let two = |v: &[StoredSample]| v.iter().find(|x| x.prompt_id == "mini/2").unwrap().prompt.clone();
+    assert_eq!(two(&reworded), two(&default));
+    let seeds = |v: &[StoredSample]| {
+        v.iter().map(|x| (x.prompt_id.clone(), x.sample_index, x.seed)).collect::<std::collections::BTreeSet<_>>()
+    };
+    assert_eq!(seeds(&reworded), seeds(&default));
+    // Without variations there is nothing to compare.
+    let mut plain = config;
+    plain.variations.clear();
+    let e = driftwatch::sensitivity::analyse(plain, s.fx.adapter.clone(), CancellationToken::new(), Arc::new(|_| {}))
+        .await
+        .unwrap_err();
+    assert!(e.to_string().contains("no [[variations]]"), "{e}");
+}

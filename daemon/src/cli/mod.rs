@@ -12,6 +12,7 @@ pub mod generate;
 pub mod judge;
 pub mod plugin;
 pub mod report;
+pub mod sensitivity;
 pub mod serve;
 pub mod status;
 pub mod subscribe;
@@ -53,6 +54,9 @@ pub enum Command {
     /// Evaluate one checkpoint without the daemon (same store, same results), with progress,
     /// a summary table and a verdict; `--fail-on-regression` makes it a CI gate.
     Eval(eval::EvalArgs),
+    /// Evaluate one checkpoint under the default setup and every `[[variations]]` entry:
+    /// scores, verdict stability and the variance by source (setup, prompt, seed).
+    Sensitivity(sensitivity::SensitivityArgs),
     /// Show the queue, the run in progress and recent results (reads the store).
     Status(status::StatusArgs),
     /// Judge plugins: scaffold a new one, or check a component.
@@ -80,7 +84,7 @@ pub async fn run(cli: Cli) -> Result<()> {
         // `serve` logs as its configuration says.
         Command::Serve(_) => {}
         // The progress bar and the summary say what happened; warnings and errors still show.
-        Command::Eval(_) => init_logging(cli.log_json, "warn"),
+        Command::Eval(_) | Command::Sensitivity(_) => init_logging(cli.log_json, "warn"),
         _ => init_logging(cli.log_json, "info"),
     }
     match cli.command {
@@ -89,6 +93,7 @@ pub async fn run(cli: Cli) -> Result<()> {
         Command::Bench(a) => bench::run(a).await,
         Command::Serve(a) => serve::run(a, cli.log_json).await,
         Command::Eval(a) => eval::run(a).await,
+        Command::Sensitivity(a) => sensitivity::run(a).await,
         Command::Status(a) => status::run(a),
         Command::Plugin(cmd) => plugin::run(cmd),
         Command::Judge(a) => judge::run(a),

@@ -623,3 +623,34 @@ fn early_stop_is_parsed_validated_and_kept_out_of_the_sampling_hash() {
         assert!(e.contains(key), "{text:?}: {e}");
     }
 }
+
+/// `[[variations]]`: each applies its changes and keeps the rest; names are unique, and a
+/// variation that changes nothing or sets an invalid value is refused with its key.
+#[test]
+fn variations_apply_their_changes_and_are_validated() {
+    let c = parse(
+        "[model]\nsystem_prompt = \"Be kind.\"\n[[variations]]\nname = \"none\"\nsystem_prompt = \"\"\n[[variations]]\nname = \"short\"\nmax_tokens = 32\ntop_p = 0.5\n",
+    )
+    .unwrap();
+    assert_eq!(c.variations.len(), 2);
+    let none = c.varied(&c.variations[0]);
+    assert_eq!(none.model.system_prompt, None);
+    assert_eq!(none.sampling, c.sampling);
+    let short = c.varied(&c.variations[1]);
+    assert_eq!((short.sampling.max_tokens, short.sampling.top_p), (32, 0.5));
+    assert_eq!(short.model.system_prompt.as_deref(), Some("Be kind."));
+    assert_eq!(c.variations[1].describe(), "top_p 0.5, max_tokens 32");
+    // Variations are not part of any run's settings.
+    assert_eq!(c.settings_hashes(), parse("[model]\nsystem_prompt = \"Be kind.\"\n").unwrap().settings_hashes());
+    for (text, needle) in [
+        ("[[variations]]\nname = \"a\"\n", "changes nothing"),
+        ("[[variations]]\nname = \"a\"\ntop_p = 0.5\n[[variations]]\nname = \"a\"\ntop_p = 0.6\n", "two variations"),
+        ("[[variations]]\nname = \"default\"\ntop_p = 0.5\n", "variations[0].name"),
+        ("[[variations]]\nname = \"a\"\ntop_p = 1.5\n", "variations[0].top_p"),
+        ("[[variations]]\nname = \"a\"\nmax_tokens = 0\n", "variations[0].max_tokens"),
+        ("[[variations]]\nname = \"a\"\nseed = 3\n", "seed"),
+    ] {
+        let e = err(text).to_string();
+        assert!(e.contains(needle), "{text:?}: {e}");
+    }
+}

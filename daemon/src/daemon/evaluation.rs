@@ -11,7 +11,7 @@ use super::DaemonError;
 use crate::checkpoint::{self, Checkpoint};
 use crate::config::Config;
 use crate::engine::{self, EngineParams, SamplingParams};
-use crate::provenance::{JudgeProvenance, Provenance, SuiteIdentity};
+use crate::provenance::{JudgeProvenance, Provenance, RewordingIdentity, SuiteIdentity};
 use crate::store::CheckpointRecord;
 use crate::suite::{self, Prompt};
 
@@ -28,6 +28,8 @@ pub(crate) struct Evaluation {
     pub base_sha256: String,
     /// The generation engine's settings (from `[engine]`).
     pub engine: EngineParams,
+    /// The rewording the prompts were asked in (`model.rewording`), if any.
+    pub rewording: Option<RewordingIdentity>,
 }
 
 impl Evaluation {
@@ -60,6 +62,10 @@ impl Evaluation {
             });
             prompts.extend(s.prompts);
         }
+        let rewording = match &config.model.rewording {
+            Some(path) => Some(reword(&mut prompts, path)?),
+            None => None,
+        };
         let base_path = config.model.base.clone();
         let base = checkpoint::inspect_model(&base_path)?;
         let base_sha256 = {
@@ -70,7 +76,7 @@ impl Evaluation {
                 .map_err(|e| DaemonError::Other(format!("cannot read the base model {}: {e}", base_path.display())))?
         };
         let engine = super::engine_config(&config);
-        Ok(Evaluation { config, prompts, suites, base, base_path, base_sha256, engine })
+        Ok(Evaluation { config, prompts, suites, base, base_path, base_sha256, engine, rewording })
     }
 
     /// Sampling settings for the engine.
@@ -99,6 +105,46 @@ impl Evaluation {
     pub fn under(&self, judges: Vec<JudgeProvenance>) -> Settings<'_> {
         Settings { eval: self, judges }
     }
+}
+
+/// Asks `prompts` in the words of the rewording file at `path` (JSON Lines of `id` and
+/// `prompt`): each prompt whose id is there gets the file's text. A file that rewords no
+/// prompt, or names one twice, is refused.
+fn reword(prompts: &mut [Prompt], path: &std::path::Path) -> Result<RewordingIdentity, DaemonError> {
+    use sha2::{Digest, Sha256};
+    #[derive(serde::Deserialize)]
+    #[serde(deny_unknown_fields)]
+    struct Line {
+        id: String,
+        prompt: String,
+    }
+    let bad = |m: String| DaemonError::Other(format!("model.rewording {}: {m}", path.display()));
+    let bytes = std::fs::read(path).map_err(|e| bad(e.to_string()))?;
+    let mut words = std::collections::HashMap::new();
+    for (i, line) in String::from_utf8_lossy(&bytes).lines().enumerate() {
+        if line.trim().is_empty() {
+            continue;
+        }
+        let l: Line = serde_json::from_str(line).map_err(|e| bad(format!("line {}: {e}", i + 1)))?;
+        if l.prompt.trim().is_empty() {
+            return Err(bad(format!("line {}: the prompt is empty", i + 1)));
+        }
+        if words.insert(l.id.clone(), l.prompt).is_some() {
+            return Err(bad(format!("line {}: prompt id {:?} appears twice", i + 1, l.id)));
+        }
+    }
+    let mut reworded = 0;
+    for p in prompts.iter_mut() {
+        if let Some(text) = words.get(&p.id) {
+            p.text = text.clone();
+            reworded += 1;
+        }
+    }
+    if reworded == 0 {
+        return Err(bad("no prompt id of the suites is in it (each line: {\"id\": ..., \"prompt\": ...})".into()));
+    }
+    tracing::info!(file = %path.display(), reworded, of = prompts.len(), "prompts reworded");
+    Ok(RewordingIdentity { path: path.display().to_string(), sha256: hex::encode(Sha256::digest(&bytes)), reworded })
 }
 
 /// The settings of a run: the evaluation with the judges that score it. Built from one
@@ -133,6 +179,9 @@ impl Settings<'_> {
         if let (Some(es), Some(obj)) = (early, v.as_object_mut()) {
             obj.insert("early_stop".into(), json!(es));
         }
+        if let (Some(r), Some(obj)) = (&e.rewording, v.as_object_mut()) {
+            obj.insert("rewording_sha256".into(), json!(r.sha256));
+        }
         v
     }
 
@@ -150,11 +199,15 @@ impl Settings<'_> {
         let controls: Vec<&String> = e.suites.iter().filter(|s| s.control).map(|s| &s.name).collect();
         // Which suites are controls changes what the harm rates cover: part of the suite
         // identity (only when there are any, so runs without controls keep their hashes).
-        let suite_hash = if controls.is_empty() {
+        let mut suite_hash = if controls.is_empty() {
             crate::config::canonical_hash(&contents)
         } else {
             crate::config::canonical_hash(&json!({"contents": contents, "control_suites": controls}))
         };
+        // Reworded prompts are other prompts: never compared with the suite's own words.
+        if let Some(r) = &e.rewording {
+            suite_hash = crate::config::canonical_hash(&json!({"suites": suite_hash, "rewording": r.sha256}));
+        }
         let judges = self
             .judges
             .iter()
@@ -225,6 +278,7 @@ impl Settings<'_> {
             settings_hash: self.hash(&checkpoint.sha256, repeat),
             fingerprint: Some(self.fingerprint()),
             created_ms: crate::store::now_ms(),
+            rewording: ev.rewording.clone(),
         }
     }
 

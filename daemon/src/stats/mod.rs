@@ -1,7 +1,7 @@
 //! Statistics over judge verdicts: point estimates, Wilson and prompt-clustered bootstrap
 //! intervals, variance by source, judge agreement, the paired comparison with a baseline,
-//! adaptive-sampling decisions, early (group-sequential) verdicts, repeated-measurement
-//! summaries, run comparability, and judge error (accuracy against labels, and rates
+//! adaptive-sampling decisions, early (group-sequential) verdicts, setup sensitivity,
+//! repeated-measurement summaries, run comparability, and judge error (accuracy against labels, and rates
 //! corrected for it).
 //!
 //! Everything here is pure (no I/O, no clock); randomness comes only from explicitly seeded
@@ -17,6 +17,7 @@ mod data;
 mod fingerprint;
 mod point;
 mod repeats;
+mod sensitivity;
 mod sequential;
 mod variance;
 
@@ -43,6 +44,7 @@ pub use point::{
     RunScores,
 };
 pub use repeats::{summarize_repeats, RepeatSummary};
+pub use sensitivity::{setup_variance, SetupVariance};
 pub use sequential::{
     boundaries, evaluation_order, look_at, look_points, Look, LookDecision, SequentialPlan, Spending,
 };
