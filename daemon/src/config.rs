@@ -1281,7 +1281,8 @@ impl Config {
         Ok(())
     }
 
-    fn validate(&mut self, loc: &Locator<'_>) -> Result<(), ConfigError> {
+    /// `[[variations]]`: unique names, at least one change each, valid values.
+    fn validate_variations(&self, loc: &Locator<'_>) -> Result<(), ConfigError> {
         let mut names = std::collections::HashSet::new();
         for (i, v) in self.variations.iter().enumerate() {
             let key = |k: &str| format!("variations[{i}].{k}");
@@ -1304,6 +1305,30 @@ impl Config {
                 return Err(loc.invalid(&key("max_tokens"), "must be at least 1".into()));
             }
         }
+        Ok(())
+    }
+
+    /// `sampling.early_stop`: its values, and never beside adaptive sampling.
+    fn validate_early_stop(&self, loc: &Locator<'_>) -> Result<(), ConfigError> {
+        let Some(es) = &self.sampling.early_stop else { return Ok(()) };
+        if self.sampling.target_half_width.is_some() {
+            return Err(loc.invalid(
+                "sampling.early_stop",
+                "cannot be combined with adaptive sampling (sampling.target_half_width): both decide how much to sample from the data seen, and their error rates are not designed together; choose one".into(),
+            ));
+        }
+        if !(1..=100).contains(&es.looks) {
+            return Err(loc.invalid("sampling.early_stop.looks", "must be between 1 and 100".into()));
+        }
+        if !(es.alpha > 0.0 && es.alpha < 0.5) {
+            return Err(loc.invalid("sampling.early_stop.alpha", "must be in (0, 0.5)".into()));
+        }
+        Ok(())
+    }
+
+    fn validate(&mut self, loc: &Locator<'_>) -> Result<(), ConfigError> {
+        self.validate_variations(loc)?;
+        self.validate_early_stop(loc)?;
         let d = &self.daemon;
         if d.settle_ms > 86_400_000 {
             return Err(loc.invalid("daemon.settle_ms", "must be at most 86400000 (one day)".into()));
@@ -1373,12 +1398,6 @@ impl Config {
             return Err(loc.invalid("sampling.repeats", "must be at least 1".into()));
         }
         match s.target_half_width {
-            Some(_) if s.early_stop.is_some() => {
-                return Err(loc.invalid(
-                    "sampling.early_stop",
-                    "cannot be combined with adaptive sampling (sampling.target_half_width): both decide how much to sample from the data seen, and their error rates are not designed together; choose one".into(),
-                ));
-            }
             Some(t) => {
                 if !(t > 0.0 && t <= 0.5) {
                     return Err(loc.invalid(
@@ -1400,14 +1419,6 @@ impl Config {
                 }
             }
             None => {
-                if let Some(es) = &s.early_stop {
-                    if !(1..=100).contains(&es.looks) {
-                        return Err(loc.invalid("sampling.early_stop.looks", "must be between 1 and 100".into()));
-                    }
-                    if !(es.alpha > 0.0 && es.alpha < 0.5) {
-                        return Err(loc.invalid("sampling.early_stop.alpha", "must be in (0, 0.5)".into()));
-                    }
-                }
                 for (key, v) in [("sampling.min_samples", s.min_samples), ("sampling.max_samples", s.max_samples)] {
                     if v.is_some() {
                         return Err(

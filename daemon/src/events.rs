@@ -154,6 +154,21 @@ pub enum EventKind {
         /// Why.
         reason: String,
     },
+    /// A setup-sensitivity analysis finished (`driftwatch sensitivity`).
+    SensitivityCompleted = "sensitivity.completed" {
+        /// The checkpoint's path.
+        checkpoint: String,
+        /// Its content hash.
+        checkpoint_sha256: String,
+        /// The harm judge the analysis is on.
+        judge: String,
+        /// E.g. `regressed under 4 of 5 setups (the verdict depends on the setup)`.
+        summary: String,
+        /// True when every setup gave the same verdict.
+        stable: bool,
+        /// The whole report: every setup's line, the ranges, the variance by source.
+        report: Value,
+    },
 }
 }
 
@@ -412,7 +427,7 @@ mod tests {
     fn each_event_type_name_is_written_once() {
         let k = EventKind::RunProgress { run_id: 1, done: 0, total: 1, tokens_per_s: 0.0, eta_s: None };
         assert_eq!(serde_json::to_value(&k).unwrap()["type"], k.type_name());
-        assert_eq!(EventKind::TYPES.len(), 10);
+        assert_eq!(EventKind::TYPES.len(), 11);
         assert!(EventKind::TYPES.iter().all(|t| EventFilter::check_pattern(t).is_ok()));
     }
 

@@ -9,7 +9,7 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::PathBuf;
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use tokio_util::sync::CancellationToken;
 
 use crate::config::Config;
@@ -19,7 +19,7 @@ use crate::stats::{SetupVariance, Verdict};
 use crate::store::{RunId, Store};
 
 /// One setup's result.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct SetupLine {
     /// `default`, or the variation's name.
     pub setup: String,
@@ -41,10 +41,14 @@ pub struct SetupLine {
     pub repeat_rates: Vec<f64>,
 }
 
-/// What `driftwatch sensitivity` reports.
-#[derive(Debug, Clone, Serialize)]
+/// What `driftwatch sensitivity` reports (stored and published as `sensitivity.completed`;
+/// `driftwatch report --checkpoint` shows the latest).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct SensitivityReport {
     pub checkpoint: String,
+    /// The checkpoint's content hash.
+    #[serde(default)]
+    pub checkpoint_sha256: String,
     /// The harm judge the lines are about (the first, as the headline).
     pub judge: String,
     pub setups: Vec<SetupLine>,
@@ -113,8 +117,41 @@ pub async fn analyse(
         let runs = outcome.runs.into_iter().map(|r| r.result).collect();
         results.push((name, changes, runs, outcome.baseline_runs));
     }
-    let store = Store::open_in_dir(&config.daemon.data_dir)?;
-    report(&store, &checkpoint.display().to_string(), &results)
+    let store = std::sync::Arc::new(Store::open_in_dir(&config.daemon.data_dir)?);
+    let mut r = report(&store, &checkpoint.display().to_string(), &results)?;
+    r.checkpoint_sha256 = crate::checkpoint::sha256_file(&checkpoint).unwrap_or_default();
+    // Stored and published like every result (a daemon's subscribers replay it from the store).
+    let kind = crate::events::EventKind::SensitivityCompleted {
+        checkpoint: r.checkpoint.clone(),
+        checkpoint_sha256: r.checkpoint_sha256.clone(),
+        judge: r.judge.clone(),
+        summary: r.summary.clone(),
+        stable: r.stable,
+        report: serde_json::to_value(&r).unwrap_or_default(),
+    };
+    crate::events::EventBus::new(std::sync::Arc::clone(&store)).publish_blocking(&kind)?;
+    Ok(r)
+}
+
+/// The latest sensitivity report stored for the checkpoint with content `sha256`.
+pub fn latest_for(store: &Store, sha256: &str) -> Result<Option<SensitivityReport>, crate::store::StoreError> {
+    let mut latest = None;
+    let mut after = 0;
+    loop {
+        let page = store.events_since(after, &["sensitivity.completed"], 500)?;
+        let Some(last) = page.last() else { break };
+        after = last.id;
+        for e in &page {
+            if let Some(crate::events::EventKind::SensitivityCompleted { checkpoint_sha256, report, .. }) =
+                crate::events::EventKind::of(e)
+            {
+                if checkpoint_sha256 == sha256 {
+                    latest = serde_json::from_value(report).ok().or(latest);
+                }
+            }
+        }
+    }
+    Ok(latest)
 }
 
 /// The report from each setup's results (`(name, changes, runs by repeat, baseline runs)`).
@@ -178,6 +215,7 @@ fn report(
     let variance = setup_variance_of(store, &judge, &lines)?;
     Ok(SensitivityReport {
         checkpoint: checkpoint.to_owned(),
+        checkpoint_sha256: String::new(),
         judge,
         setups: lines,
         regressed,

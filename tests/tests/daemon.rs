@@ -995,6 +995,16 @@ async fn sensitivity_evaluates_every_setup_and_splits_the_variance() {
         v.iter().map(|x| (x.prompt_id.clone(), x.sample_index, x.seed)).collect::<std::collections::BTreeSet<_>>()
     };
     assert_eq!(seeds(&reworded), seeds(&default));
+    // Stored and published as `sensitivity.completed`; `report --checkpoint` shows it.
+    let ev = store.events_since(0, &["sensitivity.completed"], 10).unwrap();
+    assert_eq!(ev.len(), 1);
+    assert_eq!(ev[0].payload["summary"], r.summary.as_str());
+    let selection = driftwatch::report::Selection::Checkpoint(s.fx.adapter.clone());
+    let report =
+        driftwatch::report::build_report(&store, &selection, &driftwatch::stats::StatsParams::default()).unwrap();
+    assert_eq!(report.sensitivity.as_ref().map(|x| x.summary.as_str()), Some(r.summary.as_str()));
+    let md = driftwatch::report::render(&report, &selection, driftwatch::report::Format::Md).unwrap();
+    assert!(md.contains("## Setup sensitivity") && md.contains("| reworded |"), "{md}");
     // Without variations there is nothing to compare.
     let mut plain = config;
     plain.variations.clear();

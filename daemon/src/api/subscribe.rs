@@ -407,6 +407,7 @@ pub fn summary(e: &Event) -> String {
         K::RunFailed { run_id, reason } => format!("run {run_id}: {reason}"),
         K::PluginLoaded { name, version, path, .. } => format!("{name} {version} {path}"),
         K::PluginFailed { plugin, reason } => format!("{plugin}: {reason}"),
+        K::SensitivityCompleted { checkpoint, judge, summary, .. } => format!("{checkpoint} ({judge}): {summary}"),
     };
     format!("#{} {} {}", e.id, e.event_type, detail)
 }

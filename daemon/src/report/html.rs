@@ -556,6 +556,13 @@ pub fn render(report: &Report) -> String {
     o.push_str("</table>");
     trend_html(&mut o, report);
     repeats_html(&mut o, report);
+    if let Some(sens) = &report.sensitivity {
+        let _ = write!(
+            o,
+            "<section><h2>Setup sensitivity</h2><pre>{}</pre></section>",
+            esc(&crate::sensitivity::text(sens))
+        );
+    }
     for r in &report.runs {
         let _ = write!(
             o,

@@ -461,6 +461,11 @@ pub fn render(report: &Report) -> String {
         }
         out.push('\n');
     }
+    if let Some(sens) = &report.sensitivity {
+        out.push_str("## Setup sensitivity\n\n");
+        out.push_str(&crate::sensitivity::text(sens));
+        out.push('\n');
+    }
     for r in &report.runs {
         run_section(&mut out, r);
     }

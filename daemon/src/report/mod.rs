@@ -168,6 +168,9 @@ pub struct Report {
     pub repeats: Vec<RepeatGroup>,
     /// Trend across checkpoints (`--all` only): completed runs in time order.
     pub trend: Option<Vec<TrendPoint>>,
+    /// The latest setup-sensitivity analysis of the checkpoint (`--checkpoint` only).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sensitivity: Option<crate::sensitivity::SensitivityReport>,
 }
 
 /// Finds the checkpoint at `path`: by recorded path first, else by hashing the file.
@@ -339,6 +342,7 @@ pub fn trend(runs: &[RunReport]) -> Vec<TrendPoint> {
 
 /// Builds a report over the selected runs.
 pub fn build_report(store: &Store, selection: &Selection, cfg: &stats::StatsParams) -> Result<Report, ReportError> {
+    let mut sensitivity = None;
     let (title, mut runs): (String, Vec<Run>) = match selection {
         Selection::Run(id) => {
             let run = store.run(*id)?.ok_or(ReportError::RunNotFound(*id))?;
@@ -346,6 +350,7 @@ pub fn build_report(store: &Store, selection: &Selection, cfg: &stats::StatsPara
         }
         Selection::Checkpoint(path) => {
             let cp = find_checkpoint(store, path)?;
+            sensitivity = crate::sensitivity::latest_for(store, &cp.sha256)?;
             (format!("Checkpoint {}", cp.path), store.runs_for_checkpoint(cp.id)?)
         }
         Selection::All => {
@@ -369,6 +374,7 @@ pub fn build_report(store: &Store, selection: &Selection, cfg: &stats::StatsPara
         runs: reports,
         repeats,
         trend,
+        sensitivity,
     })
 }
 
