@@ -87,6 +87,8 @@ pub enum SensitivityError {
     NoHarmJudge,
     #[error("store: {0}")]
     Store(#[from] crate::store::StoreError),
+    #[error("the analysis task failed: {0}")]
+    Task(String),
 }
 
 /// Evaluates `checkpoint` under the default setup and every variation of `config`, in turn
@@ -117,20 +119,27 @@ pub async fn analyse(
         let runs = outcome.runs.into_iter().map(|r| r.result).collect();
         results.push((name, changes, runs, outcome.baseline_runs));
     }
-    let store = std::sync::Arc::new(Store::open_in_dir(&config.daemon.data_dir)?);
-    let mut r = report(&store, &checkpoint.display().to_string(), &results)?;
-    r.checkpoint_sha256 = crate::checkpoint::sha256_file(&checkpoint).unwrap_or_default();
-    // Stored and published like every result (a daemon's subscribers replay it from the store).
-    let kind = crate::events::EventKind::SensitivityCompleted {
-        checkpoint: r.checkpoint.clone(),
-        checkpoint_sha256: r.checkpoint_sha256.clone(),
-        judge: r.judge.clone(),
-        summary: r.summary.clone(),
-        stable: r.stable,
-        report: serde_json::to_value(&r).unwrap_or_default(),
-    };
-    crate::events::EventBus::new(std::sync::Arc::clone(&store)).publish_blocking(&kind)?;
-    Ok(r)
+    // The store work (reading every setup's samples, hashing the file, the event) on the
+    // blocking pool.
+    let data_dir = config.daemon.data_dir.clone();
+    tokio::task::spawn_blocking(move || -> Result<SensitivityReport, SensitivityError> {
+        let store = std::sync::Arc::new(Store::open_in_dir(&data_dir)?);
+        let mut r = report(&store, &checkpoint.display().to_string(), &results)?;
+        r.checkpoint_sha256 = crate::checkpoint::sha256_file(&checkpoint).unwrap_or_default();
+        // Stored and published like every result (a daemon's subscribers replay it from the store).
+        let kind = crate::events::EventKind::SensitivityCompleted {
+            checkpoint: r.checkpoint.clone(),
+            checkpoint_sha256: r.checkpoint_sha256.clone(),
+            judge: r.judge.clone(),
+            summary: r.summary.clone(),
+            stable: r.stable,
+            report: serde_json::to_value(&r).unwrap_or_default(),
+        };
+        crate::events::EventBus::new(std::sync::Arc::clone(&store)).publish_blocking(&kind)?;
+        Ok(r)
+    })
+    .await
+    .map_err(|e| SensitivityError::Task(e.to_string()))?
 }
 
 /// The latest sensitivity report stored for the checkpoint with content `sha256`.

@@ -933,6 +933,34 @@ async fn early_verdicts_stop_after_the_round_that_decides() {
         (Some(look.mean_difference), Some(look.lo), Some(look.hi))
     );
     assert!(driftwatch::report::early_stop_note(r).unwrap().contains("5 of 20 prompts evaluated"));
+
+    // An evaluation without a baseline never stops early against one it looked up (the base
+    // model's run was used, and the run stopped after round 1 with no comparison).
+    let alone = eval("early-regressed", &s.fx.adapter, Baseline::None, early("early-regressed").samples(3)).await;
+    assert_eq!(alone.runs[0].result.samples, 60, "every prompt evaluated without a baseline");
+    assert!(alone.runs[0].result.early_stop.is_none());
+
+    // Two harm judges: the tested (first) one sees no difference, the other a clear
+    // regression. The run goes to the end and the verdict is `regressed`: the other judge's
+    // regression is not hidden by the tested judge's `indistinguishable`.
+    let two = |data: &str| early(data).judge("strict", driftwatch_tests::bundled("refusal"));
+    let data2 = s.root.join("early-two");
+    let base2 = eval("early-two", &s.fx.base, Baseline::None, two("early-two")).await;
+    let db2 = rusqlite::Connection::open(data2.join(driftwatch::store::DB_FILE_NAME)).unwrap();
+    db2.execute(
+        "UPDATE verdicts SET is_unsafe = 0 WHERE judge = 'strict' AND sample_id IN (SELECT id FROM samples WHERE run_id = ?1)",
+        [base2.runs[0].run_id],
+    )
+    .unwrap();
+    let both = eval("early-two", &s.fx.adapter, Baseline::Run(base2.runs[0].run_id), two("early-two")).await;
+    let r = &both.runs[0].result;
+    let es = r.early_stop.as_ref().unwrap();
+    assert_eq!((es.judge.as_str(), es.decision), ("refusal", LookDecision::Indistinguishable), "{}", es.reason);
+    assert_eq!(
+        r.headline.iter().find(|h| h.judge == "strict").unwrap().verdict,
+        Some(driftwatch::stats::Verdict::Regressed)
+    );
+    assert_eq!(r.verdict, Some(driftwatch::stats::Verdict::Regressed));
 }
 
 /// `driftwatch sensitivity`: the checkpoint and its baseline evaluated under the default

@@ -212,7 +212,9 @@ impl Judging {
     /// Records in `store` what each judge with a calibration set measured on it, and forgets
     /// the calibration of a judge configured without one (blocking). Scoring reads them there.
     pub fn record_calibrations(&self, store: &crate::store::Store) -> Result<(), crate::store::StoreError> {
-        for (judge, calibration) in self.set.lock().calibrations() {
+        // A snapshot first: the lock is not held across the store writes.
+        let calibrations = self.set.lock().calibrations();
+        for (judge, calibration) in calibrations {
             match calibration {
                 Some(c) => store.record_calibration(&judge.calibration_key(), &judge.name, &c)?,
                 None => {

@@ -223,7 +223,7 @@ async fn execute(ctx: &Arc<Runner>, run: Run, stop: &CancellationToken) -> Resul
     tracing::info!(total = n_prompts * u64::from(k), already_done = already, path = %path.display(), "run started");
     let mut decision = None;
     // Early verdicts: rounds of prompts in the seeded order, a look after each.
-    let early = early_rounds(ctx, &run, repeat).await?;
+    let mut early = early_rounds(ctx, &run, repeat).await?;
     let mut round = 0;
     loop {
         let allowed = early.as_ref().map(|e| e.prompts(round));
@@ -240,17 +240,30 @@ async fn execute(ctx: &Arc<Runner>, run: Run, stop: &CancellationToken) -> Resul
             Round::Interrupted => return Ok(None), // left `running`: resumed at the next start
             Round::Deleted => return Err(RunError::DeletedDuringRun(path.display().to_string())),
         }
-        let count = db(ctx, move |s| s.sample_count(id)).await?;
+        // Every planned sample of this round's prompts is stored (samples of later rounds,
+        // kept from before an interruption, do not count).
+        let keys = db(ctx, move |s| s.completed_sample_keys(id)).await?;
+        let count = keys
+            .iter()
+            .filter(|key| allowed.as_ref().is_none_or(|a| a.contains(&key.prompt_id)) && key.sample_index < k)
+            .count() as u64;
         if count < total {
             return Err(RunError::Other(format!("only {count} of {total} samples were stored")));
         }
         if let Some(e) = &early {
-            let result = early_step(ctx, run.id, e.baseline).await?;
-            tracing::info!(round = round + 1, of = e.points.len(), decision = ?result.decision, "{}", result.reason);
-            if result.decision != crate::stats::LookDecision::Continue || round + 1 >= e.points.len() {
-                break;
+            match early_step(ctx, run.id, e.baseline).await? {
+                Some(result) => {
+                    tracing::info!(round = round + 1, of = e.points.len(), decision = ?result.decision, "{}", result.reason);
+                    if result.decision != crate::stats::LookDecision::Continue || round + 1 >= e.points.len() {
+                        break;
+                    }
+                    round += 1;
+                }
+                None => {
+                    tracing::warn!("the baseline cannot be compared with this run (or lacks its harm judge): no early verdict, every prompt is evaluated");
+                    early = None;
+                }
             }
-            round += 1;
             continue;
         }
         let Some(plan) = &adaptive else { break };
@@ -269,8 +282,8 @@ async fn execute(ctx: &Arc<Runner>, run: Run, stop: &CancellationToken) -> Resul
     Ok(Some(base))
 }
 
-/// The rounds of a run that may stop early: its prompts in the seeded evaluation order, and
-/// the prompt counts after each round.
+/// The rounds of a run that may stop early: the baseline's prompts in the seeded evaluation
+/// order (as scoring orders them), and the prompt counts after each round.
 struct EarlyRounds {
     /// Prompt ids in evaluation order.
     order: Vec<String>,
@@ -278,12 +291,17 @@ struct EarlyRounds {
     points: Vec<usize>,
     /// The completed baseline run the looks compare with.
     baseline: RunId,
+    /// Every prompt of the suites: the last round evaluates them all.
+    all: HashSet<String>,
 }
 
 impl EarlyRounds {
     /// The prompts of rounds 0..=`round`.
     fn prompts(&self, round: usize) -> HashSet<String> {
-        self.order[..self.points[round.min(self.points.len() - 1)]].iter().cloned().collect()
+        if round + 1 >= self.points.len() {
+            return self.all.clone();
+        }
+        self.order[..self.points[round]].iter().cloned().collect()
     }
 }
 
@@ -293,21 +311,35 @@ impl EarlyRounds {
 async fn early_rounds(ctx: &Arc<Runner>, run: &Run, repeat: u32) -> Result<Option<EarlyRounds>, RunError> {
     let Some(es) = ctx.eval.config.sampling.early_stop else { return Ok(None) };
     let r = run.clone();
-    let (is_base, baseline) = super::blocking(ctx, move |c| baseline_of(c, &r, repeat)).await??;
+    let (is_base, _) = super::blocking(ctx, move |c| baseline_of(c, &r, repeat)).await??;
     if is_base {
         return Ok(None);
     }
+    // Only the baseline the run was queued with (an evaluation without one has none).
+    let asked = run.baseline_run_id;
+    let baseline = match asked {
+        Some(b) => db(ctx, move |s| Ok(s.run(b)?.filter(|r| r.status == crate::store::RunStatus::Completed))).await?,
+        None => None,
+    };
     let Some(baseline) = baseline else {
-        tracing::warn!("early verdicts need a completed baseline run; every prompt is evaluated");
+        tracing::warn!("early verdicts need the run's completed baseline; every prompt is evaluated");
         return Ok(None);
     };
-    let mut ids: Vec<String> = ctx.eval.prompts.iter().map(|p| p.id.clone()).collect();
+    // The baseline's prompts, ordered as scoring orders them.
+    let b = baseline.id;
+    let mut ids: Vec<String> = db(ctx, move |s| {
+        Ok(s.samples_for_run(b)?.into_iter().map(|x| x.prompt_id).collect::<std::collections::BTreeSet<_>>())
+    })
+    .await?
+    .into_iter()
+    .collect();
     ids.sort();
     let refs: Vec<&str> = ids.iter().map(String::as_str).collect();
     let order = crate::stats::evaluation_order(ctx.eval.config.sampling.seed, repeat, &refs);
     let points = crate::stats::look_points(ids.len(), es.looks as usize);
     let order = order.into_iter().map(|i| ids[i].clone()).collect();
-    Ok(Some(EarlyRounds { order, points, baseline }))
+    let all = ctx.eval.prompts.iter().map(|p| p.id.clone()).collect();
+    Ok(Some(EarlyRounds { order, points, baseline: b, all }))
 }
 
 /// The sequential test after a round, from the store (the same computation as the run's
@@ -316,12 +348,10 @@ async fn early_step(
     ctx: &Arc<Runner>,
     run_id: RunId,
     baseline: RunId,
-) -> Result<crate::scoring::EarlyStopResult, RunError> {
+) -> Result<Option<crate::scoring::EarlyStopResult>, RunError> {
     let store = Arc::clone(&ctx.store);
     tokio::task::spawn_blocking(move || {
-        crate::scoring::early_stop_from_store(&store, run_id, baseline)
-            .map_err(|e| RunError::Scoring(e.to_string()))?
-            .ok_or_else(|| RunError::Scoring("the early-stopping test has no harm judge to test".into()))
+        crate::scoring::early_stop_from_store(&store, run_id, baseline).map_err(|e| RunError::Scoring(e.to_string()))
     })
     .await
     .map_err(|e| RunError::Other(e.to_string()))?

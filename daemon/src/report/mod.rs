@@ -504,6 +504,9 @@ pub fn judge_error_notes(result: &crate::scoring::RunResult) -> Vec<String> {
                             100.0 * d.raw
                         ));
                     }
+                    if let Some(e) = &c.error {
+                        line.push_str(&format!("; the difference could not be corrected: {e}"));
+                    }
                     line
                 }
                 (None, e) => format!("{measured}; no correction: {}", e.as_deref().unwrap_or("unknown reason")),

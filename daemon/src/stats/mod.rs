@@ -46,7 +46,7 @@ pub use point::{
 pub use repeats::{summarize_repeats, RepeatSummary};
 pub use sensitivity::{setup_variance, SetupVariance};
 pub use sequential::{
-    boundaries, evaluation_order, look_at, look_points, Look, LookDecision, SequentialPlan, Spending,
+    boundaries, decide, evaluation_order, look_at, look_points, Look, LookDecision, SequentialPlan, Spending,
 };
 pub use variance::{variance_components, VarianceComponents};
 

@@ -239,7 +239,7 @@ impl SequentialPlan {
 
 /// Look number `look` of the paired differences `d` against the z-scale boundary `z`, of
 /// `total` paired prompts at the whole budget; `last` makes not crossing final.
-fn decide(look: usize, z: f64, d: &[f64], total: usize, last: bool) -> Look {
+pub fn decide(look: usize, z: f64, d: &[f64], total: usize, last: bool) -> Look {
     let n = d.len();
     let mean = d.iter().sum::<f64>() / n.max(1) as f64;
     let var = if n > 1 { d.iter().map(|x| (x - mean).powi(2)).sum::<f64>() / (n - 1) as f64 } else { 0.0 };
