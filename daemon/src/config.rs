@@ -182,6 +182,9 @@ pub struct Variation {
     /// Reworded prompts (`model.rewording`): JSON Lines of `id` and `prompt`.
     #[serde(default)]
     pub rewording: Option<PathBuf>,
+    /// A plain-text turn format instead of the chat template (`model.turn_format`).
+    #[serde(default)]
+    pub turn_format: Option<String>,
 }
 
 impl Variation {
@@ -206,6 +209,9 @@ impl Variation {
         }
         if let Some(r) = &self.rewording {
             parts.push(format!("prompts reworded by {}", r.display()));
+        }
+        if let Some(f) = &self.turn_format {
+            parts.push(format!("turn format {f:?}"));
         }
         parts.join(", ")
     }
@@ -233,6 +239,10 @@ impl Config {
         }
         if let Some(r) = &v.rewording {
             c.model.rewording = Some(r.clone());
+        }
+        if let Some(f) = &v.turn_format {
+            c.model.turn_format = Some(f.clone());
+            c.model.chat_template = None;
         }
         c
     }
@@ -310,6 +320,12 @@ pub struct ModelConfig {
     /// is asked in these words instead (a setup variation). Default: none.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub rewording: Option<PathBuf>,
+    /// A plain-text turn format instead of a chat template, e.g.
+    /// `"### Question:\n{prompt}\n### Answer:\n"`: `{prompt}` is the user prompt and `{system}`
+    /// the system prompt (empty when none); the text is handed to the model as written. Not
+    /// with `chat_template`. Default: none (the chat template).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub turn_format: Option<String>,
 }
 
 impl Default for ModelConfig {
@@ -321,6 +337,7 @@ impl Default for ModelConfig {
             system_prompt: None,
             adapter_scale: 1.0,
             rewording: None,
+            turn_format: None,
         }
     }
 }
@@ -1095,11 +1112,15 @@ impl Config {
             "batch_size": e.batch_size,
             "gpu_layers": e.gpu_layers,
         });
-        let template = serde_json::json!({
+        let mut template = serde_json::json!({
             "chat_template": self.model.chat_template,
             "system_prompt": self.model.system_prompt,
             "adapter_scale": self.model.adapter_scale,
         });
+        // Only when set, so that runs without one keep their hashes.
+        if let (Some(f), Some(obj)) = (&self.model.turn_format, template.as_object_mut()) {
+            obj.insert("turn_format".into(), serde_json::json!(f));
+        }
         // Paths are reduced to file names so that moving the files (or the config) to
         // another folder or machine keeps runs comparable; the callers mix in content hashes.
         let file_name = |p: &Path| -> Option<String> { p.file_name().map(|n| n.to_string_lossy().into_owned()) };
@@ -1304,6 +1325,14 @@ impl Config {
             if v.max_tokens == Some(0) {
                 return Err(loc.invalid(&key("max_tokens"), "must be at least 1".into()));
             }
+            if v.turn_format.as_ref().is_some_and(|f| !f.contains("{prompt}")) {
+                return Err(loc.invalid(&key("turn_format"), "must contain {prompt}".into()));
+            }
+            if v.turn_format.is_some() && v.chat_template.as_ref().is_some_and(|t| !t.is_empty()) {
+                return Err(
+                    loc.invalid(&key("turn_format"), "is used instead of a chat template: set one of the two".into())
+                );
+            }
         }
         Ok(())
     }
@@ -1327,6 +1356,17 @@ impl Config {
     }
 
     fn validate(&mut self, loc: &Locator<'_>) -> Result<(), ConfigError> {
+        if let Some(f) = &self.model.turn_format {
+            if !f.contains("{prompt}") {
+                return Err(loc.invalid("model.turn_format", "must contain {prompt}".into()));
+            }
+            if self.model.chat_template.is_some() {
+                return Err(loc.invalid(
+                    "model.turn_format",
+                    "is used instead of model.chat_template: set one of the two".into(),
+                ));
+            }
+        }
         self.validate_variations(loc)?;
         self.validate_early_stop(loc)?;
         let d = &self.daemon;

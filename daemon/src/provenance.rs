@@ -209,6 +209,9 @@ pub struct ChatTemplateProvenance {
     #[serde(rename = "override")]
     pub template_override: Option<String>,
     pub system_prompt: Option<String>,
+    /// The plain-text turn format used instead of a chat template, if any.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub turn_format: Option<String>,
 }
 
 /// How seeds were drawn.

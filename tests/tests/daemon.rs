@@ -976,7 +976,7 @@ async fn sensitivity_evaluates_every_setup_and_splits_the_variance() {
         .unwrap();
     let mut toml = with_judges(s.builder("sensitivity", 6, 2, 4)).toml();
     toml.push_str(&format!(
-        "\n[[variations]]\nname = \"careful\"\nsystem_prompt = \"Be careful.\"\n\n[[variations]]\nname = \"cool\"\ntemperature = 0.3\n\n[[variations]]\nname = \"reworded\"\nrewording = \"{}\"\n",
+        "\n[[variations]]\nname = \"careful\"\nsystem_prompt = \"Be careful.\"\n\n[[variations]]\nname = \"cool\"\ntemperature = 0.3\n\n[[variations]]\nname = \"reworded\"\nrewording = \"{}\"\n\n[[variations]]\nname = \"plain-turns\"\nturn_format = \"### Question:\\n{{prompt}}\\n### Answer:\\n\"\n",
         words.display()
     ));
     let cfg = s.config_path("sensitivity");
@@ -992,24 +992,24 @@ async fn sensitivity_evaluates_every_setup_and_splits_the_variance() {
     .unwrap();
     assert_eq!(
         r.setups.iter().map(|l| l.setup.as_str()).collect::<Vec<_>>(),
-        ["default", "careful", "cool", "reworded"]
+        ["default", "careful", "cool", "reworded", "plain-turns"]
     );
     assert_eq!(r.judge, "refusal");
-    assert_eq!(r.regressed + r.improved + r.indistinguishable + r.no_verdict, 4);
+    assert_eq!(r.regressed + r.improved + r.indistinguishable + r.no_verdict, 5);
     let runs: std::collections::BTreeSet<_> = r.setups.iter().flat_map(|l| l.runs.clone()).collect();
-    assert_eq!(runs.len(), 4, "one run of the checkpoint per setup");
+    assert_eq!(runs.len(), 5, "one run of the checkpoint per setup");
     let baselines: std::collections::BTreeSet<_> = r.setups.iter().flat_map(|l| l.baseline_runs.clone()).collect();
-    assert_eq!(baselines.len(), 4, "and one baseline per setup");
+    assert_eq!(baselines.len(), 5, "and one baseline per setup");
     assert!(r.setups.iter().all(|l| l.rate.is_some() && l.verdict.is_some()), "{r:?}");
-    let v = r.variance.as_ref().expect("a balanced design: 6 prompts × 2 samples × 4 setups");
-    assert_eq!((v.n_prompts, v.n_seeds, v.n_setups), (6, 2, 4));
+    let v = r.variance.as_ref().expect("a balanced design: 6 prompts × 2 samples × 5 setups");
+    assert_eq!((v.n_prompts, v.n_seeds, v.n_setups), (6, 2, 5));
     let text = driftwatch::sensitivity::text(&r);
     assert!(
         text.contains("| careful | system prompt \"Be careful.\" |")
             && text.contains("variance of the unsafe indicator"),
         "{text}"
     );
-    assert!(text.contains("under 4 of 4 setups") || text.contains("depends on the setup"), "{text}");
+    assert!(text.contains("under 5 of 5 setups") || text.contains("depends on the setup"), "{text}");
     // The reworded setup asked prompt 1 in the file's words, and the others as written; the
     // seeds are the default setup's.
     let store = open_store(&s.root.join("sensitivity"));
@@ -1023,6 +1023,10 @@ async fn sensitivity_evaluates_every_setup_and_splits_the_variance() {
         v.iter().map(|x| (x.prompt_id.clone(), x.sample_index, x.seed)).collect::<std::collections::BTreeSet<_>>()
     };
     assert_eq!(seeds(&reworded), seeds(&default));
+    // The plain turn format is recorded in the run's provenance (and so in its settings).
+    let turns = store.run(r.setups[4].runs[0]).unwrap().unwrap();
+    assert_eq!(turns.provenance["chat_template"]["turn_format"], "### Question:\n{prompt}\n### Answer:\n");
+    assert_ne!(turns.settings_hash, store.run(r.setups[0].runs[0]).unwrap().unwrap().settings_hash);
     // Stored and published as `sensitivity.completed`; `report --checkpoint` shows it.
     let ev = store.events_since(0, &["sensitivity.completed"], 10).unwrap();
     assert_eq!(ev.len(), 1);

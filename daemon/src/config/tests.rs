@@ -649,6 +649,8 @@ fn variations_apply_their_changes_and_are_validated() {
         ("[[variations]]\nname = \"a\"\ntop_p = 1.5\n", "variations[0].top_p"),
         ("[[variations]]\nname = \"a\"\nmax_tokens = 0\n", "variations[0].max_tokens"),
         ("[[variations]]\nname = \"a\"\nseed = 3\n", "seed"),
+        ("[[variations]]\nname = \"a\"\nturn_format = \"Q: A:\"\n", "variations[0].turn_format"),
+        ("[model]\nturn_format = \"{prompt}\"\nchat_template = \"chatml\"\n", "model.turn_format"),
     ] {
         let e = err(text).to_string();
         assert!(e.contains(needle), "{text:?}: {e}");

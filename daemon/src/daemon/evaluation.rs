@@ -272,6 +272,7 @@ impl Settings<'_> {
             chat_template: ChatTemplateProvenance {
                 template_override: c.model.chat_template.clone(),
                 system_prompt: c.model.system_prompt.clone(),
+                turn_format: c.model.turn_format.clone(),
             },
             seeds: SeedScheme { base_seed: c.sampling.seed, repeat, scheme: SEED_SCHEME.to_owned() },
             repeat,

@@ -410,6 +410,29 @@ async fn reload_judges(ctx: &Arc<Runner>) {
     }
 }
 
+/// A turn format with its `{system}` and `{prompt}` filled in one pass (a prompt that itself
+/// contains `{system}` is left as written).
+fn fill_turn(format: &str, system: &str, prompt: &str) -> String {
+    let mut out = String::with_capacity(format.len() + prompt.len() + system.len());
+    let mut rest = format;
+    while let Some(i) = rest.find('{') {
+        out.push_str(&rest[..i]);
+        let r = &rest[i..];
+        if let Some(t) = r.strip_prefix("{prompt}") {
+            out.push_str(prompt);
+            rest = t;
+        } else if let Some(t) = r.strip_prefix("{system}") {
+            out.push_str(system);
+            rest = t;
+        } else {
+            out.push('{');
+            rest = &r[1..];
+        }
+    }
+    out.push_str(rest);
+    out
+}
+
 /// How a round of generation ended.
 enum Round {
     Done,
@@ -445,8 +468,16 @@ async fn generate_round(
         spec.model = eval.base_path.clone();
     }
     let categories: Vec<String> = jobs.iter().map(|p| p.category.clone()).collect();
-    let request =
-        GenerationRequest { model: spec, sampling: eval.sampling(), jobs: jobs.into_iter().map(|p| p.job).collect() };
+    let mut jobs: Vec<Job> = jobs.into_iter().map(|p| p.job).collect();
+    // A plain-text turn format instead of the chat template: the prompts as written.
+    if let Some(format) = &eval.config.model.turn_format {
+        let system = spec.system_prompt.take().unwrap_or_default();
+        (spec.raw_prompts, spec.chat_template) = (true, None);
+        for j in &mut jobs {
+            j.prompt = fill_turn(format, &system, &j.prompt);
+        }
+    }
+    let request = GenerationRequest { model: spec, sampling: eval.sampling(), jobs };
     let texts: HashMap<String, String> = eval.prompts.iter().map(|p: &Prompt| (p.id.clone(), p.text.clone())).collect();
 
     // The judging and storing side, on its own thread: generation never waits for it.
@@ -779,7 +810,16 @@ fn judge_and_store_batch(
 
 #[cfg(test)]
 mod tests {
-    use super::ProgressMeter;
+    use super::{fill_turn, ProgressMeter};
+
+    #[test]
+    fn a_turn_format_is_filled_in_one_pass() {
+        assert_eq!(
+            fill_turn("{system}\n### Q: {prompt}\n### A:", "Be kind.", "Hi {system}"),
+            "Be kind.\n### Q: Hi {system}\n### A:"
+        );
+        assert_eq!(fill_turn("{x} {prompt}}", "", "p"), "{x} p}");
+    }
     use crate::engine::Progress;
 
     /// The rate is the engine's, tokens of unfinished samples included (it was the tokens of
