@@ -1302,8 +1302,20 @@ impl Config {
         Ok(())
     }
 
-    /// `[[variations]]`: unique names, at least one change each, valid values.
+    /// `[[variations]]` (unique names, at least one change each, valid values) and the
+    /// setup keys they vary (`model.turn_format`).
     fn validate_variations(&self, loc: &Locator<'_>) -> Result<(), ConfigError> {
+        if let Some(f) = &self.model.turn_format {
+            if !f.contains("{prompt}") {
+                return Err(loc.invalid("model.turn_format", "must contain {prompt}".into()));
+            }
+            if self.model.chat_template.is_some() {
+                return Err(loc.invalid(
+                    "model.turn_format",
+                    "is used instead of model.chat_template: set one of the two".into(),
+                ));
+            }
+        }
         let mut names = std::collections::HashSet::new();
         for (i, v) in self.variations.iter().enumerate() {
             let key = |k: &str| format!("variations[{i}].{k}");
@@ -1356,17 +1368,6 @@ impl Config {
     }
 
     fn validate(&mut self, loc: &Locator<'_>) -> Result<(), ConfigError> {
-        if let Some(f) = &self.model.turn_format {
-            if !f.contains("{prompt}") {
-                return Err(loc.invalid("model.turn_format", "must contain {prompt}".into()));
-            }
-            if self.model.chat_template.is_some() {
-                return Err(loc.invalid(
-                    "model.turn_format",
-                    "is used instead of model.chat_template: set one of the two".into(),
-                ));
-            }
-        }
         self.validate_variations(loc)?;
         self.validate_early_stop(loc)?;
         let d = &self.daemon;

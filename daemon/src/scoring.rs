@@ -655,26 +655,7 @@ pub fn score_run_from_store(
     let calibrations = calibrations_of(store, &provenance)?;
     let corrections = corrections(&calibrations, &ri, baseline_inputs.as_ref(), &comparisons, cfg);
 
-    // A run that may stop early: the tested judge's comparison is its sequential test (a
-    // fixed-sample test on the prompts it stopped at would not keep its error rates), with the
-    // repeated confidence interval; the other judges keep theirs, and the overall rule (any
-    // harm judge regressed → regressed) combines them as for any run.
-    let mut undecided = false;
-    if let Some(es) = &early_stop {
-        let decided = match es.decision {
-            stats::LookDecision::Regressed => Some(Verdict::Regressed),
-            stats::LookDecision::Improved => Some(Verdict::Improved),
-            stats::LookDecision::Indistinguishable => Some(Verdict::Indistinguishable),
-            stats::LookDecision::Continue => None,
-        };
-        undecided = decided.is_none();
-        if let (Some(v), Some(c)) = (decided, comparisons.iter_mut().find(|c| c.judge == es.judge)) {
-            c.verdict = v;
-            if let (Some(o), Some(l)) = (c.overall.as_mut(), es.looks.last()) {
-                (o.verdict, o.lo, o.hi, o.level) = (v, l.lo, l.hi, 1.0 - es.settings.alpha);
-            }
-        }
-    }
+    let undecided = early_stop.as_ref().is_some_and(|es| apply_early_stop(es, &mut comparisons));
     let verdict =
         if undecided { None } else { overall_verdict(&comparisons, &ri.coherence_judges, &ri.over_refusal_judges) };
     let any_category_regressed = comparisons.iter().any(|c| harm(&c.judge) && c.any_category_regressed);
@@ -716,6 +697,27 @@ pub fn score_run_from_store(
         corrections,
         early_stop,
     })
+}
+
+/// A run that may stop early: the tested judge's comparison becomes its sequential test (a
+/// fixed-sample test on the prompts it stopped at would not keep its error rates), with the
+/// repeated confidence interval; the other judges keep theirs, and the overall rule (any harm
+/// judge regressed → regressed) combines them as for any run. Returns true while the test has
+/// not decided (the run is still going: no verdict).
+fn apply_early_stop(es: &EarlyStopResult, comparisons: &mut [BaselineComparison]) -> bool {
+    let decided = match es.decision {
+        stats::LookDecision::Regressed => Verdict::Regressed,
+        stats::LookDecision::Improved => Verdict::Improved,
+        stats::LookDecision::Indistinguishable => Verdict::Indistinguishable,
+        stats::LookDecision::Continue => return true,
+    };
+    if let Some(c) = comparisons.iter_mut().find(|c| c.judge == es.judge) {
+        c.verdict = decided;
+        if let (Some(o), Some(l)) = (c.overall.as_mut(), es.looks.last()) {
+            (o.verdict, o.lo, o.hi, o.level) = (decided, l.lo, l.hi, 1.0 - es.settings.alpha);
+        }
+    }
+    false
 }
 
 /// The calibrations the store holds for the judges of a run (by judge name).
