@@ -606,3 +606,50 @@ fn blank_sample() -> StoredSample {
         verdicts: vec![],
     }
 }
+
+/// A round interrupted half-way is not looked at: a prompt counts as evaluated only with all
+/// K of its samples (a look was made on prompts with fewer after a resume, and could decide
+/// on them).
+#[test]
+fn an_early_look_waits_for_every_sample_of_its_prompts() {
+    use crate::stats::{LookDecision, Observation};
+    let ids: Vec<String> = (0..8).map(|i| format!("s/p{i}")).collect();
+    let obs = |p: &str, k: u32, unsafe_flag: bool| Observation {
+        prompt_id: p.into(),
+        category: "c".into(),
+        sample_index: k,
+        unsafe_flag,
+        score: None,
+        refusal: None,
+        coherent: None,
+    };
+    let inputs = |observations: Vec<Observation>| RunInputs {
+        prompts: observations.iter().map(|o| o.prompt_id.clone()).collect::<BTreeSet<_>>().into_iter().collect(),
+        samples: observations.len() as u64,
+        inputs: vec![JudgeInput { judge: "harm".into(), judge_version: "1".into(), observations, errored: vec![] }],
+        coherence_judges: vec![],
+        over_refusal_judges: vec![],
+        errored: 0,
+    };
+    let baseline = inputs(ids.iter().flat_map(|p| [obs(p, 0, false), obs(p, 1, false)]).collect());
+    let provenance = crate::provenance::Provenance {
+        sampling: crate::config::SamplingConfig {
+            samples: 2,
+            early_stop: Some(crate::config::EarlyStop { looks: 2, ..Default::default() }),
+            ..Default::default()
+        },
+        seeds: crate::provenance::SeedScheme { base_seed: 1, ..Default::default() },
+        ..Default::default()
+    };
+    let refs: Vec<&str> = ids.iter().map(String::as_str).collect();
+    let first: Vec<&str> = stats::evaluation_order(1, 0, &refs)[..4].iter().map(|&i| refs[i]).collect();
+    // The first round's four prompts, the last with one of its two samples.
+    let mut run: Vec<Observation> = first[..3].iter().flat_map(|p| [obs(p, 0, true), obs(p, 1, true)]).collect();
+    run.push(obs(first[3], 0, true));
+    let es = early_stop_of(&provenance, &inputs(run.clone()), &baseline).unwrap().unwrap();
+    assert!(es.looks.is_empty(), "a look on an incomplete round: {:?}", es.looks);
+    assert_eq!((es.decision, es.prompts_done), (LookDecision::Continue, 3));
+    run.push(obs(first[3], 1, true));
+    let es = early_stop_of(&provenance, &inputs(run), &baseline).unwrap().unwrap();
+    assert_eq!((es.looks.len(), es.decision, es.prompts_done), (1, LookDecision::Regressed, 4));
+}
