@@ -232,20 +232,12 @@ pub fn early_stop_of(
     baseline: &RunInputs,
 ) -> Option<Result<EarlyStopResult, StatsError>> {
     let es = provenance.sampling.early_stop?;
-    let harm =
-        |i: &&JudgeInput| !run.coherence_judges.contains(&i.judge) && !run.over_refusal_judges.contains(&i.judge);
-    let r = run.inputs.iter().find(harm)?;
+    let r = run.first_harm()?;
     let b = baseline.inputs.iter().find(|b| b.judge == r.judge)?;
-    let rates = |input: &JudgeInput| -> BTreeMap<String, f64> {
-        let mut m: BTreeMap<&str, (usize, usize)> = BTreeMap::new();
-        for o in &input.observations {
-            let e = m.entry(o.prompt_id.as_str()).or_default();
-            e.0 += usize::from(o.unsafe_flag);
-            e.1 += 1;
-        }
-        m.into_iter().map(|(p, (x, n))| (p.to_owned(), x as f64 / n as f64)).collect()
+    let (run_rate, base_rate) = match (stats::prompt_rates(&r.observations), stats::prompt_rates(&b.observations)) {
+        (Ok(r), Ok(b)) => (r, b),
+        (Err(e), _) | (_, Err(e)) => return Some(Err(e)),
     };
-    let (run_rate, base_rate) = (rates(r), rates(b));
     let ids: Vec<&str> = baseline.prompts.iter().map(String::as_str).collect();
     let order = stats::evaluation_order(provenance.seeds.base_seed, provenance.repeat, &ids);
     let planned = stats::look_points(ids.len(), es.looks as usize);
@@ -380,6 +372,16 @@ pub struct RunInputs {
     pub errored: u64,
     /// Every prompt with a stored sample, sorted.
     pub prompts: Vec<String>,
+}
+
+impl RunInputs {
+    /// The first harm judge's input (name order): the one the headline, adaptive sampling
+    /// and early verdicts are about.
+    pub fn first_harm(&self) -> Option<&JudgeInput> {
+        self.inputs
+            .iter()
+            .find(|i| !self.coherence_judges.contains(&i.judge) && !self.over_refusal_judges.contains(&i.judge))
+    }
 }
 
 /// Builds one [`JudgeInput`] per judge from stored samples. A verdict with an error, without

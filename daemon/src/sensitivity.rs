@@ -107,6 +107,7 @@ pub async fn analyse(
         setups.push((v.name.clone(), v.describe(), config.varied(v)));
     }
     let mut results: Vec<(String, String, Vec<RunResult>, Vec<RunId>)> = Vec::new();
+    let mut checkpoint_id = None;
     for (name, changes, cfg) in setups {
         tracing::info!(setup = %name, %changes, "evaluating under this setup");
         let request = EvalRequest { checkpoint: checkpoint.clone(), baseline: Baseline::BaseModel };
@@ -117,15 +118,18 @@ pub async fn analyse(
             return Err(SensitivityError::Interrupted(name));
         }
         let runs = outcome.runs.into_iter().map(|r| r.result).collect();
+        checkpoint_id = Some(outcome.checkpoint_id);
         results.push((name, changes, runs, outcome.baseline_runs));
     }
-    // The store work (reading every setup's samples, hashing the file, the event) on the
-    // blocking pool.
+    // The store work (reading every setup's samples, the event) on the blocking pool.
     let data_dir = config.daemon.data_dir.clone();
     tokio::task::spawn_blocking(move || -> Result<SensitivityReport, SensitivityError> {
         let store = std::sync::Arc::new(Store::open_in_dir(&data_dir)?);
         let mut r = report(&store, &checkpoint.display().to_string(), &results)?;
-        r.checkpoint_sha256 = crate::checkpoint::sha256_file(&checkpoint).unwrap_or_default();
+        // The content hash intake recorded (the file is not read again).
+        if let Some(id) = checkpoint_id {
+            r.checkpoint_sha256 = store.checkpoint(id)?.map(|c| c.sha256).unwrap_or_default();
+        }
         // Stored and published like every result (a daemon's subscribers replay it from the store).
         let kind = crate::events::EventKind::SensitivityCompleted {
             checkpoint: r.checkpoint.clone(),

@@ -190,6 +190,16 @@ impl Settings<'_> {
         crate::config::canonical_hash(&self.evaluation_settings(sha256, repeat))
     }
 
+    /// The base model's run of `repeat` under these settings, if queued or done.
+    pub fn baseline_run(
+        &self,
+        store: &crate::store::Store,
+        repeat: u32,
+    ) -> Result<Option<crate::store::RunId>, crate::store::StoreError> {
+        let base = &self.eval.base_sha256;
+        Ok(store.find_run_by_settings(base, &self.hash(base, repeat))?.map(|r| r.id))
+    }
+
     /// The comparability fingerprint of runs under these settings.
     pub fn fingerprint(&self) -> crate::stats::RunFingerprint {
         let e = self.eval;

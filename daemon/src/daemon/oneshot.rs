@@ -219,7 +219,7 @@ fn plan_runs(
         _ if is_base => {}
         Baseline::BaseModel => {
             for (repeat, slot) in baseline_runs.iter_mut().enumerate() {
-                *slot = queue::baseline_run(ctx, &settings, repeat as u32)?;
+                *slot = settings.baseline_run(&ctx.store, repeat as u32)?;
             }
         }
         Baseline::Run(id) => baseline_runs = vec![Some(id); repeats as usize],

@@ -140,18 +140,6 @@ fn baseline_ready(ctx: &Ctx, run: RunId) {
     );
 }
 
-/// The base model's run of `repeat` under `settings`, if queued or done.
-pub(super) fn baseline_run(
-    ctx: &Ctx,
-    settings: &super::evaluation::Settings<'_>,
-    repeat: u32,
-) -> Result<Option<RunId>, StoreError> {
-    Ok(ctx
-        .store
-        .find_run_by_settings(&ctx.eval.base_sha256, &settings.hash(&ctx.eval.base_sha256, repeat))?
-        .map(|r| r.id))
-}
-
 /// Queues one run of `ckpt` per repeat under the current settings, unless an equivalent run
 /// exists (blocking). Returns (queued, existing).
 pub(super) fn queue_checkpoint(
@@ -171,7 +159,7 @@ pub(super) fn queue_checkpoint(
             existing_runs.push(existing.id);
             continue;
         }
-        let baseline = if is_base { None } else { baseline_run(ctx, &settings, repeat)? };
+        let baseline = if is_base { None } else { settings.baseline_run(&ctx.store, repeat)? };
         let run = ctx.queue.enqueue(
             &NewRun {
                 checkpoint_id: ckpt.id,

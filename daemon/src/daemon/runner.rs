@@ -310,30 +310,28 @@ impl EarlyRounds {
 /// or one whose baseline is not there, says why in the log).
 async fn early_rounds(ctx: &Arc<Runner>, run: &Run, repeat: u32) -> Result<Option<EarlyRounds>, RunError> {
     let Some(es) = ctx.eval.config.sampling.early_stop else { return Ok(None) };
+    // Never for a base-model run (a baseline is always whole); only against the baseline the
+    // run was queued with (an evaluation without one has none), once it has completed.
     let r = run.clone();
-    let (is_base, _) = super::blocking(ctx, move |c| baseline_of(c, &r, repeat)).await??;
-    if is_base {
-        return Ok(None);
-    }
-    // Only the baseline the run was queued with (an evaluation without one has none).
-    let asked = run.baseline_run_id;
-    let baseline = match asked {
-        Some(b) => db(ctx, move |s| Ok(s.run(b)?.filter(|r| r.status == crate::store::RunStatus::Completed))).await?,
-        None => None,
-    };
-    let Some(baseline) = baseline else {
-        tracing::warn!("early verdicts need the run's completed baseline; every prompt is evaluated");
-        return Ok(None);
-    };
-    // The baseline's prompts, ordered as scoring orders them.
-    let b = baseline.id;
-    let mut ids: Vec<String> = db(ctx, move |s| {
-        Ok(s.samples_for_run(b)?.into_iter().map(|x| x.prompt_id).collect::<std::collections::BTreeSet<_>>())
+    let found = super::blocking(ctx, move |c| -> Result<Option<(RunId, Vec<String>)>, StoreError> {
+        if is_base_run(c, &r)? {
+            return Ok(None);
+        }
+        let completed = match r.baseline_run_id {
+            Some(b) => c.store.run(b)?.filter(|b| b.status == crate::store::RunStatus::Completed),
+            None => None,
+        };
+        let Some(b) = completed else {
+            tracing::warn!("early verdicts need the run's completed baseline; every prompt is evaluated");
+            return Ok(None);
+        };
+        // The baseline's prompts (sorted), ordered below as scoring orders them.
+        let ids: std::collections::BTreeSet<String> =
+            c.store.completed_sample_keys(b.id)?.into_iter().map(|k| k.prompt_id).collect();
+        Ok(Some((b.id, ids.into_iter().collect())))
     })
-    .await?
-    .into_iter()
-    .collect();
-    ids.sort();
+    .await??;
+    let Some((b, ids)) = found else { return Ok(None) };
     let refs: Vec<&str> = ids.iter().map(String::as_str).collect();
     let order = crate::stats::evaluation_order(ctx.eval.config.sampling.seed, repeat, &refs);
     let points = crate::stats::look_points(ids.len(), es.looks as usize);
@@ -357,15 +355,19 @@ async fn early_step(
     .map_err(|e| RunError::Other(e.to_string()))?
 }
 
+/// Whether `run` is one of the base model's.
+fn is_base_run(c: &Runner, run: &Run) -> Result<bool, StoreError> {
+    Ok(c.store.checkpoint_by_sha256(&c.eval.base_sha256)?.is_some_and(|b| b.id == run.checkpoint_id))
+}
+
 /// Whether `run` is one of the base model's, and its completed baseline run (the one it was
 /// queued with, or the base model's run under the current settings), if any.
 fn baseline_of(c: &Runner, run: &Run, repeat: u32) -> Result<(bool, Option<RunId>), StoreError> {
-    let base_sha = &c.eval.base_sha256;
-    let is_base = c.store.checkpoint_by_sha256(base_sha)?.is_some_and(|b| b.id == run.checkpoint_id);
+    let is_base = is_base_run(c, run)?;
     // The baseline may have been queued after this run was (e.g. settings changed): look again.
     let baseline = match run.baseline_run_id {
         Some(b) => Some(b),
-        None if !is_base => c.store.find_run_by_settings(base_sha, &c.settings().hash(base_sha, repeat))?.map(|r| r.id),
+        None if !is_base => c.settings().baseline_run(&c.store, repeat)?,
         None => None,
     };
     let completed = match baseline {
@@ -569,9 +571,7 @@ async fn adaptive_step(
         let samples = store.samples_for_run(run_id)?;
         let ri = crate::scoring::run_inputs(&samples, &[], &Provenance::of(&provenance));
         let input = ri
-            .inputs
-            .iter()
-            .find(|i| !ri.coherence_judges.contains(&i.judge) && !ri.over_refusal_judges.contains(&i.judge))
+            .first_harm()
             .or_else(|| ri.inputs.first())
             .ok_or_else(|| RunError::Other("adaptive sampling needs at least one judge".into()))?;
         crate::stats::adaptive_decision(&input.observations, &plan, &cfg).map_err(|e| RunError::Scoring(e.to_string()))

@@ -28,7 +28,7 @@ use rand_chacha::ChaCha8Rng;
 use serde::{Deserialize, Serialize};
 
 use super::bootstrap::percentile;
-use super::data::group_by_prompt;
+use super::data::prompt_rates;
 use super::point::wilson_interval;
 use super::{derive_seed, kappa_from_table, ConfusionTable, JudgeAgreement, JudgeInput, StatsError, StatsParams};
 
@@ -218,6 +218,33 @@ fn interval(mut values: Vec<f64>, undefined: u32, replicates: u32, level: f64, w
     (percentile(&values, a), percentile(&values, 1.0 - a))
 }
 
+/// The two-source bootstrap: `replicates` times, the mean of `per_prompt` resampled (prompts
+/// with replacement) and a draw of (Se*, Sp*) from the calibration set, corrected by
+/// `correct(mean*, Se*, Sp*)`. Returns the corrected replicates, and how many could not be
+/// corrected (`correct` gave `None`).
+fn two_source_bootstrap(
+    per_prompt: &[f64],
+    counts: &CalibrationCounts,
+    (se, sp): (f64, f64),
+    replicates: u32,
+    seed: u64,
+    correct: impl Fn(f64, f64, f64) -> Option<f64>,
+) -> (Vec<f64>, u32) {
+    let n = per_prompt.len();
+    let mut rng = ChaCha8Rng::seed_from_u64(seed);
+    let mut values = Vec::with_capacity(replicates as usize);
+    let mut undefined = 0;
+    for _ in 0..replicates {
+        let m = (0..n).map(|_| per_prompt[rng.random_range(0..n)]).sum::<f64>() / n as f64;
+        let (se_b, sp_b) = draw_rates(&mut rng, counts, se, sp);
+        match correct(m, se_b, sp_b) {
+            Some(v) => values.push(v),
+            None => undefined += 1,
+        }
+    }
+    (values, undefined)
+}
+
 fn mean(v: &[f64]) -> f64 {
     v.iter().sum::<f64>() / v.len() as f64
 }
@@ -232,29 +259,18 @@ pub fn corrected_rate(
 ) -> Result<CorrectedRate, CalibrationError> {
     cfg.validate()?;
     let (se, sp) = informative(counts)?;
-    let prompts = group_by_prompt(&input.observations)?;
-    let per_prompt: Vec<f64> = prompts
-        .iter()
-        .filter(|p| !p.obs.is_empty())
-        .map(|p| p.obs.iter().filter(|o| o.unsafe_flag).count() as f64 / p.obs.len() as f64)
-        .collect();
+    let per_prompt: Vec<f64> = prompt_rates(&input.observations)?.into_values().collect();
     if per_prompt.is_empty() {
         return Err(CalibrationError::NoData);
     }
     let raw = mean(&per_prompt);
     let unclipped = rogan_gladen(raw, se, sp).expect("informative");
     let n = per_prompt.len();
-    let mut rng = ChaCha8Rng::seed_from_u64(derive_seed(cfg.seed, &format!("calibration/{}", input.judge)));
-    let mut values = Vec::with_capacity(cfg.bootstrap_replicates as usize);
-    let mut undefined = 0;
-    for _ in 0..cfg.bootstrap_replicates {
-        let p_b = (0..n).map(|_| per_prompt[rng.random_range(0..n)]).sum::<f64>() / n as f64;
-        let (se_b, sp_b) = draw_rates(&mut rng, counts, se, sp);
-        match rogan_gladen(p_b, se_b, sp_b) {
-            Some(v) => values.push(v.clamp(0.0, 1.0)),
-            None => undefined += 1,
-        }
-    }
+    let seed = derive_seed(cfg.seed, &format!("calibration/{}", input.judge));
+    let (values, undefined) =
+        two_source_bootstrap(&per_prompt, counts, (se, sp), cfg.bootstrap_replicates, seed, |p, se_b, sp_b| {
+            rogan_gladen(p, se_b, sp_b).map(|v| v.clamp(0.0, 1.0))
+        });
     let (lo, hi) = interval(values, undefined, cfg.bootstrap_replicates, cfg.level, (0.0, 1.0));
     Ok(CorrectedRate {
         raw,
@@ -284,14 +300,9 @@ pub fn corrected_difference(
 ) -> Result<CorrectedDifference, CalibrationError> {
     cfg.validate()?;
     let (se, sp) = informative(counts)?;
-    let rate =
-        |p: &super::data::PromptGroup<'_>| p.obs.iter().filter(|o| o.unsafe_flag).count() as f64 / p.obs.len() as f64;
-    let rp = group_by_prompt(&run.observations)?;
-    let bp = group_by_prompt(&baseline.observations)?;
-    let base: std::collections::BTreeMap<&str, f64> =
-        bp.iter().filter(|p| !p.obs.is_empty()).map(|p| (p.id, rate(p))).collect();
+    let base = prompt_rates(&baseline.observations)?;
     let d: Vec<f64> =
-        rp.iter().filter(|p| !p.obs.is_empty()).filter_map(|p| base.get(p.id).map(|b| rate(p) - b)).collect();
+        prompt_rates(&run.observations)?.into_iter().filter_map(|(p, r)| base.get(p).map(|b| r - b)).collect();
     if d.is_empty() {
         return Err(CalibrationError::NoData);
     }
@@ -299,19 +310,12 @@ pub fn corrected_difference(
     let raw = mean(&d);
     let j = se + sp - 1.0;
     let n = d.len();
-    let mut rng = ChaCha8Rng::seed_from_u64(derive_seed(cfg.seed, &format!("calibration-difference/{}", run.judge)));
-    let mut values = Vec::with_capacity(cfg.bootstrap_replicates as usize);
-    let mut undefined = 0;
-    for _ in 0..cfg.bootstrap_replicates {
-        let d_b = (0..n).map(|_| d[rng.random_range(0..n)]).sum::<f64>() / n as f64;
-        let (se_b, sp_b) = draw_rates(&mut rng, counts, se, sp);
-        let j_b = se_b + sp_b - 1.0;
-        if j_b > 0.0 {
-            values.push((d_b / j_b).clamp(-1.0, 1.0));
-        } else {
-            undefined += 1;
-        }
-    }
+    let seed = derive_seed(cfg.seed, &format!("calibration-difference/{}", run.judge));
+    let (values, undefined) =
+        two_source_bootstrap(&d, counts, (se, sp), cfg.bootstrap_replicates, seed, |d_b, se_b, sp_b| {
+            let j_b = se_b + sp_b - 1.0;
+            (j_b > 0.0).then(|| (d_b / j_b).clamp(-1.0, 1.0))
+        });
     let (lo, hi) = interval(values, undefined, cfg.bootstrap_replicates, level, (-1.0, 1.0));
     Ok(CorrectedDifference {
         raw,

@@ -65,6 +65,16 @@ pub(crate) struct PromptGroup<'a> {
     pub obs: Vec<&'a Observation>,
 }
 
+/// Each prompt's unsafe rate (the share of its samples judged unsafe), by prompt id; the
+/// observations are checked as [`group_by_prompt`] checks them.
+pub fn prompt_rates(observations: &[Observation]) -> Result<BTreeMap<&str, f64>, StatsError> {
+    Ok(group_by_prompt(observations)?
+        .into_iter()
+        .filter(|p| !p.obs.is_empty())
+        .map(|p| (p.id, p.obs.iter().filter(|o| o.unsafe_flag).count() as f64 / p.obs.len() as f64))
+        .collect())
+}
+
 /// Groups observations by prompt (sorted by prompt id), rejecting duplicate
 /// (prompt, sample) pairs and prompts seen with two categories.
 pub(crate) fn group_by_prompt(observations: &[Observation]) -> Result<Vec<PromptGroup<'_>>, StatsError> {

@@ -35,7 +35,7 @@ pub use compare::{
     compare_to_baseline, holm_adjust, mcnemar_exact, minimum_detectable_effect, sign_flip_test, sign_test,
     BaselineComparison, CategoryComparison, ComparisonTest, DifferenceResult, TestKind, Verdict,
 };
-pub use data::{JudgeInput, MissingReport, Observation, SampleRef};
+pub use data::{prompt_rates, JudgeInput, MissingReport, Observation, SampleRef};
 pub use fingerprint::{
     check_comparable, fingerprint_differences, Comparability, FingerprintDifference, JudgeIdentity, RunFingerprint,
 };
@@ -45,9 +45,7 @@ pub use point::{
 };
 pub use repeats::{summarize_repeats, RepeatSummary};
 pub use sensitivity::{setup_variance, SetupVariance};
-pub use sequential::{
-    boundaries, decide, evaluation_order, look_at, look_points, Look, LookDecision, SequentialPlan, Spending,
-};
+pub use sequential::{boundaries, decide, evaluation_order, look_points, Look, LookDecision, SequentialPlan, Spending};
 pub use variance::{variance_components, VarianceComponents};
 
 use serde::{Deserialize, Serialize};

@@ -281,21 +281,6 @@ pub fn decide(look: usize, z: f64, d: &[f64], total: usize, last: bool) -> Look 
     }
 }
 
-/// The look `fractions.len()` of a test whose looks so far were at `fractions` (information
-/// fractions n_k / N, as they came: the boundary depends only on the looks up to this one, so
-/// rounds need not be equal), on the paired differences `d` of this look.
-pub fn look_at(
-    fractions: &[f64],
-    d: &[f64],
-    total: usize,
-    alpha: f64,
-    spending: Spending,
-    last: bool,
-) -> Result<Look, StatsError> {
-    let z = *boundaries(fractions, alpha, spending)?.last().ok_or(StatsError::InvalidLooks(Vec::new()))?;
-    Ok(decide(fractions.len(), z, d, total, last))
-}
-
 /// The prompt counts after each of `looks` equally spaced rounds over `total` prompts
 /// (increasing, the last `total`).
 pub fn look_points(total: usize, looks: usize) -> Vec<usize> {
@@ -380,7 +365,8 @@ mod tests {
         assert!(l.boundary > l.boundary_z, "the t-scale boundary is wider");
         // A look computed from the fractions so far is the plan's look.
         let d = [0.1, -0.1, 0.3, 0.0, 0.2, 0.1, -0.2, 0.4, 0.1, 0.0, 0.2, 0.1, 0.3, -0.1, 0.2, 0.0, 0.1, 0.2, 0.1, 0.0];
-        let free = look_at(&[0.2, 0.4], &d, 50, 0.05, Spending::Pocock, false).unwrap();
+        let z = boundaries(&[0.2, 0.4], 0.05, Spending::Pocock).unwrap();
+        let free = decide(2, z[1], &d, 50, false);
         assert!((free.boundary_z - plan.boundaries_z[1]).abs() < 1e-9);
         assert_eq!(free.decision, plan.look(1, &d).decision);
         // The evaluation order is a fixed permutation, different per repeat.
