@@ -9,6 +9,7 @@
 #   make plugins          build the bundled judge plugins into plugins/dist
 #   make bench            driftwatch's own throughput benchmark on the default model
 #   make bench-vs-llama   the same, side by side with llama.cpp's llama-batched-bench
+#   make fuzz             cargo fuzz campaigns, 10 minutes per parser (scripts/fuzz.sh)
 #   make PORTABLE=1 ...   build without CPU-specific instructions (slow; see README "Builds")
 
 SHELL := /bin/bash
@@ -23,7 +24,7 @@ endif
 TARGET_DIR := $(or $(CARGO_TARGET_DIR),target)
 BIN := $(TARGET_DIR)/debug/driftwatch
 
-.PHONY: run test setup build plugins bench bench-vs-llama doctor
+.PHONY: run test setup build plugins bench bench-vs-llama doctor fuzz
 
 setup:
 	@scripts/setup.sh
@@ -46,12 +47,16 @@ test: setup plugins
 	$(CARGO) clippy --workspace --all-targets -- -D warnings
 	$(CARGO) test --workspace
 	$(CARGO) test --manifest-path plugins/Cargo.toml
+	scripts/fuzz.sh smoke 5
 
 bench: build
 	$(BIN) bench --model default --prompts 16 --samples 4 --parallel 16 --max-tokens 128
 
 bench-vs-llama: build
 	scripts/bench-vs-llama.sh
+
+fuzz: setup
+	scripts/fuzz.sh run 600
 
 doctor: build
 	$(BIN) doctor

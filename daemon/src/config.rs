@@ -762,6 +762,9 @@ pub struct WebhookConfig {
     /// HMAC-SHA256 key signing each body (`X-Driftwatch-Signature`). Never serialized.
     #[serde(default, skip_serializing)]
     pub secret: Option<String>,
+    /// Longest wait between retries of a failed delivery, in seconds (≥ 1). Default 300.
+    #[serde(default)]
+    pub max_retry_delay_s: Option<u64>,
 }
 
 impl WebhookConfig {
@@ -1610,6 +1613,11 @@ impl Config {
             if !names.insert(w.name().to_string()) {
                 return Err(
                     loc.invalid(&format!("api.webhooks[{i}].name"), format!("duplicate webhook name {:?}", w.name()))
+                );
+            }
+            if w.max_retry_delay_s == Some(0) {
+                return Err(
+                    loc.invalid(&format!("api.webhooks[{i}].max_retry_delay_s"), "must be at least 1 (second)".into())
                 );
             }
             for (k, ev) in w.events.iter().enumerate() {

@@ -9,7 +9,8 @@
 //! configuration, [`store`] the durable SQLite store, [`events`] the score events, [`watch`]
 //! turns watched folders into settled files, [`daemon`] runs it all (and [`cli::eval`] runs one evaluation without it), [`api`] serves the HTTP API
 //! and event streams (with [`webhooks`] and [`metrics`] beside it), [`setup`] knows where the
-//! default model lives, and [`cli`] is the command line.
+//! default model lives, [`fuzzing`] holds the fuzz targets' entry points, and [`cli`] is the
+//! command line.
 
 /// `impl From<Cause> for Error` for error variants whose message already includes their cause
 /// (`#[error("store: {0}")]`): the cause is printed once, by the variant, and is not chained
@@ -32,6 +33,7 @@ pub mod config;
 pub mod daemon;
 pub mod engine;
 pub mod events;
+pub mod fuzzing;
 pub mod gguf;
 pub mod judge;
 pub mod metrics;

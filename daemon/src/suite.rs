@@ -96,12 +96,7 @@ pub fn load(cfg: &SuiteConfig) -> Result<Suite, SuiteError> {
     let mut seen = HashSet::new();
     for (path, format, default_category) in files {
         let text = std::fs::read_to_string(&path).map_err(|e| io(&path, e))?;
-        let records = match format {
-            SuiteFormat::Txt => parse_txt(&text),
-            SuiteFormat::Jsonl => parse_jsonl(&text, cfg),
-            SuiteFormat::Csv => parse_csv(&text, cfg),
-        }
-        .map_err(|(line, message)| SuiteError::Record {
+        let records = parse_records(&text, format, cfg).map_err(|(line, message)| SuiteError::Record {
             suite: cfg.name.clone(),
             path: path.clone(),
             line,
@@ -166,7 +161,7 @@ pub fn hash_prompts(prompts: &[Prompt]) -> String {
     hex::encode(h.finalize())
 }
 
-struct Record {
+pub(crate) struct Record {
     line: usize,
     id: Option<String>,
     category: Option<String>,
@@ -174,6 +169,15 @@ struct Record {
 }
 
 type ParseResult = Result<Vec<Record>, (usize, String)>;
+
+/// The records of one suite file's text, or the line and reason it cannot be read.
+pub(crate) fn parse_records(text: &str, format: SuiteFormat, cfg: &SuiteConfig) -> ParseResult {
+    match format {
+        SuiteFormat::Txt => parse_txt(text),
+        SuiteFormat::Jsonl => parse_jsonl(text, cfg),
+        SuiteFormat::Csv => parse_csv(text, cfg),
+    }
+}
 
 fn parse_txt(text: &str) -> ParseResult {
     Ok(text

@@ -88,7 +88,8 @@ pub fn spawn_webhooks(
     spawn_webhooks_with(&config.webhooks, store, bus, shutdown, WebhookOptions::default())
 }
 
-/// [`spawn_webhooks`] with explicit webhooks and options.
+/// [`spawn_webhooks`] with explicit webhooks and options (a webhook's own
+/// `max_retry_delay_s` replaces `options.max_backoff`).
 pub fn spawn_webhooks_with(
     webhooks: &[WebhookConfig],
     store: Arc<Store>,
@@ -105,12 +106,16 @@ pub fn spawn_webhooks_with(
             .iter()
             .cloned()
             .map(|hook| {
+                let mut options = options.clone();
+                if let Some(s) = hook.max_retry_delay_s {
+                    options.max_backoff = Duration::from_secs(s);
+                }
                 let d = Delivery {
                     hook,
                     store: Arc::clone(&store),
                     bus: bus.clone(),
                     client: client.clone(),
-                    options: options.clone(),
+                    options,
                     shutdown: shutdown.clone(),
                 };
                 tokio::spawn(d.run())

@@ -68,6 +68,8 @@ pub struct ConfigBuilder {
     sample_scored: bool,
     listen: Option<u16>,
     evaluate_roots: Vec<PathBuf>,
+    /// `[[api.webhooks]]`: URL and `max_retry_delay_s`.
+    webhooks: Vec<(String, u64)>,
     bootstrap: Option<u32>,
 }
 
@@ -97,6 +99,7 @@ impl ConfigBuilder {
             sample_scored: false,
             listen: None,
             evaluate_roots: Vec::new(),
+            webhooks: Vec::new(),
             bootstrap: None,
         }
     }
@@ -228,6 +231,13 @@ impl ConfigBuilder {
         self
     }
 
+    /// `[[api.webhooks]]`: every event POSTed to `url`, retried at most `max_retry_delay_s`
+    /// apart.
+    pub fn webhook(mut self, url: &str, max_retry_delay_s: u64) -> Self {
+        self.webhooks.push((url.to_owned(), max_retry_delay_s));
+        self
+    }
+
     /// `stats.bootstrap`.
     pub fn bootstrap(mut self, resamples: u32) -> Self {
         self.bootstrap = Some(resamples);
@@ -292,6 +302,9 @@ impl ConfigBuilder {
             None => t.push_str("\n[api]\nenabled = false\n"),
         }
         key(&mut t, "evaluate_roots", (!self.evaluate_roots.is_empty()).then(|| paths(&self.evaluate_roots)));
+        for (url, delay) in &self.webhooks {
+            writeln!(t, "\n[[api.webhooks]]\nurl = \"{url}\"\nmax_retry_delay_s = {delay}").unwrap();
+        }
         if let Some(n) = self.bootstrap {
             writeln!(t, "\n[stats]\nbootstrap = {n}").unwrap();
         }

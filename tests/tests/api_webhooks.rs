@@ -99,7 +99,13 @@ async fn every_event_arrives_signed_once_despite_failures_and_restarts() {
     let receiver = Arc::new(Receiver::default());
     *receiver.fail_next.lock().unwrap() = 4;
     let (url, stop_receiver) = start_receiver(Arc::clone(&receiver)).await;
-    let hook = WebhookConfig { name: Some("test".into()), url, events: vec![], secret: Some(SECRET.into()) };
+    let hook = WebhookConfig {
+        name: Some("test".into()),
+        url,
+        events: vec![],
+        secret: Some(SECRET.into()),
+        max_retry_delay_s: None,
+    };
 
     let shutdown = CancellationToken::new();
     let task =
@@ -152,6 +158,7 @@ async fn webhooks_get_only_their_event_types_and_failures_are_recorded() {
         url,
         events: vec!["checkpoint.*".into()],
         secret: Some(SECRET.into()),
+        max_retry_delay_s: None,
     };
     let shutdown = CancellationToken::new();
     let opts = WebhookOptions { deliver_history: true, ..fast() };

@@ -1,6 +1,7 @@
-//! Benchmark (ignored by default): a slow subscriber never slows evaluation. With 200 SSE
-//! subscribers connected, one of which never reads, a run's decode throughput should stay
-//! within 5% of the same run with no subscriber.
+//! Benchmark (ignored by default): slow subscribers never slow evaluation. With 1,000 SSE
+//! subscribers connected, 10 of which never read, a run's decode throughput should stay
+//! within 5% of the same run with no subscriber (`DRIFTWATCH_BENCH_SUBSCRIBERS` and
+//! `DRIFTWATCH_BENCH_STALLED` change the two numbers).
 //!
 //! Run it with
 //! `cargo test --workspace --test bench_subscribers -- --ignored --nocapture`
@@ -28,7 +29,10 @@ use driftwatch_tests::ConfigBuilder;
 use futures::StreamExt;
 use tokio_util::sync::CancellationToken;
 
-const SUBSCRIBERS: usize = 200;
+/// Subscribers connected during the measured run, and how many of them never read.
+fn subscribers() -> (usize, usize) {
+    (env_or("DRIFTWATCH_BENCH_SUBSCRIBERS", 1000), env_or("DRIFTWATCH_BENCH_STALLED", 10))
+}
 
 /// The suite size: 16 prompts × K=4 × 64 tokens, parallel 16 by default;
 /// `DRIFTWATCH_BENCH_PROMPTS`, `_SAMPLES`, `_MAX_TOKENS` override them (e.g. on a busy machine).
@@ -144,7 +148,7 @@ impl Measurement {
     }
 }
 
-async fn measure(model: &Path, subscribers: usize, size: Size) -> Measurement {
+async fn measure(model: &Path, subscribers: usize, stalled_n: usize, size: Size) -> Measurement {
     let dir = tempfile::tempdir().unwrap();
     let root = dir.path();
     std::fs::create_dir_all(root.join("checkpoints")).unwrap();
@@ -157,14 +161,15 @@ async fn measure(model: &Path, subscribers: usize, size: Size) -> Measurement {
     // The baseline (the base model) is evaluated first; it is not measured.
     wait_for(900, "the baseline run", || completed_runs(&store).into_iter().next()).await;
 
-    // Subscribers: (n-1) readers and one that connects, sends its request and never reads.
+    // Subscribers: readers, and `stalled_n` that connect, send their request and never read.
     let client = reqwest::Client::builder().pool_max_idle_per_host(0).build().unwrap();
     let since = store.last_event_id().unwrap();
     let connected = Arc::new(std::sync::atomic::AtomicUsize::new(0));
     let mut readers = Vec::new();
-    let mut stalled = None;
+    let mut stalled = Vec::new();
     if subscribers > 0 {
-        for _ in 0..subscribers - 1 {
+        assert!(stalled_n < subscribers);
+        for _ in 0..subscribers - stalled_n {
             let ids = Arc::new(parking_lot::Mutex::new(Vec::new()));
             let task = tokio::spawn(reader(
                 client.clone(),
@@ -175,13 +180,16 @@ async fn measure(model: &Path, subscribers: usize, size: Size) -> Measurement {
             ));
             readers.push((ids, task));
         }
-        let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
-        write!(s, "GET /v1/events?since={since} HTTP/1.1\r\nHost: 127.0.0.1\r\nAccept: text/event-stream\r\n\r\n")
-            .unwrap();
-        stalled = Some(s); // never read from
+        for _ in 0..stalled_n {
+            let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
+            write!(s, "GET /v1/events?since={since} HTTP/1.1\r\nHost: 127.0.0.1\r\nAccept: text/event-stream\r\n\r\n")
+                .unwrap();
+            stalled.push(s); // never read from
+        }
         let c = connected.clone();
-        wait_for(60, "every reader connected", || (c.load(Ordering::SeqCst) == subscribers - 1).then_some(())).await;
-        // The stalled one is counted by the daemon too.
+        let readers_n = subscribers - stalled_n;
+        wait_for(120, "every reader connected", || (c.load(Ordering::SeqCst) == readers_n).then_some(())).await;
+        // The stalled ones are counted by the daemon too.
         let deadline = Instant::now() + Duration::from_secs(30);
         loop {
             let text = client.get(format!("{base}/metrics")).send().await.unwrap().text().await.unwrap();
@@ -277,13 +285,15 @@ async fn a_slow_subscriber_never_slows_evaluation() {
         size.parallel,
         model.display()
     );
+    let (subscribers, stalled) = subscribers();
+    eprintln!("{subscribers} subscribers, {stalled} of them never reading");
     let mut a = Vec::new();
     let mut b = Vec::new();
     for round in 1..=rounds {
-        for n in [0, SUBSCRIBERS] {
-            let m = measure(&model, n, size).await;
+        for n in [0, subscribers] {
+            let m = measure(&model, n, stalled, size).await;
             eprintln!(
-                "round {round}: {:>3} subscribers: {} tokens in {:.2}s = {:.1} tok/s (last run.progress: {:.1} tok/s)",
+                "round {round}: {:>4} subscribers: {} tokens in {:.2}s = {:.1} tok/s (last run.progress: {:.1} tok/s)",
                 m.subscribers,
                 m.tokens,
                 m.wall_s,
@@ -306,6 +316,6 @@ async fn a_slow_subscriber_never_slows_evaluation() {
     let (alo, ahi) = spread(&a);
     let (blo, bhi) = spread(&b);
     eprintln!("0 subscribers:   mean {ma:.1} tok/s (range {alo:.1}..{ahi:.1}, {} runs)", a.len());
-    eprintln!("{SUBSCRIBERS} subscribers: mean {mb:.1} tok/s (range {blo:.1}..{bhi:.1}, {} runs)", b.len());
+    eprintln!("{subscribers} subscribers: mean {mb:.1} tok/s (range {blo:.1}..{bhi:.1}, {} runs)", b.len());
     eprintln!("ratio (with / without): {:.3}", mb / ma);
 }

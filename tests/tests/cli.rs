@@ -244,3 +244,24 @@ fn eval_stops_safely_on_sigterm_and_resumes() {
     assert_eq!(runs[0].status, driftwatch::store::RunStatus::Completed);
     assert_eq!(store.sample_count(runs[0].id).unwrap(), 192);
 }
+
+/// A SIGTERM that arrives before the runtime has run anything else is a stop request, not the
+/// end of the process: the handler used to be registered only when its task first ran, so a
+/// daemon stopped while it was starting died of the signal (found by the crash soak, whose
+/// last `serve` had nothing left to do and was stopped at once), and so did this test process.
+#[cfg(unix)]
+#[test]
+fn a_sigterm_right_after_the_shutdown_future_is_made_stops_safely() {
+    extern "C" {
+        fn raise(sig: i32) -> i32;
+    }
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+    rt.block_on(async {
+        let stop = driftwatch::cli::shutdown_on_signals(|| {});
+        // SAFETY: raise(3) sends SIGTERM (15) to this process; no other test here handles it.
+        assert_eq!(unsafe { raise(15) }, 0);
+        tokio::time::timeout(std::time::Duration::from_secs(10), stop.cancelled())
+            .await
+            .expect("SIGTERM did not cancel the shutdown token");
+    });
+}

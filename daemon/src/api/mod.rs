@@ -7,7 +7,7 @@
 //! reachable from other machines is refused without one ([`ApiStartError::TokenRequired`]).
 //! Every error is a JSON object `{"error": "..."}` with a fitting status code.
 
-mod routes;
+pub(crate) mod routes;
 
 pub use routes::MAX_BODY_BYTES;
 pub mod stream;

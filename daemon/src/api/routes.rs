@@ -113,9 +113,9 @@ where
         .map_err(|e| ApiError::Internal(format!("store task failed: {e}")))?
 }
 
-type Params = HashMap<String, String>;
+pub(crate) type Params = HashMap<String, String>;
 
-fn params(q: Result<Query<Params>, QueryRejection>) -> Result<Params, ApiError> {
+pub(crate) fn params(q: Result<Query<Params>, QueryRejection>) -> Result<Params, ApiError> {
     q.map(|Query(p)| p).map_err(|e| ApiError::BadRequest(format!("bad query string: {}", e.body_text())))
 }
 
@@ -131,7 +131,7 @@ fn only_params(p: &Params, allowed: &[&str]) -> Result<(), ApiError> {
     Ok(())
 }
 
-fn usize_param(p: &Params, name: &str, default: usize) -> Result<usize, ApiError> {
+pub(crate) fn usize_param(p: &Params, name: &str, default: usize) -> Result<usize, ApiError> {
     match p.get(name) {
         None => Ok(default),
         Some(v) => v
@@ -286,7 +286,7 @@ async fn metrics(State(app): State<AppState>) -> Response {
 
 /// The starting point and filter of an event stream, from `?since=`, `Last-Event-ID` and
 /// `?types=`. No starting point = only events published from now on.
-fn stream_params(headers: &HeaderMap, p: &Params) -> Result<(Option<EventId>, EventFilter), ApiError> {
+pub(crate) fn stream_params(headers: &HeaderMap, p: &Params) -> Result<(Option<EventId>, EventFilter), ApiError> {
     only_params(p, &["since", "types"])?;
     let parse_id = |what: &str, v: &str| -> Result<EventId, ApiError> {
         v.trim()

@@ -309,34 +309,57 @@ pub fn init_logging(json: bool, level: &str) {
 pub fn shutdown_on_signals(on_first: impl FnOnce() + Send + 'static) -> tokio_util::sync::CancellationToken {
     let shutdown = tokio_util::sync::CancellationToken::new();
     let token = shutdown.clone();
+    // Registered here and now, not when the task below first runs: until a handler is
+    // registered, SIGTERM kills the process outright (a daemon stopped while it was starting
+    // ended by the signal instead of stopping safely).
+    let mut signals = Signals::register();
     tokio::spawn(async move {
-        wait_for_signal().await;
+        signals.next().await;
         on_first();
         token.cancel();
-        wait_for_signal().await;
+        signals.next().await;
         std::process::exit(EXIT_INTERRUPTED.into());
     });
     shutdown
 }
 
-async fn wait_for_signal() {
+/// SIGTERM and SIGINT, registered with tokio at once.
+struct Signals {
     #[cfg(unix)]
-    {
-        use tokio::signal::unix::{signal, SignalKind};
-        match signal(SignalKind::terminate()) {
-            Ok(mut term) => {
+    term: Option<tokio::signal::unix::Signal>,
+    #[cfg(unix)]
+    int: Option<tokio::signal::unix::Signal>,
+}
+
+impl Signals {
+    fn register() -> Signals {
+        #[cfg(unix)]
+        {
+            use tokio::signal::unix::{signal, SignalKind};
+            Signals { term: signal(SignalKind::terminate()).ok(), int: signal(SignalKind::interrupt()).ok() }
+        }
+        #[cfg(not(unix))]
+        Signals {}
+    }
+
+    /// The next SIGTERM or SIGINT.
+    async fn next(&mut self) {
+        #[cfg(unix)]
+        match (&mut self.term, &mut self.int) {
+            (Some(term), Some(int)) => {
                 tokio::select! {
                     _ = term.recv() => {}
-                    _ = tokio::signal::ctrl_c() => {}
+                    _ = int.recv() => {}
                 }
             }
-            Err(_) => {
-                let _ = tokio::signal::ctrl_c().await;
+            (Some(one), None) | (None, Some(one)) => {
+                one.recv().await;
             }
+            (None, None) => std::future::pending().await,
         }
-    }
-    #[cfg(not(unix))]
-    {
-        let _ = tokio::signal::ctrl_c().await;
+        #[cfg(not(unix))]
+        {
+            let _ = tokio::signal::ctrl_c().await;
+        }
     }
 }

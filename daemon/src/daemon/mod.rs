@@ -68,6 +68,11 @@ pub enum DaemonError {
     /// Another process is evaluating with the same data folder.
     #[error("{0}")]
     Busy(String),
+    /// The store cannot be written (a full disk, an I/O error, a read-only file system).
+    #[error(
+        "the store cannot be written: {0}. driftwatch stopped: nothing stored is lost, and the run resumes where it stopped once the store can be written again (free disk space, or check the data folder)"
+    )]
+    StoreUnwritable(String),
     /// Anything else.
     #[error("{0}")]
     Other(String),
@@ -264,7 +269,7 @@ fn spawn_plugin_watch(
     ctx: &Arc<Ctx>,
     registry: &crate::judge::PluginRegistry,
     shutdown: &CancellationToken,
-    tasks: &mut tokio::task::JoinSet<()>,
+    tasks: &mut tokio::task::JoinSet<Result<(), DaemonError>>,
 ) -> Result<(), DaemonError> {
     let mut rx = registry.subscribe();
     let watcher = registry.watch().map_err(|e| DaemonError::Other(format!("plugins.dir: {e}")))?;
@@ -287,6 +292,7 @@ fn spawn_plugin_watch(
                 },
             }
         }
+        Ok(())
     });
     Ok(())
 }
@@ -394,7 +400,15 @@ impl DataDirLock {
             .create(true)
             .truncate(false)
             .open(&path)
-            .map_err(|e| DaemonError::Other(format!("cannot open {}: {e}", path.display())))?;
+            .map_err(|e| match e.kind() {
+                std::io::ErrorKind::ReadOnlyFilesystem | std::io::ErrorKind::PermissionDenied => {
+                    DaemonError::Other(format!(
+                        "the data folder {} is not writable ({e}): driftwatch keeps its store there; make it writable or set daemon.data_dir to another folder",
+                        data_dir.display()
+                    ))
+                }
+                _ => DaemonError::Other(format!("cannot open {}: {e}", path.display())),
+            })?;
         match file.try_lock() {
             Ok(()) => {}
             Err(std::fs::TryLockError::WouldBlock) => {
@@ -433,7 +447,8 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Daem
     // The base model first: every later checkpoint is compared with its run.
     intake::take_base(&ctx).await?;
 
-    let mut tasks = tokio::task::JoinSet::new();
+    // Each task ends with Ok, or with the reason the daemon cannot go on.
+    let mut tasks: tokio::task::JoinSet<Result<(), DaemonError>> = tokio::task::JoinSet::new();
     if let Some(registry) = ctx.judging.registry() {
         spawn_plugin_watch(&ctx, registry, &shutdown, &mut tasks)?;
     }
@@ -455,6 +470,7 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Daem
             if let Err(e) = crate::api::serve(state, listener, api_stop).await {
                 tracing::error!(error = %e, "the HTTP API stopped");
             }
+            Ok(())
         });
         tracing::info!(listen = %addr, "HTTP API listening (events: GET /v1/events; `driftwatch subscribe`)");
         if !config.api.webhooks.is_empty() {
@@ -462,6 +478,7 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Daem
                 crate::webhooks::spawn_webhooks(&config.api, Arc::clone(&ctx.store), ctx.bus.clone(), shutdown.clone());
             tasks.spawn(async move {
                 let _ = handle.await;
+                Ok(())
             });
         }
     }
@@ -473,7 +490,10 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Daem
         shutdown.child_token(),
     )
     .await?;
-    tasks.spawn(async move { intake::watch_loop(intake_ctx, watcher, intake_stop).await });
+    tasks.spawn(async move {
+        intake::watch_loop(intake_ctx, watcher, intake_stop).await;
+        Ok(())
+    });
     let runner_ctx = Arc::clone(&ctx);
     let runner_stop = shutdown.clone();
     tasks.spawn(async move { queue::run_loop(runner_ctx, runner_stop).await });
@@ -482,14 +502,23 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Daem
         watch = ?config.daemon.watch, data_dir = %data_dir.display(),
         "driftwatch is running: drop GGUF models or LoRA adapters into a watched folder"
     );
+    let mut fatal = None;
     while let Some(r) = tasks.join_next().await {
-        if let Err(e) = r {
-            tracing::error!(error = %e, "a daemon task ended abnormally");
-            shutdown.cancel();
+        match r {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => {
+                tracing::error!(error = %e, "driftwatch cannot go on; stopping");
+                fatal.get_or_insert(e);
+                shutdown.cancel();
+            }
+            Err(e) => {
+                tracing::error!(error = %e, "a daemon task ended abnormally");
+                shutdown.cancel();
+            }
         }
     }
     tracing::info!("driftwatch stopped");
-    Ok(())
+    fatal.map_or(Ok(()), Err)
 }
 
 #[cfg(test)]

@@ -90,11 +90,15 @@ impl RunQueue {
     }
 }
 
-/// Executes queued runs one at a time until shutdown.
-pub(super) async fn run_loop(ctx: Arc<Ctx>, stop: CancellationToken) {
+/// Executes queued runs one at a time until shutdown, or until the store cannot be written:
+/// then the daemon cannot go on, and says why.
+pub(super) async fn run_loop(ctx: Arc<Ctx>, stop: CancellationToken) -> Result<(), super::DaemonError> {
     while let Some(run) = ctx.queue.claim(&stop).await {
-        execute(&ctx, run, &stop).await;
+        if let RunOutcome::StorageFault(reason) = execute(&ctx, run, &stop).await {
+            return Err(super::DaemonError::StoreUnwritable(reason));
+        }
     }
+    Ok(())
 }
 
 /// Executes a claimed run, then does what its end asks of the queue: a run that ended because

@@ -63,6 +63,9 @@ pub(crate) enum RunOutcome {
     /// Failed because the settings changed since it started (stored and published as
     /// `run.failed`): the checkpoint is to be queued again under the new settings.
     Requeue { checkpoint_id: CheckpointId, path: String, reason: String },
+    /// Stopped because the store cannot be written (a full disk, an I/O error, a read-only
+    /// file system): nothing is recorded, and the run resumes at the next start.
+    StorageFault(String),
 }
 
 /// Executes one run to its end, a stop or a failure; a failure is stored and published.
@@ -78,6 +81,10 @@ pub(crate) async fn run_one(ctx: &Arc<Runner>, run: Run, stop: &CancellationToke
     match outcome {
         Ok(Some(base)) => RunOutcome::Completed { base },
         Ok(None) => RunOutcome::Interrupted,
+        Err(RunError::Store(e)) if e.is_storage_fault() => {
+            tracing::error!(run = id, error = %e, "the store cannot be written; the run stops here and resumes at the next start");
+            RunOutcome::StorageFault(e.to_string())
+        }
         Err(e) => {
             tracing::error!(run = id, error = %e, "run failed");
             let reason = e.to_string();

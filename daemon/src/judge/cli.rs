@@ -88,8 +88,13 @@ pub fn plugin_check(args: &PluginCheckArgs, out: &mut dyn Write) -> Result<Judge
 /// Reads a JSON Lines file of samples; blank lines are skipped; errors name the line.
 pub fn read_samples(path: &Path) -> Result<Vec<Sample>, CliError> {
     let file = std::fs::File::open(path).map_err(|cause| CliError::Io { path: path.to_owned(), cause })?;
+    parse_samples(std::io::BufReader::new(file), path)
+}
+
+/// [`read_samples`] over any reader; `path` names the input in errors.
+pub fn parse_samples(reader: impl BufRead, path: &Path) -> Result<Vec<Sample>, CliError> {
     let mut samples = Vec::new();
-    for (i, line) in std::io::BufReader::new(file).lines().enumerate() {
+    for (i, line) in reader.lines().enumerate() {
         let line = line.map_err(|cause| CliError::Io { path: path.to_owned(), cause })?;
         if line.trim().is_empty() {
             continue;

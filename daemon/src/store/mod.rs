@@ -220,6 +220,29 @@ impl StoreError {
             _ => false,
         }
     }
+
+    /// True for a fault of the storage under the store — a full disk, an I/O error, a
+    /// read-only file or file system — which no retry and no other write can get past: the
+    /// daemon stops instead of recording failures it cannot store.
+    pub fn is_storage_fault(&self) -> bool {
+        let code = |e: &rusqlite::Error| {
+            matches!(
+                e.sqlite_error_code(),
+                Some(
+                    rusqlite::ErrorCode::DiskFull
+                        | rusqlite::ErrorCode::SystemIoFailure
+                        | rusqlite::ErrorCode::ReadOnly
+                        | rusqlite::ErrorCode::CannotOpen
+                )
+            )
+        };
+        match self {
+            StoreError::Open { cause, .. } | StoreError::Migration { cause, .. } => code(cause),
+            StoreError::Sqlite(e) => code(e),
+            StoreError::Io { .. } => true,
+            _ => false,
+        }
+    }
 }
 
 /// Options of [`Store::open_with`].

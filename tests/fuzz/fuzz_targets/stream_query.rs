@@ -1,0 +1,6 @@
+//! Fuzz target: `driftwatch::fuzzing::stream_query` on arbitrary bytes (it must never panic).
+#![no_main]
+
+libfuzzer_sys::fuzz_target!(|data: &[u8]| {
+    let _ = driftwatch::fuzzing::stream_query(data);
+});
