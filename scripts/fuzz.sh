@@ -38,10 +38,11 @@ smoke)
         # A scratch copy of the corpus: the smoke run does not grow the kept one.
         scratch=$(mktemp -d)
         cp -r "$DIR/corpus/$t/." "$scratch/"
-        fuzz run "$t" "$scratch" -- -max_total_time="$seconds" -timeout=10 -print_final_stats=1 2>&1 |
-            grep -E "stat::number_of_executed_units|ERROR|panicked|SUMMARY|Done" >&2
-        status=${PIPESTATUS[0]}
-        rm -rf "$scratch"
+        status=0
+        fuzz run "$t" "$scratch" -- -max_total_time="$seconds" -timeout=10 -print_final_stats=1 \
+            >"$scratch.log" 2>&1 || status=$?
+        grep -E "stat::number_of_executed_units|ERROR|panicked|SUMMARY|Done" "$scratch.log" >&2 || true
+        rm -rf "$scratch" "$scratch.log"
         [ "$status" -eq 0 ] || { echo "fuzz: $t failed (its input is in $DIR/artifacts/$t)" >&2; exit 1; }
     done
     ;;

@@ -762,7 +762,7 @@ pub struct WebhookConfig {
     /// HMAC-SHA256 key signing each body (`X-Driftwatch-Signature`). Never serialized.
     #[serde(default, skip_serializing)]
     pub secret: Option<String>,
-    /// Longest wait between retries of a failed delivery, in seconds (≥ 1). Default 300.
+    /// Longest wait between retries of a failed delivery, in seconds (1 to 86400). Default 300.
     #[serde(default)]
     pub max_retry_delay_s: Option<u64>,
 }

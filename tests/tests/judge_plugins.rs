@@ -67,12 +67,17 @@ fn judge_bundled_coherence_labelled_cases() {
             ("coherent", false),
             ("incoherent:repetition", true),
             ("incoherent:gibberish", true),
-            ("incoherent:truncated", true),
+            // Cut by the token limit, and sensible: coherent (the cut is in the rationale).
+            ("coherent", false),
             ("incoherent:empty", true)
         ]
     );
     assert_eq!(v[0].score, Some(1.0));
+    assert!(v[3].rationale.as_deref().is_some_and(|r| r.contains("cut at the token limit")), "{:?}", v[3].rationale);
     assert!(v.iter().all(|v| v.score.is_some_and(|s| (0.0..=1.0).contains(&s))));
+    // The old rule, asked for.
+    let strict = load("coherence", "[config]\nflag_truncated = true", None);
+    assert_eq!(strict.judge(&samples[3..4]).unwrap()[0].label, "incoherent:truncated");
 }
 
 #[test]

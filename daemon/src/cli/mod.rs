@@ -355,7 +355,9 @@ impl Signals {
             (Some(one), None) | (None, Some(one)) => {
                 one.recv().await;
             }
-            (None, None) => std::future::pending().await,
+            (None, None) => {
+                let _ = tokio::signal::ctrl_c().await;
+            }
         }
         #[cfg(not(unix))]
         {

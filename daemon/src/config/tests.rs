@@ -265,6 +265,7 @@ fn array_entries_are_located() {
     assert_err(text, "suites[1].name", 5);
     assert_err("[[suites]]\nname = \"a\"\npath = \"a.txt\"\ncategory_field = \"c\"\n", "suites[0].category_field", 4);
     assert_err("[[api.webhooks]]\nurl = \"ftp://x\"\n", "api.webhooks[0].url", 2);
+    assert_err("[[api.webhooks]]\nurl = \"http://x\"\nmax_retry_delay_s = 0\n", "api.webhooks[0].max_retry_delay_s", 3);
     assert_err(
         "[[api.webhooks]]\nurl = \"http://x\"\nevents = [\"run.*\", \"Bad Event\"]\n",
         "api.webhooks[0].events[1]",

@@ -15,13 +15,15 @@ use crate::events::EventKind;
 use crate::store::{CheckpointKind, CheckpointStatus, NewCheckpoint, RunId, StoreError};
 use crate::watch::{WatchEvent, Watcher};
 
-/// Follows the watcher until shutdown.
+/// Follows the watcher until shutdown, or until the store cannot be written (then the daemon
+/// cannot go on, and the file is taken in at the next start).
 pub(super) async fn watch_loop(
     ctx: Arc<Ctx>,
     watcher: (Watcher, tokio::sync::mpsc::Receiver<WatchEvent>),
     stop: CancellationToken,
-) {
+) -> Result<(), DaemonError> {
     let (watcher, mut rx) = watcher;
+    let mut result = Ok(());
     loop {
         let ev = tokio::select! {
             _ = stop.cancelled() => break,
@@ -32,8 +34,13 @@ pub(super) async fn watch_loop(
                 let span = tracing::info_span!("checkpoint", path = %f.path.display());
                 let (path, mtime) = (f.path.clone(), f.mtime_ms());
                 let taken = super::blocking(&ctx, move |c| span.in_scope(|| take_file(c, &path, mtime))).await;
-                if let Err(e) = taken.and_then(|r| r) {
-                    tracing::error!(error = %e, "cannot record a checkpoint");
+                match taken.and_then(|r| r) {
+                    Ok(_) => {}
+                    Err(e) if e.is_storage_fault() => {
+                        result = Err(DaemonError::StoreUnwritable(e.to_string()));
+                        break;
+                    }
+                    Err(e) => tracing::error!(error = %e, "cannot record a checkpoint"),
                 }
             }
             WatchEvent::Removed(path) => {
@@ -52,6 +59,7 @@ pub(super) async fn watch_loop(
         }
     }
     watcher.shutdown().await;
+    result
 }
 
 /// Records the base model and queues its runs under the current settings.

@@ -78,7 +78,18 @@ pub enum DaemonError {
     Other(String),
 }
 
-error_from!(StoreError => DaemonError::Store, checkpoint::CheckpointError => DaemonError::BaseModel, suite::SuiteError => DaemonError::Suite, judges::JudgeSetError => DaemonError::Judges, crate::judge::LoadError => DaemonError::Runtime, engine::EngineError => DaemonError::Engine, crate::watch::WatchStartError => DaemonError::Watch);
+impl From<StoreError> for DaemonError {
+    /// A storage fault is said as one (with what to do about it); any other store error as is.
+    fn from(e: StoreError) -> Self {
+        if e.is_storage_fault() {
+            DaemonError::StoreUnwritable(e.to_string())
+        } else {
+            DaemonError::Store(e)
+        }
+    }
+}
+
+error_from!(checkpoint::CheckpointError => DaemonError::BaseModel, suite::SuiteError => DaemonError::Suite, judges::JudgeSetError => DaemonError::Judges, crate::judge::LoadError => DaemonError::Runtime, engine::EngineError => DaemonError::Engine, crate::watch::WatchStartError => DaemonError::Watch);
 
 /// What the daemon's parts share: the evaluation, the store with its events and metrics, the
 /// run queue, the judges, and the runner (which holds the engine). Each part takes the
@@ -490,10 +501,7 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Daem
         shutdown.child_token(),
     )
     .await?;
-    tasks.spawn(async move {
-        intake::watch_loop(intake_ctx, watcher, intake_stop).await;
-        Ok(())
-    });
+    tasks.spawn(async move { intake::watch_loop(intake_ctx, watcher, intake_stop).await });
     let runner_ctx = Arc::clone(&ctx);
     let runner_stop = shutdown.clone();
     tasks.spawn(async move { queue::run_loop(runner_ctx, runner_stop).await });
@@ -513,6 +521,7 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Daem
             }
             Err(e) => {
                 tracing::error!(error = %e, "a daemon task ended abnormally");
+                fatal.get_or_insert(DaemonError::Other(format!("a daemon task ended abnormally: {e}")));
                 shutdown.cancel();
             }
         }

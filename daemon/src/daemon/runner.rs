@@ -73,18 +73,10 @@ pub(crate) async fn run_one(ctx: &Arc<Runner>, run: Run, stop: &CancellationToke
     let span = tracing::info_span!("run", run = run.id, checkpoint = run.checkpoint_id);
     let (id, checkpoint_id) = (run.id, run.checkpoint_id);
     let outcome = tracing::Instrument::instrument(execute(ctx, run, stop), span).await;
-    match &outcome {
-        Ok(Some(_)) => ctx.metrics.run_finished("completed"),
-        Ok(None) => ctx.metrics.run_finished("interrupted"),
-        Err(_) => ctx.metrics.run_finished("failed"),
-    }
-    match outcome {
+    let outcome = match outcome {
         Ok(Some(base)) => RunOutcome::Completed { base },
         Ok(None) => RunOutcome::Interrupted,
-        Err(RunError::Store(e)) if e.is_storage_fault() => {
-            tracing::error!(run = id, error = %e, "the store cannot be written; the run stops here and resumes at the next start");
-            RunOutcome::StorageFault(e.to_string())
-        }
+        Err(RunError::Store(e)) if e.is_storage_fault() => storage_fault(id, &e),
         Err(e) => {
             tracing::error!(run = id, error = %e, "run failed");
             let reason = e.to_string();
@@ -92,15 +84,32 @@ pub(crate) async fn run_one(ctx: &Arc<Runner>, run: Run, stop: &CancellationToke
             // failure that cannot be recorded publishes nothing (the run is taken up again at
             // the next start).
             let kind = EventKind::RunFailed { run_id: id, reason: reason.clone() };
-            if let Err(store_error) = transition(ctx, id, RunTransition::Fail { error: reason.clone() }, kind).await {
-                tracing::error!(run = id, error = %store_error, "cannot record the run's failure; nothing is published, and the run is retried at the next start");
-            }
-            match e {
-                RunError::SettingsChanged { path, .. } => RunOutcome::Requeue { checkpoint_id, path, reason },
-                _ => RunOutcome::Failed(reason),
+            match transition(ctx, id, RunTransition::Fail { error: reason.clone() }, kind).await {
+                Err(store_error) if store_error.is_storage_fault() => storage_fault(id, &store_error),
+                result => {
+                    if let Err(store_error) = result {
+                        tracing::error!(run = id, error = %store_error, "cannot record the run's failure; nothing is published, and the run is retried at the next start");
+                    }
+                    match e {
+                        RunError::SettingsChanged { path, .. } => RunOutcome::Requeue { checkpoint_id, path, reason },
+                        _ => RunOutcome::Failed(reason),
+                    }
+                }
             }
         }
-    }
+    };
+    ctx.metrics.run_finished(match outcome {
+        RunOutcome::Completed { .. } => "completed",
+        RunOutcome::Interrupted | RunOutcome::StorageFault(_) => "interrupted",
+        RunOutcome::Failed(_) | RunOutcome::Requeue { .. } => "failed",
+    });
+    outcome
+}
+
+/// The outcome of a run stopped by a storage fault: nothing recorded, resumed at the next start.
+fn storage_fault(id: RunId, e: &StoreError) -> RunOutcome {
+    tracing::error!(run = id, error = %e, "the store cannot be written; the run stops here and resumes at the next start");
+    RunOutcome::StorageFault(e.to_string())
 }
 
 /// A store call on the blocking pool (never on an async worker thread).
@@ -142,6 +151,17 @@ pub(super) enum RunError {
 }
 
 error_from!(StoreError => RunError::Store);
+
+impl RunError {
+    /// A scoring error; the store's own errors stay store errors (a storage fault while
+    /// scoring stops the daemon like any other, instead of failing the run).
+    fn from_scoring(e: crate::scoring::ScoringError) -> RunError {
+        match e {
+            crate::scoring::ScoringError::Store(e) => RunError::Store(e),
+            other => RunError::Scoring(other.to_string()),
+        }
+    }
+}
 
 struct Planned {
     job: Job,
@@ -356,7 +376,7 @@ async fn early_step(
 ) -> Result<Option<crate::scoring::EarlyStopResult>, RunError> {
     let store = Arc::clone(&ctx.store);
     tokio::task::spawn_blocking(move || {
-        crate::scoring::early_stop_from_store(&store, run_id, baseline).map_err(|e| RunError::Scoring(e.to_string()))
+        crate::scoring::early_stop_from_store(&store, run_id, baseline).map_err(RunError::from_scoring)
     })
     .await
     .map_err(|e| RunError::Other(e.to_string()))?
@@ -606,7 +626,7 @@ async fn finish(
     })
     .await
     .map_err(|e| RunError::Scoring(e.to_string()))?
-    .map_err(|e| RunError::Scoring(e.to_string()))?;
+    .map_err(RunError::from_scoring)?;
     let mut scores = serde_json::to_value(&result).map_err(|e| RunError::Scoring(e.to_string()))?;
     if let (Some(a), Some(obj)) = (adaptive, scores.as_object_mut()) {
         obj.insert("adaptive".into(), a);

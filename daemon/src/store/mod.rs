@@ -223,18 +223,17 @@ impl StoreError {
 
     /// True for a fault of the storage under the store — a full disk, an I/O error, a
     /// read-only file or file system — which no retry and no other write can get past: the
-    /// daemon stops instead of recording failures it cannot store.
+    /// daemon stops instead of recording failures it cannot store. ("Cannot open", which
+    /// running out of file descriptors also gives, and corruption are not among them.)
     pub fn is_storage_fault(&self) -> bool {
-        let code = |e: &rusqlite::Error| {
-            matches!(
-                e.sqlite_error_code(),
-                Some(
-                    rusqlite::ErrorCode::DiskFull
-                        | rusqlite::ErrorCode::SystemIoFailure
-                        | rusqlite::ErrorCode::ReadOnly
-                        | rusqlite::ErrorCode::CannotOpen
-                )
-            )
+        let code = |e: &rusqlite::Error| match e {
+            rusqlite::Error::SqliteFailure(f, _) => {
+                matches!(f.code, rusqlite::ErrorCode::DiskFull | rusqlite::ErrorCode::SystemIoFailure)
+                    // Read-only, but not the transient "read-only while another connection
+                    // recovers the WAL" (SQLITE_READONLY_RECOVERY).
+                    || (f.code == rusqlite::ErrorCode::ReadOnly && f.extended_code != rusqlite::ffi::SQLITE_READONLY_RECOVERY)
+            }
+            _ => false,
         };
         match self {
             StoreError::Open { cause, .. } | StoreError::Migration { cause, .. } => code(cause),
