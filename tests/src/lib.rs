@@ -316,6 +316,51 @@ pub fn command() -> Command {
     c
 }
 
+/// What must be identical between an interrupted and an uninterrupted run's sample: its
+/// prompt, index, seed, text, finish, token counts and verdicts (in a fixed order).
+pub fn comparable_sample(s: &driftwatch::store::StoredSample) -> serde_json::Value {
+    let mut verdicts: Vec<_> = s
+        .verdicts
+        .iter()
+        .map(|v| serde_json::json!([v.judge, v.is_unsafe, v.score, v.label, v.refusal, v.error]))
+        .collect();
+    verdicts.sort_by_key(|v| v.to_string());
+    serde_json::json!({
+        "prompt_id": s.prompt_id, "k": s.sample_index, "seed": s.seed, "response": s.response,
+        "finish": s.finish_reason, "tokens": [s.prompt_tokens, s.completion_tokens], "verdicts": verdicts,
+    })
+}
+
+/// Opens the store in `dir`, waiting (up to a minute) for a starting daemon to create it.
+pub fn open_store(dir: &Path) -> driftwatch::store::Store {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    loop {
+        match driftwatch::store::Store::open_in_dir(dir) {
+            Ok(s) => return s,
+            Err(e) => {
+                assert!(std::time::Instant::now() < deadline, "cannot open the store: {e}");
+                std::thread::sleep(std::time::Duration::from_millis(50));
+            }
+        }
+    }
+}
+
+/// Waits up to `secs` for a child process (the daemon or `eval` under test) to exit; kills it
+/// and panics after that.
+pub fn wait_exit(child: &mut std::process::Child, secs: u64) -> std::process::ExitStatus {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(secs);
+    loop {
+        if let Some(st) = child.try_wait().unwrap() {
+            return st;
+        }
+        if std::time::Instant::now() > deadline {
+            let _ = child.kill();
+            panic!("the process did not exit within {secs}s");
+        }
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+}
+
 /// Sends SIGTERM to a child process (the daemon or `eval` under test): what `systemd`, a CI
 /// runner or `kill` sends to stop it.
 #[cfg(unix)]

@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 use driftwatch::config::Config;
 use driftwatch::store::{RunStatus, Store, StoredSample};
 use driftwatch_tests::wait_for;
-use driftwatch_tests::{sigterm, ConfigBuilder, Fixture, Suite, TinyAdapter, TinyModel};
+use driftwatch_tests::{open_store, sigterm, wait_exit, ConfigBuilder, Fixture, Suite, TinyAdapter, TinyModel};
 use tokio_util::sync::CancellationToken;
 
 /// The daemon tests each run llama.cpp with 2 threads on a 2-core machine; two at once starve
@@ -75,20 +75,6 @@ fn start_daemon(
     let stop = CancellationToken::new();
     let daemon = tokio::spawn(driftwatch::daemon::run(config, stop.clone()));
     (stop, daemon, open_store(data))
-}
-
-fn open_store(dir: &Path) -> Store {
-    let deadline = Instant::now() + Duration::from_secs(60);
-    loop {
-        match Store::open_in_dir(dir) {
-            Ok(s) => return s,
-            Err(e) if Instant::now() < deadline => {
-                let _ = e;
-                std::thread::sleep(Duration::from_millis(100));
-            }
-            Err(e) => panic!("cannot open the store: {e}"),
-        }
-    }
 }
 
 /// Shows the daemon's logs with a failing test's output.
@@ -258,39 +244,11 @@ fn key(s: &StoredSample) -> (String, u32) {
     (s.prompt_id.clone(), s.sample_index)
 }
 
-/// What must be identical between an interrupted and an uninterrupted run.
+/// What must be identical between an interrupted and an uninterrupted run, in key order.
 fn comparable(samples: &[StoredSample]) -> Vec<serde_json::Value> {
     let mut v: Vec<&StoredSample> = samples.iter().collect();
     v.sort_by_key(|s| key(s));
-    v.iter()
-        .map(|s| {
-            let mut verdicts: Vec<_> = s
-                .verdicts
-                .iter()
-                .map(|v| serde_json::json!([v.judge, v.is_unsafe, v.score, v.label, v.refusal, v.error]))
-                .collect();
-            verdicts.sort_by_key(|v| v.to_string());
-            serde_json::json!({
-                "prompt_id": s.prompt_id, "k": s.sample_index, "seed": s.seed, "response": s.response,
-                "finish": s.finish_reason, "tokens": [s.prompt_tokens, s.completion_tokens], "verdicts": verdicts,
-            })
-        })
-        .collect()
-}
-
-#[cfg(unix)]
-fn wait_exit(child: &mut Child, secs: u64) -> std::process::ExitStatus {
-    let deadline = Instant::now() + Duration::from_secs(secs);
-    loop {
-        if let Some(st) = child.try_wait().unwrap() {
-            return st;
-        }
-        if Instant::now() > deadline {
-            let _ = child.kill();
-            panic!("the daemon did not exit within {secs}s");
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    }
+    v.into_iter().map(driftwatch_tests::comparable_sample).collect()
 }
 
 #[cfg(unix)]

@@ -15,7 +15,7 @@ use driftwatch::api::subscribe::SseParser;
 use driftwatch::config::Config;
 use driftwatch::store::{Event, RunStatus, Store};
 use driftwatch_tests::wait_for;
-use driftwatch_tests::{ConfigBuilder, Fixture, TinyAdapter};
+use driftwatch_tests::{open_store, ConfigBuilder, Fixture, TinyAdapter};
 use futures::StreamExt;
 use serde_json::{json, Value};
 use tokio::sync::mpsc;
@@ -48,19 +48,6 @@ fn write_config(fx: &Fixture, root: &Path, port: u16, prompts: usize, samples: u
         .evaluate_root(root.join("elsewhere"))
         .bootstrap(200)
         .write(root.join("driftwatch.toml"))
-}
-
-fn open_store(dir: &Path) -> Store {
-    let deadline = Instant::now() + Duration::from_secs(60);
-    loop {
-        match Store::open_in_dir(dir) {
-            Ok(s) => return s,
-            Err(e) => {
-                assert!(Instant::now() < deadline, "cannot open the store: {e}");
-                std::thread::sleep(Duration::from_millis(100));
-            }
-        }
-    }
 }
 
 /// Every stored event of the filter, in id order.

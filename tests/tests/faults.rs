@@ -16,8 +16,8 @@ use axum::http::{HeaderMap, StatusCode};
 use axum::routing::post;
 use axum::Router;
 use driftwatch::config::Config;
-use driftwatch::store::{Run, RunStatus, Store, StoredSample};
-use driftwatch_tests::{free_port, sigterm, wait_for, ConfigBuilder, Fixture, TinyAdapter};
+use driftwatch::store::{Run, RunStatus, Store};
+use driftwatch_tests::{free_port, open_store, sigterm, wait_exit, wait_for, ConfigBuilder, Fixture, TinyAdapter};
 use rand::{Rng, SeedableRng};
 use serde_json::Value;
 use tokio_util::sync::CancellationToken;
@@ -101,34 +101,6 @@ fn kill9(child: &mut Child) {
     child.wait().unwrap();
 }
 
-fn wait_exit(child: &mut Child, secs: u64) -> std::process::ExitStatus {
-    let deadline = Instant::now() + Duration::from_secs(secs);
-    loop {
-        if let Some(st) = child.try_wait().unwrap() {
-            return st;
-        }
-        if Instant::now() > deadline {
-            let _ = child.kill();
-            panic!("the daemon did not exit within {secs}s");
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    }
-}
-
-fn open_store(dir: &Path) -> Store {
-    let deadline = Instant::now() + Duration::from_secs(60);
-    loop {
-        match Store::open_in_dir(dir) {
-            Ok(s) => return s,
-            Err(e) if Instant::now() < deadline => {
-                let _ = e;
-                std::thread::sleep(Duration::from_millis(50));
-            }
-            Err(e) => panic!("cannot open the store: {e}"),
-        }
-    }
-}
-
 /// Every run with its checkpoint's sha256 and its stored sample count.
 fn runs(store: &Store) -> Vec<(Run, String, u64)> {
     let mut out = Vec::new();
@@ -140,20 +112,6 @@ fn runs(store: &Store) -> Vec<(Run, String, u64)> {
     }
     out.sort_by_key(|(r, _, _)| r.id);
     out
-}
-
-/// What must be identical between an interrupted and an uninterrupted run.
-fn comparable(s: &StoredSample) -> Value {
-    let mut verdicts: Vec<_> = s
-        .verdicts
-        .iter()
-        .map(|v| serde_json::json!([v.judge, v.is_unsafe, v.score, v.label, v.refusal, v.error]))
-        .collect();
-    verdicts.sort_by_key(|v| v.to_string());
-    serde_json::json!({
-        "seed": s.seed, "response": s.response, "finish": s.finish_reason,
-        "tokens": [s.prompt_tokens, s.completion_tokens], "verdicts": verdicts,
-    })
 }
 
 /// A run's scores without the ids that differ between two stores.
@@ -171,7 +129,10 @@ fn samples_by_checkpoint(store: &Store) -> BTreeMap<(String, String, u32), Value
     for (run, sha, _) in runs(store) {
         for s in store.samples_for_run(run.id).unwrap() {
             let key = (sha.clone(), s.prompt_id.clone(), s.sample_index);
-            assert!(out.insert(key.clone(), comparable(&s)).is_none(), "sample {key:?} stored twice");
+            assert!(
+                out.insert(key.clone(), driftwatch_tests::comparable_sample(&s)).is_none(),
+                "sample {key:?} stored twice"
+            );
         }
     }
     out
@@ -449,7 +410,10 @@ fn check_store(st: &Store, seen: &mut BTreeMap<(i64, String, u32), Value>) {
         assert_eq!(samples.len() as u64, n);
         for s in samples {
             let key = (run.id, s.prompt_id.clone(), s.sample_index);
-            assert!(now.insert(key.clone(), comparable(&s)).is_none(), "sample {key:?} stored twice");
+            assert!(
+                now.insert(key.clone(), driftwatch_tests::comparable_sample(&s)).is_none(),
+                "sample {key:?} stored twice"
+            );
         }
     }
     for (key, v) in seen.iter() {
