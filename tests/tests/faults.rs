@@ -123,6 +123,25 @@ fn scores_without_ids(run: &Run) -> Value {
     v
 }
 
+/// Waits until the store holds `n` runs, all completed; panics on a failed one.
+async fn all_runs_completed(st: &Store, n: usize, what: &str) {
+    wait_for(600, what, || {
+        let r = runs(st);
+        assert!(r.iter().all(|(run, _, _)| run.status != RunStatus::Failed), "a run failed: {r:?}");
+        (r.len() == n && r.iter().all(|(run, _, _)| run.status == RunStatus::Completed)).then_some(())
+    })
+    .await;
+}
+
+/// Waits until a daemon started with its log in `log` says it is running (a signal is only
+/// handled once the process runs).
+async fn wait_running(log: &Path) {
+    wait_for(60, "the daemon to be running", || {
+        std::fs::read_to_string(log).unwrap().contains("driftwatch is running").then_some(())
+    })
+    .await;
+}
+
 /// The samples of every run by (checkpoint sha256, prompt, k); panics on a duplicate.
 fn samples_by_checkpoint(store: &Store) -> BTreeMap<(String, String, u32), Value> {
     let mut out = BTreeMap::new();
@@ -224,12 +243,7 @@ async fn crash_soak_ten_kill_nines_lose_and_double_nothing_and_end_as_an_uninter
         let stop = CancellationToken::new();
         let daemon = tokio::spawn(driftwatch::daemon::run(Config::load(&cfg).unwrap(), stop.clone()));
         let store = open_store(&data);
-        wait_for(600, "the reference runs", || {
-            let r = runs(&store);
-            assert!(r.iter().all(|(run, _, _)| run.status != RunStatus::Failed), "a reference run failed: {r:?}");
-            (r.len() == 4 && r.iter().all(|(run, _, _)| run.status == RunStatus::Completed)).then_some(())
-        })
-        .await;
+        all_runs_completed(&store, 4, "the reference runs").await;
         stop.cancel();
         daemon.await.unwrap().unwrap();
         let scores: BTreeMap<String, Value> =
@@ -344,12 +358,7 @@ async fn crash_soak_ten_kill_nines_lose_and_double_nothing_and_end_as_an_uninter
     let final_log = bed.root.join("soak-final.log");
     let mut child = serve(&cfg, &final_log);
     let st = store.unwrap();
-    wait_for(600, "every run to complete after the last restart", || {
-        let r = runs(&st);
-        assert!(r.iter().all(|(run, _, _)| run.status != RunStatus::Failed), "a run failed: {r:?}");
-        (r.len() == 4 && r.iter().all(|(run, _, _)| run.status == RunStatus::Completed)).then_some(())
-    })
-    .await;
+    all_runs_completed(&st, 4, "every run to complete after the last restart").await;
     let last_event = st.last_event_id().unwrap();
     wait_for(120, "every event delivered to the webhook", || {
         receiver.delivered.lock().unwrap().contains(&last_event).then_some(())
@@ -357,10 +366,7 @@ async fn crash_soak_ten_kill_nines_lose_and_double_nothing_and_end_as_an_uninter
     .await;
     // Everything may have been done before this start: a signal is only handled once the
     // process runs, so wait for it to say so.
-    wait_for(60, "the last daemon to be running", || {
-        std::fs::read_to_string(&final_log).unwrap().contains("driftwatch is running").then_some(())
-    })
-    .await;
+    wait_running(&final_log).await;
     sigterm(&child);
     let status = wait_exit(&mut child, 20);
     assert!(status.success(), "SIGTERM after the soak: {status:?}\n{}", std::fs::read_to_string(&final_log).unwrap());
@@ -449,12 +455,7 @@ async fn a_webhook_receiver_down_for_a_whole_run_gets_every_event_once_in_order_
     // Nothing listens on the webhook's port for the whole run: every attempt is refused.
     let mut child = serve(&cfg, &bed.root.join("down.log"));
     let st = open_store(&data);
-    wait_for(600, "the base's and the adapter's runs", || {
-        let r = runs(&st);
-        assert!(r.iter().all(|(run, _, _)| run.status != RunStatus::Failed), "a run failed: {r:?}");
-        (r.len() == 2 && r.iter().all(|(run, _, _)| run.status == RunStatus::Completed)).then_some(())
-    })
-    .await;
+    all_runs_completed(&st, 2, "the base's and the adapter's runs").await;
     let url = format!("http://127.0.0.1:{hook_port}/hook");
     let cursor = st.webhook_cursor(&url).unwrap().expect("the webhook's cursor");
     assert!(cursor.failures > 0 && cursor.last_error.is_some(), "no failed attempt recorded: {cursor:?}");
@@ -495,6 +496,29 @@ fn mount_tmpfs(dir: &Path, size: &str) -> bool {
         println!("SKIPPED: cannot mount a tmpfs here (mount needs root); this fault is not tested on this machine");
     }
     ok
+}
+
+/// A test bed whose data folder `data` is a tmpfs of its own, with the configuration `cfg`
+/// of a daemon storing there; `None` where this machine cannot mount one.
+struct OnTmpfs {
+    /// Unmounted before the bed's folder is removed (fields drop in order).
+    _mounted: Mounted,
+    data: PathBuf,
+    cfg: PathBuf,
+    bed: Bed,
+}
+
+impl OnTmpfs {
+    fn new(name: &str, size: &str, adapters: usize) -> Option<OnTmpfs> {
+        let bed = Bed::new(adapters);
+        let data = bed.root.join(name);
+        if !mount_tmpfs(&data, size) {
+            return None;
+        }
+        let mounted = Mounted(data.clone());
+        let cfg = bed.builder(name, &data).write(bed.root.join(format!("{name}.toml")));
+        Some(OnTmpfs { _mounted: mounted, data, cfg, bed })
+    }
 }
 
 /// Unmounts on drop, so a failing test leaves no mount behind.
@@ -566,13 +590,7 @@ async fn complete_base_run(cfg: &Path, data: &Path, log: &Path) -> Store {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_read_only_data_folder_is_a_clear_error_with_a_non_zero_exit_and_nothing_changes() {
     let _turn = HEAVY.lock().await;
-    let bed = Bed::new(0);
-    let data = bed.root.join("ro");
-    if !mount_tmpfs(&data, "64m") {
-        return;
-    }
-    let _mounted = Mounted(data.clone());
-    let cfg = bed.builder("ro", &data).write(bed.root.join("ro.toml"));
+    let Some(OnTmpfs { bed, data, cfg, _mounted }) = OnTmpfs::new("ro", "64m", 0) else { return };
     drop(complete_base_run(&cfg, &data, &bed.root.join("ro-1.log")).await);
     let before = file_hashes(&data);
     remount(&data, "ro");
@@ -614,13 +632,7 @@ fn fill_disk(path: &Path) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_full_disk_stops_the_daemon_with_a_clear_error_and_once_space_is_freed_the_run_resumes_with_nothing_lost() {
     let _turn = HEAVY.lock().await;
-    let bed = Bed::new(0);
-    let data = bed.root.join("full");
-    if !mount_tmpfs(&data, "32m") {
-        return;
-    }
-    let _mounted = Mounted(data.clone());
-    let cfg = bed.builder("full", &data).write(bed.root.join("full.toml"));
+    let Some(OnTmpfs { bed, data, cfg, _mounted }) = OnTmpfs::new("full", "32m", 0) else { return };
     let log = bed.root.join("full-1.log");
     let mut child = serve(&cfg, &log);
     let st = open_store(&data);
@@ -704,12 +716,7 @@ async fn a_truncated_wal_after_a_kill_costs_only_its_tail_and_the_run_completes_
 
     let mut child = serve(&cfg, &bed.root.join("wal-2.log"));
     let st = open_store(&data);
-    wait_for(600, "the run to complete after the truncation", || {
-        let r = runs(&st);
-        assert!(r.iter().all(|(run, _, _)| run.status != RunStatus::Failed), "a run failed: {r:?}");
-        r.iter().find(|(run, _, _)| run.status == RunStatus::Completed).map(|_| ())
-    })
-    .await;
+    all_runs_completed(&st, 1, "the run to complete after the truncation").await;
     sigterm(&child);
     assert!(wait_exit(&mut child, 20).success());
     let after = samples_by_checkpoint(&st);
@@ -764,20 +771,11 @@ async fn another_programs_sqlite_file_or_a_newer_schema_is_refused_by_every_comm
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_full_disk_at_intake_stops_the_daemon_and_the_checkpoint_is_taken_in_at_the_next_start() {
     let _turn = HEAVY.lock().await;
-    let bed = Bed::new(1);
-    let data = bed.root.join("intake-full");
-    if !mount_tmpfs(&data, "32m") {
-        return;
-    }
-    let _mounted = Mounted(data.clone());
-    let cfg = bed.builder("intake-full", &data).write(bed.root.join("intake-full.toml"));
+    let Some(OnTmpfs { bed, data, cfg, _mounted }) = OnTmpfs::new("intake-full", "32m", 1) else { return };
     let st = complete_base_run(&cfg, &data, &bed.root.join("intake-full-1.log")).await;
     let log = bed.root.join("intake-full-2.log");
     let mut child = serve(&cfg, &log);
-    wait_for(60, "the daemon to be running", || {
-        std::fs::read_to_string(&log).unwrap().contains("driftwatch is running").then_some(())
-    })
-    .await;
+    wait_running(&log).await;
     fill_disk(&data.join("filler"));
     bed.drop_adapter("intake-full", 0);
     let status = wait_exit(&mut child, 60);
@@ -789,11 +787,7 @@ async fn a_full_disk_at_intake_stops_the_daemon_and_the_checkpoint_is_taken_in_a
     // Space again: the next start takes the adapter in and evaluates it.
     std::fs::remove_file(data.join("filler")).unwrap();
     let mut child = serve(&cfg, &bed.root.join("intake-full-3.log"));
-    wait_for(600, "the adapter's run", || {
-        let r = runs(&st);
-        (r.len() == 2 && r.iter().all(|(run, _, _)| run.status == RunStatus::Completed)).then_some(())
-    })
-    .await;
+    all_runs_completed(&st, 2, "the adapter's run").await;
     sigterm(&child);
     assert!(wait_exit(&mut child, 20).success());
     check_store(&st, &mut BTreeMap::new());

@@ -129,14 +129,6 @@ pub enum EvalError {
         /// Why.
         reason: String,
     },
-    /// The store cannot be written (a full disk, an I/O error, a read-only file system).
-    #[error("run {run} stopped: the store cannot be written: {reason}. Nothing stored is lost: free disk space (or check the data folder) and run the same command again to resume")]
-    StoreUnwritable {
-        /// The run.
-        run: RunId,
-        /// The store's error.
-        reason: String,
-    },
     /// The baseline asked for cannot be used.
     #[error("{0}")]
     Baseline(String),
@@ -316,7 +308,7 @@ async fn drive(
             RunOutcome::Failed(reason) | RunOutcome::Requeue { reason, .. } => {
                 return Err(EvalError::RunFailed { run: id, reason })
             }
-            RunOutcome::StorageFault(reason) => return Err(EvalError::StoreUnwritable { run: id, reason }),
+            RunOutcome::StorageFault(reason) => return Err(DaemonError::StoreUnwritable(reason).into()),
         }
     }
 
