@@ -5,8 +5,13 @@
 //! `events_since(id)` from the store, then follow the live broadcast, skipping ids already seen.
 //! A subscriber that falls behind the broadcast buffer loses nothing either: it is told it
 //! lagged and resumes from the store.
+//!
+//! What goes out live is a [`LiveEvent`]: the stored event with its wire form made once, so a
+//! thousand subscribers cost one serialization, not a thousand.
 
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
+
+use bytes::Bytes;
 
 use parking_lot::Mutex;
 use serde::{Deserialize, Serialize};
@@ -236,12 +241,82 @@ pub fn pattern_matches(pattern: &str, event_type: &str) -> bool {
     }
 }
 
+/// A stored event on its way to subscribers, with its wire form (its JSON, and the SSE frame
+/// around it) made the first time a subscriber asks and shared by all of them after that.
+pub struct LiveEvent {
+    event: Event,
+    frame: OnceLock<Frame>,
+}
+
+/// `id: <id>\nevent: <type>\ndata: <json>\n\n`, and where the JSON lies in it.
+struct Frame {
+    /// The whole SSE message.
+    sse: Bytes,
+    /// The byte range of the event's JSON within `sse`.
+    json: std::ops::Range<usize>,
+}
+
+impl LiveEvent {
+    /// Wraps a stored event.
+    pub fn new(event: Event) -> LiveEvent {
+        LiveEvent { event, frame: OnceLock::new() }
+    }
+
+    /// The stored event.
+    pub fn event(&self) -> &Event {
+        &self.event
+    }
+
+    /// The wire form, made on first use.
+    fn frame(&self) -> &Frame {
+        self.frame.get_or_init(|| {
+            let e = &self.event;
+            let json = serde_json::to_string(e).unwrap_or_else(|_| "{}".into());
+            // serde_json escapes every line break, so the JSON is one `data:` line. The type is
+            // one of this daemon's names, unless another program wrote the store: a line break
+            // in it would end the field and start another, so line breaks are dropped.
+            let event_type: String = e.event_type.chars().filter(|c| !matches!(c, '\n' | '\r')).collect();
+            let head = format!("id: {}\nevent: {event_type}\ndata: ", e.id);
+            let mut sse = String::with_capacity(head.len() + json.len() + 2);
+            sse.push_str(&head);
+            sse.push_str(&json);
+            sse.push_str("\n\n");
+            Frame { json: head.len()..head.len() + json.len(), sse: Bytes::from(sse) }
+        })
+    }
+
+    /// The event as JSON: `{"id", "type", "time_ms", "payload"}`.
+    pub fn json(&self) -> &str {
+        let f = self.frame();
+        // The range was cut from a String at char boundaries.
+        std::str::from_utf8(&f.sse[f.json.clone()]).unwrap_or("{}")
+    }
+
+    /// The event as one Server-Sent Events message (a cheap, shared copy).
+    pub fn sse_frame(&self) -> Bytes {
+        self.frame().sse.clone()
+    }
+}
+
+impl std::ops::Deref for LiveEvent {
+    type Target = Event;
+    fn deref(&self) -> &Event {
+        &self.event
+    }
+}
+
+impl std::fmt::Debug for LiveEvent {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        self.event.fmt(f)
+    }
+}
+
 /// The publishing side: store first, then broadcast, one event at a time so ids reach
 /// subscribers in order.
 #[derive(Clone)]
 pub struct EventBus {
     store: Arc<Store>,
-    tx: broadcast::Sender<Arc<Event>>,
+    tx: broadcast::Sender<Arc<LiveEvent>>,
     order: Arc<Mutex<()>>,
     metrics: Option<Arc<crate::metrics::Metrics>>,
 }
@@ -269,7 +344,7 @@ impl EventBus {
     }
 
     /// Stores and broadcasts an event (blocking: a single small insert). Returns it.
-    pub fn publish_blocking(&self, kind: &EventKind) -> Result<Arc<Event>, StoreError> {
+    pub fn publish_blocking(&self, kind: &EventKind) -> Result<Arc<LiveEvent>, StoreError> {
         self.store_then_broadcast(kind, |store, event_type, payload| store.append_event_record(event_type, payload))
     }
 
@@ -279,7 +354,7 @@ impl EventBus {
         &self,
         kind: &EventKind,
         write: impl FnOnce(&Store, &str, &Value) -> Result<Event, StoreError>,
-    ) -> Result<Arc<Event>, StoreError> {
+    ) -> Result<Arc<LiveEvent>, StoreError> {
         let payload = kind.payload();
         let _order = self.order.lock();
         let event = write(&self.store, kind.type_name(), &payload)?;
@@ -294,7 +369,7 @@ impl EventBus {
         run_id: crate::store::RunId,
         change: crate::store::RunTransition,
         kind: &EventKind,
-    ) -> Result<Arc<Event>, StoreError> {
+    ) -> Result<Arc<LiveEvent>, StoreError> {
         self.store_then_broadcast(kind, |store, event_type, payload| {
             store
                 .transition_run(run_id, change, Some((event_type, payload)))?
@@ -308,7 +383,7 @@ impl EventBus {
         &self,
         new: &crate::store::NewRun,
         path: &str,
-    ) -> Result<(crate::store::Run, Arc<Event>), StoreError> {
+    ) -> Result<(crate::store::Run, Arc<LiveEvent>), StoreError> {
         let _order = self.order.lock();
         let (run, event) = self.store.queue_run(new, |run_id, position| {
             let kind =
@@ -319,8 +394,8 @@ impl EventBus {
     }
 
     /// Hands a stored event to the subscribers (none is fine: the event is in the store).
-    fn broadcast(&self, event: Event) -> Arc<Event> {
-        let event = Arc::new(event);
+    fn broadcast(&self, event: Event) -> Arc<LiveEvent> {
+        let event = Arc::new(LiveEvent::new(event));
         let _ = self.tx.send(Arc::clone(&event));
         if let Some(m) = &self.metrics {
             m.events_published();
@@ -329,7 +404,7 @@ impl EventBus {
     }
 
     /// Stores and broadcasts an event from async code (on the blocking pool).
-    pub async fn publish(&self, kind: EventKind) -> Result<Arc<Event>, StoreError> {
+    pub async fn publish(&self, kind: EventKind) -> Result<Arc<LiveEvent>, StoreError> {
         let bus = self.clone();
         tokio::task::spawn_blocking(move || bus.publish_blocking(&kind))
             .await
@@ -346,7 +421,7 @@ impl EventBus {
     }
 
     /// Live events from now on.
-    pub fn subscribe(&self) -> broadcast::Receiver<Arc<Event>> {
+    pub fn subscribe(&self) -> broadcast::Receiver<Arc<LiveEvent>> {
         self.tx.subscribe()
     }
 
@@ -380,12 +455,55 @@ mod tests {
             assert!(e.id > last);
             last = e.id;
             // Already in the store when received.
-            assert_eq!(store.events_since(e.id - 1, &[], 1).unwrap()[0], *e);
+            assert_eq!(store.events_since(e.id - 1, &[], 1).unwrap()[0], *e.event());
             assert_eq!(e.event_type, "run.failed");
         }
         let replay = bus.replay(0, &["run.*"], 10).unwrap();
         assert_eq!(replay.len(), 5);
         assert_eq!(replay[2].payload["run_id"], 2);
+    }
+
+    /// The shared wire form is the event's JSON, and an SSE message that a parser reads back
+    /// as that JSON under the event's id and type; it is made once for every holder.
+    #[test]
+    fn a_live_event_is_serialized_once_into_json_and_one_sse_message() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Arc::new(Store::open_in_dir(dir.path()).unwrap());
+        let bus = EventBus::new(store);
+        let mut rx = bus.subscribe();
+        let e = bus
+            .publish_blocking(&EventKind::CheckpointRejected {
+                path: "/a\nb \"c\".gguf".into(),
+                reason: "line\r\nbreak".into(),
+            })
+            .unwrap();
+        let back: Event = serde_json::from_str(e.json()).unwrap();
+        assert_eq!(back, *e.event());
+        let frame = e.sse_frame();
+        let mut parser = crate::api::subscribe::SseParser::default();
+        let messages = parser.feed(&frame);
+        assert_eq!(messages.len(), 1);
+        assert_eq!(messages[0].id.as_deref(), Some(e.id.to_string().as_str()));
+        assert_eq!(messages[0].event.as_deref(), Some("checkpoint.rejected"));
+        assert_eq!(messages[0].data, e.json());
+        // The subscriber's copy is the same allocation: serialized once.
+        let received = rx.try_recv().unwrap();
+        assert_eq!(received.sse_frame().as_ptr(), frame.as_ptr());
+    }
+
+    /// A type with a line break (only another program can store one) cannot add a field to the
+    /// SSE message: the break is dropped, and the message is still one event.
+    #[test]
+    fn a_line_break_in_a_stored_type_cannot_inject_an_sse_field() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open_in_dir(dir.path()).unwrap();
+        let e =
+            LiveEvent::new(store.append_event_record("run.x\r\ndata: forged\nid: 99", &serde_json::json!({})).unwrap());
+        let messages = crate::api::subscribe::SseParser::default().feed(&e.sse_frame());
+        assert_eq!(messages.len(), 1);
+        assert_eq!(messages[0].id.as_deref(), Some(e.id.to_string().as_str()));
+        assert_eq!(messages[0].event.as_deref(), Some("run.xdata: forgedid: 99"));
+        assert_eq!(messages[0].data, e.json());
     }
 
     /// The store's SQL filter and [`EventFilter`] select the same events for the same patterns.

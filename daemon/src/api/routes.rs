@@ -12,11 +12,10 @@ use axum::extract::ws::{Message, WebSocket, WebSocketUpgrade};
 use axum::extract::{Path, Query, Request, State};
 use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
 use axum::middleware::{self, Next};
-use axum::response::sse::{Event as SseEvent, KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
-use futures::Stream;
+use bytes::{Bytes, BytesMut};
 use serde::Deserialize;
 use serde_json::{json, Value};
 use sha2::Digest;
@@ -39,7 +38,8 @@ pub const CHECKPOINTS_MAX_LIMIT: usize = 10_000;
 pub const RUNS_DEFAULT_RECENT: usize = 20;
 /// Largest number of finished runs listed by `/v1/runs`.
 pub const RUNS_MAX_RECENT: usize = 1000;
-/// Interval of SSE keep-alive comments and WebSocket pings.
+/// The silence after which an SSE stream sends a keep-alive comment, and the interval of
+/// WebSocket pings.
 pub const KEEP_ALIVE: Duration = Duration::from_secs(15);
 
 #[derive(Clone)]
@@ -349,46 +349,118 @@ impl Drop for SubscriberGuard {
     }
 }
 
-fn event_json(e: &crate::store::Event) -> String {
-    serde_json::to_string(e).unwrap_or_else(|_| "{}".into())
+/// An SSE write takes no more ready events once it holds this many bytes (so a write is at most
+/// this plus one event).
+pub const SSE_WRITE_BYTES: usize = 64 * 1024;
+
+/// The SSE keep-alive: a comment line, which clients ignore.
+const SSE_KEEP_ALIVE: &[u8] = b": keep-alive\n\n";
+
+/// What an SSE stream sends: each event as its shared frame (a live event is serialized once
+/// for every subscriber), the events that are ready together in one write, a comment after
+/// [`KEEP_ALIVE`] of silence, and an `error` event before it ends when it cannot go on.
+struct SseBody {
+    /// Where the events come from.
+    sub: Subscription,
+    /// Ends the stream.
+    shutdown: CancellationToken,
+    /// Fires after `keep_alive` without a write.
+    quiet: std::pin::Pin<Box<tokio::time::Sleep>>,
+    /// [`KEEP_ALIVE`], but for tests.
+    keep_alive: Duration,
+    /// An error was sent: nothing more.
+    ended: bool,
+    /// Keeps the open-streams gauge up.
+    _guard: SubscriberGuard,
+}
+
+impl SseBody {
+    fn new(
+        sub: Subscription,
+        shutdown: CancellationToken,
+        metrics: &Arc<crate::metrics::Metrics>,
+        keep_alive: Duration,
+    ) -> SseBody {
+        SseBody {
+            sub,
+            shutdown,
+            quiet: Box::pin(tokio::time::sleep(keep_alive)),
+            keep_alive,
+            ended: false,
+            _guard: SubscriberGuard::new(metrics),
+        }
+    }
+
+    /// The `event: error` message a stream ends with.
+    fn error_frame(message: &str, last_id: EventId) -> Bytes {
+        let data = json!({"error": message, "last_id": last_id});
+        Bytes::from(format!("event: error\ndata: {data}\n\n"))
+    }
+
+    /// The next write: one frame as it is, or several copied into one buffer.
+    async fn next_write(&mut self) -> Option<Bytes> {
+        if self.ended {
+            return None;
+        }
+        let first = tokio::select! {
+            _ = self.shutdown.cancelled() => return None,
+            _ = self.quiet.as_mut() => {
+                self.quiet.as_mut().reset(tokio::time::Instant::now() + self.keep_alive);
+                return Some(Bytes::from_static(SSE_KEEP_ALIVE));
+            }
+            item = self.sub.next() => item?,
+        };
+        self.quiet.as_mut().reset(tokio::time::Instant::now() + self.keep_alive);
+        let first = match first {
+            StreamItem::Event(e) => e.sse_frame(),
+            StreamItem::Error { message, last_id } => {
+                self.ended = true;
+                return Some(Self::error_frame(&message, last_id));
+            }
+        };
+        let mut batch: Option<BytesMut> = None;
+        while batch.as_ref().map_or(first.len(), BytesMut::len) < SSE_WRITE_BYTES {
+            let Some(item) = self.sub.try_next() else { break };
+            let frame = match item {
+                StreamItem::Event(e) => e.sse_frame(),
+                StreamItem::Error { message, last_id } => {
+                    self.ended = true;
+                    Self::error_frame(&message, last_id)
+                }
+            };
+            batch.get_or_insert_with(|| BytesMut::from(&first[..])).extend_from_slice(&frame);
+            if self.ended {
+                break;
+            }
+        }
+        Some(batch.map_or(first, BytesMut::freeze))
+    }
 }
 
 async fn events_sse(
     State(app): State<AppState>,
     headers: HeaderMap,
     q: Result<Query<Params>, QueryRejection>,
-) -> Result<([(&'static str, &'static str); 1], Sse<impl Stream<Item = Result<SseEvent, Infallible>>>), ApiError> {
+) -> Result<Response, ApiError> {
     let p = params(q)?;
     let (since, filter) = stream_params(&headers, &p)?;
     // Subscribed before the response goes out: nothing published from now on can be missed.
     let sub = subscription(&app.api, since, filter).await?;
-    let guard = SubscriberGuard::new(&app.api.metrics);
-    let shutdown = app.shutdown.clone();
-    let stream = futures::stream::unfold((sub, guard, false), move |(mut sub, guard, ended)| {
-        let shutdown = shutdown.clone();
-        async move {
-            if ended {
-                return None;
-            }
-            let item = tokio::select! {
-                _ = shutdown.cancelled() => return None,
-                item = sub.next() => item?,
-            };
-            let (ev, ended) = match item {
-                StreamItem::Event(e) => {
-                    (SseEvent::default().id(e.id.to_string()).event(&e.event_type).data(event_json(&e)), false)
-                }
-                StreamItem::Error { message, last_id } => (
-                    SseEvent::default().event("error").data(json!({"error": message, "last_id": last_id}).to_string()),
-                    true,
-                ),
-            };
-            Some((Ok(ev), (sub, guard, ended)))
-        }
+    let body = SseBody::new(sub, app.shutdown.clone(), &app.api.metrics, KEEP_ALIVE);
+    let stream = futures::stream::unfold(body, |mut body| async move {
+        let bytes = body.next_write().await?;
+        Some((Ok::<_, Infallible>(bytes), body))
     });
-    let sse = Sse::new(stream).keep_alive(KeepAlive::new().interval(KEEP_ALIVE).text("keep-alive"));
-    // Reverse proxies (nginx) must not hold events back in a buffer.
-    Ok(([("x-accel-buffering", "no")], sse))
+    Ok((
+        [
+            (header::CONTENT_TYPE, "text/event-stream"),
+            (header::CACHE_CONTROL, "no-cache"),
+            // Reverse proxies (nginx) must not hold events back in a buffer.
+            (header::HeaderName::from_static("x-accel-buffering"), "no"),
+        ],
+        axum::body::Body::from_stream(stream),
+    )
+        .into_response())
 }
 
 async fn events_ws(
@@ -430,7 +502,7 @@ async fn ws_forward(mut socket: WebSocket, mut sub: Subscription, shutdown: Canc
             },
             item = sub.next() => {
                 let text = match item {
-                    Some(StreamItem::Event(e)) => event_json(&e),
+                    Some(StreamItem::Event(e)) => e.json().to_owned(),
                     Some(StreamItem::Error { message, last_id }) => {
                         let t = json!({"type": "error", "error": message, "last_id": last_id}).to_string();
                         let _ = socket.send(Message::Text(t.into())).await;
@@ -471,6 +543,105 @@ mod tests {
         fn plugins(&self) -> Value {
             json!([])
         }
+    }
+
+    /// An API over `store` and `bus` with no token and no daemon behind it, and its shutdown.
+    fn serve_for_test(store: &Arc<Store>, bus: EventBus) -> (ApiState, CancellationToken) {
+        let state = ApiState {
+            store: Arc::clone(store),
+            bus,
+            metrics: Arc::new(Metrics::new()),
+            control: Arc::new(NoControl),
+            token: None,
+        };
+        (state, CancellationToken::new())
+    }
+
+    async fn timeout_write(body: &mut SseBody) -> Option<Bytes> {
+        tokio::time::timeout(Duration::from_secs(30), body.next_write()).await.expect("a write within 30 s")
+    }
+
+    /// The keep-alive comes after a silence (`KEEP_ALIVE`, shortened here), not on a clock: an
+    /// event pushes it back. A shutdown ends the stream.
+    #[tokio::test]
+    async fn the_keep_alive_follows_silence_and_shutdown_ends_the_stream() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Arc::new(Store::open_in_dir(dir.path()).unwrap());
+        let bus = EventBus::new(Arc::clone(&store));
+        bus.publish_blocking(&EventKind::RunFailed { run_id: 1, reason: "x".into() }).unwrap();
+        let mut sub = Subscription::new(&bus, 0, EventFilter::default());
+        // Past the replay (a store read on another thread), so that what follows is live.
+        assert!(matches!(sub.next().await, Some(StreamItem::Event(e)) if e.id == 1));
+        let shutdown = CancellationToken::new();
+        let metrics = Arc::new(Metrics::new());
+        let silence = Duration::from_millis(600);
+        let mut body = SseBody::new(sub, shutdown.clone(), &metrics, silence);
+        let publisher = {
+            let bus = bus.clone();
+            tokio::spawn(async move {
+                tokio::time::sleep(Duration::from_millis(400)).await;
+                bus.publish_blocking(&EventKind::RunFailed { run_id: 2, reason: "y".into() }).unwrap();
+            })
+        };
+        let first = timeout_write(&mut body).await.unwrap();
+        let after_event = std::time::Instant::now();
+        assert!(first.starts_with(b"id: 2\n"), "the event, not a keep-alive before it: {first:?}");
+        publisher.await.unwrap();
+        let second = timeout_write(&mut body).await.unwrap();
+        assert_eq!(&second[..], SSE_KEEP_ALIVE);
+        assert!(after_event.elapsed() >= silence, "the keep-alive came {:?} after the event", after_event.elapsed());
+        let before = std::time::Instant::now();
+        assert_eq!(&timeout_write(&mut body).await.unwrap()[..], SSE_KEEP_ALIVE);
+        assert!(before.elapsed() >= silence - Duration::from_millis(5));
+        shutdown.cancel();
+        assert!(timeout_write(&mut body).await.is_none());
+    }
+
+    /// Events that are ready together leave in few writes (not one per event), each an SSE
+    /// message a client reads back whole and in order, and live events keep coming after.
+    #[tokio::test]
+    async fn ready_events_are_sent_together_and_read_back_whole() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Arc::new(Store::open_in_dir(dir.path()).unwrap());
+        let bus = EventBus::new(Arc::clone(&store));
+        for i in 0..300 {
+            bus.publish_blocking(&EventKind::RunFailed { run_id: i, reason: "a\nreason".into() }).unwrap();
+        }
+        let (state, shutdown) = serve_for_test(&store, bus.clone());
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let server = tokio::spawn(crate::api::serve(state, listener, shutdown.clone()));
+        let resp = reqwest::get(format!("http://{addr}/v1/events?since=0")).await.unwrap();
+        assert_eq!(resp.status(), 200);
+        assert_eq!(resp.headers()["content-type"], "text/event-stream");
+        assert_eq!(resp.headers()["cache-control"], "no-cache");
+        let mut body = resp.bytes_stream();
+        let mut parser = SseParser::default();
+        let (mut messages, mut chunks) = (Vec::new(), 0);
+        while messages.len() < 300 {
+            let chunk = tokio::time::timeout(Duration::from_secs(10), body.next()).await.unwrap().unwrap().unwrap();
+            chunks += 1;
+            messages.extend(parser.feed(&chunk));
+        }
+        assert!(chunks <= 10, "300 stored events came in {chunks} chunks");
+        for (i, m) in messages.iter().enumerate() {
+            let e: crate::store::Event = serde_json::from_str(&m.data).unwrap();
+            assert_eq!((m.id.as_deref(), m.event.as_deref()), (Some(e.id.to_string().as_str()), Some("run.failed")));
+            assert_eq!(
+                (e.id, &e.payload["run_id"], &e.payload["reason"]),
+                (i as i64 + 1, &json!(i), &json!("a\nreason"))
+            );
+        }
+        bus.publish_blocking(&EventKind::RunFailed { run_id: 300, reason: "live".into() }).unwrap();
+        let live = loop {
+            let chunk = tokio::time::timeout(Duration::from_secs(10), body.next()).await.unwrap().unwrap().unwrap();
+            if let Some(m) = parser.feed(&chunk).pop() {
+                break m;
+            }
+        };
+        assert_eq!(live.id.as_deref(), Some("301"));
+        shutdown.cancel();
+        server.await.unwrap().unwrap();
     }
 
     #[tokio::test]

@@ -10,11 +10,15 @@
 use std::collections::VecDeque;
 use std::sync::Arc;
 
-use tokio::sync::broadcast::{self, error::RecvError};
+use tokio::sync::broadcast::{
+    self,
+    error::{RecvError, TryRecvError},
+};
+use tokio::task::JoinHandle;
 
-use crate::events::{EventBus, EventFilter};
+use crate::events::{EventBus, EventFilter, LiveEvent};
 use crate::metrics::Metrics;
-use crate::store::{Event, EventId};
+use crate::store::{Event, EventId, StoreError};
 
 /// Events read from the store per replay query.
 pub const REPLAY_PAGE: usize = 500;
@@ -27,7 +31,7 @@ pub const MAX_CONSECUTIVE_LAGS: u32 = 32;
 #[derive(Debug, Clone)]
 pub enum StreamItem {
     /// The next event.
-    Event(Arc<Event>),
+    Event(Arc<LiveEvent>),
     /// The stream cannot go on (it ends after this); the text says why.
     Error {
         /// Why.
@@ -37,15 +41,20 @@ pub enum StreamItem {
     },
 }
 
+/// One read of stored events (at most [`REPLAY_PAGE`]).
+type Page = Result<Vec<Event>, StoreError>;
+
 /// A subscriber's position in the event log. Create it (which subscribes to the bus) before
 /// answering the client, then call [`Subscription::next`] whenever the client can take more.
 pub struct Subscription {
     bus: EventBus,
-    rx: broadcast::Receiver<Arc<Event>>,
+    rx: broadcast::Receiver<Arc<LiveEvent>>,
     filter: EventFilter,
     last: EventId,
     replaying: bool,
-    pending: VecDeque<Arc<Event>>,
+    /// The store read in flight, kept across a cancelled [`Subscription::next`].
+    replay: Option<JoinHandle<Page>>,
+    pending: VecDeque<Arc<LiveEvent>>,
     lags: u32,
     done: bool,
     metrics: Option<Arc<Metrics>>,
@@ -67,6 +76,7 @@ impl Subscription {
             filter,
             last: after.max(0),
             replaying: true,
+            replay: None,
             pending: VecDeque::new(),
             lags: 0,
             done: false,
@@ -91,7 +101,9 @@ impl Subscription {
     }
 
     /// The next event, in id order, without gaps or repeats; `None` once the bus is gone or
-    /// after an [`StreamItem::Error`].
+    /// after an [`StreamItem::Error`]. Cancel-safe: a call dropped while it waits (for a
+    /// keep-alive tick, say) loses nothing, and a store read it started is picked up by the
+    /// next call.
     pub async fn next(&mut self) -> Option<StreamItem> {
         loop {
             if self.done {
@@ -102,53 +114,99 @@ impl Subscription {
                 return Some(StreamItem::Event(e));
             }
             if self.replaying {
-                let bus = self.bus.clone();
-                let after = self.last;
-                let filter = self.filter.clone();
-                let page =
-                    tokio::task::spawn_blocking(move || bus.replay(after, &filter.patterns(), REPLAY_PAGE)).await;
-                let page = match page {
-                    Ok(Ok(p)) => p,
-                    Ok(Err(e)) => return Some(self.fail(format!("cannot read events from the store: {e}"))),
-                    Err(e) => return Some(self.fail(format!("event replay task failed: {e}"))),
-                };
-                if page.len() < REPLAY_PAGE {
-                    self.replaying = false;
+                if let Some(failed) = self.read_page().await {
+                    return Some(failed);
                 }
-                self.pending.extend(page.into_iter().map(Arc::new));
                 continue;
             }
-            match self.rx.recv().await {
-                Ok(e) => {
-                    if e.id <= self.last {
-                        continue; // already replayed
-                    }
-                    self.lags = 0;
-                    if self.filter.matches(&e.event_type) {
-                        self.last = e.id;
-                        return Some(StreamItem::Event(e));
-                    }
-                    // Not wanted; remember the position so a lag resumes after it.
-                    self.last = e.id;
+            let received = self.rx.recv().await;
+            if let Some(item) = self.take_live(received) {
+                return Some(item);
+            }
+        }
+    }
+
+    /// The next event if it is at hand now (live, or already read from the store), without
+    /// waiting: a sender drains these after [`Subscription::next`] to write several events at
+    /// once. `None` says only that nothing is ready; the stream goes on.
+    pub fn try_next(&mut self) -> Option<StreamItem> {
+        loop {
+            if self.done {
+                return None;
+            }
+            if let Some(e) = self.pending.pop_front() {
+                self.last = e.id;
+                return Some(StreamItem::Event(e));
+            }
+            if self.replaying {
+                return None;
+            }
+            let received = match self.rx.try_recv() {
+                Ok(e) => Ok(e),
+                Err(TryRecvError::Empty) => return None,
+                Err(TryRecvError::Lagged(n)) => Err(RecvError::Lagged(n)),
+                Err(TryRecvError::Closed) => Err(RecvError::Closed),
+            };
+            if let Some(item) = self.take_live(received) {
+                return Some(item);
+            }
+        }
+    }
+
+    /// Reads the next page from the store into `pending` (ending the replay when it comes up
+    /// short); an error ends the stream.
+    async fn read_page(&mut self) -> Option<StreamItem> {
+        let handle = self.replay.get_or_insert_with(|| {
+            let bus = self.bus.clone();
+            let after = self.last;
+            let filter = self.filter.clone();
+            tokio::task::spawn_blocking(move || bus.replay(after, &filter.patterns(), REPLAY_PAGE))
+        });
+        let page = handle.await;
+        self.replay = None;
+        let page = match page {
+            Ok(Ok(p)) => p,
+            Ok(Err(e)) => return Some(self.fail(format!("cannot read events from the store: {e}"))),
+            Err(e) => return Some(self.fail(format!("event replay task failed: {e}"))),
+        };
+        if page.len() < REPLAY_PAGE {
+            self.replaying = false;
+        }
+        self.pending.extend(page.into_iter().map(|e| Arc::new(LiveEvent::new(e))));
+        None
+    }
+
+    /// Handles what the live broadcast gave: an event to hand out, one to skip (already
+    /// replayed, or filtered out), a lag (back to the store) or the end.
+    fn take_live(&mut self, received: Result<Arc<LiveEvent>, RecvError>) -> Option<StreamItem> {
+        match received {
+            Ok(e) => {
+                if e.id <= self.last {
+                    return None; // already replayed
                 }
-                Err(RecvError::Lagged(missed)) => {
-                    self.lags += 1;
-                    if let Some(m) = &self.metrics {
-                        m.stream_lagged();
-                    }
-                    tracing::debug!(missed, last = self.last, "event subscriber lagged; resuming from the store");
-                    if self.lags > MAX_CONSECUTIVE_LAGS {
-                        return Some(self.fail(format!(
-                            "subscriber fell behind the live stream {} times in a row and cannot keep up; reconnect with Last-Event-ID {} to resume",
-                            self.lags, self.last
-                        )));
-                    }
-                    self.replaying = true;
+                self.lags = 0;
+                // Wanted or not, remember the position so a lag resumes after it.
+                self.last = e.id;
+                self.filter.matches(&e.event_type).then_some(StreamItem::Event(e))
+            }
+            Err(RecvError::Lagged(missed)) => {
+                self.lags += 1;
+                if let Some(m) = &self.metrics {
+                    m.stream_lagged();
                 }
-                Err(RecvError::Closed) => {
-                    self.done = true;
-                    return None;
+                tracing::debug!(missed, last = self.last, "event subscriber lagged; resuming from the store");
+                if self.lags > MAX_CONSECUTIVE_LAGS {
+                    return Some(self.fail(format!(
+                        "subscriber fell behind the live stream {} times in a row and cannot keep up; reconnect with Last-Event-ID {} to resume",
+                        self.lags, self.last
+                    )));
                 }
+                self.replaying = true;
+                None
+            }
+            Err(RecvError::Closed) => {
+                self.done = true;
+                None
             }
         }
     }
@@ -258,6 +316,87 @@ mod tests {
             other => panic!("expected an error, got {other:?}"),
         }
         assert!(sub.next().await.is_none(), "the stream ends after the error");
+    }
+
+    /// The id of a stream's event, `None` at its end; an error fails the test.
+    fn id_of(item: Option<StreamItem>) -> Option<EventId> {
+        match item? {
+            StreamItem::Event(e) => Some(e.id),
+            StreamItem::Error { message, .. } => panic!("{message}"),
+        }
+    }
+
+    /// `try_next` hands out what is at hand without waiting, in order and filtered like
+    /// `next`; after a lag it says "nothing ready" and `next` goes back to the store, without
+    /// a gap.
+    #[tokio::test]
+    async fn try_next_takes_what_is_ready_and_leaves_a_lag_to_next() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Arc::new(Store::open_in_dir(dir.path()).unwrap());
+        let bus = EventBus::new(store);
+        bus.publish_blocking(&failed(1)).unwrap();
+        let mut sub = Subscription::new(&bus, 0, EventFilter::parse("run.failed").unwrap());
+        assert_eq!(sub.try_next().map(|_| ()), None, "nothing is read from the store without waiting");
+        assert_eq!(id_of(sub.next().await), Some(1));
+        assert!(sub.try_next().is_none());
+        bus.publish_blocking(&failed(2)).unwrap();
+        bus.publish_blocking(&EventKind::CheckpointRejected { path: "/a".into(), reason: "r".into() }).unwrap();
+        bus.publish_blocking(&failed(3)).unwrap();
+        assert_eq!(id_of(sub.next().await), Some(2));
+        assert_eq!(id_of(sub.try_next()), Some(4), "the rejected checkpoint is filtered out");
+        assert!(sub.try_next().is_none());
+        // Past the broadcast buffer: try_next cannot serve it, next replays from the store.
+        let n = BROADCAST_CAPACITY as i64 + 10;
+        for i in 0..n {
+            bus.publish_blocking(&failed(i)).unwrap();
+        }
+        assert!(sub.try_next().is_none());
+        let mut expect = 5;
+        while expect < 5 + n {
+            assert_eq!(id_of(sub.next().await), Some(expect));
+            expect += 1;
+            while let Some(id) = id_of(sub.try_next()) {
+                assert_eq!(id, expect);
+                expect += 1;
+            }
+        }
+    }
+
+    /// A `next` dropped while it waits for the store (as a keep-alive tick or shutdown does in
+    /// `select!`) loses and repeats nothing, and the read it started goes on: a caller whose
+    /// every call is cut short still gets through the replay, instead of starting the same read
+    /// over forever.
+    #[tokio::test]
+    async fn a_cancelled_next_loses_nothing_and_its_read_goes_on() {
+        use futures::FutureExt;
+        let dir = tempfile::tempdir().unwrap();
+        let store = Arc::new(Store::open_in_dir(dir.path()).unwrap());
+        let bus = EventBus::new(store);
+        let n = 3 * REPLAY_PAGE as i64 + 7;
+        for i in 0..n {
+            bus.publish_blocking(&failed(i)).unwrap();
+        }
+        let mut sub = Subscription::new(&bus, 0, EventFilter::default());
+        let mut got = Vec::new();
+        let mut cancelled = 0;
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+        while got.len() < n as usize {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "stuck after {} events, {cancelled} cancelled calls",
+                got.len()
+            );
+            // Poll once and drop: cancels whatever the call was waiting on.
+            match sub.next().now_or_never() {
+                Some(item) => got.push(id_of(item).unwrap()),
+                None => {
+                    cancelled += 1;
+                    tokio::time::sleep(std::time::Duration::from_millis(1)).await;
+                }
+            }
+        }
+        assert!(cancelled > 0, "no call was cancelled: the test shows nothing");
+        assert_eq!(got, (1..=n).collect::<Vec<_>>());
     }
 
     #[tokio::test]

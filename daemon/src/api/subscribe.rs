@@ -38,7 +38,8 @@ error_from!(std::io::Error => SubscribeError::Output);
 /// Longest wait between reconnect attempts.
 pub const MAX_BACKOFF: Duration = Duration::from_secs(30);
 const FIRST_BACKOFF: Duration = Duration::from_millis(250);
-/// A stream silent this long (the daemon sends keep-alives every 15 s) is reconnected.
+/// A stream silent this long (the daemon sends a keep-alive after 15 s without an event) is
+/// reconnected.
 pub const IDLE_TIMEOUT: Duration = Duration::from_secs(60);
 
 /// Follows the stream, writing one line per event to `out`, until `shutdown` or `--count`.
