@@ -8,7 +8,7 @@
 #   make test             set up, check formatting and lints, build, and run the whole test suite
 #   make plugins          build the bundled judge plugins into plugins/dist
 #   make bench            driftwatch's own throughput benchmark on the default model
-#   make bench-vs-llama   the same, side by side with llama.cpp's llama-batched-bench
+#   make bench-vs-llama   the same, side by side with llama.cpp's llama-batched-bench and llama-server
 #   make fuzz             cargo fuzz campaigns, 10 minutes per parser (scripts/fuzz.sh)
 #   make PORTABLE=1 ...   build without CPU-specific instructions (slow; see README "Builds")
 

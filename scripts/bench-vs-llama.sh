@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # driftwatch's generation throughput side by side with llama.cpp's own llama-batched-bench, on
-# the same model, threads, parallel sequences and token counts. Prints the ratios.
+# the same model, threads, parallel sequences and token counts, and the same N x K work sent to
+# llama-server (PARALLEL slots, PARALLEL requests in flight) over HTTP. Prints the ratios.
 #
 #   scripts/bench-vs-llama.sh [MODEL]
 #   env: PROMPTS=16 SAMPLES=4 PARALLEL=16 MAX_TOKENS=128 THREADS=$(nproc)
@@ -11,13 +12,17 @@
 # llama-batched-bench gives every sequence its own prompt of PP tokens (PP = driftwatch's mean
 # templated prompt length), processing PARALLEL sequences per round; PROMPTS×SAMPLES sequences
 # take PROMPTS×SAMPLES/PARALLEL rounds. driftwatch prefills each distinct prompt once.
+# llama-server gets the same prompts, seeds, sampling settings and MAX_TOKENS per sequence
+# (ignore_eos), through /v1/chat/completions with the model's own chat template (--jinja), its
+# context split evenly over its PARALLEL slots; scripts/server-bench.py drives it.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 MODEL="${1:-${DRIFTWATCH_CACHE:-$HOME/.cache/driftwatch}/models/SmolLM2-135M-Instruct.Q4_1.gguf}"
 PROMPTS="${PROMPTS:-16}" SAMPLES="${SAMPLES:-4}" PARALLEL="${PARALLEL:-16}"
 MAX_TOKENS="${MAX_TOKENS:-128}" THREADS="${THREADS:-$(nproc)}"
 LBB="$(scripts/yardstick.sh)"
-cargo build -q -p driftwatch
+LS="$(scripts/yardstick.sh server)"
+cargo build -q --workspace  # the whole workspace, as `make test` builds it: no rebuild
 DW=target/debug/driftwatch
 export RUST_LOG=error
 
@@ -35,10 +40,26 @@ S1="$(dw --prompts 4 --samples 4 --parallel 1 --max-tokens 64)"
 S16="$(dw --prompts 4 --samples 4 --parallel 16 --max-tokens 64)"
 B1="$(lbb -c $(( PP + 64 + 256 )) -npp "$PP" -ntg 64 -npl 1)"
 
-python3 - "$A" "$B" "$S1" "$S16" "$B1" "$PROMPTS" "$SAMPLES" "$PARALLEL" <<'PY'
+# llama-server: started on a free loopback port, stopped on exit.
+PORT="$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')"
+LOG="$(mktemp)"
+"$LS" -m "$MODEL" -t "$THREADS" -tb "$THREADS" -b 512 -ub 512 -np "$PARALLEL" \
+  -c $(( PARALLEL * (2 * PP + MAX_TOKENS + 64) )) --jinja --host 127.0.0.1 --port "$PORT" >"$LOG" 2>&1 &
+SERVER=$!
+trap 'kill "$SERVER" 2>/dev/null || true; rm -f "$LOG"' EXIT
+for _ in $(seq 600); do
+  curl -sf "http://127.0.0.1:$PORT/health" >/dev/null 2>&1 && break
+  kill -0 "$SERVER" 2>/dev/null || { echo "llama-server exited:" >&2; tail -20 "$LOG" >&2; exit 1; }
+  sleep 0.2
+done
+C="$(scripts/server-bench.py --url "http://127.0.0.1:$PORT" --prompts "$PROMPTS" --samples "$SAMPLES" \
+  --concurrency "$PARALLEL" --max-tokens "$MAX_TOKENS" --ignore-eos)"
+
+python3 - "$A" "$B" "$S1" "$S16" "$B1" "$PROMPTS" "$SAMPLES" "$PARALLEL" "$C" <<'PY'
 import json, sys
 a, b, s1, s16, b1 = (json.loads(x) for x in sys.argv[1:6])
 prompts, samples, parallel = (int(x) for x in sys.argv[6:9])
+c = json.loads(sys.argv[9])
 seqs = prompts * samples
 rounds = seqs / parallel
 lbb_e2e = rounds * b["t"]
@@ -50,4 +71,10 @@ print(f"| prompt tokens evaluated for {seqs} sequences | {a['prefill_tokens']} |
 print(f"| end-to-end s, {prompts} prompts x {samples} samples | {a['wall_s']:.2f} | {lbb_e2e:.2f} ({rounds:g} rounds x {b['t']:.2f}) | {lbb_e2e/a['wall_s']:.3f}x faster |")
 print(f"| decode tokens/s, one sequence at a time | {s1['decode_tokens_per_s']:.1f} | {b1['speed_tg']:.1f} | {s1['decode_tokens_per_s']/b1['speed_tg']:.3f} |")
 print(f"| speedup of parallel 16 over 1 (16 seqs x 64 tokens, wall) | {s1['wall_s']/s16['wall_s']:.2f}x | | |")
+print()
+print(f"| measure | driftwatch | llama-server ({parallel} slots, {parallel} requests in flight) | ratio |")
+print(f"|---|---|---|---|")
+print(f"| end-to-end s, {prompts} prompts x {samples} samples x {a['max_tokens']} tokens | {a['wall_s']:.2f} | {c['wall_s']:.2f} | {c['wall_s']/a['wall_s']:.3f}x faster |")
+print(f"| generated tokens | {a['generated_tokens']} | {c['completion_tokens']} | |")
+print(f"| prompt tokens: evaluated (driftwatch), usage.prompt_tokens (server) | {a['prefill_tokens']} | {c['prompt_tokens']} | |")
 PY

@@ -1,14 +1,20 @@
 #!/usr/bin/env bash
-# Builds llama.cpp's own throughput tool, `llama-batched-bench`, as the yardstick for
-# `driftwatch bench`. The llama-cpp-sys-2 crate leaves llama.cpp's tools out, so the tree comes
+# Builds llama.cpp's own throughput tool, `llama-batched-bench`, and its OpenAI-compatible
+# `llama-server`, as the yardsticks for `driftwatch bench`. The llama-cpp-sys-2 crate leaves llama.cpp's tools out, so the tree comes
 # from the source distribution of the Python package llama-cpp-python==0.3.36
 # (vendor/llama.cpp). Nothing of it enters this repository: it is built in the cache.
 #
 #   scripts/yardstick.sh          prints the path of llama-batched-bench (building it once)
+#   scripts/yardstick.sh server   the same for llama-server
 set -euo pipefail
+case "${1:-batched-bench}" in
+  batched-bench) TOOL=llama-batched-bench ;;
+  server) TOOL=llama-server ;;
+  *) echo "usage: scripts/yardstick.sh [batched-bench|server]" >&2; exit 2 ;;
+esac
 CACHE="${DRIFTWATCH_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/driftwatch}"
 DIR="$CACHE/yardstick"
-BIN="$DIR/build/bin/llama-batched-bench"
+BIN="$DIR/build/bin/$TOOL"
 if [ -x "$BIN" ]; then echo "$BIN"; exit 0; fi
 mkdir -p "$DIR"
 if [ ! -d "$DIR/src" ]; then
@@ -27,6 +33,6 @@ NO_AMX="-U__AMX_TILE__ -U__AMX_INT8__ -U__AMX_BF16__"
 cmake -S "$SRC" -B "$DIR/build" -DCMAKE_BUILD_TYPE=Release -DGGML_NATIVE=ON -DGGML_OPENMP=ON \
   -DCMAKE_C_FLAGS="$NO_AMX" -DCMAKE_CXX_FLAGS="$NO_AMX" \
   -DLLAMA_CURL=OFF -DLLAMA_BUILD_TESTS=OFF -DLLAMA_BUILD_EXAMPLES=OFF -DLLAMA_BUILD_TOOLS=ON \
-  -DLLAMA_BUILD_SERVER=OFF -DBUILD_SHARED_LIBS=OFF >&2
-cmake --build "$DIR/build" --target llama-batched-bench -j "$(nproc)" >&2
+  -DLLAMA_BUILD_SERVER=ON -DBUILD_SHARED_LIBS=OFF >&2
+cmake --build "$DIR/build" --target "$TOOL" -j "$(nproc)" >&2
 echo "$BIN"
