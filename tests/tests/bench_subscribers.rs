@@ -396,12 +396,8 @@ fn mean_ci(x: &[f64]) -> (f64, f64) {
         return (mean, f64::NAN);
     }
     let var = x.iter().map(|v| (v - mean).powi(2)).sum::<f64>() / (n - 1.0);
-    // t(0.975, df) for df = 1..=30; beyond, 2.0 is close enough.
-    const T: [f64; 30] = [
-        12.706, 4.303, 3.182, 2.776, 2.571, 2.447, 2.365, 2.306, 2.262, 2.228, 2.201, 2.179, 2.160, 2.145, 2.131,
-        2.120, 2.110, 2.101, 2.093, 2.086, 2.080, 2.074, 2.069, 2.064, 2.060, 2.056, 2.052, 2.048, 2.045, 2.042,
-    ];
-    let t = T.get(x.len() - 2).copied().unwrap_or(2.0);
+    use statrs::distribution::{ContinuousCDF, StudentsT};
+    let t = StudentsT::new(0.0, 1.0, n - 1.0).expect("degrees of freedom > 0").inverse_cdf(0.975);
     (mean, t * (var / n).sqrt())
 }
 

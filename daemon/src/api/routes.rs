@@ -411,29 +411,25 @@ impl SseBody {
             item = self.sub.next() => item?,
         };
         self.quiet.as_mut().reset(tokio::time::Instant::now() + self.keep_alive);
-        let first = match first {
+        let first = self.frame_of(first);
+        let mut batch: Option<BytesMut> = None;
+        while !self.ended && batch.as_ref().map_or(first.len(), BytesMut::len) < SSE_WRITE_BYTES {
+            let Some(item) = self.sub.try_next() else { break };
+            let frame = self.frame_of(item);
+            batch.get_or_insert_with(|| BytesMut::from(&first[..])).extend_from_slice(&frame);
+        }
+        Some(batch.map_or(first, BytesMut::freeze))
+    }
+
+    /// What one stream item is on the wire; an error ends the stream after it.
+    fn frame_of(&mut self, item: StreamItem) -> Bytes {
+        match item {
             StreamItem::Event(e) => e.sse_frame(),
             StreamItem::Error { message, last_id } => {
                 self.ended = true;
-                return Some(Self::error_frame(&message, last_id));
-            }
-        };
-        let mut batch: Option<BytesMut> = None;
-        while batch.as_ref().map_or(first.len(), BytesMut::len) < SSE_WRITE_BYTES {
-            let Some(item) = self.sub.try_next() else { break };
-            let frame = match item {
-                StreamItem::Event(e) => e.sse_frame(),
-                StreamItem::Error { message, last_id } => {
-                    self.ended = true;
-                    Self::error_frame(&message, last_id)
-                }
-            };
-            batch.get_or_insert_with(|| BytesMut::from(&first[..])).extend_from_slice(&frame);
-            if self.ended {
-                break;
+                Self::error_frame(&message, last_id)
             }
         }
-        Some(batch.map_or(first, BytesMut::freeze))
     }
 }
 
@@ -536,6 +532,34 @@ mod tests {
         EventBus::new(Arc::clone(store))
     }
 
+    /// A store in a fresh folder (kept alive by the returned folder) and a bus over it.
+    fn store_and_bus() -> (tempfile::TempDir, Arc<Store>, EventBus) {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Arc::new(Store::open_in_dir(dir.path()).unwrap());
+        let bus = bus_for_test(&store);
+        (dir, store, bus)
+    }
+
+    /// The API over `store` and `bus` (no token, no daemon behind it) served on a loopback
+    /// port: its address, its shutdown, and the server task.
+    async fn serve_for_test(
+        store: &Arc<Store>,
+        bus: EventBus,
+    ) -> (std::net::SocketAddr, CancellationToken, tokio::task::JoinHandle<Result<(), crate::api::ApiStartError>>) {
+        let state = ApiState {
+            store: Arc::clone(store),
+            bus,
+            metrics: Arc::new(Metrics::new()),
+            control: Arc::new(NoControl),
+            token: None,
+        };
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let shutdown = CancellationToken::new();
+        let server = tokio::spawn(crate::api::serve(state, listener, shutdown.clone()));
+        (addr, shutdown, server)
+    }
+
     impl crate::api::Control for NoControl {
         fn evaluate(&self, _path: PathBuf) -> futures::future::BoxFuture<'static, Result<Value, ApiError>> {
             Box::pin(async { Err(ApiError::Unavailable("not in this test".into())) })
@@ -545,18 +569,7 @@ mod tests {
         }
     }
 
-    /// An API over `store` and `bus` with no token and no daemon behind it, and its shutdown.
-    fn serve_for_test(store: &Arc<Store>, bus: EventBus) -> (ApiState, CancellationToken) {
-        let state = ApiState {
-            store: Arc::clone(store),
-            bus,
-            metrics: Arc::new(Metrics::new()),
-            control: Arc::new(NoControl),
-            token: None,
-        };
-        (state, CancellationToken::new())
-    }
-
+    /// The body's next write, failing the test after 30 s.
     async fn timeout_write(body: &mut SseBody) -> Option<Bytes> {
         tokio::time::timeout(Duration::from_secs(30), body.next_write()).await.expect("a write within 30 s")
     }
@@ -565,9 +578,7 @@ mod tests {
     /// event pushes it back. A shutdown ends the stream.
     #[tokio::test]
     async fn the_keep_alive_follows_silence_and_shutdown_ends_the_stream() {
-        let dir = tempfile::tempdir().unwrap();
-        let store = Arc::new(Store::open_in_dir(dir.path()).unwrap());
-        let bus = EventBus::new(Arc::clone(&store));
+        let (_dir, _store, bus) = store_and_bus();
         bus.publish_blocking(&EventKind::RunFailed { run_id: 1, reason: "x".into() }).unwrap();
         let mut sub = Subscription::new(&bus, 0, EventFilter::default());
         // Past the replay (a store read on another thread), so that what follows is live.
@@ -601,16 +612,11 @@ mod tests {
     /// message a client reads back whole and in order, and live events keep coming after.
     #[tokio::test]
     async fn ready_events_are_sent_together_and_read_back_whole() {
-        let dir = tempfile::tempdir().unwrap();
-        let store = Arc::new(Store::open_in_dir(dir.path()).unwrap());
-        let bus = EventBus::new(Arc::clone(&store));
+        let (_dir, store, bus) = store_and_bus();
         for i in 0..300 {
             bus.publish_blocking(&EventKind::RunFailed { run_id: i, reason: "a\nreason".into() }).unwrap();
         }
-        let (state, shutdown) = serve_for_test(&store, bus.clone());
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let addr = listener.local_addr().unwrap();
-        let server = tokio::spawn(crate::api::serve(state, listener, shutdown.clone()));
+        let (addr, shutdown, server) = serve_for_test(&store, bus.clone()).await;
         let resp = reqwest::get(format!("http://{addr}/v1/events?since=0")).await.unwrap();
         assert_eq!(resp.status(), 200);
         assert_eq!(resp.headers()["content-type"], "text/event-stream");
@@ -646,21 +652,9 @@ mod tests {
 
     #[tokio::test]
     async fn a_stream_that_cannot_go_on_ends_with_an_error_event() {
-        let dir = tempfile::tempdir().unwrap();
-        let store = Arc::new(Store::open_in_dir(dir.path()).unwrap());
-        let bus = EventBus::new(Arc::clone(&store));
+        let (_dir, store, bus) = store_and_bus();
         bus.publish_blocking(&EventKind::RunFailed { run_id: 1, reason: "x".into() }).unwrap();
-        let state = ApiState {
-            store: Arc::clone(&store),
-            bus,
-            metrics: Arc::new(Metrics::new()),
-            control: Arc::new(NoControl),
-            token: None,
-        };
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let addr = listener.local_addr().unwrap();
-        let shutdown = CancellationToken::new();
-        let server = tokio::spawn(crate::api::serve(state, listener, shutdown.clone()));
+        let (addr, shutdown, server) = serve_for_test(&store, bus).await;
         bus_for_test(&store).publish_blocking(&EventKind::RunFailed { run_id: 2, reason: "y".into() }).unwrap();
         // Event 2 becomes unreadable (the store reads pages, so the page from 1 fails): the
         // stream says why it stops, with the position to resume from, and ends.

@@ -106,12 +106,11 @@ impl Subscription {
     /// next call.
     pub async fn next(&mut self) -> Option<StreamItem> {
         loop {
+            if let Some(item) = self.try_next() {
+                return Some(item);
+            }
             if self.done {
                 return None;
-            }
-            if let Some(e) = self.pending.pop_front() {
-                self.last = e.id;
-                return Some(StreamItem::Event(e));
             }
             if self.replaying {
                 if let Some(failed) = self.read_page().await {
@@ -223,6 +222,14 @@ mod tests {
     use crate::events::{EventKind, BROADCAST_CAPACITY};
     use crate::store::Store;
 
+    /// A bus over a fresh store (kept alive by the returned folder).
+    fn test_bus() -> (tempfile::TempDir, Arc<Store>, EventBus) {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Arc::new(Store::open_in_dir(dir.path()).unwrap());
+        let bus = EventBus::new(Arc::clone(&store));
+        (dir, store, bus)
+    }
+
     fn failed(i: i64) -> EventKind {
         EventKind::RunFailed { run_id: i, reason: "x".into() }
     }
@@ -242,9 +249,7 @@ mod tests {
 
     #[tokio::test]
     async fn replays_then_follows_live_and_survives_lag_without_gaps() {
-        let dir = tempfile::tempdir().unwrap();
-        let store = Arc::new(Store::open_in_dir(dir.path()).unwrap());
-        let bus = EventBus::new(store);
+        let (_dir, _, bus) = test_bus();
         for i in 0..10 {
             bus.publish_blocking(&failed(i)).unwrap();
         }
@@ -274,9 +279,7 @@ mod tests {
 
     #[tokio::test]
     async fn events_both_replayed_and_broadcast_come_once() {
-        let dir = tempfile::tempdir().unwrap();
-        let store = Arc::new(Store::open_in_dir(dir.path()).unwrap());
-        let bus = EventBus::new(store);
+        let (_dir, _, bus) = test_bus();
         bus.publish_blocking(&failed(1)).unwrap();
         let mut sub = Subscription::new(&bus, 0, EventFilter::default());
         // Published after subscribing, before the replay: in the store *and* the receiver.
@@ -300,9 +303,7 @@ mod tests {
 
     #[tokio::test]
     async fn a_replay_that_cannot_read_the_store_ends_with_an_error() {
-        let dir = tempfile::tempdir().unwrap();
-        let store = Arc::new(Store::open_in_dir(dir.path()).unwrap());
-        let bus = EventBus::new(Arc::clone(&store));
+        let (_dir, store, bus) = test_bus();
         bus.publish_blocking(&failed(1)).unwrap();
         let mut sub = Subscription::new(&bus, 0, EventFilter::default());
         // Break the store behind the subscriber's back.
@@ -331,9 +332,7 @@ mod tests {
     /// a gap.
     #[tokio::test]
     async fn try_next_takes_what_is_ready_and_leaves_a_lag_to_next() {
-        let dir = tempfile::tempdir().unwrap();
-        let store = Arc::new(Store::open_in_dir(dir.path()).unwrap());
-        let bus = EventBus::new(store);
+        let (_dir, _, bus) = test_bus();
         bus.publish_blocking(&failed(1)).unwrap();
         let mut sub = Subscription::new(&bus, 0, EventFilter::parse("run.failed").unwrap());
         assert_eq!(sub.try_next().map(|_| ()), None, "nothing is read from the store without waiting");
@@ -369,9 +368,7 @@ mod tests {
     #[tokio::test]
     async fn a_cancelled_next_loses_nothing_and_its_read_goes_on() {
         use futures::FutureExt;
-        let dir = tempfile::tempdir().unwrap();
-        let store = Arc::new(Store::open_in_dir(dir.path()).unwrap());
-        let bus = EventBus::new(store);
+        let (_dir, _, bus) = test_bus();
         let n = 3 * REPLAY_PAGE as i64 + 7;
         for i in 0..n {
             bus.publish_blocking(&failed(i)).unwrap();
@@ -401,9 +398,7 @@ mod tests {
 
     #[tokio::test]
     async fn filters_apply_to_replay_and_live() {
-        let dir = tempfile::tempdir().unwrap();
-        let store = Arc::new(Store::open_in_dir(dir.path()).unwrap());
-        let bus = EventBus::new(store);
+        let (_dir, _, bus) = test_bus();
         bus.publish_blocking(&failed(1)).unwrap();
         bus.publish_blocking(&EventKind::CheckpointRejected { path: "/a".into(), reason: "r".into() }).unwrap();
         let mut sub = Subscription::new(&bus, 0, EventFilter::parse("checkpoint.*").unwrap());
