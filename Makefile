@@ -45,6 +45,7 @@ run: build plugins
 test: setup plugins
 	$(CARGO) fmt --check -p driftwatch -p driftwatch-tests
 	$(CARGO) clippy --workspace --all-targets -- -D warnings
+	scripts/yardstick.sh server >/dev/null
 	$(CARGO) test --workspace
 	$(CARGO) test --manifest-path plugins/Cargo.toml
 	scripts/fuzz.sh smoke 5

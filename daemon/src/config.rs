@@ -362,6 +362,82 @@ pub struct EngineConfig {
     pub batch_size: u32,
     /// Layers offloaded to the GPU (`cuda` builds); -1 = all. Default 0.
     pub gpu_layers: i32,
+    /// Where samples are generated: `embedded` (llama.cpp in this process, the default) or
+    /// `openai` (the `endpoints`' OpenAI-compatible servers: vLLM, SGLang, llama-server).
+    pub backend: BackendKind,
+    /// The `openai` backend's route: `chat` (`/v1/chat/completions`, the server's template,
+    /// the default) or `completions` (`/v1/completions` with driftwatch's own template).
+    pub api: crate::engine::remote::RemoteApi,
+    /// `[[engine.endpoints]]`: the servers of the `openai` backend; a run's jobs are shared
+    /// among them.
+    pub endpoints: Vec<EndpointConfig>,
+    /// `[engine.served]`: what the servers call a checkpoint, by its file name or sha256:
+    /// `"ft-a.gguf" = "ft-a"`, or a table `{ model = "...", lora = 0 }` (`lora`: a
+    /// llama-server `--lora` adapter's index). Default: the base model is each endpoint's
+    /// `served_model`, any other checkpoint its file name without `.gguf`.
+    pub served: BTreeMap<String, ServedEntry>,
+    /// Attempts per sample on one endpoint (429, 5xx, timeouts, lost connections) before that
+    /// endpoint is given up for the round. Default 5.
+    pub max_attempts: u32,
+}
+
+/// `engine.backend`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum BackendKind {
+    /// llama.cpp in this process.
+    #[default]
+    Embedded,
+    /// OpenAI-compatible inference servers.
+    Openai,
+}
+
+/// One `[[engine.endpoints]]`.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct EndpointConfig {
+    /// The server's base URL, `http://host:port` (a trailing `/v1` is accepted).
+    pub url: String,
+    /// The base model's name on this server. Default: the one model it lists.
+    #[serde(default)]
+    pub served_model: Option<String>,
+    /// The environment variable holding the API key (sent as a bearer token).
+    #[serde(default)]
+    pub api_key_env: Option<String>,
+    /// Requests in flight on this server at most. Default 16.
+    #[serde(default = "default_max_concurrency")]
+    pub max_concurrency: u32,
+    /// Longest wait for one response, in ms. Default 300000.
+    #[serde(default = "default_timeout_ms")]
+    pub timeout_ms: u64,
+}
+
+fn default_max_concurrency() -> u32 {
+    16
+}
+
+fn default_timeout_ms() -> u64 {
+    300_000
+}
+
+/// One `[engine.served]` value: a served model name, or a table.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(untagged)]
+pub enum ServedEntry {
+    /// The served model name.
+    Name(String),
+    /// `{ model = "...", lora = N }`.
+    Table(crate::engine::remote::ServedAs),
+}
+
+impl ServedEntry {
+    /// What the servers are asked for.
+    pub fn served_as(&self) -> crate::engine::remote::ServedAs {
+        match self {
+            ServedEntry::Name(n) => crate::engine::remote::ServedAs { model: Some(n.clone()), lora: None },
+            ServedEntry::Table(t) => t.clone(),
+        }
+    }
 }
 
 impl Default for EngineConfig {
@@ -373,6 +449,11 @@ impl Default for EngineConfig {
             max_prompt_tokens: 512,
             batch_size: 512,
             gpu_layers: 0,
+            backend: BackendKind::Embedded,
+            api: Default::default(),
+            endpoints: Vec::new(),
+            served: BTreeMap::new(),
+            max_attempts: 5,
         }
     }
 }
@@ -1108,13 +1189,26 @@ impl Config {
     /// Content hashes of the settings groups (see [`SettingsHashes`]).
     pub fn settings_hashes(&self) -> SettingsHashes {
         let e = &self.engine;
-        let engine = serde_json::json!({
+        let mut engine = serde_json::json!({
             "parallel": e.parallel,
             "n_ctx": e.effective_n_ctx(self.sampling.max_tokens),
             "max_prompt_tokens": e.max_prompt_tokens,
             "batch_size": e.batch_size,
             "gpu_layers": e.gpu_layers,
         });
+        // Only for a remote backend, so that embedded runs keep their hashes. The endpoint set
+        // is here (informational: more servers of one build measure the same thing); what the
+        // servers are and which route they are asked through is the fingerprint's
+        // `backend_hash` (blocking).
+        if let (BackendKind::Openai, Some(obj)) = (e.backend, engine.as_object_mut()) {
+            let endpoints: Vec<serde_json::Value> = e
+                .endpoints
+                .iter()
+                .map(|p| serde_json::json!({"url": crate::engine::remote::normalize_url(&p.url), "served_model": p.served_model, "max_concurrency": p.max_concurrency}))
+                .collect();
+            obj.insert("backend".into(), serde_json::json!("openai"));
+            obj.insert("endpoints".into(), serde_json::json!(endpoints));
+        }
         let mut template = serde_json::json!({
             "chat_template": self.model.chat_template,
             "system_prompt": self.model.system_prompt,
@@ -1414,6 +1508,68 @@ impl Config {
         }
         if e.gpu_layers < -1 {
             return Err(loc.invalid("engine.gpu_layers", "must be -1 (all) or >= 0".into()));
+        }
+        match e.backend {
+            BackendKind::Embedded => {
+                if !e.endpoints.is_empty() {
+                    return Err(loc.invalid(
+                        "engine.endpoints",
+                        "is only used with engine.backend = \"openai\" (the embedded engine generates here)".into(),
+                    ));
+                }
+            }
+            BackendKind::Openai => {
+                if e.endpoints.is_empty() {
+                    return Err(loc.invalid(
+                        "engine.backend",
+                        "\"openai\" needs at least one [[engine.endpoints]] with a `url`".into(),
+                    ));
+                }
+                if e.max_attempts == 0 {
+                    return Err(loc.invalid("engine.max_attempts", "must be at least 1".into()));
+                }
+                for (i, p) in e.endpoints.iter().enumerate() {
+                    let key = |k: &str| format!("engine.endpoints[{i}].{k}");
+                    let url = p.url.trim();
+                    let rest = url.strip_prefix("http://").or_else(|| url.strip_prefix("https://"));
+                    if rest.is_none_or(|r| r.is_empty() || r.contains(char::is_whitespace)) {
+                        return Err(
+                            loc.invalid(&key("url"), format!("must be an http:// or https:// URL, not {url:?}"))
+                        );
+                    }
+                    if p.max_concurrency == 0 || p.max_concurrency > 1024 {
+                        return Err(loc.invalid(&key("max_concurrency"), "must be between 1 and 1024".into()));
+                    }
+                    if p.timeout_ms == 0 {
+                        return Err(loc.invalid(&key("timeout_ms"), "must be at least 1".into()));
+                    }
+                    if p.served_model.as_deref().is_some_and(|m| m.trim().is_empty()) {
+                        return Err(loc.invalid(
+                            &key("served_model"),
+                            "must not be empty (leave it out to use the model the server lists)".into(),
+                        ));
+                    }
+                    if p.api_key_env.as_deref().is_some_and(|v| v.trim().is_empty()) {
+                        return Err(loc.invalid(&key("api_key_env"), "must name an environment variable".into()));
+                    }
+                }
+                let urls: std::collections::HashSet<String> =
+                    e.endpoints.iter().map(|p| crate::engine::remote::normalize_url(&p.url)).collect();
+                if urls.len() != e.endpoints.len() {
+                    return Err(loc.invalid("engine.endpoints", "lists one URL twice".into()));
+                }
+                for (k, v) in &e.served {
+                    let s = v.served_as();
+                    if s.model.as_deref().is_some_and(|m| m.trim().is_empty())
+                        || (s.model.is_none() && s.lora.is_none())
+                    {
+                        return Err(loc.invalid(
+                            &format!("engine.served.{k}"),
+                            "must be a served model name, or a table with `model` and/or `lora`".into(),
+                        ));
+                    }
+                }
+            }
         }
 
         let s = &self.sampling;

@@ -71,6 +71,25 @@ pub struct Provenance {
     /// The reworded prompts the run asked, when `model.rewording` was set.
     #[serde(deserialize_with = "lenient", skip_serializing_if = "Option::is_none")]
     pub rewording: Option<RewordingIdentity>,
+    /// The inference servers that generated, for the `openai` backend (`null`/absent: the
+    /// embedded engine, whose build is `llama_cpp`).
+    #[serde(deserialize_with = "lenient", skip_serializing_if = "Option::is_none")]
+    pub remote: Option<RemoteProvenance>,
+}
+
+/// The `openai` backend as a run used it.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct RemoteProvenance {
+    /// `chat` (the server's template) or `completions` (driftwatch's).
+    pub api: String,
+    /// Every endpoint: its URL, the server and version it reported, the models it listed and
+    /// the base model's served name there.
+    pub servers: Vec<crate::engine::remote::ServerIdentity>,
+    /// What this run's checkpoint was asked for.
+    pub served: crate::engine::remote::ServedAs,
+    /// Always false: servers batch continuously, so a seed's text can depend on the batch.
+    pub batch_invariant: bool,
 }
 
 /// A rewording file as a run used it.

@@ -554,6 +554,7 @@ fn missing_fingerprint() -> RunFingerprint {
         sampling_hash: m.clone(),
         chat_template_hash: m.clone(),
         engine_hash: m,
+        backend_hash: None,
     }
 }
 

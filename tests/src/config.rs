@@ -71,6 +71,10 @@ pub struct ConfigBuilder {
     /// `[[api.webhooks]]`: URL and `max_retry_delay_s`.
     webhooks: Vec<(String, u64)>,
     bootstrap: Option<u32>,
+    /// `engine.backend = "openai"` with these endpoints (URL, max_concurrency).
+    endpoints: Vec<(String, u32)>,
+    /// `[engine.served]` entries (key, TOML value).
+    served: Vec<(String, String)>,
 }
 
 impl ConfigBuilder {
@@ -101,6 +105,8 @@ impl ConfigBuilder {
             evaluate_roots: Vec::new(),
             webhooks: Vec::new(),
             bootstrap: None,
+            endpoints: Vec::new(),
+            served: Vec::new(),
         }
     }
 
@@ -244,6 +250,19 @@ impl ConfigBuilder {
         self
     }
 
+    /// `engine.backend = "openai"`: generates on these OpenAI-compatible servers, each with
+    /// its `max_concurrency`.
+    pub fn openai(mut self, endpoints: &[(&str, u32)]) -> Self {
+        self.endpoints = endpoints.iter().map(|(u, c)| (u.to_string(), *c)).collect();
+        self
+    }
+
+    /// `[engine.served]`: `key = value` (`value` as TOML, e.g. `"ft-a"` or `{ lora = 0 }`).
+    pub fn served(mut self, key: &str, value: &str) -> Self {
+        self.served.push((key.into(), value.into()));
+        self
+    }
+
     /// The configuration file's text.
     pub fn toml(&self) -> String {
         let path = |p: &Path| format!("\"{}\"", p.display());
@@ -264,6 +283,16 @@ impl ConfigBuilder {
         t.push_str("\n[engine]\nthreads = 2\n");
         key(&mut t, "parallel", self.parallel.map(|v| v.to_string()));
         key(&mut t, "batch_size", self.batch_size.map(|v| v.to_string()));
+        if !self.endpoints.is_empty() {
+            t.push_str("backend = \"openai\"\n");
+            let list: Vec<String> =
+                self.endpoints.iter().map(|(u, c)| format!("{{ url = \"{u}\", max_concurrency = {c} }}")).collect();
+            writeln!(t, "endpoints = [{}]", list.join(", ")).unwrap();
+            if !self.served.is_empty() {
+                let entries: Vec<String> = self.served.iter().map(|(k, v)| format!("\"{k}\" = {v}")).collect();
+                writeln!(t, "served = {{ {} }}", entries.join(", ")).unwrap();
+            }
+        }
         t.push_str("\n[sampling]\n");
         key(&mut t, "samples", self.samples.map(|v| v.to_string()));
         key(&mut t, "seed", self.seed.map(|v| v.to_string()));

@@ -14,11 +14,15 @@ use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 
 mod config;
+mod daemon;
 mod judge;
+mod llama_server;
 mod plugins;
 
 pub use config::{ConfigBuilder, Suite};
+pub use daemon::{all_runs_completed, kill9, runs, samples_by_checkpoint, serve, wait_running};
 pub use judge::{sample, ScriptedModel};
+pub use llama_server::LlamaServer;
 pub use plugins::{build_wasm_workspace, bundled, hostile, repo_root, target_dir};
 
 /// The chatml template (llama.cpp recognises it by its `<|im_start|>` markers).

@@ -6,7 +6,7 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Stdio};
+use std::process::Stdio;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -17,7 +17,10 @@ use axum::routing::post;
 use axum::Router;
 use driftwatch::config::Config;
 use driftwatch::store::{Run, RunStatus, Store};
-use driftwatch_tests::{free_port, open_store, sigterm, wait_exit, wait_for, ConfigBuilder, Fixture, TinyAdapter};
+use driftwatch_tests::{
+    all_runs_completed, free_port, kill9, open_store, runs, samples_by_checkpoint, serve, sigterm, wait_exit, wait_for,
+    wait_running, ConfigBuilder, Fixture, TinyAdapter,
+};
 use rand::{Rng, SeedableRng};
 use serde_json::Value;
 use tokio_util::sync::CancellationToken;
@@ -83,37 +86,6 @@ impl Bed {
     }
 }
 
-/// `driftwatch serve`, its log in `log`.
-fn serve(config: &Path, log: &Path) -> Child {
-    let log = std::fs::File::create(log).unwrap();
-    driftwatch_tests::command()
-        .args(["serve", "--config"])
-        .arg(config)
-        .env("RUST_LOG", "info,llama_cpp_2=warn,llama-cpp-2=warn")
-        .stdout(Stdio::null())
-        .stderr(log)
-        .spawn()
-        .expect("start driftwatch serve")
-}
-
-fn kill9(child: &mut Child) {
-    child.kill().unwrap(); // SIGKILL
-    child.wait().unwrap();
-}
-
-/// Every run with its checkpoint's sha256 and its stored sample count.
-fn runs(store: &Store) -> Vec<(Run, String, u64)> {
-    let mut out = Vec::new();
-    for c in store.list_checkpoints(1000).unwrap() {
-        for r in store.runs_for_checkpoint(c.id).unwrap() {
-            let n = store.sample_count(r.id).unwrap();
-            out.push((r, c.sha256.clone(), n));
-        }
-    }
-    out.sort_by_key(|(r, _, _)| r.id);
-    out
-}
-
 /// A run's scores without the ids that differ between two stores.
 fn scores_without_ids(run: &Run) -> Value {
     let mut v = run.scores.clone().expect("a completed run has scores");
@@ -121,40 +93,6 @@ fn scores_without_ids(run: &Run) -> Value {
         v.as_object_mut().unwrap().remove(k);
     }
     v
-}
-
-/// Waits until the store holds `n` runs, all completed; panics on a failed one.
-async fn all_runs_completed(st: &Store, n: usize, what: &str) {
-    wait_for(600, what, || {
-        let r = runs(st);
-        assert!(r.iter().all(|(run, _, _)| run.status != RunStatus::Failed), "a run failed: {r:?}");
-        (r.len() == n && r.iter().all(|(run, _, _)| run.status == RunStatus::Completed)).then_some(())
-    })
-    .await;
-}
-
-/// Waits until a daemon started with its log in `log` says it is running (a signal is only
-/// handled once the process runs).
-async fn wait_running(log: &Path) {
-    wait_for(60, "the daemon to be running", || {
-        std::fs::read_to_string(log).unwrap().contains("driftwatch is running").then_some(())
-    })
-    .await;
-}
-
-/// The samples of every run by (checkpoint sha256, prompt, k); panics on a duplicate.
-fn samples_by_checkpoint(store: &Store) -> BTreeMap<(String, String, u32), Value> {
-    let mut out = BTreeMap::new();
-    for (run, sha, _) in runs(store) {
-        for s in store.samples_for_run(run.id).unwrap() {
-            let key = (sha.clone(), s.prompt_id.clone(), s.sample_index);
-            assert!(
-                out.insert(key.clone(), driftwatch_tests::comparable_sample(&s)).is_none(),
-                "sample {key:?} stored twice"
-            );
-        }
-    }
-    out
 }
 
 /// The webhook receiver: answers 200 and records each delivery, or, while `hold` is set,

@@ -210,6 +210,7 @@ impl ModelArgs {
             chat_template: self.chat_template.clone(),
             system_prompt: self.system.clone(),
             raw_prompts: false,
+            served: None,
         })
     }
 

@@ -30,6 +30,37 @@ pub(crate) struct Evaluation {
     pub engine: EngineParams,
     /// The rewording the prompts were asked in (`model.rewording`), if any.
     pub rewording: Option<RewordingIdentity>,
+    /// The inference servers, for the `openai` backend (set once they have answered).
+    pub remote: Option<RemoteSetup>,
+}
+
+/// The `openai` backend's servers as they answered at the start.
+#[derive(Debug, Clone)]
+pub(crate) struct RemoteSetup {
+    pub api: crate::engine::remote::RemoteApi,
+    pub servers: Vec<crate::engine::remote::ServerIdentity>,
+}
+
+impl RemoteSetup {
+    /// What the fingerprint's `backend_hash` covers: the route, the servers' software and
+    /// version, the base model's served names and the configured served names (not the URLs
+    /// or their number: more servers of one build measure the same thing).
+    pub fn backend_hash(&self, config: &Config) -> String {
+        let mut builds: Vec<(String, Option<String>)> =
+            self.servers.iter().map(|s| (s.server.clone(), s.version.clone())).collect();
+        builds.sort();
+        builds.dedup();
+        let mut bases: Vec<&str> = self.servers.iter().map(|s| s.served_model.as_str()).collect();
+        bases.sort_unstable();
+        bases.dedup();
+        crate::config::canonical_hash(&json!({
+            "backend": "openai",
+            "api": self.api.as_str(),
+            "builds": builds,
+            "base_served_as": bases,
+            "served": config.engine.served,
+        }))
+    }
 }
 
 impl Evaluation {
@@ -76,7 +107,7 @@ impl Evaluation {
                 .map_err(|e| DaemonError::Other(format!("cannot read the base model {}: {e}", base_path.display())))?
         };
         let engine = super::engine_config(&config);
-        Ok(Evaluation { config, prompts, suites, base, base_path, base_sha256, engine, rewording })
+        Ok(Evaluation { config, prompts, suites, base, base_path, base_sha256, engine, rewording, remote: None })
     }
 
     /// Sampling settings for the engine.
@@ -93,6 +124,22 @@ impl Evaluation {
             stop: s.stop.clone(),
             ..SamplingParams::default()
         }
+    }
+
+    /// What the `openai` backend asks its servers for to generate with `checkpoint` (found at
+    /// `path`): its `[engine.served]` entry by sha256 or file name; else the endpoints' base
+    /// model for the base model, and the file name without `.gguf` for any other.
+    pub fn served_as(&self, sha256: &str, path: &std::path::Path) -> crate::engine::remote::ServedAs {
+        let served = &self.config.engine.served;
+        let name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+        if let Some(entry) = served.get(sha256).or_else(|| served.get(&name)) {
+            return entry.served_as();
+        }
+        if sha256 == self.base_sha256 {
+            return crate::engine::remote::ServedAs::default();
+        }
+        let stem = name.strip_suffix(".gguf").unwrap_or(&name).to_owned();
+        crate::engine::remote::ServedAs { model: Some(stem), lora: None }
     }
 
     /// Samples per prompt in a run's first round (K, or adaptive sampling's minimum).
@@ -182,6 +229,11 @@ impl Settings<'_> {
         if let (Some(r), Some(obj)) = (&e.rewording, v.as_object_mut()) {
             obj.insert("rewording_sha256".into(), json!(r.sha256));
         }
+        // Only for a remote backend, so that embedded runs keep their hashes: a run is never
+        // resumed on another backend than it started on.
+        if let (Some(r), Some(obj)) = (&e.remote, v.as_object_mut()) {
+            obj.insert("backend".into(), json!(r.backend_hash(c)));
+        }
         v
     }
 
@@ -237,6 +289,7 @@ impl Settings<'_> {
             ])),
             chat_template_hash: h.template,
             engine_hash: h.engine,
+            backend_hash: e.remote.as_ref().map(|r| r.backend_hash(c)),
         }
     }
 
@@ -277,7 +330,7 @@ impl Settings<'_> {
                 batch_size: e.batch_size as u32,
                 gpu_layers: e.gpu_layers as i32,
                 kv_unified: e.kv_unified,
-                batch_invariant: engine::batch_invariant(&build, e),
+                batch_invariant: ev.remote.is_none() && engine::batch_invariant(&build, e),
             },
             chat_template: ChatTemplateProvenance {
                 template_override: c.model.chat_template.clone(),
@@ -290,6 +343,12 @@ impl Settings<'_> {
             fingerprint: Some(self.fingerprint()),
             created_ms: crate::store::now_ms(),
             rewording: ev.rewording.clone(),
+            remote: ev.remote.as_ref().map(|r| RemoteProvenance {
+                api: r.api.as_str().to_owned(),
+                servers: r.servers.clone(),
+                served: ev.served_as(&checkpoint.sha256, std::path::Path::new(path)),
+                batch_invariant: false,
+            }),
         }
     }
 

@@ -227,6 +227,50 @@ pub(crate) fn engine_config(c: &Config) -> EngineParams {
     }
 }
 
+/// Starts the configured backend: the embedded engine, or the `openai` backend once every
+/// endpoint has said what it serves (recorded in `eval`, for the runs' settings and provenance).
+pub(crate) async fn start_engine(eval: &mut Evaluation) -> Result<Engine, DaemonError> {
+    use crate::config::BackendKind;
+    use crate::engine::remote::{EndpointParams, Remote, RemoteParams};
+    let e = &eval.config.engine;
+    match e.backend {
+        BackendKind::Embedded => Ok(Engine::start(eval.engine.clone())?),
+        BackendKind::Openai => {
+            let mut endpoints = Vec::new();
+            for (i, p) in e.endpoints.iter().enumerate() {
+                let api_key = match &p.api_key_env {
+                    Some(var) => Some(std::env::var(var).map_err(|_| {
+                        DaemonError::Other(format!(
+                            "engine.endpoints[{i}].api_key_env names {var}, which is not set (or not UTF-8)"
+                        ))
+                    })?),
+                    None => None,
+                };
+                endpoints.push(EndpointParams {
+                    url: p.url.clone(),
+                    served_model: p.served_model.clone(),
+                    api_key,
+                    max_concurrency: p.max_concurrency as usize,
+                    timeout: std::time::Duration::from_millis(p.timeout_ms),
+                });
+            }
+            let params = RemoteParams {
+                api: e.api,
+                endpoints,
+                max_attempts: e.max_attempts,
+                backoff: std::time::Duration::from_millis(500),
+            };
+            let (remote, servers) = Remote::connect(params).await?;
+            for s in &servers {
+                tracing::info!(url = %s.url, server = %s.server, version = ?s.version, served_model = %s.served_model, "inference server ready");
+            }
+            let engine = Engine::with_backend(Arc::new(remote), eval.engine.clone());
+            eval.remote = Some(evaluation::RemoteSetup { api: e.api, servers });
+            Ok(engine)
+        }
+    }
+}
+
 /// Watches `plugins.dir`: every new or changed `.wasm` there is validated and loaded, and
 /// reported as `plugin.loaded` or `plugin.failed` (a broken update keeps the previous version).
 /// Judges that name a plugin of this folder use its newest good version from their next run.
@@ -330,8 +374,9 @@ impl Ctx {
             tracing::info!(runs = ?requeued, "resuming runs interrupted by a stop or a crash");
         }
 
-        let eval = Arc::new(Evaluation::load(config).await?);
-        let engine = Engine::start(eval.engine.clone())?;
+        let mut evaluation = Evaluation::load(config).await?;
+        let engine = start_engine(&mut evaluation).await?;
+        let eval = Arc::new(evaluation);
         let runtime = JudgeRuntime::shared()?;
         // The daemon keeps the plugins folder compiled and watched; a one-shot evaluation
         // loads only the plugins its judges name (from the folder's files).

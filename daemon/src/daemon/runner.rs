@@ -262,7 +262,7 @@ async fn execute(ctx: &Arc<Runner>, run: Run, stop: &CancellationToken) -> Resul
         }
         let done = db(ctx, move |s| s.completed_sample_keys(id)).await?;
         let jobs = plan(&ctx.eval, repeat, &done, k, allowed.as_ref());
-        match generate_round(ctx, &run, ckpt.kind, &path, jobs, done.len() as u64, total, stop).await? {
+        match generate_round(ctx, &run, (ckpt.kind, &ckpt.sha256), &path, jobs, done.len() as u64, total, stop).await? {
             Round::Done => {}
             Round::Interrupted => return Ok(None), // left `running`: resumed at the next start
             Round::Deleted => return Err(RunError::DeletedDuringRun(path.display().to_string())),
@@ -474,7 +474,7 @@ enum Round {
 async fn generate_round(
     ctx: &Arc<Runner>,
     run: &Run,
-    kind: CheckpointKind,
+    (kind, sha256): (CheckpointKind, &str),
     path: &std::path::Path,
     jobs: Vec<Planned>,
     already: u64,
@@ -491,6 +491,7 @@ async fn generate_round(
         chat_template: eval.config.model.chat_template.clone(),
         system_prompt: eval.config.model.system_prompt.clone(),
         raw_prompts: false,
+        served: eval.remote.as_ref().map(|_| eval.served_as(sha256, path)),
     };
     if kind == CheckpointKind::Adapter {
         spec.adapter = Some(AdapterSpec { path: path.to_owned(), scale: eval.config.model.adapter_scale });

@@ -14,8 +14,13 @@
 //! with only its remaining jobs generates the same texts as the uninterrupted run (tested, with
 //! an adapter too, on the default model). `threads` and the llama.cpp build can still matter;
 //! [`batch_invariant`] says when the property is claimed.
+//!
+//! [`Engine`] is the one interface every caller generates through; behind it sits a
+//! [`Backend`]: the embedded llama.cpp worker, or [`remote`]'s OpenAI-compatible inference
+//! servers (vLLM, SGLang, llama-server). Both stream the same [`EngineEvent`]s.
 
 mod batch;
+pub mod remote;
 pub mod sampling;
 pub mod template;
 mod worker;
@@ -108,12 +113,23 @@ pub struct ModelSpec {
     /// Hand prompts to the model verbatim, without any chat template.
     #[serde(default)]
     pub raw_prompts: bool,
+    /// What a remote backend asks its servers for (the served model name, a llama-server
+    /// adapter id); `None` for the embedded engine, which loads the files.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub served: Option<remote::ServedAs>,
 }
 
 impl ModelSpec {
     /// A plain model with its own chat template.
     pub fn new(model: impl Into<PathBuf>) -> Self {
-        ModelSpec { model: model.into(), adapter: None, chat_template: None, system_prompt: None, raw_prompts: false }
+        ModelSpec {
+            model: model.into(),
+            adapter: None,
+            chat_template: None,
+            system_prompt: None,
+            raw_prompts: false,
+            served: None,
+        }
     }
 }
 
@@ -319,6 +335,9 @@ pub enum EngineError {
     /// llama.cpp failed while decoding.
     #[error("llama.cpp failed: {0}")]
     Llama(String),
+    /// No inference server could take the request's remaining jobs.
+    #[error("the inference servers failed: {0}")]
+    Remote(String),
     /// The engine thread is gone.
     #[error("the engine has stopped")]
     Stopped,
@@ -330,22 +349,56 @@ impl From<crate::checkpoint::CheckpointError> for EngineError {
     }
 }
 
-/// A handle to the engine thread. Cheap to clone; the thread stops when the last handle is
-/// dropped.
+/// What generates: the embedded llama.cpp worker or a fleet of inference servers. A backend
+/// takes a request and streams its events to `events`, ending with [`EngineEvent::Done`];
+/// `cancel` stops it (running jobs end as [`FinishReason::Cancelled`], the rest are dropped).
+pub trait Backend: Send + Sync {
+    /// Starts `request`; it never blocks on generation.
+    fn submit(&self, request: GenerationRequest, events: mpsc::UnboundedSender<EngineEvent>, cancel: CancellationToken);
+
+    /// Which backend this is, for logs and `doctor` (`embedded`, `openai`).
+    fn kind(&self) -> &'static str;
+}
+
+/// The embedded backend: llama.cpp on its own thread.
+struct Embedded {
+    tx: std::sync::mpsc::Sender<worker::WorkerCommand>,
+}
+
+impl Backend for Embedded {
+    fn submit(
+        &self,
+        request: GenerationRequest,
+        events: mpsc::UnboundedSender<EngineEvent>,
+        cancel: CancellationToken,
+    ) {
+        let cmd = worker::WorkerCommand::Generate { request: Box::new(request), events: events.clone(), cancel };
+        if self.tx.send(cmd).is_err() {
+            let _ = events.send(EngineEvent::Done(Err(EngineError::Stopped)));
+        }
+    }
+
+    fn kind(&self) -> &'static str {
+        "embedded"
+    }
+}
+
+/// A handle to the generation backend. Cheap to clone; the embedded engine's thread stops when
+/// the last handle is dropped.
 #[derive(Clone)]
 pub struct Engine {
-    tx: std::sync::mpsc::Sender<worker::WorkerCommand>,
+    backend: Arc<dyn Backend>,
     config: Arc<EngineParams>,
 }
 
 impl std::fmt::Debug for Engine {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Engine").field("config", &self.config).finish()
+        f.debug_struct("Engine").field("backend", &self.backend.kind()).field("config", &self.config).finish()
     }
 }
 
 impl Engine {
-    /// Starts the engine thread.
+    /// Starts the embedded engine's thread.
     pub fn start(config: EngineParams) -> Result<Engine, EngineError> {
         if config.parallel == 0 || config.parallel > MAX_PARALLEL {
             return Err(EngineError::InvalidRequest(format!(
@@ -368,7 +421,12 @@ impl Engine {
             )));
         }
         let tx = worker::spawn(config.clone())?;
-        Ok(Engine { tx, config: Arc::new(config) })
+        Ok(Engine::with_backend(Arc::new(Embedded { tx }), config))
+    }
+
+    /// An engine generating through `backend` (e.g. [`remote::Remote`]).
+    pub fn with_backend(backend: Arc<dyn Backend>, config: EngineParams) -> Engine {
+        Engine { backend, config: Arc::new(config) }
     }
 
     /// The engine's settings.
@@ -376,18 +434,16 @@ impl Engine {
         &self.config
     }
 
+    /// Which backend generates (`embedded`, `openai`).
+    pub fn kind(&self) -> &'static str {
+        self.backend.kind()
+    }
+
     /// Submits a request; events stream back on the returned [`GenerationStream`].
     pub fn submit(&self, request: GenerationRequest) -> GenerationStream {
         let (events, rx) = mpsc::unbounded_channel();
         let cancel = CancellationToken::new();
-        let cmd = worker::WorkerCommand::Generate {
-            request: Box::new(request),
-            events: events.clone(),
-            cancel: cancel.clone(),
-        };
-        if self.tx.send(cmd).is_err() {
-            let _ = events.send(EngineEvent::Done(Err(EngineError::Stopped)));
-        }
+        self.backend.submit(request, events, cancel.clone());
         GenerationStream { rx, cancel, finished: false }
     }
 

@@ -66,6 +66,7 @@ pub(crate) fn fingerprint(suite_hash: &str) -> RunFingerprint {
         sampling_hash: "sampling-1".into(),
         chat_template_hash: "template-1".into(),
         engine_hash: "engine-1".into(),
+        backend_hash: None,
     }
 }
 

@@ -501,6 +501,7 @@ mod tests {
             sampling_hash: "t".into(),
             chat_template_hash: "c".into(),
             engine_hash: "e".into(),
+            backend_hash: None,
         }
     }
 

@@ -29,6 +29,12 @@ pub struct RunFingerprint {
     /// Engine settings (backend, threads, batch sizes). Informational: these change
     /// numerics, not the distribution being sampled, so a difference does not block.
     pub engine_hash: String,
+    /// What generated, when it was not the embedded engine: the servers' software and
+    /// version, the route (server template or driftwatch's) and the served names. Another
+    /// sampler implementation samples another distribution, so a difference blocks (absent:
+    /// the embedded engine).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub backend_hash: Option<String>,
 }
 
 /// One field in which two fingerprints differ.
@@ -62,6 +68,8 @@ pub fn fingerprint_differences(a: &RunFingerprint, b: &RunFingerprint) -> Vec<Fi
     field("sampling_hash", &a.sampling_hash, &b.sampling_hash, true);
     field("chat_template_hash", &a.chat_template_hash, &b.chat_template_hash, true);
     field("engine_hash", &a.engine_hash, &b.engine_hash, false);
+    let backend = |h: &Option<String>| h.clone().unwrap_or_else(|| "(embedded)".into());
+    field("backend_hash", &backend(&a.backend_hash), &backend(&b.backend_hash), true);
     let mut ja = a.judges.clone();
     let mut jb = b.judges.clone();
     ja.sort();
@@ -107,6 +115,7 @@ mod tests {
             sampling_hash: "t1".into(),
             chat_template_hash: "c1".into(),
             engine_hash: "e1".into(),
+            backend_hash: None,
         }
     }
 
@@ -125,6 +134,27 @@ mod tests {
         let c = check_comparable(&fp(), &b, false).unwrap();
         assert_eq!(c.differences.len(), 1);
         assert!(!c.differences[0].blocking && !c.forced);
+    }
+
+    #[test]
+    fn a_remote_backend_never_compares_silently_with_the_embedded_engine() {
+        let mut remote = fp();
+        remote.backend_hash = Some("vllm-0.11".into());
+        let d = fingerprint_differences(&fp(), &remote);
+        assert_eq!(d.len(), 1);
+        assert_eq!((d[0].field.as_str(), d[0].left.as_str(), d[0].blocking), ("backend_hash", "(embedded)", true));
+        assert!(check_comparable(&fp(), &remote, false).is_err());
+        let mut other = remote.clone();
+        other.backend_hash = Some("llama.cpp-b6000".into());
+        assert!(check_comparable(&remote, &other, false).is_err());
+        assert!(check_comparable(&remote, &remote.clone(), false).unwrap().differences.is_empty());
+        // Records written before the field existed read as the embedded engine.
+        let old: RunFingerprint = serde_json::from_value(serde_json::json!({
+            "suite_hash": "s1", "judges": fp().judges, "sampling_hash": "t1",
+            "chat_template_hash": "c1", "engine_hash": "e1"}))
+        .unwrap();
+        assert_eq!(old, fp());
+        assert!(serde_json::to_value(fp()).unwrap().get("backend_hash").is_none());
     }
 
     #[test]

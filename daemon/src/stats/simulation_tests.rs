@@ -17,6 +17,7 @@ fn fingerprint() -> RunFingerprint {
         sampling_hash: "s".into(),
         chat_template_hash: "t".into(),
         engine_hash: "e".into(),
+        backend_hash: None,
     }
 }
 
