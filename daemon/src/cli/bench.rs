@@ -1,4 +1,5 @@
-//! `driftwatch bench`: end-to-end generation throughput (prefill, decode, wall time).
+//! `driftwatch bench`: end-to-end generation throughput (prefill, decode, wall time), on the
+//! embedded engine or through OpenAI-compatible servers (`--backend openai --endpoint URL…`).
 
 use std::path::PathBuf;
 
@@ -33,6 +34,38 @@ pub struct BenchArgs {
     /// Print one JSON object.
     #[arg(long)]
     json: bool,
+    /// Where to generate: `embedded` (llama.cpp here) or `openai` (the `--endpoint` servers,
+    /// each with `--parallel` requests in flight).
+    #[arg(long, value_enum, default_value_t = BenchBackend::Embedded)]
+    backend: BenchBackend,
+    /// An OpenAI-compatible server's base URL (repeat for several); with `--backend openai`.
+    #[arg(long = "endpoint", value_name = "URL")]
+    endpoints: Vec<String>,
+    /// The model's name on the servers (default: the one model each lists).
+    #[arg(long)]
+    served_model: Option<String>,
+    /// The servers' route: `chat` (their template) or `completions` (driftwatch's template
+    /// from the model file).
+    #[arg(long, value_enum, default_value_t = BenchApi::Chat)]
+    api: BenchApi,
+    /// Also write every sample as a JSON line (prompt id, k, seed, text, finish) to this file:
+    /// two runs' files show whether a seed's text depends on the concurrency.
+    #[arg(long, value_name = "FILE")]
+    texts: Option<PathBuf>,
+}
+
+/// `--backend`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+enum BenchBackend {
+    Embedded,
+    Openai,
+}
+
+/// `--api`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+enum BenchApi {
+    Chat,
+    Completions,
 }
 
 /// `driftwatch bench`.
@@ -76,17 +109,42 @@ pub async fn run(a: BenchArgs) -> Result<()> {
         }
     }
     let sampling = SamplingParams { max_tokens: a.max_tokens, ignore_eos: a.ignore_eos, ..SamplingParams::default() };
-    let engine = a.model.engine()?;
+    let (engine, servers) = match a.backend {
+        BenchBackend::Embedded => {
+            if !a.endpoints.is_empty() {
+                bail!("--endpoint is for --backend openai");
+            }
+            (a.model.engine()?, Vec::new())
+        }
+        BenchBackend::Openai => remote_engine(&a).await?,
+    };
     let req = GenerationRequest { model: a.model.spec()?, sampling, jobs };
     let mut stream = engine.submit(req);
     let mut info = None;
     let mut stats = None;
+    let mut samples = Vec::new();
     while let Some(ev) = stream.next().await {
         match ev {
             EngineEvent::Started(i) => info = Some(i),
             EngineEvent::Done(r) => stats = Some(r?),
-            EngineEvent::Sample(_) | EngineEvent::Progress(_) => {}
+            EngineEvent::Sample(s) => samples.push(s),
+            EngineEvent::Progress(_) => {}
         }
+    }
+    if let Some(path) = &a.texts {
+        samples.sort_by_key(|s| s.job_index);
+        let lines: Vec<String> = samples
+            .iter()
+            .map(|s| {
+                json!({"prompt_id": s.prompt_id, "k": s.sample_index, "seed": s.seed, "text": s.text,
+                       "finish_reason": s.finish_reason.as_str(), "error": s.error})
+                .to_string()
+            })
+            .collect();
+        std::fs::write(path, lines.join("\n") + "\n").with_context(|| format!("cannot write {}", path.display()))?;
+    }
+    if let Some(e) = samples.iter().find_map(|s| s.error.as_ref()) {
+        tracing::warn!(error = %e, "a sample failed");
     }
     let stats = stats.context("the engine ended without a result")?;
     let info = info.context("the engine never started the request")?;
@@ -100,18 +158,20 @@ pub async fn run(a: BenchArgs) -> Result<()> {
         "prefill_s": stats.prefill_s, "decode_s": stats.decode_s, "wall_s": stats.wall_s,
         "prefill_tokens_per_s": stats.prefill_tokens_per_s(), "decode_tokens_per_s": stats.decode_tokens_per_s(),
         "decode_calls": stats.decode_calls, "load_ms": info.load_ms,
+        "backend": engine.kind(), "servers": servers,
     });
     if a.json {
         println!("{v}");
     } else {
         println!(
-            "{} sequences ({} prompts × {} samples), parallel {}, {} threads\n\
+            "{} sequences ({} prompts × {} samples) on the {} backend, parallel {}, {} threads\n\
              prefill: {} tokens ({} without prefix sharing) in {:.2}s = {:.1} tokens/s\n\
              decode:  {} tokens in {:.2}s = {:.1} tokens/s\n\
              wall:    {:.2}s (model load {} ms excluded)",
             stats.sequences,
             a.prompts,
             a.samples,
+            engine.kind(),
             info.parallel,
             info.threads,
             stats.prefill_tokens,
@@ -126,4 +186,31 @@ pub async fn run(a: BenchArgs) -> Result<()> {
         );
     }
     Ok(())
+}
+
+/// The `openai` backend on the `--endpoint` servers, each at `--parallel` requests in flight.
+async fn remote_engine(a: &BenchArgs) -> Result<(crate::engine::Engine, Vec<crate::engine::remote::ServerIdentity>)> {
+    use crate::engine::remote::{EndpointParams, Remote, RemoteApi, RemoteParams};
+    if a.endpoints.is_empty() {
+        bail!("--backend openai needs at least one --endpoint URL");
+    }
+    let endpoints = a
+        .endpoints
+        .iter()
+        .map(|url| EndpointParams {
+            url: url.clone(),
+            served_model: a.served_model.clone(),
+            api_key: None,
+            max_concurrency: a.model.parallel.max(1),
+            timeout: std::time::Duration::from_secs(600),
+        })
+        .collect();
+    let api = match a.api {
+        BenchApi::Chat => RemoteApi::Chat,
+        BenchApi::Completions => RemoteApi::Completions,
+    };
+    let params = RemoteParams { api, endpoints, max_attempts: 5, backoff: std::time::Duration::from_millis(500) };
+    let (remote, servers) = Remote::connect(params).await.context("cannot use the endpoints")?;
+    let config = crate::engine::EngineParams { parallel: remote.concurrency(), ..Default::default() };
+    Ok((crate::engine::Engine::with_backend(std::sync::Arc::new(remote), config), servers))
 }
