@@ -23,14 +23,15 @@ PIDS=()
 trap 'for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done; rm -rf "$WORK"' EXIT
 
 free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'; }
-# server NAME THREADS SLOTS: starts a llama-server, prints its URL once /health answers.
+# server NAME THREADS SLOTS: starts a llama-server and sets URL once /health answers (not in a
+# subshell, so that PIDS keeps it for stop_servers).
 server() {
   local port; port="$(free_port)"
   "$LS" -m "$MODEL" -t "$2" -tb "$2" -b 512 -ub 512 -np "$3" -c $(( $3 * (MAX_TOKENS + 256) )) \
     --host 127.0.0.1 --port "$port" --no-webui >"$WORK/$1.log" 2>&1 &
   PIDS+=($!)
   for _ in $(seq 600); do
-    curl -sf "http://127.0.0.1:$port/health" >/dev/null 2>&1 && { echo "http://127.0.0.1:$port"; return; }
+    curl -sf "http://127.0.0.1:$port/health" >/dev/null 2>&1 && { URL="http://127.0.0.1:$port"; return; }
     sleep 0.2
   done
   echo "llama-server $1 did not start:" >&2; tail -20 "$WORK/$1.log" >&2; exit 1
@@ -40,17 +41,29 @@ bench() { "$DW" bench --model "$MODEL" --prompts "$PROMPTS" --samples "$SAMPLES"
 
 echo "model: $MODEL; $PROMPTS prompts x $SAMPLES samples x $MAX_TOKENS tokens, parallel $PARALLEL, $THREADS threads" >&2
 EMB="$(bench --ignore-eos --threads "$THREADS" --parallel "$PARALLEL")"
-U1="$(server one "$THREADS" "$PARALLEL")"
+server one "$THREADS" "$PARALLEL"; U1="$URL"
 ONE="$(bench --ignore-eos --backend openai --endpoint "$U1" --parallel "$PARALLEL")"
 stop_servers
 HALF=$(( THREADS / 2 > 0 ? THREADS / 2 : 1 ))
-UA="$(server a "$HALF" $(( PARALLEL / 2 )))"
-UB="$(server b "$HALF" $(( PARALLEL / 2 )))"
-TWO="$(bench --ignore-eos --backend openai --endpoint "$UA" --endpoint "$UB" --parallel $(( PARALLEL / 2 )))"
+server a "$HALF" $(( PARALLEL / 2 )); UA="$URL"
+server b "$HALF" $(( PARALLEL / 2 )); UB="$URL"
+# The coordinator's own CPU time (user + system) while two servers generate.
+TWO="$(python3 - "$DW" "$MODEL" "$PROMPTS" "$SAMPLES" "$MAX_TOKENS" "$UA" "$UB" $(( PARALLEL / 2 )) <<'PY'
+import json, resource, subprocess, sys
+dw, model, n, k, t, ua, ub, p = sys.argv[1:]
+out = subprocess.run([dw, "bench", "--model", model, "--prompts", n, "--samples", k, "--max-tokens", t, "--json",
+                      "--ignore-eos", "--backend", "openai", "--endpoint", ua, "--endpoint", ub, "--parallel", p],
+                     check=True, capture_output=True, text=True).stdout
+r = json.loads(out)
+u = resource.getrusage(resource.RUSAGE_CHILDREN)
+r["coordinator_cpu_s"] = u.ru_utime + u.ru_stime
+print(json.dumps(r))
+PY
+)"
 stop_servers
 
 # The same seeds at concurrency 1 and 16 (sampling as in an evaluation: default settings, EOS on).
-U="$(server inv "$THREADS" 16)"
+server inv "$THREADS" 16; U="$URL"
 bench --backend openai --endpoint "$U" --parallel 1 --texts "$WORK/remote-1.jsonl" >/dev/null
 bench --backend openai --endpoint "$U" --parallel 16 --texts "$WORK/remote-16.jsonl" >/dev/null
 stop_servers
@@ -67,6 +80,10 @@ print("| setup | wall s | generated tokens/s | vs 1 endpoint |")
 print("|---|---|---|---|")
 for name, r in rows:
     print("| %s | %.2f | %.1f | %.3f |" % (name, r["wall_s"], r["generated_tokens"] / r["wall_s"], one["wall_s"] / r["wall_s"]))
+cpu = two["coordinator_cpu_s"]
+print()
+print("coordinator CPU with 2 endpoints: %.2f s for %d samples (%.1f ms per sample, %.2f%% of one core over the run)"
+      % (cpu, two["sequences"], 1000 * cpu / two["sequences"], 100 * cpu / two["wall_s"]))
 def load(name):
     out = {}
     for line in open("%s/%s.jsonl" % (work, name)):

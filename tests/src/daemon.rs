@@ -23,6 +23,20 @@ pub fn serve(config: &Path, log: &Path) -> Child {
         .expect("start driftwatch serve")
 }
 
+/// A child process (a daemon under test) that is killed when dropped, so that a failing test
+/// leaves nothing running.
+#[derive(Debug)]
+pub struct KillOnDrop(pub Child);
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        if let Ok(None) = self.0.try_wait() {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
+}
+
 /// SIGKILL, and the child reaped.
 pub fn kill9(child: &mut Child) {
     child.kill().unwrap();

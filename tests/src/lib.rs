@@ -20,7 +20,7 @@ mod llama_server;
 mod plugins;
 
 pub use config::{ConfigBuilder, Suite};
-pub use daemon::{all_runs_completed, kill9, runs, samples_by_checkpoint, serve, wait_running};
+pub use daemon::{all_runs_completed, kill9, runs, samples_by_checkpoint, serve, wait_running, KillOnDrop};
 pub use judge::{sample, ScriptedModel};
 pub use llama_server::LlamaServer;
 pub use plugins::{build_wasm_workspace, bundled, hostile, repo_root, target_dir};

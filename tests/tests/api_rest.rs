@@ -47,6 +47,7 @@ fn seed_run(api: &TestApi, n: u32) -> i64 {
             finish_reason: "stop".into(),
             generation_ms: Some(1.0),
             judge_ms: Some(0.5),
+            error: None,
         };
         let verdict = StoredVerdict {
             judge: "keyword".into(),

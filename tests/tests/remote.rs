@@ -13,7 +13,7 @@ use driftwatch::provenance::Provenance;
 use driftwatch::store::RunStatus;
 use driftwatch_tests::{
     all_runs_completed, kill9, open_store, runs, samples_by_checkpoint, serve, sigterm, wait_exit, wait_for,
-    wait_running, ConfigBuilder, LlamaServer,
+    wait_running, ConfigBuilder, KillOnDrop, LlamaServer,
 };
 use serde_json::Value;
 
@@ -95,13 +95,13 @@ async fn a_watched_adapter_is_evaluated_on_llama_server_by_its_adapter_id() {
     let config =
         bed.config("data", &[(&server.url, 4)]).served("synth.gguf", "{ lora = 0 }").write(bed.path("dw.toml"));
     let log = bed.path("daemon.log");
-    let mut daemon = serve(&config, &log);
+    let mut daemon = KillOnDrop(serve(&config, &log));
     let store = open_store(&bed.path("data"));
     all_runs_completed(&store, 1, "the base model's run on llama-server").await;
     std::fs::copy(&bed.adapter, bed.watched().join("synth.gguf")).unwrap();
     all_runs_completed(&store, 2, "the adapter's run on llama-server").await;
-    sigterm(&daemon);
-    assert!(wait_exit(&mut daemon, 60).success());
+    sigterm(&daemon.0);
+    assert!(wait_exit(&mut daemon.0, 60).success());
 
     let all = runs(&store);
     let (base, adapter_run) = (&all[0], &all[1]);
@@ -182,7 +182,7 @@ async fn two_endpoints_share_a_run_through_429s_and_one_dying_mid_run() {
     let (proxy, throttled) = throttling_proxy(b.url.clone(), 3).await;
     let config = bed.config("data", &[(&a.url, 2), (&proxy, 2)]).write(bed.path("dw.toml"));
     let log = bed.path("daemon.log");
-    let mut daemon = serve(&config, &log);
+    let mut daemon = KillOnDrop(serve(&config, &log));
     let store = open_store(&bed.path("data"));
     // Once both have answered, `b` dies with its requests in flight.
     wait_for(300, "both servers to answer", || {
@@ -191,8 +191,8 @@ async fn two_endpoints_share_a_run_through_429s_and_one_dying_mid_run() {
     .await;
     b.kill();
     all_runs_completed(&store, 1, "the run, on the endpoint that is left").await;
-    sigterm(&daemon);
-    assert!(wait_exit(&mut daemon, 60).success());
+    sigterm(&daemon.0);
+    assert!(wait_exit(&mut daemon.0, 60).success());
 
     let samples = samples_by_checkpoint(&store);
     assert_eq!(samples.len(), PROMPTS * K as usize, "every sample once");
@@ -211,17 +211,17 @@ async fn a_kill_9_of_driftwatch_mid_run_resumes_without_losing_or_repeating_a_sa
     let bed = Bed::new();
     let server = bed.server("server", 2, &[]);
     let config = bed.config("data", &[(&server.url, 2)]).write(bed.path("dw.toml"));
-    let mut daemon = serve(&config, &bed.path("daemon-1.log"));
+    let mut daemon = KillOnDrop(serve(&config, &bed.path("daemon-1.log")));
     let store = open_store(&bed.path("data"));
     wait_for(300, "a few stored samples", || (runs(&store).first().is_some_and(|r| r.2 >= 5)).then_some(())).await;
-    kill9(&mut daemon);
+    kill9(&mut daemon.0);
     let before = texts(&store);
     assert!(before.len() >= 5 && before.len() < PROMPTS * K as usize, "killed mid-run: {} stored", before.len());
-    let mut daemon = serve(&config, &bed.path("daemon-2.log"));
+    let mut daemon = KillOnDrop(serve(&config, &bed.path("daemon-2.log")));
     wait_running(&bed.path("daemon-2.log")).await;
     all_runs_completed(&store, 1, "the resumed run").await;
-    sigterm(&daemon);
-    assert!(wait_exit(&mut daemon, 60).success());
+    sigterm(&daemon.0);
+    assert!(wait_exit(&mut daemon.0, 60).success());
     let after = texts(&store);
     assert_eq!(after.len(), PROMPTS * K as usize, "every sample once");
     for (k, v) in &before {
@@ -237,17 +237,17 @@ async fn an_embedded_run_and_a_remote_run_are_never_compared_silently() {
     let bed = Bed::new();
     // The base model on the embedded engine, then on llama-server, in one store.
     let embedded = bed.config("data", &[]).write(bed.path("embedded.toml"));
-    let mut daemon = serve(&embedded, &bed.path("daemon-1.log"));
+    let mut daemon = KillOnDrop(serve(&embedded, &bed.path("daemon-1.log")));
     let store = open_store(&bed.path("data"));
     all_runs_completed(&store, 1, "the embedded run").await;
-    sigterm(&daemon);
-    assert!(wait_exit(&mut daemon, 60).success());
+    sigterm(&daemon.0);
+    assert!(wait_exit(&mut daemon.0, 60).success());
     let server = bed.server("server", 2, &[]);
     let remote = bed.config("data", &[(&server.url, 2)]).write(bed.path("remote.toml"));
-    let mut daemon = serve(&remote, &bed.path("daemon-2.log"));
+    let mut daemon = KillOnDrop(serve(&remote, &bed.path("daemon-2.log")));
     all_runs_completed(&store, 2, "a new run on the remote backend (not the embedded one reused)").await;
-    sigterm(&daemon);
-    assert!(wait_exit(&mut daemon, 60).success());
+    sigterm(&daemon.0);
+    assert!(wait_exit(&mut daemon.0, 60).success());
     let all = runs(&store);
     assert!(all.iter().all(|r| r.0.status == RunStatus::Completed));
     let out = driftwatch_tests::command()
@@ -267,4 +267,77 @@ async fn an_embedded_run_and_a_remote_run_are_never_compared_silently() {
     let v: Value = serde_json::from_slice(&forced.stdout).unwrap();
     assert!(v.to_string().contains("backend_hash"), "{v}");
     drop(server);
+}
+
+/// A fake OpenAI-compatible server (`vllm` 0.0-test by its `/version`): it answers with the
+/// model and seed it was asked for, and with a malformed body for prompt 3.
+async fn fake_server() -> String {
+    use axum::routing::{get, post};
+    use axum::Json;
+    let app = axum::Router::new()
+        .route("/v1/models", get(|| async { Json(serde_json::json!({"data": [{"id": "base-model"}]})) }))
+        .route("/version", get(|| async { Json(serde_json::json!({"version": "0.0-test"})) }))
+        .route(
+            "/v1/chat/completions",
+            post(|Json(body): Json<Value>| async move {
+                let prompt = body["messages"][0]["content"].as_str().unwrap_or_default().to_owned();
+                if prompt.contains("(3)") {
+                    return "{\"choices\": 7}".to_string();
+                }
+                serde_json::json!({"choices": [{"message": {"content": format!("model:{} seed:{}", body["model"].as_str().unwrap_or(""), body["seed"])},
+                    "finish_reason": "stop"}], "usage": {"prompt_tokens": 9, "completion_tokens": 4}})
+                .to_string()
+            }),
+        );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}", listener.local_addr().unwrap());
+    tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+    url
+}
+
+#[tokio::test]
+async fn a_model_known_only_to_the_servers_is_evaluated_by_name_and_a_bad_response_is_a_sample_error() {
+    let _heavy = HEAVY.lock().await;
+    let bed = Bed::new();
+    let url = fake_server().await;
+    let port = driftwatch_tests::free_port();
+    let config = bed.config("data", &[(&url, 4)]).api(port).write(bed.path("dw.toml"));
+    let log = bed.path("daemon.log");
+    let mut daemon = KillOnDrop(serve(&config, &log));
+    let store = open_store(&bed.path("data"));
+    all_runs_completed(&store, 1, "the base model's run").await;
+    let client = reqwest::Client::new();
+    let evaluate = |body: Value| client.post(format!("http://127.0.0.1:{port}/v1/evaluate")).json(&body).send();
+    let r = evaluate(serde_json::json!({"served_model": "ft-remote"})).await.unwrap();
+    assert_eq!(r.status(), 202);
+    let v: Value = r.json().await.unwrap();
+    assert_eq!((v["kind"].as_str(), v["queued"].as_array().map(Vec::len)), (Some("served"), Some(1)), "{v}");
+    all_runs_completed(&store, 2, "the served model's run").await;
+    // The same name again is the same checkpoint, already evaluated.
+    let v: Value = evaluate(serde_json::json!({"served_model": "ft-remote"})).await.unwrap().json().await.unwrap();
+    assert_eq!((v["duplicate"].as_bool(), v["queued"].as_array().map(Vec::len)), (Some(true), Some(0)), "{v}");
+    let r = evaluate(serde_json::json!({"served_model": " "})).await.unwrap();
+    assert_eq!(r.status(), 400);
+    assert!(daemon.0.try_wait().unwrap().is_none(), "the daemon keeps running");
+    sigterm(&daemon.0);
+    assert!(wait_exit(&mut daemon.0, 60).success());
+
+    let all = runs(&store);
+    let p = Provenance::of(&all[1].0.provenance);
+    assert_eq!(p.model.path, "served:ft-remote");
+    let remote = p.remote.unwrap();
+    assert_eq!(remote.served.model.as_deref(), Some("ft-remote"));
+    assert_eq!((remote.servers[0].server.as_str(), remote.servers[0].version.as_deref()), ("vllm", Some("0.0-test")));
+    for (run, want) in [(&all[0], "model:base-model"), (&all[1], "model:ft-remote")] {
+        let samples = store.samples_for_run(run.0.id).unwrap();
+        assert_eq!(samples.len(), PROMPTS * K as usize);
+        for s in samples {
+            if s.prompt.contains("(3)") {
+                assert_eq!(s.finish_reason, "error", "{s:?}");
+                assert!(s.error.as_deref().is_some_and(|e| e.contains("malformed response")), "{s:?}");
+            } else {
+                assert!(s.response.starts_with(want), "{}: {}", want, s.response);
+            }
+        }
+    }
 }

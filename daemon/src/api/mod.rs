@@ -34,10 +34,21 @@ pub use routes::router;
 /// What the API asks of the running daemon (the daemon implements it; tests use a small
 /// implementation of their own).
 pub trait Control: Send + Sync + 'static {
-    /// Enqueue a checkpoint file by hand (POST /v1/evaluate); Ok = JSON describing what was queued.
-    fn evaluate(&self, path: PathBuf) -> BoxFuture<'static, Result<serde_json::Value, ApiError>>;
+    /// Enqueue a checkpoint by hand (POST /v1/evaluate); Ok = JSON describing what was queued.
+    fn evaluate(&self, target: EvaluateTarget) -> BoxFuture<'static, Result<serde_json::Value, ApiError>>;
     /// The judge plugins currently loaded, as JSON (GET /v1/plugins).
     fn plugins(&self) -> serde_json::Value;
+}
+
+/// What `POST /v1/evaluate` names: a checkpoint file; a model on the `openai` backend's
+/// servers, evaluated by its served name alone; or a file and the name the servers serve it
+/// under. At least one of the two is set.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct EvaluateTarget {
+    /// An absolute path of a checkpoint file.
+    pub path: Option<PathBuf>,
+    /// The name the inference servers serve the checkpoint under.
+    pub served_model: Option<String>,
 }
 
 /// Everything the routes need. Cheap to clone.

@@ -252,7 +252,10 @@ async fn plugins(State(app): State<AppState>) -> Json<Value> {
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct EvaluateRequest {
-    path: String,
+    #[serde(default)]
+    path: Option<String>,
+    #[serde(default)]
+    served_model: Option<String>,
 }
 
 async fn evaluate(
@@ -268,13 +271,25 @@ async fn evaluate(
         }
         e => ApiError::BadRequest(format!("bad JSON body (expected {{\"path\": \"...\"}}): {}", e.body_text())),
     })?;
-    if req.path.trim().is_empty() {
-        return Err(ApiError::BadRequest("path must not be empty".into()));
+    let check = |what: &str, v: &Option<String>| -> Result<(), ApiError> {
+        match v {
+            Some(v) if v.trim().is_empty() => Err(ApiError::BadRequest(format!("{what} must not be empty"))),
+            Some(v) if v.contains('\0') => Err(ApiError::BadRequest(format!("{what} must not contain NUL"))),
+            _ => Ok(()),
+        }
+    };
+    check("path", &req.path)?;
+    check("served_model", &req.served_model)?;
+    if req.path.is_none() && req.served_model.is_none() {
+        return Err(ApiError::BadRequest(
+            "give {\"path\": \"...\"} (a checkpoint file), {\"served_model\": \"...\"} (a model on the inference servers), or both".into(),
+        ));
     }
-    if req.path.contains('\0') {
-        return Err(ApiError::BadRequest("path must not contain NUL".into()));
+    if req.served_model.as_ref().is_some_and(|m| m.len() > 512) {
+        return Err(ApiError::BadRequest("served_model is over 512 bytes".into()));
     }
-    let queued = app.api.control.evaluate(PathBuf::from(req.path)).await?;
+    let target = super::EvaluateTarget { path: req.path.map(PathBuf::from), served_model: req.served_model };
+    let queued = app.api.control.evaluate(target).await?;
     Ok((StatusCode::ACCEPTED, Json(queued)).into_response())
 }
 
@@ -561,7 +576,10 @@ mod tests {
     }
 
     impl crate::api::Control for NoControl {
-        fn evaluate(&self, _path: PathBuf) -> futures::future::BoxFuture<'static, Result<Value, ApiError>> {
+        fn evaluate(
+            &self,
+            _target: super::super::EvaluateTarget,
+        ) -> futures::future::BoxFuture<'static, Result<Value, ApiError>> {
             Box::pin(async { Err(ApiError::Unavailable("not in this test".into())) })
         }
         fn plugins(&self) -> Value {

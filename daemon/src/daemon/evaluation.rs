@@ -32,6 +32,22 @@ pub(crate) struct Evaluation {
     pub rewording: Option<RewordingIdentity>,
     /// The inference servers, for the `openai` backend (set once they have answered).
     pub remote: Option<RemoteSetup>,
+    /// Served names given with `POST /v1/evaluate`, by checkpoint sha256.
+    pub registered: parking_lot::RwLock<std::collections::HashMap<String, crate::engine::remote::ServedAs>>,
+}
+
+/// The path a checkpoint known only by its served name is recorded under.
+pub(crate) fn served_path(name: &str) -> String {
+    format!("{SERVED_PREFIX}{name}")
+}
+
+/// The prefix of [`served_path`].
+pub(crate) const SERVED_PREFIX: &str = "served:";
+
+/// The identity (in place of a content sha256) of a checkpoint known only by its served name.
+pub(crate) fn served_identity(name: &str) -> String {
+    use sha2::{Digest, Sha256};
+    hex::encode(Sha256::digest(format!("driftwatch served model\0{name}").as_bytes()))
 }
 
 /// The `openai` backend's servers as they answered at the start.
@@ -107,7 +123,18 @@ impl Evaluation {
                 .map_err(|e| DaemonError::Other(format!("cannot read the base model {}: {e}", base_path.display())))?
         };
         let engine = super::engine_config(&config);
-        Ok(Evaluation { config, prompts, suites, base, base_path, base_sha256, engine, rewording, remote: None })
+        Ok(Evaluation {
+            config,
+            prompts,
+            suites,
+            base,
+            base_path,
+            base_sha256,
+            engine,
+            rewording,
+            remote: None,
+            registered: Default::default(),
+        })
     }
 
     /// Sampling settings for the engine.
@@ -130,6 +157,12 @@ impl Evaluation {
     /// `path`): its `[engine.served]` entry by sha256 or file name; else the endpoints' base
     /// model for the base model, and the file name without `.gguf` for any other.
     pub fn served_as(&self, sha256: &str, path: &std::path::Path) -> crate::engine::remote::ServedAs {
+        if let Some(name) = path.to_str().and_then(|p| p.strip_prefix(SERVED_PREFIX)) {
+            return crate::engine::remote::ServedAs { model: Some(name.to_owned()), lora: None };
+        }
+        if let Some(s) = self.registered.read().get(sha256) {
+            return s.clone();
+        }
         let served = &self.config.engine.served;
         let name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
         if let Some(entry) = served.get(sha256).or_else(|| served.get(&name)) {
@@ -140,6 +173,11 @@ impl Evaluation {
         }
         let stem = name.strip_suffix(".gguf").unwrap_or(&name).to_owned();
         crate::engine::remote::ServedAs { model: Some(stem), lora: None }
+    }
+
+    /// Records the served name `POST /v1/evaluate` gave for the checkpoint with content `sha256`.
+    pub fn register_served(&self, sha256: &str, served: crate::engine::remote::ServedAs) {
+        self.registered.write().insert(sha256.to_owned(), served);
     }
 
     /// Samples per prompt in a run's first round (K, or adaptive sampling's minimum).

@@ -86,8 +86,14 @@ fn take_base_now(ctx: &Ctx) -> Result<(), DaemonError> {
     Ok(())
 }
 
-/// Takes in a file named by hand (the API's `POST /v1/evaluate`, `driftwatch eval`).
-pub(crate) async fn take_path(ctx: &Arc<Ctx>, path: &Path) -> Result<Taken, StoreError> {
+/// Takes in a file named by hand (the API's `POST /v1/evaluate`, `driftwatch eval`); `served`:
+/// the name the `openai` backend's servers serve it under, for this daemon's life (each run
+/// records it in its provenance, and a resumed run asks for what it recorded).
+pub(crate) async fn take_path(
+    ctx: &Arc<Ctx>,
+    path: &Path,
+    served: Option<crate::engine::remote::ServedAs>,
+) -> Result<Taken, StoreError> {
     let path = path.to_owned();
     super::blocking(ctx, move |c| {
         let mtime = std::fs::metadata(&path)
@@ -95,9 +101,46 @@ pub(crate) async fn take_path(ctx: &Arc<Ctx>, path: &Path) -> Result<Taken, Stor
             .and_then(|m| m.modified().ok())
             .map(crate::watch::system_time_ms)
             .unwrap_or(0);
-        take_file(c, &path, mtime)
+        take_file_served(c, &path, mtime, served)
     })
     .await?
+}
+
+/// Takes in a checkpoint that exists only on the `openai` backend's servers, by its served
+/// name: its identity is the name (`served:NAME`, hashed), as a file's is its content.
+pub(crate) async fn take_served(ctx: &Arc<Ctx>, served: crate::engine::remote::ServedAs) -> Result<Taken, StoreError> {
+    super::blocking(ctx, move |c| take_served_now(c, &served)).await?
+}
+
+fn take_served_now(ctx: &Ctx, served: &crate::engine::remote::ServedAs) -> Result<Taken, StoreError> {
+    let name = served.model.clone().unwrap_or_default();
+    let path = std::path::PathBuf::from(crate::daemon::evaluation::served_path(&name));
+    let sha = crate::daemon::evaluation::served_identity(&name);
+    let new = NewCheckpoint {
+        sha256: sha.clone(),
+        path: path.clone(),
+        size: 0,
+        kind: CheckpointKind::Model,
+        architecture: None,
+        mtime_ms: None,
+    };
+    let (ckpt, created) = ctx.store.upsert_checkpoint(&new)?;
+    ctx.store.link_path(ckpt.id, &path, 0, None)?;
+    ctx.store.set_checkpoint_status(ckpt.id, CheckpointStatus::Accepted, None)?;
+    publish(
+        ctx,
+        EventKind::CheckpointDiscovered {
+            checkpoint_id: ckpt.id,
+            path: path.display().to_string(),
+            sha256: sha,
+            kind: "served".into(),
+            size_bytes: 0,
+            duplicate: !created,
+        },
+    );
+    tracing::info!(checkpoint = ckpt.id, served_model = %name, "served checkpoint taken in");
+    let (queued, existing) = super::queue::queue_checkpoint(ctx, &ckpt, &path.display().to_string())?;
+    Ok(Taken::Accepted { checkpoint_id: ckpt.id, kind: "served".into(), duplicate: !created, queued, existing })
 }
 
 /// What became of a file handed to intake.
@@ -155,6 +198,16 @@ fn reject(ctx: &Ctx, path: &Path, sha256: Option<String>, size: u64, reason: Str
 
 /// Takes in one settled file (blocking: it reads the whole file).
 fn take_file(ctx: &Ctx, path: &Path, mtime_ms: i64) -> Result<Taken, StoreError> {
+    take_file_served(ctx, path, mtime_ms, None)
+}
+
+/// [`take_file`], with the name the servers serve it under, if given.
+fn take_file_served(
+    ctx: &Ctx,
+    path: &Path,
+    mtime_ms: i64,
+    served: Option<crate::engine::remote::ServedAs>,
+) -> Result<Taken, StoreError> {
     let size = std::fs::metadata(path).map(|m| m.len()).unwrap_or(0);
     let sha = checkpoint::sha256_file(path).ok();
     let header = checkpoint::inspect(path).and_then(|c| {
@@ -172,6 +225,9 @@ fn take_file(ctx: &Ctx, path: &Path, mtime_ms: i64) -> Result<Taken, StoreError>
         return reject(ctx, path, None, size, "the file could not be read to the end".into());
     };
     let kind = if header.is_adapter() { CheckpointKind::Adapter } else { CheckpointKind::Model };
+    if let Some(served) = served {
+        ctx.eval.register_served(&sha, served);
+    }
     let new = NewCheckpoint {
         sha256: sha.clone(),
         path: path.to_owned(),

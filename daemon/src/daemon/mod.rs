@@ -133,22 +133,41 @@ struct DaemonControl {
 }
 
 impl crate::api::Control for DaemonControl {
-    fn evaluate(&self, path: PathBuf) -> futures::future::BoxFuture<'static, Result<Value, crate::api::ApiError>> {
+    fn evaluate(
+        &self,
+        target: crate::api::EvaluateTarget,
+    ) -> futures::future::BoxFuture<'static, Result<Value, crate::api::ApiError>> {
         use crate::api::ApiError;
         let ctx = self.ctx.upgrade();
         Box::pin(async move {
             let ctx = ctx.ok_or_else(|| ApiError::Unavailable("the daemon is stopping".into()))?;
-            if !path.is_absolute() {
-                return Err(ApiError::BadRequest(format!("give an absolute path, not {}", path.display())));
+            if target.served_model.is_some() && ctx.eval.remote.is_none() {
+                return Err(ApiError::Unprocessable(
+                    "`served_model` names a model on inference servers: it needs engine.backend = \"openai\"".into(),
+                ));
             }
-            let c = &ctx.eval.config;
-            let roots: Vec<PathBuf> = c.daemon.watch.iter().chain(&c.api.evaluate_roots).cloned().collect();
-            let path = evaluable_path(&path, &roots)?;
-            match intake::take_path(&ctx, &path).await {
-                Ok(t @ intake::Taken::Accepted { .. }) => Ok(serde_json::to_value(t).unwrap_or_default()),
-                Ok(intake::Taken::Rejected { reason }) => {
-                    Err(ApiError::Unprocessable(format!("{}: {reason}", path.display())))
+            let served = target.served_model.map(|m| crate::engine::remote::ServedAs { model: Some(m), lora: None });
+            let taken = match target.path {
+                None => intake::take_served(&ctx, served.unwrap_or_default()).await,
+                Some(path) => {
+                    if !path.is_absolute() {
+                        return Err(ApiError::BadRequest(format!("give an absolute path, not {}", path.display())));
+                    }
+                    let c = &ctx.eval.config;
+                    let roots: Vec<PathBuf> = c.daemon.watch.iter().chain(&c.api.evaluate_roots).cloned().collect();
+                    let path = evaluable_path(&path, &roots)?;
+                    let shown = path.display().to_string();
+                    intake::take_path(&ctx, &path, served).await.map(|t| match t {
+                        intake::Taken::Rejected { reason } => {
+                            intake::Taken::Rejected { reason: format!("{shown}: {reason}") }
+                        }
+                        t => t,
+                    })
                 }
+            };
+            match taken {
+                Ok(t @ intake::Taken::Accepted { .. }) => Ok(serde_json::to_value(t).unwrap_or_default()),
+                Ok(intake::Taken::Rejected { reason }) => Err(ApiError::Unprocessable(reason)),
                 Err(e) => Err(ApiError::Store(e)),
             }
         })

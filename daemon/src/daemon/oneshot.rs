@@ -268,7 +268,7 @@ async fn drive(
         Baseline::None => {}
     }
     // Intake hashes and checks the file once; a refused file costs no generation at all.
-    let taken = intake::take_path(ctx, checkpoint).await?;
+    let taken = intake::take_path(ctx, checkpoint, None).await?;
     let (checkpoint_id, kind) = match taken {
         intake::Taken::Rejected { reason } => {
             return Err(EvalError::Rejected { path: checkpoint.display().to_string(), reason })

@@ -210,12 +210,23 @@ async fn execute(ctx: &Arc<Runner>, run: Run, stop: &CancellationToken) -> Resul
     })
     .await?;
     let ckpt = ckpt.ok_or_else(|| RunError::Other(format!("checkpoint {checkpoint_id} is not in the store")))?;
-    let path = paths
-        .into_iter()
-        .filter(|p| p.removed_at_ms.is_none())
-        .map(|p| PathBuf::from(p.path))
-        .find(|p| p.is_file())
-        .ok_or_else(|| RunError::Gone(ckpt.path.clone()))?;
+    let served_only = ckpt.path.starts_with(super::evaluation::SERVED_PREFIX);
+    if served_only && ctx.eval.remote.is_none() {
+        return Err(RunError::Other(format!(
+            "{} exists only on inference servers: evaluating it needs engine.backend = \"openai\"",
+            ckpt.path
+        )));
+    }
+    let path = if served_only {
+        PathBuf::from(&ckpt.path)
+    } else {
+        paths
+            .into_iter()
+            .filter(|p| p.removed_at_ms.is_none())
+            .map(|p| PathBuf::from(p.path))
+            .find(|p| p.is_file())
+            .ok_or_else(|| RunError::Gone(ckpt.path.clone()))?
+    };
     let id = run.id;
     let repeat = Provenance::of(&run.provenance).repeat;
     // Hot-reloaded plugins serve from here on; a run whose judges changed records them.
@@ -491,7 +502,11 @@ async fn generate_round(
         chat_template: eval.config.model.chat_template.clone(),
         system_prompt: eval.config.model.system_prompt.clone(),
         raw_prompts: false,
-        served: eval.remote.as_ref().map(|_| eval.served_as(sha256, path)),
+        // What the run recorded when it was queued (a name given with `POST /v1/evaluate`
+        // survives a restart this way), else the mapping now.
+        served: eval.remote.as_ref().map(|_| {
+            Provenance::of(&run.provenance).remote.map(|r| r.served).unwrap_or_else(|| eval.served_as(sha256, path))
+        }),
     };
     if kind == CheckpointKind::Adapter {
         spec.adapter = Some(AdapterSpec { path: path.to_owned(), scale: eval.config.model.adapter_scale });
@@ -816,6 +831,7 @@ fn judge_and_store_batch(
             finish_reason: out.finish_reason.as_str().to_owned(),
             generation_ms: Some(out.generation_ms as f64),
             judge_ms: Some(per_sample_ms),
+            error: out.error.clone(),
         };
         let w = ctx.store.insert_sample_with_verdicts(run_id, &new, &verdicts)?;
         if w.inserted {

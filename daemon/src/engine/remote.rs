@@ -497,6 +497,12 @@ impl CompletionTemplate {
     fn resolve(model: &ModelSpec) -> Result<CompletionTemplate, EngineError> {
         let text = match &model.chat_template {
             Some(name) => name.clone(),
+            None if !model.model.is_file() => {
+                return Err(EngineError::InvalidRequest(format!(
+                    "{} is no model file to take a chat template from (a checkpoint known only by its served name?): set `model.chat_template`, or use engine.api = \"chat\"",
+                    model.model.display()
+                )))
+            }
             None => {
                 let info = crate::gguf::inspect(&model.model).map_err(|e| EngineError::Load {
                     path: model.model.display().to_string(),

@@ -202,6 +202,7 @@ pub(crate) fn add_running_run(store: &Store, cp: CheckpointId, baseline: Option<
                         finish_reason: "stop".into(),
                         generation_ms: Some(5.0),
                         judge_ms: Some(1.0),
+                        error: None,
                     },
                     &[refusal, coherence],
                 )
@@ -604,6 +605,7 @@ fn blank_sample() -> StoredSample {
         finish_reason: "error".into(),
         generation_ms: None,
         judge_ms: None,
+        error: None,
         verdicts: vec![],
     }
 }

@@ -33,6 +33,8 @@ pub struct NewSample {
     pub generation_ms: Option<f64>,
     /// Judging time attributed to this sample (ms).
     pub judge_ms: Option<f64>,
+    /// Why it could not be generated (finish reason `error`).
+    pub error: Option<String>,
 }
 
 /// One judge's verdict on a sample (stored and read back alike).
@@ -105,6 +107,9 @@ pub struct StoredSample {
     pub generation_ms: Option<f64>,
     /// Judge ms.
     pub judge_ms: Option<f64>,
+    /// Why it could not be generated (finish reason `error`); absent otherwise.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
     /// Verdicts, by judge name.
     pub verdicts: Vec<StoredVerdict>,
 }
@@ -137,8 +142,8 @@ impl Store {
                 tx.prepare_cached(
                     "INSERT INTO samples (run_id, prompt_id, category, sample_index, seed,
                         prompt_sha256, response, prompt_tokens, completion_tokens, finish_reason,
-                        generation_ms, judge_ms, created_at)
-                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13)
+                        generation_ms, judge_ms, created_at, error)
+                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14)
                      ON CONFLICT (run_id, prompt_id, sample_index) DO NOTHING",
                 )?
                 .execute(params![
@@ -154,7 +159,8 @@ impl Store {
                     sample.finish_reason,
                     sample.generation_ms,
                     sample.judge_ms,
-                    now_ms()
+                    now_ms(),
+                    sample.error
                 ])? == 1;
             if !inserted {
                 let id: SampleId = tx
@@ -218,7 +224,7 @@ impl Store {
             let mut st = c.prepare_cached(
                 "SELECT s.id, s.run_id, s.prompt_id, s.category, s.sample_index, s.seed,
                         s.prompt_sha256, p.text, s.response, s.prompt_tokens,
-                        s.completion_tokens, s.finish_reason, s.generation_ms, s.judge_ms
+                        s.completion_tokens, s.finish_reason, s.generation_ms, s.judge_ms, s.error
                  FROM samples s JOIN prompt_texts p ON p.sha256 = s.prompt_sha256
                  WHERE s.run_id = ?1 ORDER BY s.prompt_id, s.sample_index",
             )?;
@@ -239,6 +245,7 @@ impl Store {
                         finish_reason: r.get(11)?,
                         generation_ms: r.get(12)?,
                         judge_ms: r.get(13)?,
+                        error: r.get(14)?,
                         verdicts: Vec::new(),
                     })
                 })?

@@ -123,4 +123,9 @@ CREATE TABLE judge_calibrations (
     measured_at INTEGER NOT NULL
 );
 "#,
+    // v3: why a sample could not be generated (finish reason `error`): the engine's or the
+    // inference server's message.
+    r#"
+ALTER TABLE samples ADD COLUMN error TEXT;
+"#,
 ];

@@ -58,6 +58,7 @@ fn sample(prompt_id: &str, index: u32) -> NewSample {
         finish_reason: "stop".into(),
         generation_ms: Some(1.5),
         judge_ms: None,
+        error: None,
     }
 }
 
@@ -307,6 +308,29 @@ fn sample_round_trip_and_idempotence() {
         .collect();
     assert_eq!(keys, expect);
     assert_eq!(store.sample_count(run.id).unwrap(), 3);
+}
+
+/// An error sample keeps its reason (before schema v3 the engine's or the server's message
+/// was dropped, and only the finish reason `error` was stored).
+#[test]
+fn an_error_sample_keeps_its_reason() {
+    let (_d, store) = new_store();
+    let cp = checkpoint(&store, "e1", "/e.gguf");
+    let run = running_run(&store, cp.id, "h");
+    let failed = NewSample {
+        response: String::new(),
+        finish_reason: "error".into(),
+        error: Some("malformed response from http://x/v1/chat/completions: no `choices[0]`".into()),
+        ..sample("p1", 0)
+    };
+    store.insert_sample_with_verdicts(run.id, &failed, &[]).unwrap();
+    store.insert_sample_with_verdicts(run.id, &sample("p1", 1), &[]).unwrap();
+    let back = store.samples_for_run(run.id).unwrap();
+    assert_eq!(back[0].error.as_deref(), failed.error.as_deref());
+    assert_eq!(back[1].error, None);
+    let json = serde_json::to_value(&back[0]).unwrap();
+    assert!(json["error"].as_str().unwrap().contains("malformed"));
+    assert!(serde_json::to_value(&back[1]).unwrap().get("error").is_none());
 }
 
 #[test]
@@ -743,6 +767,7 @@ fn bench_sample_writes(dir: &Path, samples: u64) -> Result<WriteBench> {
             finish_reason: "stop".into(),
             generation_ms: Some(12.5),
             judge_ms: Some(0.4),
+            error: None,
         };
         store.insert_sample_with_verdicts(run.id, &sample, &verdicts)?;
     }

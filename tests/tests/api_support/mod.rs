@@ -9,7 +9,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use driftwatch::api::subscribe::{SseMessage, SseParser};
-use driftwatch::api::{self, ApiError, ApiState, Control};
+use driftwatch::api::{self, ApiError, ApiState, Control, EvaluateTarget};
 use driftwatch::events::{EventBus, EventKind};
 use driftwatch::metrics::Metrics;
 use driftwatch::store::{Event, Store};
@@ -27,7 +27,10 @@ pub struct TestControl {
 }
 
 impl Control for TestControl {
-    fn evaluate(&self, path: PathBuf) -> BoxFuture<'static, Result<Value, ApiError>> {
+    fn evaluate(&self, target: EvaluateTarget) -> BoxFuture<'static, Result<Value, ApiError>> {
+        let Some(path) = target.path else {
+            return Box::pin(async { Err(ApiError::Unprocessable("no served models here".into())) });
+        };
         let result = if path.extension().and_then(|e| e.to_str()) != Some("gguf") {
             Err(ApiError::Unprocessable(format!("{} is not a .gguf file", path.display())))
         } else {
