@@ -75,6 +75,8 @@ pub struct ConfigBuilder {
     endpoints: Vec<(String, u32)>,
     /// `[engine.served]` entries (key, TOML value).
     served: Vec<(String, String)>,
+    /// `engine.max_attempts`.
+    max_attempts: Option<u32>,
 }
 
 impl ConfigBuilder {
@@ -107,6 +109,7 @@ impl ConfigBuilder {
             bootstrap: None,
             endpoints: Vec::new(),
             served: Vec::new(),
+            max_attempts: None,
         }
     }
 
@@ -263,6 +266,12 @@ impl ConfigBuilder {
         self
     }
 
+    /// `engine.max_attempts`: attempts per sample on one endpoint.
+    pub fn max_attempts(mut self, n: u32) -> Self {
+        self.max_attempts = Some(n);
+        self
+    }
+
     /// The configuration file's text.
     pub fn toml(&self) -> String {
         let path = |p: &Path| format!("\"{}\"", p.display());
@@ -285,6 +294,7 @@ impl ConfigBuilder {
         key(&mut t, "batch_size", self.batch_size.map(|v| v.to_string()));
         if !self.endpoints.is_empty() {
             t.push_str("backend = \"openai\"\n");
+            key(&mut t, "max_attempts", self.max_attempts.map(|v| v.to_string()));
             let list: Vec<String> =
                 self.endpoints.iter().map(|(u, c)| format!("{{ url = \"{u}\", max_concurrency = {c} }}")).collect();
             writeln!(t, "endpoints = [{}]", list.join(", ")).unwrap();

@@ -341,3 +341,53 @@ async fn a_model_known_only_to_the_servers_is_evaluated_by_name_and_a_bad_respon
         }
     }
 }
+
+#[tokio::test]
+async fn a_run_waits_out_a_fleet_that_is_down_and_resumes_with_its_samples() {
+    use std::sync::atomic::AtomicBool;
+    let _heavy = HEAVY.lock().await;
+    let bed = Bed::new();
+    // A server that answers, then is down (503 on every generation) until told otherwise.
+    let up = Arc::new(AtomicBool::new(true));
+    let answered = Arc::new(AtomicUsize::new(0));
+    let app = {
+        use axum::routing::{get, post};
+        let (up, answered) = (Arc::clone(&up), Arc::clone(&answered));
+        axum::Router::new().route("/v1/models", get(|| async { axum::Json(serde_json::json!({"data": [{"id": "m"}]})) })).route(
+            "/v1/chat/completions",
+            post(move |axum::Json(body): axum::Json<Value>| {
+                let (up, answered) = (Arc::clone(&up), Arc::clone(&answered));
+                async move {
+                    if !up.load(Ordering::SeqCst) || answered.load(Ordering::SeqCst) == 5 {
+                        up.store(false, Ordering::SeqCst);
+                        return (axum::http::StatusCode::SERVICE_UNAVAILABLE, "down".to_string());
+                    }
+                    answered.fetch_add(1, Ordering::SeqCst);
+                    let text = format!("answer {}", body["seed"]);
+                    let v = serde_json::json!({"choices": [{"message": {"content": text}, "finish_reason": "stop"}]});
+                    (axum::http::StatusCode::OK, v.to_string())
+                }
+            }),
+        )
+    };
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}", listener.local_addr().unwrap());
+    tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+    let config = bed.config("data", &[(&url, 1)]).max_attempts(1).write(bed.path("dw.toml"));
+    let log = bed.path("daemon.log");
+    let mut daemon = KillOnDrop(serve(&config, &log));
+    let store = open_store(&bed.path("data"));
+    wait_for(60, "the run to wait for the servers", || {
+        std::fs::read_to_string(&log).unwrap().contains("the inference servers cannot take the run").then_some(())
+    })
+    .await;
+    let all = runs(&store);
+    assert_eq!((all.len(), all[0].0.status, all[0].2), (1, RunStatus::Queued, 5), "queued again with its 5 samples");
+    up.store(true, Ordering::SeqCst);
+    answered.store(100, Ordering::SeqCst);
+    all_runs_completed(&store, 1, "the run, once the server is back").await;
+    sigterm(&daemon.0);
+    assert!(wait_exit(&mut daemon.0, 60).success());
+    assert_eq!(samples_by_checkpoint(&store).len(), PROMPTS * K as usize);
+    assert!(store.runs_for_checkpoint(all[0].0.checkpoint_id).unwrap().iter().all(|r| r.error.is_none()));
+}

@@ -479,6 +479,37 @@ fn the_parallel_limit_is_the_engines() {
     assert_err("[engine]\nparallel = 200\n", "engine.parallel", 2);
 }
 
+/// `engine.backend = "openai"`: its endpoints and served names parse, and each mistake is an
+/// error naming its key and line.
+#[test]
+fn the_openai_backend_and_its_endpoints_are_validated() {
+    let ok = "[engine]\nbackend = \"openai\"\napi = \"completions\"\n\n[[engine.endpoints]]\nurl = \"http://gpu-0:8000/v1\"\nmax_concurrency = 8\n\n[engine.served]\n\"ft-a.gguf\" = \"ft-a\"\n\"ft-b.gguf\" = { lora = 1 }\n";
+    let c = parse(ok).unwrap();
+    let e = &c.engine;
+    assert_eq!((e.backend, e.api), (BackendKind::Openai, crate::engine::remote::RemoteApi::Completions));
+    assert_eq!((e.endpoints[0].max_concurrency, e.endpoints[0].timeout_ms, e.max_attempts), (8, 300_000, 5));
+    assert_eq!(e.served["ft-a.gguf"].served_as().model.as_deref(), Some("ft-a"));
+    assert_eq!(e.served["ft-b.gguf"].served_as().lora, Some(1));
+    // The remote backend changes the engine hash; the embedded engine's stays what it was.
+    assert_ne!(c.settings_hashes().engine, parse("").unwrap().settings_hashes().engine);
+    assert_eq!(parse("[engine]\nbackend = \"embedded\"\n").unwrap().settings_hashes(), parse("").unwrap().settings_hashes());
+
+    assert_err("[engine]\nbackend = \"openai\"\n", "engine.backend", 2);
+    assert_err("[engine]\nbackend = \"embedded\"\nendpoints = [{ url = \"http://a:1\" }]\n", "engine.endpoints", 3);
+    let bad = |endpoint: &str| format!("[engine]\nbackend = \"openai\"\n\n[[engine.endpoints]]\n{endpoint}\n");
+    assert_err(&bad("url = \"gpu-0:8000\""), "engine.endpoints[0].url", 5);
+    assert_err(&bad("url = \"http://\""), "engine.endpoints[0].url", 5);
+    assert_err(&bad("url = \"http://a:1\"\nmax_concurrency = 0"), "engine.endpoints[0].max_concurrency", 6);
+    assert_err(&bad("url = \"http://a:1\"\ntimeout_ms = 0"), "engine.endpoints[0].timeout_ms", 6);
+    assert_err(&bad("url = \"http://a:1\"\nserved_model = \" \""), "engine.endpoints[0].served_model", 6);
+    let twice = "[engine]\nbackend = \"openai\"\nendpoints = [{ url = \"http://a:1\" }, { url = \"http://a:1/v1/\" }]\n";
+    assert!(err(twice).to_string().contains("one URL twice"));
+    let e = err("[engine]\nbackend = \"openai\"\nendpoints = [{ url = \"http://a:1\" }]\nserved = { \"x.gguf\" = {} }\n");
+    assert!(e.to_string().contains("engine.served.x.gguf"), "{e}");
+    let e = err("[engine]\nbackend = \"cluster\"\n");
+    assert!(e.to_string().contains("embedded") && e.to_string().contains("openai"), "{e}");
+}
+
 /// `engine.n_ctx` is shared by the parallel sequences: it must leave each one room for a
 /// prompt token and `sampling.max_tokens`.
 #[test]

@@ -309,6 +309,13 @@ async fn drive(
                 return Err(EvalError::RunFailed { run: id, reason })
             }
             RunOutcome::StorageFault(reason) => return Err(DaemonError::StoreUnwritable(reason).into()),
+            // A CI gate does not wait for a fleet: the run stays queued with its samples.
+            RunOutcome::Unavailable(reason) => {
+                return Err(EvalError::RunFailed {
+                    run: id,
+                    reason: format!("{reason} (the run keeps its samples and resumes at the next evaluation)"),
+                })
+            }
         }
     }
 

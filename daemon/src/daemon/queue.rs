@@ -92,14 +92,30 @@ impl RunQueue {
 
 /// Executes queued runs one at a time until shutdown, or until the store cannot be written:
 /// then the daemon cannot go on, and says why.
+/// While the inference servers are unavailable, the queue waits `UNAVAILABLE_WAIT`, doubling
+/// each time they still are, up to `UNAVAILABLE_WAIT_MAX`.
 pub(super) async fn run_loop(ctx: Arc<Ctx>, stop: CancellationToken) -> Result<(), super::DaemonError> {
+    let mut wait = UNAVAILABLE_WAIT;
     while let Some(run) = ctx.queue.claim(&stop).await {
-        if let RunOutcome::StorageFault(reason) = execute(&ctx, run, &stop).await {
-            return Err(super::DaemonError::StoreUnwritable(reason));
+        let id = run.id;
+        match execute(&ctx, run, &stop).await {
+            RunOutcome::StorageFault(reason) => return Err(super::DaemonError::StoreUnwritable(reason)),
+            RunOutcome::Unavailable(reason) => {
+                tracing::warn!(run = id, %reason, wait_s = wait.as_secs(), "the inference servers cannot take the run; it stays queued with its samples and resumes after the wait");
+                tokio::select! {
+                    _ = stop.cancelled() => break,
+                    _ = tokio::time::sleep(wait) => {}
+                }
+                wait = (wait * 2).min(UNAVAILABLE_WAIT_MAX);
+            }
+            _ => wait = UNAVAILABLE_WAIT,
         }
     }
     Ok(())
 }
+
+const UNAVAILABLE_WAIT: Duration = Duration::from_secs(5);
+const UNAVAILABLE_WAIT_MAX: Duration = Duration::from_secs(300);
 
 /// Executes a claimed run, then does what its end asks of the queue: a run that ended because
 /// the settings changed under it has its checkpoint queued again under the new ones (it keeps

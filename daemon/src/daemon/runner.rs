@@ -66,6 +66,9 @@ pub(crate) enum RunOutcome {
     /// Stopped because the store cannot be written (a full disk, an I/O error, a read-only
     /// file system): nothing is recorded, and the run resumes at the next start.
     StorageFault(String),
+    /// Stopped because no inference server could take its jobs (the `openai` backend): its
+    /// samples stay stored and it is queued again, to resume when the servers answer.
+    Unavailable(String),
 }
 
 /// Executes one run to its end, a stop or a failure; a failure is stored and published.
@@ -77,6 +80,17 @@ pub(crate) async fn run_one(ctx: &Arc<Runner>, run: Run, stop: &CancellationToke
         Ok(Some(base)) => RunOutcome::Completed { base },
         Ok(None) => RunOutcome::Interrupted,
         Err(RunError::Store(e)) if e.is_storage_fault() => storage_fault(id, &e),
+        Err(RunError::Unavailable(reason)) => {
+            // Its stored samples stay; it is queued again, to resume once the servers answer.
+            match super::blocking(ctx, move |c| c.store.requeue_run(id)).await.and_then(|r| r) {
+                Err(e) if e.is_storage_fault() => storage_fault(id, &e),
+                Err(e) => {
+                    tracing::error!(run = id, error = %e, "cannot queue the run again; it resumes at the next start");
+                    RunOutcome::Unavailable(reason)
+                }
+                Ok(_) => RunOutcome::Unavailable(reason),
+            }
+        }
         Err(e) => {
             tracing::error!(run = id, error = %e, "run failed");
             let reason = e.to_string();
@@ -100,7 +114,7 @@ pub(crate) async fn run_one(ctx: &Arc<Runner>, run: Run, stop: &CancellationToke
     };
     ctx.metrics.run_finished(match outcome {
         RunOutcome::Completed { .. } => "completed",
-        RunOutcome::Interrupted | RunOutcome::StorageFault(_) => "interrupted",
+        RunOutcome::Interrupted | RunOutcome::StorageFault(_) | RunOutcome::Unavailable(_) => "interrupted",
         RunOutcome::Failed(_) | RunOutcome::Requeue { .. } => "failed",
     });
     outcome
@@ -142,6 +156,8 @@ pub(super) enum RunError {
     DeletedDuringRun(String),
     #[error("generation failed: {0}")]
     Engine(String),
+    #[error("{0}")]
+    Unavailable(String),
     #[error("scoring failed: {0}")]
     Scoring(String),
     #[error("the evaluation settings (configuration or judge versions) changed since this run started; its {stored} samples stay stored and the checkpoint is queued again under the new settings")]
@@ -555,7 +571,7 @@ async fn generate_round(
                     }
                 }
                 Some(EngineEvent::Done(r)) => {
-                    if let Err(e) = r { engine_error = Some(e.to_string()); }
+                    if let Err(e) = r { engine_error = Some(e); }
                     break;
                 }
                 Some(EngineEvent::Started(info)) => tracing::debug!(?info, "engine started the round"),
@@ -587,8 +603,11 @@ async fn generate_round(
     if interrupted {
         return Ok(Round::Interrupted);
     }
-    if let Some(e) = engine_error {
-        return Err(RunError::Engine(e));
+    match engine_error {
+        // Not this run's fault: it waits for the servers (see `RunOutcome::Unavailable`).
+        Some(crate::engine::EngineError::Remote(e)) => return Err(RunError::Unavailable(e)),
+        Some(e) => return Err(RunError::Engine(e.to_string())),
+        None => {}
     }
     Ok(Round::Done)
 }

@@ -368,6 +368,11 @@ impl Store {
         self.transition_run(id, RunTransition::Complete { scores: scores.clone() }, None).map(|_| ())
     }
 
+    /// Puts one running run back in the queue (its samples stay): true when it was running.
+    pub fn requeue_run(&self, id: RunId) -> Result<bool> {
+        self.write(|c| Ok(c.execute("UPDATE runs SET status = 'queued' WHERE id = ?1 AND status = 'running'", [id])? == 1))
+    }
+
     /// At start-up: runs left `running` by a crash go back to `queued` (their stored
     /// samples are kept and are skipped when they resume). Returns their ids.
     pub fn requeue_interrupted_runs(&self) -> Result<Vec<RunId>> {
