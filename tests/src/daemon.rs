@@ -28,6 +28,15 @@ pub fn serve(config: &Path, log: &Path) -> Child {
 #[derive(Debug)]
 pub struct KillOnDrop(pub Child);
 
+impl KillOnDrop {
+    /// SIGTERM, and a clean exit within a minute.
+    pub fn stop(&mut self) {
+        crate::sigterm(&self.0);
+        let status = crate::wait_exit(&mut self.0, 60);
+        assert!(status.success(), "the daemon exited with {status}");
+    }
+}
+
 impl Drop for KillOnDrop {
     fn drop(&mut self) {
         if let Ok(None) = self.0.try_wait() {

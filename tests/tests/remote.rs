@@ -12,8 +12,8 @@ use std::sync::Arc;
 use driftwatch::provenance::Provenance;
 use driftwatch::store::RunStatus;
 use driftwatch_tests::{
-    all_runs_completed, kill9, open_store, runs, samples_by_checkpoint, serve, sigterm, wait_exit, wait_for,
-    wait_running, ConfigBuilder, KillOnDrop, LlamaServer,
+    all_runs_completed, kill9, open_store, runs, samples_by_checkpoint, serve, wait_for, wait_running, ConfigBuilder,
+    KillOnDrop, LlamaServer,
 };
 use serde_json::Value;
 
@@ -100,8 +100,7 @@ async fn a_watched_adapter_is_evaluated_on_llama_server_by_its_adapter_id() {
     all_runs_completed(&store, 1, "the base model's run on llama-server").await;
     std::fs::copy(&bed.adapter, bed.watched().join("synth.gguf")).unwrap();
     all_runs_completed(&store, 2, "the adapter's run on llama-server").await;
-    sigterm(&daemon.0);
-    assert!(wait_exit(&mut daemon.0, 60).success());
+    daemon.stop();
 
     let all = runs(&store);
     let (base, adapter_run) = (&all[0], &all[1]);
@@ -191,8 +190,7 @@ async fn two_endpoints_share_a_run_through_429s_and_one_dying_mid_run() {
     .await;
     b.kill();
     all_runs_completed(&store, 1, "the run, on the endpoint that is left").await;
-    sigterm(&daemon.0);
-    assert!(wait_exit(&mut daemon.0, 60).success());
+    daemon.stop();
 
     let samples = samples_by_checkpoint(&store);
     assert_eq!(samples.len(), PROMPTS * K as usize, "every sample once");
@@ -220,8 +218,7 @@ async fn a_kill_9_of_driftwatch_mid_run_resumes_without_losing_or_repeating_a_sa
     let mut daemon = KillOnDrop(serve(&config, &bed.path("daemon-2.log")));
     wait_running(&bed.path("daemon-2.log")).await;
     all_runs_completed(&store, 1, "the resumed run").await;
-    sigterm(&daemon.0);
-    assert!(wait_exit(&mut daemon.0, 60).success());
+    daemon.stop();
     let after = texts(&store);
     assert_eq!(after.len(), PROMPTS * K as usize, "every sample once");
     for (k, v) in &before {
@@ -240,14 +237,12 @@ async fn an_embedded_run_and_a_remote_run_are_never_compared_silently() {
     let mut daemon = KillOnDrop(serve(&embedded, &bed.path("daemon-1.log")));
     let store = open_store(&bed.path("data"));
     all_runs_completed(&store, 1, "the embedded run").await;
-    sigterm(&daemon.0);
-    assert!(wait_exit(&mut daemon.0, 60).success());
+    daemon.stop();
     let server = bed.server("server", 2, &[]);
     let remote = bed.config("data", &[(&server.url, 2)]).write(bed.path("remote.toml"));
     let mut daemon = KillOnDrop(serve(&remote, &bed.path("daemon-2.log")));
     all_runs_completed(&store, 2, "a new run on the remote backend (not the embedded one reused)").await;
-    sigterm(&daemon.0);
-    assert!(wait_exit(&mut daemon.0, 60).success());
+    daemon.stop();
     let all = runs(&store);
     assert!(all.iter().all(|r| r.0.status == RunStatus::Completed));
     let out = driftwatch_tests::command()
@@ -319,8 +314,7 @@ async fn a_model_known_only_to_the_servers_is_evaluated_by_name_and_a_bad_respon
     let r = evaluate(serde_json::json!({"served_model": " "})).await.unwrap();
     assert_eq!(r.status(), 400);
     assert!(daemon.0.try_wait().unwrap().is_none(), "the daemon keeps running");
-    sigterm(&daemon.0);
-    assert!(wait_exit(&mut daemon.0, 60).success());
+    daemon.stop();
 
     let all = runs(&store);
     let p = Provenance::of(&all[1].0.provenance);
@@ -353,22 +347,25 @@ async fn a_run_waits_out_a_fleet_that_is_down_and_resumes_with_its_samples() {
     let app = {
         use axum::routing::{get, post};
         let (up, answered) = (Arc::clone(&up), Arc::clone(&answered));
-        axum::Router::new().route("/v1/models", get(|| async { axum::Json(serde_json::json!({"data": [{"id": "m"}]})) })).route(
-            "/v1/chat/completions",
-            post(move |axum::Json(body): axum::Json<Value>| {
-                let (up, answered) = (Arc::clone(&up), Arc::clone(&answered));
-                async move {
-                    if !up.load(Ordering::SeqCst) || answered.load(Ordering::SeqCst) == 5 {
-                        up.store(false, Ordering::SeqCst);
-                        return (axum::http::StatusCode::SERVICE_UNAVAILABLE, "down".to_string());
+        axum::Router::new()
+            .route("/v1/models", get(|| async { axum::Json(serde_json::json!({"data": [{"id": "m"}]})) }))
+            .route(
+                "/v1/chat/completions",
+                post(move |axum::Json(body): axum::Json<Value>| {
+                    let (up, answered) = (Arc::clone(&up), Arc::clone(&answered));
+                    async move {
+                        if !up.load(Ordering::SeqCst) || answered.load(Ordering::SeqCst) == 5 {
+                            up.store(false, Ordering::SeqCst);
+                            return (axum::http::StatusCode::SERVICE_UNAVAILABLE, "down".to_string());
+                        }
+                        answered.fetch_add(1, Ordering::SeqCst);
+                        let text = format!("answer {}", body["seed"]);
+                        let v =
+                            serde_json::json!({"choices": [{"message": {"content": text}, "finish_reason": "stop"}]});
+                        (axum::http::StatusCode::OK, v.to_string())
                     }
-                    answered.fetch_add(1, Ordering::SeqCst);
-                    let text = format!("answer {}", body["seed"]);
-                    let v = serde_json::json!({"choices": [{"message": {"content": text}, "finish_reason": "stop"}]});
-                    (axum::http::StatusCode::OK, v.to_string())
-                }
-            }),
-        )
+                }),
+            )
     };
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let url = format!("http://{}", listener.local_addr().unwrap());
@@ -386,8 +383,62 @@ async fn a_run_waits_out_a_fleet_that_is_down_and_resumes_with_its_samples() {
     up.store(true, Ordering::SeqCst);
     answered.store(100, Ordering::SeqCst);
     all_runs_completed(&store, 1, "the run, once the server is back").await;
-    sigterm(&daemon.0);
-    assert!(wait_exit(&mut daemon.0, 60).success());
+    daemon.stop();
     assert_eq!(samples_by_checkpoint(&store).len(), PROMPTS * K as usize);
     assert!(store.runs_for_checkpoint(all[0].0.checkpoint_id).unwrap().iter().all(|r| r.error.is_none()));
+}
+
+/// `api = "completions"` sends the prompt driftwatch's own template makes, token for token what
+/// the embedded engine evaluates; llama-server's chat route renders the model's whole Jinja
+/// template instead, which adds SmolLM2's default system prompt.
+#[tokio::test]
+async fn the_completions_route_sends_exactly_the_prompt_the_embedded_engine_evaluates() {
+    use driftwatch::engine::remote::{EndpointParams, Remote, RemoteApi, RemoteParams};
+    use driftwatch::engine::{Engine, EngineParams, GenerationRequest, Job, ModelSpec, SamplingParams};
+    let _heavy = HEAVY.lock().await;
+    let bed = Bed::new();
+    let server = bed.server("server", 2, &[]);
+    let jobs: Vec<Job> = (0..2)
+        .map(|i| Job {
+            prompt_id: format!("p{i}"),
+            prompt: format!("Tell me about the number {i}."),
+            sample_index: 0,
+            seed: i,
+        })
+        .collect();
+    let request = GenerationRequest {
+        model: ModelSpec::new(&bed.model),
+        sampling: SamplingParams { max_tokens: 4, ..SamplingParams::default() },
+        jobs,
+    };
+    let prompt_tokens =
+        |samples: &[driftwatch::engine::SampleOutput]| samples.iter().map(|s| s.prompt_tokens).collect::<Vec<_>>();
+    let embedded = Engine::start(EngineParams { threads: 2, parallel: 2, ..EngineParams::default() }).unwrap();
+    let (local, _) = embedded.generate(request.clone()).await.unwrap();
+    let mut by_route = Vec::new();
+    for api in [RemoteApi::Completions, RemoteApi::Chat] {
+        let endpoint = EndpointParams {
+            url: server.url.clone(),
+            served_model: None,
+            api_key: None,
+            max_concurrency: 2,
+            timeout: std::time::Duration::from_secs(60),
+        };
+        let params = RemoteParams {
+            api,
+            endpoints: vec![endpoint],
+            max_attempts: 2,
+            backoff: std::time::Duration::from_millis(100),
+        };
+        let (remote, _) = Remote::connect(params).await.unwrap();
+        let engine = Engine::with_backend(Arc::new(remote), EngineParams::default());
+        let (samples, _) = engine.generate(request.clone()).await.unwrap();
+        assert!(samples.iter().all(|s| s.error.is_none() && s.completion_tokens > 0), "{samples:?}");
+        by_route.push(prompt_tokens(&samples));
+    }
+    assert_eq!(by_route[0], prompt_tokens(&local), "completions: driftwatch's template, as embedded");
+    assert!(
+        by_route[1].iter().zip(&by_route[0]).all(|(chat, own)| chat > own),
+        "chat: the server's template {by_route:?}"
+    );
 }

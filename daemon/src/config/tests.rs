@@ -492,7 +492,10 @@ fn the_openai_backend_and_its_endpoints_are_validated() {
     assert_eq!(e.served["ft-b.gguf"].served_as().lora, Some(1));
     // The remote backend changes the engine hash; the embedded engine's stays what it was.
     assert_ne!(c.settings_hashes().engine, parse("").unwrap().settings_hashes().engine);
-    assert_eq!(parse("[engine]\nbackend = \"embedded\"\n").unwrap().settings_hashes(), parse("").unwrap().settings_hashes());
+    assert_eq!(
+        parse("[engine]\nbackend = \"embedded\"\n").unwrap().settings_hashes(),
+        parse("").unwrap().settings_hashes()
+    );
 
     assert_err("[engine]\nbackend = \"openai\"\n", "engine.backend", 2);
     assert_err("[engine]\nbackend = \"embedded\"\nendpoints = [{ url = \"http://a:1\" }]\n", "engine.endpoints", 3);
@@ -502,9 +505,11 @@ fn the_openai_backend_and_its_endpoints_are_validated() {
     assert_err(&bad("url = \"http://a:1\"\nmax_concurrency = 0"), "engine.endpoints[0].max_concurrency", 6);
     assert_err(&bad("url = \"http://a:1\"\ntimeout_ms = 0"), "engine.endpoints[0].timeout_ms", 6);
     assert_err(&bad("url = \"http://a:1\"\nserved_model = \" \""), "engine.endpoints[0].served_model", 6);
-    let twice = "[engine]\nbackend = \"openai\"\nendpoints = [{ url = \"http://a:1\" }, { url = \"http://a:1/v1/\" }]\n";
+    let twice =
+        "[engine]\nbackend = \"openai\"\nendpoints = [{ url = \"http://a:1\" }, { url = \"http://a:1/v1/\" }]\n";
     assert!(err(twice).to_string().contains("one URL twice"));
-    let e = err("[engine]\nbackend = \"openai\"\nendpoints = [{ url = \"http://a:1\" }]\nserved = { \"x.gguf\" = {} }\n");
+    let e =
+        err("[engine]\nbackend = \"openai\"\nendpoints = [{ url = \"http://a:1\" }]\nserved = { \"x.gguf\" = {} }\n");
     assert!(e.to_string().contains("engine.served.x.gguf"), "{e}");
     let e = err("[engine]\nbackend = \"cluster\"\n");
     assert!(e.to_string().contains("embedded") && e.to_string().contains("openai"), "{e}");

@@ -124,20 +124,7 @@ fn take_served_now(ctx: &Ctx, served: &crate::engine::remote::ServedAs) -> Resul
         architecture: None,
         mtime_ms: None,
     };
-    let (ckpt, created) = ctx.store.upsert_checkpoint(&new)?;
-    ctx.store.link_path(ckpt.id, &path, 0, None)?;
-    ctx.store.set_checkpoint_status(ckpt.id, CheckpointStatus::Accepted, None)?;
-    publish(
-        ctx,
-        EventKind::CheckpointDiscovered {
-            checkpoint_id: ckpt.id,
-            path: path.display().to_string(),
-            sha256: sha,
-            kind: "served".into(),
-            size_bytes: 0,
-            duplicate: !created,
-        },
-    );
+    let (ckpt, created) = accept(ctx, &new, "served")?;
     tracing::info!(checkpoint = ckpt.id, served_model = %name, "served checkpoint taken in");
     let (queued, existing) = super::queue::queue_checkpoint(ctx, &ckpt, &path.display().to_string())?;
     Ok(Taken::Accepted { checkpoint_id: ckpt.id, kind: "served".into(), duplicate: !created, queued, existing })
@@ -196,6 +183,33 @@ fn reject(ctx: &Ctx, path: &Path, sha256: Option<String>, size: u64, reason: Str
     Ok(Taken::Rejected { reason })
 }
 
+/// Records an accepted checkpoint under its path (its kind corrected if the content was known
+/// as another), and publishes `checkpoint.discovered`. Returns it, and whether it is new.
+fn accept(
+    ctx: &Ctx,
+    new: &NewCheckpoint,
+    kind_name: &str,
+) -> Result<(crate::store::CheckpointRecord, bool), StoreError> {
+    let (ckpt, created) = ctx.store.upsert_checkpoint(new)?;
+    ctx.store.link_path(ckpt.id, &new.path, new.size, new.mtime_ms)?;
+    if ckpt.kind != new.kind {
+        ctx.store.set_checkpoint_kind(ckpt.id, new.kind, new.architecture.as_deref())?;
+    }
+    ctx.store.set_checkpoint_status(ckpt.id, CheckpointStatus::Accepted, None)?;
+    publish(
+        ctx,
+        EventKind::CheckpointDiscovered {
+            checkpoint_id: ckpt.id,
+            path: new.path.display().to_string(),
+            sha256: new.sha256.clone(),
+            kind: kind_name.to_owned(),
+            size_bytes: new.size,
+            duplicate: !created,
+        },
+    );
+    Ok((ckpt, created))
+}
+
 /// Takes in one settled file (blocking: it reads the whole file).
 fn take_file(ctx: &Ctx, path: &Path, mtime_ms: i64) -> Result<Taken, StoreError> {
     take_file_served(ctx, path, mtime_ms, None)
@@ -236,23 +250,7 @@ fn take_file_served(
         architecture: Some(header.architecture.clone()),
         mtime_ms: Some(mtime_ms),
     };
-    let (ckpt, created) = ctx.store.upsert_checkpoint(&new)?;
-    ctx.store.link_path(ckpt.id, path, size, Some(mtime_ms))?;
-    if ckpt.kind != kind {
-        ctx.store.set_checkpoint_kind(ckpt.id, kind, Some(&header.architecture))?;
-    }
-    ctx.store.set_checkpoint_status(ckpt.id, CheckpointStatus::Accepted, None)?;
-    publish(
-        ctx,
-        EventKind::CheckpointDiscovered {
-            checkpoint_id: ckpt.id,
-            path: path.display().to_string(),
-            sha256: sha,
-            kind: header.kind_name().to_owned(),
-            size_bytes: size,
-            duplicate: !created,
-        },
-    );
+    let (ckpt, created) = accept(ctx, &new, header.kind_name())?;
     tracing::info!(checkpoint = ckpt.id, kind = header.kind_name(), duplicate = !created, "checkpoint taken in");
     let ckpt = ctx.store.checkpoint(ckpt.id)?.unwrap_or(ckpt);
     let (queued, existing) = super::queue::queue_checkpoint(ctx, &ckpt, &path.display().to_string())?;

@@ -370,7 +370,9 @@ impl Store {
 
     /// Puts one running run back in the queue (its samples stay): true when it was running.
     pub fn requeue_run(&self, id: RunId) -> Result<bool> {
-        self.write(|c| Ok(c.execute("UPDATE runs SET status = 'queued' WHERE id = ?1 AND status = 'running'", [id])? == 1))
+        self.write(|c| {
+            Ok(c.execute("UPDATE runs SET status = 'queued' WHERE id = ?1 AND status = 'running'", [id])? == 1)
+        })
     }
 
     /// At start-up: runs left `running` by a crash go back to `queued` (their stored
