@@ -360,8 +360,9 @@ pub struct EngineConfig {
     pub max_prompt_tokens: u32,
     /// Logical batch size (tokens per `llama_decode`). Default 512.
     pub batch_size: u32,
-    /// Layers offloaded to the GPU (`cuda` builds); -1 = all. Default 0.
-    pub gpu_layers: i32,
+    /// Layers offloaded to the GPU (`cuda` builds); -1 = all. Default: all when a `cuda` build
+    /// finds a GPU, else 0 ([`EngineConfig::effective_gpu_layers`]).
+    pub gpu_layers: Option<i32>,
     /// Where samples are generated: `embedded` (llama.cpp in this process, the default) or
     /// `openai` (the `endpoints`' OpenAI-compatible servers: vLLM, SGLang, llama-server).
     pub backend: BackendKind,
@@ -448,7 +449,7 @@ impl Default for EngineConfig {
             n_ctx: None,
             max_prompt_tokens: 512,
             batch_size: 512,
-            gpu_layers: 0,
+            gpu_layers: None,
             backend: BackendKind::Embedded,
             api: Default::default(),
             endpoints: Vec::new(),
@@ -465,6 +466,12 @@ impl EngineConfig {
             let per_seq = u64::from(self.max_prompt_tokens) + u64::from(max_tokens);
             u32::try_from(per_seq * u64::from(self.parallel.max(1))).unwrap_or(u32::MAX)
         })
+    }
+
+    /// The layers to offload: `gpu_layers`, or by default every layer when a `cuda` build finds
+    /// a GPU and none otherwise (-1 = all).
+    pub fn effective_gpu_layers(&self) -> i32 {
+        self.gpu_layers.unwrap_or_else(|| if crate::engine::default_gpu_layers() > 0 { -1 } else { 0 })
     }
 
     /// The thread count to use: `threads` or the machine's available parallelism.
@@ -1194,20 +1201,14 @@ impl Config {
             "n_ctx": e.effective_n_ctx(self.sampling.max_tokens),
             "max_prompt_tokens": e.max_prompt_tokens,
             "batch_size": e.batch_size,
-            "gpu_layers": e.gpu_layers,
+            "gpu_layers": e.effective_gpu_layers(),
         });
         // Only for a remote backend, so that embedded runs keep their hashes. The endpoint set
-        // is here (informational: more servers of one build measure the same thing); what the
-        // servers are and which route they are asked through is the fingerprint's
-        // `backend_hash` (blocking).
+        // is not here (more servers of one build measure the same thing, and adding one must
+        // not make a new baseline): it is in the fingerprint's informational engine hash. What
+        // the servers are, and the route, is the fingerprint's blocking `backend_hash`.
         if let (BackendKind::Openai, Some(obj)) = (e.backend, engine.as_object_mut()) {
-            let endpoints: Vec<serde_json::Value> = e
-                .endpoints
-                .iter()
-                .map(|p| serde_json::json!({"url": crate::engine::remote::normalize_url(&p.url), "served_model": p.served_model, "max_concurrency": p.max_concurrency}))
-                .collect();
             obj.insert("backend".into(), serde_json::json!("openai"));
-            obj.insert("endpoints".into(), serde_json::json!(endpoints));
         }
         let mut template = serde_json::json!({
             "chat_template": self.model.chat_template,
@@ -1311,7 +1312,7 @@ impl Config {
                 }
                 "DRIFTWATCH_THREADS" => self.engine.threads = Some(num(&value).map_err(bad)?),
                 "DRIFTWATCH_PARALLEL" => self.engine.parallel = num(&value).map_err(bad)?,
-                "DRIFTWATCH_GPU_LAYERS" => self.engine.gpu_layers = num(&value).map_err(bad)?,
+                "DRIFTWATCH_GPU_LAYERS" => self.engine.gpu_layers = Some(num(&value).map_err(bad)?),
                 "DRIFTWATCH_SAMPLES" => self.sampling.samples = num(&value).map_err(bad)?,
                 "DRIFTWATCH_SEED" => self.sampling.seed = num(&value).map_err(bad)?,
                 "DRIFTWATCH_LISTEN" => {
@@ -1506,7 +1507,7 @@ impl Config {
         if e.batch_size == 0 {
             return Err(loc.invalid("engine.batch_size", "must be at least 1".into()));
         }
-        if e.gpu_layers < -1 {
+        if e.gpu_layers.is_some_and(|g| g < -1) {
             return Err(loc.invalid("engine.gpu_layers", "must be -1 (all) or >= 0".into()));
         }
         match e.backend {

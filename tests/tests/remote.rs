@@ -39,7 +39,7 @@ impl Bed {
         let adapter = dir.path().join("synth.gguf");
         let spec = driftwatch::synth::SynthSpec {
             rank: 8,
-            noise: 0.15,
+            noise: 0.25,
             seed: 3,
             targets: vec!["attn_q".into(), "attn_v".into()],
         };

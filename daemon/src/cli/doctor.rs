@@ -23,11 +23,15 @@ pub fn run(a: DoctorArgs) -> Result<()> {
     let cached = model.is_file();
     let wasm = setup::wasm_target_installed();
     let embedded = crate::daemon::judges::embedded_plugins();
-    let invariant = crate::engine::batch_invariant(&info, &EngineParams::default());
+    let gpu = crate::engine::gpu_device();
+    let default_layers = crate::engine::default_gpu_layers();
+    let invariant =
+        crate::engine::batch_invariant(&info, &EngineParams { gpu_layers: default_layers, ..EngineParams::default() });
     if a.json {
         let v = json!({
             "build": info, "default_model": {"path": model, "cached": cached, "sha256": setup::DEFAULT_MODEL_SHA256},
             "wasm32_wasip2_target": wasm, "embedded_plugins": embedded, "batch_invariant": invariant,
+            "gpu_device": gpu, "default_gpu_layers": if default_layers > 0 { "all" } else { "0" },
         });
         println!("{}", serde_json::to_string_pretty(&v)?);
         return Ok(());
@@ -47,6 +51,15 @@ pub fn run(a: DoctorArgs) -> Result<()> {
     println!(
         "GPU offload: {}",
         if info.gpu_offload { "yes (cuda build)" } else { "no (CPU build; `--features cuda` for GPU)" }
+    );
+    println!(
+        "GPU device: {}; gpu_layers default: {}",
+        gpu.as_deref().unwrap_or("none"),
+        match (&gpu, info.gpu_offload) {
+            (Some(_), _) => "all (every layer offloaded unless engine.gpu_layers says otherwise)",
+            (None, true) => "0 (a cuda build, but no CUDA device found)",
+            (None, false) => "0 (a CPU build)",
+        }
     );
     println!(
         "batch-invariant: {}",

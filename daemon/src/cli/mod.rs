@@ -193,9 +193,10 @@ pub struct ModelArgs {
     /// Sequences decoded together.
     #[arg(long, default_value_t = 16)]
     pub parallel: usize,
-    /// Layers to offload to the GPU (builds with `--features cuda`).
-    #[arg(long, default_value_t = 0)]
-    pub gpu_layers: u32,
+    /// Layers to offload to the GPU (builds with `--features cuda`). Default: every layer when
+    /// a GPU is there, else none.
+    #[arg(long)]
+    pub gpu_layers: Option<u32>,
 }
 
 impl ModelArgs {
@@ -219,7 +220,7 @@ impl ModelArgs {
             threads: self.threads,
             parallel: self.parallel,
             batch_size: 512.max(self.parallel),
-            gpu_layers: self.gpu_layers,
+            gpu_layers: self.gpu_layers.unwrap_or_else(crate::engine::default_gpu_layers),
             ..EngineParams::default()
         };
         Engine::start(config).context("cannot start the engine")

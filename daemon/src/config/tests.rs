@@ -140,7 +140,7 @@ fn full_config_parses_with_every_value() {
     assert_eq!(c.engine.effective_threads(), 4);
     assert_eq!(c.engine.parallel, 8);
     assert_eq!(c.engine.effective_n_ctx(128), 8192);
-    assert_eq!(c.engine.gpu_layers, -1);
+    assert_eq!(c.engine.gpu_layers, Some(-1));
     assert_eq!(c.sampling.samples, 3);
     assert_eq!(c.sampling.stop, vec!["</s>".to_string(), "User:".to_string()]);
     assert_eq!(c.sampling.adaptive(), Some(Adaptive { min_samples: 3, max_samples: 12, target_half_width: 0.05 }));
@@ -178,7 +178,9 @@ fn empty_file_gives_defaults() {
     assert_eq!(c.model.base, PathBuf::from("/home/tester/.cache/driftwatch/models/SmolLM2-135M-Instruct.Q4_1.gguf"));
     assert!(c.model.base_is_default);
     assert_eq!(c.engine.parallel, 16);
-    assert_eq!(c.engine.gpu_layers, 0);
+    // Unset: every layer where a `cuda` build finds a GPU, none in this CPU build.
+    assert_eq!(c.engine.gpu_layers, None);
+    assert_eq!(c.engine.effective_gpu_layers(), if crate::engine::gpu_device().is_some() { -1 } else { 0 });
     assert_eq!(c.engine.effective_n_ctx(c.sampling.max_tokens), 16 * (512 + 256));
     assert_eq!(c.sampling.samples, 5);
     assert_eq!(c.sampling.repeats, 1);
@@ -329,7 +331,7 @@ fn env_overrides_and_env_errors() {
     assert_eq!(c.daemon.watch, vec![PathBuf::from("/a"), PathBuf::from("/b")]);
     assert_eq!(c.engine.parallel, 4);
     assert_eq!(c.engine.threads, Some(2));
-    assert_eq!(c.engine.gpu_layers, 99);
+    assert_eq!(c.engine.gpu_layers, Some(99));
     assert_eq!(c.sampling.samples, 9);
     assert_eq!(c.api.listen, "0.0.0.0:8080".parse().unwrap());
     assert_eq!(c.api.token.as_deref(), Some("tok"));
@@ -496,6 +498,10 @@ fn the_openai_backend_and_its_endpoints_are_validated() {
         parse("[engine]\nbackend = \"embedded\"\n").unwrap().settings_hashes(),
         parse("").unwrap().settings_hashes()
     );
+    // Another server, or another concurrency, is not another measurement: no new settings.
+    let two = ok
+        .replace("max_concurrency = 8\n", "max_concurrency = 4\n\n[[engine.endpoints]]\nurl = \"http://gpu-1:8000\"\n");
+    assert_eq!(parse(&two).unwrap().settings_hashes(), c.settings_hashes());
 
     assert_err("[engine]\nbackend = \"openai\"\n", "engine.backend", 2);
     assert_err("[engine]\nbackend = \"embedded\"\nendpoints = [{ url = \"http://a:1\" }]\n", "engine.endpoints", 3);

@@ -59,9 +59,10 @@ pub(crate) struct RemoteSetup {
 
 impl RemoteSetup {
     /// What the fingerprint's `backend_hash` covers: the route, the servers' software and
-    /// version, the base model's served names and the configured served names (not the URLs
-    /// or their number: more servers of one build measure the same thing).
-    pub fn backend_hash(&self, config: &Config) -> String {
+    /// version, and the base model's served names. Not the URLs or their number (more servers
+    /// of one build measure the same thing), nor `engine.served` (a checkpoint is its content,
+    /// and a mapping added for a new adapter must not make every run incomparable).
+    pub fn backend_hash(&self) -> String {
         let mut builds: Vec<(String, Option<String>)> =
             self.servers.iter().map(|s| (s.server.clone(), s.version.clone())).collect();
         builds.sort();
@@ -74,7 +75,6 @@ impl RemoteSetup {
             "api": self.api.as_str(),
             "builds": builds,
             "base_served_as": bases,
-            "served": config.engine.served,
         }))
     }
 }
@@ -270,7 +270,7 @@ impl Settings<'_> {
         // Only for a remote backend, so that embedded runs keep their hashes: a run is never
         // resumed on another backend than it started on.
         if let (Some(r), Some(obj)) = (&e.remote, v.as_object_mut()) {
-            obj.insert("backend".into(), json!(r.backend_hash(c)));
+            obj.insert("backend".into(), json!(r.backend_hash()));
         }
         v
     }
@@ -326,8 +326,20 @@ impl Settings<'_> {
                 c.model.system_prompt
             ])),
             chat_template_hash: h.template,
-            engine_hash: h.engine,
-            backend_hash: e.remote.as_ref().map(|r| r.backend_hash(c)),
+            // With servers, also which ones and at what concurrency (informational).
+            engine_hash: match &e.remote {
+                None => h.engine,
+                Some(_) => {
+                    let endpoints: Vec<Value> = c
+                        .engine
+                        .endpoints
+                        .iter()
+                        .map(|p| json!({"url": crate::engine::remote::normalize_url(&p.url), "max_concurrency": p.max_concurrency}))
+                        .collect();
+                    crate::config::canonical_hash(&json!({"engine": h.engine, "endpoints": endpoints}))
+                }
+            },
+            backend_hash: e.remote.as_ref().map(|r| r.backend_hash()),
         }
     }
 

@@ -239,7 +239,7 @@ pub(crate) fn engine_config(c: &Config) -> EngineParams {
         parallel: c.engine.parallel as usize,
         batch_size: (c.engine.batch_size as usize).max(c.engine.parallel as usize),
         // -1 offloads every layer (llama.cpp takes any count above the model's layers as all).
-        gpu_layers: u32::try_from(c.engine.gpu_layers).unwrap_or(999),
+        gpu_layers: u32::try_from(c.engine.effective_gpu_layers()).unwrap_or(crate::engine::ALL_LAYERS),
         n_ctx: c.engine.n_ctx,
         max_prompt_tokens: Some(c.engine.max_prompt_tokens),
         ..EngineParams::default()

@@ -34,7 +34,7 @@ use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
 pub use sampling::SamplingParams;
-pub use worker::{batch_invariant, build_info, BuildInfo};
+pub use worker::{batch_invariant, build_info, default_gpu_layers, gpu_device, BuildInfo, ALL_LAYERS};
 
 /// Settings of the engine itself (not of a request).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -335,9 +335,13 @@ pub enum EngineError {
     /// llama.cpp failed while decoding.
     #[error("llama.cpp failed: {0}")]
     Llama(String),
-    /// No inference server could take the request's remaining jobs.
+    /// No inference server could take the request's remaining jobs (down, overloaded).
     #[error("the inference servers failed: {0}")]
     Remote(String),
+    /// Every inference server refused the request itself (an unknown served name, a wrong
+    /// key, a model it cannot serve): not mended by waiting.
+    #[error("the inference servers refused the request: {0}")]
+    Refused(String),
     /// The engine thread is gone.
     #[error("the engine has stopped")]
     Stopped,

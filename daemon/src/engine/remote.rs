@@ -297,7 +297,8 @@ struct Tally {
     /// Wakes waiting slots when a job comes back or the last one ends.
     changed: tokio::sync::Notify,
     delivered: parking_lot::Mutex<HashSet<usize>>,
-    failures: parking_lot::Mutex<Vec<String>>,
+    /// Each endpoint given up: why, and whether it refused the request itself.
+    failures: parking_lot::Mutex<Vec<(String, bool)>>,
     done: AtomicUsize,
     generated: AtomicU64,
     prompt_tokens: AtomicU64,
@@ -344,6 +345,7 @@ async fn run_request(
     let mut slots = tokio::task::JoinSet::new();
     for ep in &ctx.endpoints {
         let down = Arc::new(AtomicBool::new(false));
+        let answered = Arc::new(AtomicU64::new(0));
         for _ in 0..ep.params.max_concurrency {
             let slot = Slot {
                 ctx: Arc::clone(&ctx),
@@ -355,6 +357,7 @@ async fn run_request(
                 served: served.clone(),
                 adapter_scale,
                 events: events.clone(),
+                answered: Arc::clone(&answered),
             };
             slots.spawn(slot.run());
         }
@@ -372,7 +375,7 @@ async fn run_request(
         tokio::select! {
             joined = slots.join_next() => match joined {
                 None => break,
-                Some(Err(e)) if e.is_panic() => tally.failures.lock().push(format!("a request task panicked: {e}")),
+                Some(Err(e)) if e.is_panic() => tally.failures.lock().push((format!("a request task panicked: {e}"), false)),
                 Some(_) => {}
             },
             _ = cancel.cancelled(), if !cancelled => {
@@ -401,11 +404,14 @@ async fn run_request(
         }
     } else if !tally.work.lock().queue.is_empty() {
         let left = tally.work.lock().queue.len();
-        let failures = tally.failures.lock().join("; ");
-        return Err(EngineError::Remote(format!(
-            "no endpoint could take the last {left} of {} jobs: {failures}",
-            jobs.len()
-        )));
+        let failures = tally.failures.lock();
+        let text: Vec<&str> = failures.iter().map(|(f, _)| f.as_str()).collect();
+        let message = format!("no endpoint could take the last {left} of {} jobs: {}", jobs.len(), text.join("; "));
+        // Every server refused the request itself: waiting for them will not help.
+        if !failures.is_empty() && failures.iter().all(|(_, refused)| *refused) {
+            return Err(EngineError::Refused(message));
+        }
+        return Err(EngineError::Remote(message));
     }
     let _ = events.send(EngineEvent::Progress(progress(&tally)));
     let generated = tally.generated.load(Ordering::Relaxed);
@@ -574,30 +580,65 @@ struct Slot {
     served: ServedAs,
     adapter_scale: f32,
     events: UnboundedSender<EngineEvent>,
+    /// Samples this endpoint has answered in this request (all of its slots).
+    answered: Arc<AtomicU64>,
 }
 
 /// How one job ended on one endpoint.
 enum Attempt {
     /// The sample (an error sample for a response that cannot be read).
     Sample(SampleOutput),
-    /// The endpoint is given up: the job goes back to the queue.
-    EndpointDown(String),
+    /// The endpoint is given up: the job goes back to the queue. `refused`: the server refused
+    /// the request itself (401, 403, 404, a model it cannot serve), which waiting will not mend.
+    EndpointDown { reason: String, refused: bool },
+}
+
+/// A job in flight on a slot. If the slot's task panics, the job goes back to the queue and
+/// the waiting slots are woken (a cancelled task leaves it in flight, for the cancel path).
+struct InFlight<'a> {
+    tally: &'a Tally,
+    job: Option<usize>,
+}
+
+impl Drop for InFlight<'_> {
+    fn drop(&mut self) {
+        if let (Some(i), true) = (self.job, std::thread::panicking()) {
+            let mut work = self.tally.work.lock();
+            work.in_flight.remove(&i);
+            work.queue.push_front(i);
+            drop(work);
+            self.tally.changed.notify_waiters();
+        }
+    }
 }
 
 impl Slot {
     async fn run(self) {
         while let Some(i) = self.next_job().await {
+            let mut guard = InFlight { tally: &self.tally, job: Some(i) };
             let outcome = self.generate(i).await;
+            guard.job = None;
+            if let Attempt::EndpointDown { reason, refused } = &outcome {
+                // Given up before its job goes back, so that no other slot of this endpoint
+                // takes the job again.
+                if !self.down.swap(true, Ordering::AcqRel) {
+                    tracing::warn!(endpoint = %self.endpoint.params.url, %reason, "endpoint given up for this request; its jobs go to the others");
+                    self.tally.failures.lock().push((format!("{}: {reason}", self.endpoint.params.url), *refused));
+                }
+            }
             {
                 let mut work = self.tally.work.lock();
                 work.in_flight.remove(&i);
-                if matches!(outcome, Attempt::EndpointDown(_)) {
+                if matches!(outcome, Attempt::EndpointDown { .. }) {
                     work.queue.push_front(i);
                 }
             }
             self.tally.changed.notify_waiters();
             match outcome {
                 Attempt::Sample(s) => {
+                    if s.error.is_none() {
+                        self.answered.fetch_add(1, Ordering::AcqRel);
+                    }
                     if self.tally.delivered.lock().insert(i) {
                         self.tally.done.fetch_add(1, Ordering::Relaxed);
                         self.tally.generated.fetch_add(u64::from(s.completion_tokens), Ordering::Relaxed);
@@ -605,13 +646,7 @@ impl Slot {
                         let _ = self.events.send(EngineEvent::Sample(s));
                     }
                 }
-                Attempt::EndpointDown(reason) => {
-                    if !self.down.swap(true, Ordering::AcqRel) {
-                        tracing::warn!(endpoint = %self.endpoint.params.url, %reason, "endpoint given up for this request; its jobs go to the others");
-                        self.tally.failures.lock().push(format!("{}: {reason}", self.endpoint.params.url));
-                    }
-                    return;
-                }
+                Attempt::EndpointDown { .. } => return,
             }
         }
     }
@@ -659,11 +694,24 @@ impl Slot {
         }
         let body = Value::Object(body);
         let url = format!("{}{route}", ep.params.url);
+        if let (true, None, Some(model)) = (ep.llama_cpp, self.served.lora, self.served.model.as_deref()) {
+            if model != ep.base {
+                // llama-server answers any `model` with the one it serves: the checkpoint would
+                // silently be measured as that model.
+                let reason = format!(
+                    "{} is a llama-server serving {}, which ignores a request's `model`: {model:?} would be answered by that model; map the checkpoint to one of its --lora adapters (`{{ lora = N }}` in engine.served)",
+                    ep.params.url, ep.base
+                );
+                return Attempt::EndpointDown { reason, refused: true };
+            }
+        }
         let started = Instant::now();
+        let answered_before = self.answered.load(Ordering::Acquire);
         let mut last = String::new();
+        let mut transport = false;
         for attempt in 0..self.ctx.max_attempts {
             if attempt > 0 && self.down.load(Ordering::Acquire) {
-                return Attempt::EndpointDown(last);
+                return Attempt::EndpointDown { reason: last, refused: false };
             }
             self.tally.calls.fetch_add(1, Ordering::Relaxed);
             let mut req = self.ctx.client.post(&url).timeout(ep.params.timeout).json(&body);
@@ -673,6 +721,7 @@ impl Slot {
             let wait = match req.send().await {
                 Err(e) => {
                     last = crate::api::error_chain(&e);
+                    transport = true;
                     None
                 }
                 Ok(resp) => {
@@ -687,6 +736,7 @@ impl Slot {
                         Ok(t) => t,
                         Err(e) => {
                             last = format!("the response was cut off: {}", crate::api::error_chain(&e));
+                            transport = true;
                             self.pause(attempt, None).await;
                             continue;
                         }
@@ -705,11 +755,17 @@ impl Slot {
                     }
                     let detail = server_message(&text);
                     match status.as_u16() {
-                        429 | 500..=599 => {
+                        408 | 425 | 429 | 500..=599 => {
                             last = format!("{status}{detail}");
+                            transport = false;
                             retry_after
                         }
-                        401 | 403 | 404 => return Attempt::EndpointDown(format!("{url} answered {status}{detail}")),
+                        401 | 403 | 404 => {
+                            return Attempt::EndpointDown {
+                                reason: format!("{url} answered {status}{detail}"),
+                                refused: true,
+                            }
+                        }
                         _ => {
                             // The server refused this job (a prompt too long, a bad setting).
                             let msg = format!("{url} answered {status}{detail}");
@@ -730,7 +786,14 @@ impl Slot {
             };
             self.pause(attempt, wait).await;
         }
-        Attempt::EndpointDown(format!("{last} (after {} attempts)", self.ctx.max_attempts))
+        let n = self.ctx.max_attempts;
+        if !transport && self.answered.load(Ordering::Acquire) > answered_before {
+            // The server answered other samples meanwhile: it is this sample it fails on.
+            let msg = format!("{url} failed on this sample {n} times: {last}");
+            let ms = started.elapsed().as_millis() as u64;
+            return Attempt::Sample(output(&self.jobs, i, String::new(), 0, 0, FinishReason::Error, Some(msg), ms));
+        }
+        Attempt::EndpointDown { reason: format!("{last} (after {n} attempts)"), refused: false }
     }
 
     /// The wait after failed attempt `attempt` (none after the last): the server's
@@ -918,10 +981,15 @@ mod tests {
         let app = axum::Router::new()
             .route("/v1/models", get(|| async { axum::Json(json!({"data": [{"id": "base"}]})) }))
             .route(
-                "/props",
+                if version.starts_with("vllm") { "/version" } else { "/props" },
                 get(move || {
                     let v = version.clone();
-                    async move { axum::Json(json!({"build_info": v})) }
+                    async move {
+                        match v.strip_prefix("vllm ") {
+                            Some(v) => axum::Json(json!({"version": v})),
+                            None => axum::Json(json!({"build_info": v})),
+                        }
+                    }
                 }),
             )
             .route(
@@ -1141,22 +1209,80 @@ mod tests {
 
     #[tokio::test]
     async fn an_adapter_is_asked_for_by_its_served_name_or_llama_server_id() {
-        let a = fake("b1", Arc::new(|_, b| {
+        let answer: Behaviour = Arc::new(|_, b| {
             let lora = b.get("lora").map(|l| l.to_string()).unwrap_or_default();
             (200, json!({"choices": [{"message": {"content": format!("{}|{lora}", b["model"].as_str().unwrap())}, "finish_reason": "stop"}]}).to_string())
-        }))
-        .await;
-        let (remote, _) = Remote::connect(params(vec![endpoint(&a.url, 1)])).await.unwrap();
+        });
+        // vLLM: the adapter is a served model name.
+        let vllm = fake("vllm 0.11", answer.clone()).await;
+        let (remote, ids) = Remote::connect(params(vec![endpoint(&vllm.url, 1)])).await.unwrap();
+        assert_eq!((ids[0].server.as_str(), ids[0].version.as_deref()), ("vllm", Some("0.11")));
         let engine = super::super::Engine::with_backend(Arc::new(remote), Default::default());
         let mut req = request(1);
         req.model.served = Some(ServedAs { model: Some("ft-a".into()), lora: None });
-        assert_eq!(
-            engine.generate(req.clone()).await.unwrap().0[0].text,
-            "ft-a|[]",
-            "a llama-server applies no adapter"
+        assert_eq!(engine.generate(req.clone()).await.unwrap().0[0].text, "ft-a|");
+        // llama-server: an adapter by its id; the base model with none applied.
+        let llama = fake("b1", answer).await;
+        let (remote, _) = Remote::connect(params(vec![endpoint(&llama.url, 1)])).await.unwrap();
+        let engine = super::super::Engine::with_backend(Arc::new(remote), Default::default());
+        assert_eq!(engine.generate(request(1)).await.unwrap().0[0].text, "base|[]", "no adapter leaks into the base");
+        let mut with_id = request(1);
+        with_id.model.served = Some(ServedAs { model: None, lora: Some(0) });
+        with_id.model.adapter = Some(super::super::AdapterSpec { path: "a.gguf".into(), scale: 0.5 });
+        assert_eq!(engine.generate(with_id).await.unwrap().0[0].text, r#"base|[{"id":0,"scale":0.5}]"#);
+        // llama-server answers any `model` with its own: another name is refused, not
+        // silently measured as the base model.
+        let e = engine.generate(req).await.unwrap_err();
+        assert!(matches!(e, EngineError::Refused(_)), "{e}");
+        assert!(e.to_string().contains("ignores a request's `model`") && e.to_string().contains("lora"), "{e}");
+        assert_eq!(llama.served.load(Ordering::SeqCst), 2, "the refused request was never sent");
+    }
+
+    #[tokio::test]
+    async fn an_unknown_served_name_is_refused_not_waited_for() {
+        let a = fake(
+            "vllm 0.11",
+            Arc::new(|_, _| (404, r#"{"error":{"message":"The model `ft-x` does not exist."}}"#.into())),
+        )
+        .await;
+        let b = fake("vllm 0.11", Arc::new(|_, _| (404, "not found".into()))).await;
+        let (remote, _) = Remote::connect(params(vec![endpoint(&a.url, 1), endpoint(&b.url, 1)])).await.unwrap();
+        let e = generate(remote, request(4)).await.unwrap_err();
+        assert!(matches!(e, EngineError::Refused(_)), "{e}");
+        assert!(e.to_string().contains("does not exist"), "{e}");
+        // One endpoint down (not refused) among refusals: the fleet may come back.
+        let c = fake("vllm 0.11", Arc::new(|_, _| (503, "busy".into()))).await;
+        let (remote, _) = Remote::connect(params(vec![endpoint(&a.url, 1), endpoint(&c.url, 1)])).await.unwrap();
+        assert!(matches!(generate(remote, request(4)).await.unwrap_err(), EngineError::Remote(_)));
+    }
+
+    #[tokio::test]
+    async fn a_sample_the_server_always_fails_on_is_an_error_sample_and_the_server_stays() {
+        // Prompt 1 (jobs 2 and 3) always gets a 500; the others are answered, by other slots
+        // meanwhile: the server is alive, and it is those samples that fail.
+        let a = fake(
+            "b1",
+            Arc::new(
+                |_, b| {
+                    if b["messages"][0]["content"] == "prompt 1" {
+                        (500, "boom".into())
+                    } else {
+                        (200, echo(b))
+                    }
+                },
+            ),
+        )
+        .await;
+        let (remote, _) = Remote::connect(params(vec![endpoint(&a.url, 3)])).await.unwrap();
+        let (samples, _) = generate(remote, request(8)).await.unwrap();
+        let failed: Vec<usize> =
+            samples.iter().filter(|s| s.finish_reason == FinishReason::Error).map(|s| s.job_index).collect();
+        assert_eq!(failed, [2, 3]);
+        assert!(
+            samples[2].error.as_deref().unwrap().contains("failed on this sample 3 times: 500"),
+            "{:?}",
+            samples[2].error
         );
-        req.model.served = Some(ServedAs { model: None, lora: Some(0) });
-        req.model.adapter = Some(super::super::AdapterSpec { path: "a.gguf".into(), scale: 0.5 });
-        assert_eq!(engine.generate(req).await.unwrap().0[0].text, r#"base|[{"id":0,"scale":0.5}]"#);
+        assert_eq!(a.served.load(Ordering::SeqCst), 6);
     }
 }

@@ -332,6 +332,53 @@ pub struct BuildInfo {
     pub gpu_offload: bool,
 }
 
+/// The GPU llama.cpp can offload to: its name and description, when this is a `cuda` build
+/// and a device is present; `None` otherwise (a CPU build, or no device).
+pub fn gpu_device() -> Option<String> {
+    backend().ok()?;
+    // SAFETY: plain getters over llama.cpp's device registry, initialised by `backend()`; the
+    // strings are static, NUL-terminated, owned by the registry.
+    unsafe {
+        if !llama_cpp_sys_2::llama_supports_gpu_offload() {
+            return None;
+        }
+        for i in 0..llama_cpp_sys_2::ggml_backend_dev_count() {
+            let dev = llama_cpp_sys_2::ggml_backend_dev_get(i);
+            if dev.is_null()
+                || llama_cpp_sys_2::ggml_backend_dev_type(dev) != llama_cpp_sys_2::GGML_BACKEND_DEVICE_TYPE_GPU
+            {
+                continue;
+            }
+            let text = |p: *const std::os::raw::c_char| {
+                if p.is_null() {
+                    String::new()
+                } else {
+                    CStr::from_ptr(p).to_string_lossy().into_owned()
+                }
+            };
+            let (name, description) = (
+                text(llama_cpp_sys_2::ggml_backend_dev_name(dev)),
+                text(llama_cpp_sys_2::ggml_backend_dev_description(dev)),
+            );
+            return Some(if description.is_empty() { name } else { format!("{name} ({description})") });
+        }
+    }
+    None
+}
+
+/// The layers offloaded when none are configured: every layer when a GPU is there
+/// ([`gpu_device`]), none otherwise.
+pub fn default_gpu_layers() -> u32 {
+    if gpu_device().is_some() {
+        ALL_LAYERS
+    } else {
+        0
+    }
+}
+
+/// A layer count above any model's: llama.cpp then offloads every layer.
+pub const ALL_LAYERS: u32 = 999;
+
 /// Whether a sample's text depends only on its model, adapter, prompt, settings and seed with
 /// this build and engine, not on which other jobs share its batches: claimed only where it
 /// was measured (`tests/tests/default_model.rs`), i.e. on the CPU, with llama.cpp built without
