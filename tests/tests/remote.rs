@@ -125,7 +125,15 @@ async fn a_watched_adapter_is_evaluated_on_llama_server_by_its_adapter_id() {
     assert!(t.values().all(|x| !x.trim().is_empty()), "{t:?}");
     let (by_base, by_adapter): (Vec<_>, Vec<_>) = t.iter().partition(|((sha, _, _), _)| *sha == base.1);
     let differ = by_base.iter().zip(&by_adapter).filter(|((_, a), (_, b))| a != b).count();
-    assert!(differ > 0, "the adapter's texts are the base model's: the adapter was not applied");
+    assert!(
+        differ >= by_base.len() / 2,
+        "{differ} of {} texts differ: the adapter was not applied, or applied to the base too",
+        by_base.len()
+    );
+    // Before each adapter got its scale in every request, the base run's samples came out of
+    // the adapter too (an empty `lora` list leaves it at its global scale, 1), and the two runs'
+    // texts were nearly the same.
+    assert_eq!(remote.servers[0].adapters.len(), 1);
     drop(server);
 }
 

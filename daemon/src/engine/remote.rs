@@ -104,6 +104,9 @@ pub struct ServerIdentity {
     pub models: Vec<String>,
     /// The base model's served name on it.
     pub served_model: String,
+    /// A llama-server's `--lora` adapters, by id (`GET /lora-adapters`): their paths.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub adapters: Vec<(u32, String)>,
 }
 
 /// An endpoint with its resolved base model name.
@@ -113,6 +116,10 @@ struct Endpoint {
     /// A llama-server, which applies its `--lora` adapters to requests that name none unless
     /// started with `--lora-init-without-apply`: requests of the base model say `lora: []`.
     llama_cpp: bool,
+    /// The server and version it reported at the start (what runs record).
+    build: (String, Option<String>),
+    /// A llama-server's adapter ids.
+    adapters: Vec<u32>,
 }
 
 /// The `openai` backend: a client for every endpoint and the runtime its requests run on.
@@ -162,6 +169,8 @@ impl Remote {
                     endpoints.push(Arc::new(Endpoint {
                         base: id.served_model.clone(),
                         llama_cpp: id.server == "llama.cpp",
+                        build: (id.server.clone(), id.version.clone()),
+                        adapters: id.adapters.iter().map(|(i, _)| *i).collect(),
                         params: p,
                     }));
                     identities.push(id);
@@ -246,7 +255,20 @@ async fn probe(client: &reqwest::Client, p: &EndpointParams) -> Result<ServerIde
             return Err(format!("it serves {} models ({}); set `served_model` for it", many.len(), many.join(", ")))
         }
     };
-    Ok(ServerIdentity { url: p.url.clone(), server: server.to_owned(), version, models, served_model })
+    let adapters = if server == "llama.cpp" {
+        let list = json_of("/lora-adapters").await;
+        let entries = list.as_ref().and_then(Value::as_array).map(Vec::as_slice).unwrap_or_default();
+        entries
+            .iter()
+            .filter_map(|a| {
+                let id = u32::try_from(a.get("id")?.as_u64()?).ok()?;
+                Some((id, a.get("path").and_then(Value::as_str).unwrap_or_default().to_owned()))
+            })
+            .collect()
+    } else {
+        Vec::new()
+    };
+    Ok(ServerIdentity { url: p.url.clone(), server: server.to_owned(), version, models, served_model, adapters })
 }
 
 impl Backend for Remote {
@@ -344,6 +366,13 @@ async fn run_request(
     let ctx = Arc::new(ctx);
     let mut slots = tokio::task::JoinSet::new();
     for ep in &ctx.endpoints {
+        // A server upgraded since the start would give samples of another build than the
+        // runs record: it takes no jobs (an unreachable one is left to the retries).
+        if let Some(reason) = changed_build(&ctx.client, ep).await {
+            tracing::warn!(endpoint = %ep.params.url, %reason, "endpoint refused for this request");
+            tally.failures.lock().push((format!("{}: {reason}", ep.params.url), true));
+            continue;
+        }
         let down = Arc::new(AtomicBool::new(false));
         let answered = Arc::new(AtomicU64::new(0));
         for _ in 0..ep.params.max_concurrency {
@@ -426,6 +455,21 @@ async fn run_request(
         decode_s: wall,
         wall_s: wall,
         decode_calls: tally.calls.load(Ordering::Relaxed),
+    })
+}
+
+/// Why `ep` must not generate for runs recorded with its build at the start: it now reports
+/// another server or version. `None` when it reports the same, or cannot be asked.
+async fn changed_build(client: &reqwest::Client, ep: &Endpoint) -> Option<String> {
+    let now = probe(client, &ep.params).await.ok()?;
+    let show = |(server, version): (&str, Option<&str>)| format!("{server} {}", version.unwrap_or("(no version)"));
+    let (was, is) = ((ep.build.0.as_str(), ep.build.1.as_deref()), (now.server.as_str(), now.version.as_deref()));
+    (was != is).then(|| {
+        format!(
+            "it now reports {}, and reported {} when driftwatch started: its samples would not be of the build the runs record; restart driftwatch to record the new one",
+            show(is),
+            show(was)
+        )
     })
 }
 
@@ -683,14 +727,26 @@ impl Slot {
         };
         let mut body = self.prepared[i].body.clone();
         body.insert("model".into(), json!(self.served.model.as_deref().unwrap_or(&ep.base)));
-        match self.served.lora {
-            Some(id) => {
-                body.insert("lora".into(), json!([{"id": id, "scale": self.adapter_scale}]));
+        if ep.llama_cpp {
+            // Every adapter the server holds gets its scale: an empty or partial list leaves the
+            // others at their global scale, 1 unless set otherwise (even with
+            // `--lora-init-without-apply`, on the pinned build), which would apply them here.
+            if let Some(id) = self.served.lora.filter(|id| !ep.adapters.contains(id)) {
+                let reason = format!("{} has no --lora adapter {id} (it has {:?})", ep.params.url, ep.adapters);
+                return Attempt::EndpointDown { reason, refused: true };
             }
-            None if ep.llama_cpp => {
-                body.insert("lora".into(), json!([]));
-            }
-            None => {}
+            let lora: Vec<Value> = ep
+                .adapters
+                .iter()
+                .map(|&a| json!({"id": a, "scale": if Some(a) == self.served.lora { self.adapter_scale } else { 0.0 }}))
+                .collect();
+            body.insert("lora".into(), Value::Array(lora));
+        } else if self.served.lora.is_some() {
+            let reason = format!(
+                "{} is not a llama-server: a `lora` id means nothing to it; map the checkpoint to a served name",
+                ep.params.url
+            );
+            return Attempt::EndpointDown { reason, refused: true };
         }
         let body = Value::Object(body);
         let url = format!("{}{route}", ep.params.url);
@@ -968,6 +1024,8 @@ mod tests {
         url: String,
         served: Arc<AtomicUsize>,
         shutdown: CancellationToken,
+        /// What it reports as its build (change it to upgrade the server).
+        version: Arc<parking_lot::Mutex<String>>,
     }
 
     type Behaviour = Arc<dyn Fn(usize, &Value) -> (u16, String) + Send + Sync>;
@@ -976,14 +1034,24 @@ mod tests {
         use axum::routing::{get, post};
         let served = Arc::new(AtomicUsize::new(0));
         let counter = Arc::new(AtomicUsize::new(0));
-        let version = version.to_owned();
+        let route = if version.starts_with("vllm") { "/version" } else { "/props" };
+        let version = Arc::new(parking_lot::Mutex::new(version.to_owned()));
+        let reported = Arc::clone(&version);
         let (b, s2) = (behave.clone(), Arc::clone(&served));
         let app = axum::Router::new()
             .route("/v1/models", get(|| async { axum::Json(json!({"data": [{"id": "base"}]})) }))
             .route(
-                if version.starts_with("vllm") { "/version" } else { "/props" },
+                "/lora-adapters",
+                get(|| async {
+                    axum::Json(
+                        json!([{"id": 0, "path": "a.gguf", "scale": 1.0}, {"id": 1, "path": "b.gguf", "scale": 1.0}]),
+                    )
+                }),
+            )
+            .route(
+                route,
                 get(move || {
-                    let v = version.clone();
+                    let v = reported.lock().clone();
                     async move {
                         match v.strip_prefix("vllm ") {
                             Some(v) => axum::Json(json!({"version": v})),
@@ -1018,7 +1086,7 @@ mod tests {
         tokio::spawn(async move {
             axum::serve(listener, app).with_graceful_shutdown(stop.cancelled_owned()).await.unwrap();
         });
-        Fake { url, served, shutdown }
+        Fake { url, served, shutdown, version }
     }
 
     /// An answer that echoes the request's seed and model.
@@ -1225,17 +1293,41 @@ mod tests {
         let llama = fake("b1", answer).await;
         let (remote, _) = Remote::connect(params(vec![endpoint(&llama.url, 1)])).await.unwrap();
         let engine = super::super::Engine::with_backend(Arc::new(remote), Default::default());
-        assert_eq!(engine.generate(request(1)).await.unwrap().0[0].text, "base|[]", "no adapter leaks into the base");
+        assert_eq!(
+            engine.generate(request(1)).await.unwrap().0[0].text,
+            r#"base|[{"id":0,"scale":0.0},{"id":1,"scale":0.0}]"#,
+            "no adapter leaks into the base"
+        );
         let mut with_id = request(1);
         with_id.model.served = Some(ServedAs { model: None, lora: Some(0) });
         with_id.model.adapter = Some(super::super::AdapterSpec { path: "a.gguf".into(), scale: 0.5 });
-        assert_eq!(engine.generate(with_id).await.unwrap().0[0].text, r#"base|[{"id":0,"scale":0.5}]"#);
+        assert_eq!(
+            engine.generate(with_id.clone()).await.unwrap().0[0].text,
+            r#"base|[{"id":0,"scale":0.5},{"id":1,"scale":0.0}]"#
+        );
+        with_id.model.served = Some(ServedAs { model: None, lora: Some(7) });
+        let e = engine.generate(with_id).await.unwrap_err().to_string();
+        assert!(e.contains("no --lora adapter 7"), "{e}");
         // llama-server answers any `model` with its own: another name is refused, not
         // silently measured as the base model.
         let e = engine.generate(req).await.unwrap_err();
         assert!(matches!(e, EngineError::Refused(_)), "{e}");
         assert!(e.to_string().contains("ignores a request's `model`") && e.to_string().contains("lora"), "{e}");
         assert_eq!(llama.served.load(Ordering::SeqCst), 2, "the refused request was never sent");
+    }
+
+    #[tokio::test]
+    async fn a_server_upgraded_since_the_start_takes_no_jobs() {
+        let a = fake("b1", Arc::new(|_, b| (200, echo(b)))).await;
+        let b = fake("b1", Arc::new(|_, b| (200, echo(b)))).await;
+        let (remote, _) = Remote::connect(params(vec![endpoint(&a.url, 1), endpoint(&b.url, 1)])).await.unwrap();
+        let engine = super::super::Engine::with_backend(Arc::new(remote), Default::default());
+        *b.version.lock() = "b2".into();
+        let (samples, _) = engine.generate(request(6)).await.unwrap();
+        assert_eq!((samples.len(), a.served.load(Ordering::SeqCst), b.served.load(Ordering::SeqCst)), (6, 6, 0));
+        *a.version.lock() = "b2".into();
+        let e = engine.generate(request(2)).await.unwrap_err().to_string();
+        assert!(e.contains("now reports llama.cpp b2") && e.contains("reported llama.cpp b1"), "{e}");
     }
 
     #[tokio::test]
