@@ -209,7 +209,7 @@ async fn remote_engine(a: &BenchArgs) -> Result<(crate::engine::Engine, Vec<crat
         BenchApi::Chat => RemoteApi::Chat,
         BenchApi::Completions => RemoteApi::Completions,
     };
-    let params = RemoteParams { api, endpoints, max_attempts: 5, backoff: std::time::Duration::from_millis(500) };
+    let params = RemoteParams { api, endpoints, max_attempts: 5, backoff: crate::engine::remote::DEFAULT_BACKOFF };
     let (remote, servers) = Remote::connect(params).await.context("cannot use the endpoints")?;
     let config = crate::engine::EngineParams { parallel: remote.concurrency(), ..Default::default() };
     Ok((crate::engine::Engine::with_backend(std::sync::Arc::new(remote), config), servers))

@@ -277,7 +277,7 @@ pub(crate) async fn start_engine(eval: &mut Evaluation) -> Result<Engine, Daemon
                 api: e.api,
                 endpoints,
                 max_attempts: e.max_attempts,
-                backoff: std::time::Duration::from_millis(500),
+                backoff: crate::engine::remote::DEFAULT_BACKOFF,
             };
             let (remote, servers) = Remote::connect(params).await?;
             for s in &servers {

@@ -79,6 +79,9 @@ pub struct EndpointParams {
     pub timeout: Duration,
 }
 
+/// The first retry's wait that the daemon and `bench` use.
+pub const DEFAULT_BACKOFF: Duration = Duration::from_millis(500);
+
 /// The `openai` backend's settings.
 #[derive(Debug, Clone, PartialEq)]
 pub struct RemoteParams {
@@ -109,33 +112,36 @@ pub struct ServerIdentity {
     pub adapters: Vec<(u32, String)>,
 }
 
-/// An endpoint with its resolved base model name.
-struct Endpoint {
-    params: EndpointParams,
-    base: String,
-    /// A llama-server, which applies its `--lora` adapters to requests that name none unless
-    /// started with `--lora-init-without-apply`: requests of the base model say `lora: []`.
-    llama_cpp: bool,
-    /// The server and version it reported at the start (what runs record).
-    build: (String, Option<String>),
-    /// A llama-server's adapter ids.
-    adapters: Vec<u32>,
+impl ServerIdentity {
+    /// `llama.cpp b6000`: the software and version, as runs record them.
+    pub fn build(&self) -> String {
+        format!("{} {}", self.server, self.version.as_deref().unwrap_or("(no version)"))
+    }
+
+    /// A llama-server: it ignores a request's `model`, and applies each of its `--lora`
+    /// adapters at its global scale unless the request gives it another.
+    fn is_llama_cpp(&self) -> bool {
+        self.server == "llama.cpp"
+    }
 }
 
-/// The `openai` backend: a client for every endpoint and the runtime its requests run on.
+/// An endpoint and what it said it is at the start (what runs record).
+struct Endpoint {
+    params: EndpointParams,
+    id: ServerIdentity,
+}
+
+/// The `openai` backend: its endpoints and settings, shared with every request, and the
+/// runtime its requests run on.
 pub struct Remote {
-    api: RemoteApi,
-    endpoints: Vec<Arc<Endpoint>>,
-    max_attempts: u32,
-    backoff: Duration,
-    client: reqwest::Client,
+    ctx: Arc<RequestCtx>,
     runtime: tokio::runtime::Handle,
 }
 
 impl std::fmt::Debug for Remote {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        let urls: Vec<&str> = self.endpoints.iter().map(|e| e.params.url.as_str()).collect();
-        f.debug_struct("Remote").field("api", &self.api).field("endpoints", &urls).finish()
+        let urls: Vec<&str> = self.ctx.endpoints.iter().map(|e| e.params.url.as_str()).collect();
+        f.debug_struct("Remote").field("api", &self.ctx.api).field("endpoints", &urls).finish()
     }
 }
 
@@ -166,14 +172,8 @@ impl Remote {
             let p = EndpointParams { url: normalize_url(&p.url), ..p };
             match probe(&client, &p).await {
                 Ok(id) => {
-                    endpoints.push(Arc::new(Endpoint {
-                        base: id.served_model.clone(),
-                        llama_cpp: id.server == "llama.cpp",
-                        build: (id.server.clone(), id.version.clone()),
-                        adapters: id.adapters.iter().map(|(i, _)| *i).collect(),
-                        params: p,
-                    }));
-                    identities.push(id);
+                    identities.push(id.clone());
+                    endpoints.push(Arc::new(Endpoint { params: p, id }));
                 }
                 Err(e) => failures.push(format!("{}: {e}", p.url)),
             }
@@ -184,29 +184,25 @@ impl Remote {
         let builds: HashSet<(&str, Option<&str>)> =
             identities.iter().map(|i| (i.server.as_str(), i.version.as_deref())).collect();
         if builds.len() > 1 {
-            let list: Vec<String> = identities
-                .iter()
-                .map(|i| format!("{} is {} {}", i.url, i.server, i.version.as_deref().unwrap_or("(no version)")))
-                .collect();
+            let list: Vec<String> = identities.iter().map(|i| format!("{} is {}", i.url, i.build())).collect();
             return Err(EngineError::Remote(format!(
                 "the endpoints run different servers or versions, and one run's samples would mix them: {}",
                 list.join(", ")
             )));
         }
-        let remote = Remote {
+        let ctx = RequestCtx {
             api: params.api,
             endpoints,
             max_attempts: params.max_attempts.max(1),
             backoff: params.backoff,
             client,
-            runtime,
         };
-        Ok((remote, identities))
+        Ok((Remote { ctx: Arc::new(ctx), runtime }, identities))
     }
 
     /// Requests in flight at most, all endpoints together.
     pub fn concurrency(&self) -> usize {
-        self.endpoints.iter().map(|e| e.params.max_concurrency).sum()
+        self.ctx.concurrency()
     }
 }
 
@@ -273,13 +269,7 @@ async fn probe(client: &reqwest::Client, p: &EndpointParams) -> Result<ServerIde
 
 impl Backend for Remote {
     fn submit(&self, request: GenerationRequest, events: UnboundedSender<EngineEvent>, cancel: CancellationToken) {
-        let ctx = RequestCtx {
-            api: self.api,
-            endpoints: self.endpoints.clone(),
-            max_attempts: self.max_attempts,
-            backoff: self.backoff,
-            client: self.client.clone(),
-        };
+        let ctx = Arc::clone(&self.ctx);
         self.runtime.spawn(async move {
             let done = run_request(ctx, request, &events, cancel).await;
             let _ = events.send(EngineEvent::Done(done));
@@ -291,12 +281,19 @@ impl Backend for Remote {
     }
 }
 
+/// What every request of a [`Remote`] uses.
 struct RequestCtx {
     api: RemoteApi,
     endpoints: Vec<Arc<Endpoint>>,
     max_attempts: u32,
     backoff: Duration,
     client: reqwest::Client,
+}
+
+impl RequestCtx {
+    fn concurrency(&self) -> usize {
+        self.endpoints.iter().map(|e| e.params.max_concurrency).sum()
+    }
 }
 
 /// What one job sends, less the model (which depends on the endpoint).
@@ -328,7 +325,7 @@ struct Tally {
 }
 
 async fn run_request(
-    ctx: RequestCtx,
+    ctx: Arc<RequestCtx>,
     request: GenerationRequest,
     events: &UnboundedSender<EngineEvent>,
     cancel: CancellationToken,
@@ -338,7 +335,7 @@ async fn run_request(
     let jobs = Arc::new(request.jobs);
     let prepared = Arc::new(prepare(ctx.api, &request.model, &request.sampling, &jobs)?);
     let distinct: HashSet<&str> = jobs.iter().map(|j| j.prompt.as_str()).collect();
-    let concurrency: usize = ctx.endpoints.iter().map(|e| e.params.max_concurrency).sum();
+    let concurrency = ctx.concurrency();
     let _ = events.send(EngineEvent::Started(RequestInfo {
         chat_template: match ctx.api {
             RemoteApi::Chat => Some("(the server's)".into()),
@@ -363,7 +360,6 @@ async fn run_request(
     });
     let served = request.model.served.clone().unwrap_or_default();
     let adapter_scale = request.model.adapter.as_ref().map_or(1.0, |a| a.scale);
-    let ctx = Arc::new(ctx);
     let mut slots = tokio::task::JoinSet::new();
     for ep in &ctx.endpoints {
         // A server upgraded since the start would give samples of another build than the
@@ -419,16 +415,7 @@ async fn run_request(
         let cut: Vec<usize> = tally.work.lock().in_flight.drain().collect();
         for i in cut {
             if tally.delivered.lock().insert(i) {
-                let _ = events.send(EngineEvent::Sample(output(
-                    &jobs,
-                    i,
-                    String::new(),
-                    0,
-                    0,
-                    FinishReason::Cancelled,
-                    None,
-                    0,
-                )));
+                let _ = events.send(EngineEvent::Sample(empty(&jobs, i, FinishReason::Cancelled, None, 0)));
             }
         }
     } else if !tally.work.lock().queue.is_empty() {
@@ -462,13 +449,11 @@ async fn run_request(
 /// another server or version. `None` when it reports the same, or cannot be asked.
 async fn changed_build(client: &reqwest::Client, ep: &Endpoint) -> Option<String> {
     let now = probe(client, &ep.params).await.ok()?;
-    let show = |(server, version): (&str, Option<&str>)| format!("{server} {}", version.unwrap_or("(no version)"));
-    let (was, is) = ((ep.build.0.as_str(), ep.build.1.as_deref()), (now.server.as_str(), now.version.as_deref()));
-    (was != is).then(|| {
+    ((now.server.as_str(), now.version.as_deref()) != (ep.id.server.as_str(), ep.id.version.as_deref())).then(|| {
         format!(
             "it now reports {}, and reported {} when driftwatch started: its samples would not be of the build the runs record; restart driftwatch to record the new one",
-            show(is),
-            show(was)
+            now.build(),
+            ep.id.build()
         )
     })
 }
@@ -726,17 +711,18 @@ impl Slot {
             RemoteApi::Completions => "/v1/completions",
         };
         let mut body = self.prepared[i].body.clone();
-        body.insert("model".into(), json!(self.served.model.as_deref().unwrap_or(&ep.base)));
-        if ep.llama_cpp {
+        let base = ep.id.served_model.as_str();
+        body.insert("model".into(), json!(self.served.model.as_deref().unwrap_or(base)));
+        if ep.id.is_llama_cpp() {
+            let adapters: Vec<u32> = ep.id.adapters.iter().map(|(a, _)| *a).collect();
             // Every adapter the server holds gets its scale: an empty or partial list leaves the
             // others at their global scale, 1 unless set otherwise (even with
             // `--lora-init-without-apply`, on the pinned build), which would apply them here.
-            if let Some(id) = self.served.lora.filter(|id| !ep.adapters.contains(id)) {
-                let reason = format!("{} has no --lora adapter {id} (it has {:?})", ep.params.url, ep.adapters);
+            if let Some(id) = self.served.lora.filter(|id| !adapters.contains(id)) {
+                let reason = format!("{} has no --lora adapter {id} (it has {adapters:?})", ep.params.url);
                 return Attempt::EndpointDown { reason, refused: true };
             }
-            let lora: Vec<Value> = ep
-                .adapters
+            let lora: Vec<Value> = adapters
                 .iter()
                 .map(|&a| json!({"id": a, "scale": if Some(a) == self.served.lora { self.adapter_scale } else { 0.0 }}))
                 .collect();
@@ -750,13 +736,13 @@ impl Slot {
         }
         let body = Value::Object(body);
         let url = format!("{}{route}", ep.params.url);
-        if let (true, None, Some(model)) = (ep.llama_cpp, self.served.lora, self.served.model.as_deref()) {
-            if model != ep.base {
+        if let (true, None, Some(model)) = (ep.id.is_llama_cpp(), self.served.lora, self.served.model.as_deref()) {
+            if model != base {
                 // llama-server answers any `model` with the one it serves: the checkpoint would
                 // silently be measured as that model.
                 let reason = format!(
                     "{} is a llama-server serving {}, which ignores a request's `model`: {model:?} would be answered by that model; map the checkpoint to one of its --lora adapters (`{{ lora = N }}` in engine.served)",
-                    ep.params.url, ep.base
+                    ep.params.url, base
                 );
                 return Attempt::EndpointDown { reason, refused: true };
             }
@@ -805,7 +791,7 @@ impl Slot {
                             }
                             Err(e) => {
                                 let msg = format!("malformed response from {url}: {e}");
-                                output(&self.jobs, i, String::new(), 0, 0, FinishReason::Error, Some(msg), ms)
+                                empty(&self.jobs, i, FinishReason::Error, Some(msg), ms)
                             }
                         });
                     }
@@ -826,16 +812,7 @@ impl Slot {
                             // The server refused this job (a prompt too long, a bad setting).
                             let msg = format!("{url} answered {status}{detail}");
                             let ms = started.elapsed().as_millis() as u64;
-                            return Attempt::Sample(output(
-                                &self.jobs,
-                                i,
-                                String::new(),
-                                0,
-                                0,
-                                FinishReason::Error,
-                                Some(msg),
-                                ms,
-                            ));
+                            return Attempt::Sample(empty(&self.jobs, i, FinishReason::Error, Some(msg), ms));
                         }
                     }
                 }
@@ -847,7 +824,7 @@ impl Slot {
             // The server answered other samples meanwhile: it is this sample it fails on.
             let msg = format!("{url} failed on this sample {n} times: {last}");
             let ms = started.elapsed().as_millis() as u64;
-            return Attempt::Sample(output(&self.jobs, i, String::new(), 0, 0, FinishReason::Error, Some(msg), ms));
+            return Attempt::Sample(empty(&self.jobs, i, FinishReason::Error, Some(msg), ms));
         }
         Attempt::EndpointDown { reason: format!("{last} (after {n} attempts)"), refused: false }
     }
@@ -917,6 +894,11 @@ fn parse(api: RemoteApi, text: &str) -> Result<Parsed, String> {
         completion_tokens: count("completion_tokens")?,
         finish,
     })
+}
+
+/// A sample without text: cancelled, or an error with its message.
+fn empty(jobs: &[Job], i: usize, finish: FinishReason, error: Option<String>, generation_ms: u64) -> SampleOutput {
+    output(jobs, i, String::new(), 0, 0, finish, error, generation_ms)
 }
 
 #[allow(clippy::too_many_arguments)]
