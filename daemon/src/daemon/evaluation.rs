@@ -42,7 +42,12 @@ pub(crate) fn served_path(name: &str) -> String {
 }
 
 /// The prefix of [`served_path`].
-pub(crate) const SERVED_PREFIX: &str = "served:";
+const SERVED_PREFIX: &str = "served:";
+
+/// The served name of a checkpoint recorded under `path` by [`served_path`]; `None` for a file.
+pub(crate) fn served_name(path: &str) -> Option<&str> {
+    path.strip_prefix(SERVED_PREFIX)
+}
 
 /// The identity (in place of a content sha256) of a checkpoint known only by its served name.
 pub(crate) fn served_identity(name: &str) -> String {
@@ -157,7 +162,7 @@ impl Evaluation {
     /// `path`): its `[engine.served]` entry by sha256 or file name; else the endpoints' base
     /// model for the base model, and the file name without `.gguf` for any other.
     pub fn served_as(&self, sha256: &str, path: &std::path::Path) -> crate::engine::remote::ServedAs {
-        if let Some(name) = path.to_str().and_then(|p| p.strip_prefix(SERVED_PREFIX)) {
+        if let Some(name) = path.to_str().and_then(served_name) {
             return crate::engine::remote::ServedAs { model: Some(name.to_owned()), lora: None };
         }
         if let Some(s) = self.registered.read().get(sha256) {

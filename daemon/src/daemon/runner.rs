@@ -21,7 +21,9 @@ use crate::events::{EventBus, EventKind};
 use crate::judge::Sample;
 use crate::metrics::Metrics;
 use crate::provenance::Provenance;
-use crate::store::{CheckpointId, CheckpointKind, NewSample, Run, RunId, RunTransition, SampleKey, Store, StoreError};
+use crate::store::{
+    CheckpointId, CheckpointKind, CheckpointRecord, NewSample, Run, RunId, RunTransition, SampleKey, Store, StoreError,
+};
 use crate::suite::Prompt;
 
 /// What a run's execution may use.
@@ -226,7 +228,7 @@ async fn execute(ctx: &Arc<Runner>, run: Run, stop: &CancellationToken) -> Resul
     })
     .await?;
     let ckpt = ckpt.ok_or_else(|| RunError::Other(format!("checkpoint {checkpoint_id} is not in the store")))?;
-    let served_only = ckpt.path.starts_with(super::evaluation::SERVED_PREFIX);
+    let served_only = super::evaluation::served_name(&ckpt.path).is_some();
     if served_only && ctx.eval.remote.is_none() {
         return Err(RunError::Other(format!(
             "{} exists only on inference servers: evaluating it needs engine.backend = \"openai\"",
@@ -289,7 +291,7 @@ async fn execute(ctx: &Arc<Runner>, run: Run, stop: &CancellationToken) -> Resul
         }
         let done = db(ctx, move |s| s.completed_sample_keys(id)).await?;
         let jobs = plan(&ctx.eval, repeat, &done, k, allowed.as_ref());
-        match generate_round(ctx, &run, (ckpt.kind, &ckpt.sha256), &path, jobs, done.len() as u64, total, stop).await? {
+        match generate_round(ctx, &run, &ckpt, &path, jobs, done.len() as u64, total, stop).await? {
             Round::Done => {}
             Round::Interrupted => return Ok(None), // left `running`: resumed at the next start
             Round::Deleted => return Err(RunError::DeletedDuringRun(path.display().to_string())),
@@ -501,7 +503,7 @@ enum Round {
 async fn generate_round(
     ctx: &Arc<Runner>,
     run: &Run,
-    (kind, sha256): (CheckpointKind, &str),
+    ckpt: &CheckpointRecord,
     path: &std::path::Path,
     jobs: Vec<Planned>,
     already: u64,
@@ -521,10 +523,13 @@ async fn generate_round(
         // What the run recorded when it was queued (a name given with `POST /v1/evaluate`
         // survives a restart this way), else the mapping now.
         served: eval.remote.as_ref().map(|_| {
-            Provenance::of(&run.provenance).remote.map(|r| r.served).unwrap_or_else(|| eval.served_as(sha256, path))
+            Provenance::of(&run.provenance)
+                .remote
+                .map(|r| r.served)
+                .unwrap_or_else(|| eval.served_as(&ckpt.sha256, path))
         }),
     };
-    if kind == CheckpointKind::Adapter {
+    if ckpt.kind == CheckpointKind::Adapter {
         spec.adapter = Some(AdapterSpec { path: path.to_owned(), scale: eval.config.model.adapter_scale });
         spec.model = eval.base_path.clone();
     }
