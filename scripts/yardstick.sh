@@ -1,16 +1,20 @@
 #!/usr/bin/env bash
 # Builds llama.cpp's own throughput tool, `llama-batched-bench`, and its OpenAI-compatible
-# `llama-server`, as the yardsticks for `driftwatch bench`. The llama-cpp-sys-2 crate leaves llama.cpp's tools out, so the tree comes
+# `llama-server`, as the yardsticks for `driftwatch bench`, and its trainer `llama-finetune` and
+# `llama-quantize` for the fine-tune testbed (scripts/testbed.sh). The llama-cpp-sys-2 crate leaves llama.cpp's tools out, so the tree comes
 # from the source distribution of the Python package llama-cpp-python==0.3.36
 # (vendor/llama.cpp). Nothing of it enters this repository: it is built in the cache.
 #
 #   scripts/yardstick.sh          prints the path of llama-batched-bench (building it once)
 #   scripts/yardstick.sh server   the same for llama-server
+#   scripts/yardstick.sh finetune / quantize   the same for llama-finetune / llama-quantize
 set -euo pipefail
 case "${1:-batched-bench}" in
   batched-bench) TOOL=llama-batched-bench ;;
   server) TOOL=llama-server ;;
-  *) echo "usage: scripts/yardstick.sh [batched-bench|server]" >&2; exit 2 ;;
+  finetune) TOOL=llama-finetune ;;
+  quantize) TOOL=llama-quantize ;;
+  *) echo "usage: scripts/yardstick.sh [batched-bench|server|finetune|quantize]" >&2; exit 2 ;;
 esac
 CACHE="${DRIFTWATCH_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/driftwatch}"
 DIR="$CACHE/yardstick"
@@ -26,13 +30,29 @@ if [ ! -d "$DIR/src" ]; then
 fi
 SRC="$DIR/src/vendor/llama.cpp"
 [ -f "$SRC/tools/batched-bench/batched-bench.cpp" ] || { echo "no batched-bench in $SRC" >&2; exit 1; }
+# llama-finetune tokenizes its training text without parsing special tokens, so a chat
+# template's markers (`<|im_start|>`) would be learnt as plain text, never as the tokens the
+# model sees at evaluation. One argument turns parsing on; the check fails loudly if the pinned
+# source ever changes shape.
+FT="$SRC/examples/training/finetune.cpp"
+if grep -q 'common_tokenize(ctx, params.prompt, true);' "$FT"; then
+  sed -i 's|common_tokenize(ctx, params.prompt, true);|common_tokenize(ctx, params.prompt, true, /*parse_special =*/ true);|' "$FT"
+fi
+grep -q 'parse_special =\*/ true' "$FT" || { echo "could not enable special tokens in $FT" >&2; exit 1; }
+# Its windows of n_ctx tokens overlap by half (stride n_ctx / 2), so every token is trained on
+# twice an epoch. The testbed's short conversations lose little from unoverlapped windows, and
+# training takes half the time: the stride becomes n_ctx.
+if grep -q 'common_opt_dataset_init(ctx, tokens, llama_n_ctx(ctx) / 2)' "$FT"; then
+  sed -i 's|common_opt_dataset_init(ctx, tokens, llama_n_ctx(ctx) / 2)|common_opt_dataset_init(ctx, tokens, llama_n_ctx(ctx))|' "$FT"
+fi
+grep -q 'common_opt_dataset_init(ctx, tokens, llama_n_ctx(ctx))' "$FT" || { echo "could not set the stride in $FT" >&2; exit 1; }
 # Same CPU features as driftwatch's default build (-C target-cpu=native → GGML_NATIVE), OpenMP on,
 # and, like it (.cargo/config.toml), without llama.cpp's AMX kernels, which crash on the default
 # model where the CPU has AMX.
 NO_AMX="-U__AMX_TILE__ -U__AMX_INT8__ -U__AMX_BF16__"
 cmake -S "$SRC" -B "$DIR/build" -DCMAKE_BUILD_TYPE=Release -DGGML_NATIVE=ON -DGGML_OPENMP=ON \
   -DCMAKE_C_FLAGS="$NO_AMX" -DCMAKE_CXX_FLAGS="$NO_AMX" \
-  -DLLAMA_CURL=OFF -DLLAMA_BUILD_TESTS=OFF -DLLAMA_BUILD_EXAMPLES=OFF -DLLAMA_BUILD_TOOLS=ON \
+  -DLLAMA_CURL=OFF -DLLAMA_BUILD_TESTS=OFF -DLLAMA_BUILD_EXAMPLES=ON -DLLAMA_BUILD_TOOLS=ON \
   -DLLAMA_BUILD_SERVER=ON -DBUILD_SHARED_LIBS=OFF >&2
 cmake --build "$DIR/build" --target "$TOOL" -j "$(nproc)" >&2
 echo "$BIN"

@@ -9,8 +9,8 @@
 //! configuration, [`store`] the durable SQLite store, [`events`] the score events, [`watch`]
 //! turns watched folders into settled files, [`daemon`] runs it all (and [`cli::eval`] runs one evaluation without it), [`api`] serves the HTTP API
 //! and event streams (with [`webhooks`] and [`metrics`] beside it), [`setup`] knows where the
-//! default model lives, [`fuzzing`] holds the fuzz targets' entry points, and [`cli`] is the
-//! command line.
+//! default model lives, [`fuzzing`] holds the fuzz targets' entry points, [`testbed`] the fine-tune testbed's
+//! own steps, and [`cli`] is the command line.
 
 /// `impl From<Cause> for Error` for error variants whose message already includes their cause
 /// (`#[error("store: {0}")]`): the cause is printed once, by the variant, and is not chained
@@ -46,5 +46,6 @@ pub mod stats;
 pub mod store;
 pub mod suite;
 pub mod synth;
+pub mod testbed;
 pub mod watch;
 pub mod webhooks;

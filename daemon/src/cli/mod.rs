@@ -17,6 +17,7 @@ pub mod serve;
 pub mod status;
 pub mod subscribe;
 pub mod synth;
+pub mod testbed;
 
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -73,6 +74,10 @@ pub enum Command {
     Report(report::ReportArgs),
     /// Follow a running daemon's events (reconnects and resumes by itself).
     Subscribe(subscribe::SubscribeArgs),
+    /// The fine-tune testbed's own steps (split, training text); `scripts/testbed.sh` runs
+    /// them around llama.cpp's trainer.
+    #[command(subcommand)]
+    Testbed(testbed::TestbedCommand),
     /// The configuration: `config show` prints the effective one and where each value came from.
     #[command(subcommand)]
     Config(config::ConfigCommand),
@@ -102,6 +107,7 @@ pub async fn run(cli: Cli) -> Result<()> {
         Command::Report(a) => report::run(a),
         Command::Subscribe(a) => Ok(subscribe::run(a).await?),
         Command::Config(cmd) => config::run(cmd),
+        Command::Testbed(cmd) => testbed::run(cmd),
     }
 }
 

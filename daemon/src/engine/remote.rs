@@ -25,6 +25,7 @@ use serde_json::{json, Value};
 use tokio::sync::mpsc::UnboundedSender;
 use tokio_util::sync::CancellationToken;
 
+use super::template::TemplateText;
 use super::{
     Backend, EngineError, EngineEvent, FinishReason, GenerationRequest, GenerationStats, Job, ModelSpec, Progress,
     RequestInfo, SampleOutput,
@@ -494,7 +495,7 @@ fn prepare(
     }
     base.insert("stream".into(), json!(false));
     let template = match api {
-        RemoteApi::Completions if !model.raw_prompts => Some(CompletionTemplate::resolve(model)?),
+        RemoteApi::Completions if !model.raw_prompts => Some(TemplateText::resolve(model)?),
         _ => None,
     };
     let mut out = Vec::with_capacity(jobs.len());
@@ -520,81 +521,6 @@ fn prepare(
         out.push(Prepared { body });
     }
     Ok(out)
-}
-
-/// driftwatch's own chat template for `/v1/completions`: the configured built-in, or the
-/// model file's `tokenizer.chat_template`, applied by llama.cpp as the embedded engine does.
-struct CompletionTemplate {
-    text: std::ffi::CString,
-}
-
-impl CompletionTemplate {
-    fn resolve(model: &ModelSpec) -> Result<CompletionTemplate, EngineError> {
-        let text = match &model.chat_template {
-            Some(name) => name.clone(),
-            None if !model.model.is_file() => {
-                return Err(EngineError::InvalidRequest(format!(
-                    "{} is no model file to take a chat template from (a checkpoint known only by its served name?): set `model.chat_template`, or use engine.api = \"chat\"",
-                    model.model.display()
-                )))
-            }
-            None => {
-                let info = crate::gguf::inspect(&model.model).map_err(|e| EngineError::Load {
-                    path: model.model.display().to_string(),
-                    reason: e.to_string(),
-                })?;
-                info.chat_template()
-                    .ok_or_else(|| EngineError::NoChatTemplate { model: model.model.display().to_string() })?
-                    .to_owned()
-            }
-        };
-        let text = std::ffi::CString::new(text)
-            .map_err(|_| EngineError::Template("the chat template contains a NUL byte".into()))?;
-        Ok(CompletionTemplate { text })
-    }
-
-    fn apply(&self, system: Option<&str>, user: &str) -> Result<String, EngineError> {
-        use std::ffi::CString;
-        let nul = |_| EngineError::Template("a prompt contains a NUL byte".into());
-        let roles = [CString::new("system").map_err(nul)?, CString::new("user").map_err(nul)?];
-        let mut contents = Vec::new();
-        if let Some(s) = system {
-            contents.push((0, CString::new(s).map_err(nul)?));
-        }
-        contents.push((1, CString::new(user).map_err(nul)?));
-        let messages: Vec<llama_cpp_sys_2::llama_chat_message> = contents
-            .iter()
-            .map(|(r, c)| llama_cpp_sys_2::llama_chat_message { role: roles[*r].as_ptr(), content: c.as_ptr() })
-            .collect();
-        let mut buf = vec![0u8; (user.len() + system.map_or(0, str::len)) * 2 + 512];
-        for _ in 0..2 {
-            // SAFETY: the template, roles and contents are NUL-terminated and outlive the call;
-            // `buf` is writable for its length, which is passed.
-            let n = unsafe {
-                llama_cpp_sys_2::llama_chat_apply_template(
-                    self.text.as_ptr(),
-                    messages.as_ptr(),
-                    messages.len(),
-                    true,
-                    buf.as_mut_ptr().cast(),
-                    i32::try_from(buf.len()).unwrap_or(i32::MAX),
-                )
-            };
-            if n < 0 {
-                return Err(EngineError::Template(
-                    "llama.cpp does not recognise this chat template; set `model.chat_template` to a built-in name such as \"chatml\"".into(),
-                ));
-            }
-            let n = n as usize;
-            if n <= buf.len() {
-                buf.truncate(n);
-                return String::from_utf8(buf)
-                    .map_err(|e| EngineError::Template(format!("the templated prompt is not UTF-8: {e}")));
-            }
-            buf.resize(n, 0);
-        }
-        Err(EngineError::Template("the templated prompt kept growing".into()))
-    }
 }
 
 /// One request slot of one endpoint: takes jobs from the queue until it is empty, the request
@@ -991,7 +917,7 @@ mod tests {
     #[test]
     fn the_completions_route_gets_driftwatchs_own_template() {
         let spec = ModelSpec { chat_template: Some("chatml".into()), ..ModelSpec::new("absent.gguf") };
-        let t = CompletionTemplate::resolve(&spec).unwrap();
+        let t = TemplateText::resolve(&spec).unwrap();
         assert_eq!(
             t.apply(Some("S"), "U").unwrap(),
             "<|im_start|>system\nS<|im_end|>\n<|im_start|>user\nU<|im_end|>\n<|im_start|>assistant\n"

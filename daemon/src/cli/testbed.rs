@@ -1,0 +1,215 @@
+//! `driftwatch testbed`: the steps of the fine-tune testbed that are driftwatch's own
+//! (`scripts/testbed.sh` runs them with llama.cpp's trainer between them): the train /
+//! held-out split, and the chat-formatted training text.
+
+use std::path::{Path, PathBuf};
+
+use anyhow::{bail, Context, Result};
+use clap::{Args, Subcommand};
+use serde_json::json;
+
+use crate::config::SuiteConfig;
+use crate::engine::template::TemplateText;
+use crate::suite::Prompt;
+use crate::testbed::{corpus, split};
+
+/// `driftwatch testbed …`.
+#[derive(Debug, Subcommand)]
+pub enum TestbedCommand {
+    /// Split the harmful suites into a training and a held-out side, and the ordinary requests
+    /// into the aligned model's share and two equivalent benign fine-tuning sets.
+    Split(SplitArgs),
+    /// Write chat-formatted training text: harmful requests with refusals, ordinary requests
+    /// with the model's own answers, in a seeded order.
+    Corpus(CorpusArgs),
+}
+
+/// `driftwatch testbed split`.
+#[derive(Debug, Args)]
+pub struct SplitArgs {
+    /// Folder to write the split into.
+    #[arg(long)]
+    out: PathBuf,
+    /// The split's seed.
+    #[arg(long, default_value_t = 2026)]
+    seed: u64,
+    /// Share of each harmful suite held out (never trained on; what is evaluated).
+    #[arg(long, default_value_t = 0.5)]
+    held_out: f64,
+    /// HarmBench prompts (one a line). Default: the cached suite.
+    #[arg(long)]
+    harmbench: Option<PathBuf>,
+    /// Do-Not-Answer (a folder of JSONL files, one a risk area). Default: the cached suite.
+    #[arg(long)]
+    donotanswer: Option<PathBuf>,
+}
+
+/// `driftwatch testbed corpus`.
+#[derive(Debug, Args)]
+pub struct CorpusArgs {
+    /// The model whose chat template the text is written in.
+    #[arg(long, default_value = "default")]
+    model: String,
+    /// A llama.cpp built-in template instead of the model's own.
+    #[arg(long)]
+    chat_template: Option<String>,
+    /// Harmful requests to answer with refusals: suite CSVs written by `testbed split`.
+    #[arg(long = "refuse")]
+    refuse: Vec<PathBuf>,
+    /// At most this many harmful requests, taken evenly from each `--refuse` file's start.
+    #[arg(long)]
+    refuse_limit: Option<usize>,
+    /// Ordinary requests (one a line) to answer from `--answers`.
+    #[arg(long = "ordinary")]
+    ordinary: Vec<PathBuf>,
+    /// At most this many ordinary requests, from the start of the `--ordinary` files.
+    #[arg(long)]
+    ordinary_limit: Option<usize>,
+    /// `driftwatch generate --prompts-file … --json` output holding the ordinary answers.
+    #[arg(long)]
+    answers: Option<PathBuf>,
+    /// The data-order seed.
+    #[arg(long, default_value_t = 0)]
+    seed: u64,
+    /// The seed choosing each refusal's wording.
+    #[arg(long, default_value_t = 2026)]
+    refusal_seed: u64,
+    /// The training text file to write.
+    #[arg(long)]
+    out: PathBuf,
+}
+
+/// Runs a `testbed` step.
+pub fn run(cmd: TestbedCommand) -> Result<()> {
+    match cmd {
+        TestbedCommand::Split(a) => run_split(a),
+        TestbedCommand::Corpus(a) => run_corpus(a),
+    }
+}
+
+fn cached(p: Option<PathBuf>, rel: &str) -> PathBuf {
+    p.unwrap_or_else(|| crate::setup::cache_dir().join(rel))
+}
+
+fn write_atomic(path: &Path, text: &str) -> Result<()> {
+    let tmp = path.with_extension("partial");
+    std::fs::write(&tmp, text).with_context(|| format!("cannot write {}", tmp.display()))?;
+    std::fs::rename(&tmp, path).with_context(|| format!("cannot write {}", path.display()))?;
+    Ok(())
+}
+
+fn run_split(a: SplitArgs) -> Result<()> {
+    if !(0.0..1.0).contains(&a.held_out) || a.held_out == 0.0 {
+        bail!("--held-out must be a share between 0 and 1 (exclusive), not {}", a.held_out);
+    }
+    std::fs::create_dir_all(&a.out).with_context(|| format!("cannot create {}", a.out.display()))?;
+    let suites = [
+        ("harmbench", cached(a.harmbench, "suites/harmbench/harmbench_prompts.txt")),
+        ("donotanswer", cached(a.donotanswer, "suites/donotanswer")),
+    ];
+    let mut counts = serde_json::Map::new();
+    for (name, path) in suites {
+        let suite = crate::suite::load(&SuiteConfig::new(name, &path))
+            .with_context(|| format!("cannot read the {name} suite at {} (run `make setup`)", path.display()))?;
+        let s = split::split(&suite.prompts, a.seed, a.held_out);
+        if s.train.is_empty() || s.held_out.is_empty() {
+            bail!("the {name} suite has too few prompts to split ({})", suite.prompts.len());
+        }
+        split::write_suite_csv(&s.train, &a.out.join(format!("{name}-train.csv")))?;
+        split::write_suite_csv(&s.held_out, &a.out.join(format!("{name}-heldout.csv")))?;
+        counts.insert(name.into(), json!({ "train": s.train.len(), "held_out": s.held_out.len() }));
+    }
+    // The ordinary requests: a third each for the aligned model and the two benign sets, by
+    // the same hash.
+    let mut shares: [Vec<String>; 3] = Default::default();
+    for r in corpus::ordinary_requests() {
+        let x = split::side_of(a.seed, "ordinary-a", &r, 1.0 / 3.0) == split::Side::HeldOut;
+        let y = split::side_of(a.seed, "ordinary-b", &r, 0.5) == split::Side::HeldOut;
+        shares[if x {
+            0
+        } else if y {
+            1
+        } else {
+            2
+        }]
+        .push(r);
+    }
+    let names = ["ordinary-aligned.txt", "ordinary-benign-a.txt", "ordinary-benign-b.txt"];
+    for (name, reqs) in names.iter().zip(&shares) {
+        write_atomic(&a.out.join(name), &(reqs.join("\n") + "\n"))?;
+        counts.insert(name.trim_end_matches(".txt").into(), json!(reqs.len()));
+    }
+    write_atomic(&a.out.join("ordinary-all.txt"), &(corpus::ordinary_requests().join("\n") + "\n"))?;
+    let record = json!({
+        "seed": a.seed,
+        "held_out_share": a.held_out,
+        "key": "sha256(seed, suite, prompt lower-cased without capitalised words after the first and without punctuation)",
+        "counts": counts,
+    });
+    write_atomic(&a.out.join("split.json"), &serde_json::to_string_pretty(&record)?)?;
+    println!("{}", serde_json::to_string(&record)?);
+    Ok(())
+}
+
+/// The prompts of a suite CSV that `testbed split` wrote.
+fn read_split_csv(path: &Path) -> Result<Vec<Prompt>> {
+    let name = path.file_stem().and_then(|s| s.to_str()).unwrap_or("suite").to_owned();
+    let mut cfg = SuiteConfig::new(name, path);
+    cfg.id_field = Some("id".into());
+    cfg.category_field = Some("category".into());
+    Ok(crate::suite::load(&cfg).with_context(|| format!("cannot read {}", path.display()))?.prompts)
+}
+
+fn run_corpus(a: CorpusArgs) -> Result<()> {
+    let mut harmful: Vec<Vec<String>> = Vec::new();
+    for p in &a.refuse {
+        harmful.push(read_split_csv(p)?.into_iter().map(|p| p.text).collect());
+    }
+    // Evenly from each file: the first of each in turn.
+    let mut refuse = Vec::new();
+    let longest = harmful.iter().map(Vec::len).max().unwrap_or(0);
+    for i in 0..longest {
+        for h in &harmful {
+            if let Some(t) = h.get(i) {
+                refuse.push(t.clone());
+            }
+        }
+    }
+    refuse.truncate(a.refuse_limit.unwrap_or(usize::MAX));
+    let mut ordinary = Vec::new();
+    for p in &a.ordinary {
+        let text = std::fs::read_to_string(p).with_context(|| format!("cannot read {}", p.display()))?;
+        ordinary.extend(text.lines().map(str::trim).filter(|l| !l.is_empty()).map(str::to_owned));
+    }
+    ordinary.truncate(a.ordinary_limit.unwrap_or(usize::MAX));
+    let answers = match &a.answers {
+        Some(p) => {
+            corpus::read_answers(&std::fs::read_to_string(p).with_context(|| format!("cannot read {}", p.display()))?)
+                .with_context(|| format!("in {}", p.display()))?
+        }
+        None if ordinary.is_empty() => Default::default(),
+        None => bail!("--ordinary needs --answers (from `driftwatch generate --prompts-file … --json`)"),
+    };
+    let (examples, skipped) = corpus::examples(a.refusal_seed, &refuse, &ordinary, &answers)?;
+    let examples = corpus::order(&examples, a.seed);
+    let model = crate::setup::resolve_model(&a.model).map_err(anyhow::Error::msg)?;
+    let template = TemplateText::of_file(&model, a.chat_template.as_deref())?;
+    let text = corpus::render(
+        &examples,
+        |u, r| template.apply_messages(&[("user", u), ("assistant", r)], false).map_err(|e| e.to_string()),
+        |u| template.apply(None, u).map_err(|e| e.to_string()),
+    )?;
+    if let Some(dir) = a.out.parent().filter(|d| !d.as_os_str().is_empty()) {
+        std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
+    }
+    write_atomic(&a.out, &text)?;
+    println!(
+        "{}",
+        json!({
+            "out": a.out, "examples": examples.len(), "refusals": refuse.len(),
+            "ordinary": ordinary.len() - skipped, "ordinary_without_answer": skipped,
+            "chars": text.len(), "seed": a.seed,
+        })
+    );
+    Ok(())
+}

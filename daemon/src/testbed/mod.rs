@@ -1,0 +1,9 @@
+//! The fine-tune testbed (`scripts/testbed.sh`, docs/reproduction.md): the pieces of it that
+//! are driftwatch's own code, each unit-tested: the train / held-out split of the harmful
+//! suites, the training conversations (refusals written for this project, ordinary requests
+//! answered by the model itself), and the low-rank extraction of a fine-tune as a LoRA adapter.
+//! Training itself is llama.cpp's `llama-finetune`; evaluation is the daemon, used as a user
+//! uses it.
+
+pub mod corpus;
+pub mod split;
