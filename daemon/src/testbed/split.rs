@@ -162,7 +162,7 @@ mod tests {
             },
         ];
         write_suite_csv(&ps, &path).unwrap();
-        let mut cfg = SuiteConfig::new("harmbench", &path);
+        let mut cfg = SuiteConfig::new("harmbench", path.as_path());
         cfg.id_field = Some("id".into());
         cfg.category_field = Some("category".into());
         let back = crate::suite::load(&cfg).unwrap();
