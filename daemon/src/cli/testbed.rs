@@ -92,10 +92,7 @@ fn cached(p: Option<PathBuf>, rel: &str) -> PathBuf {
 }
 
 fn write_atomic(path: &Path, text: &str) -> Result<()> {
-    let tmp = path.with_extension("partial");
-    std::fs::write(&tmp, text).with_context(|| format!("cannot write {}", tmp.display()))?;
-    std::fs::rename(&tmp, path).with_context(|| format!("cannot write {}", path.display()))?;
-    Ok(())
+    crate::testbed::write_whole(path, text.as_bytes()).with_context(|| format!("cannot write {}", path.display()))
 }
 
 fn run_split(a: SplitArgs) -> Result<()> {
@@ -115,14 +112,17 @@ fn run_split(a: SplitArgs) -> Result<()> {
         if s.train.is_empty() || s.held_out.is_empty() {
             bail!("the {name} suite has too few prompts to split ({})", suite.prompts.len());
         }
-        split::write_suite_csv(&s.train, &a.out.join(format!("{name}-train.csv")))?;
-        split::write_suite_csv(&s.held_out, &a.out.join(format!("{name}-heldout.csv")))?;
+        for (side, prompts) in [("train", &s.train), ("heldout", &s.held_out)] {
+            let path = a.out.join(format!("{name}-{side}.csv"));
+            split::write_suite_csv(prompts, &path).with_context(|| format!("cannot write {}", path.display()))?;
+        }
         counts.insert(name.into(), json!({ "train": s.train.len(), "held_out": s.held_out.len() }));
     }
     // The ordinary requests: a third each for the aligned model and the two benign sets, by
     // the same hash.
+    let ordinary = corpus::ordinary_requests();
     let mut shares: [Vec<String>; 3] = Default::default();
-    for r in corpus::ordinary_requests() {
+    for r in ordinary.iter().cloned() {
         let x = split::side_of(a.seed, "ordinary-a", &r, 1.0 / 3.0) == split::Side::HeldOut;
         let y = split::side_of(a.seed, "ordinary-b", &r, 0.5) == split::Side::HeldOut;
         shares[if x {
@@ -139,7 +139,7 @@ fn run_split(a: SplitArgs) -> Result<()> {
         write_atomic(&a.out.join(name), &(reqs.join("\n") + "\n"))?;
         counts.insert(name.trim_end_matches(".txt").into(), json!(reqs.len()));
     }
-    write_atomic(&a.out.join("ordinary-all.txt"), &(corpus::ordinary_requests().join("\n") + "\n"))?;
+    write_atomic(&a.out.join("ordinary-all.txt"), &(ordinary.join("\n") + "\n"))?;
     let record = json!({
         "seed": a.seed,
         "held_out_share": a.held_out,

@@ -7,3 +7,12 @@
 
 pub mod corpus;
 pub mod split;
+
+/// Writes a testbed file whole or not at all: into `NAME.partial` beside it, then renamed into
+/// place, so an interrupted step leaves no half-written file for a rerun to take as done.
+pub fn write_whole(path: &std::path::Path, bytes: &[u8]) -> std::io::Result<()> {
+    let mut tmp = path.as_os_str().to_owned();
+    tmp.push(".partial");
+    std::fs::write(&tmp, bytes)?;
+    std::fs::rename(&tmp, path)
+}

@@ -4,7 +4,6 @@
 //! in Do-Not-Answer) land on the same side: the held-out side holds no such near-copy of a
 //! training prompt.
 
-use std::io::Write;
 use std::path::Path;
 
 use serde::Serialize;
@@ -86,9 +85,7 @@ pub fn write_suite_csv(prompts: &[Prompt], path: &Path) -> std::io::Result<()> {
         w.write_record([id, p.category.as_str(), p.text.as_str()])?;
     }
     let bytes = w.into_inner().map_err(|e| std::io::Error::other(e.to_string()))?;
-    let tmp = path.with_extension("csv.partial");
-    std::fs::File::create(&tmp)?.write_all(&bytes)?;
-    std::fs::rename(tmp, path)
+    super::write_whole(path, &bytes)
 }
 
 #[cfg(test)]
