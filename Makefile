@@ -10,6 +10,9 @@
 #   make bench            driftwatch's own throughput benchmark on the default model
 #   make bench-vs-llama   the same, side by side with llama.cpp's llama-batched-bench and llama-server
 #   make fuzz             cargo fuzz campaigns, 10 minutes per parser (scripts/fuzz.sh)
+#   make testbed          the fine-tune testbed: an aligned model, benign fine-tunes of it, and
+#                         the daemon catching the regression (about an hour; SIZE=quick: minutes;
+#                         docs/reproduction.md). Cached: a rerun only re-evaluates.
 #   make PORTABLE=1 ...   build without CPU-specific instructions (slow; see README "Builds")
 
 SHELL := /bin/bash
@@ -24,7 +27,7 @@ endif
 TARGET_DIR := $(or $(CARGO_TARGET_DIR),target)
 BIN := $(TARGET_DIR)/debug/driftwatch
 
-.PHONY: run test setup build plugins bench bench-vs-llama doctor fuzz
+.PHONY: run test setup build plugins bench bench-vs-llama doctor fuzz testbed
 
 setup:
 	@scripts/setup.sh
@@ -55,6 +58,10 @@ bench: build
 
 bench-vs-llama: build
 	scripts/bench-vs-llama.sh
+
+SIZE ?= full
+testbed: build plugins
+	DRIFTWATCH_BIN=$(abspath $(BIN)) scripts/testbed.sh $(SIZE)
 
 fuzz: setup
 	scripts/fuzz.sh run 600

@@ -19,7 +19,11 @@ esac
 CACHE="${DRIFTWATCH_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/driftwatch}"
 DIR="$CACHE/yardstick"
 BIN="$DIR/build/bin/$TOOL"
-if [ -x "$BIN" ]; then echo "$BIN"; exit 0; fi
+# The trainer carries driftwatch's patches (below); a build from before the current ones is
+# rebuilt. The other tools are llama.cpp's own.
+PATCHES=2
+STAMP="$BIN.driftwatch-patches-$PATCHES"
+if [ -x "$BIN" ] && { [ "$TOOL" != llama-finetune ] || [ -f "$STAMP" ]; }; then echo "$BIN"; exit 0; fi
 mkdir -p "$DIR"
 if [ ! -d "$DIR/src" ]; then
   tmp="$(mktemp -d)"
@@ -46,6 +50,74 @@ if grep -q 'common_opt_dataset_init(ctx, tokens, llama_n_ctx(ctx) / 2)' "$FT"; t
   sed -i 's|common_opt_dataset_init(ctx, tokens, llama_n_ctx(ctx) / 2)|common_opt_dataset_init(ctx, tokens, llama_n_ctx(ctx))|' "$FT"
 fi
 grep -q 'common_opt_dataset_init(ctx, tokens, llama_n_ctx(ctx))' "$FT" || { echo "could not set the stride in $FT" >&2; exit 1; }
+# It learns every token of the text, the users' requests included, so a model trained on
+# chat text learns to write harmful requests as much as to refuse them (measured: the
+# testbed's aligned model, three epochs at lr 1e-4, answered held-out harmful prompts with
+# more of them). With DRIFTWATCH_ASSISTANT_ONLY set, only the assistant replies of ChatML text
+# are learnt: every other position's label becomes -1, and the loss skips a label of -1 (a
+# one-hot row of zeros contributes nothing to the cross-entropy or its gradient).
+python3 - "$FT" "$SRC/src/llama-context.cpp" <<'PY'
+import sys
+ft, lc = sys.argv[1], sys.argv[2]
+s = open(ft).read()
+if "driftwatch: assistant-only" not in s:
+    anchor = "ggml_opt_dataset_t       dataset = common_opt_dataset_init(ctx, tokens, llama_n_ctx(ctx));\n"
+    assert anchor in s, "finetune.cpp changed shape"
+    s = s.replace(anchor, anchor + r"""
+    // driftwatch: assistant-only. With DRIFTWATCH_ASSISTANT_ONLY set, only the assistant
+    // replies of ChatML text (from after "<|im_start|>assistant\n" to its "<|im_end|>") are
+    // learnt; every other label becomes -1, which the loss skips.
+    if (getenv("DRIFTWATCH_ASSISTANT_ONLY")) {
+        const std::vector<llama_token> start = common_tokenize(ctx, "<|im_start|>assistant\n", false, true);
+        const std::vector<llama_token> end   = common_tokenize(ctx, "<|im_end|>", false, true);
+        if (end.size() != 1) {
+            LOG_ERR("%s: the model has no <|im_end|> token: assistant-only training needs ChatML\n", __func__);
+            return 1;
+        }
+        std::vector<char> learn(tokens.size(), 0);
+        for (size_t i = 0; i + start.size() <= tokens.size(); ++i) {
+            if (!std::equal(start.begin(), start.end(), tokens.begin() + i)) {
+                continue;
+            }
+            size_t j = i + start.size();
+            for (; j < tokens.size(); ++j) {
+                learn[j] = 1;
+                if (tokens[j] == end[0]) {
+                    break;
+                }
+            }
+            i = j;
+        }
+        const int64_t n_pos = llama_n_ctx(ctx);
+        const int64_t n_data = ggml_opt_dataset_ndata(dataset);
+        llama_token * lab = (llama_token *) ggml_opt_dataset_labels(dataset)->data;
+        int64_t kept = 0;
+        for (int64_t d = 0; d < n_data; ++d) {
+            for (int64_t p = 0; p < n_pos; ++p) {
+                if (learn[d*n_pos + p + 1]) {
+                    kept++;
+                } else {
+                    lab[d*n_pos + p] = -1;
+                }
+            }
+        }
+        LOG_INF("%s: driftwatch: learning %lld of %lld labels (assistant replies only)\n", __func__,
+                (long long) kept, (long long) (n_data*n_pos));
+        if (kept == 0) {
+            LOG_ERR("%s: no assistant reply found in the training text\n", __func__);
+            return 1;
+        }
+    }
+""")
+    s = s.replace("#include <vector>\n", "#include <vector>\n#include <algorithm>\n#include <cstdlib>\n", 1)
+    open(ft, "w").write(s)
+c = open(lc).read()
+old = "GGML_ASSERT(labels_sparse[ilabel] < labels->ne[0]);"
+if "driftwatch: a label of -1" not in c:
+    assert old in c, "llama-context.cpp changed shape"
+    c = c.replace(old, "if (labels_sparse[ilabel] < 0) { continue; } // driftwatch: a label of -1 is not learnt\n                    " + old)
+    open(lc, "w").write(c)
+PY
 # Same CPU features as driftwatch's default build (-C target-cpu=native → GGML_NATIVE), OpenMP on,
 # and, like it (.cargo/config.toml), without llama.cpp's AMX kernels, which crash on the default
 # model where the CPU has AMX.
@@ -55,4 +127,5 @@ cmake -S "$SRC" -B "$DIR/build" -DCMAKE_BUILD_TYPE=Release -DGGML_NATIVE=ON -DGG
   -DLLAMA_CURL=OFF -DLLAMA_BUILD_TESTS=OFF -DLLAMA_BUILD_EXAMPLES=ON -DLLAMA_BUILD_TOOLS=ON \
   -DLLAMA_BUILD_SERVER=ON -DBUILD_SHARED_LIBS=OFF >&2
 cmake --build "$DIR/build" --target "$TOOL" -j "$(nproc)" >&2
+[ "$TOOL" != llama-finetune ] || touch "$STAMP"
 echo "$BIN"

@@ -35,7 +35,15 @@ fn judge_cli_scaffold_builds_and_passes_check() {
     .unwrap();
     let mut out = Vec::new();
     let n = judge_file(
-        &JudgeArgs { plugin: wasm, input: Some(input), calibrate: None, json: false, config: None, judge_model: None },
+        &JudgeArgs {
+            plugin: wasm,
+            input: Some(input),
+            calibrate: None,
+            json: false,
+            config: None,
+            judge_model: None,
+            against: Default::default(),
+        },
         None,
         &mut out,
     )
@@ -82,6 +90,7 @@ fn judge_cli_scores_jsonl_with_settings_file() {
             json: false,
             config: Some(settings.clone()),
             judge_model: None,
+            against: Default::default(),
         },
         None,
         &mut out,
@@ -106,6 +115,7 @@ fn judge_cli_scores_jsonl_with_settings_file() {
             json: false,
             config: None,
             judge_model: None,
+            against: Default::default(),
         },
         None,
         &mut Vec::new(),
@@ -121,6 +131,7 @@ fn judge_cli_scores_jsonl_with_settings_file() {
             json: false,
             config: Some(settings),
             judge_model: None,
+            against: Default::default(),
         },
         None,
         &mut Vec::new(),
@@ -142,6 +153,7 @@ fn judge_cli_calibrates_a_plugin_on_a_labelled_set() {
         json,
         config: None,
         judge_model: None,
+        against: Default::default(),
     };
     let mut out = Vec::new();
     let report = driftwatch::judge::cli::calibrate_file(&args(false, set.clone()), None, &mut out).unwrap();

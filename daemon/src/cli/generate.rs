@@ -81,10 +81,14 @@ pub async fn run(a: GenerateArgs) -> Result<()> {
             });
             writeln!(out, "{line}")?;
         } else {
-            let (id, _) = &prompts[s.job_index / a.samples as usize];
+            // The prompt is named only when there are several (a prompts file).
+            let which = match a.prompts_file {
+                Some(_) => format!("prompt {} · ", prompts[s.job_index / a.samples as usize].0),
+                None => String::new(),
+            };
             writeln!(
                 out,
-                "── prompt {id} · sample {} · seed {} · {} tokens · {} ──\n{}\n",
+                "── {which}sample {} · seed {} · {} tokens · {} ──\n{}\n",
                 s.sample_index,
                 s.seed,
                 s.completion_tokens,

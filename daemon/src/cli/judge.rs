@@ -29,6 +29,11 @@ pub struct JudgeArgs {
     /// sensitivity, specificity and Cohen's κ against the labels, with intervals.
     #[arg(long, value_name = "LABELLED.jsonl")]
     pub calibrate: Option<PathBuf>,
+    /// With --calibrate: which label the verdicts are measured against: `unsafe` (the
+    /// `label`), `refused` (the judge's refusal field against `refused`), or `incoherent`
+    /// (the judge's unsafe verdict against `coherent = false`, for a coherence judge).
+    #[arg(long, value_enum, default_value = "unsafe", requires = "calibrate")]
+    pub against: crate::judge::calibration::Against,
     /// With --calibrate: print the figures as one JSON object.
     #[arg(long, requires = "calibrate")]
     pub json: bool,

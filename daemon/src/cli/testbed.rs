@@ -1,6 +1,7 @@
 //! `driftwatch testbed`: the steps of the fine-tune testbed that are driftwatch's own
 //! (`scripts/testbed.sh` runs them with llama.cpp's trainer between them): the train /
-//! held-out split, and the chat-formatted training text.
+//! held-out split, the chat-formatted training text, a fine-tune's extraction as a LoRA
+//! adapter, and the findings read from the store the evaluation left.
 
 use std::path::{Path, PathBuf};
 
@@ -22,6 +23,69 @@ pub enum TestbedCommand {
     /// Write chat-formatted training text: harmful requests with refusals, ordinary requests
     /// with the model's own answers, in a seeded order.
     Corpus(CorpusArgs),
+    /// The findings of a testbed evaluation, from its store: each fine-tune's refusal rate,
+    /// difference and verdict, and the spread across repeats next to the spread across the
+    /// training variants (Markdown, with the min–max figure as SVG beside it).
+    Summary(SummaryArgs),
+    /// A full fine-tune as a LoRA adapter over its base: each block matrix's weight difference
+    /// reduced to rank r by a truncated SVD (both models F32 GGUF).
+    ExtractLora(ExtractArgs),
+    /// A seeded draw of stored responses, written for labelling by hand (JSON Lines with
+    /// `label`, `refused` and `coherent` left null, to be filled in by a person reading each):
+    /// the same number from each checkpoint's first repeat, harmful and control prompts alike.
+    Samples(SamplesArgs),
+}
+
+/// `driftwatch testbed samples`.
+#[derive(Debug, Args)]
+pub struct SamplesArgs {
+    /// Where the store is.
+    #[command(flatten)]
+    store: super::StoreArgs,
+    /// Responses per checkpoint.
+    #[arg(long, default_value_t = 20)]
+    per_checkpoint: usize,
+    /// The draw's seed.
+    #[arg(long, default_value_t = 1)]
+    seed: u64,
+    /// The JSON Lines file to write.
+    #[arg(long)]
+    out: PathBuf,
+}
+
+/// `driftwatch testbed extract-lora`.
+#[derive(Debug, Args)]
+pub struct ExtractArgs {
+    /// The base model (F32 GGUF) the adapter applies over.
+    #[arg(long)]
+    base: PathBuf,
+    /// The fine-tuned model (F32 GGUF, same architecture and shapes).
+    #[arg(long)]
+    tuned: PathBuf,
+    /// The adapter's rank.
+    #[arg(long, default_value_t = 32)]
+    rank: usize,
+    /// Block matrices adapted, by short name.
+    #[arg(long, value_delimiter = ',', default_value = "attn_q,attn_k,attn_v,attn_output,ffn_gate,ffn_up,ffn_down")]
+    targets: Vec<String>,
+    /// The adapter file to write.
+    #[arg(long)]
+    out: PathBuf,
+}
+
+/// `driftwatch testbed summary`.
+#[derive(Debug, Args)]
+pub struct SummaryArgs {
+    /// Where the store is.
+    #[command(flatten)]
+    store: super::StoreArgs,
+    /// The harm judge whose refusals are counted.
+    #[arg(long, default_value = "refusal")]
+    judge: String,
+    /// The Markdown file to write (the figure goes beside it, as FILE with `.svg`); default:
+    /// print the Markdown.
+    #[arg(long)]
+    out: Option<PathBuf>,
 }
 
 /// `driftwatch testbed split`.
@@ -84,6 +148,13 @@ pub fn run(cmd: TestbedCommand) -> Result<()> {
     match cmd {
         TestbedCommand::Split(a) => run_split(a),
         TestbedCommand::Corpus(a) => run_corpus(a),
+        TestbedCommand::Summary(a) => run_summary(a),
+        TestbedCommand::Samples(a) => run_samples(a),
+        TestbedCommand::ExtractLora(a) => {
+            let e = crate::testbed::lora::extract(&a.base, &a.tuned, &a.targets, a.rank, &a.out)?;
+            println!("{}", serde_json::to_string(&e)?);
+            Ok(())
+        }
     }
 }
 
@@ -118,12 +189,12 @@ fn run_split(a: SplitArgs) -> Result<()> {
         }
         counts.insert(name.into(), json!({ "train": s.train.len(), "held_out": s.held_out.len() }));
     }
-    // The ordinary requests: a third each for the aligned model and the two benign sets, by
-    // the same hash.
+    // The ordinary requests: half for the aligned model (which must learn not to refuse them),
+    // a quarter each for the two equivalent benign sets, by the same hash.
     let ordinary = corpus::ordinary_requests();
     let mut shares: [Vec<String>; 3] = Default::default();
     for r in ordinary.iter().cloned() {
-        let x = split::side_of(a.seed, "ordinary-a", &r, 1.0 / 3.0) == split::Side::HeldOut;
+        let x = split::side_of(a.seed, "ordinary-a", &r, 0.5) == split::Side::HeldOut;
         let y = split::side_of(a.seed, "ordinary-b", &r, 0.5) == split::Side::HeldOut;
         shares[if x {
             0
@@ -211,5 +282,72 @@ fn run_corpus(a: CorpusArgs) -> Result<()> {
             "chars": text.len(), "seed": a.seed,
         })
     );
+    Ok(())
+}
+
+fn run_summary(a: SummaryArgs) -> Result<()> {
+    use crate::testbed::findings::{self, Measurement};
+    let (store, cfg) = a.store.open()?;
+    let report = crate::report::build_report(&store, &crate::report::Selection::All, &cfg)?;
+    let ms: Vec<Measurement> = report.runs.iter().filter_map(|r| Measurement::of(r, &a.judge)).collect();
+    if ms.is_empty() {
+        bail!("no completed run in the store has a rate from the judge {:?}", a.judge);
+    }
+    // Repeats of one checkpoint, each against its first repeat: the same model, so any
+    // verdict but `indistinguishable` is a false alarm.
+    let mut checks = Vec::new();
+    for (name, runs) in findings::by_checkpoint(&ms) {
+        for later in &runs[1..] {
+            let r = crate::scoring::score_run_from_store(&store, later.run_id, Some(runs[0].run_id), false, &cfg)?;
+            if let Some(c) = r.comparisons.iter().find(|c| c.judge == a.judge) {
+                checks.push((name.clone(), c.verdict));
+            }
+        }
+    }
+    let (md, svg) = findings::render(&ms, &checks);
+    match &a.out {
+        Some(path) => {
+            let svg_path = path.with_extension("svg");
+            write_atomic(&svg_path, &svg)?;
+            let name = svg_path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+            write_atomic(path, &format!("{md}\n![Refusal rate, min–max over repeats]({name})\n"))?;
+            print!("{md}");
+        }
+        None => print!("{md}"),
+    }
+    Ok(())
+}
+
+fn run_samples(a: SamplesArgs) -> Result<()> {
+    use rand::seq::SliceRandom;
+    use rand::SeedableRng;
+    let (store, cfg) = a.store.open()?;
+    let report = crate::report::build_report(&store, &crate::report::Selection::All, &cfg)?;
+    let mut seen = std::collections::HashSet::new();
+    let mut lines = Vec::new();
+    let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(a.seed);
+    for r in report.runs.iter().filter(|r| r.status == "completed") {
+        // The first completed run of each checkpoint.
+        if !seen.insert(r.checkpoint_id) {
+            continue;
+        }
+        let mut samples: Vec<_> =
+            store.samples_for_run(r.run_id)?.into_iter().filter(|s| s.finish_reason != "error").collect();
+        samples.shuffle(&mut rng);
+        let name = crate::testbed::findings::checkpoint_name(&r.checkpoint_path);
+        for s in samples.into_iter().take(a.per_checkpoint) {
+            lines.push(json!({
+                "id": format!("{name}-{}-{}", s.prompt_id, s.sample_index), "checkpoint": name,
+                "category": s.category.unwrap_or_default(), "prompt": s.prompt, "response": s.response,
+                "finish_reason": s.finish_reason, "label": null, "refused": null, "coherent": null, "note": "",
+            }));
+        }
+    }
+    if lines.is_empty() {
+        bail!("the store holds no completed run to draw responses from");
+    }
+    let text: String = lines.iter().map(|l| l.to_string() + "\n").collect();
+    write_atomic(&a.out, &text)?;
+    println!("{} responses from {} checkpoints written to {}", lines.len(), seen.len(), a.out.display());
     Ok(())
 }

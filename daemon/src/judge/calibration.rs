@@ -15,14 +15,45 @@ use crate::stats::CalibrationCounts;
 /// One labelled response of a calibration set.
 #[derive(Debug, Clone, PartialEq)]
 pub struct LabelledResponse {
-    /// The response, with its prompt when the file gives one.
+    /// The response, with its prompt (and finish reason) when the file gives them.
     pub sample: Sample,
     /// True when a person labelled the response unsafe.
     pub labelled_unsafe: bool,
+    /// Whether a person read the response as a refusal, when labelled.
+    pub refused: Option<bool>,
+    /// Whether a person read the response as coherent, when labelled.
+    pub coherent: Option<bool>,
+}
+
+/// What a judge's verdicts are measured against.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "snake_case")]
+pub enum Against {
+    /// `label`: the judge's unsafe verdict against "unsafe" (harmful compliance).
+    #[default]
+    Unsafe,
+    /// `refused`: the judge's refusal field against a person's reading of a refusal.
+    Refused,
+    /// `coherent`: the judge's unsafe verdict (a coherence judge's "incoherent") against
+    /// `coherent = false`.
+    Incoherent,
+}
+
+impl Against {
+    /// The positive and the negative class, in words.
+    pub fn classes(self) -> (&'static str, &'static str) {
+        match self {
+            Against::Unsafe => ("unsafe", "safe"),
+            Against::Refused => ("refusal", "not a refusal"),
+            Against::Incoherent => ("incoherent", "coherent"),
+        }
+    }
 }
 
 /// A line of the file as written: `response` and `label` (`"unsafe"` / `"safe"`, or a
-/// boolean meaning unsafe) are required; `prompt`, `category` and `id` are optional.
+/// boolean meaning unsafe) are required; `prompt`, `category`, `id`, `finish_reason`, and the
+/// further labels `refused` and `coherent` (booleans) are optional, as are `checkpoint` and
+/// `suite` (where the response came from; kept by the file, not used).
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 struct Line {
@@ -34,6 +65,18 @@ struct Line {
     category: String,
     response: String,
     label: serde_json::Value,
+    #[serde(default)]
+    finish_reason: crate::engine::FinishReason,
+    #[serde(default)]
+    refused: Option<bool>,
+    #[serde(default)]
+    coherent: Option<bool>,
+    #[serde(default)]
+    #[allow(dead_code)]
+    checkpoint: Option<String>,
+    #[serde(default)]
+    #[allow(dead_code)]
+    suite: Option<String>,
     /// Free text about the label (kept by the file, not used).
     #[serde(default)]
     #[allow(dead_code)]
@@ -89,9 +132,10 @@ impl CalibrationSet {
                 category: l.category,
                 prompt: l.prompt,
                 response: l.response,
+                finish_reason: l.finish_reason,
                 ..Sample::default()
             };
-            items.push(LabelledResponse { sample, labelled_unsafe });
+            items.push(LabelledResponse { sample, labelled_unsafe, refused: l.refused, coherent: l.coherent });
         }
         if items.is_empty() {
             return Err(CalibrationSetError::Empty(path.to_owned()));
@@ -110,21 +154,52 @@ pub struct JudgeCalibration {
     pub counts: CalibrationCounts,
     /// Labelled responses the judge could not score (left out of the counts).
     pub errored: u64,
+    /// What the verdicts were measured against (a harm judge's correction needs `unsafe`).
+    #[serde(default)]
+    pub against: Against,
+    /// Responses without the label measured against (left out).
+    #[serde(default)]
+    pub unlabelled: u64,
 }
 
-/// Judges every labelled response with `plugin` (blocking) and counts hits and misses. A
-/// response the judge fails on is counted in `errored`, never as safe.
+/// Judges every labelled response with `plugin` (blocking) and counts hits and misses against
+/// the `unsafe` labels. A response the judge fails on is counted in `errored`, never as safe.
 pub fn calibrate(plugin: &JudgePlugin, set: &CalibrationSet) -> JudgeCalibration {
-    let samples: Vec<Sample> = set.items.iter().map(|i| i.sample.clone()).collect();
+    calibrate_against(plugin, set, Against::Unsafe)
+}
+
+/// The same against any of the labels: responses without that label are left out (counted in
+/// `unlabelled`), and against `refused`, a verdict that does not say whether the response is a
+/// refusal counts as errored.
+pub fn calibrate_against(plugin: &JudgePlugin, set: &CalibrationSet, against: Against) -> JudgeCalibration {
+    let truth = |i: &LabelledResponse| match against {
+        Against::Unsafe => Some(i.labelled_unsafe),
+        Against::Refused => i.refused,
+        Against::Incoherent => i.coherent.map(|c| !c),
+    };
+    let items: Vec<&LabelledResponse> = set.items.iter().filter(|i| truth(i).is_some()).collect();
+    let samples: Vec<Sample> = items.iter().map(|i| i.sample.clone()).collect();
     let mut counts = CalibrationCounts::default();
     let mut errored = 0;
-    for (item, result) in set.items.iter().zip(plugin.judge_each(&samples)) {
-        match result {
-            Ok(v) => counts.add(item.labelled_unsafe, v.is_unsafe),
-            Err(_) => errored += 1,
+    for (item, result) in items.iter().zip(plugin.judge_each(&samples)) {
+        let judged = match (result, against) {
+            (Ok(v), Against::Refused) => v.refusal,
+            (Ok(v), _) => Some(v.is_unsafe),
+            (Err(_), _) => None,
+        };
+        match (truth(item), judged) {
+            (Some(t), Some(j)) => counts.add(t, j),
+            _ => errored += 1,
         }
     }
-    JudgeCalibration { file: set.path.display().to_string(), sha256: set.sha256.clone(), counts, errored }
+    JudgeCalibration {
+        file: set.path.display().to_string(),
+        sha256: set.sha256.clone(),
+        counts,
+        errored,
+        against,
+        unlabelled: (set.items.len() - items.len()) as u64,
+    }
 }
 
 #[cfg(test)]
@@ -146,6 +221,15 @@ mod tests {
         assert_eq!(set.items[0].sample.prompt_id, "line-2");
         assert_eq!(set.items[1].sample.prompt_id, "x");
         assert_eq!(set.sha256.len(), 64);
+        assert_eq!((set.items[0].refused, set.items[0].coherent), (None, None));
+        std::fs::write(
+            &p,
+            "{\"prompt\": \"q\", \"response\": \"I can't\", \"label\": \"safe\", \"refused\": true, \"coherent\": true, \"finish_reason\": \"length\", \"checkpoint\": \"aligned\", \"suite\": \"harmbench\"}\n",
+        )
+        .unwrap();
+        let set = CalibrationSet::read(&p).unwrap();
+        assert_eq!((set.items[0].refused, set.items[0].coherent), (Some(true), Some(true)));
+        assert_eq!(set.items[0].sample.finish_reason, crate::engine::FinishReason::Length);
         for (text, needle) in [
             ("{\"response\": \"a\", \"label\": \"maybe\"}\n", ":1: label must be"),
             ("{\"response\": \"a\"}\n", ":1: not a labelled response"),

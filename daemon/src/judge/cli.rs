@@ -169,7 +169,7 @@ pub fn calibrate_file(
     let path = args.calibrate.as_deref().ok_or(CliError::NoInput)?;
     let set = super::calibration::CalibrationSet::read(path)?;
     let plugin = load_plugin(args, settings, model)?;
-    let calibration = super::calibration::calibrate(&plugin, &set);
+    let calibration = super::calibration::calibrate_against(&plugin, &set, args.against);
     let accuracy = crate::stats::judge_accuracy(&calibration.counts, 0.95);
     let report = CalibrationReport {
         plugin: plugin.info().name.clone(),
@@ -199,8 +199,9 @@ pub fn calibration_text(r: &CalibrationReport) -> String {
         (Some(k), Some(lo), Some(hi)) => format!("{k:.3} [{lo:.3}, {hi:.3}]"),
         _ => "undefined".into(),
     };
+    let (pos, neg) = r.calibration.against.classes();
     let mut t = format!(
-        "judge {} {} on {} ({} labelled: {} unsafe, {} safe",
+        "judge {} {} on {} ({} labelled: {} {pos}, {} {neg}",
         r.plugin,
         r.version,
         r.calibration.file,
@@ -211,12 +212,17 @@ pub fn calibration_text(r: &CalibrationReport) -> String {
     if r.calibration.errored > 0 {
         t.push_str(&format!("; {} the judge could not score, left out", r.calibration.errored));
     }
+    if r.calibration.unlabelled > 0 {
+        t.push_str(&format!("; {} without that label, left out", r.calibration.unlabelled));
+    }
     t.push_str(")\n\n");
-    t.push_str(&format!("{:<16}{:>18}{:>16}\n", "", "labelled unsafe", "labelled safe"));
-    t.push_str(&format!("{:<16}{:>18}{:>16}\n", "judged unsafe", c.true_positive, c.false_positive));
-    t.push_str(&format!("{:<16}{:>18}{:>16}\n\n", "judged safe", c.false_negative, c.true_negative));
-    t.push_str(&format!("sensitivity   {}  unsafe responses judged unsafe\n", p(&a.sensitivity)));
-    t.push_str(&format!("specificity   {}  safe responses judged safe\n", p(&a.specificity)));
+    let w = 4 + pos.len().max(neg.len()) + "labelled ".len();
+    let (lp, ln) = (format!("labelled {pos}"), format!("labelled {neg}"));
+    t.push_str(&format!("{:<24}{lp:>w$}{ln:>w$}\n", ""));
+    t.push_str(&format!("{:<24}{:>w$}{:>w$}\n", format!("judged {pos}"), c.true_positive, c.false_positive));
+    t.push_str(&format!("{:<24}{:>w$}{:>w$}\n\n", format!("judged {neg}"), c.false_negative, c.true_negative));
+    t.push_str(&format!("sensitivity   {}  {pos} responses judged {pos}\n", p(&a.sensitivity)));
+    t.push_str(&format!("specificity   {}  {neg} responses judged {neg}\n", p(&a.specificity)));
     t.push_str(&format!("accuracy      {}\n", p(&a.accuracy)));
     t.push_str(&format!("Cohen's kappa {kappa}\n"));
     match a.youden {

@@ -7,7 +7,7 @@
 pub mod cmd;
 pub mod html;
 pub mod markdown;
-mod svg;
+pub mod svg;
 
 #[cfg(test)]
 mod tests;

@@ -865,6 +865,8 @@ fn judge_calibrations_are_recorded_replaced_and_forgotten() {
         sha256: "ab".into(),
         counts: CalibrationCounts { true_positive: tp, false_negative: 1, true_negative: 9, false_positive: 2 },
         errored: 0,
+        against: Default::default(),
+        unlabelled: 0,
     };
     assert_eq!(store.calibration("k").unwrap(), None);
     store.record_calibration("k", "refusal", &c(5)).unwrap();

@@ -6,6 +6,8 @@
 //! uses it.
 
 pub mod corpus;
+pub mod findings;
+pub mod lora;
 pub mod split;
 
 /// Writes a testbed file whole or not at all: into `NAME.partial` beside it, then renamed into
