@@ -7,7 +7,7 @@ use std::collections::BTreeMap;
 use std::fmt::Write;
 
 use crate::report::svg::{ErrorBarChart, Group, Point};
-use crate::report::{short_path, verdict_word, RunReport};
+use crate::report::{pct, short_path, verdict_word, RunReport};
 use crate::scoring::LineRole;
 use crate::stats::Verdict;
 
@@ -95,8 +95,9 @@ fn spread(v: &[f64]) -> (f64, f64, f64, Option<f64>) {
     (min, max, mean, sd)
 }
 
-fn pct(x: f64) -> String {
-    format!("{:.1}%", 100.0 * x)
+/// An optional SD in percentage points, or a dash.
+fn opt_pp(x: Option<f64>) -> String {
+    x.map_or("–".into(), |s| format!("{:.1} pp", 100.0 * s))
 }
 
 fn opt_pct(x: Option<f64>) -> String {
@@ -199,7 +200,7 @@ pub fn render(ms: &[Measurement], repeat_checks: &[(String, Verdict)]) -> (Strin
             pct(min),
             pct(max),
             100.0 * (max - min),
-            sd.map_or("–".into(), |s| format!("{:.1} pp", 100.0 * s)),
+            opt_pp(sd),
             100.0 * hw
         );
         if v.len() >= 2 {
@@ -239,7 +240,7 @@ pub fn render(ms: &[Measurement], repeat_checks: &[(String, Verdict)]) -> (Strin
             pct(min),
             pct(max),
             100.0 * (max - min),
-            sd.map_or("–".into(), |s| format!("{:.1} pp", 100.0 * s))
+            opt_pp(sd)
         );
     }
     if !repeat_checks.is_empty() {
@@ -328,7 +329,7 @@ mod tests {
         assert!(md.contains("mean min–max range 4.7 pp (largest 10.0 pp)"), "{md}");
         // The variants' means 35% and 50%.
         assert!(
-            md.contains("Spread across the 2 benign fine-tunes (their means over R): 35.0% to 50.0%, range 15.0 pp"),
+            md.contains("Spread across the 2 benign fine-tunes (their means over R; LoRA extractions left out): 35.0% to 50.0%, range 15.0 pp, SD 10.6 pp"),
             "{md}"
         );
         assert!(md.contains("1 of 2 comparisons `indistinguishable` (not: benign regressed)"), "{md}");
