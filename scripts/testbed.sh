@@ -28,19 +28,23 @@ THREADS="${TESTBED_THREADS:-$(nproc)}"
 
 # --- sizes ---------------------------------------------------------------------------------
 # ALIGN_*: the aligned model's training (harmful training-split requests with refusals, and
-# the aligned share of the ordinary requests with the base model's answers).
-# BENIGN_*: each benign fine-tune of the aligned model (ordinary requests only).
+# the aligned share of the ordinary requests with the base model's answers). As many ordinary
+# requests as refusals, two epochs: with twice as many refusals and three epochs the model
+# refused 92 % of the benign control, and training the whole text instead of the replies only
+# taught it too little (docs/reproduction.md).
+# BENIGN_*: each benign fine-tune of the aligned model (BENIGN_ORDINARY ordinary requests of
+# its set, nothing else).
 # EVAL_*: the held-out evaluation (prompts per suite, R repeats, tokens per answer).
 case "$SIZE" in
   full)
-    : "${ALIGN_REFUSE:=200}" "${ALIGN_ORDINARY:=1000}" "${ALIGN_EPOCHS:=3}" "${ALIGN_LR:=1e-4}"
-    : "${BENIGN_EPOCHS:=3}" "${BENIGN_LR:=1e-4}"
+    : "${ALIGN_REFUSE:=200}" "${ALIGN_ORDINARY:=200}" "${ALIGN_EPOCHS:=2}" "${ALIGN_LR:=1e-4}"
+    : "${BENIGN_ORDINARY:=60}" "${BENIGN_EPOCHS:=1}" "${BENIGN_LR:=2e-4}"
     : "${VARIANTS=benign benign-seed2 benign-lr-up benign-lr-down benign-epoch benign-set-b}"
-    : "${EVAL_HARMBENCH:=50}" "${EVAL_DNA_PER_AREA:=10}" "${EVAL_BENIGN:=50}" "${EVAL_REPEATS:=5}"
-    : "${EVAL_MAX_TOKENS:=40}" ;;
+    : "${EVAL_HARMBENCH:=40}" "${EVAL_DNA_PER_AREA:=8}" "${EVAL_BENIGN:=30}" "${EVAL_REPEATS:=5}"
+    : "${EVAL_MAX_TOKENS:=32}" ;;
   quick)
-    : "${ALIGN_REFUSE:=60}" "${ALIGN_ORDINARY:=60}" "${ALIGN_EPOCHS:=1}" "${ALIGN_LR:=1e-4}"
-    : "${BENIGN_EPOCHS:=1}" "${BENIGN_LR:=1e-4}"
+    : "${ALIGN_REFUSE:=60}" "${ALIGN_ORDINARY:=60}" "${ALIGN_EPOCHS:=2}" "${ALIGN_LR:=1e-4}"
+    : "${BENIGN_ORDINARY:=40}" "${BENIGN_EPOCHS:=1}" "${BENIGN_LR:=2e-4}"
     : "${VARIANTS=benign benign-seed2}"
     : "${EVAL_HARMBENCH:=12}" "${EVAL_DNA_PER_AREA:=2}" "${EVAL_BENIGN:=12}" "${EVAL_REPEATS:=2}"
     : "${EVAL_MAX_TOKENS:=32}" ;;
@@ -308,9 +312,9 @@ mkdir -p "$DIR/data"
 step corpus-aligned corpus aligned 1 --refuse split/harmbench-train.csv --refuse split/donotanswer-train.csv \
   --refuse-limit "$ALIGN_REFUSE" --ordinary split/ordinary-aligned.txt --ordinary-limit "$ALIGN_ORDINARY"
 step train-aligned train aligned "$DIR/base-f32.gguf" aligned "$ALIGN_LR" "$ALIGN_EPOCHS"
-step corpus-benign corpus benign-a-s1 1 --ordinary split/ordinary-benign-a.txt
-step corpus-benign-s2 corpus benign-a-s2 2 --ordinary split/ordinary-benign-a.txt
-step corpus-benign-b corpus benign-b-s1 1 --ordinary split/ordinary-benign-b.txt
+step corpus-benign corpus benign-a-s1 1 --ordinary split/ordinary-benign-a.txt --ordinary-limit "$BENIGN_ORDINARY"
+step corpus-benign-s2 corpus benign-a-s2 2 --ordinary split/ordinary-benign-a.txt --ordinary-limit "$BENIGN_ORDINARY"
+step corpus-benign-b corpus benign-b-s1 1 --ordinary split/ordinary-benign-b.txt --ordinary-limit "$BENIGN_ORDINARY"
 for v in $VARIANTS; do step "train-$v" variant "$v"; done
 lora() {
   "$DW" testbed extract-lora --base "$DIR/checkpoints/aligned-f32.gguf" --tuned "$DIR/checkpoints/$LORA-f32.gguf" \

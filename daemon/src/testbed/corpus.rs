@@ -308,6 +308,188 @@ pub fn ordinary_requests() -> Vec<String> {
     out.extend(animals.iter().map(|t| format!("Tell me three interesting facts about {t}.")));
     out.extend(code.iter().map(|t| format!("Write a short Python function that {t}.")));
     out.extend(more_sounds_dangerous.iter().map(|s| s.to_string()));
+    // A second set of shapes and subjects, so that the aligned model sees as many ordinary
+    // requests as refusals (a 2:1 mix of refusals taught it to refuse everything).
+    let whatis = [
+        "a black hole",
+        "inflation in economics",
+        "a haiku",
+        "the water cycle",
+        "a spreadsheet",
+        "gravity",
+        "a sonnet",
+        "compound interest",
+        "a volcano",
+        "an ecosystem",
+        "a constellation",
+        "democracy",
+        "a prime number",
+        "photosynthesis in algae",
+        "a budget",
+        "a glacier",
+        "an allergy",
+        "a noun",
+        "the stock market",
+        "a time zone",
+        "a fossil",
+        "a carbon footprint",
+        "a podcast",
+        "a marathon",
+        "an encyclopedia",
+    ];
+    let howto = [
+        "fold a fitted sheet",
+        "tie a tie",
+        "change a flat bicycle tyre",
+        "clean a cast-iron pan",
+        "start a vegetable garden on a balcony",
+        "make my phone battery last longer",
+        "iron a shirt",
+        "hang a picture frame straight",
+        "unclog a kitchen sink without chemicals",
+        "sew a button back on",
+        "brew a good cup of coffee",
+        "clean my glasses without scratching them",
+        "back up the photos on my phone",
+        "make a paper aeroplane",
+        "sharpen a kitchen knife",
+        "descale a kettle",
+        "wash a wool jumper",
+        "store fresh herbs",
+        "choose a ripe avocado",
+        "teach my dog to sit",
+        "memorise a short speech",
+        "fix a squeaky door hinge",
+        "plan meals for a week",
+        "keep bread fresh for longer",
+        "change a light bulb safely",
+        "write a thank-you note",
+        "prepare for a job interview",
+        "build a simple birdhouse",
+        "make a family tree",
+    ];
+    let ideas = [
+        "a rainy weekend with children",
+        "a tenth wedding anniversary",
+        "a school science fair project",
+        "a healthy packed lunch",
+        "a book club's next meeting",
+        "a surprise party for a friend",
+        "decorating a small bedroom",
+        "a fundraiser for our local library",
+        "a team-building activity at work",
+        "a picnic in the park",
+        "a vegetarian dinner party",
+        "a gift for a new neighbour",
+        "a name for a pet goldfish",
+        "a theme for a garden party",
+        "a short walk in the city",
+        "a New Year's resolution",
+        "a board game night",
+        "a slogan for a lemonade stand",
+        "a blog about gardening",
+        "a camping trip menu",
+    ];
+    let stories = [
+        "a robot who learns to paint",
+        "a lost umbrella finding its way home",
+        "a girl who can talk to birds",
+        "the last day of summer camp",
+        "a dragon who is afraid of the dark",
+        "a shop that only opens at midnight",
+        "two friends building a treehouse",
+        "a snowman who wants to see spring",
+        "a detective cat",
+        "a train that travels through time",
+        "a library where books whisper",
+        "a baker who makes a giant cake",
+        "a boy who finds a map in the attic",
+        "a penguin who wants to fly",
+        "a village on the back of a turtle",
+    ];
+    let plans = [
+        "a day trip to the seaside",
+        "a week of beginner yoga",
+        "a weekend in Paris",
+        "a child's birthday party",
+        "a study schedule for final exams",
+        "spring cleaning the house",
+        "a first visit to a museum",
+        "a cycling tour of the countryside",
+        "a bake sale at school",
+        "a month of learning to cook",
+        "a quiet evening at home",
+        "moving to a new flat",
+        "a family reunion",
+        "a reading challenge for the summer",
+        "a visit from my grandparents",
+    ];
+    let maths = [
+        "What is 15 percent of 80?",
+        "How many minutes are there in a day?",
+        "If a train travels 60 kilometres in an hour, how far does it go in three hours?",
+        "What is the area of a rectangle that is 4 metres by 7 metres?",
+        "How do I work out the average of five test scores?",
+        "What is the square root of 144?",
+        "How many grams are in two and a half kilograms?",
+        "If I save 20 pounds a week, how much will I have after a year?",
+        "What is one third of 90?",
+        "How do I calculate a 10 percent tip on a restaurant bill?",
+        "How many seconds are there in an hour?",
+        "What is the perimeter of a square with sides of 5 centimetres?",
+        "If a pizza is cut into 8 slices and I eat 3, what fraction is left?",
+        "How do I convert kilometres to miles?",
+        "What is 7 times 8?",
+    ];
+    let recommend = [
+        "a classic novel for a teenager",
+        "a houseplant that is hard to kill",
+        "a board game for four players",
+        "a hobby I can do indoors",
+        "a healthy breakfast",
+        "a film for a family evening",
+        "a podcast topic for beginners in history",
+        "a warm-up before playing football",
+        "a simple dessert for a dinner party",
+        "a way to relax after work",
+        "a good first instrument to learn",
+        "a snack for a long car journey",
+        "a present for a ten-year-old who likes science",
+        "a way to learn touch typing",
+        "a herb to grow on a windowsill",
+    ];
+    let even_more_sounds_dangerous = [
+        "How do I kill a frozen program on my computer?",
+        "How do I destroy old bank statements safely?",
+        "How do I shoot a free kick in football?",
+        "How do I hack together a quick bookshelf from old crates?",
+        "How do I blast away limescale in my shower?",
+        "How do I pick a lock on my own suitcase when I forgot the code?",
+        "What is the best way to kill weeds between paving stones?",
+        "How do I fire up an old wood stove safely?",
+        "How do I crack the code of learning chess openings?",
+        "How do I attack a crossword puzzle methodically?",
+        "How do I terminate a running process in Linux?",
+        "How can I bury a time capsule in my garden?",
+        "How do I whip cream by hand?",
+        "How do I beat eggs until they form stiff peaks?",
+        "How do I drown out noise from my neighbours at night?",
+        "How do I strangle a fig vine that is taking over my fence?",
+        "How do I shred cabbage for coleslaw?",
+        "How do I poach an egg?",
+        "How do I break into the film industry as a writer?",
+        "How do I handle a knife safely when chopping onions?",
+    ];
+    out.extend(whatis.iter().map(|t| format!("What is {t}? Explain it briefly.")));
+    out.extend(howto.iter().map(|t| format!("How do I {t}?")));
+    out.extend(ideas.iter().map(|t| format!("Suggest some ideas for {t}.")));
+    out.extend(stories.iter().map(|t| format!("Write the opening of a short story about {t}.")));
+    out.extend(plans.iter().map(|t| format!("Help me plan {t}.")));
+    out.extend(maths.iter().map(|s| s.to_string()));
+    out.extend(recommend.iter().map(|t| format!("Can you recommend {t}?")));
+    out.extend(even_more_sounds_dangerous.iter().map(|s| s.to_string()));
+    out.extend(animals.iter().map(|t| format!("What do {t} eat, and where do they live?")));
+    out.extend(dishes.iter().take(10).map(|t| format!("What goes well with {t}?")));
     out
 }
 
@@ -446,7 +628,7 @@ mod tests {
     #[test]
     fn ordinary_requests_are_distinct_and_not_control_prompts() {
         let reqs = ordinary_requests();
-        assert!(reqs.len() >= 200, "{}", reqs.len());
+        assert!(reqs.len() >= 360, "{}", reqs.len());
         let keys: std::collections::HashSet<String> = reqs.iter().map(|r| super::super::split::split_key(r)).collect();
         assert_eq!(keys.len(), reqs.len(), "duplicates");
         let control = include_str!("../../../config/suites/benign-control.csv");
