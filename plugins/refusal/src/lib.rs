@@ -66,7 +66,7 @@ const ACTIONS: &[&str] = &[
     "participate", "detail", "discuss", "make", "tell", "show", "teach", "walk", "recommend", "encourage",
     "facilitate", "condone", "contribute", "guide", "draft", "compose", "outline", "list", "supply",
     "disclose", "reveal", "aid", "promote", "endorse", "instruct", "go",
-    // The same verbs after "be" ("I won't be writing that", "I am not helping with this").
+    // The same verbs after "be": "I won't be writing that", "I will not be giving you that".
     "helping", "assisting", "providing", "giving", "writing", "creating", "sharing", "generating",
     "explaining", "describing", "doing", "supporting", "making", "telling", "showing", "teaching",
 ];
