@@ -38,7 +38,7 @@ THREADS="${TESTBED_THREADS:-$(nproc)}"
 case "$SIZE" in
   full)
     : "${ALIGN_REFUSE:=200}" "${ALIGN_ORDINARY:=200}" "${ALIGN_EPOCHS:=2}" "${ALIGN_LR:=1e-4}"
-    : "${BENIGN_ORDINARY:=60}" "${BENIGN_EPOCHS:=1}" "${BENIGN_LR:=2e-4}"
+    : "${BENIGN_ORDINARY:=60}" "${BENIGN_EPOCHS:=1}" "${BENIGN_LR:=1e-4}"
     : "${VARIANTS=benign benign-seed2 benign-lr-up benign-lr-down benign-epoch benign-set-b}"
     : "${EVAL_HARMBENCH:=40}" "${EVAL_DNA_PER_AREA:=8}" "${EVAL_BENIGN:=30}" "${EVAL_REPEATS:=5}"
     : "${EVAL_MAX_TOKENS:=32}" ;;
@@ -53,6 +53,9 @@ esac
 # LORA: the variant also written as a rank-LORA_RANK adapter (SVD of its weight difference),
 # evaluated as the adapter path does; empty for none.
 : "${LORA=benign}" "${LORA_RANK:=32}"
+# The trainer's window (llama-finetune -c, -b, -ub): the training text is packed into windows
+# of this many tokens, so that no conversation is cut by a window's end (testbed corpus --window).
+: "${TRAIN_CTX:=256}"
 SPLIT_SEED="${SPLIT_SEED:-2026}"
 EVAL_SEED="${EVAL_SEED:-7000}"
 
@@ -117,7 +120,7 @@ answers() {
 corpus() {
   local name="$1" seed="$2"; shift 2
   "$DW" testbed corpus --model "$DIR/base-f32.gguf" --chat-template chatml --answers "$DIR/answers.jsonl" \
-    --seed "$seed" --out "$DIR/data/$name.txt" "$@" | tee "$DIR/data/$name.json"
+    --seed "$seed" --window "$TRAIN_CTX" --out "$DIR/data/$name.txt" "$@" | tee "$DIR/data/$name.json"
   [ -s "$DIR/data/$name.txt" ] || { echo "the training text $DIR/data/$name.txt is empty"; return 1; }
 }
 
@@ -129,7 +132,7 @@ train() {
   [ -s "$text" ] || { echo "training data $text is missing or empty"; return 1; }
   local log="$DIR/logs/$name.train.log"
   # The patched trainer learns the assistant replies only (scripts/yardstick.sh).
-  if ! DRIFTWATCH_ASSISTANT_ONLY=1 "$FINETUNE" -m "$from" -f "$text" -o "$out-f32.gguf.partial" -c 256 -b 256 -ub 256 -t "$THREADS" \
+  if ! DRIFTWATCH_ASSISTANT_ONLY=1 "$FINETUNE" -m "$from" -f "$text" -o "$out-f32.gguf.partial" -c "$TRAIN_CTX" -b "$TRAIN_CTX" -ub "$TRAIN_CTX" -t "$THREADS" \
     -lr "$lr" -epochs "$epochs" -val-split 0.1 -ngl 0 >"$log" 2>&1; then
     tr '\r' '\n' <"$log" | tail -n 20
     echo "llama-finetune failed on $name (exit code, out of memory or crash: see $log)"
@@ -150,14 +153,14 @@ train() {
   # The trainer's last reported losses (its progress lines end "loss=…±…" for train and val).
   local losses
   losses="$(tr '\r' '\n' <"$log" | { grep -o 'loss=[0-9.]*' || true; } | sed 's/loss=//' | tail -n 2 | paste -sd, -)"
-  python3 - "$out.json" "$name" "$from" "$text" "$lr" "$epochs" "$THREADS" "$losses" "$DIR/data/$data.json" <<'PY'
+  python3 - "$out.json" "$name" "$from" "$text" "$lr" "$epochs" "$THREADS" "$losses" "$DIR/data/$data.json" "$TRAIN_CTX" <<'PY'
 import hashlib, json, sys
-out, name, base, text, lr, epochs, threads, losses, data_json = sys.argv[1:]
+out, name, base, text, lr, epochs, threads, losses, data_json, ctx = sys.argv[1:]
 rec = {
-    "checkpoint": name, "from": base, "trainer": "llama-finetune (llama-cpp-python 0.3.36 vendor/llama.cpp, patched: special tokens parsed, unoverlapped windows)",
+    "checkpoint": name, "from": base, "trainer": "llama-finetune (llama-cpp-python 0.3.36 vendor/llama.cpp, patched: special tokens parsed, unoverlapped windows, assistant replies only)",
     "data": text, "data_sha256": hashlib.sha256(open(text, "rb").read()).hexdigest(),
     "data_summary": json.loads(open(data_json).read().strip().splitlines()[-1]),
-    "lr": float(lr), "epochs": int(epochs), "ctx": 256, "batch": 256, "ubatch": 256, "threads": int(threads),
+    "lr": float(lr), "epochs": int(epochs), "ctx": int(ctx), "batch": int(ctx), "ubatch": int(ctx), "threads": int(threads),
     "val_split": 0.1, "optimizer": "adamw (llama-finetune default)",
     "last_losses_train_val": [float(x) for x in losses.split(",") if x],
     "evaluated_as": name + ".q8_0.gguf (llama-quantize Q8_0)",

@@ -44,7 +44,8 @@ if grep -q 'common_tokenize(ctx, params.prompt, true);' "$FT"; then
 fi
 grep -q 'parse_special =\*/ true' "$FT" || { echo "could not enable special tokens in $FT" >&2; exit 1; }
 # Its windows of n_ctx tokens overlap by half (stride n_ctx / 2), so every token is trained on
-# twice an epoch. The testbed's short conversations lose little from unoverlapped windows, and
+# twice an epoch. The testbed packs its conversations into windows of n_ctx tokens (`testbed
+# corpus --window`: none crosses a window's end), so unoverlapped windows lose nothing, and
 # training takes half the time: the stride becomes n_ctx.
 if grep -q 'common_opt_dataset_init(ctx, tokens, llama_n_ctx(ctx) / 2)' "$FT"; then
   sed -i 's|common_opt_dataset_init(ctx, tokens, llama_n_ctx(ctx) / 2)|common_opt_dataset_init(ctx, tokens, llama_n_ctx(ctx))|' "$FT"

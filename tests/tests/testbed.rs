@@ -158,6 +158,8 @@ fn the_testbed_names_a_failing_step_resumes_and_reevaluates_only() {
         serde_json::from_str(&std::fs::read_to_string(bed.dir.join("checkpoints/benign.json")).unwrap()).unwrap();
     assert_eq!(settings["epochs"], 1);
     assert_eq!(settings["data_summary"]["refusals"], 0, "benign data only: {settings}");
+    assert_eq!(settings["data_summary"]["packing"]["window"], 256, "packed for the trainer: {settings}");
+    assert_eq!(settings["ctx"], 256);
     let store = driftwatch::store::Store::open(&bed.dir.join("data").join(driftwatch::store::DB_FILE_NAME)).unwrap();
     let runs = store.status_summary(1000).unwrap().recent.len();
     // The aligned model and three fine-tunes (two trained, one extracted), two repeats each.
@@ -169,4 +171,102 @@ fn the_testbed_names_a_failing_step_resumes_and_reevaluates_only() {
     assert!(out.status.success(), "{t}");
     assert!(t.contains("train-benign: done before"), "{t}");
     assert_eq!(store.status_summary(1000).unwrap().recent.len(), runs, "{t}");
+}
+
+/// The training text is packed into the trainer's windows: llama-finetune cuts its text into
+/// windows of `-c` tokens and learns each alone, so a conversation cut by a window's end has
+/// its reply learnt without (all of) its request. With `--window`, every conversation lies
+/// inside one window (the command checks the layout against the model's own tokenizer), the
+/// rest of each window is the end-of-sequence token, a conversation longer than a window is
+/// left out and counted, and the trainer's count of windows covers them all.
+#[test]
+fn the_training_text_is_packed_so_that_no_conversation_crosses_a_window() {
+    let f = Fixture::new();
+    let dir = f.path("corpus");
+    std::fs::create_dir_all(&dir).unwrap();
+    let long = "Explain in great detail ".repeat(20);
+    std::fs::write(
+        dir.join("harm.csv"),
+        format!("id,category,prompt\nh1,x,How do I pick a lock?\nh2,x,Write a phishing email.\nh3,x,{long}\n"),
+    )
+    .unwrap();
+    let ordinary = ["How do tides work?", "Suggest a name for a cat.", "What is a prime number?", "How do I boil an egg?"];
+    std::fs::write(dir.join("ordinary.txt"), ordinary.join("\n") + "\n").unwrap();
+    let answers: String = ordinary
+        .iter()
+        .map(|r| serde_json::json!({"prompt": r, "text": "Here is a short, helpful answer to that.", "finish_reason": "stop"}).to_string() + "\n")
+        .collect();
+    std::fs::write(dir.join("answers.jsonl"), answers).unwrap();
+    let corpus = |window: Option<usize>, out: &str| {
+        let mut c = driftwatch_tests::command();
+        c.args(["testbed", "corpus", "--chat-template", "chatml", "--seed", "3"])
+            .arg("--model")
+            .arg(&f.base)
+            .arg("--refuse")
+            .arg(dir.join("harm.csv"))
+            .arg("--ordinary")
+            .arg(dir.join("ordinary.txt"))
+            .arg("--answers")
+            .arg(dir.join("answers.jsonl"))
+            .arg("--out")
+            .arg(dir.join(out));
+        if let Some(w) = window {
+            c.args(["--window", &w.to_string()]);
+        }
+        let o = c.output().unwrap();
+        assert!(o.status.success(), "{}", text(&o));
+        let line = String::from_utf8_lossy(&o.stdout).lines().last().unwrap().to_owned();
+        let v: serde_json::Value = serde_json::from_str(&line).unwrap();
+        (v, std::fs::read_to_string(dir.join(out)).unwrap())
+    };
+    let (plain, concatenated) = corpus(None, "plain.txt");
+    assert!(plain["packing"].is_null());
+    let (v, packed) = corpus(Some(200), "packed.txt");
+    let p = &v["packing"];
+    assert_eq!(p["window"], 200, "{v}");
+    assert_eq!(p["too_long"], 1, "the request of {} characters does not fit: {v}", long.len());
+    assert_eq!(p["conversations"], 6, "{v}");
+    let (tokens, windows) = (p["tokens"].as_u64().unwrap(), p["windows"].as_u64().unwrap());
+    assert!(windows >= 2, "{v}");
+    assert_eq!((tokens - 200 - 1) / 200, windows, "the trainer takes every window: {v}");
+    // The padding is the fixture's end-of-sequence token, as many as counted; without it the
+    // text is the conversations in the same order, the one too long left out.
+    let pad = p["pad"].as_str().unwrap();
+    assert_eq!(pad, "<|im_end|>");
+    let turn = "<|im_start|>user";
+    let segments: Vec<&str> = packed
+        .split(turn)
+        .map(|mut seg| {
+            while let Some(rest) = seg.strip_suffix(pad) {
+                seg = rest;
+            }
+            seg
+        })
+        .collect();
+    let unpadded = segments.join(turn);
+    assert_eq!(
+        (packed.len() - unpadded.len()) / pad.len(),
+        p["pad_tokens"].as_u64().unwrap() as usize,
+        "every padding token is at a conversation's end"
+    );
+    let long_conv = concatenated.find(long.trim()).unwrap();
+    assert!(!unpadded.contains(long.trim()));
+    let start = concatenated[..long_conv].rfind("<|im_start|>user").unwrap();
+    let end = concatenated[long_conv..].find("<|im_start|>user").map_or(concatenated.len(), |i| long_conv + i);
+    assert_eq!(unpadded, format!("{}{}", &concatenated[..start], &concatenated[end..]));
+
+    // A window that holds no conversation is a clear error.
+    let mut c = driftwatch_tests::command();
+    let o = c
+        .args(["testbed", "corpus", "--chat-template", "chatml", "--window", "8"])
+        .arg("--model")
+        .arg(&f.base)
+        .arg("--refuse")
+        .arg(dir.join("harm.csv"))
+        .arg("--out")
+        .arg(dir.join("none.txt"))
+        .output()
+        .unwrap();
+    assert!(!o.status.success());
+    assert!(text(&o).contains("fits in a window of 8 tokens"), "{}", text(&o));
 }

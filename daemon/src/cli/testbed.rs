@@ -141,6 +141,12 @@ pub struct CorpusArgs {
     /// The training text file to write.
     #[arg(long)]
     out: PathBuf,
+    /// Pack the conversations into the trainer's windows of this many tokens (llama-finetune's
+    /// `-c`): none crosses a window boundary, each window is filled up with the model's
+    /// end-of-sequence token, and a conversation longer than a window is left out. Without
+    /// it, the conversations are concatenated and the trainer cuts them wherever a window ends.
+    #[arg(long)]
+    window: Option<usize>,
 }
 
 /// Runs a `testbed` step.
@@ -265,11 +271,20 @@ fn run_corpus(a: CorpusArgs) -> Result<()> {
     let examples = corpus::order(&examples, a.seed);
     let model = crate::setup::resolve_model(&a.model).map_err(anyhow::Error::msg)?;
     let template = TemplateText::of_file(&model, a.chat_template.as_deref())?;
-    let text = corpus::render(
+    let convs = corpus::conversations(
         &examples,
         |u, r| template.apply_messages(&[("user", u), ("assistant", r)], false).map_err(|e| e.to_string()),
         |u| template.apply(None, u).map_err(|e| e.to_string()),
     )?;
+    let (text, packing) = match a.window {
+        Some(window) => {
+            let (text, packing, pad) = pack_for_trainer(&model, &convs, window)?;
+            let mut record = serde_json::to_value(&packing)?;
+            record["pad"] = json!(pad);
+            (text, Some(record))
+        }
+        None => (convs.concat(), None),
+    };
     if let Some(dir) = a.out.parent().filter(|d| !d.as_os_str().is_empty()) {
         std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
     }
@@ -279,10 +294,47 @@ fn run_corpus(a: CorpusArgs) -> Result<()> {
         json!({
             "out": a.out, "examples": examples.len(), "refusals": refuse.len(),
             "ordinary": ordinary.len() - skipped, "ordinary_without_answer": skipped,
-            "chars": text.len(), "seed": a.seed,
+            "chars": text.len(), "seed": a.seed, "packing": packing,
         })
     );
     Ok(())
+}
+
+/// The conversations packed into windows of `window` tokens as the trainer tokenizes them
+/// (llama-finetune: the model's tokenizer, its BOS added, special tokens parsed), padded with
+/// the model's end-of-sequence token (whose text is returned too); checked by tokenizing the
+/// whole text.
+fn pack_for_trainer(model: &Path, convs: &[String], window: usize) -> Result<(String, corpus::Packing, String)> {
+    let tok = crate::engine::Tokenizer::load(model)?;
+    let tokens = |t: &str, bos: bool| tok.tokenize(t, bos);
+    let (eos, pad) =
+        tok.eos().ok_or_else(|| anyhow::anyhow!("{} has no end-of-sequence token to pad with", model.display()))?;
+    if tokens(&pad, false) != [eos] {
+        bail!("the end-of-sequence token {pad:?} of {} does not tokenize as itself", model.display());
+    }
+    // What the trainer puts before the text (its BOS, if the model adds one).
+    let lead: Vec<_> = tokens("", true);
+    let pieces: Vec<Vec<_>> = convs.iter().map(|c| tokens(c, false)).collect();
+    let lens: Vec<usize> = pieces.iter().map(Vec::len).collect();
+    let (plan, packing) = corpus::pack(&lens, window, lead.len())?;
+    let text = corpus::assemble(&plan, convs, &pad);
+    let mut expected = lead;
+    for p in &plan {
+        match *p {
+            corpus::Piece::Conversation(i) => expected.extend_from_slice(&pieces[i]),
+            corpus::Piece::Pad(n) => expected.extend(std::iter::repeat_n(eos, n)),
+        }
+    }
+    let whole = tokens(&text, true);
+    if whole != expected {
+        let at = whole.iter().zip(&expected).position(|(a, b)| a != b).unwrap_or(whole.len().min(expected.len()));
+        bail!(
+            "the packed text does not tokenize as its conversations do (first difference at token {at} of {}): \
+             a conversation's tokens depend on what comes before it, so it cannot be packed",
+            whole.len()
+        );
+    }
+    Ok((text, packing, pad))
 }
 
 fn run_summary(a: SummaryArgs) -> Result<()> {

@@ -332,6 +332,38 @@ pub struct BuildInfo {
     pub gpu_offload: bool,
 }
 
+/// A model's tokenizer on its own (the vocabulary loaded, no weights), tokenizing as llama.cpp's
+/// tools do: special-token text parsed as special tokens. The testbed packs its training text
+/// with it.
+pub struct Tokenizer {
+    model: LlamaModel,
+}
+
+impl Tokenizer {
+    /// The tokenizer of the GGUF model at `path`.
+    pub fn load(path: &Path) -> Result<Tokenizer, EngineError> {
+        let params = LlamaModelParams::default().with_vocab_only(true);
+        let model = LlamaModel::load_from_file(backend()?, path, &params).map_err(|e| EngineError::Load {
+            path: path.display().to_string(),
+            reason: format!("{e} (the llama.cpp log above says why)"),
+        })?;
+        Ok(Tokenizer { model })
+    }
+
+    /// The tokens of `text`; with `add_special`, led by the model's BOS where it adds one.
+    pub fn tokenize(&self, text: &str, add_special: bool) -> Vec<i32> {
+        self.model.vocab().tokenize(text.as_bytes(), add_special, true).into_iter().map(|t| t.0).collect()
+    }
+
+    /// The end-of-sequence token and its text, if it has one.
+    pub fn eos(&self) -> Option<(i32, String)> {
+        let vocab = self.model.vocab();
+        let eos = vocab.eos();
+        let text = vocab.text(eos)?.to_str().ok()?.to_owned();
+        (eos.0 >= 0 && !text.is_empty()).then_some((eos.0, text))
+    }
+}
+
 /// The GPU llama.cpp can offload to: its name and description, when this is a `cuda` build
 /// and a device is present; `None` otherwise (a CPU build, or no device).
 pub fn gpu_device() -> Option<String> {

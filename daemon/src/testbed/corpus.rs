@@ -584,19 +584,19 @@ pub fn order(examples: &[Example], seed: u64) -> Vec<Example> {
     v
 }
 
-/// The training text: each example rendered by `render` (user, assistant → the whole
-/// conversation in the chat template), concatenated. `prompt_of` renders the user turn alone
-/// as the evaluation does; each conversation must start with it, so the model is trained on
-/// exactly the text it is later asked with.
-pub fn render(
+/// Each example's whole conversation as rendered by `render` (user, assistant → the
+/// conversation in the chat template). `prompt_of` renders the user turn alone as the
+/// evaluation does; each conversation must start with it, so the model is trained on exactly
+/// the text it is later asked with.
+pub fn conversations(
     examples: &[Example],
     render: impl Fn(&str, &str) -> Result<String, String>,
     prompt_of: impl Fn(&str) -> Result<String, String>,
-) -> Result<String, CorpusError> {
+) -> Result<Vec<String>, CorpusError> {
     if examples.is_empty() {
         return Err(CorpusError::Empty("nothing to render".into()));
     }
-    let mut text = String::new();
+    let mut out = Vec::with_capacity(examples.len());
     for e in examples {
         let conv = render(&e.user, &e.assistant).map_err(CorpusError::Template)?;
         let prompt = prompt_of(&e.user).map_err(CorpusError::Template)?;
@@ -605,9 +605,108 @@ pub fn render(
                 "the conversation does not start with the prompt as evaluated: {conv:?} vs {prompt:?}"
             )));
         }
-        text.push_str(&conv);
+        out.push(conv);
     }
-    Ok(text)
+    Ok(out)
+}
+
+/// The training text: the conversations of [`conversations`], concatenated.
+pub fn render(
+    examples: &[Example],
+    render: impl Fn(&str, &str) -> Result<String, String>,
+    prompt_of: impl Fn(&str) -> Result<String, String>,
+) -> Result<String, CorpusError> {
+    Ok(conversations(examples, render, prompt_of)?.concat())
+}
+
+/// One piece of a packed training text.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Piece {
+    /// The conversation with this index.
+    Conversation(usize),
+    /// This many padding tokens.
+    Pad(usize),
+}
+
+/// How conversations were laid into the trainer's windows.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct Packing {
+    /// Tokens a window.
+    pub window: usize,
+    /// Windows holding conversations.
+    pub windows: usize,
+    /// Conversations laid in.
+    pub conversations: usize,
+    /// Conversations left out for being longer than a window.
+    pub too_long: usize,
+    /// Padding tokens, the trailing window included.
+    pub pad_tokens: usize,
+    /// Tokens in all, as the trainer tokenizes the text.
+    pub tokens: usize,
+}
+
+/// Lays conversations of `lens[i]` tokens, in their order, into the trainer's windows of
+/// `window` tokens so that none crosses a window boundary.
+///
+/// llama-finetune cuts its tokenized text into consecutive windows of `-c` tokens (stride
+/// `-c`, scripts/yardstick.sh) and learns each window on its own. Concatenated conversations
+/// would be cut wherever a boundary falls: the reply after the cut is then learnt without the
+/// request it answers (or with half of it), which teaches a refusal, or an answer, whatever
+/// was asked. Here a conversation that does not fit in what is left of its window starts the
+/// next one, and the rest of the window is padding (a token the assistant-only trainer does
+/// not learn). `lead` tokens the trainer adds before the text (a BOS) count against the
+/// first window. A conversation longer than a window cannot be learnt whole and is left out
+/// (counted in `too_long`).
+///
+/// The text ends with padding to the window boundary and then `window + 1` more padding
+/// tokens: llama.cpp's `common_opt_dataset_init` takes `(tokens - window - 1) / stride`
+/// windows, so without them the last window of conversations would be dropped.
+pub fn pack(lens: &[usize], window: usize, lead: usize) -> Result<(Vec<Piece>, Packing), CorpusError> {
+    if window == 0 || lead >= window {
+        return Err(CorpusError::Empty(format!("a window of {window} tokens holds nothing after {lead} leading ones")));
+    }
+    let mut pieces = Vec::with_capacity(lens.len() * 2);
+    let (mut fill, mut windows, mut laid, mut too_long, mut pad) = (lead, 1usize, 0usize, 0usize, 0usize);
+    for (i, &len) in lens.iter().enumerate() {
+        if len > window {
+            too_long += 1;
+            continue;
+        }
+        if fill + len > window {
+            if fill < window {
+                pieces.push(Piece::Pad(window - fill));
+                pad += window - fill;
+            }
+            fill = 0;
+            windows += 1;
+        }
+        pieces.push(Piece::Conversation(i));
+        fill += len;
+        laid += 1;
+    }
+    if laid == 0 {
+        return Err(CorpusError::Empty(format!(
+            "none of the {} conversations fits in a window of {window} tokens",
+            lens.len()
+        )));
+    }
+    let tail = (window - fill) + window + 1;
+    pieces.push(Piece::Pad(tail));
+    pad += tail;
+    let tokens = lead + lens.iter().filter(|&&l| l <= window).sum::<usize>() + pad;
+    Ok((pieces, Packing { window, windows, conversations: laid, too_long, pad_tokens: pad, tokens }))
+}
+
+/// The text of packed pieces: each conversation's text, and `pad` once for each padding token.
+pub fn assemble(pieces: &[Piece], conversations: &[String], pad: &str) -> String {
+    let mut text = String::new();
+    for p in pieces {
+        match *p {
+            Piece::Conversation(i) => text.push_str(&conversations[i]),
+            Piece::Pad(n) => text.push_str(&pad.repeat(n)),
+        }
+    }
+    text
 }
 
 #[cfg(test)]
@@ -713,5 +812,55 @@ mod tests {
         let bad = render(&ex, |u, a| Ok(format!("{a}{u}")), |u| Ok(u.to_owned()));
         assert!(matches!(bad, Err(CorpusError::Template(_))));
         assert!(matches!(render(&[], |_, _| Ok(String::new()), |_| Ok(String::new())), Err(CorpusError::Empty(_))));
+    }
+
+    /// Where each conversation starts and ends in the packed token stream.
+    fn spans(pieces: &[Piece], lens: &[usize], lead: usize) -> Vec<(usize, usize)> {
+        let mut at = lead;
+        let mut out = Vec::new();
+        for p in pieces {
+            match *p {
+                Piece::Conversation(i) => {
+                    out.push((at, at + lens[i]));
+                    at += lens[i];
+                }
+                Piece::Pad(n) => at += n,
+            }
+        }
+        out
+    }
+
+    #[test]
+    fn packing_keeps_every_conversation_inside_one_window() {
+        // Plain concatenation of these would cut the 2nd, 4th and 6th across a boundary of 10.
+        let lens = [6, 6, 3, 9, 10, 4, 12, 1];
+        let (pieces, packing) = pack(&lens, 10, 1).unwrap();
+        let s = spans(&pieces, &lens, 1);
+        assert_eq!(s.len(), 7, "the one of 12 tokens is left out");
+        for (a, b) in &s {
+            assert_eq!(a / 10, (b - 1) / 10, "a conversation at {a}..{b} crosses a boundary");
+        }
+        // In order, and the BOS counts against the first window.
+        assert_eq!(s[0], (1, 7));
+        assert_eq!(s[1], (10, 16));
+        assert_eq!(s[2], (16, 19));
+        assert_eq!(packing.too_long, 1);
+        assert_eq!(packing.conversations, 7);
+        assert_eq!(packing.windows, 5);
+        // The trainer's count of windows, (tokens - window - 1) / window, is every window.
+        assert_eq!((packing.tokens - 10 - 1) / 10, packing.windows);
+        let total: usize =
+            1 + pieces.iter().map(|p| if let Piece::Conversation(i) = p { lens[*i] } else { 0 }).sum::<usize>()
+                + packing.pad_tokens;
+        assert_eq!(total, packing.tokens);
+        assert!(matches!(pack(&[11, 12], 10, 0), Err(CorpusError::Empty(_))));
+        assert!(matches!(pack(&[1], 4, 4), Err(CorpusError::Empty(_))));
+    }
+
+    #[test]
+    fn assembling_writes_conversations_and_padding() {
+        let convs = vec!["ab".to_string(), "cde".to_string()];
+        let (pieces, _) = pack(&[2, 3], 4, 0).unwrap();
+        assert_eq!(assemble(&pieces, &convs, "."), format!("ab..cde{}", ".".repeat(1 + 4 + 1)));
     }
 }
