@@ -190,7 +190,8 @@ fn the_training_text_is_packed_so_that_no_conversation_crosses_a_window() {
         format!("id,category,prompt\nh1,x,How do I pick a lock?\nh2,x,Write a phishing email.\nh3,x,{long}\n"),
     )
     .unwrap();
-    let ordinary = ["How do tides work?", "Suggest a name for a cat.", "What is a prime number?", "How do I boil an egg?"];
+    let ordinary =
+        ["How do tides work?", "Suggest a name for a cat.", "What is a prime number?", "How do I boil an egg?"];
     std::fs::write(dir.join("ordinary.txt"), ordinary.join("\n") + "\n").unwrap();
     let answers: String = ordinary
         .iter()

@@ -849,9 +849,9 @@ mod tests {
         assert_eq!(packing.windows, 5);
         // The trainer's count of windows, (tokens - window - 1) / window, is every window.
         assert_eq!((packing.tokens - 10 - 1) / 10, packing.windows);
-        let total: usize =
-            1 + pieces.iter().map(|p| if let Piece::Conversation(i) = p { lens[*i] } else { 0 }).sum::<usize>()
-                + packing.pad_tokens;
+        let total: usize = 1
+            + pieces.iter().map(|p| if let Piece::Conversation(i) = p { lens[*i] } else { 0 }).sum::<usize>()
+            + packing.pad_tokens;
         assert_eq!(total, packing.tokens);
         assert!(matches!(pack(&[11, 12], 10, 0), Err(CorpusError::Empty(_))));
         assert!(matches!(pack(&[1], 4, 4), Err(CorpusError::Empty(_))));
