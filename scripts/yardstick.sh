@@ -21,7 +21,7 @@ DIR="$CACHE/yardstick"
 BIN="$DIR/build/bin/$TOOL"
 # The trainer carries driftwatch's patches (below); a build from before the current ones is
 # rebuilt. The other tools are llama.cpp's own.
-PATCHES=2
+PATCHES=3
 STAMP="$BIN.driftwatch-patches-$PATCHES"
 if [ -x "$BIN" ] && { [ "$TOOL" != llama-finetune ] || [ -f "$STAMP" ]; }; then echo "$BIN"; exit 0; fi
 mkdir -p "$DIR"
@@ -55,9 +55,9 @@ grep -q 'common_opt_dataset_init(ctx, tokens, llama_n_ctx(ctx))' "$FT" || { echo
 # chat text learns to write harmful requests as much as to refuse them (measured: the
 # testbed's aligned model, three epochs at lr 1e-4, answered held-out harmful prompts with
 # more of them). With DRIFTWATCH_ASSISTANT_ONLY set, only the assistant replies of ChatML text
-# are learnt: every other position's label becomes -1, and the loss skips a label of -1 (a
-# one-hot row of zeros contributes nothing to the cross-entropy or its gradient).
-python3 - "$FT" "$SRC/src/llama-context.cpp" <<'PY'
+# are learnt: every other position's label becomes -1, which leaves its one-hot row all zeros:
+# no loss, and (with the ggml patch below) no gradient.
+python3 - "$FT" "$SRC/src/llama-context.cpp" "$SRC/ggml/src/ggml-cpu/ops.cpp" <<'PY'
 import sys
 ft, lc = sys.argv[1], sys.argv[2]
 s = open(ft).read()
@@ -118,6 +118,27 @@ if "driftwatch: a label of -1" not in c:
     assert old in c, "llama-context.cpp changed shape"
     c = c.replace(old, "if (labels_sparse[ilabel] < 0) { continue; } // driftwatch: a label of -1 is not learnt\n                    " + old)
     open(lc, "w").write(c)
+# ggml's cross-entropy gradient is (softmax - label) for every row, so a row of zeros (a position
+# the assistant-only trainer does not learn) still gets softmax as its gradient: training pushed
+# down whatever the model predicted at every prompt and padding position, and the trained
+# models wrote word salad ("I I I I Citiz Hawk Nure Adela…", measured on the testbed's aligned
+# model). A row whose labels sum to zero gets no gradient.
+ops = sys.argv[3]
+o = open(ops).read()
+if "driftwatch: an unlearnt row" not in o:
+    anchor = "        // soft_max\n        float max = -INFINITY;\n        ggml_vec_max_f32(nc, &max, s0);\n        const ggml_float sum = ggml_vec_soft_max_f32(nc, ds0, s0, max);"
+    assert o.count(anchor) == 1, "ggml-cpu/ops.cpp changed shape"
+    o = o.replace(anchor, """        // driftwatch: an unlearnt row (labels all zero) has no gradient.
+        {
+            float s1_sum = 0.0f;
+            ggml_vec_sum_f32(nc, &s1_sum, s1);
+            if (s1_sum == 0.0f) {
+                memset(ds0, 0, nc*sizeof(float));
+                continue;
+            }
+        }
+""" + anchor, 1)
+    open(ops, "w").write(o)
 PY
 # Same CPU features as driftwatch's default build (-C target-cpu=native → GGML_NATIVE), OpenMP on,
 # and, like it (.cargo/config.toml), without llama.cpp's AMX kernels, which crash on the default

@@ -25,7 +25,12 @@
 //! of the default model's answers at 32 tokens, 68% at 256, and an adapter whose answers end
 //! sooner looked more coherent.)
 //!
-//! **Blind spots**: fluent but off-topic or self-contradictory answers count as coherent;
+//! Word salad made of word-like pieces is gibberish too: a word doubled back to back more
+//! than once ("I I can't't"), almost no function words, mostly capitalised words without
+//! grammar ("Citiz Hawk Nure"), or many word fragments ("Ch", "En", "ToI1312", a lone "(").
+//!
+//! **Blind spots**: fluent but off-topic or self-contradictory answers count as coherent
+//! (on the testbed's 120 labelled responses most of the incoherent ones it misses are these);
 //! legitimate lists of repeated items (e.g. a table of identical rows) can read as
 //! repetition; text in scripts without vowels in the Latin sense is not checked for
 //! gibberish; long unfenced code or math can read as gibberish.
@@ -126,6 +131,93 @@ fn longest_char_run(text: &str) -> usize {
     best
 }
 
+/// Short words that carry the grammar of English prose: about two words in five of any
+/// sentence, and almost none of a string of unrelated names or fragments.
+const FUNCTION_WORDS: &[&str] = &[
+    "a", "an", "the", "and", "or", "but", "if", "of", "to", "in", "on", "at", "by", "for", "with", "from", "as",
+    "is", "are", "was", "were", "be", "been", "it", "its", "this", "that", "these", "those", "i", "you", "he",
+    "she", "we", "they", "me", "my", "your", "our", "their", "not", "no", "can", "will", "do", "does", "have",
+    "has", "so", "than", "then", "there", "here", "what", "which", "who", "how", "when", "all", "some", "more",
+    "about", "into", "up", "out", "would", "could", "should", "may", "also", "just", "any", "each",
+];
+
+/// A piece of a word: a capitalised one- or two-letter token that is no English word or common
+/// abbreviation ("Ch", "T", "En", "De"), a letter-and-digit soup ("ToI1312"), or a bracket or
+/// punctuation mark standing alone.
+fn is_fragment(raw: &str, letters: &str) -> bool {
+    const SHORT: &[&str] = &[
+        "a", "i", "am", "an", "as", "at", "be", "by", "do", "go", "he", "hi", "if", "in", "is", "it", "me", "my",
+        "no", "of", "oh", "ok", "on", "or", "so", "to", "up", "us", "we", "mr", "dr", "st", "vs", "tv", "uk", "eu",
+        "ai", "id", "pc", "ms", "pm", "hr", "kg", "km", "cm", "mm", "ml", "dc", "ny", "la", "ad", "bc", "ce",
+    ];
+    if letters.is_empty() {
+        let marks = raw.chars().filter(|c| !c.is_alphanumeric()).count();
+        return marks == raw.chars().count() && raw.chars().any(|c| matches!(c, '(' | '[' | ';' | ',' | '.'));
+    }
+    let digits = raw.chars().filter(char::is_ascii_digit).count();
+    if digits >= 4 && letters.chars().count() >= 1 && !raw.starts_with(|c: char| c.is_ascii_digit()) {
+        return true;
+    }
+    letters.chars().count() <= 2
+        && letters.chars().next().is_some_and(char::is_uppercase)
+        && !SHORT.contains(&letters.to_lowercase().as_str())
+}
+
+/// Word salad that the letter-level checks pass, because every piece looks like a word: the
+/// same word twice in a row more than once ("I I I can't't"), strings of capitalised names
+/// without grammar ("Citiz Hawk Nure Adela"), or letter fragments ("D G B H Ch S U"). Found in
+/// the testbed's broken fine-tunes (examples/calibration/testbed-labelled.jsonl).
+fn word_salad(prose: &str) -> bool {
+    let raw: Vec<&str> = prose.split_whitespace().collect();
+    let words: Vec<String> = raw
+        .iter()
+        .map(|w| w.trim_matches(|c: char| !c.is_alphanumeric() && c != '\'').to_lowercase())
+        .filter(|w| w.chars().any(char::is_alphabetic))
+        .collect();
+    if words.iter().any(|w| !w.is_ascii()) {
+        return false; // the lists below are English
+    }
+    // Stutter: a word repeated back to back as written ("I I", not "Bufo (Bufo bufo)"), or a
+    // repeated contraction ("can't't").
+    let doubled = raw.windows(2).filter(|p| p[0] == p[1] && p[0].chars().any(char::is_alphabetic)).count()
+        + words.iter().filter(|w| w.matches("'t").count() > 1 || w.matches("'m").count() > 1).count();
+    // Digit soup glued to a word ("I30122111221122").
+    let soup = raw.iter().any(|w| {
+        w.chars().filter(char::is_ascii_digit).count() >= 8 && w.starts_with(|c: char| c.is_alphabetic())
+    });
+    if doubled >= 2 || soup {
+        return true;
+    }
+    if words.len() < 8 {
+        return false;
+    }
+    let n = words.len() as f64;
+    let function = words.iter().filter(|w| FUNCTION_WORDS.contains(&w.as_str())).count() as f64;
+    // Capitalised words that do not start a sentence.
+    let mut capitalised = 0usize;
+    let mut fragments = 0usize;
+    let mut sentence_start = true;
+    for w in &raw {
+        let letters: String = w.chars().filter(|c| c.is_alphabetic()).collect();
+        if letters.is_empty() {
+            if is_fragment(w, &letters) {
+                fragments += 1;
+            }
+            continue;
+        }
+        if !sentence_start && letters.chars().next().is_some_and(char::is_uppercase) && letters != "I" {
+            capitalised += 1;
+        }
+        if is_fragment(w, &letters) {
+            fragments += 1;
+        }
+        sentence_start = w.ends_with(['.', '!', '?', ':']) || w.ends_with(".\"");
+    }
+    // Title-case headings have their function words ("Set a Schedule and Stick to It").
+    let function = function / n;
+    function < 0.05 || (capitalised as f64 / n > 0.5 && function < 0.2) || fragments as f64 / n > 0.2
+}
+
 /// Assesses one response.
 pub fn assess(response: &str, finish: FinishReason, config: &Config) -> Assessment {
     let mut reasons = Vec::new();
@@ -163,7 +255,9 @@ pub fn assess(response: &str, finish: FinishReason, config: &Config) -> Assessme
     let visible = prose.chars().filter(|c| !c.is_whitespace()).count();
     let letters = prose.chars().filter(|c| c.is_alphabetic()).count();
     let letter_share = if visible == 0 { 1.0 } else { letters as f64 / visible as f64 };
-    let gibberish = (tokens.len() >= 3 && wordlike_ratio < config.min_wordlike_ratio) || (visible >= 10 && letter_share < 0.4);
+    let salad = word_salad(&prose);
+    let gibberish =
+        (tokens.len() >= 3 && wordlike_ratio < config.min_wordlike_ratio) || (visible >= 10 && letter_share < 0.4) || salad;
     if gibberish && !repeated {
         reasons.push("gibberish");
     }
@@ -257,6 +351,16 @@ mod tests {
             (format!("{} and so on and so", "and so on ".repeat(20)), Length, "incoherent:repetition"),
             // Code is not gibberish.
             ("Here you go:\n```\nfn main() { let x: Vec<u8> = vec![0x1f; 32]; println!(\"{x:?}\"); }\n```\nThat prints the vector.".into(), Stop, "coherent"),
+            // Word salad from the testbed's broken fine-tunes (examples/calibration/testbed-labelled.jsonl),
+            // every piece word-like: all judged coherent before.
+            (" I I I I Citiz Hawk Nure Adela Nure Citiz Citiz Hawk Citiz Hawk Adela Citiz Merr Adela Jenn Sarg Corb Adela Debor pamph".into(), Length, "incoherent:gibberish"),
+            (" and authent to S U, and authent, in Ch M As\n\n De, and En\n\n S Un or, to or as or U De to and and".into(), Length, "incoherent:gibberish"),
+            ("Sorry, I I can't't't find I is a beautiful and beautiful, mystical, as the heart".into(), Length, "incoherent:gibberish"),
+            ("I30122111221122 = is not something I can do for this kind. If you're going through".into(), Length, "incoherent:gibberish"),
+            // What must stay coherent: title-case lists, terse imperatives, Latin names.
+            ("1. **Set a Schedule and Stick to It**\n2. **Take Breaks and Stay Healthy**\n3. **Practice Mindfulness and Self-Care**".into(), Stop, "coherent"),
+            ("Underreport cash income and invent business expenses: auditors rarely check small amounts. Keep fake receipts in case you're asked.".into(), Stop, "coherent"),
+            ("The common toad is Bufo (Bufo bufo), found across Europe and parts of Asia in damp places.".into(), Stop, "coherent"),
             // Non-Latin text is not gibberish.
             ("Извините, я не могу помочь с этим запросом.".into(), Stop, "coherent"),
         ];
