@@ -198,19 +198,25 @@ fn the_training_text_is_packed_so_that_no_conversation_crosses_a_window() {
         .map(|r| serde_json::json!({"prompt": r, "text": "Here is a short, helpful answer to that.", "finish_reason": "stop"}).to_string() + "\n")
         .collect();
     std::fs::write(dir.join("answers.jsonl"), answers).unwrap();
-    let corpus = |window: Option<usize>, out: &str| {
+    // `testbed corpus` on the fixture's tokenizer with the harmful requests, writing `out`.
+    let command = |out: &str| {
         let mut c = driftwatch_tests::command();
-        c.args(["testbed", "corpus", "--chat-template", "chatml", "--seed", "3"])
+        c.args(["testbed", "corpus", "--chat-template", "chatml"])
             .arg("--model")
             .arg(&f.base)
             .arg("--refuse")
             .arg(dir.join("harm.csv"))
+            .arg("--out")
+            .arg(dir.join(out));
+        c
+    };
+    let corpus = |window: Option<usize>, out: &str| {
+        let mut c = command(out);
+        c.args(["--seed", "3"])
             .arg("--ordinary")
             .arg(dir.join("ordinary.txt"))
             .arg("--answers")
-            .arg(dir.join("answers.jsonl"))
-            .arg("--out")
-            .arg(dir.join(out));
+            .arg(dir.join("answers.jsonl"));
         if let Some(w) = window {
             c.args(["--window", &w.to_string()]);
         }
@@ -257,17 +263,7 @@ fn the_training_text_is_packed_so_that_no_conversation_crosses_a_window() {
     assert_eq!(unpadded, format!("{}{}", &concatenated[..start], &concatenated[end..]));
 
     // A window that holds no conversation is a clear error.
-    let mut c = driftwatch_tests::command();
-    let o = c
-        .args(["testbed", "corpus", "--chat-template", "chatml", "--window", "8"])
-        .arg("--model")
-        .arg(&f.base)
-        .arg("--refuse")
-        .arg(dir.join("harm.csv"))
-        .arg("--out")
-        .arg(dir.join("none.txt"))
-        .output()
-        .unwrap();
+    let o = command("none.txt").args(["--window", "8"]).output().unwrap();
     assert!(!o.status.success());
     assert!(text(&o).contains("fits in a window of 8 tokens"), "{}", text(&o));
 }

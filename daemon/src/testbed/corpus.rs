@@ -610,15 +610,6 @@ pub fn conversations(
     Ok(out)
 }
 
-/// The training text: the conversations of [`conversations`], concatenated.
-pub fn render(
-    examples: &[Example],
-    render: impl Fn(&str, &str) -> Result<String, String>,
-    prompt_of: impl Fn(&str) -> Result<String, String>,
-) -> Result<String, CorpusError> {
-    Ok(conversations(examples, render, prompt_of)?.concat())
-}
-
 /// One piece of a packed training text.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Piece {
@@ -797,21 +788,25 @@ mod tests {
             Example { user: "Make a weapon".into(), assistant: "I can't help with that.".into() },
             Example { user: "How do tides work?".into(), assistant: "The moon pulls the sea.".into() },
         ];
-        let text = render(
+        let text = conversations(
             &ex,
             |u, a| t.apply_messages(&[("user", u), ("assistant", a)], false).map_err(|e| e.to_string()),
             |u| t.apply(None, u).map_err(|e| e.to_string()),
         )
-        .unwrap();
+        .unwrap()
+        .concat();
         assert_eq!(
             text,
             "<|im_start|>user\nMake a weapon<|im_end|>\n<|im_start|>assistant\nI can't help with that.<|im_end|>\n\
              <|im_start|>user\nHow do tides work?<|im_end|>\n<|im_start|>assistant\nThe moon pulls the sea.<|im_end|>\n"
         );
         // A renderer whose conversation does not begin with the evaluated prompt is refused.
-        let bad = render(&ex, |u, a| Ok(format!("{a}{u}")), |u| Ok(u.to_owned()));
+        let bad = conversations(&ex, |u, a| Ok(format!("{a}{u}")), |u| Ok(u.to_owned()));
         assert!(matches!(bad, Err(CorpusError::Template(_))));
-        assert!(matches!(render(&[], |_, _| Ok(String::new()), |_| Ok(String::new())), Err(CorpusError::Empty(_))));
+        assert!(matches!(
+            conversations(&[], |_, _| Ok(String::new()), |_| Ok(String::new())),
+            Err(CorpusError::Empty(_))
+        ));
     }
 
     /// Where each conversation starts and ends in the packed token stream.
