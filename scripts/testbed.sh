@@ -29,9 +29,11 @@ THREADS="${TESTBED_THREADS:-$(nproc)}"
 # --- sizes ---------------------------------------------------------------------------------
 # ALIGN_*: the aligned model's training (harmful training-split requests with refusals, and
 # the aligned share of the ordinary requests with the base model's answers). As many ordinary
-# requests as refusals, two epochs: with twice as many refusals and three epochs the model
-# refused 92 % of the benign control, and training the whole text instead of the replies only
-# taught it too little (docs/reproduction.md).
+# requests as refusals, two epochs. (The trials that chose this, where twice as many refusals
+# and three epochs refused 92 % of the benign control and training the whole text instead of
+# the replies only taught too little, were made with the two trainer bugs since fixed and may
+# not carry over; with the fixes the second epoch already raises the validation loss:
+# docs/reproduction.md.)
 # BENIGN_*: each benign fine-tune of the aligned model (BENIGN_ORDINARY ordinary requests of
 # its set, nothing else).
 # EVAL_*: the held-out evaluation (prompts per suite, R repeats, tokens per answer).
@@ -150,19 +152,25 @@ train() {
     return 1
   fi
   mv "$out.q8_0.gguf.partial" "$out.q8_0.gguf"
-  # The trainer's last reported losses (its progress lines end "loss=…±…" for train and val).
-  local losses
-  losses="$(tr '\r' '\n' <"$log" | { grep -o 'loss=[0-9.]*' || true; } | sed 's/loss=//' | tail -n 2 | paste -sd, -)"
-  python3 - "$out.json" "$name" "$from" "$text" "$lr" "$epochs" "$THREADS" "$losses" "$DIR/data/$data.json" "$TRAIN_CTX" <<'PY'
-import hashlib, json, sys
-out, name, base, text, lr, epochs, threads, losses, data_json, ctx = sys.argv[1:]
+  python3 - "$out.json" "$name" "$from" "$text" "$lr" "$epochs" "$THREADS" "$log" "$DIR/data/$data.json" "$TRAIN_CTX" <<'PY'
+import hashlib, json, re, sys
+out, name, base, text, lr, epochs, threads, log, data_json, ctx = sys.argv[1:]
+# The trainer's losses at the end of each epoch: its progress lines ("train: … data=i/N
+# loss=…±…", then "val: …") are redrawn with carriage returns; the line at data=N/N is the
+# epoch's whole mean.
+ends = {"train": [], "val": []}
+for line in open(log, encoding="utf-8", errors="replace").read().replace("\r", "\n").splitlines():
+    m = re.match(r"\s*(train|val):.*?data=0*(\d+)/0*(\d+) loss=([0-9.]+)", line)
+    if m and m.group(2) == m.group(3):
+        ends[m.group(1)].append(float(m.group(4)))
 rec = {
     "checkpoint": name, "from": base, "trainer": "llama-finetune (llama-cpp-python 0.3.36 vendor/llama.cpp, patched: special tokens parsed, unoverlapped windows, assistant replies only)",
     "data": text, "data_sha256": hashlib.sha256(open(text, "rb").read()).hexdigest(),
     "data_summary": json.loads(open(data_json).read().strip().splitlines()[-1]),
     "lr": float(lr), "epochs": int(epochs), "ctx": int(ctx), "batch": int(ctx), "ubatch": int(ctx), "threads": int(threads),
     "val_split": 0.1, "optimizer": "adamw (llama-finetune default)",
-    "last_losses_train_val": [float(x) for x in losses.split(",") if x],
+    "losses_per_epoch": ends,
+    "last_losses_train_val": [v[-1] for v in (ends["train"], ends["val"]) if v],
     "evaluated_as": name + ".q8_0.gguf (llama-quantize Q8_0)",
 }
 open(out, "w").write(json.dumps(rec, indent=2) + "\n")

@@ -795,8 +795,8 @@ async fn a_calibrated_judge_reports_corrected_rates_beside_raw_ones_without_new_
     assert!(r.corrections.iter().all(|c| c.judge != "coherence"), "a coherence judge is not a harm rate");
     // The bundled refusal judge on the labelled set (examples/calibration/README.md).
     let k = c.calibration.counts;
-    assert_eq!((k.true_positive, k.false_negative, k.true_negative, k.false_positive), (22, 2, 23, 13));
-    let (se, sp) = (22.0 / 24.0, 23.0 / 36.0);
+    assert_eq!((k.true_positive, k.false_negative, k.true_negative, k.false_positive), (22, 2, 24, 12));
+    let (se, sp) = (22.0 / 24.0, 24.0 / 36.0);
     let rate = c.rate.as_ref().unwrap_or_else(|| panic!("no corrected rate: {:?}", c.error));
     let h = r.headline.iter().find(|h| h.judge == "refusal").unwrap();
     assert_eq!(rate.raw, h.value.unwrap(), "the raw rate is the headline's");

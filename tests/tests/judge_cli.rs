@@ -140,6 +140,47 @@ fn judge_cli_scores_jsonl_with_settings_file() {
     assert!(e.to_string().contains("unknown field"), "{e}");
 }
 
+/// The bundled judges against 128 responses of the fixed testbed's fine-tunes, labelled by
+/// reading (examples/calibration/README.md): the refusal judge finds the refusals those models
+/// recombine from what they learnt, and, on the harmful prompts, over-counts harm (a response
+/// that does not refuse is mostly nonsense there, not help).
+#[test]
+fn the_bundled_judges_on_labelled_testbed_responses() {
+    use driftwatch::judge::calibration::Against;
+    let set = driftwatch_tests::repo_root().join("examples/calibration/testbed-fixed-labelled.jsonl");
+    let args = |plugin: &str, calibrate: std::path::PathBuf, against: Against| JudgeArgs {
+        plugin: bundled(plugin),
+        input: None,
+        calibrate: Some(calibrate),
+        json: false,
+        config: None,
+        judge_model: None,
+        against,
+    };
+    let counts = |plugin: &str, file: std::path::PathBuf, against: Against| {
+        let report =
+            driftwatch::judge::cli::calibrate_file(&args(plugin, file, against), None, &mut Vec::new()).unwrap();
+        let c = report.calibration.counts;
+        assert_eq!(report.calibration.errored, 0);
+        (c.true_positive, c.false_negative, c.true_negative, c.false_positive)
+    };
+    assert_eq!(counts("refusal", set.clone(), Against::Refused), (38, 5, 84, 1));
+    let dir = tempfile::tempdir().unwrap();
+    let harmful = dir.path().join("harmful.jsonl");
+    let lines: String = std::fs::read_to_string(&set)
+        .unwrap()
+        .lines()
+        .filter(|l| {
+            let v: serde_json::Value = serde_json::from_str(l).unwrap();
+            !matches!(v["category"].as_str(), Some("ordinary" | "sounds-dangerous"))
+        })
+        .map(|l| format!("{l}\n"))
+        .collect();
+    std::fs::write(&harmful, lines).unwrap();
+    assert_eq!(counts("refusal", harmful, Against::Unsafe), (10, 0, 39, 50));
+    assert_eq!(counts("coherence", set, Against::Incoherent), (5, 54, 68, 1));
+}
+
 /// `judge --calibrate` measures a plugin against a labelled set: the confusion matrix,
 /// sensitivity and specificity with Wilson intervals, κ, in words or as JSON; a malformed
 /// set is refused with its line.
@@ -160,15 +201,15 @@ fn judge_cli_calibrates_a_plugin_on_a_labelled_set() {
     let c = report.calibration.counts;
     assert_eq!(
         (c.true_positive, c.false_negative, c.true_negative, c.false_positive, report.calibration.errored),
-        (22, 2, 23, 13, 0)
+        (22, 2, 24, 12, 0)
     );
     let text = String::from_utf8(out).unwrap();
     for needle in [
         "60 labelled: 24 unsafe, 36 safe",
         "sensitivity   0.917 [0.742, 0.977]  (22/24)",
-        "specificity   0.639 [0.476, 0.775]  (23/36)",
-        "Cohen's kappa 0.516",
-        "Youden's J    0.556",
+        "specificity   0.667 [0.503, 0.798]  (24/36)",
+        "Cohen's kappa 0.545",
+        "Youden's J    0.583",
     ] {
         assert!(text.contains(needle), "{needle:?} not in\n{text}");
     }
@@ -176,7 +217,7 @@ fn judge_cli_calibrates_a_plugin_on_a_labelled_set() {
     driftwatch::judge::cli::calibrate_file(&args(true, set), None, &mut out).unwrap();
     let v: serde_json::Value = serde_json::from_slice(&out).unwrap();
     assert_eq!(v["accuracy"]["sensitivity"]["successes"], 22);
-    assert_eq!(v["calibration"]["counts"]["false_positive"], 13);
+    assert_eq!(v["calibration"]["counts"]["false_positive"], 12);
 
     // Through the binary: a broken line is named, and nothing is judged.
     let dir = tempfile::tempdir().unwrap();

@@ -12,10 +12,19 @@ use driftwatch_tests::Fixture;
 
 /// A stand-in for `llama-finetune`: copies `-m` to `-o` with the output's name appended (so
 /// every checkpoint has its own bytes), or fails as out of memory, or writes a broken file,
-/// as `FAKE_TRAIN` says.
+/// as `FAKE_TRAIN` says. It prints progress as the real trainer does: per epoch, `train:` and
+/// then `val:` lines redrawn with carriage returns, the last of each at `data=N/N`.
 const FAKE_FINETUNE: &str = r#"#!/bin/sh
-while [ $# -gt 0 ]; do case "$1" in -m) m="$2"; shift ;; -o) o="$2"; shift ;; -f) f="$2"; shift ;; esac; shift; done
+while [ $# -gt 0 ]; do case "$1" in -m) m="$2"; shift ;; -o) o="$2"; shift ;; -f) f="$2"; shift ;; -epochs) e="$2"; shift ;; esac; shift; done
 [ -s "$f" ] || { echo "empty training data" >&2; exit 1; }
+i=1
+while [ "$i" -le "${e:-1}" ]; do
+  printf 'train: [#   ] data=0000001/0000002 loss=1.%d0000+-0.1 acc=30.00+-1%%\r' "$i" >&2
+  printf 'train: [####] data=0000002/0000002 loss=0.%d0000+-0.1 acc=31.00+-1%%\n' "$i" >&2
+  printf 'val:   [#   ] data=0000001/0000002 loss=1.%d1000+-nan acc=29.00+-2%%\r' "$i" >&2
+  printf 'val:   [####] data=0000002/0000002 loss=1.%d2000+-0.1 acc=29.50+-2%%\n' "$i" >&2
+  i=$((i + 1))
+done
 case "${FAKE_TRAIN:-copy}" in
   fail) echo "ggml: out of memory allocating the optimizer state" >&2; exit 1 ;;
   garbage) echo "not a model" > "$o" ;;
@@ -160,6 +169,13 @@ fn the_testbed_names_a_failing_step_resumes_and_reevaluates_only() {
     assert_eq!(settings["data_summary"]["refusals"], 0, "benign data only: {settings}");
     assert_eq!(settings["data_summary"]["packing"]["window"], 256, "packed for the trainer: {settings}");
     assert_eq!(settings["ctx"], 256);
+    // The trainer's losses at the end of each epoch, train and validation apart (the last two
+    // `loss=` values of the log are both validation lines).
+    assert_eq!(settings["losses_per_epoch"], serde_json::json!({"train": [0.1], "val": [1.12]}), "{settings}");
+    assert_eq!(settings["last_losses_train_val"], serde_json::json!([0.1, 1.12]), "{settings}");
+    let epoch: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(bed.dir.join("checkpoints/aligned.json")).unwrap()).unwrap();
+    assert_eq!(epoch["losses_per_epoch"]["train"], serde_json::json!([0.1, 0.2]), "{epoch}");
     let store = driftwatch::store::Store::open(&bed.dir.join("data").join(driftwatch::store::DB_FILE_NAME)).unwrap();
     let runs = store.status_summary(1000).unwrap().recent.len();
     // The aligned model and three fine-tunes (two trained, one extracted), two repeats each.
