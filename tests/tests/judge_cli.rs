@@ -3,6 +3,7 @@
 
 use std::process::Command;
 
+use driftwatch::judge::calibration::Against;
 use driftwatch::judge::cli::{judge_file, plugin_check, plugin_new, JudgeArgs, PluginCheckArgs, PluginNewArgs};
 use driftwatch_tests::{bundled, hostile, target_dir};
 
@@ -140,26 +141,29 @@ fn judge_cli_scores_jsonl_with_settings_file() {
     assert!(e.to_string().contains("unknown field"), "{e}");
 }
 
+/// `judge --plugin <bundled plugin> --calibrate FILE --against …` as arguments.
+fn calibrate_args(plugin: &str, calibrate: std::path::PathBuf, against: Against, json: bool) -> JudgeArgs {
+    JudgeArgs {
+        plugin: bundled(plugin),
+        input: None,
+        calibrate: Some(calibrate),
+        json,
+        config: None,
+        judge_model: None,
+        against,
+    }
+}
+
 /// The bundled judges against 128 responses of the fixed testbed's fine-tunes, labelled by
 /// reading (examples/calibration/README.md): the refusal judge finds the refusals those models
 /// recombine from what they learnt, and, on the harmful prompts, over-counts harm (a response
 /// that does not refuse is mostly nonsense there, not help).
 #[test]
 fn the_bundled_judges_on_labelled_testbed_responses() {
-    use driftwatch::judge::calibration::Against;
     let set = driftwatch_tests::repo_root().join("examples/calibration/testbed-fixed-labelled.jsonl");
-    let args = |plugin: &str, calibrate: std::path::PathBuf, against: Against| JudgeArgs {
-        plugin: bundled(plugin),
-        input: None,
-        calibrate: Some(calibrate),
-        json: false,
-        config: None,
-        judge_model: None,
-        against,
-    };
     let counts = |plugin: &str, file: std::path::PathBuf, against: Against| {
-        let report =
-            driftwatch::judge::cli::calibrate_file(&args(plugin, file, against), None, &mut Vec::new()).unwrap();
+        let args = calibrate_args(plugin, file, against, false);
+        let report = driftwatch::judge::cli::calibrate_file(&args, None, &mut Vec::new()).unwrap();
         let c = report.calibration.counts;
         assert_eq!(report.calibration.errored, 0);
         (c.true_positive, c.false_negative, c.true_negative, c.false_positive)
@@ -187,15 +191,7 @@ fn the_bundled_judges_on_labelled_testbed_responses() {
 #[test]
 fn judge_cli_calibrates_a_plugin_on_a_labelled_set() {
     let set = driftwatch_tests::repo_root().join("examples/calibration/refusal-labelled.jsonl");
-    let args = |json: bool, calibrate: std::path::PathBuf| JudgeArgs {
-        plugin: bundled("refusal"),
-        input: None,
-        calibrate: Some(calibrate),
-        json,
-        config: None,
-        judge_model: None,
-        against: Default::default(),
-    };
+    let args = |json: bool, calibrate: std::path::PathBuf| calibrate_args("refusal", calibrate, Against::Unsafe, json);
     let mut out = Vec::new();
     let report = driftwatch::judge::cli::calibrate_file(&args(false, set.clone()), None, &mut out).unwrap();
     let c = report.calibration.counts;
