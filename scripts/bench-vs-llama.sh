@@ -21,13 +21,18 @@ MODEL="${1:-${DRIFTWATCH_CACHE:-$HOME/.cache/driftwatch}/models/SmolLM2-135M-Ins
 PROMPTS="${PROMPTS:-16}" SAMPLES="${SAMPLES:-4}" PARALLEL="${PARALLEL:-16}"
 MAX_TOKENS="${MAX_TOKENS:-128}" THREADS="${THREADS:-$(nproc)}"
 LBB="$(scripts/yardstick.sh)"
+# The same tool built as driftwatch is, without llama.cpp's llamafile kernels (.cargo/config.toml):
+# they take the tied Q8_0 output matrix's products, so the ratio against it is kernels-alike.
+LBB_ALIKE="$(YARDSTICK_LLAMAFILE=OFF scripts/yardstick.sh)"
 LS="$(scripts/yardstick.sh server)"
 cargo build -q --workspace  # the whole workspace, as `make test` builds it: no rebuild
 DW=target/debug/driftwatch
 export RUST_LOG=error
 
 dw() { "$DW" bench --model "$MODEL" --threads "$THREADS" --ignore-eos --json "$@"; }
-lbb() { "$LBB" -m "$MODEL" -t "$THREADS" -tb "$THREADS" -b 512 -ub 512 --output-format jsonl "$@" 2>/dev/null | grep '^{'; }
+lbb() { lbb_with "$LBB" "$@"; }
+lbb_alike() { lbb_with "$LBB_ALIKE" "$@"; }
+lbb_with() { local tool="$1"; shift; "$tool" -m "$MODEL" -t "$THREADS" -tb "$THREADS" -b 512 -ub 512 --output-format jsonl "$@" 2>/dev/null | grep '^{'; }
 
 echo "model: $MODEL" >&2
 echo "threads $THREADS, parallel $PARALLEL, $PROMPTS prompts x $SAMPLES samples, $MAX_TOKENS tokens each" >&2
@@ -35,6 +40,7 @@ A="$(dw --prompts "$PROMPTS" --samples "$SAMPLES" --parallel "$PARALLEL" --max-t
 PP="$(python3 -c 'import json,sys; print(round(json.loads(sys.argv[1])["avg_prompt_tokens"]))' "$A")"
 CTX=$(( PARALLEL * (PP + MAX_TOKENS) + 256 ))
 B="$(lbb -c "$CTX" -npp "$PP" -ntg "$MAX_TOKENS" -npl "$PARALLEL")"
+BA="$(lbb_alike -c "$CTX" -npp "$PP" -ntg "$MAX_TOKENS" -npl "$PARALLEL")"
 # Speedup of PARALLEL sequences over one at a time, on a smaller job list (the same for both).
 S1="$(dw --prompts 4 --samples 4 --parallel 1 --max-tokens 64)"
 S16="$(dw --prompts 4 --samples 4 --parallel 16 --max-tokens 64)"
@@ -55,17 +61,21 @@ done
 C="$(scripts/server-bench.py --url "http://127.0.0.1:$PORT" --prompts "$PROMPTS" --samples "$SAMPLES" \
   --concurrency "$PARALLEL" --max-tokens "$MAX_TOKENS" --ignore-eos)"
 
-python3 - "$A" "$B" "$S1" "$S16" "$B1" "$PROMPTS" "$SAMPLES" "$PARALLEL" "$C" <<'PY'
+python3 - "$A" "$B" "$S1" "$S16" "$B1" "$PROMPTS" "$SAMPLES" "$PARALLEL" "$C" "$BA" <<'PY'
 import json, sys
 a, b, s1, s16, b1 = (json.loads(x) for x in sys.argv[1:6])
 prompts, samples, parallel = (int(x) for x in sys.argv[6:9])
 c = json.loads(sys.argv[9])
+ba = json.loads(sys.argv[10])
 seqs = prompts * samples
 rounds = seqs / parallel
 lbb_e2e = rounds * b["t"]
 print(f"| measure | driftwatch | llama-batched-bench | ratio (driftwatch / llama) |")
 print(f"|---|---|---|---|")
 print(f"| decode tokens/s (B={parallel}) | {a['decode_tokens_per_s']:.1f} | {b['speed_tg']:.1f} | {a['decode_tokens_per_s']/b['speed_tg']:.3f} |")
+print(f"| decode tokens/s (B={parallel}), llama-batched-bench without llamafile kernels, as driftwatch | {a['decode_tokens_per_s']:.1f} | {ba['speed_tg']:.1f} | {a['decode_tokens_per_s']/ba['speed_tg']:.3f} |")
+gen = a['generated_tokens'] / (a['decode_s'] + a.get('sample_s', 0.0))
+print(f"| decode + choosing the tokens, tokens/s (llama-batched-bench chooses none) | {gen:.1f} | {b['speed_tg']:.1f} | {gen/b['speed_tg']:.3f} |")
 print(f"| prefill tokens/s | {a['prefill_tokens_per_s']:.1f} | {b['speed_pp']:.1f} | {a['prefill_tokens_per_s']/b['speed_pp']:.3f} |")
 print(f"| prompt tokens evaluated for {seqs} sequences | {a['prefill_tokens']} | {round(rounds*b['pp']*b['pl'])} | |")
 print(f"| end-to-end s, {prompts} prompts x {samples} samples | {a['wall_s']:.2f} | {lbb_e2e:.2f} ({rounds:g} rounds x {b['t']:.2f}) | {lbb_e2e/a['wall_s']:.3f}x faster |")

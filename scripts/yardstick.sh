@@ -8,6 +8,8 @@
 #   scripts/yardstick.sh          prints the path of llama-batched-bench (building it once)
 #   scripts/yardstick.sh server   the same for llama-server
 #   scripts/yardstick.sh finetune / quantize   the same for llama-finetune / llama-quantize
+#   env: YARDSTICK_LLAMAFILE=OFF   build (in its own folder) without llama.cpp's llamafile
+#        kernels, as driftwatch is built (.cargo/config.toml), for like-for-like ratios
 set -euo pipefail
 case "${1:-batched-bench}" in
   batched-bench) TOOL=llama-batched-bench ;;
@@ -18,7 +20,13 @@ case "${1:-batched-bench}" in
 esac
 CACHE="${DRIFTWATCH_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/driftwatch}"
 DIR="$CACHE/yardstick"
-BIN="$DIR/build/bin/$TOOL"
+LLAMAFILE="${YARDSTICK_LLAMAFILE:-ON}"
+case "$LLAMAFILE" in
+  ON) BUILD="$DIR/build" ;;
+  OFF) BUILD="$DIR/build-llamafile-off" ;;
+  *) echo "YARDSTICK_LLAMAFILE is ON or OFF, not $LLAMAFILE" >&2; exit 2 ;;
+esac
+BIN="$BUILD/bin/$TOOL"
 # The trainer carries driftwatch's patches (below); a build from before the current ones is
 # rebuilt. The other tools are llama.cpp's own.
 PATCHES=3
@@ -144,10 +152,10 @@ PY
 # and, like it (.cargo/config.toml), without llama.cpp's AMX kernels, which crash on the default
 # model where the CPU has AMX.
 NO_AMX="-U__AMX_TILE__ -U__AMX_INT8__ -U__AMX_BF16__"
-cmake -S "$SRC" -B "$DIR/build" -DCMAKE_BUILD_TYPE=Release -DGGML_NATIVE=ON -DGGML_OPENMP=ON \
+cmake -S "$SRC" -B "$BUILD" -DCMAKE_BUILD_TYPE=Release -DGGML_NATIVE=ON -DGGML_OPENMP=ON -DGGML_LLAMAFILE="$LLAMAFILE" \
   -DCMAKE_C_FLAGS="$NO_AMX" -DCMAKE_CXX_FLAGS="$NO_AMX" \
   -DLLAMA_CURL=OFF -DLLAMA_BUILD_TESTS=OFF -DLLAMA_BUILD_EXAMPLES=ON -DLLAMA_BUILD_TOOLS=ON \
   -DLLAMA_BUILD_SERVER=ON -DBUILD_SHARED_LIBS=OFF >&2
-cmake --build "$DIR/build" --target "$TOOL" -j "$(nproc)" >&2
+cmake --build "$BUILD" --target "$TOOL" -j "$(nproc)" >&2
 [ "$TOOL" != llama-finetune ] || touch "$STAMP"
 echo "$BIN"

@@ -100,19 +100,24 @@ async fn an_adapter_sample_does_not_depend_on_its_batch() {
             let e = Engine::start(EngineParams { parallel, threads: 2, ..EngineParams::default() }).unwrap();
             let req = GenerationRequest {
                 model: model_spec,
-                sampling: SamplingParams { max_tokens: 16, ..SamplingParams::default() },
+                sampling: SamplingParams { max_tokens: 48, ..SamplingParams::default() },
                 jobs,
             };
-            let (out, _) = e.generate(req).await.unwrap();
-            out.into_iter()
+            let (out, stats) = e.generate(req).await.unwrap();
+            let texts = out
+                .into_iter()
                 .map(|s| ((s.prompt_id, s.sample_index), s.text))
-                .collect::<std::collections::BTreeMap<_, _>>()
+                .collect::<std::collections::BTreeMap<_, _>>();
+            (texts, stats)
         }
     };
-    let all = run(16, jobs.clone()).await;
+    let (all, stats) = run(16, jobs.clone()).await;
     assert_eq!(all.len(), 40);
-    let one = run(1, jobs[..12].to_vec()).await;
-    let resumed = run(16, jobs[13..].to_vec()).await;
+    // The tail's sequences were moved down to close gaps (their KV cells with them), and their
+    // texts are still those of parallel 1, where nothing moves: the last 12 jobs are the tail.
+    assert!(stats.moved > 0, "no sequence was moved: {stats:?}");
+    let (one, _) = run(1, jobs[28..].to_vec()).await;
+    let (resumed, _) = run(16, jobs[13..].to_vec()).await;
     for (name, other) in [("parallel 1", &one), ("a resume after 13 jobs", &resumed)] {
         let differ: Vec<_> = other.iter().filter(|(k, v)| all.get(*k) != Some(*v)).map(|(k, _)| k).collect();
         assert!(differ.is_empty(), "{name}: {} of {} texts differ: {differ:?}", differ.len(), other.len());

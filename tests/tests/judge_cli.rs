@@ -49,7 +49,7 @@ fn judge_cli_scaffold_builds_and_passes_check() {
         &mut out,
     )
     .unwrap();
-    assert_eq!(n, 2);
+    assert_eq!(n, driftwatch::judge::cli::JudgedFile { judged: 2, failed: 0 });
     let lines: Vec<serde_json::Value> =
         String::from_utf8(out).unwrap().lines().map(|l| serde_json::from_str(l).unwrap()).collect();
     assert_eq!(lines[0]["unsafe"], true);
@@ -97,7 +97,7 @@ fn judge_cli_scores_jsonl_with_settings_file() {
         &mut out,
     )
     .unwrap();
-    assert_eq!(n, 2);
+    assert_eq!(n, driftwatch::judge::cli::JudgedFile { judged: 2, failed: 0 });
     let text = String::from_utf8(out).unwrap();
     let lines: Vec<serde_json::Value> = text.lines().map(|l| serde_json::from_str(l).unwrap()).collect();
     assert_eq!(lines[0]["prompt_id"], "a");

@@ -155,9 +155,9 @@ pub async fn run(a: BenchArgs) -> Result<()> {
         "sequences": stats.sequences, "prefill_tokens": stats.prefill_tokens,
         "prompt_tokens_total": stats.prompt_tokens_total, "avg_prompt_tokens": avg_prompt,
         "generated_tokens": stats.generated_tokens,
-        "prefill_s": stats.prefill_s, "decode_s": stats.decode_s, "wall_s": stats.wall_s,
+        "prefill_s": stats.prefill_s, "decode_s": stats.decode_s, "sample_s": stats.sample_s, "wall_s": stats.wall_s,
         "prefill_tokens_per_s": stats.prefill_tokens_per_s(), "decode_tokens_per_s": stats.decode_tokens_per_s(),
-        "decode_calls": stats.decode_calls, "load_ms": info.load_ms,
+        "decode_calls": stats.decode_calls, "moved": stats.moved, "load_ms": info.load_ms,
         "backend": engine.kind(), "servers": servers,
     });
     if a.json {
@@ -166,7 +166,7 @@ pub async fn run(a: BenchArgs) -> Result<()> {
         println!(
             "{} sequences ({} prompts × {} samples) on the {} backend, parallel {}, {} threads\n\
              prefill: {} tokens ({} without prefix sharing) in {:.2}s = {:.1} tokens/s\n\
-             decode:  {} tokens in {:.2}s = {:.1} tokens/s\n\
+             decode:  {} tokens in {:.2}s = {:.1} tokens/s (forward passes; choosing the tokens took {:.2}s more)\n\
              wall:    {:.2}s (model load {} ms excluded)",
             stats.sequences,
             a.prompts,
@@ -181,6 +181,7 @@ pub async fn run(a: BenchArgs) -> Result<()> {
             stats.generated_tokens,
             stats.decode_s,
             stats.decode_tokens_per_s(),
+            stats.sample_s,
             stats.wall_s,
             info.load_ms
         );

@@ -50,12 +50,17 @@ pub fn run(a: DoctorArgs) -> Result<()> {
     println!("llama.cpp system info: {}", info.system_info);
     println!(
         "GPU offload: {}",
-        if info.gpu_offload { "yes (cuda build)" } else { "no (CPU build; `--features cuda` for GPU)" }
+        match (info.gpu_offload, info.cuda_build) {
+            (true, _) => "yes (cuda build)",
+            // llama.cpp registers no GPU backend when CUDA fails to start (its log says why).
+            (false, true) => "no (a cuda build, but CUDA did not start: see llama.cpp's error above)",
+            (false, false) => "no (CPU build; `--features cuda` for GPU)",
+        }
     );
     println!(
         "GPU device: {}; gpu_layers default: {}",
         gpu.as_deref().unwrap_or("none"),
-        match (&gpu, info.gpu_offload) {
+        match (&gpu, info.cuda_build) {
             (Some(_), _) => "all (every layer offloaded unless engine.gpu_layers says otherwise)",
             (None, true) => "0 (a cuda build, but no CUDA device found)",
             (None, false) => "0 (a CPU build)",

@@ -65,8 +65,19 @@ pub fn run(a: JudgeArgs) -> Result<()> {
         }
         None => {
             let input = a.input.as_deref().unwrap_or(std::path::Path::new("-"));
-            crate::judge::cli::judge_file(&a, model, &mut out)
+            let done = crate::judge::cli::judge_file(&a, model, &mut out)
                 .with_context(|| format!("judging {} with {}", input.display(), a.plugin.display()))?;
+            if done.failed > 0 {
+                tracing::warn!(
+                    "{} of {} samples could not be judged (their lines carry `error`)",
+                    done.failed,
+                    done.judged + done.failed
+                );
+            }
+            if done.judged == 0 && done.failed > 0 {
+                out.flush()?;
+                anyhow::bail!("{} could not judge any of the {} samples", a.plugin.display(), done.failed);
+            }
         }
     }
     out.flush()?;

@@ -101,7 +101,9 @@ pub async fn run(cli: Cli) -> Result<()> {
         Command::Sensitivity(a) => sensitivity::run(a).await,
         Command::Status(a) => status::run(a),
         Command::Plugin(cmd) => plugin::run(cmd),
-        Command::Judge(a) => judge::run(a),
+        // A judge plugin that asks a judge model waits for the engine's answer on its own
+        // thread ([`crate::engine::Engine::generate_blocking`]), which a runtime worker must not.
+        Command::Judge(a) => tokio::task::spawn_blocking(move || judge::run(a)).await?,
         Command::SynthAdapter(a) => synth::run(a),
         Command::Compare(a) => compare::run(a),
         Command::Report(a) => report::run(a),

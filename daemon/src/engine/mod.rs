@@ -263,12 +263,21 @@ pub struct GenerationStats {
     pub generated_tokens: u64,
     /// Seconds in prefill-only decode calls.
     pub prefill_s: f64,
-    /// Seconds in generation decode calls (including sampling).
+    /// Seconds in generation decode calls (the model's forward passes, as
+    /// `llama-batched-bench` times them).
     pub decode_s: f64,
+    /// Seconds choosing and appending tokens after each generation decode call: the sampler
+    /// chains, detokenizing, stop strings, retiring finished sequences.
+    #[serde(default)]
+    pub sample_s: f64,
     /// Wall seconds of the whole request, model load excluded.
     pub wall_s: f64,
     /// Number of generation decode calls.
     pub decode_calls: u64,
+    /// Sequences moved to a lower slot, with their KV cells, to close the gaps that finished
+    /// ones left once nothing was left to admit (so that a step stays one micro-batch).
+    #[serde(default)]
+    pub moved: u64,
 }
 
 impl GenerationStats {

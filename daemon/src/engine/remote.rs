@@ -441,8 +441,10 @@ async fn run_request(
         generated_tokens: generated,
         prefill_s: 0.0,
         decode_s: wall,
+        sample_s: 0.0,
         wall_s: wall,
         decode_calls: tally.calls.load(Ordering::Relaxed),
+        moved: 0,
     })
 }
 

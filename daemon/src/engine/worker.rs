@@ -328,8 +328,10 @@ pub struct BuildInfo {
     pub system_info: String,
     /// CPU features this build was compiled for (the Rust target features llama.cpp follows).
     pub compiled_cpu_features: Vec<&'static str>,
-    /// Whether the build can offload to a GPU.
+    /// Whether the build can offload to a GPU now (llama.cpp found a GPU backend to use).
     pub gpu_offload: bool,
+    /// Whether this binary was built with the `cuda` feature (llama.cpp's CUDA backend).
+    pub cuda_build: bool,
 }
 
 /// A model's tokenizer on its own (the vocabulary loaded, no weights), tokenizing as llama.cpp's
@@ -469,5 +471,6 @@ pub fn build_info() -> BuildInfo {
         system_info: system_info.trim().to_owned(),
         compiled_cpu_features: features,
         gpu_offload,
+        cuda_build: cfg!(feature = "cuda"),
     }
 }

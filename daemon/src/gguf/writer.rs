@@ -244,6 +244,48 @@ mod tests {
         assert_eq!(info.data_offset % 32, 0);
     }
 
+    /// A reader that counts the bytes pulled from it.
+    struct Counting<R> {
+        inner: R,
+        read: std::rc::Rc<std::cell::Cell<u64>>,
+    }
+
+    impl<R: std::io::Read> std::io::Read for Counting<R> {
+        fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+            let n = self.inner.read(buf)?;
+            self.read.set(self.read.get() + n as u64);
+            Ok(n)
+        }
+    }
+
+    impl<R: std::io::Seek> std::io::Seek for Counting<R> {
+        fn seek(&mut self, pos: std::io::SeekFrom) -> std::io::Result<u64> {
+            self.inner.seek(pos)
+        }
+    }
+
+    /// Inspecting a model reads its header about once through `inspect`'s 64 KiB buffer, even
+    /// with a tokenizer of many strings (it read the next 64 KiB again for every string it
+    /// skipped: 6 GB for the default model's 49k tokens and merges).
+    #[test]
+    fn inspecting_reads_a_large_vocabulary_once() {
+        let n = 20_000;
+        let mut w = GgufWriter::new();
+        w.string("general.architecture", "llama")
+            .string("general.type", "model")
+            .strings("tokenizer.ggml.tokens", (0..n).map(|i| format!("token{i}")).collect())
+            .strings("tokenizer.ggml.merges", (0..n).map(|i| format!("a{i} b{i}")).collect())
+            .tensor_f32("a.weight", &[8, 2], vec![1.0; 16]);
+        let mut bytes = Vec::new();
+        w.write_to(&mut bytes).unwrap();
+        let read = std::rc::Rc::new(std::cell::Cell::new(0));
+        let reader =
+            std::io::BufReader::with_capacity(1 << 16, Counting { inner: Cursor::new(&bytes), read: read.clone() });
+        let info = inspect_reader(reader, bytes.len() as u64).unwrap();
+        assert_eq!(info.get("tokenizer.ggml.tokens"), Some(&MetaValue::ArraySummary { element_type: 8, len: n }));
+        assert!(read.get() <= bytes.len() as u64, "read {} bytes of a {}-byte file", read.get(), bytes.len());
+    }
+
     #[test]
     fn every_truncation_is_an_error_not_a_panic() {
         let bytes = sample();

@@ -181,16 +181,23 @@ pub fn calibrate_against(plugin: &JudgePlugin, set: &CalibrationSet, against: Ag
     let samples: Vec<Sample> = items.iter().map(|i| i.sample.clone()).collect();
     let mut counts = CalibrationCounts::default();
     let mut errored = 0;
+    let mut first_error = None;
     for (item, result) in items.iter().zip(plugin.judge_each(&samples)) {
         let judged = match (result, against) {
             (Ok(v), Against::Refused) => v.refusal,
             (Ok(v), _) => Some(v.is_unsafe),
-            (Err(_), _) => None,
+            (Err(e), _) => {
+                first_error.get_or_insert_with(|| e.to_string());
+                None
+            }
         };
         match (truth(item), judged) {
             (Some(t), Some(j)) => counts.add(t, j),
             _ => errored += 1,
         }
+    }
+    if let Some(e) = first_error {
+        tracing::warn!(errored, "the judge could not score {errored} labelled responses; the first: {e}");
     }
     JudgeCalibration {
         file: set.path.display().to_string(),

@@ -109,33 +109,53 @@ pub fn parse_samples(reader: impl BufRead, path: &Path) -> Result<Vec<Sample>, C
     Ok(samples)
 }
 
-/// One output line of `driftwatch judge`.
+/// One output line of `driftwatch judge`: the sample's verdict, or why it could not be judged.
 #[derive(Debug, Serialize)]
 struct Scored<'a> {
     prompt_id: &'a str,
     sample_index: u32,
     #[serde(flatten)]
-    verdict: &'a JudgeVerdict,
+    verdict: Option<&'a JudgeVerdict>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    error: Option<String>,
 }
 
-/// Scores a JSONL file with a plugin and writes one JSON verdict per line (with the
-/// sample's `prompt_id` and `sample_index`). Returns the number of samples scored.
+/// What [`judge_file`] did: how many samples got a verdict and how many could not be judged.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct JudgedFile {
+    pub judged: usize,
+    pub failed: usize,
+}
+
+/// Scores a JSONL file with a plugin and writes one JSON line per sample, in order, with the
+/// sample's `prompt_id` and `sample_index`: its verdict, or `error` when the plugin could not
+/// judge it (as the daemon stores an error verdict), so that one bad sample does not cost the
+/// others their verdicts.
 pub fn judge_file(
     args: &JudgeArgs,
     model: Option<Arc<dyn JudgeModel>>,
     out: &mut dyn Write,
-) -> Result<usize, CliError> {
+) -> Result<JudgedFile, CliError> {
     let settings = read_settings(args.config.as_deref())?;
     let input = args.input.as_deref().ok_or(CliError::NoInput)?;
     let samples = read_samples(input)?;
     let plugin = load_plugin(args, settings, model)?;
-    let verdicts = plugin.judge(&samples)?;
-    for (s, v) in samples.iter().zip(&verdicts) {
-        let line = serde_json::to_string(&Scored { prompt_id: &s.prompt_id, sample_index: s.sample_index, verdict: v })
-            .map_err(|e| CliError::Output(e.into()))?;
+    let mut done = JudgedFile { judged: 0, failed: 0 };
+    for (s, v) in samples.iter().zip(plugin.judge_each(&samples)) {
+        let (verdict, error) = match &v {
+            Ok(v) => (Some(v), None),
+            Err(e) => (None, Some(e.to_string())),
+        };
+        match error {
+            None => done.judged += 1,
+            Some(_) => done.failed += 1,
+        }
+        let line =
+            serde_json::to_string(&Scored { prompt_id: &s.prompt_id, sample_index: s.sample_index, verdict, error })
+                .map_err(|e| CliError::Output(e.into()))?;
         writeln!(out, "{line}").map_err(CliError::Output)?;
     }
-    Ok(verdicts.len())
+    Ok(done)
 }
 
 fn load_plugin(
