@@ -31,7 +31,6 @@ export RUST_LOG=error
 
 dw() { "$DW" bench --model "$MODEL" --threads "$THREADS" --ignore-eos --json "$@"; }
 lbb() { lbb_with "$LBB" "$@"; }
-lbb_alike() { lbb_with "$LBB_ALIKE" "$@"; }
 lbb_with() { local tool="$1"; shift; "$tool" -m "$MODEL" -t "$THREADS" -tb "$THREADS" -b 512 -ub 512 --output-format jsonl "$@" 2>/dev/null | grep '^{'; }
 
 echo "model: $MODEL" >&2
@@ -40,7 +39,7 @@ A="$(dw --prompts "$PROMPTS" --samples "$SAMPLES" --parallel "$PARALLEL" --max-t
 PP="$(python3 -c 'import json,sys; print(round(json.loads(sys.argv[1])["avg_prompt_tokens"]))' "$A")"
 CTX=$(( PARALLEL * (PP + MAX_TOKENS) + 256 ))
 B="$(lbb -c "$CTX" -npp "$PP" -ntg "$MAX_TOKENS" -npl "$PARALLEL")"
-BA="$(lbb_alike -c "$CTX" -npp "$PP" -ntg "$MAX_TOKENS" -npl "$PARALLEL")"
+BA="$(lbb_with "$LBB_ALIKE" -c "$CTX" -npp "$PP" -ntg "$MAX_TOKENS" -npl "$PARALLEL")"
 # Speedup of PARALLEL sequences over one at a time, on a smaller job list (the same for both).
 S1="$(dw --prompts 4 --samples 4 --parallel 1 --max-tokens 64)"
 S16="$(dw --prompts 4 --samples 4 --parallel 16 --max-tokens 64)"

@@ -142,17 +142,17 @@ pub fn judge_file(
     let plugin = load_plugin(args, settings, model)?;
     let mut done = JudgedFile { judged: 0, failed: 0 };
     for (s, v) in samples.iter().zip(plugin.judge_each(&samples)) {
-        let (verdict, error) = match &v {
-            Ok(v) => (Some(v), None),
-            Err(e) => (None, Some(e.to_string())),
-        };
-        match error {
-            None => done.judged += 1,
-            Some(_) => done.failed += 1,
+        match &v {
+            Ok(_) => done.judged += 1,
+            Err(_) => done.failed += 1,
         }
-        let line =
-            serde_json::to_string(&Scored { prompt_id: &s.prompt_id, sample_index: s.sample_index, verdict, error })
-                .map_err(|e| CliError::Output(e.into()))?;
+        let scored = Scored {
+            prompt_id: &s.prompt_id,
+            sample_index: s.sample_index,
+            verdict: v.as_ref().ok(),
+            error: v.as_ref().err().map(ToString::to_string),
+        };
+        let line = serde_json::to_string(&scored).map_err(|e| CliError::Output(e.into()))?;
         writeln!(out, "{line}").map_err(CliError::Output)?;
     }
     Ok(done)
