@@ -5,6 +5,8 @@
 #
 #   scripts/bench-vs-llama.sh [MODEL]
 #   env: PROMPTS=16 SAMPLES=4 PARALLEL=16 MAX_TOKENS=128 THREADS=$(nproc)
+#        PROMPT_FILE=F   one prompt a line instead of config/bench_prompts.txt, for driftwatch and
+#                        llama-server alike (llama-batched-bench takes the mean length)
 #
 # Both sides generate exactly MAX_TOKENS per sequence (driftwatch with --ignore-eos) and keep one
 # KV-cache stream per sequence (driftwatch's default; llama-batched-bench without -kvu), with flash
@@ -20,29 +22,30 @@ cd "$(dirname "$0")/.."
 MODEL="${1:-${DRIFTWATCH_CACHE:-$HOME/.cache/driftwatch}/models/SmolLM2-135M-Instruct.Q4_1.gguf}"
 PROMPTS="${PROMPTS:-16}" SAMPLES="${SAMPLES:-4}" PARALLEL="${PARALLEL:-16}"
 MAX_TOKENS="${MAX_TOKENS:-128}" THREADS="${THREADS:-$(nproc)}"
+# Built as llama.cpp builds it by default, as driftwatch is (llamafile kernels on,
+# .cargo/config.toml): the ratios are kernels-alike.
 LBB="$(scripts/yardstick.sh)"
-# The same tool built as driftwatch is, without llama.cpp's llamafile kernels (.cargo/config.toml):
-# they take the tied Q8_0 output matrix's products, so the ratio against it is kernels-alike.
-LBB_ALIKE="$(YARDSTICK_LLAMAFILE=OFF scripts/yardstick.sh)"
 LS="$(scripts/yardstick.sh server)"
 cargo build -q --workspace  # the whole workspace, as `make test` builds it: no rebuild
 DW=target/debug/driftwatch
 export RUST_LOG=error
 
 dw() { "$DW" bench --model "$MODEL" --threads "$THREADS" --ignore-eos --json "$@"; }
-lbb() { lbb_with "$LBB" "$@"; }
-lbb_with() { local tool="$1"; shift; "$tool" -m "$MODEL" -t "$THREADS" -tb "$THREADS" -b 512 -ub 512 --output-format jsonl "$@" 2>/dev/null | grep '^{'; }
+lbb() { "$LBB" -m "$MODEL" -t "$THREADS" -tb "$THREADS" -b 512 -ub 512 --output-format jsonl "$@" 2>/dev/null | grep '^{'; }
 
 echo "model: $MODEL" >&2
 echo "threads $THREADS, parallel $PARALLEL, $PROMPTS prompts x $SAMPLES samples, $MAX_TOKENS tokens each" >&2
-A="$(dw --prompts "$PROMPTS" --samples "$SAMPLES" --parallel "$PARALLEL" --max-tokens "$MAX_TOKENS")"
+PF=()
+[ -n "${PROMPT_FILE:-}" ] && PF=(--prompt-file "$PROMPT_FILE")
+A="$(dw "${PF[@]}" --prompts "$PROMPTS" --samples "$SAMPLES" --parallel "$PARALLEL" --max-tokens "$MAX_TOKENS")"
 PP="$(python3 -c 'import json,sys; print(round(json.loads(sys.argv[1])["avg_prompt_tokens"]))' "$A")"
 CTX=$(( PARALLEL * (PP + MAX_TOKENS) + 256 ))
 B="$(lbb -c "$CTX" -npp "$PP" -ntg "$MAX_TOKENS" -npl "$PARALLEL")"
-BA="$(lbb_with "$LBB_ALIKE" -c "$CTX" -npp "$PP" -ntg "$MAX_TOKENS" -npl "$PARALLEL")"
 # Speedup of PARALLEL sequences over one at a time, on a smaller job list (the same for both).
-S1="$(dw --prompts 4 --samples 4 --parallel 1 --max-tokens 64)"
-S16="$(dw --prompts 4 --samples 4 --parallel 16 --max-tokens 64)"
+S1="$(dw "${PF[@]}" --prompts 4 --samples 4 --parallel 1 --max-tokens 64)"
+# The same without the padding sequence that keeps a one-sequence step batch-invariant.
+S1U="$(dw "${PF[@]}" --prompts 4 --samples 4 --parallel 1 --max-tokens 64 --no-batch-invariance)"
+S16="$(dw "${PF[@]}" --prompts 4 --samples 4 --parallel 16 --max-tokens 64)"
 B1="$(lbb -c $(( PP + 64 + 256 )) -npp "$PP" -ntg 64 -npl 1)"
 
 # llama-server: started on a free loopback port, stopped on exit.
@@ -58,27 +61,27 @@ for _ in $(seq 600); do
   sleep 0.2
 done
 C="$(scripts/server-bench.py --url "http://127.0.0.1:$PORT" --prompts "$PROMPTS" --samples "$SAMPLES" \
-  --concurrency "$PARALLEL" --max-tokens "$MAX_TOKENS" --ignore-eos)"
+  --concurrency "$PARALLEL" --max-tokens "$MAX_TOKENS" --ignore-eos "${PF[@]}")"
 
-python3 - "$A" "$B" "$S1" "$S16" "$B1" "$PROMPTS" "$SAMPLES" "$PARALLEL" "$C" "$BA" <<'PY'
+python3 - "$A" "$B" "$S1" "$S16" "$B1" "$PROMPTS" "$SAMPLES" "$PARALLEL" "$C" "$S1U" <<'PY'
 import json, sys
 a, b, s1, s16, b1 = (json.loads(x) for x in sys.argv[1:6])
 prompts, samples, parallel = (int(x) for x in sys.argv[6:9])
 c = json.loads(sys.argv[9])
-ba = json.loads(sys.argv[10])
+s1u = json.loads(sys.argv[10])
 seqs = prompts * samples
 rounds = seqs / parallel
 lbb_e2e = rounds * b["t"]
 print(f"| measure | driftwatch | llama-batched-bench | ratio (driftwatch / llama) |")
 print(f"|---|---|---|---|")
 print(f"| decode tokens/s (B={parallel}) | {a['decode_tokens_per_s']:.1f} | {b['speed_tg']:.1f} | {a['decode_tokens_per_s']/b['speed_tg']:.3f} |")
-print(f"| decode tokens/s (B={parallel}), llama-batched-bench without llamafile kernels, as driftwatch | {a['decode_tokens_per_s']:.1f} | {ba['speed_tg']:.1f} | {a['decode_tokens_per_s']/ba['speed_tg']:.3f} |")
 gen = a['generated_tokens'] / (a['decode_s'] + a.get('sample_s', 0.0))
 print(f"| decode + choosing the tokens, tokens/s (llama-batched-bench chooses none) | {gen:.1f} | {b['speed_tg']:.1f} | {gen/b['speed_tg']:.3f} |")
 print(f"| prefill tokens/s | {a['prefill_tokens_per_s']:.1f} | {b['speed_pp']:.1f} | {a['prefill_tokens_per_s']/b['speed_pp']:.3f} |")
 print(f"| prompt tokens evaluated for {seqs} sequences | {a['prefill_tokens']} | {round(rounds*b['pp']*b['pl'])} | |")
 print(f"| end-to-end s, {prompts} prompts x {samples} samples | {a['wall_s']:.2f} | {lbb_e2e:.2f} ({rounds:g} rounds x {b['t']:.2f}) | {lbb_e2e/a['wall_s']:.3f}x faster |")
-print(f"| decode tokens/s, one sequence at a time | {s1['decode_tokens_per_s']:.1f} | {b1['speed_tg']:.1f} | {s1['decode_tokens_per_s']/b1['speed_tg']:.3f} |")
+print(f"| decode tokens/s, one sequence at a time (driftwatch pads each step to two sequences: batch invariance) | {s1['decode_tokens_per_s']:.1f} | {b1['speed_tg']:.1f} | {s1['decode_tokens_per_s']/b1['speed_tg']:.3f} |")
+print(f"| the same unpadded (--no-batch-invariance) | {s1u['decode_tokens_per_s']:.1f} | {b1['speed_tg']:.1f} | {s1u['decode_tokens_per_s']/b1['speed_tg']:.3f} |")
 print(f"| speedup of parallel 16 over 1 (16 seqs x 64 tokens, wall) | {s1['wall_s']/s16['wall_s']:.2f}x | | |")
 print()
 print(f"| measure | driftwatch | llama-server ({parallel} slots, {parallel} requests in flight) | ratio |")

@@ -83,7 +83,7 @@ export CMAKE_CUDA_COMPILER="$TK/bin/nvcc"
 export CMAKE_CUDA_ARCHITECTURES="$CUDA_ARCHS"
 export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$PWD/target/cuda}"
 # RUSTFLAGS replaces .cargo/config.toml's rustflags (target-cpu=native); its [env] (no AMX, no
-# llamafile kernels) still applies.
+# llamafile kernels on) still applies.
 export RUSTFLAGS="-C target-cpu=$RUST_CPU -L native=$TK/driftwatch-empty -L native=$lib -L native=$lib/stubs \
 -C link-arg=-lcublas -C link-arg=-lcublasLt"
 # llama-cpp-sys-2's build script does not rerun when the architectures change: clean it then.

@@ -7,7 +7,7 @@ samples per prompt, CONCURRENCY requests in flight, and driftwatch's default sam
 Prints one JSON object: wall seconds, requests, prompt and completion tokens, tokens/s.
 
     scripts/server-bench.py --url http://127.0.0.1:8080 --prompts 16 --samples 4 \
-        --concurrency 16 --max-tokens 128 [--ignore-eos]
+        --concurrency 16 --max-tokens 128 [--ignore-eos] [--prompt-file F]
 """
 import argparse
 import concurrent.futures
@@ -21,10 +21,11 @@ import urllib.request
 ROOT = pathlib.Path(__file__).resolve().parent.parent
 
 
-def prompts(n):
-    """driftwatch bench's prompts: the list cycled, repeats numbered so every prompt differs."""
-    base = [l for l in (ROOT / "config/bench_prompts.txt").read_text().splitlines()]
-    base = [l for l in base if l.strip()]
+def prompts(n, path=None):
+    """driftwatch bench's prompts (its --prompt-file, else config/bench_prompts.txt): the list
+    cycled, repeats numbered so every prompt differs."""
+    base = [l.strip() for l in pathlib.Path(path or ROOT / "config/bench_prompts.txt").read_text().splitlines()]
+    base = [l for l in base if l]
     return [base[i % len(base)] if i < len(base) else f"{base[i % len(base)]} (variant {i // len(base)})" for i in range(n)]
 
 
@@ -58,8 +59,9 @@ def main():
     ap.add_argument("--concurrency", type=int, default=16)
     ap.add_argument("--max-tokens", type=int, default=128)
     ap.add_argument("--ignore-eos", action="store_true")
+    ap.add_argument("--prompt-file", help="one prompt a line, as driftwatch bench --prompt-file")
     a = ap.parse_args()
-    jobs = [(p, 1000 * i + k) for i, p in enumerate(prompts(a.prompts)) for k in range(a.samples)]
+    jobs = [(p, 1000 * i + k) for i, p in enumerate(prompts(a.prompts, a.prompt_file)) for k in range(a.samples)]
     t0 = time.monotonic()
     try:
         with concurrent.futures.ThreadPoolExecutor(a.concurrency) as pool:

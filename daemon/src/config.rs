@@ -1498,7 +1498,7 @@ impl Config {
         if e.parallel == 0 || e.parallel > MAX_PARALLEL {
             return Err(loc.invalid(
                 "engine.parallel",
-                format!("must be between 1 and {MAX_PARALLEL} (the engine uses 2 × parallel + 1 of llama.cpp's 256 sequences)"),
+                format!("must be between 1 and {MAX_PARALLEL} (the engine uses 2 × parallel + 2 of llama.cpp's 256 sequences)"),
             ));
         }
         if e.max_prompt_tokens == 0 {

@@ -81,9 +81,11 @@ fn numbered_jobs(prompts: u32, k: u32) -> Vec<Job> {
 
 /// With a LoRA adapter too, a sample's text depends only on its model, adapter, prompt,
 /// settings and seed: not on `parallel`, nor on which other jobs share the request (a resume
-/// keeps only the remaining ones). With llama.cpp's llamafile kernels (an F32/F16 product of
-/// two or more columns takes another kernel than one column), 72.5% of adapter texts differed
-/// between parallel 1 and 16; `.cargo/config.toml` builds without them.
+/// keeps only the remaining ones). llama.cpp's llamafile kernels take a product of two or more
+/// columns (the adapter's F32 products, the tied Q8_0 output matrix) and ggml's own dot products
+/// one column, accumulating in another order: when one-sequence steps went through unpadded,
+/// 72.5% of adapter texts differed between parallel 1 and 16. The engine pads them to two
+/// columns (`engine/batch.rs`), so at parallel 1 every step carries the padding sequence.
 #[tokio::test]
 async fn an_adapter_sample_does_not_depend_on_its_batch() {
     let model = default_model();
@@ -116,11 +118,15 @@ async fn an_adapter_sample_does_not_depend_on_its_batch() {
     // The tail's sequences were moved down to close gaps (their KV cells with them), and their
     // texts are still those of parallel 1, where nothing moves: the last 12 jobs are the tail.
     assert!(stats.moved > 0, "no sequence was moved: {stats:?}");
-    let (one, _) = run(1, jobs[28..].to_vec()).await;
+    let (one, one_stats) = run(1, jobs[28..].to_vec()).await;
     let (resumed, _) = run(16, jobs[13..].to_vec()).await;
     for (name, other) in [("parallel 1", &one), ("a resume after 13 jobs", &resumed)] {
         let differ: Vec<_> = other.iter().filter(|(k, v)| all.get(*k) != Some(*v)).map(|(k, _)| k).collect();
         assert!(differ.is_empty(), "{name}: {} of {} texts differ: {differ:?}", differ.len(), other.len());
+    }
+    if driftwatch::engine::build_info().system_info.contains("LLAMAFILE = 1") && cfg!(target_arch = "x86_64") {
+        assert_eq!(one_stats.padded_steps, one_stats.decode_calls, "parallel 1: every step is padded");
+        assert!(stats.padded_steps < stats.decode_calls / 4, "parallel 16 pads only its last steps: {stats:?}");
     }
 }
 

@@ -324,9 +324,9 @@ async fn a_configured_n_ctx_sizes_the_context_and_limits_each_sequence() {
         }
     }
     let info = info.expect("started");
-    // Two running sequences, two prompt holders and a spare, each with its share of n_ctx
-    // (llama.cpp allocates streams in multiples of 256 tokens).
-    assert_eq!(info.n_ctx, 5 * room.div_ceil(256) * 256, "{info:?}");
+    // Two running sequences, a spare (the padding sequence) and three prompt holders, each with
+    // its share of n_ctx (llama.cpp allocates streams in multiples of 256 tokens).
+    assert_eq!(info.n_ctx, 6 * room.div_ceil(256) * 256, "{info:?}");
     samples.sort_by_key(|s| s.job_index);
     assert_ne!(samples[0].finish_reason, FinishReason::Error, "{:?}", samples[0].error);
     assert_ne!(samples[1].finish_reason, FinishReason::Error);
@@ -469,24 +469,55 @@ fn the_build_leaves_out_llama_cpp_amx_kernels() {
     );
 }
 
-/// llama.cpp's llamafile kernels make a text depend on how many sequences share its batches
-/// (with an adapter: 72.5% of texts differed between parallel 1 and 16); `.cargo/config.toml`
-/// builds without them, and provenance says whether the engine is batch-invariant.
+/// llama.cpp's llamafile kernels take matrix products of two or more columns, and ggml's own dot
+/// products take one column, accumulating in another order: when the engine let one-column
+/// steps through, 72.5% of adapter texts differed between parallel 1 and 16. `.cargo/config.toml`
+/// builds them in (they are 4-9% of decode speed), the engine pads one-sequence steps to two
+/// columns on x86-64, and provenance claims batch invariance only there (never with a unified
+/// KV cache); without the kernels every product is ggml's own, so that build is invariant too.
 #[test]
-fn the_build_leaves_out_llamafile_kernels_and_says_it_is_batch_invariant() {
+fn the_build_has_llamafile_kernels_and_says_when_it_is_batch_invariant() {
     let info = driftwatch::engine::build_info();
     assert!(
-        !info.system_info.contains("LLAMAFILE = 1"),
-        "llama.cpp was built with its llamafile kernels (GGML_LLAMAFILE=OFF from .cargo/config.toml not applied? a target folder configured before it was set needs `cargo clean -p llama-cpp-sys-2`): {}",
+        info.system_info.contains("LLAMAFILE = 1"),
+        "llama.cpp was built without its llamafile kernels (GGML_LLAMAFILE=ON from .cargo/config.toml not applied?): {}",
         info.system_info
     );
     let cpu = EngineParams::default();
-    assert!(driftwatch::engine::batch_invariant(&info, &cpu));
+    assert_eq!(driftwatch::engine::batch_invariant(&info, &cpu), cfg!(target_arch = "x86_64"));
     assert!(!driftwatch::engine::batch_invariant(&info, &EngineParams { kv_unified: true, ..EngineParams::default() }));
-    let with_llamafile =
-        driftwatch::engine::BuildInfo { system_info: format!("{} LLAMAFILE = 1 |", info.system_info), ..info };
-    assert!(
-        !driftwatch::engine::batch_invariant(&with_llamafile, &cpu),
-        "never claimed for a build with those kernels"
-    );
+    let unpadded = EngineParams { batch_invariant: false, ..EngineParams::default() };
+    assert!(!driftwatch::engine::batch_invariant(&info, &unpadded), "one-sequence steps unpadded: not claimed");
+    let without = driftwatch::engine::BuildInfo {
+        system_info: info.system_info.replace("LLAMAFILE = 1", "LLAMAFILE = 0"),
+        ..info
+    };
+    assert!(driftwatch::engine::batch_invariant(&without, &cpu));
+    assert!(driftwatch::engine::batch_invariant(&without, &unpadded), "nothing to pad for without the kernels");
+}
+
+/// A step with one sequence carries the padding sequence (so that no product has one column),
+/// and only then: at parallel 1 every step, at parallel 4 only the last steps of the request;
+/// with `batch_invariant` off, none. The padded texts are those of the batched run (the
+/// default model's adapter test checks the same where the kernels differ measurably).
+#[tokio::test]
+async fn one_sequence_steps_are_padded_to_two() {
+    if !cfg!(target_arch = "x86_64") {
+        return;
+    }
+    // Three engines at once would show in the adapter test's measure of the process's memory.
+    let _alone = LARGE_MEMORY.lock().await;
+    let f = fixture();
+    // Nine jobs at parallel 4: the last one runs alone.
+    let js = jobs(&PROMPTS, 2, 700)[..9].to_vec();
+    let (batched, four) = engine(4).generate(request(ModelSpec::new(&f.base), sampling(12), js.clone())).await.unwrap();
+    assert!(four.padded_steps > 0 && four.padded_steps < four.decode_calls / 2, "{four:?}");
+    let (alone, one) = engine(1).generate(request(ModelSpec::new(&f.base), sampling(12), js.clone())).await.unwrap();
+    assert_eq!(one.padded_steps, one.decode_calls, "{one:?}");
+    assert_eq!(texts(&batched), texts(&alone));
+    let unpadded =
+        Engine::start(EngineParams { threads: 2, parallel: 1, batch_invariant: false, ..EngineParams::default() })
+            .unwrap();
+    let (_, none) = unpadded.generate(request(ModelSpec::new(&f.base), sampling(12), js)).await.unwrap();
+    assert_eq!(none.padded_steps, 0, "{none:?}");
 }

@@ -157,7 +157,7 @@ pub async fn run(a: BenchArgs) -> Result<()> {
         "generated_tokens": stats.generated_tokens,
         "prefill_s": stats.prefill_s, "decode_s": stats.decode_s, "sample_s": stats.sample_s, "wall_s": stats.wall_s,
         "prefill_tokens_per_s": stats.prefill_tokens_per_s(), "decode_tokens_per_s": stats.decode_tokens_per_s(),
-        "decode_calls": stats.decode_calls, "moved": stats.moved, "load_ms": info.load_ms,
+        "decode_calls": stats.decode_calls, "moved": stats.moved, "padded_steps": stats.padded_steps, "load_ms": info.load_ms,
         "backend": engine.kind(), "servers": servers,
     });
     if a.json {

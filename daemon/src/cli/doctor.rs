@@ -71,7 +71,7 @@ pub fn run(a: DoctorArgs) -> Result<()> {
         if invariant {
             "yes (a sample's text does not depend on the other jobs in its batches)"
         } else {
-            "no (llamafile kernels or a GPU offload: recorded in each run's provenance)"
+            "no (llamafile kernels outside x86-64, a unified KV cache or a GPU offload: recorded in each run's provenance)"
         }
     );
     println!("default model: {} ({})", model.display(), if cached { "cached" } else { "missing: run `make setup`" });

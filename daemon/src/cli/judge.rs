@@ -52,7 +52,9 @@ pub fn run(a: JudgeArgs) -> Result<()> {
         Some(m) => {
             let path = setup::resolve_model(m).map_err(anyhow::Error::msg)?;
             crate::checkpoint::inspect_model(&path)?;
-            let engine = Engine::start(EngineParams { parallel: 1, ..EngineParams::default() })?;
+            // One judge call is one sequence, always alone (as the daemon's judge engine).
+            let engine =
+                Engine::start(EngineParams { parallel: 1, batch_invariant: false, ..EngineParams::default() })?;
             Some(Arc::new(crate::daemon::judges::EngineJudgeModel::new(engine, path)))
         }
         None => None,

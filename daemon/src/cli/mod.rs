@@ -205,6 +205,10 @@ pub struct ModelArgs {
     /// a GPU is there, else none.
     #[arg(long)]
     pub gpu_layers: Option<u32>,
+    /// Let a decode step with one sequence run alone instead of padding it to two (about twice
+    /// as fast at `--parallel 1`; a text may then differ from the same job decoded in a batch).
+    #[arg(long)]
+    pub no_batch_invariance: bool,
 }
 
 impl ModelArgs {
@@ -229,6 +233,7 @@ impl ModelArgs {
             parallel: self.parallel,
             batch_size: 512.max(self.parallel),
             gpu_layers: self.gpu_layers.unwrap_or_else(crate::engine::default_gpu_layers),
+            batch_invariant: !self.no_batch_invariance,
             ..EngineParams::default()
         };
         Engine::start(config).context("cannot start the engine")

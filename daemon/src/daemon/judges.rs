@@ -321,7 +321,14 @@ impl JudgeSet {
             let model: Option<Arc<dyn JudgeModel>> = match &jc.judge_model {
                 Some(m) => {
                     if judge_engine.is_none() {
-                        let cfg = EngineParams { parallel: 1, batch_size: 512, ..EngineParams::default() };
+                        // One judge call is one sequence, always alone: no padding to keep it
+                        // independent of batch neighbours it never has.
+                        let cfg = EngineParams {
+                            parallel: 1,
+                            batch_size: 512,
+                            batch_invariant: false,
+                            ..EngineParams::default()
+                        };
                         *judge_engine = Some(
                             Engine::start(cfg)
                                 .map_err(|e| JudgeSetError::Model { judge: jc.name.clone(), reason: e.to_string() })?,

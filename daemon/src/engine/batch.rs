@@ -10,6 +10,19 @@
 //! when the prompt's last sample starts. With one KV stream per sequence (the default),
 //! `seq_cp` copies the holder's whole stream (about 6 MB for the default model at 256 tokens
 //! a sequence); in a unified KV cache it only shares the cells.
+//!
+//! Batch invariance (a sample's text does not depend on which other jobs share its batches):
+//! every sequence has its own KV stream, each prompt's prefix is prefilled alone, in chunks
+//! that depend only on its length and `batch_size`, and, where llama.cpp's llamafile kernels
+//! are compiled in, no matrix product ever has one column. Those kernels take every product of
+//! two or more columns, accumulating each element in an order that does not depend on how many
+//! columns there are, but leave a single column to ggml's own dot products, which accumulate
+//! in another order. A generation step with one sequence therefore carries a second, padding
+//! sequence ([`PAD_SEQ`]) whose logits are computed and thrown away.
+//!
+//! Sequence ids: `0..parallel` are the slots, [`PAD_SEQ`] (1) is the padding sequence (a free
+//! slot whenever only slot 0 runs, or the spare id `parallel` when `parallel` is 1), and
+//! `parallel + 1 ..= 2 × parallel + 1` hold prompts being shared; [`n_seq`] counts them.
 
 use std::collections::{BTreeSet, VecDeque};
 use std::time::Instant;
@@ -42,6 +55,20 @@ pub(crate) struct Work<'a> {
     pub sampling: &'a SamplingParams,
     pub parallel: usize,
     pub batch_size: usize,
+    /// Whether a one-sequence generation step carries [`PAD_SEQ`] (see the module comment):
+    /// where llama.cpp's llamafile kernels take products of two or more columns.
+    pub pad_single: bool,
+}
+
+/// The padding sequence of a one-sequence generation step: consecutive with slot 0, so that
+/// llama.cpp keeps the two in one micro-batch (with one KV stream per sequence it only batches
+/// consecutive sequence ids together).
+pub(crate) const PAD_SEQ: i32 = 1;
+
+/// The sequence ids a context needs for `parallel` slots: the slots, one spare (the padding
+/// sequence when `parallel` is 1), and `parallel + 1` holders.
+pub(crate) fn n_seq(parallel: usize) -> usize {
+    2 * parallel + 2
 }
 
 struct Slot {
@@ -63,6 +90,26 @@ struct PromptState {
 
 fn llama_err(what: &str, e: impl std::fmt::Display) -> EngineError {
     EngineError::Llama(format!("{what}: {e}"))
+}
+
+/// The most tokens of one prompt prefilled in one decode call: `batch_size`, and at least 3 so
+/// that [`chunk_end`] can always leave two. llama.cpp's `n_batch` and `n_ubatch` are at least
+/// this, and at least 2 for a padded step.
+pub(crate) fn prefill_chunk(batch_size: usize) -> usize {
+    batch_size.max(3)
+}
+
+/// Where the prefill chunk of a prefix of `len` tokens that starts at `start` ends: `chunk`
+/// tokens on, or the prefix's end, but never one token short of it, so that no chunk but a
+/// one-token prefix has a single column (every product then takes the same kernels, whatever
+/// the chunk boundaries, and a prompt's KV cells do not depend on `batch_size`).
+fn chunk_end(start: usize, len: usize, chunk: usize) -> usize {
+    let end = (start + chunk).min(len);
+    if len - end == 1 {
+        end - 1
+    } else {
+        end
+    }
 }
 
 /// Runs every job; streams a [`SampleOutput`] per finished job.
@@ -116,8 +163,8 @@ pub(crate) fn run(
     let mut slots: Vec<Option<Slot>> = (0..p).map(|_| None).collect();
     // Holder sequence ids: at most `parallel` prompts start in one step, plus one prompt whose
     // samples are still being admitted.
-    let mut free_holders: BTreeSet<i32> = (p as i32..(2 * p + 1) as i32).collect();
-    let mut batch = LlamaBatch::new(work.batch_size.max(p), 1);
+    let mut free_holders: BTreeSet<i32> = (p as i32 + 1..n_seq(p) as i32).collect();
+    let mut batch = LlamaBatch::new(prefill_chunk(work.batch_size).max(p), 1);
     let mut last_progress = Instant::now();
     let max_stop = work.sampling.stop.iter().map(String::len).max().unwrap_or(0);
 
@@ -130,13 +177,6 @@ pub(crate) fn run(
                 }
             }
             break;
-        }
-
-        // 0. With nothing left to admit, close the gaps finished sequences leave: llama.cpp puts
-        // only sequences with consecutive ids in one micro-batch when each has its own KV
-        // stream, so slots {0, 1, 3} would cost two forward passes per step instead of one.
-        if queue.is_empty() {
-            stats.moved += compact(&mut slots, ctx)?;
         }
 
         // 1. Plan admissions: free slots take the next jobs in order.
@@ -156,24 +196,28 @@ pub(crate) fn run(
             planned.push((slot, j));
         }
 
-        // 2. Prefill new prompts' prefixes into their holders, in chunks of `batch_size`.
+        // 2. Prefill each new prompt's prefix into its holder, alone and in chunks of
+        // `batch_size`, so that how its KV cells are computed depends on the prompt alone (not
+        // on the prompts prefilled with it: llama.cpp would cut sequences of unequal lengths
+        // into micro-batches by the shortest, and both its matrix products and its attention
+        // take other kernels for other shapes).
         if !to_prefill.is_empty() {
             let t = Instant::now();
-            batch.clear();
             for &g in &to_prefill {
                 let h = states[g].holder.unwrap_or_default();
                 let toks = &work.prompts[g].tokens;
-                for (i, &tok) in toks[..toks.len() - 1].iter().enumerate() {
-                    if batch.n_tokens() as usize >= work.batch_size {
-                        ctx.decode(&mut batch).map_err(|e| llama_err("prefill", e))?;
-                        batch.clear();
+                let prefix = &toks[..toks.len() - 1];
+                let mut start = 0;
+                while start < prefix.len() {
+                    let end = chunk_end(start, prefix.len(), prefill_chunk(work.batch_size));
+                    batch.clear();
+                    for (pos, &tok) in (start..end).zip(&prefix[start..end]) {
+                        batch.add(tok, pos as i32, &[h], false).map_err(|e| llama_err("batch", e))?;
                     }
-                    batch.add(tok, i as i32, &[h], false).map_err(|e| llama_err("batch", e))?;
-                    stats.prefill_tokens += 1;
+                    ctx.decode(&mut batch).map_err(|e| llama_err("prefill", e))?;
+                    stats.prefill_tokens += (end - start) as u64;
+                    start = end;
                 }
-            }
-            if batch.n_tokens() > 0 {
-                ctx.decode(&mut batch).map_err(|e| llama_err("prefill", e))?;
             }
             stats.prefill_s += t.elapsed().as_secs_f64();
         }
@@ -205,7 +249,13 @@ pub(crate) fn run(
             });
         }
 
-        // 4. One generation step for every active sequence.
+        // 4. Close the gaps finished sequences leave (when nothing is left to admit, or a
+        // prompt waits for a holder): llama.cpp puts only sequences with consecutive ids in
+        // one micro-batch when each has its own KV stream, so slots {0, 1, 3} would cost two
+        // forward passes per step instead of one, and slot 3's would have one column.
+        stats.moved += compact(&mut slots, ctx)?;
+
+        // 5. One generation step for every active sequence (slots `0..n` now).
         batch.clear();
         for (i, slot) in slots.iter_mut().enumerate() {
             if let Some(s) = slot {
@@ -219,15 +269,26 @@ pub(crate) fn run(
             }
             return Err(EngineError::Llama("the scheduler stalled with jobs left (no free holder)".into()));
         }
+        // One sequence: a second one keeps every product at two columns (module comment). Its
+        // token and logits are thrown away, and its KV cell is cleared after the step.
+        let padded = work.pad_single && batch.n_tokens() == 1;
+        if padded {
+            let next = slots[0].as_ref().map(|s| s.next).expect("the one active sequence is in slot 0");
+            batch.add(next, 0, &[PAD_SEQ], true).map_err(|e| llama_err("batch", e))?;
+        }
         let t = Instant::now();
         ctx.decode(&mut batch).map_err(|e| llama_err("decode", e))?;
         // On a GPU the decode call returns before the work is done; the logits wait for it.
         ctx.synchronize();
         stats.decode_calls += 1;
         stats.decode_s += t.elapsed().as_secs_f64();
+        if padded {
+            stats.padded_steps += 1;
+            ctx.clear_kv_cache_seq(Some(PAD_SEQ as u32), None, None).map_err(|e| llama_err("kv", e))?;
+        }
         let t = Instant::now();
 
-        // 5. Sample, append, and retire finished sequences.
+        // 6. Sample, append, and retire finished sequences.
         for (i, slot) in slots.iter_mut().enumerate().take(p) {
             let Some(s) = slot.as_mut() else { continue };
             let tok = s.sampler.sample(ctx, s.batch_idx);
@@ -329,7 +390,25 @@ fn find_stop(out: &[u8], before: usize, max_stop: usize, stops: &[String]) -> Op
 
 #[cfg(test)]
 mod tests {
-    use super::find_stop;
+    use super::{chunk_end, find_stop, prefill_chunk};
+
+    #[test]
+    fn prefill_chunks_cover_the_prefix_and_none_but_a_one_token_prefix_has_one_token() {
+        for batch_size in [1, 2, 3, 4, 7, 512] {
+            let chunk = prefill_chunk(batch_size);
+            for len in 1..40 {
+                let (mut start, mut sizes) = (0, Vec::new());
+                while start < len {
+                    let end = chunk_end(start, len, chunk);
+                    assert!(end > start && end - start <= chunk, "batch_size {batch_size}, len {len}: {start}..{end}");
+                    sizes.push(end - start);
+                    start = end;
+                }
+                assert_eq!(sizes.iter().sum::<usize>(), len);
+                assert!(len == 1 || sizes.iter().all(|&n| n >= 2), "batch_size {batch_size}, len {len}: {sizes:?}");
+            }
+        }
+    }
 
     #[test]
     fn stop_strings_are_found_across_token_boundaries() {

@@ -8,9 +8,10 @@
 //!
 //! What makes a generated text reproducible: the model and adapter bytes, the adapter scale,
 //! the prompt and chat template, the sampling settings and seed. Each sequence has its own KV
-//! stream (`kv_unified = false`), and llama.cpp is built without its llamafile kernels (which
-//! take products of two or more columns in another order of accumulation than one column), so
-//! a sample depends neither on the *other* jobs in the request nor on `parallel`: a run resumed
+//! stream (`kv_unified = false`), each prompt is prefilled alone, and no matrix product is
+//! handed to llama.cpp with one column (its llamafile kernels take products of two or more
+//! columns in another order of accumulation than one column; see [`batch`]), so a sample
+//! depends neither on the *other* jobs in the request nor on `parallel`: a run resumed
 //! with only its remaining jobs generates the same texts as the uninterrupted run (tested, with
 //! an adapter too, on the default model). `threads` and the llama.cpp build can still matter;
 //! [`batch_invariant`] says when the property is claimed.
@@ -62,12 +63,19 @@ pub struct EngineParams {
     /// Longest accepted prompt in tokens, after the chat template; longer prompts are an error
     /// on their jobs (the others run). `None`: only the model's context limits it.
     pub max_prompt_tokens: Option<u32>,
+    /// Keep a sample's text independent of the other jobs in its batches and of `parallel`
+    /// (default): on builds with llama.cpp's llamafile kernels a generation step with one
+    /// sequence then carries a padding sequence ([`batch`]), which about doubles that step's
+    /// cost, at `parallel = 1` and in a request's last steps. `false` lets such steps run alone
+    /// (runs are then recorded as not batch-invariant on those builds): for engines whose
+    /// requests always run one sequence, such as a judge model's, where nothing varies.
+    pub batch_invariant: bool,
 }
 
 /// The most sequences one engine decodes together. llama.cpp holds at most 256 sequences in
-/// a context (`LLAMA_MAX_SEQ`), and the engine uses `2 × parallel + 1` of them (each running
-/// sample, a holder per prompt being shared, and one spare), so 127.
-pub const MAX_PARALLEL: usize = (LLAMA_MAX_SEQ - 1) / 2;
+/// a context (`LLAMA_MAX_SEQ`), and the engine uses `2 × parallel + 2` of them (each running
+/// sample, a holder per prompt being shared, one more holder, and one spare), so 127.
+pub const MAX_PARALLEL: usize = (LLAMA_MAX_SEQ - 2) / 2;
 
 /// llama.cpp's limit on sequences in one context (`LLAMA_MAX_SEQ` in `llama-cparams.h`).
 const LLAMA_MAX_SEQ: usize = 256;
@@ -83,6 +91,7 @@ impl Default for EngineParams {
             kv_unified: false,
             n_ctx: None,
             max_prompt_tokens: None,
+            batch_invariant: true,
         }
     }
 }
@@ -278,6 +287,10 @@ pub struct GenerationStats {
     /// ones left once nothing was left to admit (so that a step stays one micro-batch).
     #[serde(default)]
     pub moved: u64,
+    /// Generation steps with one sequence that carried a padding sequence, so that no matrix
+    /// product had one column (batch invariance with llama.cpp's llamafile kernels).
+    #[serde(default)]
+    pub padded_steps: u64,
 }
 
 impl GenerationStats {

@@ -445,6 +445,7 @@ async fn run_request(
         wall_s: wall,
         decode_calls: tally.calls.load(Ordering::Relaxed),
         moved: 0,
+        padded_steps: 0,
     })
 }
 

@@ -227,7 +227,7 @@ fn run_request(
 
     let longest = prompts.iter().filter(|p| p.error.is_none()).map(|p| p.tokens.len()).max().unwrap_or(1);
     let p = config.parallel.min(req.jobs.len().max(1));
-    let n_seq = 2 * p + 1;
+    let n_seq = batch::n_seq(p);
     let n_ctx = if config.kv_unified {
         match config.n_ctx {
             Some(n) => n as usize,
@@ -245,8 +245,8 @@ fn run_request(
     let threads = config.effective_threads() as i32;
     let params = LlamaContextParams::default()
         .with_n_ctx(NonZeroU32::new(n_ctx))
-        .with_n_batch(config.batch_size as u32)
-        .with_n_ubatch(config.batch_size as u32)
+        .with_n_batch(batch::prefill_chunk(config.batch_size) as u32)
+        .with_n_ubatch(batch::prefill_chunk(config.batch_size) as u32)
         .with_n_seq_max(n_seq as u32)
         .with_n_threads(threads)
         .with_n_threads_batch(threads)
@@ -266,6 +266,7 @@ fn run_request(
         distinct_prompts: prompts.len(),
         load_ms,
     }));
+    let build = build_info();
     let work = batch::Work {
         prompts: &prompts,
         jobs: &req.jobs,
@@ -273,6 +274,8 @@ fn run_request(
         sampling: &req.sampling,
         parallel: p,
         batch_size: config.batch_size,
+        // On a GPU the CPU kernels do not compute the products, and nothing is claimed there.
+        pad_single: config.batch_invariant && pads_single_steps(&build) && !gpu_offloads(&build, config),
     };
     batch::run(model, &mut ctx, work, events, cancel)
 }
@@ -415,14 +418,30 @@ pub const ALL_LAYERS: u32 = 999;
 
 /// Whether a sample's text depends only on its model, adapter, prompt, settings and seed with
 /// this build and engine, not on which other jobs share its batches: claimed only where it
-/// was measured (`tests/tests/default_model.rs`), i.e. on the CPU, with llama.cpp built without
-/// its llamafile kernels (which take products of two or more columns with another order of
-/// accumulation than one column) and one KV stream per sequence. A GPU offload or a build
-/// with those kernels is recorded as not batch-invariant.
+/// was measured (`tests/tests/default_model.rs`), i.e. on the CPU with one KV stream per
+/// sequence, and with llama.cpp's llamafile kernels either left out or on x86-64, where they
+/// take every product of two or more columns and the engine never hands over one column
+/// ([`batch`]'s padding sequence, unless `config.batch_invariant` is off). Elsewhere (ARM's
+/// kernels start at 4 or 8 columns for some types) a build with them, and a GPU offload, are
+/// recorded as not batch-invariant.
 pub fn batch_invariant(build: &BuildInfo, config: &super::EngineParams) -> bool {
-    let llamafile = build.system_info.contains("LLAMAFILE = 1");
-    let gpu = build.gpu_offload && config.gpu_layers > 0;
-    !llamafile && !gpu && !config.kv_unified
+    let kernels = !has_llamafile(build) || (pads_single_steps(build) && config.batch_invariant);
+    kernels && !gpu_offloads(build, config) && !config.kv_unified
+}
+
+fn gpu_offloads(build: &BuildInfo, config: &super::EngineParams) -> bool {
+    build.gpu_offload && config.gpu_layers > 0
+}
+
+fn has_llamafile(build: &BuildInfo) -> bool {
+    build.system_info.contains("LLAMAFILE = 1")
+}
+
+/// Whether one-sequence generation steps carry a padding sequence: where llama.cpp's llamafile
+/// kernels are compiled in on x86-64, whose kernels take any product of two or more columns
+/// (`llamafile_sgemm` refuses only `n < 2` there).
+fn pads_single_steps(build: &BuildInfo) -> bool {
+    has_llamafile(build) && cfg!(target_arch = "x86_64")
 }
 
 /// Facts about the llama.cpp build in this binary.
