@@ -49,6 +49,7 @@ test: setup plugins
 	$(CARGO) fmt --check -p driftwatch -p driftwatch-tests
 	$(CARGO) clippy --workspace --all-targets -- -D warnings
 	scripts/yardstick.sh server >/dev/null
+	scripts/yardstick.sh quantize >/dev/null
 	$(CARGO) test --workspace
 	$(CARGO) test --manifest-path plugins/Cargo.toml
 	scripts/fuzz.sh smoke 5

@@ -130,6 +130,57 @@ async fn an_adapter_sample_does_not_depend_on_its_batch() {
     }
 }
 
+/// Batch invariance is claimed in provenance only for weight types where it holds: the default
+/// model (Q4_1 and Q8_0) and a copy requantized to Q5_0 give the same texts at parallel 3 and
+/// 16 and are claimed; a copy whose `ffn_down` matrices are Q6_K gave other texts (31 of 32
+/// differed when measured), so it is not claimed, and wherever texts differ the claim is absent.
+/// Needs llama.cpp's `llama-quantize` (`scripts/yardstick.sh quantize`, which `make test` runs).
+#[tokio::test]
+async fn batch_invariance_is_claimed_only_for_weight_types_where_texts_agree() {
+    let quantize = driftwatch::setup::cache_dir().join("yardstick/build/bin/llama-quantize");
+    assert!(quantize.exists(), "{} is missing: `scripts/yardstick.sh quantize` builds it", quantize.display());
+    let dir = tempfile::tempdir().unwrap();
+    let jobs = numbered_jobs(6, 4);
+    let texts = |model: std::path::PathBuf, parallel: usize| {
+        let jobs = jobs.clone();
+        async move {
+            let e = Engine::start(EngineParams { parallel, threads: 2, ..EngineParams::default() }).unwrap();
+            let req = GenerationRequest {
+                model: ModelSpec::new(&model),
+                sampling: SamplingParams { max_tokens: 32, ..SamplingParams::default() },
+                jobs,
+            };
+            let (out, _) = e.generate(req).await.unwrap();
+            out.into_iter().map(|s| s.text).collect::<Vec<_>>()
+        }
+    };
+    let mut claimed = Vec::new();
+    for (name, kind) in [("default", None), ("Q5_0", Some("Q5_0")), ("Q6_K", Some("Q6_K"))] {
+        let model = match kind {
+            None => default_model(),
+            Some(kind) => {
+                let out = dir.path().join(format!("{kind}.gguf"));
+                let status = std::process::Command::new(&quantize)
+                    .args(["--allow-requantize", "--pure"])
+                    .arg(default_model())
+                    .arg(&out)
+                    .arg(kind)
+                    .stdout(std::process::Stdio::null())
+                    .stderr(std::process::Stdio::null())
+                    .status()
+                    .unwrap();
+                assert!(status.success(), "llama-quantize to {kind} failed");
+                out
+            }
+        };
+        let agree = texts(model.clone(), 16).await == texts(model.clone(), 3).await;
+        let claim = driftwatch::engine::weights_batch_invariant(&model);
+        assert!(agree || !claim, "{name}: texts depend on parallel, yet batch invariance is claimed");
+        claimed.push((name, claim));
+    }
+    assert_eq!(claimed, [("default", true), ("Q5_0", true), ("Q6_K", false)]);
+}
+
 /// Measures what a sample's text depends on besides its model, prompt, settings and seed, on
 /// the default model with a synthetic LoRA adapter (the crash soak saw 1 of 36 adapter samples
 /// differ after a resume): `parallel`, the other jobs of the request (a resume keeps only the

@@ -365,6 +365,8 @@ impl Settings<'_> {
         } else {
             ModelFile { path: path.to_owned(), sha256: checkpoint.sha256.clone() }
         };
+        let weights_invariant = engine::weights_batch_invariant(std::path::Path::new(&model.path))
+            && adapter.as_ref().is_none_or(|a| engine::weights_batch_invariant(std::path::Path::new(&a.path)));
         Provenance {
             driftwatch_version: build.driftwatch_version.to_owned(),
             llama_cpp: LlamaCppBuild {
@@ -385,7 +387,9 @@ impl Settings<'_> {
                 batch_size: e.batch_size as u32,
                 gpu_layers: e.gpu_layers as i32,
                 kv_unified: e.kv_unified,
-                batch_invariant: ev.remote.is_none() && engine::batch_invariant(&build, e),
+                // The build and engine keep every product's kernel whatever the batch, for the
+                // weight types where that was measured (not yet K-quants).
+                batch_invariant: ev.remote.is_none() && engine::batch_invariant(&build, e) && weights_invariant,
             },
             chat_template: ChatTemplateProvenance {
                 template_override: c.model.chat_template.clone(),

@@ -35,7 +35,10 @@ use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
 pub use sampling::SamplingParams;
-pub use worker::{batch_invariant, build_info, default_gpu_layers, gpu_device, BuildInfo, Tokenizer, ALL_LAYERS};
+pub use worker::{
+    batch_invariant, build_info, default_gpu_layers, gpu_device, weights_batch_invariant, BuildInfo, Tokenizer,
+    ALL_LAYERS, INVARIANT_WEIGHT_TYPES,
+};
 
 /// Settings of the engine itself (not of a request).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
