@@ -13,8 +13,9 @@
 //! columns in another order of accumulation than one column; see [`batch`]), so a sample
 //! depends neither on the *other* jobs in the request nor on `parallel`: a run resumed
 //! with only its remaining jobs generates the same texts as the uninterrupted run (tested, with
-//! an adapter too, on the default model). `threads` and the llama.cpp build can still matter;
-//! [`batch_invariant`] says when the property is claimed.
+//! an adapter too, on the default model). `threads`, `batch_size`, the llama.cpp build and the
+//! weight types can still matter (K-quant weights do not keep it yet); [`batch_invariant`] and
+//! [`weights_batch_invariant`] say when the property is claimed.
 //!
 //! [`Engine`] is the one interface every caller generates through; behind it sits a
 //! [`Backend`]: the embedded llama.cpp worker, or [`remote`]'s OpenAI-compatible inference
