@@ -434,8 +434,8 @@ fn gpu_offloads(build: &BuildInfo, config: &super::EngineParams) -> bool {
 }
 
 /// The weight types whose products were measured batch-invariant with this engine (the default
-/// model's Q4_1 and Q8_0, and copies of it requantized to Q4_0, Q5_0 and Q8_0, with and without
-/// a synthetic F32 adapter: no text differed between parallel 1, 3 and 16). K-quants are not
+/// model's Q4_1 and Q8_0, copies of it requantized to F16, Q4_0, Q5_0 and Q8_0, a synthetic F32
+/// adapter: no text differed between parallel 1, 3 and 16). K-quants are not
 /// among them: copies with Q4_K or Q6_K `ffn_down` matrices gave other texts at parallel 1 and
 /// 3 than at 16 (31 and 32 of 32), with or without llama.cpp's weight repacking; the cause is
 /// not found yet. `docs/reliability.md` has the figures.
