@@ -4,6 +4,8 @@ use clap::Parser;
 use driftwatch::cli::{self, Cli};
 
 fn main() -> std::process::ExitCode {
+    // Environment for llama.cpp, set while this is the only thread.
+    driftwatch::engine::make_kquant_products_alike();
     let cli = Cli::parse();
     let rt = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
         Ok(rt) => rt,

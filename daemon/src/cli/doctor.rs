@@ -27,10 +27,12 @@ pub fn run(a: DoctorArgs) -> Result<()> {
     let default_layers = crate::engine::default_gpu_layers();
     let invariant =
         crate::engine::batch_invariant(&info, &EngineParams { gpu_layers: default_layers, ..EngineParams::default() });
+    let kquants = crate::engine::kquant_products_alike();
     if a.json {
         let v = json!({
             "build": info, "default_model": {"path": model, "cached": cached, "sha256": setup::DEFAULT_MODEL_SHA256},
             "wasm32_wasip2_target": wasm, "embedded_plugins": embedded, "batch_invariant": invariant,
+            "kquant_batch_invariant": invariant && kquants,
             "gpu_device": gpu, "default_gpu_layers": if default_layers > 0 { "all" } else { "0" },
         });
         println!("{}", serde_json::to_string_pretty(&v)?);
@@ -74,6 +76,16 @@ pub fn run(a: DoctorArgs) -> Result<()> {
             "no (llamafile kernels outside x86-64, a unified KV cache or a GPU offload: recorded in each run's provenance)"
         }
     );
+    if invariant {
+        println!(
+            "K-quant weights batch-invariant: {}",
+            if kquants {
+                "yes (ggml's tiled K-quant kernel off: GGML_CPU_TILED_MM=0, driftwatch's default)"
+            } else {
+                "no (GGML_CPU_TILED_MM and GGML_CPU_TILED_MM_FORCE leave ggml's tiled kernel to take only products of eight or more columns)"
+            }
+        );
+    }
     println!("default model: {} ({})", model.display(), if cached { "cached" } else { "missing: run `make setup`" });
     println!(
         "bundled judges embedded in this binary: {}",

@@ -388,7 +388,7 @@ impl Settings<'_> {
                 gpu_layers: e.gpu_layers as i32,
                 kv_unified: e.kv_unified,
                 // The build and engine keep every product's kernel whatever the batch, for the
-                // weight types where that was measured (not yet K-quants).
+                // weight types where that was measured.
                 batch_invariant: ev.remote.is_none() && engine::batch_invariant(&build, e) && weights_invariant,
             },
             chat_template: ChatTemplateProvenance {

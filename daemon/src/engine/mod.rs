@@ -14,8 +14,9 @@
 //! depends neither on the *other* jobs in the request nor on `parallel`: a run resumed
 //! with only its remaining jobs generates the same texts as the uninterrupted run (tested, with
 //! an adapter too, on the default model). `threads`, `batch_size`, the llama.cpp build and the
-//! weight types can still matter (K-quant weights do not keep it yet); [`batch_invariant`] and
-//! [`weights_batch_invariant`] say when the property is claimed.
+//! weight types can still matter (K-quant weights keep it because ggml's tiled K-quant kernel
+//! is switched off and their repacked copies are not made; see `worker`); [`batch_invariant`]
+//! and [`weights_batch_invariant`] say when the property is claimed.
 //!
 //! [`Engine`] is the one interface every caller generates through; behind it sits a
 //! [`Backend`]: the embedded llama.cpp worker, or [`remote`]'s OpenAI-compatible inference
@@ -37,8 +38,8 @@ use tokio_util::sync::CancellationToken;
 
 pub use sampling::SamplingParams;
 pub use worker::{
-    batch_invariant, build_info, default_gpu_layers, gpu_device, weights_batch_invariant, BuildInfo, Tokenizer,
-    ALL_LAYERS, INVARIANT_WEIGHT_TYPES,
+    batch_invariant, build_info, default_gpu_layers, gpu_device, kquant_products_alike, make_kquant_products_alike,
+    weights_batch_invariant, BuildInfo, Tokenizer, ALL_LAYERS, INVARIANT_KQUANT_TYPES, INVARIANT_WEIGHT_TYPES,
 };
 
 /// Settings of the engine itself (not of a request).

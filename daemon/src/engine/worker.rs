@@ -32,6 +32,7 @@ static BACKEND: OnceLock<Result<LlamaBackend, String>> = OnceLock::new();
 pub(crate) fn backend() -> Result<&'static LlamaBackend, EngineError> {
     BACKEND
         .get_or_init(|| {
+            make_kquant_products_alike();
             llama_cpp_2::send_logs_to_tracing(llama_cpp_2::LogOptions::default());
             LlamaBackend::init().map_err(|e| e.to_string())
         })
@@ -83,11 +84,7 @@ impl ModelCache {
                 }
             }
             let t = Instant::now();
-            let params = LlamaModelParams::default().with_n_gpu_layers(config.gpu_layers);
-            let model = LlamaModel::load_from_file(backend()?, path, &params).map_err(|e| EngineError::Load {
-                path: path.display().to_string(),
-                reason: format!("{e} (the llama.cpp log above says why)"),
-            })?;
+            let model = load_model(path, config)?;
             load_ms = t.elapsed().as_millis() as u64;
             tracing::info!(model = %path.display(), load_ms, "model loaded");
             self.models.insert(path.to_path_buf(), Loaded { model, identity: id, last_used: Instant::now() });
@@ -96,6 +93,31 @@ impl ModelCache {
         l.last_used = Instant::now();
         Ok((&mut l.model, load_ms))
     }
+}
+
+/// Loads the GGUF model at `path` with `config.gpu_layers` offloaded, and without llama.cpp's
+/// repacked weight copies where [`plain_cpu_buffers`] says so. llama-cpp-2's
+/// `LlamaModelParams` has no setter for `use_extra_bufts` (and its CPU buffer override still
+/// picks the repacked types), so the model is loaded through llama-cpp-sys-2 and handed to
+/// llama-cpp-2's owner, which frees it.
+fn load_model(path: &Path, config: &EngineParams) -> Result<LlamaModel, EngineError> {
+    backend()?;
+    let fail = |reason: String| EngineError::Load { path: path.display().to_string(), reason };
+    let c_path = path
+        .to_str()
+        .and_then(|p| std::ffi::CString::new(p).ok())
+        .ok_or_else(|| fail("the path is not valid UTF-8 without NUL bytes".into()))?;
+    // SAFETY: plain value initialisation, as llama-cpp-2's `LlamaModelParams::default` does.
+    let mut params = unsafe { llama_cpp_sys_2::llama_model_default_params() };
+    params.n_gpu_layers = i32::try_from(config.gpu_layers).unwrap_or(i32::MAX);
+    params.use_extra_bufts = !plain_cpu_buffers(path, config);
+    // SAFETY: a NUL-terminated path and parameters whose pointers are all null (the defaults).
+    let raw = unsafe { llama_cpp_sys_2::llama_model_load_from_file(c_path.as_ptr(), params) };
+    let ptr = NonNull::new(raw).ok_or_else(|| fail("llama.cpp could not load it (its log above says why)".into()))?;
+    // SAFETY: `LlamaModel` is `#[repr(transparent)]` over llama-cpp-2's `Ptr`, itself
+    // `#[repr(transparent)]` over `NonNull<llama_model>` (transmute checks the sizes); the model
+    // is owned by nothing else, and `LlamaModel`'s `Drop` frees it once.
+    Ok(unsafe { std::mem::transmute::<NonNull<llama_cpp_sys_2::llama_model>, LlamaModel>(ptr) })
 }
 
 /// Frees an adapter now. llama-cpp-2's `LlamaLoraAdapter` has no `Drop`: without this every
@@ -433,20 +455,95 @@ fn gpu_offloads(build: &BuildInfo, config: &super::EngineParams) -> bool {
     build.gpu_offload && config.gpu_layers > 0
 }
 
-/// The weight types whose products were measured batch-invariant with this engine (the default
-/// model's Q4_1 and Q8_0, copies of it requantized to F16, Q4_0, Q5_0 and Q8_0, a synthetic F32
-/// adapter: no text differed between parallel 1, 3 and 16). K-quants are not
-/// among them: copies with Q4_K or Q6_K `ffn_down` matrices gave other texts at parallel 1 and
-/// 3 than at 16 (31 and 32 of 32), with or without llama.cpp's weight repacking; the cause is
-/// not found yet. `docs/reliability.md` has the figures.
-pub const INVARIANT_WEIGHT_TYPES: &[&str] = &["F32", "F16", "Q4_0", "Q4_1", "Q5_0", "Q8_0"];
+/// Sets `GGML_CPU_TILED_MM=0` for this process, before llama.cpp starts, unless the
+/// environment already sets it or `GGML_CPU_TILED_MM_FORCE`. On x86-64 ggml computes K-quant
+/// products (Q2_K to Q6_K, most IQ types) with its tiled kernel from eight columns on and with
+/// its dot product below eight, and the two add up in different orders: a sample's text would
+/// then depend on how many other sequences share its steps. Switched off, the dot product takes
+/// every such product, one call per output element, whatever the columns. Measured on two AVX2
+/// cores with a Q4_K_M model: decode at parallel 16 as fast either way, prefill 6% slower,
+/// one-sequence decode 1.6x faster than with the tiled kernel forced (the other way to make
+/// the products alike). ggml reads the variables once, on its first such product. The binary
+/// calls this first thing, before any other thread; [`backend`] calls it again for library
+/// users, before llama.cpp starts.
+pub fn make_kquant_products_alike() {
+    static ONCE: std::sync::Once = std::sync::Once::new();
+    ONCE.call_once(|| {
+        if std::env::var_os(TILED_VAR).is_none() && std::env::var_os(TILED_FORCE_VAR).is_none() {
+            std::env::set_var(TILED_VAR, "0");
+        }
+    });
+}
 
-/// Whether every tensor of the GGUF at `path` (a model or an adapter) is of a type in
-/// [`INVARIANT_WEIGHT_TYPES`]; false when the file cannot be read.
+const TILED_VAR: &str = "GGML_CPU_TILED_MM";
+const TILED_FORCE_VAR: &str = "GGML_CPU_TILED_MM_FORCE";
+
+/// Whether ggml computes every K-quant product with one kernel whatever its columns: its tiled
+/// kernel switched off (`GGML_CPU_TILED_MM=0`, this process's default, applied first if it
+/// was not yet) or forced (`GGML_CPU_TILED_MM_FORCE=1`), as ggml reads the two variables.
+pub fn kquant_products_alike() -> bool {
+    make_kquant_products_alike();
+    tiled_settings_alike(std::env::var(TILED_VAR).ok().as_deref(), std::env::var(TILED_FORCE_VAR).ok().as_deref())
+}
+
+/// [`kquant_products_alike`] for the values of `GGML_CPU_TILED_MM` and
+/// `GGML_CPU_TILED_MM_FORCE`: ggml's kernel is on unless the first reads as 0, and forced when
+/// the second reads as 1.
+fn tiled_settings_alike(tiled: Option<&str>, force: Option<&str>) -> bool {
+    let enabled = tiled.is_none_or(|v| atoi(v) != 0);
+    let forced = force.is_some_and(|v| atoi(v) == 1);
+    !enabled || forced
+}
+
+/// C's `atoi`: the leading integer after white space, 0 when there is none.
+fn atoi(v: &str) -> i64 {
+    let v = v.trim_start();
+    let sign = usize::from(v.starts_with(['-', '+']));
+    let end = v[sign..].find(|c: char| !c.is_ascii_digit()).map_or(v.len(), |e| e + sign);
+    v[..end].parse().unwrap_or(0)
+}
+
+/// The weight types whose products were measured batch-invariant as llama.cpp loads them (Q4_0
+/// through its repacked copy on AVX2): the default model's Q4_1 and Q8_0, copies of it
+/// requantized to F16, Q4_0, Q5_0, Q5_1 and Q8_0, a synthetic F32 adapter; no text differed
+/// between parallel 1, 3 and 16 (`docs/reliability.md`).
+pub const INVARIANT_WEIGHT_TYPES: &[&str] = &["F32", "F16", "Q4_0", "Q4_1", "Q5_0", "Q5_1", "Q8_0"];
+
+/// The K-quant types measured batch-invariant (copies of the default model whose `ffn_down`
+/// matrices hold Q2_K to Q6_K, and a Q4_K_M copy): only while [`kquant_products_alike`], and
+/// with the model loaded without repacked copies (Q4_K's take groups of four columns with one
+/// kernel and the rest with another), which the engine does for a model with any type outside
+/// [`INVARIANT_WEIGHT_TYPES`] when `EngineParams::batch_invariant` is on.
+pub const INVARIANT_KQUANT_TYPES: &[&str] = &["Q2_K", "Q3_K", "Q4_K", "Q5_K", "Q6_K"];
+
+/// The tensor types of the GGUF at `path`; `None` when it cannot be read.
+fn tensor_types(path: &Path) -> Option<Vec<&'static str>> {
+    let info = crate::checkpoint::inspect(path).ok()?.info;
+    let mut types: Vec<&'static str> = info.tensors.iter().map(|t| t.ggml_type.name).collect();
+    types.sort_unstable();
+    types.dedup();
+    Some(types)
+}
+
+/// Whether every tensor of the GGUF at `path` (a model or an adapter) is of a type whose
+/// products are batch-invariant here ([`INVARIANT_WEIGHT_TYPES`], and
+/// [`INVARIANT_KQUANT_TYPES`] while [`kquant_products_alike`]); false when the file cannot be
+/// read.
 pub fn weights_batch_invariant(path: &Path) -> bool {
-    crate::checkpoint::inspect(path)
-        .map(|c| c.info.tensors.iter().all(|t| INVARIANT_WEIGHT_TYPES.contains(&t.ggml_type.name)))
-        .unwrap_or(false)
+    let kquants = kquant_products_alike();
+    tensor_types(path).is_some_and(|types| {
+        types.iter().all(|t| INVARIANT_WEIGHT_TYPES.contains(t) || (kquants && INVARIANT_KQUANT_TYPES.contains(t)))
+    })
+}
+
+/// Whether the model at `path` is loaded without llama.cpp's repacked weight copies: for a
+/// batch-invariant CPU engine, when the model has a type outside [`INVARIANT_WEIGHT_TYPES`]
+/// (Q4_K's copies on AVX2, Q2_K's on AVX-512, AMX's). Q4_0's copy, measured invariant and 1.3x
+/// faster at parallel 16 here, is kept for a model without such types.
+fn plain_cpu_buffers(path: &Path, config: &super::EngineParams) -> bool {
+    config.batch_invariant
+        && !gpu_offloads(&build_info(), config)
+        && tensor_types(path).is_none_or(|types| types.iter().any(|t| !INVARIANT_WEIGHT_TYPES.contains(t)))
 }
 
 fn has_llamafile(build: &BuildInfo) -> bool {
@@ -507,5 +604,32 @@ pub fn build_info() -> BuildInfo {
         compiled_cpu_features: features,
         gpu_offload,
         cuda_build: cfg!(feature = "cuda"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::{atoi, tiled_settings_alike};
+
+    #[test]
+    fn atoi_reads_as_c_does() {
+        for (text, value) in
+            [("0", 0), ("1", 1), (" 1", 1), ("+1", 1), ("-3", -3), ("1x", 1), ("x1", 0), ("", 0), ("-", 0)]
+        {
+            assert_eq!(atoi(text), value, "{text:?}");
+        }
+    }
+
+    #[test]
+    fn kquant_products_are_alike_when_the_tiled_kernel_is_off_or_forced() {
+        // ggml: on unless GGML_CPU_TILED_MM reads as 0; forced when GGML_CPU_TILED_MM_FORCE reads as 1.
+        assert!(!tiled_settings_alike(None, None), "ggml's default takes the kernel from eight columns on");
+        assert!(tiled_settings_alike(Some("0"), None));
+        assert!(tiled_settings_alike(Some("0"), Some("0")));
+        assert!(tiled_settings_alike(None, Some("1")));
+        assert!(tiled_settings_alike(Some("1"), Some("1")));
+        assert!(!tiled_settings_alike(Some("1"), None));
+        assert!(tiled_settings_alike(Some("yes"), None), "atoi reads \"yes\" as 0: off");
+        assert!(!tiled_settings_alike(None, Some("2")), "only 1 forces it");
     }
 }
