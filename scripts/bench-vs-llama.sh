@@ -7,8 +7,12 @@
 #   env: PROMPTS=16 SAMPLES=4 PARALLEL=16 MAX_TOKENS=128 THREADS=$(nproc)
 #        PROMPT_FILE=F   one prompt a line instead of config/bench_prompts.txt, for driftwatch and
 #                        llama-server alike (llama-batched-bench takes the mean length)
+#        EOS=1           the N x K work against llama-server ends each sample at end-of-sequence,
+#                        as an evaluation does (its rows then compare generated tokens per second
+#                        too, since the two sides' samples end at other lengths); default 0: every
+#                        sample is MAX_TOKENS long
 #
-# Both sides generate exactly MAX_TOKENS per sequence (driftwatch with --ignore-eos) and keep one
+# Both sides generate exactly MAX_TOKENS per sequence (driftwatch with --ignore-eos; see EOS) and keep one
 # KV-cache stream per sequence (driftwatch's default; llama-batched-bench without -kvu), with flash
 # attention on auto.
 # llama-batched-bench gives every sequence its own prompt of PP tokens (PP = driftwatch's mean
@@ -21,7 +25,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 MODEL="${1:-${DRIFTWATCH_CACHE:-$HOME/.cache/driftwatch}/models/SmolLM2-135M-Instruct.Q4_1.gguf}"
 PROMPTS="${PROMPTS:-16}" SAMPLES="${SAMPLES:-4}" PARALLEL="${PARALLEL:-16}"
-MAX_TOKENS="${MAX_TOKENS:-128}" THREADS="${THREADS:-$(nproc)}"
+MAX_TOKENS="${MAX_TOKENS:-128}" THREADS="${THREADS:-$(nproc)}" EOS="${EOS:-0}"
 # Built as llama.cpp builds it by default, as driftwatch is (llamafile kernels on,
 # .cargo/config.toml): the ratios are kernels-alike.
 LBB="$(scripts/yardstick.sh)"
@@ -30,23 +34,32 @@ cargo build -q --workspace  # the whole workspace, as `make test` builds it: no 
 DW=target/debug/driftwatch
 export RUST_LOG=error
 
-dw() { "$DW" bench --model "$MODEL" --threads "$THREADS" --ignore-eos --json "$@"; }
+dw() { "$DW" bench --model "$MODEL" --threads "$THREADS" --json "$@"; }
+IE=(--ignore-eos)
 lbb() { "$LBB" -m "$MODEL" -t "$THREADS" -tb "$THREADS" -b 512 -ub 512 --output-format jsonl "$@" 2>/dev/null | grep '^{'; }
 
 echo "model: $MODEL" >&2
 echo "threads $THREADS, parallel $PARALLEL, $PROMPTS prompts x $SAMPLES samples, $MAX_TOKENS tokens each" >&2
 PF=()
 [ -n "${PROMPT_FILE:-}" ] && PF=(--prompt-file "$PROMPT_FILE")
-A="$(dw "${PF[@]}" --prompts "$PROMPTS" --samples "$SAMPLES" --parallel "$PARALLEL" --max-tokens "$MAX_TOKENS")"
+A="$(dw "${IE[@]}" "${PF[@]}" --prompts "$PROMPTS" --samples "$SAMPLES" --parallel "$PARALLEL" --max-tokens "$MAX_TOKENS")"
 PP="$(python3 -c 'import json,sys; print(round(json.loads(sys.argv[1])["avg_prompt_tokens"]))' "$A")"
 CTX=$(( PARALLEL * (PP + MAX_TOKENS) + 256 ))
 B="$(lbb -c "$CTX" -npp "$PP" -ntg "$MAX_TOKENS" -npl "$PARALLEL")"
 # Speedup of PARALLEL sequences over one at a time, on a smaller job list (the same for both).
-S1="$(dw "${PF[@]}" --prompts 4 --samples 4 --parallel 1 --max-tokens 64)"
+S1="$(dw "${IE[@]}" "${PF[@]}" --prompts 4 --samples 4 --parallel 1 --max-tokens 64)"
 # The same without the padding sequence that keeps a one-sequence step batch-invariant.
-S1U="$(dw "${PF[@]}" --prompts 4 --samples 4 --parallel 1 --max-tokens 64 --no-batch-invariance)"
-S16="$(dw "${PF[@]}" --prompts 4 --samples 4 --parallel 16 --max-tokens 64)"
+S1U="$(dw "${IE[@]}" "${PF[@]}" --prompts 4 --samples 4 --parallel 1 --max-tokens 64 --no-batch-invariance)"
+S16="$(dw "${IE[@]}" "${PF[@]}" --prompts 4 --samples 4 --parallel 16 --max-tokens 64)"
 B1="$(lbb -c $(( PP + 64 + 256 )) -npp "$PP" -ntg 64 -npl 1)"
+
+# With EOS=1, the N x K work once more, with samples ending at end-of-sequence, for the server rows.
+AE="$A"
+SE=(--ignore-eos)
+if [ "$EOS" = 1 ]; then
+  AE="$(dw "${PF[@]}" --prompts "$PROMPTS" --samples "$SAMPLES" --parallel "$PARALLEL" --max-tokens "$MAX_TOKENS")"
+  SE=()
+fi
 
 # llama-server: started on a free loopback port, stopped on exit.
 PORT="$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')"
@@ -61,14 +74,16 @@ for _ in $(seq 600); do
   sleep 0.2
 done
 C="$(scripts/server-bench.py --url "http://127.0.0.1:$PORT" --prompts "$PROMPTS" --samples "$SAMPLES" \
-  --concurrency "$PARALLEL" --max-tokens "$MAX_TOKENS" --ignore-eos "${PF[@]}")"
+  --concurrency "$PARALLEL" --max-tokens "$MAX_TOKENS" "${SE[@]}" "${PF[@]}")"
 
-python3 - "$A" "$B" "$S1" "$S16" "$B1" "$PROMPTS" "$SAMPLES" "$PARALLEL" "$C" "$S1U" <<'PY'
+python3 - "$A" "$B" "$S1" "$S16" "$B1" "$PROMPTS" "$SAMPLES" "$PARALLEL" "$C" "$S1U" "$AE" "$EOS" <<'PY'
 import json, sys
 a, b, s1, s16, b1 = (json.loads(x) for x in sys.argv[1:6])
 prompts, samples, parallel = (int(x) for x in sys.argv[6:9])
 c = json.loads(sys.argv[9])
 s1u = json.loads(sys.argv[10])
+ae = json.loads(sys.argv[11])
+eos = sys.argv[12] == "1"
 seqs = prompts * samples
 rounds = seqs / parallel
 lbb_e2e = rounds * b["t"]
@@ -86,7 +101,16 @@ print(f"| speedup of parallel 16 over 1 (16 seqs x 64 tokens, wall) | {s1['wall_
 print()
 print(f"| measure | driftwatch | llama-server ({parallel} slots, {parallel} requests in flight) | ratio |")
 print(f"|---|---|---|---|")
-print(f"| end-to-end s, {prompts} prompts x {samples} samples x {a['max_tokens']} tokens | {a['wall_s']:.2f} | {c['wall_s']:.2f} | {c['wall_s']/a['wall_s']:.3f}x faster |")
-print(f"| generated tokens | {a['generated_tokens']} | {c['completion_tokens']} | |")
-print(f"| prompt tokens: evaluated (driftwatch), usage.prompt_tokens (server) | {a['prefill_tokens']} | {c['prompt_tokens']} | |")
+ends = "ending at end-of-sequence, at most" if eos else "x"
+print(f"| end-to-end s, {prompts} prompts x {samples} samples {ends} {ae['max_tokens']} tokens | {ae['wall_s']:.2f} | {c['wall_s']:.2f} | {c['wall_s']/ae['wall_s']:.3f}x faster |")
+print(f"| generated tokens | {ae['generated_tokens']} | {c['completion_tokens']} | |")
+if eos:
+    dw_tps, srv_tps = ae['generated_tokens'] / ae['wall_s'], c['completion_tokens'] / c['wall_s']
+    print(f"| generated tokens per wall second | {dw_tps:.1f} | {srv_tps:.1f} | {dw_tps/srv_tps:.3f} |")
+print(f"| prompt tokens: evaluated (driftwatch), usage.prompt_tokens (server) | {ae['prefill_tokens']} | {c['prompt_tokens']} | |")
+if not eos:
+    # No engine with llama.cpp's kernels decodes faster than llama-batched-bench: the server's time
+    # over the time that decoding alone takes there is the most any such engine can gain on it.
+    floor = c['completion_tokens'] / b['speed_tg']
+    print(f"| llama-batched-bench's decode alone of the same tokens, s (no prefill, no overhead) | | {floor:.2f} | at most {c['wall_s']/floor:.3f}x faster than the server |")
 PY
