@@ -102,12 +102,32 @@ fn doctor_reports_the_build() {
         );
     }
     assert_eq!(v["batch_invariant"], true, "{v}");
+    assert_eq!(v["kquant_batch_invariant"], true, "{v}");
     #[cfg(target_arch = "x86_64")]
     assert!(
         v["build"]["compiled_cpu_features"].as_array().unwrap().iter().any(|f| f == "avx2" || f == "avx"),
         "the default build should use the CPU's vector units: {v}"
     );
 }
+
+/// `driftwatch doctor | head -1` and the like: output into a pipe whose reader has gone ends
+/// the command as it ends `cat` (by SIGPIPE), not with a panic and its backtrace. Before the
+/// fix: "failed printing to stdout: Broken pipe", exit code 101.
+#[test]
+fn output_into_a_closed_pipe_ends_the_command_quietly() {
+    use std::os::unix::process::ExitStatusExt;
+    for args in [&["doctor"][..], &["doctor", "--json"], &["report", "--help"]] {
+        let (reader, writer) = std::io::pipe().unwrap();
+        drop(reader);
+        let out = driftwatch().args(args).stdout(writer).stderr(std::process::Stdio::piped()).output().unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(!stderr.contains("panicked"), "{args:?}: {stderr}");
+        assert!(out.status.success() || out.status.signal() == Some(SIGPIPE), "{args:?}: {:?}, {stderr}", out.status);
+    }
+}
+
+/// SIGPIPE's number on Linux.
+const SIGPIPE: i32 = 13;
 
 #[test]
 fn bad_input_is_a_clear_error_and_a_failing_exit_code() {

@@ -41,6 +41,17 @@ pub struct Cli {
     pub command: Command,
 }
 
+/// Whether SIGPIPE ends the process (`true`: the default disposition, as for `cat`) or is
+/// ignored (`false`, what Rust's runtime sets: a write into a closed pipe is then an error, and
+/// `println!` panics on it). Call while the process has one thread.
+pub fn sigpipe_ends_the_process(ends: bool) {
+    let disposition = if ends { libc::SIG_DFL } else { libc::SIG_IGN };
+    // SAFETY: one of the two standard dispositions; no handler runs.
+    unsafe {
+        libc::signal(libc::SIGPIPE, disposition);
+    }
+}
+
 /// Every command.
 #[derive(Debug, Subcommand)]
 pub enum Command {
