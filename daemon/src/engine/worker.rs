@@ -113,7 +113,7 @@ fn load_model(path: &Path, config: &EngineParams) -> Result<LlamaModel, EngineEr
     params.use_extra_bufts = !plain_cpu_buffers(path, config);
     // SAFETY: a NUL-terminated path and parameters whose pointers are all null (the defaults).
     let raw = unsafe { llama_cpp_sys_2::llama_model_load_from_file(c_path.as_ptr(), params) };
-    let ptr = NonNull::new(raw).ok_or_else(|| fail("llama.cpp could not load it (its log above says why)".into()))?;
+    let ptr = NonNull::new(raw).ok_or_else(|| fail("no model came back (llama.cpp's log above says why)".into()))?;
     // SAFETY: `LlamaModel` is `#[repr(transparent)]` over llama-cpp-2's `Ptr`, itself
     // `#[repr(transparent)]` over `NonNull<llama_model>` (transmute checks the sizes); the model
     // is owned by nothing else, and `LlamaModel`'s `Drop` frees it once.
@@ -443,12 +443,14 @@ pub const ALL_LAYERS: u32 = 999;
 /// was measured (`tests/tests/default_model.rs`), i.e. on the CPU with one KV stream per
 /// sequence, and with llama.cpp's llamafile kernels either left out or on x86-64, where they
 /// take every product of two or more columns and the engine never hands over one column
-/// ([`batch`]'s padding sequence, unless `config.batch_invariant` is off). Elsewhere (ARM's
-/// kernels start at 4 or 8 columns for some types) a build with them, and a GPU offload, are
-/// recorded as not batch-invariant.
+/// ([`batch`]'s padding sequence). Elsewhere (ARM's kernels start at 4 or 8 columns for some
+/// types) a build with them, and a GPU offload, are recorded as not batch-invariant; so is an
+/// engine with `config.batch_invariant` off, which neither pads nor loads K-quant models
+/// without their repacked copies ([`plain_cpu_buffers`]). Which weights keep it is
+/// [`weights_batch_invariant`]'s answer.
 pub fn batch_invariant(build: &BuildInfo, config: &super::EngineParams) -> bool {
-    let kernels = !has_llamafile(build) || (pads_single_steps(build) && config.batch_invariant);
-    kernels && !gpu_offloads(build, config) && !config.kv_unified
+    let kernels = !has_llamafile(build) || pads_single_steps(build);
+    config.batch_invariant && kernels && !gpu_offloads(build, config) && !config.kv_unified
 }
 
 fn gpu_offloads(build: &BuildInfo, config: &super::EngineParams) -> bool {
@@ -503,10 +505,10 @@ fn atoi(v: &str) -> i64 {
     v[..end].parse().unwrap_or(0)
 }
 
-/// The weight types whose products were measured batch-invariant as llama.cpp loads them (Q4_0
-/// through its repacked copy on AVX2): the default model's Q4_1 and Q8_0, copies of it
-/// requantized to F16, Q4_0, Q5_0, Q5_1 and Q8_0, a synthetic F32 adapter; no text differed
-/// between parallel 1, 3 and 16 (`docs/reliability.md`).
+/// The weight types whose products were measured batch-invariant on x86-64 (Q4_0 through its
+/// repacked copy on AVX2): the default model's Q4_1 and Q8_0, copies of it requantized to F16,
+/// Q4_0, Q5_0 and Q8_0, Q5_1 as the other matrices of the Q3_K and Q5_K copies, a synthetic
+/// F32 adapter; no text differed between parallel 1, 3 and 16 (`docs/reliability.md`).
 pub const INVARIANT_WEIGHT_TYPES: &[&str] = &["F32", "F16", "Q4_0", "Q4_1", "Q5_0", "Q5_1", "Q8_0"];
 
 /// The K-quant types measured batch-invariant (copies of the default model whose `ffn_down`
@@ -516,9 +518,13 @@ pub const INVARIANT_WEIGHT_TYPES: &[&str] = &["F32", "F16", "Q4_0", "Q4_1", "Q5_
 /// [`INVARIANT_WEIGHT_TYPES`] when `EngineParams::batch_invariant` is on.
 pub const INVARIANT_KQUANT_TYPES: &[&str] = &["Q2_K", "Q3_K", "Q4_K", "Q5_K", "Q6_K"];
 
-/// The tensor types of the GGUF at `path`; `None` when it cannot be read.
+/// The tensor types of the GGUF at `path`; `None` when it cannot be read, or when it is one
+/// file of a model split over several (llama.cpp loads the others too, unread here).
 fn tensor_types(path: &Path) -> Option<Vec<&'static str>> {
     let info = crate::checkpoint::inspect(path).ok()?.info;
+    if info.get("split.count").is_some() {
+        return None;
+    }
     let mut types: Vec<&'static str> = info.tensors.iter().map(|t| t.ggml_type.name).collect();
     types.sort_unstable();
     types.dedup();
@@ -528,22 +534,33 @@ fn tensor_types(path: &Path) -> Option<Vec<&'static str>> {
 /// Whether every tensor of the GGUF at `path` (a model or an adapter) is of a type whose
 /// products are batch-invariant here ([`INVARIANT_WEIGHT_TYPES`], and
 /// [`INVARIANT_KQUANT_TYPES`] while [`kquant_products_alike`]); false when the file cannot be
-/// read.
+/// read, and off x86-64, where none was measured (on ARM with int8 matrix instructions ggml's
+/// dot product takes two rows and two columns at once when their counts are even).
 pub fn weights_batch_invariant(path: &Path) -> bool {
     let kquants = kquant_products_alike();
-    tensor_types(path).is_some_and(|types| {
-        types.iter().all(|t| INVARIANT_WEIGHT_TYPES.contains(t) || (kquants && INVARIANT_KQUANT_TYPES.contains(t)))
-    })
+    cfg!(target_arch = "x86_64")
+        && tensor_types(path).is_some_and(|types| {
+            types.iter().all(|t| INVARIANT_WEIGHT_TYPES.contains(t) || (kquants && INVARIANT_KQUANT_TYPES.contains(t)))
+        })
 }
 
 /// Whether the model at `path` is loaded without llama.cpp's repacked weight copies: for a
-/// batch-invariant CPU engine, when the model has a type outside [`INVARIANT_WEIGHT_TYPES`]
-/// (Q4_K's copies on AVX2, Q2_K's on AVX-512, AMX's). Q4_0's copy, measured invariant and 1.3x
-/// faster at parallel 16 here, is kept for a model without such types.
+/// batch-invariant engine on x86-64 ([`batch_invariant`]), when the model has a type whose
+/// copy's kernels take groups of columns one way and the rest another, or were not measured:
+/// Q4_K (repacked on AVX2), Q2_K (AVX-512), IQ4_NL and MXFP4; Q4_0 where the build has AVX-512
+/// (its copy was measured invariant on AVX2 only, where it is 1.3x faster at parallel 16, and
+/// kept); every type in a build with AMX's kernels. Q3_K, Q5_K, Q6_K and the rest have no copy
+/// on x86-64.
 fn plain_cpu_buffers(path: &Path, config: &super::EngineParams) -> bool {
-    config.batch_invariant
-        && !gpu_offloads(&build_info(), config)
-        && tensor_types(path).is_none_or(|types| types.iter().any(|t| !INVARIANT_WEIGHT_TYPES.contains(t)))
+    let build = build_info();
+    if !(cfg!(target_arch = "x86_64") && batch_invariant(&build, config)) {
+        return false;
+    }
+    let amx = build.system_info.contains("AMX_INT8 = 1");
+    let avx512 = build.compiled_cpu_features.contains(&"avx512f");
+    amx || tensor_types(path).is_none_or(|types| {
+        types.iter().any(|t| matches!(*t, "Q4_K" | "Q2_K" | "IQ4_NL" | "MXFP4") || (avx512 && *t == "Q4_0"))
+    })
 }
 
 fn has_llamafile(build: &BuildInfo) -> bool {
