@@ -514,8 +514,8 @@ pub const INVARIANT_WEIGHT_TYPES: &[&str] = &["F32", "F16", "Q4_0", "Q4_1", "Q5_
 /// The K-quant types measured batch-invariant (copies of the default model whose `ffn_down`
 /// matrices hold Q2_K to Q6_K, and a Q4_K_M copy): only while [`kquant_products_alike`], and
 /// with the model loaded without repacked copies (Q4_K's take groups of four columns with one
-/// kernel and the rest with another), which the engine does for a model with any type outside
-/// [`INVARIANT_WEIGHT_TYPES`] when `EngineParams::batch_invariant` is on.
+/// kernel and the rest with another), which a batch-invariant engine does for such models
+/// ([`plain_cpu_buffers`]).
 pub const INVARIANT_KQUANT_TYPES: &[&str] = &["Q2_K", "Q3_K", "Q4_K", "Q5_K", "Q6_K"];
 
 /// The tensor types of the GGUF at `path`; `None` when it cannot be read, or when it is one
