@@ -39,22 +39,21 @@ DW=target/debug/driftwatch
 export RUST_LOG=error
 
 dw() { "$DW" bench --model "$MODEL" --threads "$THREADS" --json "$@"; }
-IE=(--ignore-eos)
 lbb() { "$LBB" -m "$MODEL" -t "$THREADS" -tb "$THREADS" -b 512 -ub 512 --output-format jsonl "$@" 2>/dev/null | grep '^{'; }
 
 echo "model: $MODEL" >&2
 echo "threads $THREADS, parallel $PARALLEL, $PROMPTS prompts x $SAMPLES samples, $MAX_TOKENS tokens each" >&2
 PF=()
 [ -n "${PROMPT_FILE:-}" ] && PF=(--prompt-file "$PROMPT_FILE")
-A="$(dw ${IE[@]+"${IE[@]}"} ${PF[@]+"${PF[@]}"} --prompts "$PROMPTS" --samples "$SAMPLES" --parallel "$PARALLEL" --max-tokens "$MAX_TOKENS")"
+A="$(dw --ignore-eos ${PF[@]+"${PF[@]}"} --prompts "$PROMPTS" --samples "$SAMPLES" --parallel "$PARALLEL" --max-tokens "$MAX_TOKENS")"
 PP="$(python3 -c 'import json,sys; print(round(json.loads(sys.argv[1])["avg_prompt_tokens"]))' "$A")"
 CTX=$(( PARALLEL * (PP + MAX_TOKENS) + 256 ))
 B="$(lbb -c "$CTX" -npp "$PP" -ntg "$MAX_TOKENS" -npl "$PARALLEL")"
 # Speedup of PARALLEL sequences over one at a time, on a smaller job list (the same for both).
-S1="$(dw ${IE[@]+"${IE[@]}"} ${PF[@]+"${PF[@]}"} --prompts 4 --samples 4 --parallel 1 --max-tokens 64)"
+S1="$(dw --ignore-eos ${PF[@]+"${PF[@]}"} --prompts 4 --samples 4 --parallel 1 --max-tokens 64)"
 # The same without the padding sequence that keeps a one-sequence step batch-invariant.
-S1U="$(dw ${IE[@]+"${IE[@]}"} ${PF[@]+"${PF[@]}"} --prompts 4 --samples 4 --parallel 1 --max-tokens 64 --no-batch-invariance)"
-S16="$(dw ${IE[@]+"${IE[@]}"} ${PF[@]+"${PF[@]}"} --prompts 4 --samples 4 --parallel 16 --max-tokens 64)"
+S1U="$(dw --ignore-eos ${PF[@]+"${PF[@]}"} --prompts 4 --samples 4 --parallel 1 --max-tokens 64 --no-batch-invariance)"
+S16="$(dw --ignore-eos ${PF[@]+"${PF[@]}"} --prompts 4 --samples 4 --parallel 16 --max-tokens 64)"
 B1="$(lbb -c $(( PP + 64 + 256 )) -npp "$PP" -ntg 64 -npl 1)"
 
 # With EOS=1, the N x K work once more, with samples ending at end-of-sequence, for the server rows.
