@@ -505,6 +505,11 @@ fn atoi(v: &str) -> i64 {
     v[..end].parse().unwrap_or(0)
 }
 
+/// Whether this build's architecture is the one batch invariance was measured on (x86-64):
+/// elsewhere no model's weights are claimed ([`weights_batch_invariant`]), so no run is, and
+/// `doctor` says so.
+pub const INVARIANCE_MEASURED_ARCH: bool = cfg!(target_arch = "x86_64");
+
 /// The weight types whose products were measured batch-invariant on x86-64 (Q4_0 through its
 /// repacked copy on AVX2): the default model's Q4_1 and Q8_0, copies of it requantized to F16,
 /// Q4_0, Q5_0 and Q8_0, Q5_1 as the other matrices of the Q3_K and Q5_K copies, a synthetic
@@ -538,7 +543,7 @@ fn tensor_types(path: &Path) -> Option<Vec<&'static str>> {
 /// dot product takes two rows and two columns at once when their counts are even).
 pub fn weights_batch_invariant(path: &Path) -> bool {
     let kquants = kquant_products_alike();
-    cfg!(target_arch = "x86_64")
+    INVARIANCE_MEASURED_ARCH
         && tensor_types(path).is_some_and(|types| {
             types.iter().all(|t| INVARIANT_WEIGHT_TYPES.contains(t) || (kquants && INVARIANT_KQUANT_TYPES.contains(t)))
         })
@@ -553,7 +558,7 @@ pub fn weights_batch_invariant(path: &Path) -> bool {
 /// on x86-64.
 fn plain_cpu_buffers(path: &Path, config: &super::EngineParams) -> bool {
     let build = build_info();
-    if !(cfg!(target_arch = "x86_64") && batch_invariant(&build, config)) {
+    if !(INVARIANCE_MEASURED_ARCH && batch_invariant(&build, config)) {
         return false;
     }
     let amx = build.system_info.contains("AMX_INT8 = 1");
