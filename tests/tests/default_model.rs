@@ -185,8 +185,11 @@ async fn requantized_models_keep_batch_invariance_and_claim_it() {
         let (p16, p3) = (texts(model.clone(), 16).await, texts(model.clone(), 3).await);
         let differ = p16.iter().zip(&p3).filter(|(a, b)| a != b).count();
         assert_eq!(differ, 0, "{kind}: {differ} of {} texts differ between parallel 16 and 3", p16.len());
+        // What provenance claims: the engine's answer and the weights'.
+        let engine = driftwatch::engine::EngineParams::default();
         assert!(
-            driftwatch::engine::weights_batch_invariant(&model),
+            driftwatch::engine::batch_invariant(&driftwatch::engine::build_info(), &engine)
+                && driftwatch::engine::weights_batch_invariant(&model),
             "{kind}: batch invariance holds but is not claimed"
         );
     }

@@ -39,8 +39,7 @@ use tokio_util::sync::CancellationToken;
 pub use sampling::SamplingParams;
 pub use worker::{
     batch_invariant, build_info, default_gpu_layers, gpu_device, kquant_products_alike, make_kquant_products_alike,
-    weights_batch_invariant, BuildInfo, Tokenizer, ALL_LAYERS, INVARIANCE_MEASURED_ARCH, INVARIANT_KQUANT_TYPES,
-    INVARIANT_WEIGHT_TYPES,
+    weights_batch_invariant, BuildInfo, Tokenizer, ALL_LAYERS, INVARIANT_KQUANT_TYPES, INVARIANT_WEIGHT_TYPES,
 };
 
 /// Settings of the engine itself (not of a request).

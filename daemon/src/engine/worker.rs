@@ -440,17 +440,23 @@ pub const ALL_LAYERS: u32 = 999;
 
 /// Whether a sample's text depends only on its model, adapter, prompt, settings and seed with
 /// this build and engine, not on which other jobs share its batches: claimed only where it
-/// was measured (`tests/tests/default_model.rs`), i.e. on the CPU with one KV stream per
-/// sequence, and with llama.cpp's llamafile kernels either left out or on x86-64, where they
-/// take every product of two or more columns and the engine never hands over one column
-/// ([`batch`]'s padding sequence). Elsewhere (ARM's kernels start at 4 or 8 columns for some
-/// types) a build with them, and a GPU offload, are recorded as not batch-invariant; so is an
-/// engine with `config.batch_invariant` off, which neither pads nor loads K-quant models
-/// without their repacked copies ([`plain_cpu_buffers`]). Which weights keep it is
+/// was measured (`tests/tests/default_model.rs`), i.e. on an x86-64 CPU with one KV stream per
+/// sequence and `config.batch_invariant` on. There llama.cpp's llamafile kernels, where they are
+/// compiled in, take every product of two or more columns, and the engine never hands over one
+/// column ([`batch`]'s padding sequence). Elsewhere it is not claimed: other CPUs were not
+/// measured (ARM's llamafile kernels start at 4 or 8 columns for some types, and with int8
+/// matrix instructions ggml's dot product takes two rows and two columns at once when their
+/// counts are even), a GPU offload computes the products with other kernels, and an engine
+/// with `config.batch_invariant` off neither pads nor loads K-quant models without their
+/// repacked copies ([`plain_cpu_buffers`]). Which weights keep it is
 /// [`weights_batch_invariant`]'s answer.
 pub fn batch_invariant(build: &BuildInfo, config: &super::EngineParams) -> bool {
-    let kernels = !has_llamafile(build) || pads_single_steps(build);
-    config.batch_invariant && kernels && !gpu_offloads(build, config) && !config.kv_unified
+    invariant_on(cfg!(target_arch = "x86_64"), build, config)
+}
+
+/// [`batch_invariant`] on an x86-64 CPU (`x86_64`) or another.
+fn invariant_on(x86_64: bool, build: &BuildInfo, config: &super::EngineParams) -> bool {
+    x86_64 && config.batch_invariant && !gpu_offloads(build, config) && !config.kv_unified
 }
 
 fn gpu_offloads(build: &BuildInfo, config: &super::EngineParams) -> bool {
@@ -505,11 +511,6 @@ fn atoi(v: &str) -> i64 {
     v[..end].parse().unwrap_or(0)
 }
 
-/// Whether this build's architecture is the one batch invariance was measured on (x86-64):
-/// elsewhere no model's weights are claimed ([`weights_batch_invariant`]), so no run is, and
-/// `doctor` says so.
-pub const INVARIANCE_MEASURED_ARCH: bool = cfg!(target_arch = "x86_64");
-
 /// The weight types whose products were measured batch-invariant on x86-64 (Q4_0 through its
 /// repacked copy on AVX2): the default model's Q4_1 and Q8_0, copies of it requantized to F16,
 /// Q4_0, Q5_0 and Q8_0, Q5_1 as the other matrices of the Q3_K and Q5_K copies, a synthetic
@@ -538,19 +539,17 @@ fn tensor_types(path: &Path) -> Option<Vec<&'static str>> {
 
 /// Whether every tensor of the GGUF at `path` (a model or an adapter) is of a type whose
 /// products are batch-invariant here ([`INVARIANT_WEIGHT_TYPES`], and
-/// [`INVARIANT_KQUANT_TYPES`] while [`kquant_products_alike`]); false when the file cannot be
-/// read, and off x86-64, where none was measured (on ARM with int8 matrix instructions ggml's
-/// dot product takes two rows and two columns at once when their counts are even).
+/// [`INVARIANT_KQUANT_TYPES`] while [`kquant_products_alike`]), as measured on x86-64 (a run
+/// claims it only where [`batch_invariant`] does too); false when the file cannot be read.
 pub fn weights_batch_invariant(path: &Path) -> bool {
     let kquants = kquant_products_alike();
-    INVARIANCE_MEASURED_ARCH
-        && tensor_types(path).is_some_and(|types| {
-            types.iter().all(|t| INVARIANT_WEIGHT_TYPES.contains(t) || (kquants && INVARIANT_KQUANT_TYPES.contains(t)))
-        })
+    tensor_types(path).is_some_and(|types| {
+        types.iter().all(|t| INVARIANT_WEIGHT_TYPES.contains(t) || (kquants && INVARIANT_KQUANT_TYPES.contains(t)))
+    })
 }
 
 /// Whether the model at `path` is loaded without llama.cpp's repacked weight copies: for a
-/// batch-invariant engine on x86-64 ([`batch_invariant`]), when the model has a type whose
+/// batch-invariant engine ([`batch_invariant`], x86-64 only), when the model has a type whose
 /// copy's kernels take groups of columns one way and the rest another, or were not measured:
 /// Q4_K (repacked on AVX2), Q2_K (AVX-512), IQ4_NL and MXFP4; Q4_0 where the build has AVX-512
 /// (its copy was measured invariant on AVX2 only, where it is 1.3x faster at parallel 16, and
@@ -558,7 +557,7 @@ pub fn weights_batch_invariant(path: &Path) -> bool {
 /// on x86-64.
 fn plain_cpu_buffers(path: &Path, config: &super::EngineParams) -> bool {
     let build = build_info();
-    if !(INVARIANCE_MEASURED_ARCH && batch_invariant(&build, config)) {
+    if !batch_invariant(&build, config) {
         return false;
     }
     let amx = build.system_info.contains("AMX_INT8 = 1");
@@ -568,15 +567,11 @@ fn plain_cpu_buffers(path: &Path, config: &super::EngineParams) -> bool {
     })
 }
 
-fn has_llamafile(build: &BuildInfo) -> bool {
-    build.system_info.contains("LLAMAFILE = 1")
-}
-
 /// Whether one-sequence generation steps carry a padding sequence: where llama.cpp's llamafile
 /// kernels are compiled in on x86-64, whose kernels take any product of two or more columns
 /// (`llamafile_sgemm` refuses only `n < 2` there).
 fn pads_single_steps(build: &BuildInfo) -> bool {
-    has_llamafile(build) && cfg!(target_arch = "x86_64")
+    build.system_info.contains("LLAMAFILE = 1") && cfg!(target_arch = "x86_64")
 }
 
 /// Facts about the llama.cpp build in this binary.
@@ -631,7 +626,22 @@ pub fn build_info() -> BuildInfo {
 
 #[cfg(test)]
 mod tests {
-    use super::{atoi, tiled_settings_alike};
+    use super::{atoi, build_info, invariant_on, tiled_settings_alike, BuildInfo};
+    use crate::engine::EngineParams;
+
+    #[test]
+    fn batch_invariance_is_claimed_on_x86_64_only() {
+        let info = build_info();
+        let without =
+            BuildInfo { system_info: info.system_info.replace("LLAMAFILE = 1", "LLAMAFILE = 0"), ..info.clone() };
+        let cpu = EngineParams::default();
+        for build in [&info, &without] {
+            assert!(invariant_on(true, build, &cpu));
+            // Not measured elsewhere: `doctor` said yes off x86-64 for a build without the
+            // llamafile kernels while no run there claimed it.
+            assert!(!invariant_on(false, build, &cpu));
+        }
+    }
 
     #[test]
     fn atoi_reads_as_c_does() {
